@@ -1,0 +1,654 @@
+"""Load untrusted ONNX models defensively, and write outputs atomically.
+
+Threat model (the input ``.onnx`` file and everything next to it may be hostile):
+1. Protobuf allocates while parsing, before anything is validated: check the file size first.
+2. External-data paths are a known traversal vector (CVE-2022-25882, CVE-2024-27318, link CVEs):
+   only relative paths inside the model's own directory, no ``..``, no symlinks or hard links.
+3. onnxruntime session creation is not crash-proof on crafted models: run the ONNX checker and
+   strict shape inference, and the op allowlist, before any session is ever created.
+
+Every failure is an ``InputError`` (``UnsupportedModelError`` for ops the compiler does not
+support) with a one-line message naming the file, tensor, node or input concerned.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
+
+from pmsm_compiler.errors import InputError, UnsupportedModelError, one_line
+
+__all__ = [
+    "DEFAULT_ALLOWED_OPS",
+    "MAX_MODEL_BYTES",
+    "PMSM_DOMAIN",
+    "PMSM_FUNCTION_OPS",
+    "PROTOBUF_LIMIT",
+    "check_missing_inputs",
+    "check_ops",
+    "check_static_shapes",
+    "load_model",
+    "save_bytes_atomic",
+    "save_model_atomic",
+    "save_text_atomic",
+]
+
+#: A serialized protobuf message must be smaller than 2 GiB.
+PROTOBUF_LIMIT = 2**31
+#: Default upper bound for a model file (and for the model plus its external data).
+MAX_MODEL_BYTES = PROTOBUF_LIMIT - 1
+
+PMSM_DOMAIN = "pmsm"
+
+#: Standard-domain ops the compiler accepts (domain "" == "ai.onnx").
+DEFAULT_ALLOWED_OPS: frozenset[tuple[str, str]] = frozenset(
+    ("", op)
+    for op in (
+        "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Floor", "Round",
+        "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
+        "Transpose", "Concat", "Identity", "Constant", "Squeeze", "Unsqueeze", "QuantizeLinear",
+        "DequantizeLinear", "Shape", "Gather", "Slice", "Cast", "Softmax", "LayerNormalization",
+        "ReduceMean", "Sqrt", "Pow", "Erf", "Tanh", "Sigmoid", "Split", "Expand",
+        "ConstantOfShape", "Abs", "Neg", "Max", "Min", "Less", "Greater", "Where", "Equal",
+    )
+)  # fmt: skip
+
+#: The PQA activations. Like every ``pmsm::*`` op they are accepted when the model carries a
+#: model-local FunctionProto for them (stock onnxruntime cannot run them otherwise, and shape
+#: inference silently leaves their outputs shapeless), or when an allowlist names them.
+PMSM_FUNCTION_OPS: frozenset[tuple[str, str]] = frozenset(
+    {(PMSM_DOMAIN, "PQA"), (PMSM_DOMAIN, "QCFS")}
+)
+
+_MAX_LISTED = 20  # problems named in one error line before "... and N more"
+_ONNX_DOMAINS = ("", "ai.onnx")
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _fail(message: str, cls: type[InputError] = InputError) -> InputError:
+    return cls(one_line(message))
+
+
+def _fmt_size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit} ({n:,} bytes)"
+    return f"{n:,} bytes"
+
+
+def _norm_domain(domain: str) -> str:
+    return "" if domain in _ONNX_DOMAINS else domain
+
+
+def _op_label(domain: str, op_type: str) -> str:
+    domain = _norm_domain(domain)
+    return f"{domain}::{op_type}" if domain else op_type
+
+
+def _node_label(node: onnx.NodeProto, index: int, where: str = "") -> str:
+    name = f"'{node.name}'" if node.name else "(unnamed)"
+    return f"node {name}, #{index}{where}"
+
+
+def _join_limited(items: list[str], sep: str = ", ") -> str:
+    shown = items[:_MAX_LISTED]
+    text = sep.join(shown)
+    if len(items) > len(shown):
+        text += f"{sep}... and {len(items) - len(shown)} more"
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# file checks and parsing
+# --------------------------------------------------------------------------------------------
+
+# Protobuf wire type each ModelProto field is written with (0 = varint, 2 = length-delimited).
+_MODEL_FIELD_WIRE_TYPES: dict[int, int] = {
+    f.number: (0 if f.type in (f.TYPE_INT32, f.TYPE_INT64, f.TYPE_UINT32, f.TYPE_UINT64,
+                               f.TYPE_ENUM, f.TYPE_BOOL) else 2)
+    for f in ModelProto.DESCRIPTOR.fields
+}  # fmt: skip
+
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "a zip archive, e.g. a PyTorch checkpoint"),
+    (b"PK\x05\x06", "an empty zip archive"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\x89HDF", "an HDF5 file, e.g. a Keras model"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x7fELF", "an executable"),
+)
+
+
+def _sniff_not_onnx(head: bytes) -> str | None:
+    """Why ``head`` (the first bytes of a file) cannot start a serialized ModelProto, or None."""
+    for magic, what in _SIGNATURES:
+        if head.startswith(magic):
+            return f"looks like {what}"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "looks like a Python pickle, e.g. a PyTorch checkpoint"
+    stripped = head.lstrip(b" \t\r\n\xef\xbb\xbf")
+    if stripped[:1] in (b"{", b"["):
+        return "looks like JSON"
+    try:
+        text: str | None = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # tolerate a character cut at the end of the sample
+        text = head[: exc.start].decode("utf-8") if exc.start >= len(head) - 3 else None
+    if text is not None and all(c.isprintable() or c in "\t\r\n" for c in text):
+        if "ir_version" in text or "graph" in text or text.lstrip().startswith("<"):
+            return "looks like text, e.g. the ONNX text format; convert it with onnx.parser first"
+        return "looks like a text file"
+    # A serializer writes fields in field-number order, so the first bytes are the tag of a
+    # ModelProto field (normally ir_version = field 1, varint): decode that tag.
+    tag, shift = 0, 0
+    for byte in head[:5]:
+        tag |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        return "does not start with a protobuf field"
+    field, wire_type = tag >> 3, tag & 7
+    if _MODEL_FIELD_WIRE_TYPES.get(field) != wire_type:
+        return "does not start with an ONNX ModelProto field"
+    return None
+
+
+def _read_model_file(path: str, max_bytes: int) -> tuple[bytes, str]:
+    """Read the whole model file after the checks; return (bytes, real path)."""
+    try:
+        st = os.stat(path)  # follows a symlinked model file on purpose
+    except FileNotFoundError:
+        raise _fail(f"model file not found: {path}") from None
+    except OSError as exc:
+        raise _fail(f"cannot access model file {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _fail(f"model path is a directory, not an ONNX file: {path}")
+    if not stat.S_ISREG(st.st_mode):
+        raise _fail(f"model path is not a regular file: {path}")
+    real = os.path.realpath(path)
+    try:
+        # O_NONBLOCK: never hang on a FIFO swapped in after the stat above.
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise _fail(f"cannot open model file {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _fail(f"model path is not a regular file: {path}")
+        size = st.st_size
+        if size == 0:
+            raise _fail(f"model file is empty (0 bytes): {path}")
+        if size > max_bytes:
+            raise _fail(
+                f"model file {path} is {_fmt_size(size)}, over the limit of {_fmt_size(max_bytes)}"
+                + (" (protobuf cannot hold more; store weights as external data)"
+                   if max_bytes >= MAX_MODEL_BYTES else "")
+            )  # fmt: skip
+        head = f.read(64)
+        reason = _sniff_not_onnx(head)
+        if reason is not None:
+            raise _fail(f"not an ONNX model: {path} ({reason})")
+        # Bounded read: a file that grew after fstat cannot push us past max_bytes.
+        data = head + f.read(max_bytes + 1 - len(head))
+    if len(data) > max_bytes:
+        raise _fail(
+            f"model file {path} grew past the limit of {_fmt_size(max_bytes)} while reading"
+        )
+    return data, real
+
+
+def _parse_model(data: bytes, path: str) -> ModelProto:
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError, RecursionError):
+        raise _fail(f"cannot parse {path} (truncated or not an ONNX model)") from None
+    if not model.HasField("graph"):
+        raise _fail(f"cannot parse {path} (truncated or not an ONNX model: no graph)")
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# external data
+# --------------------------------------------------------------------------------------------
+
+
+def _graph_tensors(graph: GraphProto) -> Iterator[tuple[TensorProto, str]]:
+    for t in graph.initializer:
+        yield t, f"initializer '{t.name}'"
+    for sp in graph.sparse_initializer:
+        yield sp.values, f"sparse initializer '{sp.values.name}'"
+        yield sp.indices, f"sparse initializer '{sp.values.name}' (indices)"
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[tuple[TensorProto, str]]:
+    for node in nodes:
+        for attr in node.attribute:
+            label = f"attribute '{attr.name}' of node '{node.name}'"
+            if attr.HasField("t"):
+                yield attr.t, label
+            for t in attr.tensors:
+                yield t, label
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values, label
+                yield attr.sparse_tensor.indices, label
+            for sp in attr.sparse_tensors:
+                yield sp.values, label
+                yield sp.indices, label
+            if attr.type == AttributeProto.GRAPH:
+                yield from _graph_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _graph_tensors(g)
+
+
+def _all_tensors(model: ModelProto) -> Iterator[tuple[TensorProto, str]]:
+    yield from _graph_tensors(model.graph)
+    for fn in model.functions:
+        yield from _node_tensors(fn.node)
+
+
+def _validate_external_data(model: ModelProto, base_dir: str) -> int:
+    """Check every external-data reference before anything is read; return the total bytes."""
+    total = 0
+    for tensor, label in _all_tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        entries: dict[str, str] = {}
+        for kv in tensor.external_data:
+            if kv.key in entries:
+                raise _fail(
+                    f"external data of tensor '{tensor.name}' ({label}) repeats key '{kv.key}'"
+                )
+            entries[kv.key] = kv.value
+        loc = entries.get("location", "")
+
+        def bad(why: str, *, _t=tensor, _label=label, _loc=loc) -> InputError:
+            return _fail(
+                f"external data of tensor '{_t.name}' ({_label}) at location {_loc!r}: {why}"
+            )
+
+        unknown = sorted(set(entries) - {"location", "offset", "length", "checksum", "basepath"})
+        if unknown:
+            raise bad(f"unknown key(s) {', '.join(unknown)}")
+        if entries.get("basepath"):
+            raise bad("a 'basepath' entry is not accepted")
+        if "sparse" in label:
+            raise bad("external data in sparse tensors is not supported")
+        if not loc:
+            raise bad("no location given")
+        if "\x00" in loc:
+            raise bad("location contains a NUL byte")
+        if (os.path.isabs(loc) or loc.startswith(("/", "\\"))
+                or (len(loc) > 1 and loc[1] == ":")):  # fmt: skip
+            raise bad("absolute paths are not allowed; the data must sit in the model's directory")
+        parts = loc.replace("\\", "/").split("/")
+        if ".." in parts:
+            raise bad("'..' is not allowed; the data must sit in the model's directory")
+        joined = os.path.normpath(os.path.join(base_dir, loc))
+        real = os.path.realpath(joined)
+        if os.path.commonpath([real, base_dir]) != base_dir:
+            raise bad(f"resolves outside the model's directory {base_dir}")
+        if real != joined:
+            raise bad("the path goes through a symbolic link")
+        try:
+            st = os.lstat(joined)
+        except FileNotFoundError:
+            raise bad("file not found") from None
+        except OSError as exc:
+            raise bad(f"cannot access file: {exc.strerror or exc}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise bad("the file is a symbolic link")
+        if not stat.S_ISREG(st.st_mode):
+            raise bad("not a regular file")
+        if st.st_nlink > 1:
+            raise bad(f"the file has {st.st_nlink} hard links (maybe a link to a file elsewhere)")
+        try:
+            offset = int(entries.get("offset", "0"))
+            length = int(entries["length"]) if "length" in entries else None
+        except ValueError:
+            raise bad("offset/length are not integers") from None
+        if offset < 0 or (length is not None and length < 0):
+            raise bad("negative offset or length")
+        if length is None:
+            length = st.st_size - offset
+        if offset + length > st.st_size:
+            raise bad(
+                f"offset {offset} + length {length} exceeds the file size ({st.st_size} bytes)"
+            )
+        total += length
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# structural checks
+# --------------------------------------------------------------------------------------------
+
+
+def _normalize_allowed(allowed: Iterable[tuple[str, str] | str]) -> frozenset[tuple[str, str]]:
+    out = set()
+    for item in allowed:
+        if isinstance(item, str):
+            domain, _, op = item.rpartition("::")
+        else:
+            domain, op = item
+        out.add((_norm_domain(domain), op))
+    return frozenset(out)
+
+
+def _supported_summary(allowed: frozenset[tuple[str, str]]) -> str:
+    names = sorted(_op_label(d, o) for d, o in allowed)
+    return (
+        f"supported: {', '.join(names)}; and {PMSM_DOMAIN}::* ops that carry a model-local "
+        f"function (e.g. PQA, QCFS)"
+    )
+
+
+def _unsupported_in(
+    nodes: Iterable[onnx.NodeProto],
+    allowed: frozenset[tuple[str, str]],
+    local_functions: set[tuple[str, str, str]],
+    where: str,
+) -> list[str]:
+    problems: list[str] = []
+    for index, node in enumerate(nodes):
+        domain = _norm_domain(node.domain)
+        key = (domain, node.op_type)
+        label = _op_label(domain, node.op_type)
+        if key in allowed:
+            pass
+        elif domain == PMSM_DOMAIN:
+            if (domain, node.op_type, node.overload) not in local_functions:
+                problems.append(
+                    f"{label} ({_node_label(node, index, where)}: no model-local function body)"
+                )
+        else:
+            problems.append(f"{label} ({_node_label(node, index, where)})")
+        # Control-flow subgraphs (only reachable if an allowlist admits If/Loop/Scan).
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            for g in subgraphs:
+                inner = f" in subgraph '{attr.name}' of node '{node.name}'"
+                problems += _unsupported_in(g.node, allowed, local_functions, inner)
+    return problems
+
+
+def check_ops(model: ModelProto, allowed: Iterable[tuple[str, str] | str] | None = None) -> None:
+    """Raise UnsupportedModelError naming every node whose op the compiler does not support.
+
+    ``allowed`` holds ``(domain, op_type)`` pairs ("" or "ai.onnx" for the standard domain; a
+    plain string ``"Conv"`` or ``"pmsm::PQA"`` is accepted too). ``pmsm::*`` nodes are also
+    accepted when the model defines a local FunctionProto for them. Function bodies are not
+    checked against the allowlist: the compiler treats such nodes as units, and the ONNX checker
+    validates the bodies.
+    """
+    allowed_set = _normalize_allowed(DEFAULT_ALLOWED_OPS if allowed is None else allowed)
+    local_functions = {(f.domain, f.name, f.overload) for f in model.functions}
+    problems = _unsupported_in(model.graph.node, allowed_set, local_functions, "")
+    if problems:
+        raise _fail(
+            f"unsupported ops: {_join_limited(problems)}; {_supported_summary(allowed_set)}",
+            UnsupportedModelError,
+        )
+
+
+def check_missing_inputs(model: ModelProto) -> None:
+    """Every node input must be a graph input, an initializer, or an earlier node's output."""
+    graph = model.graph
+    available = {v.name for v in graph.input}
+    available |= {t.name for t in graph.initializer}
+    available |= {sp.values.name for sp in graph.sparse_initializer}
+    producer: dict[str, tuple[int, onnx.NodeProto]] = {}
+    for index, node in enumerate(graph.node):
+        for out in node.output:
+            if out:
+                producer.setdefault(out, (index, node))
+    missing: list[str] = []
+    unsorted: list[str] = []
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            if not name or name in available:
+                continue  # "" is an omitted optional input
+            if name in producer:
+                later_index, later = producer[name]
+                unsorted.append(
+                    f"{_node_label(node, index)} ({node.op_type}) uses '{name}', produced later "
+                    f"by {_node_label(later, later_index)}"
+                )
+            else:
+                missing.append(f"{_node_label(node, index)} ({node.op_type}) input '{name}'")
+        available.update(o for o in node.output if o)
+    if missing:
+        raise _fail(
+            f"missing weights: {_join_limited(missing)} — not a graph input, an initializer, "
+            f"or the output of any node"
+        )
+    if unsorted:
+        raise _fail(f"graph is not topologically sorted: {_join_limited(unsorted)}")
+
+
+def _check_io_shapes_declared(model: ModelProto) -> None:
+    # The checker rejects this too, but without naming the value ("Field 'shape' of 'type' is
+    # required but missing.").
+    graph = model.graph
+    for kind, values in (("input", graph.input), ("output", graph.output)):
+        for v in values:
+            if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape"):
+                raise _fail(
+                    f"graph {kind} '{v.name}' declares no shape (ONNX requires one on graph "
+                    f"inputs and outputs, dynamic dimensions are allowed)"
+                )
+
+
+def check_static_shapes(model: ModelProto) -> None:
+    """Every graph input must have a known rank and static, positive non-batch dimensions."""
+    initializers = {t.name for t in model.graph.initializer}
+    problems: list[str] = []
+    for v in model.graph.input:
+        if v.name in initializers:
+            continue  # IR < 4 style: initializers listed as inputs
+        if not v.type.HasField("tensor_type"):
+            problems.append(f"input '{v.name}' is not a tensor")
+            continue
+        tt = v.type.tensor_type
+        if not tt.HasField("shape"):
+            problems.append(f"input '{v.name}' has an unknown rank")
+            continue
+        bad_axes, names = [], []
+        for axis, dim in enumerate(tt.shape.dim):
+            if axis == 0:
+                if dim.HasField("dim_value") and dim.dim_value <= 0:
+                    problems.append(f"input '{v.name}' has batch dimension {dim.dim_value}")
+                continue
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                continue
+            bad_axes.append(str(axis))
+            if dim.HasField("dim_param"):
+                names.append(repr(dim.dim_param))
+            elif dim.HasField("dim_value"):
+                names.append(str(dim.dim_value))
+            else:
+                names.append("?")
+        if bad_axes:
+            problems.append(
+                f"input '{v.name}' has dynamic dimension(s) at axis {','.join(bad_axes)} "
+                f"({', '.join(names)})"
+            )
+    if problems:
+        raise _fail(
+            "; ".join(problems) + "; the compiler needs static spatial shapes "
+            "(only the batch axis may be dynamic)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# the loader
+# --------------------------------------------------------------------------------------------
+
+
+def _validation_message(exc: BaseException, limit: int = 400) -> str:
+    text = one_line(str(exc).replace("==> Context:", "; context:"))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = MAX_MODEL_BYTES,
+    allowed_ops: Iterable[tuple[str, str] | str] | None = None,
+) -> ModelProto:
+    """Load, validate and shape-infer an untrusted ONNX model; return the inferred model.
+
+    Raises InputError (UnsupportedModelError for ops outside ``allowed_ops``, which defaults
+    to ``DEFAULT_ALLOWED_OPS``) with a one-line message. External data is read only from plain
+    files inside the (symlink-resolved) model file's directory; ``max_bytes`` bounds the model
+    file and the model file plus its external data together.
+    """
+    path = os.fspath(path)
+    data, real_path = _read_model_file(path, max_bytes)
+    model = _parse_model(data, path)
+    del data
+
+    base_dir = os.path.dirname(real_path)
+    external_bytes = _validate_external_data(model, base_dir)
+    if external_bytes and model.ByteSize() + external_bytes > max_bytes:
+        total = model.ByteSize() + external_bytes
+        raise _fail(
+            f"model {path} with its external data is {_fmt_size(total)}, over the limit of "
+            f"{_fmt_size(max_bytes)}"
+        )
+
+    check_missing_inputs(model)
+    _check_io_shapes_declared(model)
+    check_ops(model, allowed_ops)
+
+    if external_bytes:
+        try:
+            onnx.load_external_data_for_model(model, base_dir)
+        except (onnx.checker.ValidationError, ValueError, OSError) as exc:
+            message = _validation_message(exc)
+            raise _fail(f"cannot load external data of {path}: {message}") from None
+        if model.ByteSize() >= PROTOBUF_LIMIT:
+            raise _fail(
+                f"model {path} with its external data is {_fmt_size(model.ByteSize())}; models "
+                f"over 2 GiB in total are not supported"
+            )
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
+            ValueError, RuntimeError) as exc:  # fmt: skip
+        message = _validation_message(exc)
+        raise _fail(f"invalid ONNX model {path}: ONNX checker: {message}") from None
+    try:
+        model = onnx.shape_inference.infer_shapes(
+            model, check_type=True, strict_mode=True, data_prop=True
+        )
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
+            ValueError, RuntimeError) as exc:  # fmt: skip
+        raise _fail(
+            f"invalid ONNX model {path}: shape inference: {_validation_message(exc)}"
+        ) from None
+
+    check_static_shapes(model)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+def _default_file_mode() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # not thread-safe, only used where /proc is unavailable
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
+    """Write ``data`` to ``path`` atomically: the file is either the old one or complete.
+
+    Writes a temporary file in the destination directory, fsyncs it and ``os.replace``s it over
+    ``path``; on any exception (KeyboardInterrupt included) the temporary file is removed and the
+    exception re-raised. An existing file's permission bits are kept.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = _default_file_mode()
+    tmp_name: str | None = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            mode="wb",
+            dir=directory,
+            prefix=f".{os.path.basename(path)}.",
+            suffix=".tmp",
+            delete=False,
+        ) as tmp:
+            tmp_name = tmp.name
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+            if hasattr(os, "fchmod"):
+                os.fchmod(tmp.fileno(), mode)
+        os.replace(tmp_name, path)
+        tmp_name = None
+    except BaseException:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+        raise
+    try:  # make the rename durable; not possible everywhere (e.g. Windows)
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def save_text_atomic(text: str, path: str | os.PathLike[str], encoding: str = "utf-8") -> None:
+    """``save_bytes_atomic`` for text (written as-is, no newline translation)."""
+    save_bytes_atomic(text.encode(encoding), path)
+
+
+def save_model_atomic(model: ModelProto, path: str | os.PathLike[str]) -> None:
+    """Serialize ``model`` and write it atomically (see ``save_bytes_atomic``).
+
+    Refuses models of 2 GiB or more, which a single protobuf file cannot hold.
+    """
+    size = model.ByteSize()
+    if size >= PROTOBUF_LIMIT:
+        raise _fail(
+            f"cannot save {os.fspath(path)}: the model is {_fmt_size(size)}, and a single ONNX "
+            f"file must be under 2 GiB (protobuf limit); store the weights as external data"
+        )
+    data = model.SerializeToString()
+    save_bytes_atomic(data, path)
