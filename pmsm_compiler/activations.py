@@ -1,0 +1,310 @@
+"""Quantized activations for training: PQA (PMSM), QCFS (the baseline) and the ReLU swap.
+
+PQA, the Polarity Quantized Activation (paper Eq. 2, equations.md §2)::
+
+    s = λ / L                                     step (λ learnable, L fixed)
+    k = clip( floor(x / s + 1/2), αL, βL )         signed integer level, α < 0 < β
+    y = k · s
+
+QCFS (Bu et al. 2022, equations.md §7) is the same map with α = 0, β = 1: levels 0..L.
+
+The forward pass uses exactly this op order (Div, Add ½, Floor, Clip, Mul) because the ONNX
+function body of ``pmsm::PQA`` and the AIF neuron's first step perform the same float operations;
+that is what makes the SNN at T = 1 reproduce the quantized ANN bit for bit.
+
+Gradients (straight-through rounding, λ through autograd as in QCFS, equations.md §2.2), with
+u = x/λ and q = y/λ:
+
+    ∂y/∂x = 1[α ≤ u ≤ β]
+    ∂y/∂λ = q − u · 1[α ≤ u ≤ β]          (β above the range, α below it)
+
+Both are computed in one fused ``autograd.Function`` rather than as a chain of tensor ops,
+because the activation is memory-bound on a CPU and every extra pass costs training time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PQA_DEFAULTS = dict(levels=8, lam=8.0, alpha=-0.25, beta=1.0)
+
+
+def integer_bound(fraction: float, levels: int, name: str) -> int:
+    """αL or βL as an integer level; the method needs them to be integers (equations.md §2.1)."""
+    value = fraction * levels
+    k = round(value)
+    if abs(value - k) > 1e-6:
+        raise ValueError(f"{name}·L must be an integer level, got {name}={fraction}, L={levels} ({value})")
+    return int(k)
+
+
+class _QuantizeFunction(torch.autograd.Function):
+    """y = s·clip(floor(x/s + ½), k_min, k_max), s = λ/L, with the STE gradients above."""
+
+    @staticmethod
+    def forward(ctx, x, lam, levels: int, k_min: int, k_max: int):
+        step = lam / levels
+        k = torch.div(x, step).add_(0.5).floor_().clamp_(k_min, k_max)
+        y = k.mul_(step)
+        ctx.save_for_backward(x, y, lam)
+        ctx.bounds = (k_min / levels, k_max / levels)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, y, lam = ctx.saved_tensors
+        alpha, beta = ctx.bounds
+        inside = (x >= alpha * lam) & (x <= beta * lam)
+        grad_x = torch.where(inside, grad_y, torch.zeros((), dtype=grad_y.dtype))
+        grad_lam = None
+        if ctx.needs_input_grad[1]:
+            # Σ g·(q − u·1[inside]) = (Σ g·y − Σ (g·1[inside])·x) / λ
+            grad_lam = ((grad_y * y).sum() - (grad_x * x).sum()) / lam
+            grad_lam = grad_lam.reshape(lam.shape)
+        return grad_x, grad_lam, None, None, None
+
+
+def quantize_reference(x: torch.Tensor, lam: torch.Tensor, levels: int, k_min: int, k_max: int):
+    """The formula written plainly (no fusion), for tests and for exporters that trace plain ops."""
+    step = lam / levels
+    return torch.clamp(torch.floor(x / step + 0.5), k_min, k_max) * step
+
+
+class _QuantizedActivation(nn.Module):
+    onnx_op = ""
+
+    def __init__(self, levels: int, lam: float, k_min: int, k_max: int, learn_lambda: bool = True):
+        super().__init__()
+        if levels < 1:
+            raise ValueError(f"L must be >= 1, got {levels}")
+        if not lam > 0:
+            raise ValueError(f"λ must be > 0, got {lam}")
+        if not k_min <= 0 < k_max:
+            raise ValueError(f"need k_min <= 0 < k_max, got [{k_min}, {k_max}]")
+        self.levels = int(levels)
+        self.k_min = int(k_min)
+        self.k_max = int(k_max)
+        # 0-d so that it exports as a scalar initializer, as the ONNX function expects.
+        self.lam = nn.Parameter(torch.tensor(float(lam)), requires_grad=learn_lambda)
+
+    @property
+    def alpha(self) -> float:
+        return self.k_min / self.levels
+
+    @property
+    def beta(self) -> float:
+        return self.k_max / self.levels
+
+    @property
+    def threshold(self) -> float:
+        """θ = λ/L, the AIF threshold this layer converts to."""
+        return float(self.lam.detach()) / self.levels
+
+    def _onnx_attrs(self) -> dict:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return torch.onnx.ops.symbolic(
+                f"pmsm::{self.onnx_op}",
+                (x, self.lam),
+                attrs=self._onnx_attrs(),
+                dtype=x.dtype,
+                shape=x.shape,
+                version=1,
+            )
+        if x.dtype != self.lam.dtype:
+            x = x.to(self.lam.dtype)
+        return _QuantizeFunction.apply(x, self.lam, self.levels, self.k_min, self.k_max)
+
+    def levels_of(self, y: torch.Tensor) -> torch.Tensor:
+        """Integer levels k of an output y of this activation (exact: y = k·s, |k| ≤ L)."""
+        return torch.round(y / (self.lam.detach() / self.levels))
+
+
+class PQA(_QuantizedActivation):
+    """Polarity Quantized Activation: y = s·clip(floor(x/s + ½), αL, βL), s = λ/L.
+
+    α and β are fractions of λ (α < 0 < β); αL and βL must be integers. Paper defaults
+    (Table 4): L = 8, λ0 = 8, α = −0.25, β = 1, i.e. levels −2..8.
+    """
+
+    onnx_op = "PQA"
+
+    def __init__(self, levels: int = 8, lam: float = 8.0, alpha: float = -0.25, beta: float = 1.0,
+                 learn_lambda: bool = True):
+        if not alpha < 0 < beta:
+            raise ValueError(f"PQA needs α < 0 < β, got α={alpha}, β={beta}")
+        super().__init__(levels, lam, integer_bound(alpha, levels, "α"), integer_bound(beta, levels, "β"),
+                         learn_lambda)
+
+    def _onnx_attrs(self) -> dict:
+        return {"L": self.levels, "alpha": float(self.alpha), "beta": float(self.beta)}
+
+    def extra_repr(self) -> str:
+        return f"L={self.levels}, λ={float(self.lam):.4g}, α={self.alpha:g}, β={self.beta:g}"
+
+
+class QCFS(_QuantizedActivation):
+    """QCFS quantization-clip-floor-shift (Bu et al. 2022): y = s·clip(floor(x/s + ½), 0, L)."""
+
+    onnx_op = "QCFS"
+
+    def __init__(self, levels: int = 8, lam: float = 8.0, learn_lambda: bool = True):
+        super().__init__(levels, lam, 0, levels, learn_lambda)
+
+    def _onnx_attrs(self) -> dict:
+        return {"L": self.levels}
+
+    def extra_repr(self) -> str:
+        return f"L={self.levels}, λ={float(self.lam):.4g}"
+
+
+@dataclass
+class ActivationSpec:
+    """What activation a model uses: ``kind`` in {"pqa", "qcfs", "relu"} and its parameters."""
+
+    kind: str = "pqa"
+    levels: int = 8
+    lam: float = 8.0
+    alpha: float = -0.25
+    beta: float = 1.0
+
+    def make(self) -> nn.Module:
+        kind = self.kind.lower()
+        if kind == "pqa":
+            return PQA(self.levels, self.lam, self.alpha, self.beta)
+        if kind == "qcfs":
+            return QCFS(self.levels, self.lam)
+        if kind == "relu":
+            return nn.ReLU()
+        raise ValueError(f"unknown activation {self.kind!r} (expected pqa, qcfs or relu)")
+
+
+def as_spec(act) -> ActivationSpec:
+    if isinstance(act, ActivationSpec):
+        return act
+    if isinstance(act, str):
+        return ActivationSpec(kind=act)
+    if isinstance(act, dict):
+        return ActivationSpec(**act)
+    raise TypeError(f"activation must be a name, dict or ActivationSpec, got {type(act).__name__}")
+
+
+def quantized_activations(model: nn.Module):
+    """(name, module) of every PQA / QCFS in ``model``, in registration order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _QuantizedActivation)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Swapping ReLUs of an arbitrary model
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class SwapReport:
+    swapped: list[str] = field(default_factory=list)
+    not_swapped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"swapped {len(self.swapped)} ReLU(s)"]
+        if self.not_swapped:
+            lines.append(f"could not swap {len(self.not_swapped)}:")
+            lines += [f"  - {item}" for item in self.not_swapped]
+        return "\n".join(lines)
+
+
+_RELU_FUNCS = {F.relu, torch.relu, torch.nn.functional.relu_, torch.relu_}
+_RELU_METHODS = {"relu", "relu_"}
+
+
+def swap_relu(model: nn.Module, act="pqa") -> SwapReport:
+    """Replace every ReLU of ``model`` with a fresh quantized activation, in place.
+
+    ``nn.ReLU`` modules are replaced directly. Functional ReLUs (``F.relu(x)``, ``torch.relu``,
+    ``x.relu()``) inside ``forward`` cannot be swapped by module surgery: they are found by
+    symbolic tracing (torch.fx) and, when the module traces, rewritten into calls of new
+    submodules. What cannot be swapped (untraceable control flow, ReLU6, LeakyReLU, ...) is
+    listed in the report, never silently ignored.
+    """
+    spec = as_spec(act)
+    report = SwapReport()
+    _swap_modules(model, spec, "", report)
+    _swap_functional(model, spec, report)
+    return report
+
+
+def _swap_modules(module: nn.Module, spec: ActivationSpec, prefix: str, report: SwapReport):
+    for name, child in list(module.named_children()):
+        path = f"{prefix}{name}"
+        if type(child) is nn.ReLU:
+            setattr(module, name, spec.make())
+            report.swapped.append(path)
+        elif isinstance(child, (nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.GELU, nn.SiLU, nn.ELU)):
+            report.not_swapped.append(f"{path} ({type(child).__name__}: not a ReLU, left unchanged)")
+        else:
+            _swap_modules(child, spec, path + ".", report)
+
+
+def _swap_functional(model: nn.Module, spec: ActivationSpec, report: SwapReport):
+    import torch.fx as fx
+
+    class _ShallowTracer(fx.Tracer):
+        # Every submodule is a leaf: each module's own forward() is rewritten, once.
+        def is_leaf_module(self, m, qualname):
+            return True
+
+    for mod_name, module in list(model.named_modules()):
+        if isinstance(module, _QuantizedActivation) or not _may_call_functional_relu(module):
+            continue
+        try:
+            graph_module = fx.GraphModule(module, _ShallowTracer().trace(module))
+        except Exception as exc:  # noqa: BLE001 - any trace failure means "could not swap"
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            report.not_swapped.append(
+                f"{mod_name or type(module).__name__}: functional relu in forward(), not traceable ({reason})")
+            continue
+        changed = 0
+        for node in list(graph_module.graph.nodes):
+            is_relu = (node.op == "call_function" and node.target in _RELU_FUNCS) or (
+                node.op == "call_method" and node.target in _RELU_METHODS)
+            if not is_relu:
+                continue
+            new_name = f"pmsm_act{changed}"
+            while hasattr(module, new_name):
+                new_name += "_"
+            module.add_module(new_name, spec.make())
+            with graph_module.graph.inserting_after(node):
+                new_node = graph_module.graph.call_module(new_name, (node.args[0],))
+            node.replace_all_uses_with(new_node)
+            graph_module.graph.erase_node(node)
+            report.swapped.append(f"{mod_name + '.' if mod_name else ''}{new_name} (functional relu)")
+            changed += 1
+        if changed:
+            graph_module.graph.lint()
+            graph_module.recompile()
+            # Keep the user's class and attributes; only its forward changes.
+            module.forward = graph_module.forward.__get__(module)
+            module._pmsm_traced = graph_module  # keeps the generated code alive
+
+
+def _may_call_functional_relu(module: nn.Module) -> bool:
+    import inspect
+
+    forward = type(module).forward
+    if forward is nn.Module.forward:
+        return False
+    try:
+        source = inspect.getsource(forward)
+    except (OSError, TypeError):
+        return True
+    return "relu" in source
+
+
+__all__ = [
+    "PQA", "QCFS", "ActivationSpec", "PQA_DEFAULTS", "SwapReport", "swap_relu", "quantize_reference",
+    "quantized_activations", "as_spec", "integer_bound",
+]

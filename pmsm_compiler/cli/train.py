@@ -1,0 +1,108 @@
+"""pmsm-train: train a zoo model with PQA / QCFS / ReLU (paper Table 4 defaults) and export ONNX."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+import numpy as np
+
+from pmsm_compiler.errors import InputError, cli_errors
+
+
+def load_training_data(path: str, dataset: str):
+    """(train_x, train_y, test_x, test_y) as uint8 NHWC / int arrays.
+
+    ``path`` is a folder with ``train.npz`` and ``test.npz`` (keys x, y), or a folder that the
+    data loaders recognise (CIFAR python pickles, image folders with train/ and test/).
+    """
+    train_npz, test_npz = os.path.join(path, "train.npz"), os.path.join(path, "test.npz")
+    if os.path.isfile(train_npz):
+        from pmsm_compiler.data import load_npz
+
+        tr = load_npz(train_npz)
+        te = load_npz(test_npz) if os.path.isfile(test_npz) else None
+    else:
+        from pmsm_compiler.data import load_dataset
+
+        tr = load_dataset(path, split="train")
+        te = load_dataset(path, split="test")
+    if tr.y is None:
+        raise InputError(f"{path}: training data has no labels")
+    return tr.x, tr.y, (te.x if te is not None else None), (te.y if te is not None else None)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", "data_path", required=True, type=click.Path(),
+              help="Folder with train.npz/test.npz, CIFAR python pickles, or train/ and test/ image folders.")
+@click.option("--model", default="resnet20", show_default=True, help="Zoo model name.")
+@click.option("--act", type=click.Choice(["pqa", "qcfs", "relu"]), default="pqa", show_default=True)
+@click.option("--levels", "-L", default=8, show_default=True, help="Quantization levels L.")
+@click.option("--lam", default=8.0, show_default=True, help="Initial λ (ANN threshold).")
+@click.option("--alpha", default=-0.25, show_default=True, help="PQA lower bound α (fraction of λ).")
+@click.option("--beta", default=1.0, show_default=True, help="PQA upper bound β (fraction of λ).")
+@click.option("--epochs", default=600, show_default=True)
+@click.option("--batch-size", default=300, show_default=True)
+@click.option("--lr", default=0.1, show_default=True)
+@click.option("--momentum", default=0.9, show_default=True)
+@click.option("--weight-decay", default=5e-4, show_default=True)
+@click.option("--warmup-epochs", default=0, show_default=True)
+@click.option("--seed", default=42, show_default=True)
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet"]), default="cifar10",
+              show_default=True, help="Sets the normalization and the number of classes.")
+@click.option("--threads", default=0, help="torch CPU threads (0: torch's default).")
+@click.option("--max-steps", default=0, help="Stop after this many optimizer steps (smoke tests).")
+@click.option("--out", "out_dir", default="runs/train", show_default=True, type=click.Path(),
+              help="Folder for checkpoint.pt, summary.json, train.log and model.onnx.")
+@click.option("--resume/--no-resume", default=True, show_default=True)
+@click.option("--export/--no-export", default=True, show_default=True, help="Export model.onnx at the end.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@cli_errors
+def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr, momentum, weight_decay,
+         warmup_epochs, seed, dataset, threads, max_steps, out_dir, resume, export, progress):
+    """Train MODEL on CIFAR-style data with a quantized activation; checkpoint every epoch."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise InputError("pmsm-train needs PyTorch: pip install 'pmsm-compiler[torch]'") from None
+    from pmsm_compiler.data import NORMALIZATIONS
+    from pmsm_compiler.training import TrainConfig, train
+
+    if not os.path.exists(data_path):
+        raise InputError(f"data path not found: {data_path}")
+    num_classes = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
+    cfg = TrainConfig(model=model, act=act, levels=levels, lam=lam, alpha=alpha, beta=beta, epochs=epochs,
+                      batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                      warmup_epochs=warmup_epochs, seed=seed, num_classes=num_classes, dataset=dataset,
+                      threads=threads, max_steps=max_steps)
+    try:
+        cfg.act_spec().make()
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    train_x, train_y, test_x, test_y = load_training_data(data_path, dataset)
+    mean, std = NORMALIZATIONS[dataset]
+    os.makedirs(out_dir, exist_ok=True)
+    log_path = os.path.join(out_dir, "train.log")
+
+    def log(line):
+        click.echo(line)
+        with open(log_path, "a") as f:
+            f.write(line + "\n")
+
+    log("command: " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
+    summary = train(cfg, train_x, train_y, test_x, test_y, out_dir, mean, std, resume=resume,
+                    progress=progress, log=log)
+    net = summary.pop("model")
+    if export and int(os.environ.get("RANK", "0")) == 0:
+        from pmsm_compiler.export import export_onnx
+
+        onnx_path = os.path.join(out_dir, "model.onnx")
+        export_onnx(net.cpu().to(memory_format=__import__("torch").contiguous_format), onnx_path,
+                    input_shape=(1,) + tuple(np.transpose(train_x[:1], (0, 3, 1, 2)).shape[1:]),
+                    metadata={"normalization": {"mean": list(mean), "std": list(std)},
+                              "training": {k: v for k, v in summary.items() if k != "history"}})
+        log(f"exported {onnx_path}")
+    log(json.dumps({"epochs_done": summary["epochs_done"], "final_test_acc": summary["final_test_acc"],
+                    "wall_s": summary["wall_s"]}))

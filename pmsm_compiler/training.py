@@ -1,0 +1,246 @@
+"""Training with PQA / QCFS / ReLU (paper Table 4 defaults), checkpoint/resume, DDP, ONNX export.
+
+Defaults (PMSM Table 4, QCFS ``main_train.py``): SGD momentum 0.9, lr 0.1, weight decay 5e-4 on
+all parameters (λ included, as in QCFS), cosine schedule over the planned epochs, batch 300,
+seed 42, L = 8, λ0 = 8, α = −0.25, β = 1. Augmentation: random crop (pad 4) and horizontal flip,
+applied to whole batches (per-sample Python loops cost more than the network on a CPU).
+
+Under ``torchrun`` (WORLD_SIZE > 1) the same command runs DistributedDataParallel: each rank
+takes a disjoint shard of every epoch's permutation; rank 0 logs, checkpoints and exports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pmsm_compiler.activations import ActivationSpec, quantized_activations
+
+
+@dataclass
+class TrainConfig:
+    model: str = "resnet20"
+    act: str = "pqa"
+    levels: int = 8
+    lam: float = 8.0
+    alpha: float = -0.25
+    beta: float = 1.0
+    epochs: int = 600
+    batch_size: int = 300
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 0
+    seed: int = 42
+    num_classes: int = 10
+    dataset: str = "cifar10"
+    threads: int = 0
+    channels_last: bool = True
+    max_steps: int = 0  # stop after this many steps (0: no limit); for tests and smoke runs
+    extra: dict = field(default_factory=dict)
+
+    def act_spec(self) -> ActivationSpec:
+        return ActivationSpec(self.act, self.levels, self.lam, self.alpha, self.beta)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data on tensors: uint8 NHWC in memory, augmentation per batch
+# ------------------------------------------------------------------------------------------------
+
+class BatchAugmenter:
+    """Random crop with zero padding and horizontal flip, for a whole uint8 NHWC batch at once."""
+
+    def __init__(self, pad: int = 4, flip: bool = True):
+        self.pad, self.flip = pad, flip
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, h, w, _ = x.shape
+        p = self.pad
+        if p:
+            xp = F.pad(x, (0, 0, p, p, p, p))
+            oy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+            ox = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+            rows = (oy[:, None] + torch.arange(h))[:, :, None]
+            cols = (ox[:, None] + torch.arange(w))[:, None, :]
+            x = xp[torch.arange(n)[:, None, None], rows, cols]
+        if self.flip:
+            flip = torch.rand(n, generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(2), x)
+        return x
+
+
+class Normalizer(nn.Module):
+    """uint8 NHWC -> float32 NCHW, (x/255 − mean)/std, the op order of pmsm_compiler.data.normalize."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x_uint8_nhwc: torch.Tensor) -> torch.Tensor:
+        x = x_uint8_nhwc.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        return (x - self.mean) / self.std
+
+
+def cosine_lr(base_lr: float, epoch_float: float, epochs: int, warmup: int = 0) -> float:
+    if warmup and epoch_float < warmup:
+        return base_lr * (epoch_float + 1e-3) / warmup
+    t = (epoch_float - warmup) / max(1e-9, epochs - warmup)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+# ------------------------------------------------------------------------------------------------
+
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer, device,
+             batch_size: int = 1000, channels_last: bool = False) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = norm(x[i:i + batch_size].to(device))
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            correct += (model(xb).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
+    return correct / max(1, len(x))
+
+
+def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray | None,
+          test_y: np.ndarray | None, out_dir: str, mean, std, resume: bool = True, progress: bool = True,
+          log=print) -> dict:
+    """Train ``cfg.model`` on uint8 NHWC arrays; checkpoint to ``out_dir/checkpoint.pt`` each epoch.
+
+    Returns a summary dict (also written to ``out_dir/summary.json``).
+    """
+    from pmsm_compiler.models import build_model
+
+    world, rank, local_rank = _dist_info()
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    is_main = rank == 0
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt_path = os.path.join(out_dir, "checkpoint.pt")
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=cfg.num_classes, act=cfg.act_spec()).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    norm = Normalizer(mean, std).to(device)
+    start_epoch, history, wall = 0, [], 0.0
+    if resume and os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        saved_cfg = state["config"]
+        for key in ("model", "act", "levels", "alpha", "beta", "epochs", "batch_size", "seed"):
+            if saved_cfg.get(key) != getattr(cfg, key):
+                raise ValueError(f"checkpoint {ckpt_path} was made with {key}={saved_cfg.get(key)!r}, "
+                                 f"not {getattr(cfg, key)!r}; use another --out or --no-resume")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history, wall = state["epoch"], state["history"], state.get("wall_s", 0.0)
+        if is_main:
+            log(f"resumed from {ckpt_path} at epoch {start_epoch}")
+    net = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    xs = torch.from_numpy(np.ascontiguousarray(train_x))
+    ys = torch.from_numpy(np.asarray(train_y).astype(np.int64))
+    aug = BatchAugmenter()
+    n = len(xs)
+    per_rank_batch = max(1, cfg.batch_size // world)
+    steps_per_epoch = n // cfg.batch_size if n >= cfg.batch_size else 1
+    total_steps = 0
+    summary = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        # Same permutation on every rank (seeded by epoch), disjoint shards.
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        perm = torch.randperm(n, generator=gen)
+        aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
+        t0 = time.time()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = range(steps_per_epoch)
+        if progress and is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(bar, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        for step in bar:
+            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = idx[rank * per_rank_batch:(rank + 1) * per_rank_batch]
+            xb = aug(xs[idx], aug_gen).to(device, non_blocking=True)
+            yb = ys[idx].to(device, non_blocking=True)
+            xb = norm(xb).contiguous(memory_format=memory_format)
+            lr = cosine_lr(cfg.lr, epoch + step / steps_per_epoch, cfg.epochs, cfg.warmup_epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = net(xb)
+            loss = F.cross_entropy(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += loss.item() * len(yb)
+                correct += (logits.argmax(1) == yb).sum().item()
+                seen += len(yb)
+            if progress and is_main:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4f}")
+            total_steps += 1
+            if cfg.max_steps and total_steps >= cfg.max_steps:
+                break
+        epoch_time = time.time() - t0
+        wall += epoch_time
+        entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
+                 "lr": lr, "time_s": round(epoch_time, 1)}
+        if test_x is not None and is_main:
+            entry["test_acc"] = evaluate(model, torch.from_numpy(test_x), torch.from_numpy(test_y.astype(np.int64)),
+                                         norm, device, channels_last=cfg.channels_last)
+        entry["lambdas"] = [round(float(m.lam.detach()), 4) for _, m in quantized_activations(model)]
+        history.append(entry)
+        if is_main:
+            log(json.dumps({k: v for k, v in entry.items() if k != "lambdas"}))
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                     "history": history, "config": asdict(cfg), "wall_s": wall}
+            tmp = ckpt_path + ".tmp"
+            torch.save(state, tmp)
+            os.replace(tmp, ckpt_path)
+        if cfg.max_steps and total_steps >= cfg.max_steps:
+            break
+    summary = {"config": asdict(cfg), "history": history, "wall_s": round(wall, 1),
+               "epochs_done": history[-1]["epoch"] if history else start_epoch,
+               "final_test_acc": history[-1].get("test_acc") if history else None}
+    if is_main:
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    summary["model"] = model
+    return summary
