@@ -1,0 +1,32 @@
+"""Compiler passes: each a function ``pass(graph, ctx) -> graph`` over an onnx-graphsurgeon graph.
+
+Order (``PIPELINE``): canonicalize → recognize_pqa → fold_batchnorm → pqa_to_aif →
+absorb_threshold_scale → wrap_nonlinear → count_spikes. In ``exact`` mode fold_batchnorm and
+absorb_threshold_scale do nothing, so the SNN keeps the ANN's arithmetic.
+"""
+
+from .absorb_threshold_scale import absorb_threshold_scale
+from .canonicalize import canonicalize
+from .count_spikes import COUNTS_OUTPUT, count_spikes
+from .fold_batchnorm import fold_batchnorm as _fold_batchnorm
+from .graph_utils import PassRefusal
+from .manager import PassContext, PassManager, check_graph
+from .pqa_to_aif import pqa_to_aif
+from .recognize_pqa import recognize_pqa
+from .wrap_nonlinear import TIME_INPUT, wrap_nonlinear
+
+
+def fold_batchnorm(graph, ctx):
+    if ctx.mode == "exact":
+        return graph
+    return _fold_batchnorm(graph, ctx)
+
+
+fold_batchnorm.__doc__ = _fold_batchnorm.__doc__
+
+PIPELINE = [canonicalize, recognize_pqa, fold_batchnorm, pqa_to_aif, absorb_threshold_scale, wrap_nonlinear,
+            count_spikes]
+
+__all__ = ["PIPELINE", "PassContext", "PassManager", "PassRefusal", "check_graph", "canonicalize", "recognize_pqa",
+           "fold_batchnorm", "pqa_to_aif", "absorb_threshold_scale", "wrap_nonlinear", "count_spikes",
+           "COUNTS_OUTPUT", "TIME_INPUT"]

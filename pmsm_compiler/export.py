@@ -83,6 +83,7 @@ def export_onnx(model: torch.nn.Module, path: str | None = None, input_shape=(1,
     if pqa_as == "node":
         add_functions(proto, quantizer_functions())
         _drop_unused_functions(proto)
+    _name_quantizer_nodes(proto)
     info = {
         "exporter": f"pmsm-compiler {__version__} ({exporter}, pqa_as={pqa_as})",
         "activations": [
@@ -105,6 +106,26 @@ def export_onnx(model: torch.nn.Module, path: str | None = None, input_shape=(1,
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         save_model_atomic(proto, path)
     return proto
+
+
+def _name_quantizer_nodes(proto: onnx.ModelProto):
+    """Name each quantizer node after its module path (e.g. ``layers.0.act1``), which the dynamo
+    exporter records in the node's ``pkg.torch.onnx.name_scopes``; layer names in compiler and
+    runtime reports come from here."""
+    taken = {n.name for n in proto.graph.node}
+    for node in proto.graph.node:
+        if node.domain != "pmsm" and node.op_type != "Floor":
+            continue
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes":
+                try:
+                    scopes = json.loads(prop.value.replace("'", '"'))
+                except json.JSONDecodeError:
+                    break
+                if len(scopes) >= 2 and scopes[-2] and scopes[-2] not in taken:
+                    taken.add(scopes[-2])
+                    node.name = scopes[-2]
+                break
 
 
 def _drop_unused_functions(proto: onnx.ModelProto):

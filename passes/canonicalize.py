@@ -1,0 +1,63 @@
+"""canonicalize: constant folding, identity removal, Sub(x, c) -> Add(x, −c).
+
+Only rewrites that leave every float result unchanged: x − c and x + (−c) are the same IEEE
+operation, and removing Identity/Dropout changes nothing. Div(x, c) is *not* turned into
+Mul(x, 1/c): the two round differently, and the quantizer patterns depend on the exact form.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .graph_utils import const_value, make_const, replace_uses
+
+
+def canonicalize(graph: gs.Graph, ctx) -> gs.Graph:
+    _constant_nodes_to_initializers(graph)
+    _remove_identities(graph)
+    _sub_to_add(graph)
+    return graph
+
+
+def _constant_nodes_to_initializers(graph):
+    for node in list(graph.nodes):
+        if node.op != "Constant" or len(node.outputs) != 1:
+            continue
+        value = const_value(node.outputs[0])
+        if value is None:
+            continue
+        out = node.outputs[0]
+        const = gs.Constant(out.name + "_c", np.asarray(value, dtype=out.dtype or value.dtype))
+        replace_uses(graph, out, const)
+        node.outputs.clear()
+
+
+def _remove_identities(graph):
+    for node in list(graph.nodes):
+        if node.op not in ("Identity", "Dropout") or not node.inputs:
+            continue
+        src, out = node.inputs[0], node.outputs[0]
+        if out in graph.outputs and (src in graph.inputs or isinstance(src, gs.Constant)):
+            continue  # an output must stay produced by a node
+        if out in graph.outputs:
+            # Keep the output's name: let the producer write it directly.
+            prod = src.inputs[0] if len(src.inputs) == 1 else None
+            if prod is None or src in graph.outputs or len(src.outputs) != 1:
+                continue
+            prod.outputs = [out if t is src else t for t in prod.outputs]
+        else:
+            replace_uses(graph, out, src)
+        node.inputs.clear()
+        node.outputs.clear()
+
+
+def _sub_to_add(graph):
+    for node in list(graph.nodes):
+        if node.op != "Sub" or len(node.inputs) != 2:
+            continue
+        c = const_value(node.inputs[1])
+        if c is None or const_value(node.inputs[0]) is not None or c.dtype.kind != "f":
+            continue
+        node.op = "Add"
+        node.inputs[1] = make_const(graph, node.inputs[1].name + "_neg", -c, dtype=c.dtype)

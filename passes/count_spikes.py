@@ -1,0 +1,74 @@
+"""count_spikes: per-layer spike counts inside the graph, so the runtime reads counts, not spikes.
+
+For every neuron layer: count = Σ_neurons |k| per sample. The counts of all layers are concatenated
+into one int64 output ``pmsm_spike_counts`` [batch, layers] (column order = the layer order in the
+metadata). The sum is taken in float32 (ReduceL1, one pass) when it is exact, i.e. when
+neurons · max|k| < 2^24 so that every partial sum is an exactly representable integer; otherwise
+the spikes are cast to int64 first. Either way the result is exact and int64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .graph_utils import fresh, make_const, numel, static_shape
+
+COUNTS_OUTPUT = "pmsm_spike_counts"
+FLOAT_EXACT_LIMIT = 2 ** 24
+
+
+def count_spikes(graph: gs.Graph, ctx) -> gs.Graph:
+    tensors = graph.tensors()
+    columns = []
+    for layer in ctx.layers:
+        spikes = tensors[layer["spike_tensor"]]
+        shape = static_shape(spikes)
+        if shape is None:
+            shape = static_shape(layer["_node"].inputs[0])
+        layer["shape"] = list(shape) if shape else None
+        layer["neurons"] = numel(shape) if shape else None
+        max_k = max(abs(layer["s_min"]), abs(layer["s_max"]))
+        flat = gs.Variable(fresh(graph, f"{layer['name']}.flat_spikes"), dtype=np.float32)
+        graph.nodes.append(gs.Node("Flatten", name=fresh(graph, f"{layer['name']}/flatten_spikes"),
+                                   attrs={"axis": 1}, inputs=[spikes], outputs=[flat]))
+        axes = make_const(graph, "pmsm_axis1", np.array([1], dtype=np.int64), dtype=np.int64)
+        count = gs.Variable(fresh(graph, f"{layer['name']}.spike_count"), dtype=np.float32)
+        if layer["neurons"] is not None and layer["neurons"] * max_k < FLOAT_EXACT_LIMIT:
+            graph.nodes.append(gs.Node("ReduceL1", name=fresh(graph, f"{layer['name']}/count"), attrs={"keepdims": 1},
+                                       inputs=[flat, axes], outputs=[count]))
+            layer["count_dtype"] = "float32-exact"
+        else:
+            as_int = gs.Variable(fresh(graph, f"{layer['name']}.spikes_int"), dtype=np.int64)
+            mag = gs.Variable(fresh(graph, f"{layer['name']}.spikes_abs"), dtype=np.int64)
+            count = gs.Variable(count.name, dtype=np.int64)
+            graph.nodes += [
+                gs.Node("Cast", attrs={"to": 7}, inputs=[flat], outputs=[as_int]),
+                gs.Node("Abs", inputs=[as_int], outputs=[mag]),
+                gs.Node("ReduceSum", name=fresh(graph, f"{layer['name']}/count"), attrs={"keepdims": 1},
+                        inputs=[mag, axes], outputs=[count]),
+            ]
+            layer["count_dtype"] = "int64"
+        columns.append(count)
+    float_cols = [c for c in columns if c.dtype == np.float32]
+    if all(c.dtype == np.float32 for c in columns):
+        cat = gs.Variable(fresh(graph, "pmsm_spike_counts_f"), dtype=np.float32)
+        graph.nodes.append(gs.Node("Concat", attrs={"axis": 1}, inputs=columns, outputs=[cat]))
+        out = gs.Variable(COUNTS_OUTPUT, dtype=np.int64, shape=["batch", len(columns)])
+        graph.nodes.append(gs.Node("Cast", attrs={"to": 7}, inputs=[cat], outputs=[out]))
+    else:
+        ints = []
+        for c in columns:
+            if c in float_cols:
+                ci = gs.Variable(fresh(graph, c.name + "_i64"), dtype=np.int64)
+                graph.nodes.append(gs.Node("Cast", attrs={"to": 7}, inputs=[c], outputs=[ci]))
+                ints.append(ci)
+            else:
+                ints.append(c)
+        out = gs.Variable(COUNTS_OUTPUT, dtype=np.int64, shape=["batch", len(columns)])
+        graph.nodes.append(gs.Node("Concat", attrs={"axis": 1}, inputs=ints, outputs=[out]))
+    for i, layer in enumerate(ctx.layers):
+        layer["count_index"] = i
+    graph.outputs.append(out)
+    ctx.spike_counts_output = COUNTS_OUTPUT
+    return graph

@@ -1,0 +1,116 @@
+"""Small helpers over onnx-graphsurgeon graphs shared by the passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+INTERNAL_DOMAIN = "pmsm.internal"
+
+
+class PassRefusal(Exception):
+    """A pass cannot transform the graph; the message says why (one line)."""
+
+
+def const_value(tensor) -> np.ndarray | None:
+    """The value of a constant tensor (initializer or Constant node output), else None."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        node = tensor.inputs[0]
+        value = node.attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+        for key in ("value_float", "value_int"):
+            if key in node.attrs:
+                return np.asarray(node.attrs[key])
+        for key in ("value_floats", "value_ints"):
+            if key in node.attrs:
+                return np.asarray(node.attrs[key])
+    return None
+
+
+def scalar_value(tensor) -> float | None:
+    value = const_value(tensor)
+    if value is None or value.size != 1:
+        return None
+    return float(value.reshape(()))
+
+
+def producer(tensor):
+    return tensor.inputs[0] if len(tensor.inputs) == 1 else None
+
+
+def consumers(tensor):
+    return list(tensor.outputs)
+
+
+def sole_consumer(tensor, graph):
+    """The only consumer of ``tensor`` if it has exactly one and is not a graph output."""
+    if tensor in graph.outputs or len(tensor.outputs) != 1:
+        return None
+    return tensor.outputs[0]
+
+
+def is_weight_shared(tensor, node) -> bool:
+    return any(other is not node for other in tensor.outputs)
+
+
+def const_operand(node):
+    """For a binary op with one constant input: (variable input, constant value, const index)."""
+    if len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    va, vb = const_value(a), const_value(b)
+    if vb is not None and va is None:
+        return a, vb, 1
+    if va is not None and vb is None:
+        return b, va, 0
+    return None
+
+
+def node_label(node) -> str:
+    return f"{node.op} '{node.name}'" if node.name else node.op
+
+
+def static_shape(tensor):
+    """Per-sample shape (dims after the batch axis) as ints, or None if unknown."""
+    shape = tensor.shape
+    if shape is None or len(shape) == 0:
+        return None
+    dims = shape[1:]
+    if all(isinstance(d, (int, np.integer)) and d > 0 for d in dims):
+        return tuple(int(d) for d in dims)
+    return None
+
+
+def numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+_counter = {"n": 0}
+
+
+def fresh(graph, base: str) -> str:
+    """A tensor/node name not used in the graph."""
+    names = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+    if base not in names:
+        return base
+    i = 1
+    while f"{base}_{i}" in names:
+        i += 1
+    return f"{base}_{i}"
+
+
+def make_const(graph, base: str, value, dtype=np.float32) -> gs.Constant:
+    return gs.Constant(fresh(graph, base), np.asarray(value, dtype=dtype))
+
+
+def replace_uses(graph, old, new):
+    """Make every consumer of ``old`` (and the graph outputs) read ``new`` instead."""
+    for node in list(old.outputs):
+        node.inputs = [new if t is old else t for t in node.inputs]
+    graph.outputs = [new if t is old else t for t in graph.outputs]

@@ -1,0 +1,222 @@
+"""recognize_pqa: find quantized activations in any of three forms and mark them.
+
+Forms recognised (each becomes one internal ``Quantizer`` node that records the exact arithmetic
+of the source, so that ``--exact`` can reproduce it bit for bit):
+
+1. ``pmsm::PQA`` / ``pmsm::QCFS`` nodes (our exporter): θ = fl(λ / L), pre = Div θ, post = Mul θ.
+2. Plain ops, as a plain PyTorch PQA exports:
+   ``[Div(x, c) | Mul(x, c)] → Add(·, 0.5) → Floor → Clip(lo, hi) → [Mul(·, c′) | Div(·, c′)]``;
+   the leading and trailing scale are optional (an exporter drops them when c = 1).
+   Clip bounds must be integers with lo ≤ 0 < hi; lo = 0 is read as QCFS (clip to [0, λ]).
+3. ``QuantizeLinear(x, s, zp) → [Clip] → DequantizeLinear(·, s′, zp)``, per-tensor: levels
+   k = q − zp in [max(lo, qmin) − zp, min(hi, qmax) − zp]. QuantizeLinear rounds half to even,
+   the AIF neuron (and PQA) half up: the two differ only on exact ties, which the verification
+   counts.
+
+Refused, with the reason in the report: a pattern whose inner tensors fork, non-scalar or
+non-positive scales, non-integer bounds, per-axis quantization, mismatched zero points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .graph_utils import INTERNAL_DOMAIN, PassRefusal, const_operand, const_value, producer, scalar_value
+
+QDQ_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255),
+              np.dtype(np.int16): (-32768, 32767), np.dtype(np.uint16): (0, 65535)}
+
+
+def _f32(x) -> float:
+    return float(np.float32(x))
+
+
+def _integer(value: float, what: str) -> int:
+    k = round(value)
+    if abs(value - k) > 1e-6:
+        raise PassRefusal(f"{what} {value} is not an integer level")
+    return int(k)
+
+
+def _make_quantizer(graph, x, y, *, kind, levels, k_min, k_max, pre_op, pre_value, post_op, post_value, lam,
+                    name, source):
+    if not k_min <= 0 < k_max:
+        raise PassRefusal(f"{name}: clip range [{k_min}, {k_max}] must satisfy k_min ≤ 0 < k_max")
+    for what, op, value in (("input scale", pre_op, pre_value), ("output scale", post_op, post_value)):
+        if op and not value > 0:
+            raise PassRefusal(f"{name}: {what} {value} must be positive")
+    node = gs.Node(op="Quantizer", name=name, domain=INTERNAL_DOMAIN, inputs=[x], outputs=[y], attrs=dict(
+        kind=kind, levels=int(levels), k_min=int(k_min), k_max=int(k_max), pre_op=pre_op, pre_value=pre_value,
+        post_op=post_op, post_value=post_value, lam=lam, source=source))
+    graph.nodes.append(node)
+    return node
+
+
+def _layer_name(candidates):
+    for c in candidates:
+        if c:
+            return c
+    return "act"
+
+
+def recognize_pqa(graph: gs.Graph, ctx) -> gs.Graph:
+    _recognize_nodes(graph, ctx)
+    _recognize_plain(graph, ctx)
+    _recognize_qdq(graph, ctx)
+    leftovers = [n for n in graph.nodes if n.outputs and (n.op in ("Floor", "QuantizeLinear") or n.domain == "pmsm")]
+    if leftovers:
+        reasons = "; ".join(ctx.notes[-3:]) if ctx.notes else "pattern not recognised"
+        names = ", ".join(f"{n.op} '{n.name}'" for n in leftovers[:5])
+        raise PassRefusal(f"cannot map quantizer op(s) {names}: {reasons}")
+    return graph
+
+
+def _recognize_nodes(graph, ctx):
+    for node in list(graph.nodes):
+        if node.domain != "pmsm" or node.op not in ("PQA", "QCFS"):
+            continue
+        if len(node.inputs) != 2:
+            raise PassRefusal(f"pmsm::{node.op} '{node.name}' needs inputs (X, lam)")
+        lam = scalar_value(node.inputs[1])
+        if lam is None:
+            raise PassRefusal(f"pmsm::{node.op} '{node.name}': λ must be a constant scalar")
+        if not lam > 0:
+            raise PassRefusal(f"pmsm::{node.op} '{node.name}': λ = {lam} must be positive")
+        levels = int(node.attrs.get("L", 8))
+        lam32 = np.float32(lam)
+        step = float(lam32 / np.float32(levels))
+        if node.op == "PQA":
+            alpha, beta = float(node.attrs.get("alpha", -0.25)), float(node.attrs.get("beta", 1.0))
+            k_min = int(np.round(np.float32(alpha) * np.float32(levels)))
+            k_max = int(np.round(np.float32(beta) * np.float32(levels)))
+            kind = "PQA"
+        else:
+            k_min, k_max, kind = 0, levels, "QCFS"
+        lam_name = node.inputs[1].name
+        name = _layer_name([node.name, lam_name[:-4] if lam_name.endswith(".lam") else "", node.outputs[0].name])
+        x, y = node.inputs[0], node.outputs[0]
+        node.inputs.clear()
+        node.outputs.clear()
+        _make_quantizer(graph, x, y, kind=kind, levels=levels, k_min=k_min, k_max=k_max, pre_op="Div",
+                        pre_value=step, post_op="Mul", post_value=step, lam=float(lam32), name=name,
+                        source=f"pmsm::{kind} node")
+
+
+def _single_use(t, graph):
+    return len(t.outputs) == 1 and t not in graph.outputs
+
+
+def _recognize_plain(graph, ctx):
+    for floor in [n for n in graph.nodes if n.op == "Floor"]:
+        try:
+            _match_plain(graph, floor, ctx)
+        except PassRefusal as exc:
+            ctx.notes.append(str(exc))
+
+
+def _match_plain(graph, floor, ctx):
+    where = f"Floor '{floor.name}'"
+    add = producer(floor.inputs[0])
+    if add is None or add.op != "Add" or not _single_use(floor.inputs[0], graph):
+        raise PassRefusal(f"{where}: not preceded by Add(x, 0.5)")
+    operand = const_operand(add)
+    if operand is None or operand[1].size != 1 or float(operand[1].reshape(())) != 0.5:
+        raise PassRefusal(f"{where}: the Add before Floor must add the constant 0.5")
+    shifted_in = operand[0]
+    clip = floor.outputs[0].outputs[0] if _single_use(floor.outputs[0], graph) else None
+    if clip is None or clip.op != "Clip" or len(clip.inputs) < 3:
+        raise PassRefusal(f"{where}: not followed by Clip(min, max) with both bounds")
+    lo, hi = scalar_value(clip.inputs[1]), scalar_value(clip.inputs[2])
+    if lo is None or hi is None:
+        raise PassRefusal(f"{where}: Clip bounds must be constant scalars")
+    k_min, k_max = _integer(lo, "clip min"), _integer(hi, "clip max")
+
+    # Optional leading scale: Div(x, c) or Mul(x, c) with c > 0, used only here.
+    x, pre_op, pre_value, pre_node = shifted_in, "", 1.0, None
+    p = producer(shifted_in)
+    if p is not None and p.op in ("Div", "Mul") and _single_use(shifted_in, graph):
+        operand = const_operand(p)
+        if operand is not None and operand[2] == 1 and operand[1].size == 1 and float(operand[1].reshape(())) > 0:
+            x, pre_op, pre_value, pre_node = operand[0], p.op, _f32(operand[1].reshape(())), p
+    # Optional trailing scale.
+    y, post_op, post_value, post_node = clip.outputs[0], "", 1.0, None
+    if _single_use(clip.outputs[0], graph):
+        q = clip.outputs[0].outputs[0]
+        if q.op in ("Mul", "Div"):
+            operand = const_operand(q)
+            if (operand is not None and operand[1].size == 1 and float(operand[1].reshape(())) > 0
+                    and (q.op == "Mul" or operand[2] == 1)):
+                y, post_op, post_value, post_node = q.outputs[0], q.op, _f32(operand[1].reshape(())), q
+    theta = pre_value if pre_op == "Div" else (1.0 / pre_value if pre_op == "Mul" else 1.0)
+    kind = "QCFS" if k_min == 0 else "PQA"
+    levels = k_max
+    out_scale = post_value if post_op == "Mul" else (1.0 / post_value if post_op == "Div" else 1.0)
+    name = _layer_name([floor.name, y.name])
+    for n in (pre_node, add, floor, clip, post_node):
+        if n is not None:
+            n.inputs.clear()
+            n.outputs.clear()
+    _make_quantizer(graph, x, y, kind=kind, levels=levels, k_min=k_min, k_max=k_max, pre_op=pre_op,
+                    pre_value=pre_value, post_op=post_op, post_value=post_value, lam=float(out_scale * levels),
+                    name=name, source="plain ops (Div/Mul, Add 0.5, Floor, Clip, Mul)")
+    del theta
+
+
+def _recognize_qdq(graph, ctx):
+    for ql in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
+        try:
+            _match_qdq(graph, ql)
+        except PassRefusal as exc:
+            ctx.notes.append(str(exc))
+
+
+def _qparams(node, where):
+    scale = const_value(node.inputs[1])
+    if scale is None or scale.size != 1:
+        raise PassRefusal(f"{where}: only per-tensor (scalar) scales are supported")
+    zp = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    if len(node.inputs) > 2 and node.inputs[2].name and zp is None:
+        raise PassRefusal(f"{where}: zero point must be constant")
+    if zp is not None and zp.size != 1:
+        raise PassRefusal(f"{where}: only per-tensor zero points are supported")
+    dtype = np.dtype(zp.dtype) if zp is not None else np.dtype(np.uint8)
+    zp_val = int(zp.reshape(())) if zp is not None else 0
+    return _f32(scale.reshape(())), zp_val, dtype
+
+
+def _match_qdq(graph, ql):
+    where = f"QuantizeLinear '{ql.name}'"
+    scale, zp, dtype = _qparams(ql, where)
+    if dtype not in QDQ_RANGES:
+        raise PassRefusal(f"{where}: unsupported quantized type {dtype}")
+    qmin, qmax = QDQ_RANGES[dtype]
+    if not _single_use(ql.outputs[0], graph):
+        raise PassRefusal(f"{where}: its output must feed one DequantizeLinear (optionally via Clip)")
+    nxt = ql.outputs[0].outputs[0]
+    clip = None
+    if nxt.op == "Clip":
+        clip = nxt
+        lo = scalar_value(clip.inputs[1]) if len(clip.inputs) > 1 and clip.inputs[1].name else qmin
+        hi = scalar_value(clip.inputs[2]) if len(clip.inputs) > 2 and clip.inputs[2].name else qmax
+        if lo is None or hi is None:
+            raise PassRefusal(f"{where}: Clip bounds must be constant")
+        qmin, qmax = max(qmin, int(lo)), min(qmax, int(hi))
+        if not _single_use(clip.outputs[0], graph):
+            raise PassRefusal(f"{where}: the Clip output must feed one DequantizeLinear")
+        nxt = clip.outputs[0].outputs[0]
+    if nxt.op != "DequantizeLinear":
+        raise PassRefusal(f"{where}: not followed by DequantizeLinear")
+    dq = nxt
+    scale2, zp2, _ = _qparams(dq, f"DequantizeLinear '{dq.name}'")
+    if zp2 != zp:
+        raise PassRefusal(f"{where}: zero points differ between QuantizeLinear ({zp}) and DequantizeLinear ({zp2})")
+    x, y = ql.inputs[0], dq.outputs[0]
+    for n in (ql, clip, dq):
+        if n is not None:
+            n.inputs.clear()
+            n.outputs.clear()
+    k_min, k_max = qmin - zp, qmax - zp
+    _make_quantizer(graph, x, y, kind="QDQ", levels=max(k_max, 1), k_min=k_min, k_max=k_max, pre_op="Div",
+                    pre_value=scale, post_op="Mul", post_value=scale2, lam=float(scale2 * max(k_max, 1)),
+                    name=_layer_name([ql.name, y.name]), source="QuantizeLinear/DequantizeLinear")

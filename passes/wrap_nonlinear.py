@@ -1,0 +1,112 @@
+"""wrap_nonlinear: make every non-linear op between neurons a stateful temporal wrapper.
+
+An op is wrapped when it is not linear in a time-varying input (a tensor that depends on some
+neuron state). Inputs that depend only on the network input are constant under rate coding and
+need no wrapper. See ``pmsm_compiler.ops.temporal`` for the math:
+
+    S_t = S_{t−1} + x_t;  F_t = t·f(S_t/t)  (F_t = f(S_t) for positively homogeneous f);
+    out_t = F_t − F_{t−1}
+
+Emitted as plain nodes: Add (sum), [Div by t], the original op with its attributes, [Mul by t],
+Sub (difference), with state inputs/outputs ``<op>.sum*`` and ``<op>.prev`` (initial value 0) and,
+for non-homogeneous ops, one scalar time input ``pmsm_t`` (the 1-based step, float32 [1]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from pmsm_compiler.ops import DOMAIN
+from pmsm_compiler.ops.temporal import GENERAL_OPS, HOMOGENEOUS_OPS
+
+from .absorb_threshold_scale import classify
+from .graph_utils import PassRefusal, fresh
+
+TIME_INPUT = "pmsm_t"
+LINEAR_CLASSES = {"weighted", "affine_add", "transparent_all", "transparent_first", "neuron"}
+
+
+def dynamic_tensors(graph, state_inputs):
+    dynamic = set(state_inputs)
+    for node in graph.nodes:
+        if any(t.name in dynamic for t in node.inputs):
+            dynamic.update(t.name for t in node.outputs)
+    return dynamic
+
+
+def wrap_nonlinear(graph: gs.Graph, ctx) -> gs.Graph:
+    graph.toposort()
+    dynamic = dynamic_tensors(graph, {s["input"] for s in ctx.states})
+    time_input = None
+    for node in list(graph.nodes):
+        if node.domain == DOMAIN:
+            continue
+        dyn_idx = [i for i, t in enumerate(node.inputs) if t.name in dynamic]
+        if not dyn_idx:
+            continue
+        cls = classify(node)
+        homogeneous = node.op in HOMOGENEOUS_OPS and len(dyn_idx) == 1
+        if cls in LINEAR_CLASSES and not (node.op in HOMOGENEOUS_OPS):
+            continue
+        if cls in LINEAR_CLASSES and node.op in HOMOGENEOUS_OPS:
+            pass  # MaxPool & co. are scale-transparent but not additive over time: wrap them
+        elif node.op not in GENERAL_OPS and node.op not in HOMOGENEOUS_OPS:
+            raise PassRefusal(f"{node.op} '{node.name}' is non-linear in spiking input and has no temporal "
+                              f"wrapper; supported: {', '.join(sorted(GENERAL_OPS | HOMOGENEOUS_OPS))}")
+        if any(len(o.shape or []) == 0 for o in node.outputs) or len(node.outputs) != 1:
+            raise PassRefusal(f"{node.op} '{node.name}': the wrapper needs one output of known rank")
+        if not homogeneous and time_input is None:
+            time_input = gs.Variable(TIME_INPUT, dtype=np.float32, shape=[1])
+            graph.inputs.append(time_input)
+            ctx.time_input = TIME_INPUT
+        _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input)
+    return graph
+
+
+def _state(graph, base, like):
+    rank = len(like.shape) if like.shape is not None else None
+    if rank is None:
+        raise PassRefusal(f"tensor '{like.name}' has unknown rank; cannot hold it as state")
+    name = fresh(graph, base)
+    return gs.Variable(name, dtype=np.float32, shape=[f"{name}:{i}" for i in range(rank)])
+
+
+def _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input):
+    label = node.name or fresh(graph, node.op)
+    out = node.outputs[0]
+    record = {"name": label, "op": node.op, "homogeneous": homogeneous, "states": []}
+    for i in dyn_idx:
+        x = node.inputs[i]
+        s_in = _state(graph, f"{label}.sum{i}", x)
+        s_out = gs.Variable(fresh(graph, f"{label}.sum{i}_next"), dtype=np.float32, shape=x.shape)
+        graph.nodes.append(gs.Node("Add", name=fresh(graph, f"{label}/accumulate{i}"), inputs=[s_in, x],
+                                   outputs=[s_out]))
+        avg = s_out
+        if not homogeneous:
+            avg = gs.Variable(fresh(graph, f"{label}.mean{i}"), dtype=np.float32, shape=x.shape)
+            graph.nodes.append(gs.Node("Div", name=fresh(graph, f"{label}/average{i}"), inputs=[s_out, time_input],
+                                       outputs=[avg]))
+        node.inputs[i] = avg
+        graph.inputs.append(s_in)
+        graph.outputs.append(s_out)
+        ctx.states.append({"input": s_in.name, "output": s_out.name, "init": 0.0, "kind": "input_sum",
+                           "wrapper": label})
+        record["states"].append(s_in.name)
+    value = gs.Variable(fresh(graph, f"{label}.value"), dtype=np.float32, shape=out.shape)
+    node.outputs = [value]
+    cumulative = value
+    if not homogeneous:
+        cumulative = gs.Variable(fresh(graph, f"{label}.cumulative"), dtype=np.float32, shape=out.shape)
+        graph.nodes.append(gs.Node("Mul", name=fresh(graph, f"{label}/times_t"), inputs=[value, time_input],
+                                   outputs=[cumulative]))
+    prev = _state(graph, f"{label}.prev", out)
+    graph.nodes.append(gs.Node("Sub", name=fresh(graph, f"{label}/difference"), inputs=[cumulative, prev],
+                               outputs=[out]))
+    graph.inputs.append(prev)
+    graph.outputs.append(cumulative)
+    ctx.states.append({"input": prev.name, "output": cumulative.name, "init": 0.0, "kind": "cumulative_output",
+                       "wrapper": label})
+    record["states"].append(prev.name)
+    ctx.wrappers.append(record)
+

@@ -1,0 +1,196 @@
+"""Compile a quantized ANN (ONNX) into a stateful single-timestep SNN (ONNX).
+
+The compiled model runs ONE timestep per call in stock onnxruntime. Its contract (also recorded
+as JSON in ``metadata_props["pmsm.snn"]``):
+
+- inputs: the ANN's input(s); one state input per neuron layer (membrane, initial ½) and per
+  temporal wrapper (initial 0), declared rank-only so that a broadcast [1, …, 1] initial tensor
+  can be fed at t = 1; ``pmsm_t`` (float32 [1], the 1-based step) when a wrapper needs it;
+- outputs: the ANN's output(s) for this step (rate coding: average them over steps), the next
+  value of every state, and ``pmsm_spike_counts`` (int64 [batch, layers], Σ|k| per layer).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from pmsm_compiler import __version__
+from pmsm_compiler.errors import UnsupportedModelError
+from pmsm_compiler.ops import DOMAIN, add_functions
+from pmsm_compiler.ops.neurons import neuron_functions
+from pmsm_compiler.passes import PIPELINE, PassContext, PassManager, PassRefusal
+from pmsm_compiler.passes.absorb_threshold_scale import classify
+from pmsm_compiler.passes.graph_utils import numel, static_shape
+
+SNN_METADATA_KEY = "pmsm.snn"
+FORMAT_VERSION = 1
+MODES = ("folded", "exact")
+
+
+class CompiledModel:
+    """The compiled ONNX model plus what the compiler learned (layers, states, notes)."""
+
+    def __init__(self, model: onnx.ModelProto, info: dict):
+        self.model = model
+        self.info = info
+
+    @property
+    def layers(self):
+        return self.info["layers"]
+
+
+def _macs(node) -> int | None:
+    """Multiply-accumulates per sample of a weighted op, from static shapes."""
+    out = static_shape(node.outputs[0])
+    w = node.inputs[1]
+    if out is None or w.shape is None:
+        return None
+    wshape = [int(d) for d in w.shape]
+    if node.op == "Conv":
+        return numel(out) * numel(wshape[1:])
+    if node.op == "Gemm":
+        k = wshape[1] if node.attrs.get("transB", 0) else wshape[0]
+        return numel(out) * k
+    if node.op == "MatMul":
+        return numel(out) * wshape[-2]
+    return None
+
+
+def _fan_out(graph, layer, tensors) -> float | None:
+    """Mean synapses driven per spike: Σ MACs of the weighted ops the layer feeds (through
+    reshapes, pooling, residual adds and synaptic scales) / neurons, plus 1 per neuron for every
+    direct (identity) path into another neuron layer."""
+    neurons = layer.get("neurons")
+    if not neurons:
+        return None
+    start = tensors[layer["ann_output"]]
+    total, seen, stack = 0.0, set(), [start]
+    while stack:
+        t = stack.pop()
+        for node in t.outputs:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.domain == DOMAIN:
+                shape = static_shape(node.inputs[0])
+                total += numel(shape) if shape else 0
+                continue
+            cls = classify(node)
+            if cls == "weighted" and node.op in ("Conv", "Gemm", "MatMul"):
+                total += _macs(node) or 0
+                continue
+            if node.op in ("Mul", "Div") and cls == "weighted" and layer_is_scale(node):
+                stack.extend(node.outputs)
+                continue
+            stack.extend(node.outputs)
+    return total / neurons
+
+
+def layer_is_scale(node) -> bool:
+    from pmsm_compiler.passes.graph_utils import const_value
+
+    c = const_value(node.inputs[1])
+    return c is not None and c.size == 1
+
+
+def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel:
+    """Run the pass pipeline on a loaded (checked, shape-inferred) ANN model."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    start = time.perf_counter()
+    graph = gs.import_onnx(model)
+    ctx = PassContext(mode=mode)
+    try:
+        graph = PassManager(PIPELINE).run(graph, ctx)
+    except PassRefusal as exc:
+        raise UnsupportedModelError(str(exc)) from None
+    tensors = graph.tensors()
+    ann_macs = 0
+    for node in graph.nodes:
+        if node.op in ("Conv", "Gemm", "MatMul") and classify(node) == "weighted":
+            ann_macs += _macs(node) or 0
+    for layer in ctx.layers:
+        layer["fan_out"] = _fan_out(graph, layer, tensors)
+    used_ops = {n.op for n in graph.nodes if n.domain == DOMAIN}
+    graph.functions = [f for f in graph.functions if f.domain != DOMAIN]
+    snn = gs.export_onnx(graph)
+    keep = [f for f in snn.functions if f.domain != DOMAIN]
+    del snn.functions[:]
+    snn.functions.extend(keep)
+    add_functions(snn, [f for f in neuron_functions() if f.name in used_ops])
+    snn.ir_version = model.ir_version
+    snn.producer_name = "pmsm-compiler"
+    snn.producer_version = __version__
+    input_names = [t.name for t in graph.inputs if t.name not in {s["input"] for s in ctx.states}
+                   and t.name != ctx.time_input]
+    state_out = {s["output"] for s in ctx.states}
+    outputs = [t.name for t in graph.outputs if t.name not in state_out and t.name != ctx.spike_counts_output]
+    layers = [{k: v for k, v in layer.items() if not k.startswith("_")} for layer in ctx.layers]
+    info = {
+        "format": "pmsm-snn", "format_version": FORMAT_VERSION, "compiler_version": __version__, "mode": mode,
+        "inputs": [{"name": n, "shape": _shape_of(graph, n)} for n in input_names],
+        "outputs": outputs, "spike_counts_output": ctx.spike_counts_output, "time_input": ctx.time_input,
+        "states": ctx.states, "layers": layers, "wrappers": ctx.wrappers, "ann_macs": int(ann_macs),
+        "notes": ctx.notes, "pass_seconds": ctx.timings,
+    }
+    for prop in model.metadata_props:
+        if prop.key == "pmsm.export":
+            try:
+                exported = json.loads(prop.value)
+                if "normalization" in exported:
+                    info["normalization"] = exported["normalization"]
+            except json.JSONDecodeError:
+                pass
+    _copy_metadata(model, snn)
+    _set(snn, SNN_METADATA_KEY, info)
+    try:
+        onnx.checker.check_model(snn, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise UnsupportedModelError(f"internal error: the compiled model fails the ONNX checker: "
+                                    f"{' '.join(str(exc).split())[:300]}") from None
+    info["compile_seconds"] = round(time.perf_counter() - start, 3)
+    _set(snn, SNN_METADATA_KEY, info)
+    return CompiledModel(snn, info)
+
+
+def _shape_of(graph, name):
+    for t in graph.inputs:
+        if t.name == name and t.shape is not None:
+            return [d if isinstance(d, (int, np.integer)) else str(d) for d in t.shape]
+    return None
+
+
+def _copy_metadata(src, dst):
+    del dst.metadata_props[:]
+    for prop in src.metadata_props:
+        if prop.key != SNN_METADATA_KEY:
+            dst.metadata_props.add(key=prop.key, value=prop.value)
+
+
+def _set(model, key, value):
+    text = json.dumps(value, sort_keys=False, default=_json_default)
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = text
+            return
+    model.metadata_props.add(key=key, value=text)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def read_snn_info(model: onnx.ModelProto) -> dict | None:
+    for prop in model.metadata_props:
+        if prop.key == SNN_METADATA_KEY:
+            return json.loads(prop.value)
+    return None

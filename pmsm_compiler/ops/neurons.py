@@ -1,0 +1,118 @@
+"""Spiking neurons in threshold units: ``pmsm::AIF`` (PMSM) and ``pmsm::IF`` (QCFS baseline).
+
+Both keep the membrane in threshold units, u = v/θ, so the threshold is 1 and the first step
+repeats the quantizer's own float operations (onnx-findings.md, "Exactness at T=1"). A neuron is
+composed of three parts, each a function below and a few nodes of the ONNX body:
+
+    integrate   m(t) = u(t−1) + I(t)                     I = input current in threshold units
+    fire        AIF: k(t) = clip(floor(m(t)), s_min, s_max)   signed multi-spike count
+                IF:  k(t) = 1[m(t) ≥ 1]                       binary spike
+    reset       u(t) = m(t) − k(t)                       soft reset (subtract what fired)
+
+    u(0) = ½  (supplied by the runtime as a broadcast state tensor)
+
+AIF with θ = λ/L, s_min = αL, s_max = βL and u(0) = ½ reproduces PQA at t = 1 exactly:
+k(1) = clip(floor(½ + z/θ), αL, βL) = PQA level (equations.md §3.2). The output PSP is k·θ; in the
+folded (hardware) form the θ's are absorbed into the weights and the neuron emits k itself.
+
+IF with θ = λ (QCFS, Bu et al. 2022) emits at most one spike per step: at t = 1 it outputs
+λ·1[z ≥ λ/2], a 1-bit code, which is why QCFS is lossy at the first timestep.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import parse_function
+
+AIF_BODY = """
+AIF <s_min, s_max> (I, U) => (K, U_next)
+{
+    m = Add (U, I)
+    level = Floor (m)
+    lo_int = Constant <value_int: int = @s_min> ()
+    hi_int = Constant <value_int: int = @s_max> ()
+    lo = CastLike (lo_int, m)
+    hi = CastLike (hi_int, m)
+    K = Clip (level, lo, hi)
+    U_next = Sub (m, K)
+}
+"""
+
+IF_BODY = """
+IF (I, U) => (K, U_next)
+{
+    m = Add (U, I)
+    one = Constant <value_float = 1.0> ()
+    one_t = CastLike (one, m)
+    fired = GreaterOrEqual (m, one_t)
+    K = CastLike (fired, m)
+    U_next = Sub (m, K)
+}
+"""
+
+INITIAL_MEMBRANE = 0.5
+
+
+def aif_function():
+    return parse_function(AIF_BODY)
+
+
+def if_function():
+    return parse_function(IF_BODY)
+
+
+def neuron_functions():
+    return [aif_function(), if_function()]
+
+
+# ----------------------------------------------------------------------------------------------
+# numpy reference, part by part (used by tests and as an independent simulation)
+# ----------------------------------------------------------------------------------------------
+
+def integrate(u: np.ndarray, current: np.ndarray) -> np.ndarray:
+    return u + current
+
+
+def fire_multi(m: np.ndarray, s_min: int, s_max: int) -> np.ndarray:
+    return np.clip(np.floor(m), s_min, s_max)
+
+
+def fire_binary(m: np.ndarray) -> np.ndarray:
+    return (m >= 1).astype(m.dtype)
+
+
+def soft_reset(m: np.ndarray, k: np.ndarray) -> np.ndarray:
+    return m - k
+
+
+class AIFNeuron:
+    """Numpy AIF layer: ``step(current)`` returns the spike counts k (signed integers as floats)."""
+
+    def __init__(self, s_min: int, s_max: int, dtype=np.float32):
+        self.s_min, self.s_max, self.dtype = int(s_min), int(s_max), dtype
+        self.u = None
+
+    def reset(self):
+        self.u = None
+
+    def step(self, current: np.ndarray) -> np.ndarray:
+        u = self.u if self.u is not None else self.dtype(INITIAL_MEMBRANE)
+        m = integrate(u, current.astype(self.dtype, copy=False))
+        k = fire_multi(m, self.s_min, self.s_max)
+        self.u = soft_reset(m, k)
+        return k
+
+
+class IFNeuron(AIFNeuron):
+    """Numpy IF layer (QCFS): binary spikes, soft reset."""
+
+    def __init__(self, dtype=np.float32):
+        super().__init__(0, 1, dtype)
+
+    def step(self, current: np.ndarray) -> np.ndarray:
+        u = self.u if self.u is not None else self.dtype(INITIAL_MEMBRANE)
+        m = integrate(u, current.astype(self.dtype, copy=False))
+        k = fire_binary(m)
+        self.u = soft_reset(m, k)
+        return k
