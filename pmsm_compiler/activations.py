@@ -146,7 +146,7 @@ class PQA(_QuantizedActivation):
         return {"L": self.levels, "alpha": float(self.alpha), "beta": float(self.beta)}
 
     def extra_repr(self) -> str:
-        return f"L={self.levels}, λ={float(self.lam):.4g}, α={self.alpha:g}, β={self.beta:g}"
+        return f"L={self.levels}, λ={float(self.lam.detach()):.4g}, α={self.alpha:g}, β={self.beta:g}"
 
 
 class QCFS(_QuantizedActivation):
@@ -161,7 +161,7 @@ class QCFS(_QuantizedActivation):
         return {"L": self.levels}
 
     def extra_repr(self) -> str:
-        return f"L={self.levels}, λ={float(self.lam):.4g}"
+        return f"L={self.levels}, λ={float(self.lam.detach()):.4g}"
 
 
 @dataclass
@@ -274,9 +274,12 @@ def _swap_functional(model: nn.Module, spec: ActivationSpec, report: SwapReport)
             if not is_relu:
                 continue
             new_name = f"pmsm_act{changed}"
-            while hasattr(module, new_name):
+            while hasattr(module, new_name) or hasattr(graph_module, new_name):
                 new_name += "_"
-            module.add_module(new_name, spec.make())
+            new_act = spec.make()
+            module.add_module(new_name, new_act)
+            # The graph's owning module must have the target too (fx checks call_module targets).
+            graph_module.add_submodule(new_name, new_act)
             with graph_module.graph.inserting_after(node):
                 new_node = graph_module.graph.call_module(new_name, (node.args[0],))
             node.replace_all_uses_with(new_node)
@@ -286,22 +289,46 @@ def _swap_functional(model: nn.Module, spec: ActivationSpec, report: SwapReport)
         if changed:
             graph_module.graph.lint()
             graph_module.recompile()
+            # Tensor constants that fx lifted out of forward() live on the GraphModule only.
+            for node in graph_module.graph.nodes:
+                if node.op == "get_attr" and "." not in node.target and not hasattr(module, node.target):
+                    value = getattr(graph_module, node.target)
+                    if isinstance(value, torch.Tensor):
+                        module.register_buffer(node.target, value, persistent=False)
             # Keep the user's class and attributes; only its forward changes.
             module.forward = graph_module.forward.__get__(module)
-            module._pmsm_traced = graph_module  # keeps the generated code alive
+            # Keep the generated code alive without registering the GraphModule as a submodule
+            # (that would duplicate every parameter under "_pmsm_traced." in the state_dict).
+            object.__setattr__(module, "_pmsm_traced", graph_module)
 
 
 def _may_call_functional_relu(module: nn.Module) -> bool:
-    import inspect
+    """Whether the module's class (forward and its helper methods) refers to a functional relu.
 
-    forward = type(module).forward
-    if forward is nn.Module.forward:
+    Looks for ``F.relu`` / ``torch.relu`` / ``x.relu()`` / ``relu(...)`` in the source of every
+    class between ``type(module)`` and ``nn.Module``; ``self.relu`` (a submodule) does not count.
+    When the source cannot be read, the module is traced anyway.
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    if type(module).forward is nn.Module.forward:
         return False
-    try:
-        source = inspect.getsource(forward)
-    except (OSError, TypeError):
-        return True
-    return "relu" in source
+    for cls in type(module).__mro__:
+        if cls is nn.Module or cls is object or not issubclass(cls, nn.Module):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError, SyntaxError):
+            return True
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id in _RELU_METHODS:
+                return True
+            if isinstance(node, ast.Attribute) and node.attr in _RELU_METHODS and not (
+                    isinstance(node.value, ast.Name) and node.value.id == "self"):
+                return True
+    return False
 
 
 __all__ = [

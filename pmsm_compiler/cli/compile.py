@@ -1,0 +1,154 @@
+"""pmsm-compile: quantized ANN (ONNX) → stateful SNN (ONNX), verified at T = 1 on every compile."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+from pmsm_compiler import __version__
+from pmsm_compiler.errors import VerificationError, cli_errors
+
+REPORT_SCHEMA_VERSION = 1
+
+
+def default_output(path: str) -> str:
+    base = path[:-5] if path.endswith(".onnx") else path
+    return base + ".snn.onnx"
+
+
+def layer_table(layers, verification=None) -> str:
+    by_name = {p["name"]: p for p in (verification or {}).get("layers", [])}
+    head = f"{'layer':<24} {'neuron':<6} {'neurons':>8} {'theta':>9} {'s_min':>5} {'s_max':>5} {'fan_out':>8}"
+    if verification:
+        head += f" {'level agreement':>16}"
+    lines = [head, "-" * len(head)]
+    for layer in layers:
+        fan = f"{layer['fan_out']:.1f}" if layer.get("fan_out") is not None else "?"
+        row = (f"{layer['name'][:24]:<24} {layer['neuron']:<6} {layer.get('neurons') or 0:>8} "
+               f"{layer['theta']:>9.4g} {layer['s_min']:>5} {layer['s_max']:>5} {fan:>8}")
+        if verification and layer["name"] in by_name:
+            p = by_name[layer["name"]]
+            mark = "" if p["in_policy"] else " (lossy: IF)"
+            row += f" {p['level_agreement']:>16.6f}{mark}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", type=click.Path(), help="Output path (default: MODEL with .snn.onnx).")
+@click.option("--exact", is_flag=True, help="Keep the ANN's arithmetic (no folding): T=1 is bit-identical.")
+@click.option("--check/--no-check", default=True, show_default=True, help="Verify the SNN at T=1 against the ANN.")
+@click.option("--calibration-data", type=click.Path(), help="Verify on real data (.npz, .npy, CIFAR folder, "
+              "image folder, or 'bundled') instead of seeded random inputs.")
+@click.option("--samples", default=64, show_default=True, help="Inputs used by the verification.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random verification inputs.")
+@click.option("--normalization", default="auto", show_default=True,
+              help="For uint8 calibration images: auto (model metadata, else cifar10), cifar10, cifar100, "
+                   "imagenet, none.")
+@click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
+              show_default=True, help="onnxruntime optimization level for both models in the verification.")
+@click.option("--max-level-mismatch", default=1e-2, show_default=True,
+              help="Folded mode: largest accepted level-mismatch rate over all AIF layers.")
+@click.option("--min-top1-agreement", default=0.98, show_default=True,
+              help="Folded mode: smallest accepted top-1 agreement between ANN and SNN.")
+@click.option("--report", "report_path", type=click.Path(), help="Write the JSON report here.")
+@click.option("--max-bytes", default=None, type=int, help="Refuse model files larger than this.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the summary line.")
+@cli_errors
+def main(model, output, exact, check, calibration_data, samples, seed, normalization, opt_level,
+         max_level_mismatch, min_top1_agreement, report_path, max_bytes, quiet):
+    """Compile MODEL (an ONNX model with PQA / QCFS / QDQ activations) into a spiking model.
+
+    Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
+    2 bad input or unsupported model.
+    """
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.errors import InputError
+    from pmsm_compiler.loading import MAX_MODEL_BYTES, load_model, save_model_atomic, save_text_atomic
+    from pmsm_compiler.verify import VerificationPolicy, random_inputs, verify
+
+    if samples < 1:
+        raise InputError(f"--samples must be >= 1, got {samples}")
+    output = output or default_output(model)
+    if os.path.abspath(output) == os.path.abspath(model):
+        raise InputError("the output path must differ from the input model")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(out_dir):
+        raise InputError(f"output directory does not exist: {out_dir}")
+    if report_path and not os.path.isdir(os.path.dirname(os.path.abspath(report_path))):
+        raise InputError(f"report directory does not exist: {os.path.dirname(os.path.abspath(report_path))}")
+    start = time.perf_counter()
+    ann = load_model(model, max_bytes=max_bytes or MAX_MODEL_BYTES)
+    mode = "exact" if exact else "folded"
+    compiled = compile_model(ann, mode=mode)
+    info = compiled.info
+    verification = {"passed": None, "skipped": True}
+    if check:
+        if calibration_data:
+            from pmsm_compiler.data import load_dataset
+            from pmsm_compiler.data.prepare import model_inputs, resolve_normalization
+
+            ds = load_dataset(None if calibration_data == "bundled" else calibration_data)
+            mean, std = resolve_normalization(normalization, info)
+            x, _ = model_inputs(ds, info["inputs"][0]["shape"], mean, std, limit=samples)
+            label = f"{ds.name} ({len(x)} samples)"
+        else:
+            x = random_inputs(info, samples, seed)
+            label = f"random normal, seed {seed} ({samples} samples)"
+        policy = VerificationPolicy(max_level_mismatch, min_top1_agreement)
+        verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode, policy=policy, data_label=label)
+    elapsed = time.perf_counter() - start
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION, "tool": "pmsm-compile", "compiler_version": __version__,
+        "input": os.path.abspath(model), "output": None, "mode": mode, "compile_seconds": info["compile_seconds"],
+        "total_seconds": round(elapsed, 3), "ann_macs": info["ann_macs"], "time_input": info["time_input"],
+        "verification": {k: v for k, v in verification.items() if k != "layers"},
+        "layers": _report_layers(info, verification), "wrappers": info["wrappers"], "notes": info["notes"],
+    }
+    passed = verification.get("passed") is not False
+    if passed:
+        save_model_atomic(compiled.model, output)
+        report["output"] = os.path.abspath(output)
+    if report_path:
+        save_text_atomic(json.dumps(report, indent=1) + "\n", report_path)
+    if not quiet:
+        click.echo(f"pmsm-compile {__version__}: {model} ({mode} mode, {len(info['layers'])} neuron layers, "
+                   f"{len(info['wrappers'])} temporal wrappers)")
+        click.echo(layer_table(info["layers"], verification if check else None))
+        if check:
+            v = verification
+            la = "n/a" if v["level_agreement"] is None else f"{v['level_agreement']:.6f}"
+            t1 = "n/a" if v["top1_agreement"] is None else f"{v['top1_agreement']:.4f}"
+            click.echo(f"verification at T=1 ({v['data']}, onnxruntime opt level {opt_level}): level agreement "
+                       f"{la}, top-1 agreement {t1}, max |diff| {v['max_abs_diff']:.3g}"
+                       + (" [QCFS layers are lossy at T=1 by design; excluded]" if v["lossy_layers_excluded"] else ""))
+    if not passed:
+        raise VerificationError("verification failed: " + "; ".join(verification["failures"][:3])
+                                + " (no model written)")
+    summary = f"wrote {output} in {elapsed:.2f} s"
+    if check:
+        summary += " — verification passed"
+    click.echo(summary)
+
+
+def _report_layers(info, verification):
+    by_name = {p["name"]: p for p in verification.get("layers", [])} if verification else {}
+    keys = ("name", "kind", "neuron", "neurons", "shape", "theta", "theta_out", "s_min", "s_max", "fan_out",
+            "state_in", "state_out", "count_index", "source")
+    out = []
+    for layer in info["layers"]:
+        row = {k: layer.get(k) for k in keys}
+        if layer["name"] in by_name:
+            p = by_name[layer["name"]]
+            row.update(level_agreement=p["level_agreement"], mismatches=p["mismatches"])
+        out.append(row)
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
