@@ -56,6 +56,9 @@ DEFAULT_ALLOWED_OPS: frozenset[tuple[str, str]] = frozenset(
         "DequantizeLinear", "Shape", "Gather", "Slice", "Cast", "Softmax", "LayerNormalization",
         "ReduceMean", "Sqrt", "Pow", "Erf", "Tanh", "Sigmoid", "Split", "Expand",
         "ConstantOfShape", "Abs", "Neg", "Max", "Min", "Less", "Greater", "Where", "Equal",
+        # also emitted by the compiler (spike counting, temporal wrappers) or common in exports
+        "ReduceL1", "ReduceSum", "ReduceMax", "GlobalMaxPool", "LeakyRelu", "Pad", "Sum", "Gelu",
+        "Exp", "Log", "Reciprocal", "GreaterOrEqual", "CastLike", "Dropout",
     )
 )  # fmt: skip
 
@@ -509,8 +512,12 @@ def load_model(
     *,
     max_bytes: int = MAX_MODEL_BYTES,
     allowed_ops: Iterable[tuple[str, str] | str] | None = None,
+    static_inputs: bool = True,
 ) -> ModelProto:
     """Load, validate and shape-infer an untrusted ONNX model; return the inferred model.
+
+    ``static_inputs=False`` skips the static-shape check of the graph inputs (compiled SNNs
+    declare their state inputs rank-only; the runtime checks the data input itself).
 
     Raises InputError (UnsupportedModelError for ops outside ``allowed_ops``, which defaults
     to ``DEFAULT_ALLOWED_OPS``) with a one-line message. External data is read only from plain
@@ -563,7 +570,8 @@ def load_model(
             f"invalid ONNX model {path}: shape inference: {_validation_message(exc)}"
         ) from None
 
-    check_static_shapes(model)
+    if static_inputs:
+        check_static_shapes(model)
     return model
 
 

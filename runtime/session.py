@@ -1,0 +1,210 @@
+"""SNNSession: run a compiled SNN for T timesteps in onnxruntime with state kept in ORT buffers.
+
+The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The session
+
+- splits off the *static prologue*: every node that depends only on the network input (e.g. the
+  first convolution and its scaling under rate coding). It runs once per batch, not once per
+  step; its results stay in onnxruntime buffers and are bound as inputs of every step;
+- keeps membrane and wrapper states in onnxruntime buffers between steps (IOBinding): the first
+  step reads broadcast initial tensors ([1, …, 1] holding ½ or 0), later steps ping-pong between
+  two preallocated buffers per state, so no large tensor is copied through Python;
+- copies back only the small per-step outputs (network outputs and the int64 spike counts).
+
+The same code runs on CPU and on the CUDA execution provider (buffers then live on the GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from pmsm_compiler.compiler import read_snn_info
+from pmsm_compiler.errors import InputError
+from pmsm_compiler.verify import make_session
+
+
+@dataclass
+class BatchResult:
+    """Outputs of one batch over T steps."""
+
+    mean_outputs: np.ndarray  # first network output averaged over the T steps (rate coding)
+    predictions_by_t: np.ndarray  # int64 [T, N]: argmax of the average up to step t
+    spikes: np.ndarray  # int64 [T, N, layers]: Σ|k| per layer, per sample, per step
+    outputs_by_t: np.ndarray | None = None  # [T, N, ...] per-step outputs, when requested
+
+
+def split_static_prologue(model: onnx.ModelProto, info: dict):
+    """(prologue, step) models, or (None, model) when nothing static is worth splitting off.
+
+    The prologue maps the network input to the *boundary* tensors: static tensors read by
+    state-dependent nodes. The step model reads those instead of recomputing them.
+    """
+    graph = gs.import_onnx(model)
+    input_names = {i["name"] for i in info["inputs"]}
+    dynamic = {s["input"] for s in info["states"]}
+    if info.get("time_input"):
+        dynamic.add(info["time_input"])
+    graph.toposort()
+    static_nodes, dyn_tensors = [], set(dynamic)
+    for node in graph.nodes:
+        if any(t.name in dyn_tensors for t in node.inputs):
+            dyn_tensors.update(t.name for t in node.outputs)
+        else:
+            static_nodes.append(node)
+    heavy = [n for n in static_nodes if n.op in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
+    if not heavy:
+        return None, model
+    static_ids = {id(n) for n in static_nodes}
+    boundary = []
+    for node in graph.nodes:
+        if id(node) in static_ids:
+            continue
+        for t in node.inputs:
+            if (t.name and not isinstance(t, gs.Constant) and t.name not in dyn_tensors and t.name not in input_names
+                    and t not in boundary):
+                boundary.append(t)
+    outputs_static = [t for t in graph.outputs if t.name not in dyn_tensors and t.name not in input_names]
+    if outputs_static:
+        return None, model  # an output that never changes: keep the simple form
+    if any(t.shape is None or t.dtype is None for t in boundary):
+        return None, model
+    pro = graph.copy()
+    pro_tensors = pro.tensors()
+    pro.inputs = [pro_tensors[n] for n in input_names]
+    pro.outputs = [pro_tensors[t.name] for t in boundary]
+    pro.cleanup(remove_unused_graph_inputs=True).toposort()
+    step = graph.copy()
+    step_tensors = step.tensors()
+    for t in boundary:
+        st = step_tensors[t.name]
+        st.inputs.clear()  # now a graph input
+    step.inputs = [step_tensors[t.name] for t in boundary] + [t for t in step.inputs if t.name not in input_names]
+    step.cleanup(remove_unused_graph_inputs=False).toposort()
+    pro_model = gs.export_onnx(pro)
+    step_model = gs.export_onnx(step)
+    for m in (pro_model, step_model):
+        m.ir_version = model.ir_version
+        del m.metadata_props[:]
+    return pro_model, step_model
+
+
+class SNNSession:
+    """A compiled SNN ready to run: ``run_batch(x, timesteps)`` → :class:`BatchResult`."""
+
+    def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True):
+        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            from pmsm_compiler.loading import load_model
+
+            model = load_model(model, static_inputs=False)
+        info = read_snn_info(model)
+        if info is None:
+            raise InputError("not a compiled SNN model (no 'pmsm.snn' metadata): compile it with pmsm-compile first")
+        if info.get("format") != "pmsm-snn" or int(info.get("format_version", 0)) > 1:
+            raise InputError(f"unsupported compiled-model format {info.get('format')} v{info.get('format_version')}")
+        self.info = info
+        self.layers = info["layers"]
+        self.input_name = info["inputs"][0]["name"]
+        self.input_shape = info["inputs"][0]["shape"]
+        self.output_names = info["outputs"]
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if providers:
+            missing = [p for p in providers if p not in available]
+            if missing:
+                raise InputError(f"execution provider(s) not available: {', '.join(missing)}; "
+                                 f"available: {', '.join(available)}")
+        self.providers = list(providers or ["CPUExecutionProvider"])
+        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        prologue, step = split_static_prologue(model, info) if split_static else (None, model)
+        self.prologue = make_session(prologue, opt_level, self.providers, threads) if prologue is not None else None
+        self.step = make_session(step, opt_level, self.providers, threads)
+        self._step_inputs = {i.name: i for i in self.step.get_inputs()}
+        self._prologue_outputs = [o.name for o in self.prologue.get_outputs()] if self.prologue else []
+        self._states = info["states"]
+        self._init = {
+            s["input"]: self._ortvalue(np.full([1] * len(self._step_inputs[s["input"]].shape), s["init"], np.float32))
+            for s in self._states
+        }
+        expected = {self.input_name} if self.prologue is None else set(self._prologue_outputs)
+        expected |= {s["input"] for s in self._states}
+        if info.get("time_input"):
+            expected.add(info["time_input"])
+        if set(self._step_inputs) != expected:
+            raise InputError(f"compiled model inputs {sorted(self._step_inputs)} do not match its metadata")
+
+    def _ortvalue(self, array):
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def check_input(self, x: np.ndarray):
+        if x.dtype != np.float32:
+            raise InputError(f"input dtype {x.dtype} does not match the model's float32")
+        expected = self.input_shape[1:] if self.input_shape else None
+        if expected and all(isinstance(d, int) for d in expected) and list(x.shape[1:]) != list(expected):
+            raise InputError(f"input shape {list(x.shape[1:])} does not match the model's {list(expected)}")
+
+    def run_batch(self, x: np.ndarray, timesteps: int, keep_outputs: bool = False) -> BatchResult:
+        if timesteps < 1:
+            raise InputError(f"timesteps must be >= 1, got {timesteps}")
+        self.check_input(x)
+        n = x.shape[0]
+        x_value = self._ortvalue(x)
+        if self.prologue is not None:
+            pb = self.prologue.io_binding()
+            pb.bind_ortvalue_input(self.input_name, x_value)
+            for name in self._prologue_outputs:
+                pb.bind_output(name, self.device)
+            self.prologue.run_with_iobinding(pb)
+            static_values = dict(zip(self._prologue_outputs, pb.get_outputs()))
+        else:
+            static_values = {self.input_name: x_value}
+        binding = self.step.io_binding()
+        states = dict(self._init)
+        spare = None
+        out_sum = None
+        preds = np.empty((timesteps, n), np.int64)
+        spikes = np.empty((timesteps, n, len(self.layers)), np.int64)
+        per_step = [] if keep_outputs else None
+        time_name = self.info.get("time_input")
+        first_output = self.output_names[0]
+        for t in range(1, timesteps + 1):
+            binding.clear_binding_inputs()
+            binding.clear_binding_outputs()
+            for name, value in static_values.items():
+                binding.bind_ortvalue_input(name, value)
+            for s in self._states:
+                binding.bind_ortvalue_input(s["input"], states[s["input"]])
+            if time_name:
+                binding.bind_cpu_input(time_name, np.array([t], np.float32))
+            for name in self.output_names:
+                binding.bind_output(name, "cpu")
+            binding.bind_output(self.info["spike_counts_output"], "cpu")
+            for s in self._states:
+                if spare is not None:
+                    binding.bind_ortvalue_output(s["output"], spare[s["output"]])
+                else:
+                    binding.bind_output(s["output"], self.device)
+            self.step.run_with_iobinding(binding)
+            outs = binding.get_outputs()
+            k = len(self.output_names)
+            step_out = outs[0].numpy()
+            spikes[t - 1] = outs[k].numpy()
+            new_states = {s["output"]: v for s, v in zip(self._states, outs[k + 1:])}
+            # Ping-pong: this step's outputs become the next inputs; last step's inputs (if they
+            # are full-size buffers rather than the broadcast initial values) take the next outputs.
+            previous = {s["output"]: states[s["input"]] for s in self._states}
+            states = {s["input"]: new_states[s["output"]] for s in self._states}
+            if t >= 2:
+                spare = previous
+            out_sum = step_out.astype(np.float64) if out_sum is None else out_sum + step_out
+            if keep_outputs:
+                per_step.append(step_out)
+            preds[t - 1] = (out_sum.reshape(n, -1)).argmax(1) if step_out.ndim >= 2 else 0
+        del first_output
+        mean = (out_sum / timesteps).astype(np.float32)
+        return BatchResult(mean, preds, spikes, np.stack(per_step) if keep_outputs else None)
