@@ -2,7 +2,7 @@
 
 For every neuron layer: count = Σ_neurons |k| per sample. The counts of all layers are concatenated
 into one int64 output ``pmsm_spike_counts`` [batch, layers] (column order = the layer order in the
-metadata). The sum is taken in float32 (ReduceL1, one pass) when it is exact, i.e. when
+metadata). The sum is taken in float32 (Abs + ReduceSum) when it is exact, i.e. when
 neurons · max|k| < 2^24 so that every partial sum is an exactly representable integer; otherwise
 the spikes are cast to int64 first. Either way the result is exact and int64.
 """
@@ -35,8 +35,15 @@ def count_spikes(graph: gs.Graph, ctx) -> gs.Graph:
         axes = make_const(graph, "pmsm_axis1", np.array([1], dtype=np.int64), dtype=np.int64)
         count = gs.Variable(fresh(graph, f"{layer['name']}.spike_count"), dtype=np.float32)
         if layer["neurons"] is not None and layer["neurons"] * max_k < FLOAT_EXACT_LIMIT:
-            graph.nodes.append(gs.Node("ReduceL1", name=fresh(graph, f"{layer['name']}/count"), attrs={"keepdims": 1},
-                                       inputs=[flat, axes], outputs=[count]))
+            # Abs + ReduceSum: onnxruntime's vectorized kernels are faster than its ReduceL1;
+            # non-negative spikes (IF, or AIF with s_min = 0) need no Abs at all.
+            mag = flat
+            if layer["s_min"] < 0:
+                mag = gs.Variable(fresh(graph, f"{layer['name']}.spikes_abs"), dtype=np.float32)
+                graph.nodes.append(gs.Node("Abs", name=fresh(graph, f"{layer['name']}/magnitude"), inputs=[flat],
+                                           outputs=[mag]))
+            graph.nodes.append(gs.Node("ReduceSum", name=fresh(graph, f"{layer['name']}/count"),
+                                       attrs={"keepdims": 1}, inputs=[mag, axes], outputs=[count]))
             layer["count_dtype"] = "float32-exact"
         else:
             as_int = gs.Variable(fresh(graph, f"{layer['name']}.spikes_int"), dtype=np.int64)

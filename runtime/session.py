@@ -91,6 +91,19 @@ def split_static_prologue(model: onnx.ModelProto, info: dict):
     return pro_model, step_model
 
 
+def without_state_outputs(step: onnx.ModelProto, info: dict) -> onnx.ModelProto:
+    """The step model for the LAST timestep: nobody reads its next states, so drop them (and the
+    reset arithmetic that only feeds them); at T = 1 this is the only step that runs."""
+    graph = gs.import_onnx(step)
+    state_outputs = {s["output"] for s in info["states"]}
+    graph.outputs = [t for t in graph.outputs if t.name not in state_outputs]
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    last = gs.export_onnx(graph)
+    last.ir_version = step.ir_version
+    del last.metadata_props[:]
+    return last
+
+
 class SNNSession:
     """A compiled SNN ready to run: ``run_batch(x, timesteps)`` → :class:`BatchResult`."""
 
@@ -122,6 +135,7 @@ class SNNSession:
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = make_session(prologue, opt_level, self.providers, threads) if prologue is not None else None
         self.step = make_session(step, opt_level, self.providers, threads)
+        self.last = make_session(without_state_outputs(step, info), opt_level, self.providers, threads)
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
         self._prologue_outputs = [o.name for o in self.prologue.get_outputs()] if self.prologue else []
         self._states = info["states"]
@@ -164,6 +178,7 @@ class SNNSession:
         else:
             static_values = {self.input_name: x_value}
         binding = self.step.io_binding()
+        last_binding = self.last.io_binding()
         states = dict(self._init)
         spare = None
         out_sum = None
@@ -173,34 +188,42 @@ class SNNSession:
         time_name = self.info.get("time_input")
         first_output = self.output_names[0]
         for t in range(1, timesteps + 1):
-            binding.clear_binding_inputs()
-            binding.clear_binding_outputs()
+            last = t == timesteps
+            b = last_binding if last else binding
+            session = self.last if last else self.step
+            b.clear_binding_inputs()
+            b.clear_binding_outputs()
             for name, value in static_values.items():
-                binding.bind_ortvalue_input(name, value)
+                b.bind_ortvalue_input(name, value)
             for s in self._states:
-                binding.bind_ortvalue_input(s["input"], states[s["input"]])
+                b.bind_ortvalue_input(s["input"], states[s["input"]])
             if time_name:
-                binding.bind_cpu_input(time_name, np.array([t], np.float32))
+                b.bind_cpu_input(time_name, np.array([t], np.float32))
             for name in self.output_names:
-                binding.bind_output(name, "cpu")
-            binding.bind_output(self.info["spike_counts_output"], "cpu")
-            for s in self._states:
-                if spare is not None:
-                    binding.bind_ortvalue_output(s["output"], spare[s["output"]])
-                else:
-                    binding.bind_output(s["output"], self.device)
-            self.step.run_with_iobinding(binding)
-            outs = binding.get_outputs()
+                b.bind_output(name, "cpu")
+            b.bind_output(self.info["spike_counts_output"], "cpu")
+            if not last:
+                for s in self._states:
+                    if spare is not None:
+                        b.bind_ortvalue_output(s["output"], spare[s["output"]])
+                    else:
+                        b.bind_output(s["output"], self.device)
+            session.run_with_iobinding(b)
+            outs = b.get_outputs()
             k = len(self.output_names)
             step_out = outs[0].numpy()
             spikes[t - 1] = outs[k].numpy()
-            new_states = {s["output"]: v for s, v in zip(self._states, outs[k + 1:])}
+            if last:
+                new_states = {}
+            else:
+                new_states = {s["output"]: v for s, v in zip(self._states, outs[k + 1:])}
             # Ping-pong: this step's outputs become the next inputs; last step's inputs (if they
             # are full-size buffers rather than the broadcast initial values) take the next outputs.
-            previous = {s["output"]: states[s["input"]] for s in self._states}
-            states = {s["input"]: new_states[s["output"]] for s in self._states}
-            if t >= 2:
-                spare = previous
+            if not last:
+                previous = {s["output"]: states[s["input"]] for s in self._states}
+                states = {s["input"]: new_states[s["output"]] for s in self._states}
+                if t >= 2:
+                    spare = previous
             out_sum = step_out.astype(np.float64) if out_sum is None else out_sum + step_out
             if keep_outputs:
                 per_step.append(step_out)
