@@ -193,6 +193,9 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
         graph.nodes.append(gs.Node("Mul", name=fresh(graph, f"{t.name}/to_real"),
                                    inputs=[stored, make_const(graph, f"{t.name}.scale", np.float32(c))],
                                    outputs=[t]))
+        for layer in ctx.layers:  # a neuron's output that is a graph output: its spikes are now `stored`
+            if layer["spike_tensor"] == t.name:
+                layer["spike_tensor"] = stored.name
     ctx.notes.append(f"absorb_threshold_scale: {len(rescaled)} synapse scale node(s) inserted")
     return graph
 

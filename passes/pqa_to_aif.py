@@ -48,9 +48,15 @@ def pqa_to_aif(graph: gs.Graph, ctx) -> gs.Graph:
             raise PassRefusal(f"quantizer '{q.name}': unknown rank of its input")
         if a["kind"] == "QCFS":
             neuron, s_min, s_max = "IF", 0, 1
+            # θ = λ, in the units of each side: s_out·L on the output (that is a["lam"]) and
+            # s_in·L on the input, which differ when the source's two scales differ (plain ops
+            # without a leading or trailing scale).
             lam = float(np.float32(a["lam"]))
-            theta_in = theta_out = lam
-            pre_op, pre_value, post_op, post_value = "Div", lam, "Mul", lam
+            in_scale = _scale(a["pre_op"], a["pre_value"], True)
+            out_scale = _scale(a["post_op"], a["post_value"], False)
+            theta_out = lam
+            theta_in = lam if in_scale == out_scale else float(np.float32(in_scale * a["levels"]))
+            pre_op, pre_value, post_op, post_value = "Div", theta_in, "Mul", theta_out
         else:
             neuron, s_min, s_max = "AIF", a["k_min"], a["k_max"]
             pre_op, pre_value, post_op, post_value = a["pre_op"], a["pre_value"], a["post_op"], a["post_value"]

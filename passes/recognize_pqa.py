@@ -118,14 +118,20 @@ def _recognize_plain(graph, ctx):
 def _match_plain(graph, floor, ctx):
     where = f"Floor '{floor.name}'"
     add = producer(floor.inputs[0])
-    if add is None or add.op != "Add" or not _single_use(floor.inputs[0], graph):
+    if add is None or add.op != "Add":
         raise PassRefusal(f"{where}: not preceded by Add(x, 0.5)")
+    if not _single_use(floor.inputs[0], graph):
+        raise PassRefusal(f"{where}: its input '{floor.inputs[0].name}' (Add 0.5 → Floor) has other consumers "
+                          f"(a fork inside the quantizer pattern)")
     operand = const_operand(add)
     if operand is None or operand[1].size != 1 or float(operand[1].reshape(())) != 0.5:
         raise PassRefusal(f"{where}: the Add before Floor must add the constant 0.5")
     shifted_in = operand[0]
-    clip = floor.outputs[0].outputs[0] if _single_use(floor.outputs[0], graph) else None
-    if clip is None or clip.op != "Clip" or len(clip.inputs) < 3:
+    if not _single_use(floor.outputs[0], graph):
+        raise PassRefusal(f"{where}: its output '{floor.outputs[0].name}' (Floor → Clip) has other consumers "
+                          f"(a fork inside the quantizer pattern)")
+    clip = floor.outputs[0].outputs[0]
+    if clip.op != "Clip" or len(clip.inputs) < 3:
         raise PassRefusal(f"{where}: not followed by Clip(min, max) with both bounds")
     lo, hi = scalar_value(clip.inputs[1]), scalar_value(clip.inputs[2])
     if lo is None or hi is None:
@@ -153,13 +159,15 @@ def _match_plain(graph, floor, ctx):
     levels = k_max
     out_scale = post_value if post_op == "Mul" else (1.0 / post_value if post_op == "Div" else 1.0)
     name = _layer_name([floor.name, y.name])
+    # Build (and so validate) the quantizer before detaching the matched nodes: a refusal must
+    # leave the graph as it was.
+    _make_quantizer(graph, x, y, kind=kind, levels=levels, k_min=k_min, k_max=k_max, pre_op=pre_op,
+                    pre_value=pre_value, post_op=post_op, post_value=post_value, lam=float(out_scale * levels),
+                    name=name, source="plain ops (Div/Mul, Add 0.5, Floor, Clip, Mul)")
     for n in (pre_node, add, floor, clip, post_node):
         if n is not None:
             n.inputs.clear()
             n.outputs.clear()
-    _make_quantizer(graph, x, y, kind=kind, levels=levels, k_min=k_min, k_max=k_max, pre_op=pre_op,
-                    pre_value=pre_value, post_op=post_op, post_value=post_value, lam=float(out_scale * levels),
-                    name=name, source="plain ops (Div/Mul, Add 0.5, Floor, Clip, Mul)")
     del theta
 
 
@@ -212,11 +220,11 @@ def _match_qdq(graph, ql):
     if zp2 != zp:
         raise PassRefusal(f"{where}: zero points differ between QuantizeLinear ({zp}) and DequantizeLinear ({zp2})")
     x, y = ql.inputs[0], dq.outputs[0]
-    for n in (ql, clip, dq):
-        if n is not None:
-            n.inputs.clear()
-            n.outputs.clear()
     k_min, k_max = qmin - zp, qmax - zp
     _make_quantizer(graph, x, y, kind="QDQ", levels=max(k_max, 1), k_min=k_min, k_max=k_max, pre_op="Div",
                     pre_value=scale, post_op="Mul", post_value=scale2, lam=float(scale2 * max(k_max, 1)),
                     name=_layer_name([ql.name, y.name]), source="QuantizeLinear/DequantizeLinear")
+    for n in (ql, clip, dq):  # detached only once the quantizer is built (a refusal changes nothing)
+        if n is not None:
+            n.inputs.clear()
+            n.outputs.clear()

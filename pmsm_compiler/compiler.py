@@ -68,7 +68,9 @@ def _fan_out(graph, layer, tensors) -> float | None:
     neurons = layer.get("neurons")
     if not neurons:
         return None
-    start = tensors[layer["ann_output"]]
+    # From the spikes, not from the ANN tensor: in folded mode a neuron output that is also a graph
+    # output is renamed (its consumers read the spikes, the output name gets k·θ).
+    start = tensors[layer["spike_tensor"]]
     total, seen, stack = 0.0, set(), [start]
     while stack:
         t = stack.pop()

@@ -94,6 +94,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     total = np.zeros(len(layers), np.int64)
     max_abs = 0.0
     top1_same = 0
+    top1_compared = 0  # top-1 applies only to a [batch, classes] first output
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
         feeds = {input_name: xb, **states}
@@ -117,6 +118,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         first = outputs[0]
         if a[first].ndim == 2:
             top1_same += int((a[first].argmax(1) == s[first].argmax(1)).sum())
+            top1_compared += len(xb)
     n = len(x)
     per_layer = []
     for j, layer in enumerate(layers):
@@ -127,7 +129,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     lossless = [p for p in per_layer if p["in_policy"]]
     overall = (sum(p["compared"] - p["mismatches"] for p in lossless) / max(1, sum(p["compared"] for p in lossless))
                if lossless else None)
-    top1 = top1_same / n if n else None
+    top1 = top1_same / top1_compared if top1_compared else None
     has_if = any(l["neuron"] == "IF" for l in layers)
     failures = []
     if mode == "exact":

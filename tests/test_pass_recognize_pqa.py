@@ -1,0 +1,317 @@
+"""recognize_pqa: the three quantizer forms, QCFS, and the refusals.
+
+Forms: (1) ``pmsm::PQA`` / ``pmsm::QCFS`` nodes (export_onnx of resnet_tiny; a hand-built QCFS
+node), (2) plain ops ``[Div | Mul] → Add 0.5 → Floor → Clip → [Mul]`` (hand-built, with and
+without the scales), (3) ``QuantizeLinear → [Clip] → DequantizeLinear`` (int8 with a zero point,
+uint8). Each test checks the internal ``Quantizer`` node the pass leaves (kind, levels, the scale
+ops it recorded) and, through compile_model(mode="exact"), that the SNN at T = 1 reproduces the
+ANN in onnxruntime bit for bit (np.array_equal): the claim of the exact mode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pmsm_compiler.compiler import compile_model
+from pmsm_compiler.errors import UnsupportedModelError
+from pmsm_compiler.ops import add_functions
+from pmsm_compiler.ops.quantizers import quantizer_functions
+from pmsm_compiler.passes import PassContext, PassManager, PassRefusal, canonicalize, recognize_pqa
+from pmsm_compiler.passes.graph_utils import INTERNAL_DOMAIN
+from pmsm_compiler.verify import initial_state_feeds, make_session, verify, with_outputs
+
+OPSET = 20
+C_IN, C, HW = 3, 4, 6
+RNG = np.random.default_rng(1234)
+W1 = (RNG.standard_normal((C, C_IN, 3, 3)) * 0.6).astype(np.float32)
+B1 = (RNG.standard_normal(C) * 0.3).astype(np.float32)
+W2 = (RNG.standard_normal((C, C, 3, 3)) * 0.4).astype(np.float32)
+
+LAM, L = np.float32(7.3), 8
+STEP = LAM / np.float32(L)  # fl(λ/L), as the PQA function body computes it
+
+
+def _f(name, value, dtype=np.float32):
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
+def build(mid_nodes, mid_inits, *, functions=False, mid_in="c1", mid_out="q"):
+    """x → Conv1 → [quantizer nodes: mid_in → mid_out] → Conv2 → y (shape-inferred)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C_IN, HW, HW])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", C, HW, HW])
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], [mid_in], name="conv1", pads=[1, 1, 1, 1]),
+             *mid_nodes,
+             helper.make_node("Conv", [mid_out, "W2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    inits = [_f("W1", W1), _f("B1", B1), _f("W2", W2), *mid_inits]
+    graph = helper.make_graph(nodes, "g", [x], [y], inits)
+    opsets = [helper.make_opsetid("", OPSET)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 10
+    if functions:
+        add_functions(model, quantizer_functions())
+    onnx.checker.check_model(model, full_check=True)
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+
+
+def plain(pre="Div", post="Mul", lo=-2.0, hi=8.0, name="q_floor"):
+    nodes, inits, cur = [], [_f("half", 0.5), _f("lo", lo), _f("hi", hi)], "c1"
+    if pre == "Div":
+        nodes.append(helper.make_node("Div", [cur, "s_in"], ["u"], name="pre"))
+        inits.append(_f("s_in", STEP))
+        cur = "u"
+    elif pre == "Mul":
+        nodes.append(helper.make_node("Mul", [cur, "s_in"], ["u"], name="pre"))
+        inits.append(_f("s_in", np.float32(1) / STEP))
+        cur = "u"
+    nodes += [helper.make_node("Add", [cur, "half"], ["sh"], name="add_half"),
+              helper.make_node("Floor", ["sh"], ["fl"], name=name),
+              helper.make_node("Clip", ["fl", "lo", "hi"], ["k" if post else "q"], name="clip")]
+    if post:
+        nodes.append(helper.make_node(post, ["k", "s_out"], ["q"], name="post"))
+        inits.append(_f("s_out", STEP))
+    return nodes, inits
+
+
+def qdq(dtype, zp, scale=0.05, clip=None, axis_scale=False):
+    s = np.full(C, scale, np.float32) if axis_scale else np.float32(scale)
+    inits = [_f("qs", s), _f("qzp", np.full(C, zp) if axis_scale else zp, dtype)]
+    q_out = "qc" if clip else "qq"
+    nodes = [helper.make_node("QuantizeLinear", ["c1", "qs", "qzp"], ["qq"], name="ql", axis=1)]
+    if clip:
+        inits += [_f("qlo", clip[0], dtype), _f("qhi", clip[1], dtype)]
+        nodes.append(helper.make_node("Clip", ["qq", "qlo", "qhi"], ["qc"], name="qclip"))
+    nodes.append(helper.make_node("DequantizeLinear", [q_out, "qs", "qzp"], ["q"], name="dql", axis=1))
+    return nodes, inits
+
+
+def recognized(model):
+    ctx = PassContext(mode="exact")
+    graph = PassManager([canonicalize, recognize_pqa]).run(gs.import_onnx(model), ctx)
+    quantizers = [n for n in graph.nodes if n.domain == INTERNAL_DOMAIN and n.op == "Quantizer"]
+    return graph, quantizers, ctx
+
+
+def inputs(n=16, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, C_IN, HW, HW)).astype(np.float32) * 3
+
+
+def assert_exact_t1(model, x, opt_level="all"):
+    """Compile in exact mode; the SNN's first step must equal the ANN bit for bit."""
+    compiled = compile_model(model, mode="exact")
+    ann = make_session(model, opt_level, threads=1)
+    snn = make_session(compiled.model, opt_level, threads=1)
+    feeds = {"x": x, **initial_state_feeds(compiled.info, snn)}
+    y_ann = ann.run(["y"], {"x": x})[0]
+    y_snn = snn.run(["y"], feeds)[0]
+    assert np.array_equal(y_ann, y_snn), f"max |diff| {np.abs(y_ann - y_snn).max()}"
+    return compiled
+
+
+# ------------------------------------------------------------------------------------------
+# form 1: pmsm::PQA nodes from export_onnx (dynamo), pmsm::QCFS node
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported_resnet_tiny():
+    torch = pytest.importorskip("torch")
+    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.export import export_onnx
+    from pmsm_compiler.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet_tiny", act="pqa")
+    lams = {}
+    rng = np.random.default_rng(7)
+    for name, m in quantized_activations(net):
+        m.lam.data.fill_(float(rng.uniform(2, 10)))
+        lams[name] = np.float32(m.lam.detach().item())
+    return export_onnx(net, exporter="dynamo", pqa_as="node"), lams
+
+
+def test_pqa_nodes_from_export(exported_resnet_tiny):
+    model, lams = exported_resnet_tiny
+    assert sum(n.domain == "pmsm" and n.op_type == "PQA" for n in model.graph.node) == len(lams) == 7
+    graph, quantizers, _ = recognized(model)
+    assert not any(n.domain == "pmsm" for n in graph.nodes)
+    by_name = {q.name: q.attrs for q in quantizers}
+    assert set(by_name) == set(lams)  # layer names = module paths
+    for name, lam in lams.items():
+        a = by_name[name]
+        assert (a["kind"], a["levels"], a["k_min"], a["k_max"]) == ("PQA", 8, -2, 8)
+        step = float(lam / np.float32(8))
+        assert (a["pre_op"], a["pre_value"], a["post_op"], a["post_value"]) == ("Div", step, "Mul", step)
+        assert a["lam"] == float(lam)
+        assert a["source"] == "pmsm::PQA node"
+
+
+def test_pqa_nodes_compile_exact_bit_identical(exported_resnet_tiny):
+    model, _ = exported_resnet_tiny
+    compiled = compile_model(model, mode="exact")
+    x = np.random.default_rng(3).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    report = verify(model, compiled, x, mode="exact")
+    assert report["passed"], report["failures"]
+    assert report["level_agreement"] == 1.0 and report["max_abs_diff"] == 0.0
+    assert all(p["mismatches"] == 0 for p in report["layers"])
+
+
+def test_qcfs_node_is_kind_qcfs():
+    lam = np.float32(4.0)
+    model = build([helper.make_node("QCFS", ["c1", "lam"], ["q"], name="qcfs0", domain="pmsm", L=4)],
+                  [_f("lam", lam)], functions=True)
+    _, (q,), _ = recognized(model)
+    a = q.attrs
+    assert (a["kind"], a["levels"], a["k_min"], a["k_max"]) == ("QCFS", 4, 0, 4)
+    assert a["lam"] == 4.0 and a["pre_value"] == 1.0 and a["source"] == "pmsm::QCFS node"
+    compiled = compile_model(model, mode="exact")
+    assert [l["neuron"] for l in compiled.layers] == ["IF"]
+
+
+# ------------------------------------------------------------------------------------------
+# form 2: plain ops
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pre,post", [("Div", "Mul"), ("Mul", "Mul"), ("Div", "Div"), ("", ""), ("Div", ""),
+                                      ("", "Mul")])
+def test_plain_ops_recognized_and_exact(pre, post):
+    nodes, inits = plain(pre, post)
+    model = build(nodes, inits)
+    graph, quantizers, _ = recognized(model)
+    assert len(quantizers) == 1
+    a = quantizers[0].attrs
+    assert (a["kind"], a["k_min"], a["k_max"], a["levels"]) == ("PQA", -2, 8, 8)
+    assert a["pre_op"] == pre and a["post_op"] == post
+    if pre == "Div":
+        assert a["pre_value"] == float(STEP)
+    elif pre == "Mul":
+        assert a["pre_value"] == float(np.float32(1) / STEP)  # the multiplier itself, not re-inverted
+    if post:
+        assert a["post_value"] == float(STEP)
+    # nothing of the pattern is left over
+    ops = [n.op for n in graph.nodes]
+    assert "Floor" not in ops and "Clip" not in ops and ops.count("Conv") == 2
+    assert [n.op for n in graph.nodes if n.domain != INTERNAL_DOMAIN] == ["Conv", "Conv"]
+    assert_exact_t1(model, inputs())
+
+
+def test_plain_qcfs_clip_zero_to_L():
+    nodes, inits = plain("Div", "Mul", lo=0.0, hi=8.0)
+    _, (q,), _ = recognized(build(nodes, inits))
+    a = q.attrs
+    assert (a["kind"], a["k_min"], a["k_max"], a["levels"]) == ("QCFS", 0, 8, 8)
+    assert a["lam"] == pytest.approx(float(STEP) * 8, rel=1e-7)
+    compiled = compile_model(build(nodes, inits), mode="exact")
+    assert [(l["neuron"], l["s_min"], l["s_max"]) for l in compiled.layers] == [("IF", 0, 1)]
+
+
+def test_plain_leading_scale_used_elsewhere_stays_a_separate_op():
+    """If the Div's output forks, the Div is not part of the quantizer (θ = 1 on its output)."""
+    nodes, inits = plain("Div", "Mul")
+    model = build(nodes + [helper.make_node("Relu", ["u"], ["extra"], name="other_use")], inits)
+    model.graph.output.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", C, HW, HW]))
+    graph, (q,), _ = recognized(model)
+    assert q.attrs["pre_op"] == "" and q.inputs[0].name == "u"
+    assert "Div" in [n.op for n in graph.nodes]
+    assert_exact_t1(model, inputs())
+
+
+# ------------------------------------------------------------------------------------------
+# form 3: QuantizeLinear → [Clip] → DequantizeLinear
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,zp,clip,k_range", [
+    (np.int8, 3, None, (-131, 124)),
+    (np.uint8, 0, None, (0, 255)),
+    (np.uint8, 10, None, (-10, 245)),
+    (np.int8, -2, (-10, 40), (-8, 42)),
+])
+def test_qdq_recognized_and_exact(dtype, zp, clip, k_range):
+    nodes, inits = qdq(dtype, zp, clip=clip)
+    model = build(nodes, inits)
+    graph, (q,), _ = recognized(model)
+    a = q.attrs
+    assert a["kind"] == "QDQ" and (a["k_min"], a["k_max"]) == k_range
+    assert (a["pre_op"], a["pre_value"], a["post_op"], a["post_value"]) == ("Div", float(np.float32(0.05)),
+                                                                             "Mul", float(np.float32(0.05)))
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op for n in graph.nodes}
+    x = inputs(32)
+    # QuantizeLinear rounds half to even and the AIF neuron half up: exact only off ties.
+    c1 = make_session(with_outputs(model, ["c1"]), "all").run(["c1"], {"x": x})[0]
+    u = c1 / np.float32(0.05)
+    assert not np.any(u - np.floor(u) == 0.5)
+    compiled = assert_exact_t1(model, x)
+    assert [(l["neuron"], l["s_min"], l["s_max"]) for l in compiled.layers] == [("AIF", *k_range)]
+
+
+def test_qdq_ties_differ_and_verification_counts_them():
+    """On an exact tie (x/s = k + ½) QuantizeLinear rounds to even, the neuron up: counted, not hidden."""
+    s = np.float32(0.25)
+    xin = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])
+    yout = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])
+    graph = helper.make_graph([
+        helper.make_node("QuantizeLinear", ["x", "qs", "qzp"], ["qq"], name="ql"),
+        helper.make_node("DequantizeLinear", ["qq", "qs", "qzp"], ["dq"], name="dql"),
+        helper.make_node("Gemm", ["dq", "Wg"], ["y"], name="fc"),
+    ], "g", [xin], [yout], [_f("qs", s), _f("qzp", 0, np.int8), _f("Wg", np.eye(5))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 10
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    compiled = compile_model(model, mode="exact")
+    # x/s = 0.5, 2.5, −1.5 (ties where half-even ≠ half-up), 1.5 (a tie where both give 2), 1.2
+    x = np.array([[0.125, 0.625, -0.375, 0.375, 0.3]], np.float32)
+    report = verify(model, compiled, x, mode="exact")
+    assert report["layers"][0]["mismatches"] == 3 and not report["passed"]
+    assert "1 level mismatch" not in report["failures"][0] and "3 level mismatch" in report["failures"][0]
+
+
+# ------------------------------------------------------------------------------------------
+# refusals: one clear line, naming the op
+# ------------------------------------------------------------------------------------------
+
+def _refusal(model):
+    with pytest.raises(UnsupportedModelError) as info:
+        compile_model(model, mode="exact")
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400
+    return message
+
+
+def test_refuses_forked_inner_tensor():
+    nodes, inits = plain("Div", "Mul")
+    # the tensor between Add 0.5 and Floor is also read elsewhere: the pattern cannot be collapsed
+    model = build(nodes + [helper.make_node("Relu", ["sh"], ["leak"], name="leak")], inits)
+    model.graph.output.append(helper.make_tensor_value_info("leak", TensorProto.FLOAT, ["N", C, HW, HW]))
+    message = _refusal(model)
+    assert "Floor 'q_floor'" in message and "fork" in message
+    # the same through the pass alone: PassRefusal, and the note carries the reason
+    with pytest.raises(PassRefusal, match="fork"):
+        recognized(model)
+
+
+def test_refuses_forked_floor_output():
+    nodes, inits = plain("Div", "Mul")
+    model = build(nodes + [helper.make_node("Relu", ["fl"], ["leak"], name="leak")], inits)
+    model.graph.output.append(helper.make_tensor_value_info("leak", TensorProto.FLOAT, ["N", C, HW, HW]))
+    message = _refusal(model)
+    assert "Floor 'q_floor'" in message and "fork" in message
+
+
+def test_refuses_non_integer_clip_bounds():
+    nodes, inits = plain("Div", "Mul", lo=-2.5, hi=8.0)
+    message = _refusal(build(nodes, inits))
+    assert "Floor 'q_floor'" in message and "-2.5 is not an integer level" in message
+
+
+def test_refuses_clip_range_above_zero():
+    nodes, inits = plain("Div", "Mul", lo=1.0, hi=8.0)
+    message = _refusal(build(nodes, inits))
+    assert "[1, 8]" in message and "k_min ≤ 0 < k_max" in message
+
+
+def test_refuses_per_axis_qdq_scale():
+    nodes, inits = qdq(np.int8, 0, axis_scale=True)
+    message = _refusal(build(nodes, inits))
+    assert "QuantizeLinear 'ql'" in message and "per-tensor" in message

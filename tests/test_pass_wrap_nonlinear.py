@@ -1,0 +1,223 @@
+"""wrap_nonlinear: non-linear ops on spiking input become stateful temporal wrappers.
+
+Rate coding needs (1/t)·Σ_{τ≤t} out_τ = f(x̄_t) at every t. Checked over T = 1..6 steps with the
+state carried, against the numpy reference ``pmsm_compiler.ops.temporal.TemporalWrapper`` (same
+float operations: exact) and against the direct definition (folded mode: integer spike traffic,
+so the sums are exact and the identity holds exactly; exact mode: float sums, within 1e-5
+relative); at T = 1 the wrapper is f itself, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pmsm_compiler.compiler import compile_model
+from pmsm_compiler.errors import UnsupportedModelError
+from pmsm_compiler.ops import add_functions
+from pmsm_compiler.ops.quantizers import quantizer_functions
+from pmsm_compiler.ops.temporal import TemporalWrapper
+from pmsm_compiler.passes import TIME_INPUT
+from pmsm_compiler.verify import initial_state_feeds, make_session, with_outputs
+
+STEPS = 6
+FLOAT_RTOL = 1e-5
+OPSET = 20
+
+
+def maxpool2(x):
+    """MaxPool kernel 2, stride 2 on NCHW (even H, W)."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+def softmax1(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def run_steps(compiled, feeds, extra, steps=STEPS, opt_level="all"):
+    """Run ``steps`` timesteps carrying every state; yield the outputs (and ``extra`` tensors) of each."""
+    info = compiled.info
+    sess = make_session(with_outputs(compiled.model, extra), opt_level, threads=1)
+    names = [o.name for o in sess.get_outputs()]
+    states = initial_state_feeds(info, sess)
+    for t in range(1, steps + 1):
+        step_feeds = {**feeds, **states}
+        if info["time_input"]:
+            step_feeds[info["time_input"]] = np.array([t], np.float32)
+        out = dict(zip(names, sess.run(None, step_feeds)))
+        states = {s["input"]: out[s["output"]] for s in info["states"]}
+        yield out
+
+
+def wrapper_io(model, wrapper):
+    """(time-varying input, output) tensor names of a wrapper, from its accumulate/difference nodes."""
+    label = wrapper["name"]
+    acc = next(n for n in model.graph.node if n.name == f"{label}/accumulate0")
+    diff = next(n for n in model.graph.node if n.name == f"{label}/difference")
+    return acc.input[1], diff.output[0]
+
+
+# ------------------------------------------------------------------------------------------
+# MaxPool between neurons: vgg_tiny with pool="M"
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vgg_maxpool(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.export import export_onnx
+    from pmsm_compiler.loading import load_model
+    from pmsm_compiler.models import build_model
+
+    torch.manual_seed(1)
+    net = build_model("vgg_tiny", act="pqa", pool="M")
+    rng = np.random.default_rng(2)
+    for _, m in quantized_activations(net):
+        m.lam.data.fill_(float(rng.uniform(1, 4)))
+    path = tmp_path_factory.mktemp("vgg") / "vgg_tiny_max.onnx"
+    export_onnx(net, str(path), exporter="legacy", pqa_as="plain")
+    ann = load_model(path)
+    x = np.random.default_rng(3).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    return ann, x
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_maxpool_between_neurons_wrapped_homogeneous(vgg_maxpool, mode):
+    ann, _ = vgg_maxpool
+    compiled = compile_model(ann, mode=mode)
+    info = compiled.info
+    wrappers = info["wrappers"]
+    assert len(wrappers) == 3 and all(w["op"] == "MaxPool" and w["homogeneous"] for w in wrappers)
+    assert info["time_input"] is None and TIME_INPUT not in [i.name for i in compiled.model.graph.input]
+    wrapper_states = [s for s in info["states"] if "wrapper" in s]
+    assert len(wrapper_states) == 6 and all(s["init"] == 0.0 for s in wrapper_states)
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_maxpool_wrapper_time_average(vgg_maxpool, mode):
+    ann, x = vgg_maxpool
+    compiled = compile_model(ann, mode=mode)
+    ios = [wrapper_io(compiled.model, w) for w in compiled.info["wrappers"]]
+    refs = [TemporalWrapper(maxpool2, homogeneous=True) for _ in ios]
+    sums_in = [0.0] * len(ios)
+    sums_out = [0.0] * len(ios)
+    extra = [name for io in ios for name in io]
+    for t, out in enumerate(run_steps(compiled, {"input": x}, extra), start=1):
+        for j, ((xin, xout), ref) in enumerate(zip(ios, refs)):
+            x_t, o_t = out[xin], out[xout]
+            # the numpy reference performs the same float operations: equal bit for bit
+            np.testing.assert_array_equal(o_t, ref.step(x_t))
+            if t == 1:
+                np.testing.assert_array_equal(o_t, maxpool2(x_t))  # T = 1: MaxPool itself
+            sums_in[j] = sums_in[j] + x_t.astype(np.float64)
+            sums_out[j] = sums_out[j] + o_t.astype(np.float64)
+            mean_out, pool_of_mean = sums_out[j] / t, maxpool2(sums_in[j] / t)
+            if mode == "folded":
+                assert np.array_equal(x_t, np.round(x_t))  # integer spike counts in
+                np.testing.assert_array_equal(mean_out, pool_of_mean)  # exact sums of integers
+            else:
+                np.testing.assert_allclose(mean_out, pool_of_mean, rtol=FLOAT_RTOL,
+                                           atol=FLOAT_RTOL * float(np.abs(pool_of_mean).max()))
+        assert t <= STEPS
+    assert t == STEPS
+
+
+def test_maxpool_exact_mode_t1_equals_ann(vgg_maxpool):
+    ann, x = vgg_maxpool
+    compiled = compile_model(ann, mode="exact")
+    y_ann = make_session(ann, "all", threads=1).run(["logits"], {"input": x})[0]
+    first = next(run_steps(compiled, {"input": x}, [], steps=1))
+    assert np.array_equal(first["logits"], y_ann)
+
+
+# ------------------------------------------------------------------------------------------
+# hand-built graphs: Softmax (general form), an unsupported op, a MaxPool on the static path
+# ------------------------------------------------------------------------------------------
+
+def _f(name, value):
+    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+def small(after_nodes, out_name, out_shape, before_nodes=(), conv_in="x", hw=4):
+    """x → [before] → Conv → PQA (λ=2.3, L=4, levels −1..4) → [after] → out."""
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2 * hw, 2 * hw])
+    y = helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", *out_shape])
+    nodes = [*before_nodes,
+             helper.make_node("Conv", [conv_in, "W"], ["c"], name="conv", strides=[2, 2], kernel_shape=[2, 2]),
+             helper.make_node("PQA", ["c", "lam"], ["a"], name="act", domain="pmsm", L=4, alpha=-0.25, beta=1.0),
+             *after_nodes]
+    inits = [_f("W", rng.standard_normal((4, 3, 2, 2))), _f("lam", 2.3)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 10
+    add_functions(model, quantizer_functions())
+    onnx.checker.check_model(model, full_check=True)
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_softmax_after_neuron_general_form(mode):
+    ann = small([helper.make_node("Softmax", ["a"], ["y"], name="softmax", axis=1)], "y", (4, 4, 4))
+    compiled = compile_model(ann, mode=mode)
+    (wrapper,) = compiled.info["wrappers"]
+    assert wrapper["op"] == "Softmax" and not wrapper["homogeneous"]
+    assert compiled.info["time_input"] == TIME_INPUT
+    (t_in,) = [i for i in compiled.model.graph.input if i.name == TIME_INPUT]
+    assert t_in.type.tensor_type.elem_type == TensorProto.FLOAT
+    assert [d.dim_value for d in t_in.type.tensor_type.shape.dim] == [1]
+    x = np.random.default_rng(4).standard_normal((3, 3, 8, 8)).astype(np.float32) * 2
+    xin, xout = wrapper_io(compiled.model, wrapper)
+    ref = TemporalWrapper(softmax1)
+    total_in, total_out = 0.0, 0.0
+    for t, out in enumerate(run_steps(compiled, {"x": x}, [xin]), start=1):
+        o_t, x_t = out[xout], out[xin]
+        np.testing.assert_allclose(o_t, ref.step(x_t), rtol=FLOAT_RTOL, atol=1e-6)
+        total_in, total_out = total_in + x_t.astype(np.float64), total_out + o_t.astype(np.float64)
+        np.testing.assert_allclose(total_out / t, softmax1(total_in / t), rtol=FLOAT_RTOL, atol=1e-6)
+        if t == 1 and mode == "exact":  # ÷1, ×1, −0: the ANN's Softmax bit for bit
+            y_ann = make_session(ann, "all", threads=1).run(["y"], {"x": x})[0]
+            assert np.array_equal(o_t, y_ann)
+    assert t == STEPS
+
+
+def test_unsupported_nonlinear_op_refused():
+    ann = small([helper.make_node("Sin", ["a"], ["y"], name="sine")], "y", (4, 4, 4))
+    with pytest.raises(UnsupportedModelError) as info:
+        compile_model(ann, mode="exact")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("Sin 'sine' is non-linear in spiking input and has no temporal wrapper")
+    assert "supported:" in message and "MaxPool" in message and "Softmax" in message
+
+
+def test_maxpool_on_static_input_path_not_wrapped():
+    ann = small([helper.make_node("GlobalAveragePool", ["a"], ["y"], name="gap")], "y", (4, 1, 1),
+                before_nodes=[helper.make_node("MaxPool", ["x"], ["xp"], name="inpool", kernel_shape=[2, 2],
+                                               strides=[2, 2])], conv_in="xp", hw=8)
+    for mode in ("folded", "exact"):
+        compiled = compile_model(ann, mode=mode)
+        assert compiled.info["wrappers"] == [] and compiled.info["time_input"] is None
+        assert [s["kind"] for s in compiled.info["states"]] == ["membrane"]
+        pool = next(n for n in compiled.model.graph.node if n.op_type == "MaxPool")
+        assert pool.input == ["x"]  # reads the network input directly, no running sum
+
+
+def test_relu_after_neuron_is_wrapped_homogeneous():
+    ann = small([helper.make_node("Relu", ["a"], ["y"], name="relu")], "y", (4, 4, 4))
+    compiled = compile_model(ann, mode="folded")
+    (wrapper,) = compiled.info["wrappers"]
+    assert wrapper["op"] == "Relu" and wrapper["homogeneous"] and compiled.info["time_input"] is None
+    x = np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32) * 2
+    xin, xout = wrapper_io(compiled.model, wrapper)
+    theta = np.float32(2.3) / np.float32(4)
+    total_in = total_out = 0.0
+    for out in run_steps(compiled, {"x": x}, [xin, xout]):
+        assert np.array_equal(out[xin], np.round(out[xin]))  # integer spike counts in
+        total_in, total_out = total_in + out[xin], total_out + out[xout]
+        np.testing.assert_array_equal(total_out, np.maximum(total_in, 0))  # exact: integers
+        np.testing.assert_array_equal(out["y"], out[xout] * theta)  # the graph output in real units
