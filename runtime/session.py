@@ -59,11 +59,14 @@ def split_static_prologue(model: onnx.ModelProto, info: dict):
         return None, model
     static_ids = {id(n) for n in static_nodes}
     boundary = []
+    direct_inputs = set()  # network inputs read by state-dependent nodes (e.g. an input skip connection)
     for node in graph.nodes:
         if id(node) in static_ids:
             continue
         for t in node.inputs:
-            if (t.name and not isinstance(t, gs.Constant) and t.name not in dyn_tensors and t.name not in input_names
+            if t.name in input_names:
+                direct_inputs.add(t.name)
+            elif (t.name and not isinstance(t, gs.Constant) and t.name not in dyn_tensors
                     and t not in boundary):
                 boundary.append(t)
     outputs_static = [t for t in graph.outputs if t.name not in dyn_tensors and t.name not in input_names]
@@ -81,7 +84,8 @@ def split_static_prologue(model: onnx.ModelProto, info: dict):
     for t in boundary:
         st = step_tensors[t.name]
         st.inputs.clear()  # now a graph input
-    step.inputs = [step_tensors[t.name] for t in boundary] + [t for t in step.inputs if t.name not in input_names]
+    step.inputs = [step_tensors[t.name] for t in boundary] + [t for t in step.inputs
+                                                              if t.name not in input_names or t.name in direct_inputs]
     step.cleanup(remove_unused_graph_inputs=False).toposort()
     pro_model = gs.export_onnx(pro)
     step_model = gs.export_onnx(step)
@@ -143,7 +147,9 @@ class SNNSession:
             s["input"]: self._ortvalue(np.full([1] * len(self._step_inputs[s["input"]].shape), s["init"], np.float32))
             for s in self._states
         }
-        expected = {self.input_name} if self.prologue is None else set(self._prologue_outputs)
+        # the step reads the network input itself when unsplit, or when a state-dependent node reads it
+        self._step_reads_input = self.prologue is None or self.input_name in self._step_inputs
+        expected = set(self._prologue_outputs) | ({self.input_name} if self._step_reads_input else set())
         expected |= {s["input"] for s in self._states}
         if info.get("time_input"):
             expected.add(info["time_input"])
@@ -175,6 +181,8 @@ class SNNSession:
                 pb.bind_output(name, self.device)
             self.prologue.run_with_iobinding(pb)
             static_values = dict(zip(self._prologue_outputs, pb.get_outputs()))
+            if self._step_reads_input:
+                static_values[self.input_name] = x_value
         else:
             static_values = {self.input_name: x_value}
         binding = self.step.io_binding()

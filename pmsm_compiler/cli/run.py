@@ -1,0 +1,181 @@
+"""pmsm-run: run a compiled SNN for T timesteps on a data set; accuracy by t, spikes, SOPs, energy.
+
+    pmsm-run MODEL.snn.onnx --timesteps T [--data PATH] [--ann ANN.onnx] [--json PATH] [--plot DIR]
+
+Prints three tables (accuracy by timestep, per-layer spikes and SOPs, energy by method). The JSON
+report (``--json``) is documented in docs/report-schema.md, section "pmsm-run --json"; files are
+written atomically. Exit codes: 0 done, 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from pmsm_compiler.errors import InputError, cli_errors
+
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider", "dml": "DmlExecutionProvider",
+                    "coreml": "CoreMLExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
+
+
+def parse_providers(values) -> list[str] | None:
+    """Repeatable / comma-separated --providers → full onnxruntime names (short aliases allowed)."""
+    names = []
+    for value in values or ():
+        for part in value.split(","):
+            part = part.strip()
+            if part:
+                names.append(PROVIDER_ALIASES.get(part.lower(), part))
+    return names or None
+
+
+def _check_file_target(path: str, what: str) -> str:
+    path = os.path.abspath(os.path.expanduser(path))
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise InputError(f"cannot write {what} {path}: it is a directory")
+    if not os.path.isdir(directory):
+        raise InputError(f"cannot write {what} {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {what} {path}: directory {directory} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise InputError(f"cannot write {what} {path}: the file is not writable")
+    return path
+
+
+def _check_dir_target(path: str, what: str) -> str:
+    """A directory that exists and is writable, or can be created (its nearest existing parent is)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise InputError(f"cannot write {what} {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {what} {path}: {probe} is not writable")
+    return path
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-T", "--timesteps", type=int, required=True, help="Number of timesteps T (accuracy is "
+              "reported for every t <= T).")
+@click.option("--data", default="bundled", show_default=True,
+              help="Data: .npz, .npy, CIFAR python folder, image folder, or 'bundled' (1,000 CIFAR-10 test images).")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Images per batch.")
+@click.option("--limit", type=int, default=None, help="Use only the first N samples.")
+@click.option("--ann", "ann_path", type=click.Path(dir_okay=False),
+              help="The source ANN (ONNX): adds its accuracy and the T=1 prediction agreement.")
+@click.option("--json", "json_path", type=click.Path(), help="Write the JSON report here.")
+@click.option("--plot", "plot_dir", type=click.Path(), help="Write accuracy_vs_t.png and spikes_per_layer.png here.")
+@click.option("--providers", multiple=True, help="onnxruntime execution provider(s), in priority order; "
+              "repeatable or comma-separated (cpu, cuda or full names). Default: CPUExecutionProvider.")
+@click.option("--normalization", type=click.Choice(["auto", "cifar10", "cifar100", "imagenet", "none"]),
+              default="auto", show_default=True,
+              help="For uint8 images: auto (the model's recorded normalization, else cifar10), a preset, or none.")
+@click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
+              show_default=True, help="onnxruntime graph optimization level (SNN and ANN alike).")
+@click.option("--threads", type=int, default=0, show_default=True, help="Intra-op threads (0: onnxruntime default).")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
+@cli_errors
+def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_dir, providers, normalization,
+         opt_level, threads, progress, quiet):
+    """Run the compiled SNN MODEL for T timesteps on a data set and report accuracy, spikes and energy.
+
+    Exit codes: 0 done, 2 bad input (model, data, arguments or output paths).
+    """
+    if timesteps < 1:
+        raise InputError(f"--timesteps must be >= 1, got {timesteps}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be >= 1, got {limit}")
+    if threads < 0:
+        raise InputError(f"--threads must be >= 0, got {threads}")
+    if json_path:
+        json_path = _check_file_target(json_path, "the JSON report")
+    if plot_dir:
+        plot_dir = _check_dir_target(plot_dir, "plots to")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib (pip install 'pmsm-compiler[plot]')") from None
+    provider_list = parse_providers(providers)
+
+    from pmsm_compiler import __version__
+    from pmsm_compiler.compiler import read_snn_info
+    from pmsm_compiler.data import load_dataset
+    from pmsm_compiler.data.prepare import resolve_normalization
+    from pmsm_compiler.loading import load_model, save_text_atomic
+    from pmsm_compiler.runtime import SNNSession, run_dataset
+    from pmsm_compiler.runtime.report import format_tables, plot
+    from pmsm_compiler.verify import make_session
+
+    snn_model = load_model(model, static_inputs=False)
+    if read_snn_info(snn_model) is None:
+        raise InputError(f"{model} is not a compiled SNN (no 'pmsm.snn' metadata); compile it with pmsm-compile "
+                         "first (the ANN goes to --ann)")
+    session = SNNSession(snn_model, providers=provider_list, opt_level=opt_level, threads=threads)
+    del snn_model
+    info = session.info
+    ann_session = None
+    if ann_path:
+        ann_model = load_model(ann_path, static_inputs=False)
+        if read_snn_info(ann_model) is not None:
+            raise InputError(f"--ann {ann_path} is a compiled SNN; give the source ANN")
+        ann_session = make_session(ann_model, opt_level, session.providers, threads)
+        del ann_model
+    dataset = load_dataset(None if data == "bundled" else data)
+    mean, std = resolve_normalization(normalization, info)
+
+    report = run_dataset(session, dataset, timesteps, batch_size, mean, std, ann_session=ann_session,
+                         progress=progress and not quiet, limit=limit, model=os.path.abspath(model))
+    report.update({
+        "ann": os.path.abspath(ann_path) if ann_path else None,
+        "compiler_version": __version__,
+        "opt_level": opt_level,
+        "providers": session.providers,
+        "normalization": {"choice": normalization, "mean": list(mean), "std": list(std)},
+    })
+    plots = []
+    if plot_dir:
+        try:
+            plots = plot(report, plot_dir)
+        except OSError as exc:
+            raise InputError(f"cannot write plots to {plot_dir}: {exc.strerror or exc}") from None
+        report["plots"] = plots
+    if json_path:
+        try:
+            save_text_atomic(json.dumps(report, indent=1) + "\n", json_path)
+        except OSError as exc:
+            raise InputError(f"cannot write the JSON report {json_path}: {exc.strerror or exc}") from None
+    if not quiet:
+        click.echo(f"pmsm-run {__version__}: {model} ({info.get('mode')} mode, {len(info['layers'])} neuron layers) "
+                   f"on {report['data']}, T={timesteps}, {report['samples']} samples, "
+                   f"onnxruntime {', '.join(session.providers)} opt level {opt_level}")
+        click.echo(format_tables(report))
+    acc = report["accuracy_by_t"]
+    summary = f"T={timesteps}: "
+    summary += f"accuracy {100 * acc[-1]:.2f}%" if acc else "no labels"
+    if report["ann_accuracy"] is not None:
+        summary += f" (ANN {100 * report['ann_accuracy']:.2f}%)"
+    if report["t1_prediction_agreement"] is not None:
+        summary += f", T=1 agreement {100 * report['t1_prediction_agreement']:.2f}%"
+    summary += f", {report['spikes_per_image']:.4g} spikes/image, {report['energy']['power_mw']:.4g} mW (Eq. 11)"
+    if json_path:
+        summary += f"; wrote {json_path}"
+    if plots:
+        summary += f"; plots in {plot_dir}"
+    click.echo(summary)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Run a compiled SNN over a data set and build the ``pmsm-run`` report.
+
+:func:`run_dataset` iterates over the data in batches; per batch it runs the SNN for T steps
+(:class:`runtime.session.SNNSession`) and, when given, the ANN once (an onnxruntime session, at
+the same optimization level as the SNN for the T = 1 agreement to be meaningful). It accumulates
+only integers (int64): correct predictions per t, spikes per step per layer, the ANN's correct
+predictions and its T = 1 agreement with the SNN; :func:`runtime.report.summarize` turns them into
+the report.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from pmsm_compiler.errors import InputError
+
+from .report import summarize
+
+_FLOAT_TYPES = ("tensor(float)",)
+
+
+def _static_dims(shape):
+    dims = list(shape[1:]) if shape else []
+    return dims if dims and all(isinstance(d, int) for d in dims) else None
+
+
+def _session_input(session):
+    """The onnxruntime NodeArg of the SNN's data input (prologue if split, else step)."""
+    sess = session.prologue if session.prologue is not None else session.step
+    for arg in sess.get_inputs():
+        if arg.name == session.input_name:
+            return arg
+    return None
+
+
+def check_compatible(session, dataset, ann_session=None) -> None:
+    """InputError (one line) if the data or the ANN do not fit the SNN's input."""
+    arg = _session_input(session)
+    if arg is not None and arg.type not in _FLOAT_TYPES:
+        raise InputError(f"the model's input '{session.input_name}' is {arg.type}; pmsm-run feeds float32 images")
+    expected = _static_dims(session.input_shape)
+    have = list(dataset.image_shape)
+    if expected and have != expected:
+        raise InputError(f"{dataset.name}: samples have shape {have} (CHW), the model expects {expected}")
+    if ann_session is not None:
+        ann_inputs = ann_session.get_inputs()
+        if len(ann_inputs) != 1:
+            raise InputError(f"the ANN has {len(ann_inputs)} inputs; pmsm-run supports one")
+        if ann_inputs[0].type not in _FLOAT_TYPES:
+            raise InputError(f"the ANN's input is {ann_inputs[0].type}; pmsm-run feeds float32 images")
+        ann_dims = _static_dims(ann_inputs[0].shape)
+        if ann_dims and ann_dims != have:
+            raise InputError(f"the ANN expects inputs of shape {ann_dims}, the data has {have}")
+
+
+def run_dataset(session, dataset, timesteps: int, batch_size: int, mean, std, ann_session=None,
+                progress: bool = True, limit: int | None = None, *, model: str | None = None) -> dict:
+    """Run ``session`` (an SNNSession) on ``dataset`` for ``timesteps`` steps; return the report.
+
+    ``mean``/``std`` normalize uint8 images (float32 data is used as is); ``limit`` keeps the
+    first samples; ``ann_session`` (onnxruntime.InferenceSession of the source ANN) adds the ANN
+    accuracy and the T = 1 prediction agreement. A tqdm progress bar goes to stderr.
+    """
+    from pmsm_compiler.data import iterate_batches
+
+    timesteps = int(timesteps)
+    if timesteps < 1:
+        raise InputError(f"timesteps must be >= 1, got {timesteps}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    if limit is not None:
+        if limit < 1:
+            raise InputError(f"limit must be >= 1, got {limit}")
+        dataset = dataset.subset(limit)
+    if len(dataset) == 0:
+        raise InputError(f"{dataset.name}: no samples")
+    check_compatible(session, dataset, ann_session)
+    labels = dataset.y is not None
+    n_layers = len(session.layers)
+    spikes = np.zeros((timesteps, n_layers), np.int64)
+    correct = np.zeros(timesteps, np.int64)
+    ann_correct = 0
+    t1_agree = 0
+    ann_name = ann_session.get_inputs()[0].name if ann_session is not None else None
+    snn_seconds = ann_seconds = 0.0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(dataset), unit="img", file=sys.stderr, desc=f"SNN T={timesteps}", leave=False)
+    samples = 0
+    try:
+        for xb, yb in iterate_batches(dataset, batch_size, mean, std):
+            start = time.perf_counter()
+            result = session.run_batch(xb, timesteps)
+            snn_seconds += time.perf_counter() - start
+            spikes += result.spikes.sum(axis=1, dtype=np.int64)
+            if labels:
+                correct += (result.predictions_by_t == yb.astype(np.int64)[None, :]).sum(axis=1)
+            if ann_session is not None:
+                start = time.perf_counter()
+                out = ann_session.run(None, {ann_name: xb})[0]
+                ann_seconds += time.perf_counter() - start
+                ann_pred = out.reshape(len(xb), -1).argmax(1)
+                t1_agree += int((ann_pred == result.predictions_by_t[0]).sum())
+                if labels:
+                    ann_correct += int((ann_pred == yb).sum())
+            samples += len(xb)
+            if bar is not None:
+                bar.update(len(xb))
+    finally:
+        if bar is not None:
+            bar.close()
+    extra = {
+        "data": dataset.name,
+        "batch_size": int(batch_size),
+        "seconds": {"snn": round(snn_seconds, 4), "ann": round(ann_seconds, 4) if ann_session is not None else None},
+    }
+    return summarize(session.info, spikes, samples, timesteps,
+                     correct_by_t=correct if labels else None,
+                     ann_correct=ann_correct if (ann_session is not None and labels) else None,
+                     t1_agree=t1_agree if ann_session is not None else None,
+                     labels_present=labels, model=model, extra=extra)
