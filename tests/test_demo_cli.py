@@ -1,0 +1,55 @@
+"""pmsm-demo: compile + run of a PQA model and a QCFS baseline on the bundled images."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from pmsm_compiler.activations import quantized_activations  # noqa: E402
+from pmsm_compiler.cli.demo import main  # noqa: E402
+from pmsm_compiler.export import export_onnx  # noqa: E402
+from pmsm_compiler.models import build_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo")
+    paths = {}
+    for act in ("pqa", "qcfs"):
+        torch.manual_seed(0)
+        net = build_model("resnet_tiny", act=act)
+        for _, q in quantized_activations(net):
+            q.lam.data.fill_(4.0)
+        net.eval()
+        paths[act] = str(d / f"{act}.onnx")
+        export_onnx(net, paths[act])
+    return paths
+
+
+def test_demo_prints_both_tables(models, tmp_path):
+    out = tmp_path / "demo.json"
+    result = CliRunner().invoke(main, ["--model", models["pqa"], "--qcfs-model", models["qcfs"], "-T", "1,2",
+                                       "--batch-size", "500", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "PMSM (PQA → AIF)" in result.output and "QCFS (→ IF)" in result.output
+    assert "PMSM vs QCFS at equal T" in result.output
+    reports = json.loads(out.read_text())
+    pmsm = reports["PMSM (PQA → AIF)"]
+    assert pmsm["samples"] == 1000 and len(pmsm["accuracy_by_t"]) == 2
+
+
+def test_demo_exact_mode_is_lossless_at_t1(models):
+    result = CliRunner().invoke(main, ["--model", models["pqa"], "-T", "1", "--mode", "exact", "--batch-size", "500"])
+    assert result.exit_code == 0, result.output
+    assert "agree on 100.00% of predictions at T=1" in result.output
+
+
+@pytest.mark.parametrize("args", [["--model", "/nonexistent.onnx"], ["-T", "0"], ["-T", "a,b"]])
+def test_demo_bad_input(models, args):
+    if "--model" not in args:
+        args = ["--model", models["pqa"]] + args
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
