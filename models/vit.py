@@ -41,8 +41,9 @@ SNN wrapper replaces it with Identity), so here Q_asym simply takes the ReLU's p
 Levels: with ``L = act.levels`` (ActivationSpec, default 8), Q_sym has the 2L levels
 [−L, L−1] and Q_asym the 2L levels [0, 2L−1]. That is SpikeZIP's ``MyQuan`` with
 ``level = 2L`` (sym: [−level/2, level/2−1], asym: [0, level−1]); L = 8 gives SpikeZIP's
-level 16, the value of paper Table 5. PQA needs α < 0, so Q_asym is a ``QCFS`` module (α = 0)
-with ``levels = 2L−1``, whose integer range is exactly [0, 2L−1].
+level 16, the value of paper Table 5. With act="pqa", Q_asym is an unsigned PQA (α = 0,
+β = 1, ``levels = 2L−1``: integer range exactly [0, 2L−1]) that converts to a multi-spike AIF
+neuron with s_min = 0; with act="qcfs" it is a QCFS module with the same range.
 
 =====================  ==========================  ================================  ======
 spot                   act="pqa"                   act="qcfs" (baseline)             λ0
@@ -51,11 +52,11 @@ patch_embed.quant      PQA(L, α=−1, β=(L−1)/L)     QCFS(L): [0, L]        
                        k ∈ [−L, L−1], s = λ/L
 norm1/norm2/norm_quant same PQA [−L, L−1]          QCFS(L): [0, L]                   4
 attn.q/k/v_quant       same PQA [−L, L−1]          QCFS(L): [0, L]                   2
-attn.attn_quant        QCFS(2L−1): [0, 2L−1],      QCFS(2L−1): [0, 2L−1]             1
+attn.attn_quant        PQA(2L−1, α=0): [0, 2L−1]   QCFS(2L−1): [0, 2L−1]             1
   (softmax probs)      s = λ/(2L−1)
 attn.out_quant (a·v)   PQA [−L, L−1]               QCFS(L): [0, L]                   2
 attn.proj_quant        PQA [−L, L−1]               QCFS(L): [0, L]                   2
-mlp.act (fc1 output)   QCFS(2L−1): [0, 2L−1]       QCFS(2L−1): [0, 2L−1]             2
+mlp.act (fc1 output)   PQA(2L−1, α=0): [0, 2L−1]   QCFS(2L−1): [0, 2L−1]             2
 mlp.fc2_quant          PQA [−L, L−1]               QCFS(L): [0, L]                   2
 =====================  ==========================  ================================  ======
 
@@ -133,6 +134,8 @@ class _Quantizers:
         if self.kind == "relu":
             return nn.Identity() if spot != "mlp_act" else nn.ReLU()
         if not signed:                       # Q_asym: levels [0, 2L-1]
+            if self.kind == "pqa":           # unsigned PQA: multi-spike AIF with s_min = 0
+                return PQA(levels=2 * L - 1, lam=lam, alpha=0.0, beta=1.0)
             return QCFS(levels=2 * L - 1, lam=lam)
         if self.kind == "pqa":               # Q_sym: levels [-L, L-1]
             return PQA(levels=L, lam=lam, alpha=-1.0, beta=(L - 1) / L)

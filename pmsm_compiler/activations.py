@@ -130,15 +130,17 @@ class PQA(_QuantizedActivation):
     """Polarity Quantized Activation: y = s·clip(floor(x/s + ½), αL, βL), s = λ/L.
 
     α and β are fractions of λ (α < 0 < β); αL and βL must be integers. Paper defaults
-    (Table 4): L = 8, λ0 = 8, α = −0.25, β = 1, i.e. levels −2..8.
+    (Table 4): L = 8, λ0 = 8, α = −0.25, β = 1, i.e. levels −2..8. α = 0 gives the unsigned
+    form (levels 0..βL) that a transformer needs after a softmax or in the MLP: it still
+    converts to a multi-spike AIF neuron (s_min = 0), not to QCFS's binary IF neuron.
     """
 
     onnx_op = "PQA"
 
     def __init__(self, levels: int = 8, lam: float = 8.0, alpha: float = -0.25, beta: float = 1.0,
                  learn_lambda: bool = True):
-        if not alpha < 0 < beta:
-            raise ValueError(f"PQA needs α < 0 < β, got α={alpha}, β={beta}")
+        if not alpha <= 0 < beta:
+            raise ValueError(f"PQA needs α ≤ 0 < β (α < 0 for polarity), got α={alpha}, β={beta}")
         super().__init__(levels, lam, integer_bound(alpha, levels, "α"), integer_bound(beta, levels, "β"),
                          learn_lambda)
 

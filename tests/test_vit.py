@@ -79,9 +79,10 @@ def test_quantizers_pqa():
         assert type(q) is PQA and (q.levels, q.k_min, q.k_max) == (L, -L, L - 1), name
     for name in unsigned:                                        # Q_asym: levels [0, 2L-1]
         q = quants[name]
-        assert type(q) is QCFS and (q.levels, q.k_min, q.k_max) == (2 * L - 1, 0, 2 * L - 1), name
-    assert sum(type(q) is PQA for q in quants.values()) == 8 * net.depth + 2
-    assert sum(type(q) is QCFS for q in quants.values()) == 2 * net.depth
+        # unsigned PQA (alpha = 0): converts to a multi-spike AIF neuron, not QCFS's binary IF
+        assert type(q) is PQA and (q.levels, q.k_min, q.k_max) == (2 * L - 1, 0, 2 * L - 1), name
+    assert sum(type(q) is PQA for q in quants.values()) == 10 * net.depth + 2
+    assert not any(type(q) is QCFS for q in quants.values())
     # λ0 per spot
     assert _lam(quants["blocks.0.attn.attn_quant"]) == LAMBDA_INIT["attn"] == 1.0
     assert _lam(quants["blocks.1.norm2_quant"]) == LAMBDA_INIT["norm2"]
