@@ -386,8 +386,9 @@ def test_existing_output_replaced_atomically(models, tmp_path):
 def test_real_process_one_line_no_traceback(tmp_path):
     """Outside CliRunner: the installed entry point's behaviour in a real process."""
     png = make_png(tmp_path)
+    # cwd outside the checkout: the installed package, not the source folder, must be imported
     proc = subprocess.run([sys.executable, "-m", "pmsm_compiler.cli.compile", str(png)], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert listing(tmp_path) == ["image.onnx"]
