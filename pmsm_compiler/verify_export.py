@@ -6,7 +6,12 @@ PyTorch eager (forward hooks on the quantizer modules) and onnxruntime (every ``
 comparison is exact; the two engines still differ on rare inputs that lie within a float rounding
 of a level boundary (different convolution summation order, BatchNorm folded into the conv
 weights by the exporter, NCHWc rewrites at ``ORT_ENABLE_ALL``), and such a flip propagates to the
-layers after it. The figure that matters is the disagreement *rate*.
+layers after it, and on random weights the cascade grows with depth. Two figures therefore:
+
+* the plain disagreement rate (each engine runs the whole network on its own), and
+* the *isolated* rate (``pqa_outputs_onnx(..., fed=torch_outputs)``): every quantizer's consumers
+  in onnxruntime are fed PyTorch's quantizer outputs, so each layer is computed from the same
+  inputs in both engines and only the flips that layer causes itself are counted.
 
 ONNX nodes are mapped to modules through the module path that the dynamo exporter records in
 each node's ``metadata_props`` (``pkg.torch.onnx.name_scopes``: ``['', 'layers', 'layers.0',
@@ -71,6 +76,17 @@ def quantizer_nodes(model: onnx.ModelProto) -> list[QuantNode]:
     return nodes
 
 
+def _value_info(model: onnx.ModelProto, name: str, new_name: str | None = None) -> onnx.ValueInfoProto:
+    """The (shape-inferred) type of value ``name``, or float32 of unknown rank, as ``new_name``."""
+    for vi in model.graph.value_info:
+        if vi.name == name:
+            out = onnx.ValueInfoProto()
+            out.CopyFrom(vi)
+            out.name = new_name or name
+            return out
+    return onnx.helper.make_tensor_value_info(new_name or name, onnx.TensorProto.FLOAT, None)
+
+
 def with_quantizer_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose graph also outputs every quantizer node's output."""
     out = onnx.ModelProto()
@@ -78,8 +94,31 @@ def with_quantizer_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     existing = {o.name for o in out.graph.output}
     for q in quantizer_nodes(out):
         if q.output not in existing:
-            out.graph.output.append(onnx.helper.make_tensor_value_info(q.output, onnx.TensorProto.FLOAT, None))
+            out.graph.output.append(_value_info(out, q.output))
             existing.add(q.output)
+    return out
+
+
+FED_SUFFIX = "__fed"
+
+
+def with_fed_quantizer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy in which every quantizer output is *fed* to its consumers from a new graph input
+    ``<output>__fed`` (and still computed and exposed as a graph output).
+
+    Feeding PyTorch's quantizer outputs there makes every quantizer in onnxruntime compute from
+    exactly PyTorch's inputs to its layer, so a level difference at one quantizer no longer
+    propagates to the next ones: the comparison then counts only the flips each layer causes.
+    """
+    out = with_quantizer_outputs(onnx.shape_inference.infer_shapes(model))
+    names = [q.output for q in quantizer_nodes(out)]
+    fed = set(names)
+    for node in out.graph.node:
+        for i, name in enumerate(node.input):
+            if name in fed:
+                node.input[i] = name + FED_SUFFIX
+    for name in names:
+        out.graph.input.append(_value_info(out, name, name + FED_SUFFIX))
     return out
 
 
@@ -124,23 +163,42 @@ class QuantOutputs:
 
 
 def pqa_outputs_onnx(model_proto: onnx.ModelProto, feeds, level=None, threads: int = 1,
-                     session=None) -> QuantOutputs:
+                     session=None, fed: QuantOutputs | None = None) -> QuantOutputs:
     """Run ``model_proto`` in onnxruntime and return every PQA / QCFS output and the logits.
 
     ``feeds``: a dict {input name: array} or one array for the single input. ``level``: an
     ``onnxruntime.GraphOptimizationLevel`` (default ORT_ENABLE_ALL). Pass ``session`` (made by
-    :func:`make_session` on ``with_quantizer_outputs(model_proto)``) to reuse one across batches.
+    :func:`make_session` on ``with_quantizer_outputs(model_proto)``, or on
+    ``with_fed_quantizer_inputs(model_proto)`` with ``fed``) to reuse one across batches.
+
+    ``fed``: reference quantizer outputs (e.g. :func:`pqa_outputs_torch` on the same input) to feed
+    to every quantizer's consumers instead of onnxruntime's own (see
+    :func:`with_fed_quantizer_inputs`): each returned output is then onnxruntime's computation of
+    that layer from the reference's inputs, and a comparison with the reference counts only the
+    level flips each layer causes itself, not the ones propagated from earlier layers.
     """
     nodes = quantizer_nodes(model_proto)
+    paths = [q.module for q in nodes]
+    by_metadata = all(paths) and len(set(paths)) == len(paths)
     if session is None:
-        session = make_session(with_quantizer_outputs(model_proto), level, threads)
+        exposed = with_fed_quantizer_inputs(model_proto) if fed is not None else with_quantizer_outputs(model_proto)
+        session = make_session(exposed, level, threads)
     if not isinstance(feeds, dict):
         feeds = {model_proto.graph.input[0].name: np.asarray(feeds, dtype=np.float32)}
+    else:
+        feeds = dict(feeds)
+    if fed is not None:
+        if by_metadata and fed.by_metadata:
+            sources = [fed.outputs[q.module] for q in nodes]
+        else:
+            if len(fed.names) != len(nodes):
+                raise ValueError(f"{len(fed.names)} reference outputs for {len(nodes)} quantizer nodes")
+            sources = [fed.outputs[n] for n in fed.names]
+        for q, value in zip(nodes, sources):
+            feeds[q.output + FED_SUFFIX] = np.ascontiguousarray(value, dtype=np.float32)
     first_output = model_proto.graph.output[0].name
     wanted = [first_output] + [q.output for q in nodes]
     values = dict(zip(wanted, session.run(wanted, feeds)))
-    paths = [q.module for q in nodes]
-    by_metadata = all(paths) and len(set(paths)) == len(paths)
     result = QuantOutputs(logits=values[first_output], by_metadata=by_metadata)
     for q in nodes:
         name = q.module if by_metadata else q.output
@@ -370,6 +428,7 @@ def randomize_for_check(model, x_calib=None, seed: int = 0, lam_range=(2.0, 10.0
 
 __all__ = [
     "QUANT_OPS", "QuantNode", "QuantOutputs", "LevelStats", "quantizer_nodes", "with_quantizer_outputs",
+    "with_fed_quantizer_inputs",
     "make_session", "pqa_outputs_onnx", "pqa_outputs_torch", "compare_levels", "accumulate", "overall_rate",
     "k_ranges_of", "randomize_for_check",
 ]
