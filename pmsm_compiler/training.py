@@ -166,6 +166,13 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         start_epoch, history, wall = state["epoch"], state["history"], state.get("wall_s", 0.0)
         if is_main:
             log(f"resumed from {ckpt_path} at epoch {start_epoch}")
+    if start_epoch == 0 and cfg.model.startswith("vit") and cfg.act != "relu":
+        # SpikeZIP-TF initialises every quantizer step on the first training batch; with fixed λ0
+        # an untrained ViT rounds whole attention branches to zero (models/vit.py).
+        from pmsm_compiler.models.vit import calibrate_lambdas
+
+        first = norm(torch.from_numpy(np.ascontiguousarray(train_x[:cfg.batch_size])).to(device))
+        calibrate_lambdas(model, first.contiguous(memory_format=memory_format))
     net = model
     if distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)

@@ -160,3 +160,21 @@ def test_integer_sub_not_rewritten():
     model.ir_version = 10
     out, _ = _run_pass(onnx.shape_inference.infer_shapes(model))
     assert _ops(out) == ["Sub"]
+
+
+def test_constant_subgraph_is_folded_with_the_same_value():
+    """Div(λ, L) on constants (as some exporters write the PQA step) becomes one initializer
+    holding exactly the float32 quotient onnxruntime computes; the data path is untouched."""
+    lam, levels = np.array(7.3, np.float32), np.array(8.0, np.float32)
+    nodes = [helper.make_node("Div", ["lam", "L"], ["step"]), helper.make_node("Div", ["x", "step"], ["y"])]
+    model = _model(nodes, {"lam": lam, "L": levels})
+    out, _ = _run_pass(model)
+    assert [n.op_type for n in out.graph.node] == ["Div"]
+    folded = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    (step,) = [v for v in folded.values() if v.size == 1]
+    assert step == np.float32(lam / levels)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    for level in ("disable", "all"):
+        a = make_session(model, level).run(None, {"x": x})[0]
+        b = make_session(out, level).run(None, {"x": x})[0]
+        assert np.array_equal(a, b)

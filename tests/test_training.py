@@ -203,3 +203,33 @@ def test_cli_bad_data_folder_contents(tmp_path):
     result = invoke(["--data", folder, "--out", tmp_path / "run", "--model", "resnet_tiny", "--no-progress"])
     assert result.exit_code == 2
     assert "train.npz" in _one_error_line(result)
+
+
+def test_torchrun_ddp_two_processes(tmp_path):
+    """The same command runs DistributedDataParallel under torchrun (gloo on CPU)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from pmsm_compiler.data import load_bundled_sample
+
+    if shutil.which("torchrun") is None and not shutil.which(os.path.join(os.path.dirname(sys.executable), "torchrun")):
+        pytest.skip("torchrun not installed")
+    sample = load_bundled_sample()
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez(data / "train.npz", x=sample.x[:256], y=sample.y[:256])
+    np.savez(data / "test.npz", x=sample.x[256:320], y=sample.y[256:320])
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29617",
+         "-m", "pmsm_compiler.cli.train", "--data", str(data), "--model", "resnet_tiny", "--epochs", "1",
+         "--batch-size", "64", "--threads", "1", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "checkpoint.pt").exists() and (out / "model.onnx").exists()
+    log = (out / "train.log").read_text()
+    assert log.count('"epoch": 1') == 1  # only rank 0 logs

@@ -86,7 +86,11 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
     os.makedirs(out_dir, exist_ok=True)
     log_path = os.path.join(out_dir, "train.log")
 
+    is_main = int(os.environ.get("RANK", "0")) == 0
+
     def log(line):
+        if not is_main:  # under torchrun only rank 0 logs
+            return
         click.echo(line)
         with open(log_path, "a") as f:
             f.write(line + "\n")
@@ -95,7 +99,7 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
     summary = train(cfg, train_x, train_y, test_x, test_y, out_dir, mean, std, resume=resume,
                     progress=progress, log=log)
     net = summary.pop("model")
-    if export and int(os.environ.get("RANK", "0")) == 0:
+    if export and is_main:
         from pmsm_compiler.export import export_onnx
 
         onnx_path = os.path.join(out_dir, "model.onnx")
@@ -106,3 +110,7 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
         log(f"exported {onnx_path}")
     log(json.dumps({"epochs_done": summary["epochs_done"], "final_test_acc": summary["final_test_acc"],
                     "wall_s": summary["wall_s"]}))
+
+
+if __name__ == "__main__":  # pragma: no cover - torchrun -m pmsm_compiler.cli.train
+    main()
