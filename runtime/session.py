@@ -8,7 +8,10 @@ The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The s
 - keeps membrane and wrapper states in onnxruntime buffers between steps (IOBinding): the first
   step reads broadcast initial tensors ([1, …, 1] holding ½ or 0), later steps ping-pong between
   two preallocated buffers per state, so no large tensor is copied through Python;
-- copies back only the small per-step outputs (network outputs and the int64 spike counts).
+- copies back only the small per-step outputs (network outputs and the int64 spike counts);
+- specialises the step model by position in time (``step_variant``): the first step reads the
+  initial states as constants, the last step computes no next state (at T = 1 the one step is
+  both), so a T = 1 run does what the ANN does plus the spike counting.
 
 The same code runs on CPU and on the CUDA execution provider (buffers then live on the GPU).
 """
@@ -95,17 +98,43 @@ def split_static_prologue(model: onnx.ModelProto, info: dict):
     return pro_model, step_model
 
 
-def without_state_outputs(step: onnx.ModelProto, info: dict) -> onnx.ModelProto:
-    """The step model for the LAST timestep: nobody reads its next states, so drop them (and the
-    reset arithmetic that only feeds them); at T = 1 this is the only step that runs."""
+def step_variant(step: onnx.ModelProto, info: dict, first: bool, last: bool) -> onnx.ModelProto:
+    """The step model specialised for where it runs in time.
+
+    first: every state still holds its initial value, so the state inputs become constant
+    scalars (½ for membranes, 0 for wrapper sums) — the same values the broadcast initial
+    tensors hold, so the same results, without reading a state tensor.
+    last: nobody reads the next states, so they are dropped, and the neurons use their
+    ``*Final`` functions without the reset (onnxruntime inlines a function's whole body, so an
+    unused output would still be computed). At T = 1 the single step is both first and last.
+    """
+    from pmsm_compiler.ops import DOMAIN, add_functions
+    from pmsm_compiler.ops.neurons import FINAL_STEP_OPS, final_step_functions
+
     graph = gs.import_onnx(step)
-    state_outputs = {s["output"] for s in info["states"]}
-    graph.outputs = [t for t in graph.outputs if t.name not in state_outputs]
+    if first:
+        tensors = graph.tensors()
+        for state in info["states"]:
+            var = tensors[state["input"]]
+            const = gs.Constant(state["input"] + ".initial", np.array(state["init"], dtype=np.float32))
+            for node in list(var.outputs):
+                node.inputs = [const if t is var else t for t in node.inputs]
+        names = {s["input"] for s in info["states"]}
+        graph.inputs = [t for t in graph.inputs if t.name not in names]
+    if last:
+        state_outputs = {s["output"] for s in info["states"]}
+        graph.outputs = [t for t in graph.outputs if t.name not in state_outputs]
+        for node in graph.nodes:
+            if node.domain == DOMAIN and node.op in FINAL_STEP_OPS and len(node.outputs) == 2:
+                node.op = FINAL_STEP_OPS[node.op]
+                node.outputs = node.outputs[:1]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    last = gs.export_onnx(graph)
-    last.ir_version = step.ir_version
-    del last.metadata_props[:]
-    return last
+    model = gs.export_onnx(graph)
+    model.ir_version = step.ir_version
+    if last:
+        add_functions(model, final_step_functions())
+    del model.metadata_props[:]
+    return model
 
 
 class SNNSession:
@@ -139,14 +168,11 @@ class SNNSession:
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = make_session(prologue, opt_level, self.providers, threads) if prologue is not None else None
         self.step = make_session(step, opt_level, self.providers, threads)
-        self.last = make_session(without_state_outputs(step, info), opt_level, self.providers, threads)
+        self._step_model, self._opt_level, self._threads = step, opt_level, threads
+        self._variants = {(False, False): self.step}
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
         self._prologue_outputs = [o.name for o in self.prologue.get_outputs()] if self.prologue else []
         self._states = info["states"]
-        self._init = {
-            s["input"]: self._ortvalue(np.full([1] * len(self._step_inputs[s["input"]].shape), s["init"], np.float32))
-            for s in self._states
-        }
         # the step reads the network input itself when unsplit, or when a state-dependent node reads it
         self._step_reads_input = self.prologue is None or self.input_name in self._step_inputs
         expected = set(self._prologue_outputs) | ({self.input_name} if self._step_reads_input else set())
@@ -155,6 +181,14 @@ class SNNSession:
             expected.add(info["time_input"])
         if set(self._step_inputs) != expected:
             raise InputError(f"compiled model inputs {sorted(self._step_inputs)} do not match its metadata")
+
+    def session_for(self, first: bool, last: bool):
+        """The onnxruntime session for a step at this position in time (created on first use)."""
+        key = (first, last)
+        if key not in self._variants:
+            model = step_variant(self._step_model, self.info, first, last)
+            self._variants[key] = make_session(model, self._opt_level, self.providers, self._threads)
+        return self._variants[key]
 
     def _ortvalue(self, array):
         import onnxruntime as ort
@@ -185,26 +219,23 @@ class SNNSession:
                 static_values[self.input_name] = x_value
         else:
             static_values = {self.input_name: x_value}
-        binding = self.step.io_binding()
-        last_binding = self.last.io_binding()
-        states = dict(self._init)
+        states = {}
         spare = None
         out_sum = None
         preds = np.empty((timesteps, n), np.int64)
         spikes = np.empty((timesteps, n, len(self.layers)), np.int64)
         per_step = [] if keep_outputs else None
         time_name = self.info.get("time_input")
-        first_output = self.output_names[0]
+        k = len(self.output_names)
         for t in range(1, timesteps + 1):
-            last = t == timesteps
-            b = last_binding if last else binding
-            session = self.last if last else self.step
-            b.clear_binding_inputs()
-            b.clear_binding_outputs()
+            first, last = t == 1, t == timesteps
+            session = self.session_for(first, last)
+            b = session.io_binding()
             for name, value in static_values.items():
                 b.bind_ortvalue_input(name, value)
-            for s in self._states:
-                b.bind_ortvalue_input(s["input"], states[s["input"]])
+            if not first:
+                for s in self._states:
+                    b.bind_ortvalue_input(s["input"], states[s["input"]])
             if time_name:
                 b.bind_cpu_input(time_name, np.array([t], np.float32))
             for name in self.output_names:
@@ -218,24 +249,18 @@ class SNNSession:
                         b.bind_output(s["output"], self.device)
             session.run_with_iobinding(b)
             outs = b.get_outputs()
-            k = len(self.output_names)
             step_out = outs[0].numpy()
             spikes[t - 1] = outs[k].numpy()
-            if last:
-                new_states = {}
-            else:
-                new_states = {s["output"]: v for s, v in zip(self._states, outs[k + 1:])}
-            # Ping-pong: this step's outputs become the next inputs; last step's inputs (if they
-            # are full-size buffers rather than the broadcast initial values) take the next outputs.
             if not last:
-                previous = {s["output"]: states[s["input"]] for s in self._states}
-                states = {s["input"]: new_states[s["output"]] for s in self._states}
+                # Ping-pong: this step's state outputs are the next step's inputs; the buffers the
+                # next step reads from (full-size from t = 2 on) receive the step after's outputs.
+                previous = states
+                states = {s["input"]: v for s, v in zip(self._states, outs[k + 1:])}
                 if t >= 2:
-                    spare = previous
+                    spare = {s["output"]: previous[s["input"]] for s in self._states}
             out_sum = step_out.astype(np.float64) if out_sum is None else out_sum + step_out
             if keep_outputs:
                 per_step.append(step_out)
             preds[t - 1] = (out_sum.reshape(n, -1)).argmax(1) if step_out.ndim >= 2 else 0
-        del first_output
         mean = (out_sum / timesteps).astype(np.float32)
         return BatchResult(mean, preds, spikes, np.stack(per_step) if keep_outputs else None)

@@ -51,6 +51,34 @@ IF (I, U) => (K, U_next)
 }
 """
 
+# The same neurons for the LAST timestep, whose next membrane nobody reads: no reset. (onnxruntime
+# inlines a function's whole body, so an unused output of AIF would still be computed.)
+AIF_FINAL_BODY = """
+AIFFinal <s_min, s_max> (I, U) => (K)
+{
+    m = Add (U, I)
+    level = Floor (m)
+    lo_int = Constant <value_int: int = @s_min> ()
+    hi_int = Constant <value_int: int = @s_max> ()
+    lo = CastLike (lo_int, m)
+    hi = CastLike (hi_int, m)
+    K = Clip (level, lo, hi)
+}
+"""
+
+IF_FINAL_BODY = """
+IFFinal (I, U) => (K)
+{
+    m = Add (U, I)
+    one = Constant <value_float = 1.0> ()
+    one_t = CastLike (one, m)
+    fired = GreaterOrEqual (m, one_t)
+    K = CastLike (fired, m)
+}
+"""
+
+FINAL_STEP_OPS = {"AIF": "AIFFinal", "IF": "IFFinal"}
+
 INITIAL_MEMBRANE = 0.5
 
 
@@ -64,6 +92,10 @@ def if_function():
 
 def neuron_functions():
     return [aif_function(), if_function()]
+
+
+def final_step_functions():
+    return [parse_function(AIF_FINAL_BODY), parse_function(IF_FINAL_BODY)]
 
 
 # ----------------------------------------------------------------------------------------------
