@@ -166,8 +166,9 @@ class SNNSession:
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
-        self.prologue = make_session(prologue, opt_level, self.providers, threads) if prologue is not None else None
-        self.step = make_session(step, opt_level, self.providers, threads)
+        self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True)
+                         if prologue is not None else None)
+        self.step = make_session(step, opt_level, self.providers, threads, shared_arena=True)
         self._step_model, self._opt_level, self._threads = step, opt_level, threads
         self._variants = {(False, False): self.step}
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
@@ -187,7 +188,8 @@ class SNNSession:
         key = (first, last)
         if key not in self._variants:
             model = step_variant(self._step_model, self.info, first, last)
-            self._variants[key] = make_session(model, self._opt_level, self.providers, self._threads)
+            self._variants[key] = make_session(model, self._opt_level, self.providers, self._threads,
+                                               shared_arena=True)
         return self._variants[key]
 
     def _ortvalue(self, array):
