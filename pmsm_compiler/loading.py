@@ -32,6 +32,7 @@ __all__ = [
     "PROTOBUF_LIMIT",
     "check_missing_inputs",
     "check_ops",
+    "check_output_path",
     "check_static_shapes",
     "load_model",
     "save_bytes_atomic",
@@ -660,3 +661,22 @@ def save_model_atomic(model: ModelProto, path: str | os.PathLike[str]) -> None:
         )
     data = model.SerializeToString()
     save_bytes_atomic(data, path)
+
+
+def check_output_path(path, what: str = "output") -> str:
+    """Absolute path of an output file that can be written; InputError (one line) otherwise.
+
+    Called by the command-line tools before any work, so that a bad output path fails at once
+    and nothing is left half-written.
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise InputError(f"cannot write {what} {path}: it is a directory")
+    if not os.path.isdir(directory):
+        raise InputError(f"cannot write {what} {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {what} {path}: directory {directory} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise InputError(f"cannot write {what} {path}: the file is not writable")
+    return path

@@ -69,7 +69,8 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
     """
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.errors import InputError
-    from pmsm_compiler.loading import MAX_MODEL_BYTES, load_model, save_model_atomic, save_text_atomic
+    from pmsm_compiler.loading import (MAX_MODEL_BYTES, check_output_path, load_model, save_model_atomic,
+                                       save_text_atomic)
     from pmsm_compiler.verify import VerificationPolicy, random_inputs, verify
 
     if samples < 1:
@@ -77,11 +78,9 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
     output = output or default_output(model)
     if os.path.abspath(output) == os.path.abspath(model):
         raise InputError("the output path must differ from the input model")
-    out_dir = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(out_dir):
-        raise InputError(f"output directory does not exist: {out_dir}")
-    if report_path and not os.path.isdir(os.path.dirname(os.path.abspath(report_path))):
-        raise InputError(f"report directory does not exist: {os.path.dirname(os.path.abspath(report_path))}")
+    check_output_path(output, "the compiled model")
+    if report_path:
+        check_output_path(report_path, "the report")
     start = time.perf_counter()
     ann = load_model(model, max_bytes=max_bytes or MAX_MODEL_BYTES)
     mode = "exact" if exact else "folded"

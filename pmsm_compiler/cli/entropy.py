@@ -19,6 +19,7 @@ import click
 
 from pmsm_compiler import entropy as ent
 from pmsm_compiler.errors import InputError, PmsmError, cli_errors
+from pmsm_compiler.loading import check_output_path
 
 RELU_NOTE = (
     "the paper states H_ReLU/H_BN ~ 69%; a consistent computation of Eq. 19 gives 74.4% "
@@ -31,22 +32,9 @@ BEST_NOTE = (
 )
 
 
-def _check_target(path: str) -> str:
-    """Absolute path of an output file; InputError if it obviously cannot be written."""
-    path = os.path.abspath(os.path.expanduser(path))
-    directory = os.path.dirname(path)
-    if os.path.isdir(path):
-        raise InputError(f"cannot write {path}: it is a directory")
-    if not os.path.isdir(directory):
-        raise InputError(f"cannot write {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise InputError(f"cannot write {path}: directory {directory} is not writable")
-    return path
-
-
 def _atomic_write(path: str, write) -> None:
     """Call ``write(tmp_path)`` for a temp file next to ``path``, then ``os.replace`` it."""
-    path = _check_target(path)
+    path = check_output_path(path)
     directory = os.path.dirname(path)
     try:
         fd, tmp = tempfile.mkstemp(
@@ -164,7 +152,7 @@ def main(levels: int, lam: float, json_path: str | None, plot_path: str | None) 
     """Entropy analysis of PQA quantization: H_PQA/H_BN over the (alpha, beta) grid."""
     for p in (json_path, plot_path):
         if p:
-            _check_target(p)  # fail before any output
+            check_output_path(p)  # fail before any output
     res = ent.grid_search(levels=levels, lam=lam)
 
     bits = res.h_bn / math.log(2)

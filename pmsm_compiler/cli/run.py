@@ -16,6 +16,7 @@ import sys
 import click
 
 from pmsm_compiler.errors import InputError, cli_errors
+from pmsm_compiler.loading import check_output_path
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider", "dml": "DmlExecutionProvider",
@@ -31,20 +32,6 @@ def parse_providers(values) -> list[str] | None:
             if part:
                 names.append(PROVIDER_ALIASES.get(part.lower(), part))
     return names or None
-
-
-def _check_file_target(path: str, what: str) -> str:
-    path = os.path.abspath(os.path.expanduser(path))
-    directory = os.path.dirname(path)
-    if os.path.isdir(path):
-        raise InputError(f"cannot write {what} {path}: it is a directory")
-    if not os.path.isdir(directory):
-        raise InputError(f"cannot write {what} {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {what} {path}: directory {directory} is not writable")
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise InputError(f"cannot write {what} {path}: the file is not writable")
-    return path
 
 
 def _check_dir_target(path: str, what: str) -> str:
@@ -101,7 +88,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
     if threads < 0:
         raise InputError(f"--threads must be >= 0, got {threads}")
     if json_path:
-        json_path = _check_file_target(json_path, "the JSON report")
+        json_path = check_output_path(json_path, "the JSON report")
     if plot_dir:
         plot_dir = _check_dir_target(plot_dir, "plots to")
         try:
