@@ -39,6 +39,7 @@ def layer_table(layers, verification=None) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-compile")
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", type=click.Path(), help="Output path (default: MODEL with .snn.onnx).")
 @click.option("--exact", is_flag=True, help="Keep the ANN's arithmetic (no folding): T=1 is bit-identical.")

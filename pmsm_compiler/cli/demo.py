@@ -52,6 +52,7 @@ def _at(report, t):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-demo")
 @click.option("--model", type=click.Path(dir_okay=False), help=f"PQA model (default: the shipped {PQA_MODEL}).")
 @click.option("--qcfs-model", type=click.Path(dir_okay=False),
               help=f"QCFS baseline (default: the shipped {QCFS_MODEL}, if present).")

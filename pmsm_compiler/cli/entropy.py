@@ -140,6 +140,7 @@ def write_plot(res: ent.GridResult, path: str) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-entropy")
 @click.option("--levels", "-L", "levels", type=int, default=8, show_default=True,
               help="Quantization levels L (integer >= 1).")
 @click.option("--lam", type=float, default=8.0, show_default=True,

@@ -8,6 +8,7 @@ from pmsm_compiler.errors import InputError, cli_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-export")
 @click.option("--model", default="resnet20", show_default=True, help="Zoo model name.")
 @click.option("--checkpoint", type=click.Path(), help="checkpoint.pt written by pmsm-train (its config wins).")
 @click.option("--act", type=click.Choice(["pqa", "qcfs", "relu"]), default="pqa", show_default=True)

@@ -51,6 +51,7 @@ def _check_dir_target(path: str, what: str) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-run")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-T", "--timesteps", type=int, required=True, help="Number of timesteps T (accuracy is "
               "reported for every t <= T).")

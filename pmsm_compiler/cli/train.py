@@ -35,6 +35,7 @@ def load_training_data(path: str, dataset: str):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-train")
 @click.option("--data", "data_path", required=True, type=click.Path(),
               help="Folder with train.npz/test.npz, CIFAR python pickles, or train/ and test/ image folders.")
 @click.option("--model", default="resnet20", show_default=True, help="Zoo model name.")
