@@ -154,7 +154,6 @@ def _match_plain(graph, floor, ctx):
             if (operand is not None and operand[1].size == 1 and float(operand[1].reshape(())) > 0
                     and (q.op == "Mul" or operand[2] == 1)):
                 y, post_op, post_value, post_node = q.outputs[0], q.op, _f32(operand[1].reshape(())), q
-    theta = pre_value if pre_op == "Div" else (1.0 / pre_value if pre_op == "Mul" else 1.0)
     kind = "QCFS" if k_min == 0 else "PQA"
     levels = k_max
     out_scale = post_value if post_op == "Mul" else (1.0 / post_value if post_op == "Div" else 1.0)
@@ -168,7 +167,6 @@ def _match_plain(graph, floor, ctx):
         if n is not None:
             n.inputs.clear()
             n.outputs.clear()
-    del theta
 
 
 def _recognize_qdq(graph, ctx):

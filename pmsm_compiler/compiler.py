@@ -86,18 +86,8 @@ def _fan_out(graph, layer, tensors) -> float | None:
             if cls == "weighted" and node.op in ("Conv", "Gemm", "MatMul"):
                 total += _macs(node) or 0
                 continue
-            if node.op in ("Mul", "Div") and cls == "weighted" and layer_is_scale(node):
-                stack.extend(node.outputs)
-                continue
-            stack.extend(node.outputs)
+            stack.extend(node.outputs)  # reshapes, pooling, residual adds, synaptic scales
     return total / neurons
-
-
-def layer_is_scale(node) -> bool:
-    from pmsm_compiler.passes.graph_utils import const_value
-
-    c = const_value(node.inputs[1])
-    return c is not None and c.size == 1
 
 
 def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel:
