@@ -25,58 +25,37 @@ import numpy as np
 
 from . import parse_function
 
-AIF_BODY = """
-AIF <s_min, s_max> (I, U) => (K, U_next)
-{
-    m = Add (U, I)
+_FIRE = {
+    "AIF": """
     level = Floor (m)
     lo_int = Constant <value_int: int = @s_min> ()
     hi_int = Constant <value_int: int = @s_max> ()
     lo = CastLike (lo_int, m)
     hi = CastLike (hi_int, m)
-    K = Clip (level, lo, hi)
-    U_next = Sub (m, K)
-}
-"""
-
-IF_BODY = """
-IF (I, U) => (K, U_next)
-{
-    m = Add (U, I)
+    K = Clip (level, lo, hi)""",
+    "IF": """
     one = Constant <value_float = 1.0> ()
     one_t = CastLike (one, m)
     fired = GreaterOrEqual (m, one_t)
-    K = CastLike (fired, m)
-    U_next = Sub (m, K)
+    K = CastLike (fired, m)""",
 }
-"""
+_ATTRS = {"AIF": " <s_min, s_max>", "IF": ""}
 
-# The same neurons for the LAST timestep, whose next membrane nobody reads: no reset. (onnxruntime
-# inlines a function's whole body, so an unused output of AIF would still be computed.)
-AIF_FINAL_BODY = """
-AIFFinal <s_min, s_max> (I, U) => (K)
-{
-    m = Add (U, I)
-    level = Floor (m)
-    lo_int = Constant <value_int: int = @s_min> ()
-    hi_int = Constant <value_int: int = @s_max> ()
-    lo = CastLike (lo_int, m)
-    hi = CastLike (hi_int, m)
-    K = Clip (level, lo, hi)
-}
-"""
 
-IF_FINAL_BODY = """
-IFFinal (I, U) => (K)
-{
-    m = Add (U, I)
-    one = Constant <value_float = 1.0> ()
-    one_t = CastLike (one, m)
-    fired = GreaterOrEqual (m, one_t)
-    K = CastLike (fired, m)
-}
-"""
+def _neuron_body(kind: str, reset: bool) -> str:
+    """integrate → fire → (soft reset). Without the reset (the ``*Final`` variants, for the last
+    timestep, whose next membrane nobody reads) the body has no U_next: onnxruntime inlines a
+    function's whole body, so an unused output would still be computed."""
+    name = kind if reset else kind + "Final"
+    outputs = "K, U_next" if reset else "K"
+    tail = "\n    U_next = Sub (m, K)" if reset else ""
+    return f"{name}{_ATTRS[kind]} (I, U) => ({outputs})\n{{\n    m = Add (U, I){_FIRE[kind]}{tail}\n}}\n"
 
+
+AIF_BODY = _neuron_body("AIF", reset=True)
+IF_BODY = _neuron_body("IF", reset=True)
+AIF_FINAL_BODY = _neuron_body("AIF", reset=False)
+IF_FINAL_BODY = _neuron_body("IF", reset=False)
 FINAL_STEP_OPS = {"AIF": "AIFFinal", "IF": "IFFinal"}
 
 INITIAL_MEMBRANE = 0.5
