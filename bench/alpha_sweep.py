@@ -49,7 +49,7 @@ def main(argv=None):
     by_ratio = sorted(rows, key=lambda r: abs(r["ratio"] - 1))
     by_acc = sorted(rows, key=lambda r: -r["test_acc"])
     follows = by_ratio[0]["alpha"] == by_acc[0]["alpha"]
-    lines = [f"# α sweep (the paper's Fig. 3a) at a reduced budget", "",
+    lines = ["# α sweep (the paper's Fig. 3a) at a reduced budget", "",
              f"`python bench/alpha_sweep.py --data {args.data} --epochs {args.epochs}` on "
              f"{datetime.date.today().isoformat()}: ResNet-20, PQA with L = 8, λ0 = 8, β = 1, {args.epochs} epochs "
              f"each (batch {args.batch_size}, lr 0.1 cosine, seed {args.seed}), CIFAR-10 re-decoded from JPEG, "

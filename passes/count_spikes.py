@@ -57,7 +57,6 @@ def count_spikes(graph: gs.Graph, ctx) -> gs.Graph:
             ]
             layer["count_dtype"] = "int64"
         columns.append(count)
-    float_cols = [c for c in columns if c.dtype == np.float32]
     if all(c.dtype == np.float32 for c in columns):
         cat = gs.Variable(fresh(graph, "pmsm_spike_counts_f"), dtype=np.float32)
         graph.nodes.append(gs.Node("Concat", attrs={"axis": 1}, inputs=columns, outputs=[cat]))
@@ -66,7 +65,7 @@ def count_spikes(graph: gs.Graph, ctx) -> gs.Graph:
     else:
         ints = []
         for c in columns:
-            if c in float_cols:
+            if c.dtype == np.float32:
                 ci = gs.Variable(fresh(graph, c.name + "_i64"), dtype=np.int64)
                 graph.nodes.append(gs.Node("Cast", attrs={"to": 7}, inputs=[c], outputs=[ci]))
                 ints.append(ci)

@@ -12,7 +12,6 @@ as JSON in ``metadata_props["pmsm.snn"]``):
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -21,6 +20,7 @@ import onnx_graphsurgeon as gs
 
 from pmsm_compiler import __version__
 from pmsm_compiler.errors import UnsupportedModelError
+from pmsm_compiler.metadata import get_metadata, set_metadata
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.neurons import neuron_functions
 from pmsm_compiler.passes import PIPELINE, PassContext, PassManager, PassRefusal
@@ -109,7 +109,6 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     for layer in ctx.layers:
         layer["fan_out"] = _fan_out(graph, layer, tensors)
     used_ops = {n.op for n in graph.nodes if n.domain == DOMAIN}
-    graph.functions = [f for f in graph.functions if f.domain != DOMAIN]
     snn = gs.export_onnx(graph)
     keep = [f for f in snn.functions if f.domain != DOMAIN]
     del snn.functions[:]
@@ -130,23 +129,17 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
         "states": ctx.states, "layers": layers, "wrappers": ctx.wrappers, "ann_macs": int(ann_macs),
         "notes": ctx.notes, "pass_seconds": ctx.timings,
     }
-    for prop in model.metadata_props:
-        if prop.key == "pmsm.export":
-            try:
-                exported = json.loads(prop.value)
-                if "normalization" in exported:
-                    info["normalization"] = exported["normalization"]
-            except json.JSONDecodeError:
-                pass
+    exported = get_metadata(model, "pmsm.export", {})
+    if isinstance(exported, dict) and "normalization" in exported:
+        info["normalization"] = exported["normalization"]
     _copy_metadata(model, snn)
-    _set(snn, SNN_METADATA_KEY, info)
     try:
         onnx.checker.check_model(snn, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise UnsupportedModelError(f"internal error: the compiled model fails the ONNX checker: "
                                     f"{' '.join(str(exc).split())[:300]}") from None
     info["compile_seconds"] = round(time.perf_counter() - start, 3)
-    _set(snn, SNN_METADATA_KEY, info)
+    set_metadata(snn, SNN_METADATA_KEY, info)
     return CompiledModel(snn, info)
 
 
@@ -164,25 +157,5 @@ def _copy_metadata(src, dst):
             dst.metadata_props.add(key=prop.key, value=prop.value)
 
 
-def _set(model, key, value):
-    text = json.dumps(value, sort_keys=False, default=_json_default)
-    for prop in model.metadata_props:
-        if prop.key == key:
-            prop.value = text
-            return
-    model.metadata_props.add(key=key, value=text)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
 def read_snn_info(model: onnx.ModelProto) -> dict | None:
-    for prop in model.metadata_props:
-        if prop.key == SNN_METADATA_KEY:
-            return json.loads(prop.value)
-    return None
+    return get_metadata(model, SNN_METADATA_KEY)

@@ -22,7 +22,7 @@ import torch
 
 from pmsm_compiler import __version__
 from pmsm_compiler.activations import _QuantizedActivation, quantize_reference, quantized_activations
-from pmsm_compiler.errors import InputError
+from pmsm_compiler.metadata import get_metadata, set_metadata
 from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
 
@@ -133,25 +133,6 @@ def _drop_unused_functions(proto: onnx.ModelProto):
     keep = [f for f in proto.functions if (f.domain, f.name) in used]
     del proto.functions[:]
     proto.functions.extend(keep)
-
-
-def set_metadata(proto: onnx.ModelProto, key: str, value) -> None:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    for prop in proto.metadata_props:
-        if prop.key == key:
-            prop.value = text
-            return
-    proto.metadata_props.add(key=key, value=text)
-
-
-def get_metadata(proto: onnx.ModelProto, key: str, default=None):
-    for prop in proto.metadata_props:
-        if prop.key == key:
-            try:
-                return json.loads(prop.value)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"metadata {key!r} is not valid JSON: {exc}") from None
-    return default
 
 
 __all__ = ["export_onnx", "set_metadata", "get_metadata", "METADATA_KEY", "_QuantizedActivation"]
