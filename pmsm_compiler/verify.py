@@ -53,10 +53,22 @@ def _register_shared_cpu_arena() -> bool:
     return True
 
 
-def make_session(model, opt_level: str = "all", providers=None, threads: int = 0, shared_arena: bool = False):
+def make_session(model, opt_level: str = "all", providers=None, threads: int = 0, shared_arena: bool = False,
+                 priority_order: bool = False):
+    """An onnxruntime session without thread spinning.
+
+    priority_order: execute in onnxruntime's priority-based topological order (Kahn's algorithm,
+    lowest node index first) instead of its default reverse depth-first order. For an SNN step the
+    default runs every neuron's reset and spike count after the whole forward chain, so each layer's
+    membrane and spikes are read back from main memory at the end; the priority order runs them
+    right after the layer's firing, while the tensors are still in cache. Same kernels, same
+    results; the execution order changes no arithmetic.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if priority_order:
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     cpu = (providers or ["CPUExecutionProvider"])[0] == "CPUExecutionProvider"
     if shared_arena and cpu and _register_shared_cpu_arena():
         so.add_session_config_entry("session.use_env_allocators", "1")

@@ -9,6 +9,8 @@ The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The s
   step reads broadcast initial tensors ([1, …, 1] holding ½ or 0), later steps ping-pong between
   two preallocated buffers per state, so no large tensor is copied through Python;
 - copies back only the small per-step outputs (network outputs and the int64 spike counts);
+- executes each step in onnxruntime's priority-based order, so that every layer's reset and spike
+  count run right after it fires, while its tensors are in cache (``make_session(priority_order=)``);
 - specialises the step model by position in time (``step_variant``): the first step reads the
   initial states as constants, the last step computes no next state (at T = 1 the one step is
   both), so a T = 1 run does what the ANN does plus the spike counting.
@@ -140,7 +142,8 @@ def step_variant(step: onnx.ModelProto, info: dict, first: bool, last: bool) -> 
 class SNNSession:
     """A compiled SNN ready to run: ``run_batch(x, timesteps)`` → :class:`BatchResult`."""
 
-    def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True):
+    def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
+                 priority_order: bool = True):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -168,7 +171,9 @@ class SNNSession:
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True)
                          if prologue is not None else None)
-        self.step = make_session(step, opt_level, self.providers, threads, shared_arena=True)
+        self.priority_order = priority_order
+        self.step = make_session(step, opt_level, self.providers, threads, shared_arena=True,
+                                 priority_order=priority_order)
         self._step_model, self._opt_level, self._threads = step, opt_level, threads
         self._variants = {(False, False): self.step}
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
@@ -189,7 +194,7 @@ class SNNSession:
         if key not in self._variants:
             model = step_variant(self._step_model, self.info, first, last)
             self._variants[key] = make_session(model, self._opt_level, self.providers, self._threads,
-                                               shared_arena=True)
+                                               shared_arena=True, priority_order=self.priority_order)
         return self._variants[key]
 
     def _ortvalue(self, array):

@@ -158,6 +158,24 @@ def test_split_and_unsplit_agree_for_t_gt_1(tmp):
     assert np.array_equal(a.predictions_by_t, b.predictions_by_t)
 
 
+@pytest.mark.parametrize("mode", ["exact", "folded"])
+def test_execution_order_changes_no_result(tmp, mode):
+    import onnxruntime as ort
+
+    c = compiled(tmp, "resnet_tiny", mode)
+    x = images(16)
+    fast = SNNSession(c.model)
+    plain = SNNSession(c.model, priority_order=False)
+    for first, last in ((True, False), (False, False), (False, True)):
+        assert fast.session_for(first, last).get_session_options().execution_order == \
+            ort.ExecutionOrder.PRIORITY_BASED
+        assert plain.session_for(first, last).get_session_options().execution_order == ort.ExecutionOrder.DEFAULT
+    a = fast.run_batch(x, 4, keep_outputs=True)
+    b = plain.run_batch(x, 4, keep_outputs=True)
+    assert np.array_equal(a.outputs_by_t, b.outputs_by_t)
+    assert np.array_equal(a.spikes, b.spikes)
+
+
 # ------------------------------------------------------------------------------------------------
 # spikes against a numpy simulation of the neurons, T = 1..4
 # ------------------------------------------------------------------------------------------------
