@@ -104,6 +104,16 @@ def verdict_lines(runs):
                    + ("(PMSM fires fewer)." if ratio > 1 else "(PMSM fires **more**: the paper's 5× fewer does not "
                       "reproduce at equal T with |s| counting on this ResNet-20; each AIF spike carries up to "
                       "8 levels where a QCFS spike carries one).") )
+    for (name, mode), r in runs.items():
+        if mode != "folded":
+            continue
+        neurons = sum(layer["neurons"] or 0 for layer in r["layers"])
+        if neurons:
+            out.append(f"- {name}: {r['spikes_per_image_by_t'][0] / neurons:.3f} spikes per neuron at T = 1 "
+                       f"({neurons:,} neurons per image).")
+    out.append("- For scale: the paper's Table 3 implies about 0.61×10^5 / 2.85×10^5 ≈ 0.21 spikes per neuron for its "
+               "PMSM VGG-16 at T = 1 and 3.08×10^5 / 2.85×10^5 > 1 for binary QCFS, which cannot exceed 1 "
+               "(equations.md §6): its counting rule or unit differs from Σ|s|.")
     return out + [""]
 
 
