@@ -72,14 +72,17 @@ def main(argv=None):
     follows = by_ratio[0]["alpha"] == by_acc[0]["alpha"]
     rho = spearman([-abs(r["ratio"] - 1) for r in rows], [r["test_acc"] for r in rows])
     lines = ["# α sweep (the paper's Fig. 3a) at a reduced budget", "",
-             f"`python bench/alpha_sweep.py --data {args.data} --epochs {args.epochs}` on "
+             f"`python bench/alpha_sweep.py {' '.join(argv if argv is not None else sys.argv[1:])}` on "
              f"{datetime.date.today().isoformat()}: ResNet-20, PQA with L = 8, λ0 = 8, β = 1, {args.epochs} epochs "
-             f"each (batch {args.batch_size}, lr 0.1 cosine, seed {args.seed}), CIFAR-10 re-decoded from JPEG, "
-             "accuracy on the 10k test set (PyTorch eval).", "",
+             f"each (batch {args.batch_size}, lr 0.1 with 1 warm-up epoch then cosine, seed {args.seed}, "
+             f"{args.threads or 'default'} torch thread(s) per run), CIFAR-10 re-decoded from JPEG, "
+             "accuracy on the 10k test set (PyTorch eval). Each run's command is listed below the table; wall "
+             "times are on a shared 2-core machine (other jobs ran alongside) and are not comparable.", "",
              "| α | levels | H(PQA)/H(BN) | test accuracy (%) | wall time |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['alpha']:g} | {round(r['alpha'] * 8)}..8 | {r['ratio']:.3f} | {100 * r['test_acc']:.2f} | "
                      f"{r['wall_s'] / 60:.0f} min |")
+    lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows]
     lines += ["", f"Closest to the lossless ratio 1: α = {by_ratio[0]['alpha']:g}; best accuracy: "
               f"α = {by_acc[0]['alpha']:g}. " + ("Accuracy follows the entropy ratio here." if follows else
                                                   "Accuracy does not follow the entropy ratio here.")
