@@ -66,6 +66,7 @@ def main(argv=None):
         with open(os.path.join(out, "summary.json")) as f:
             summary = json.load(f)
         rows.append({"alpha": alpha, "ratio": pqa_ratio(alpha, 1.0, 8.0, 8), "test_acc": summary["final_test_acc"],
+                     "by_epoch": [h.get("test_acc") for h in summary.get("history", [])],
                      "epochs": summary["epochs_done"], "wall_s": summary["wall_s"], "command": " ".join(cmd)})
     by_ratio = sorted(rows, key=lambda r: abs(r["ratio"] - 1))
     by_acc = sorted(rows, key=lambda r: -r["test_acc"])
@@ -78,10 +79,12 @@ def main(argv=None):
              f"{args.threads or 'default'} torch thread(s) per run), CIFAR-10 re-decoded from JPEG, "
              "accuracy on the 10k test set (PyTorch eval). Each run's command is listed below the table; wall "
              "times are on a shared 2-core machine (other jobs ran alongside) and are not comparable.", "",
-             "| α | levels | H(PQA)/H(BN) | test accuracy (%) | wall time |", "|---|---|---|---|---|"]
+             "| α | levels | H(PQA)/H(BN) | test accuracy (%) | after each epoch (%) | wall time |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
+        by_epoch = " / ".join(f"{100 * a:.1f}" for a in r["by_epoch"] if a is not None)
         lines.append(f"| {r['alpha']:g} | {round(r['alpha'] * 8)}..8 | {r['ratio']:.3f} | {100 * r['test_acc']:.2f} | "
-                     f"{r['wall_s'] / 60:.0f} min |")
+                     f"{by_epoch} | {r['wall_s'] / 60:.0f} min |")
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows]
     lines += ["", f"Closest to the lossless ratio 1: α = {by_ratio[0]['alpha']:g}; best accuracy: "
               f"α = {by_acc[0]['alpha']:g}. " + ("Accuracy follows the entropy ratio here." if follows else
