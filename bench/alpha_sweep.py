@@ -107,8 +107,8 @@ def main(argv=None):
         ax.set_xlabel("α (β = 1)")
         ax.set_ylabel("accuracy (%)")
         ax2.set_ylabel("entropy ratio")
-        fig.legend(loc="lower center", fontsize=8)
-        fig.tight_layout()
+        fig.legend(loc="lower center", ncol=2, fontsize=8)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend under the axis label
         png = os.path.join(os.path.dirname(args.out), "figures", "alpha_sweep.png")
         os.makedirs(os.path.dirname(png), exist_ok=True)
         fig.savefig(png)
