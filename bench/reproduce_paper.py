@@ -160,6 +160,8 @@ def main(argv=None):
     ap.add_argument("--max-t", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--limit", type=int, default=None, help="N evenly spaced test images only (quick check)")
+    ap.add_argument("--qcfs-modes", default="folded,exact",
+                    help="compile modes to run for QCFS (its Table 3 rows use folded; both are lossy at T = 1)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -180,7 +182,8 @@ def main(argv=None):
     if args.qcfs and os.path.exists(args.qcfs):
         models["QCFS"] = args.qcfs
     for name, path in models.items():
-        for mode in ("folded", "exact"):
+        modes = ("folded", "exact") if name == "PMSM" else [m.strip() for m in args.qcfs_modes.split(",") if m.strip()]
+        for mode in modes:
             print(f"== {name} {mode}: {path}", file=sys.stderr)
             runs[(name, mode)] = run_model(path, mode, dataset, args.max_t, args.batch_size)
 
@@ -195,8 +198,8 @@ def main(argv=None):
     lines = [
         "# Results: PMSM vs QCFS on CIFAR-10 (ResNet-20)",
         "",
-        f"Produced by `python bench/reproduce_paper.py --data {args.data}"
-        + (f" --limit {args.limit}" if args.limit else "") + f"` on {datetime.date.today().isoformat()}, "
+        f"Produced by `python bench/reproduce_paper.py {' '.join(argv if argv is not None else sys.argv[1:])}` on "
+        f"{datetime.date.today().isoformat()}, "
         f"{n} test images, in {time.perf_counter() - started:.0f} s on this machine (2 CPU cores). "
         "Every figure below comes from that run.",
         "",
