@@ -69,13 +69,13 @@ def matched_accuracy_lines(qcfs, pmsm):
         q = at_t(qcfs, best_t)
         lines.append(f"QCFS does not reach PMSM's T = 1 accuracy ({pct(target)} %) within T = "
                      f"{len(qcfs['accuracy_by_t'])}; its best is {pct(q['acc'])} % at T = {best_t}, with "
-                     f"{q['spikes'] / 1e5:.2f}×10^5 spikes per image ({q['spikes'] / p1['spikes']:.2f}× PMSM's at T = 1) "
+                     f"{q['spikes'] / 1e5:.2f}×10^5 spikes per image ({q['spikes'] / p1['spikes']:.3g}× PMSM's at T = 1) "
                      f"and {q['power_mw']:.3f} mW.")
     else:
         q = at_t(qcfs, hit)
         lines.append(f"QCFS first reaches PMSM's T = 1 accuracy ({pct(target)} %) at T = {hit} ({pct(q['acc'])} %): "
                      f"{q['spikes'] / 1e5:.2f}×10^5 spikes per image against PMSM's {p1['spikes'] / 1e5:.2f}×10^5 "
-                     f"({q['spikes'] / p1['spikes']:.2f}×), i.e. {q['spikes'] * 0.9e-6:.3f} µJ against "
+                     f"({q['spikes'] / p1['spikes']:.3g}×), i.e. {q['spikes'] * 0.9e-6:.3f} µJ against "
                      f"{p1['spikes'] * 0.9e-6:.3f} µJ per image, and {hit} ms against 1 ms of latency.")
     return lines + [""]
 
