@@ -86,7 +86,8 @@ def measure_times(paths: dict, batch: int, repeats: int, warmup: int, threads: i
     from pmsm_compiler.verify import make_session
 
     x = images(batch)
-    ann = make_session(load_model(paths["ann"]), "all", None, threads)
+    ann_model = load_model(paths["ann"])
+    ann = make_session(ann_model, "all", None, threads)
     ann_in = ann.get_inputs()[0].name
     configs = {}
     for mode in ("folded", "exact"):
@@ -94,7 +95,7 @@ def measure_times(paths: dict, batch: int, repeats: int, warmup: int, threads: i
         for split in (True, False):
             s = SNNSession(model, opt_level="all", threads=threads, split_static=split)
             configs[f"{mode}, {'split' if split else 'no split'}"] = s
-    ann_prio = make_session(load_model(paths["ann"]), "all", None, threads, priority_order=True)
+    ann_prio = make_session(ann_model, "all", None, threads, priority_order=True)
     runs = [("ANN", lambda: ann.run(None, {ann_in: x})),
             ("ANN, priority order", lambda: ann_prio.run(None, {ann_in: x}))]
     for label, s in configs.items():
@@ -121,7 +122,8 @@ def measure_times(paths: dict, batch: int, repeats: int, warmup: int, threads: i
         t8 = med[f"SNN {label} T={T_LONG}"] / T_LONG
         rows.append({"config": label, "snn_t1_ms": 1e3 * t1, "snn_per_step_t8_ms": 1e3 * t8,
                      "ratio_t1": t1 / ann_med, "ratio_per_step_t8": t8 / ann_med})
-    return {"ann_ms": 1e3 * ann_med, "ann_priority_order_ms": 1e3 * med["ANN, priority order"], "ann_runs": len(times["ANN"]), "repeats": repeats, "rows": rows,
+    return {"ann_ms": 1e3 * ann_med, "ann_priority_order_ms": 1e3 * med["ANN, priority order"],
+            "ann_runs": len(times["ANN"]), "repeats": repeats, "rows": rows,
             "spread_ms": {k: [1e3 * a, 1e3 * b] for k, (a, b) in spread.items()}}
 
 
