@@ -5,9 +5,12 @@ The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The s
 - splits off the *static prologue*: every node that depends only on the network input (e.g. the
   first convolution and its scaling under rate coding). It runs once per batch, not once per
   step; its results stay in onnxruntime buffers and are bound as inputs of every step;
-- keeps membrane and wrapper states in onnxruntime buffers between steps (IOBinding): the first
-  step reads broadcast initial tensors ([1, …, 1] holding ½ or 0), later steps ping-pong between
-  two preallocated buffers per state, so no large tensor is copied through Python;
+- keeps membrane and wrapper states in onnxruntime buffers between steps (IOBinding), so no large
+  tensor is copied through Python. A state whose every reader runs before the node that writes its
+  next value (a neuron's membrane: read by the integrate ``Add``, rewritten by the reset ``Sub``)
+  is updated *in place*: one buffer, bound as both the step's input and its output, as
+  onnxruntime's own past/present KV-cache buffer sharing does (``states_safe_in_place``). Any
+  other state ping-pongs between two buffers;
 - copies back only the small per-step outputs (network outputs and the int64 spike counts);
 - executes each step in onnxruntime's priority-based order, so that every layer's reset and spike
   count run right after it fires, while its tensors are in cache (``make_session(priority_order=)``);
@@ -139,11 +142,50 @@ def step_variant(step: onnx.ModelProto, info: dict, first: bool, last: bool) -> 
     return model
 
 
+def states_safe_in_place(step: onnx.ModelProto, info: dict) -> set[str]:
+    """State inputs whose buffer may receive the state's next value within the same step.
+
+    Safe when every node that reads the state (after inlining the neuron and wrapper functions,
+    which is what onnxruntime executes) is a strict ancestor of the node that writes the next
+    value: any execution order then finishes every read before the write starts, so binding one
+    buffer as both input and output changes no result. A writer that itself reads the state, a
+    reader off the path to the writer, or a state read inside a subgraph is refused.
+    """
+    from onnx import inliner
+
+    graph = inliner.inline_local_functions(step).graph
+    nodes = list(graph.node)
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute):
+        return set()
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in set(n.input):
+            readers.setdefault(name, []).append(i)
+    graph_outputs = {o.name for o in graph.output}
+    safe = set()
+    for state in info["states"]:
+        writer = producer.get(state["output"])
+        reads = readers.get(state["input"], [])
+        if writer is None or not reads or state["input"] in graph_outputs:
+            continue
+        upstream, todo = set(), [writer]
+        while todo:  # strict ancestors of the writer
+            for name in nodes[todo.pop()].input:
+                j = producer.get(name)
+                if j is not None and j not in upstream:
+                    upstream.add(j)
+                    todo.append(j)
+        if all(r in upstream for r in reads):
+            safe.add(state["input"])
+    return safe
+
+
 class SNNSession:
     """A compiled SNN ready to run: ``run_batch(x, timesteps)`` → :class:`BatchResult`."""
 
     def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
-                 priority_order: bool = True):
+                 priority_order: bool = True, in_place: bool = True):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -179,6 +221,7 @@ class SNNSession:
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
         self._prologue_outputs = [o.name for o in self.prologue.get_outputs()] if self.prologue else []
         self._states = info["states"]
+        self.in_place_states = states_safe_in_place(step, info) if in_place else set()
         # the step reads the network input itself when unsplit, or when a state-dependent node reads it
         self._step_reads_input = self.prologue is None or self.input_name in self._step_inputs
         expected = set(self._prologue_outputs) | ({self.input_name} if self._step_reads_input else set())
@@ -226,8 +269,8 @@ class SNNSession:
                 static_values[self.input_name] = x_value
         else:
             static_values = {self.input_name: x_value}
-        states = {}
-        spare = None
+        states = {}  # state input name -> the OrtValue the next step reads
+        spare = {}  # ping-pong states: state input name -> the buffer the next step writes
         out_sum = None
         preds = np.empty((timesteps, n), np.int64)
         spikes = np.empty((timesteps, n, len(self.layers)), np.int64)
@@ -250,21 +293,25 @@ class SNNSession:
             b.bind_output(self.info["spike_counts_output"], "cpu")
             if not last:
                 for s in self._states:
-                    if spare is not None:
-                        b.bind_ortvalue_output(s["output"], spare[s["output"]])
+                    if not first and s["input"] in self.in_place_states:
+                        target = states[s["input"]]  # one buffer, read then rewritten in place
                     else:
+                        target = spare.get(s["input"])
+                    if target is not None:
+                        b.bind_ortvalue_output(s["output"], target)
+                    else:  # first step: onnxruntime allocates the full-size state
                         b.bind_output(s["output"], self.device)
             session.run_with_iobinding(b)
             outs = b.get_outputs()
             step_out = outs[0].numpy()
             spikes[t - 1] = outs[k].numpy()
             if not last:
-                # Ping-pong: this step's state outputs are the next step's inputs; the buffers the
-                # next step reads from (full-size from t = 2 on) receive the step after's outputs.
-                previous = states
-                states = {s["input"]: v for s, v in zip(self._states, outs[k + 1:])}
-                if t >= 2:
-                    spare = {s["output"]: previous[s["input"]] for s in self._states}
+                new_states = {s["input"]: v for s, v in zip(self._states, outs[k + 1:])}
+                if not first:
+                    # Ping-pong: the buffer this step read (full-size from t = 2 on) receives the
+                    # output of the step after.
+                    spare = {name: states[name] for name in states if name not in self.in_place_states}
+                states = new_states
             out_sum = step_out.astype(np.float64) if out_sum is None else out_sum + step_out
             if keep_outputs:
                 per_step.append(step_out)
