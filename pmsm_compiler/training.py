@@ -7,6 +7,14 @@ applied to whole batches (per-sample Python loops cost more than the network on 
 
 Under ``torchrun`` (WORLD_SIZE > 1) the same command runs DistributedDataParallel: each rank
 takes a disjoint shard of every epoch's permutation; rank 0 logs, checkpoints and exports.
+
+Fine-tuning (quantization-aware training from a float model): ``init_from`` loads the weights of
+another run's checkpoint (a ReLU network, say) into the quantized model before the first step;
+every λ starts at ``lam`` and the schedule starts afresh (the epochs count the fine-tuning only).
+λ0 = 8 keeps most of a ReLU ResNet-20's accuracy under PQA; calibrating λ to the float
+activations does not: PQA's negative range [αλ, 0) passes what the ReLU zeroed, so a λ fitted to
+the ReLU's outputs (by MSE, percentiles or a per-layer loss search) left the network near chance
+(docs/training.md).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ class TrainConfig:
     threads: int = 0
     channels_last: bool = True
     max_steps: int = 0  # stop after this many steps (0: no limit); for tests and smoke runs
+    init_from: str = ""  # checkpoint whose weights start the run (fine-tuning); "" = from scratch
     extra: dict = field(default_factory=dict)
 
     def act_spec(self) -> ActivationSpec:
@@ -95,6 +104,50 @@ def cosine_lr(base_lr: float, epoch_float: float, epochs: int, warmup: int = 0) 
         return base_lr * (epoch_float + 1e-3) / warmup
     t = (epoch_float - warmup) / max(1e-9, epochs - warmup)
     return 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Starting from another model: weights, then λ
+# ------------------------------------------------------------------------------------------------
+
+def load_init_weights(model: nn.Module, path: str) -> dict:
+    """Copy the weights of checkpoint ``path`` into ``model`` (fine-tuning from another run).
+
+    ``path`` is a pmsm-train ``checkpoint.pt`` (its ``model`` entry) or a plain state dict. Every
+    tensor of ``model`` must come from the checkpoint with the same shape, except the λ of the
+    quantized activations, which a float (ReLU) network does not have; a checkpoint tensor that
+    ``model`` has no place for is an error too, so that a different architecture is refused
+    rather than half-loaded. Returns {"loaded": n, "kept_initial": [λ names]}.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"--init-from: no such file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(f"--init-from: {path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    source = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(source, dict) or not all(isinstance(v, torch.Tensor) for v in source.values()):
+        raise ValueError(f"--init-from: {path} holds no state dict (expected a pmsm-train checkpoint.pt)")
+    own = model.state_dict()
+    lam_names = {f"{name}.lam" for name, _ in quantized_activations(model)}
+    missing = sorted(k for k in own if k not in source and k not in lam_names)
+    unexpected = sorted(k for k in source if k not in own)
+    wrong = sorted(k for k in own if k in source and tuple(source[k].shape) != tuple(own[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing (first: {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensor(s) the model has no place for (first: {unexpected[0]})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es) (first: {wrong[0]}: {tuple(source[wrong[0]].shape)} "
+                        f"vs {tuple(own[wrong[0]].shape)})")
+    if problems:
+        raise ValueError(f"--init-from: {path} does not fit this model: " + "; ".join(problems))
+    kept = sorted(k for k in lam_names if k not in source)
+    with torch.no_grad():
+        for k, v in source.items():
+            own[k].copy_(v)
+    return {"loaded": len(source), "kept_initial": kept}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,8 +210,8 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
     if resume and os.path.exists(ckpt_path):
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         saved_cfg = state["config"]
-        for key in ("model", "act", "levels", "alpha", "beta", "epochs", "batch_size", "seed"):
-            if saved_cfg.get(key) != getattr(cfg, key):
+        for key in ("model", "act", "levels", "alpha", "beta", "epochs", "batch_size", "seed", "init_from"):
+            if saved_cfg.get(key, getattr(TrainConfig(), key)) != getattr(cfg, key):
                 raise ValueError(f"checkpoint {ckpt_path} was made with {key}={saved_cfg.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}; use another --out or --no-resume")
         model.load_state_dict(state["model"])
@@ -166,7 +219,14 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         start_epoch, history, wall = state["epoch"], state["history"], state.get("wall_s", 0.0)
         if is_main:
             log(f"resumed from {ckpt_path} at epoch {start_epoch}")
-    if start_epoch == 0 and cfg.model.startswith("vit") and cfg.act != "relu":
+    lambdas_loaded = False
+    if start_epoch == 0 and cfg.init_from:
+        loaded = load_init_weights(model, cfg.init_from)
+        lambdas_loaded = not loaded["kept_initial"]
+        if is_main:
+            log(f"initialized from {cfg.init_from}: {loaded['loaded']} tensors"
+                + (f"; λ not in the checkpoint: {len(loaded['kept_initial'])}" if loaded["kept_initial"] else ""))
+    if start_epoch == 0 and cfg.model.startswith("vit") and cfg.act != "relu" and not lambdas_loaded:
         # SpikeZIP-TF initialises every quantizer step on the first training batch; with fixed λ0
         # an untrained ViT rounds whole attention branches to zero (models/vit.py).
         from pmsm_compiler.models.vit import calibrate_lambdas

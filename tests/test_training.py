@@ -126,6 +126,57 @@ def test_checkpoint_resume_continues_exactly_and_refuses_a_changed_config(sample
     assert fresh["epochs_done"] == 1
 
 
+def test_init_from_a_relu_checkpoint_loads_every_weight_and_keeps_lambda0(sample, tmp_path):
+    from pmsm_compiler.training import load_init_weights
+
+    x, y = sample[0][:64], sample[1][:64]
+    relu_cfg = TrainConfig(model="resnet_tiny", act="relu", batch_size=32, epochs=1, seed=3, threads=1)
+    relu = train(relu_cfg, x, y, None, None, str(tmp_path / "relu"), MEAN, STD, progress=False, log=quiet)
+    ckpt = str(tmp_path / "relu" / "checkpoint.pt")
+    relu_state = _state(relu["model"])
+
+    pqa = build_model("resnet_tiny", num_classes=10, act=TrainConfig(lam=6.0).act_spec())
+    loaded = load_init_weights(pqa, ckpt)
+    assert loaded["loaded"] == len(relu_state)
+    assert len(loaded["kept_initial"]) == 7 and all(k.endswith(".lam") for k in loaded["kept_initial"])
+    for k, v in _state(pqa).items():
+        if k.endswith(".lam"):
+            assert float(v) == 6.0, k          # λ0 as configured
+        else:
+            assert torch.equal(v, relu_state[k]), k
+
+    # train() starts from those weights (and logs it); the schedule is the fine-tuning's own
+    lines = []
+    cfg = TrainConfig(model="resnet_tiny", batch_size=32, epochs=2, max_steps=1, seed=3, threads=1, init_from=ckpt)
+    out = str(tmp_path / "ft")
+    tuned = train(cfg, x, y, None, None, out, MEAN, STD, progress=False, log=lines.append)
+    assert any(line.startswith(f"initialized from {ckpt}") for line in lines)
+    assert tuned["config"]["init_from"] == ckpt
+    # one SGD step from the ReLU weights stays close to them; a fresh init would not
+    w = "layers.0.conv1.weight"
+    assert (tuned["model"].state_dict()[w] - relu_state[w]).abs().max() < 0.1 * relu_state[w].abs().max()
+    # resuming with another starting point is refused
+    with pytest.raises(ValueError, match=r"init_from=.*--no-resume"):
+        train(dataclasses.replace(cfg, init_from=""), x, y, None, None, out, MEAN, STD, progress=False, log=quiet)
+
+
+def test_init_from_refuses_what_does_not_fit(sample, tmp_path):
+    from pmsm_compiler.training import load_init_weights
+
+    other = build_model("vgg_tiny", num_classes=10, act="relu")
+    path = tmp_path / "vgg.pt"
+    torch.save({"model": other.state_dict()}, path)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_init_weights(build_model("resnet_tiny", num_classes=10, act="pqa"), str(path))
+    wider = build_model("resnet_tiny", num_classes=7, act="relu")  # same names, another head
+    torch.save(wider.state_dict(), tmp_path / "wider.pt")
+    with pytest.raises(ValueError, match=r"2 shape mismatch\(es\) \(first: fc.bias: \(7,\) vs \(10,\)\)"):
+        load_init_weights(build_model("resnet_tiny", num_classes=10, act="pqa"), str(tmp_path / "wider.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        load_init_weights(build_model("resnet_tiny", num_classes=10, act="pqa"), str(tmp_path / "junk.pt"))
+
+
 # ------------------------------------------------------------------------------------------------
 # pmsm-train CLI
 # ------------------------------------------------------------------------------------------------
@@ -193,6 +244,15 @@ def test_cli_bad_alpha(npz_folder, tmp_path, alpha, match):
                      "--max-steps", 1, "--no-progress"])
     assert result.exit_code == 2
     assert match in _one_error_line(result)
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_cli_init_from_missing_file(npz_folder, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(["--data", npz_folder, "--out", out, "--model", "resnet_tiny", "--init-from",
+                     tmp_path / "nope.pt", "--no-progress"])
+    assert result.exit_code == 2
+    assert "--init-from" in _one_error_line(result) and "nope.pt" in result.output
     assert not (out / "checkpoint.pt").exists()
 
 

@@ -51,6 +51,9 @@ def load_training_data(path: str, dataset: str):
 @click.option("--weight-decay", default=5e-4, show_default=True)
 @click.option("--warmup-epochs", default=0, show_default=True)
 @click.option("--seed", default=42, show_default=True)
+@click.option("--init-from", "init_from", default="", type=click.Path(),
+              help="Start from the weights of this checkpoint.pt (e.g. a ReLU run): fine-tuning. "
+                   "The schedule starts afresh.")
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet"]), default="cifar10",
               show_default=True, help="Sets the normalization and the number of classes.")
 @click.option("--threads", default=0, help="torch CPU threads (0: torch's default).")
@@ -62,7 +65,7 @@ def load_training_data(path: str, dataset: str):
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @cli_errors
 def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr, momentum, weight_decay,
-         warmup_epochs, seed, dataset, threads, max_steps, out_dir, resume, export, progress):
+         warmup_epochs, seed, init_from, dataset, threads, max_steps, out_dir, resume, export, progress):
     """Train MODEL on CIFAR-style data with a quantized activation; checkpoint every epoch."""
     try:
         import torch  # noqa: F401
@@ -73,11 +76,13 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
 
     if not os.path.exists(data_path):
         raise InputError(f"data path not found: {data_path}")
+    if init_from and not os.path.isfile(init_from):
+        raise InputError(f"--init-from: no such file: {init_from}")
     num_classes = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
     cfg = TrainConfig(model=model, act=act, levels=levels, lam=lam, alpha=alpha, beta=beta, epochs=epochs,
                       batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       warmup_epochs=warmup_epochs, seed=seed, num_classes=num_classes, dataset=dataset,
-                      threads=threads, max_steps=max_steps)
+                      threads=threads, max_steps=max_steps, init_from=os.path.abspath(init_from) if init_from else "")
     try:
         cfg.act_spec().make()
     except ValueError as exc:
