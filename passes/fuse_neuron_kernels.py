@@ -1,0 +1,119 @@
+"""fuse_neuron_kernels: one fused kernel per neuron layer, for the runtime's step graphs.
+
+Pattern (what ``pqa_to_aif`` and ``count_spikes`` emit for every neuron layer)::
+
+    K, U_next = pmsm::AIF|IF (I, U)                 (K only for the ``*Final`` variants)
+    count     = ReduceSum(Abs(Flatten(K)), [1])     float32, when exact below 2^24
+              | ReduceSum(Abs(Cast<int64>(Flatten(K))), [1])   otherwise
+                (no Abs for non-negative spikes: IF, or AIF with s_min >= 0)
+
+Rewrite::
+
+    K, U_next, count = pmsm.kernels::AIFCount|IFCount (I, U)      (or ``*CountFinal``: K, count)
+
+The fused op (``pmsm_compiler/kernels/neurons.c``) performs the same float32 operations in the
+same order in one pass over memory, so spikes, membranes and counts are bit-identical; the
+count keeps its dtype (attribute ``count_float``). It exists only in the step graphs that
+``SNNSession`` builds when the kernel library is loaded, never in a compiled model file, which
+stays portable ONNX.
+
+Check (each failure leaves that layer as it is and says why): the spike tensor feeds exactly one
+count chain of that shape, every intermediate of the chain has no other reader, and the Flatten
+keeps the batch axis (axis = 1), which is what makes the fused per-sample count equal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .graph_utils import const_value
+
+KERNEL_DOMAIN = "pmsm.kernels"
+FUSED_OP = {"AIF": "AIFCount", "AIFFinal": "AIFCountFinal", "IF": "IFCount", "IFFinal": "IFCountFinal"}
+
+
+def _only_reader(tensor, graph):
+    if tensor in graph.outputs or len(tensor.outputs) != 1:
+        return None
+    return tensor.outputs[0]
+
+
+def _count_chain(spikes: gs.Variable, graph: gs.Graph):
+    """(chain nodes, count tensor, why-not) for the count chain reading ``spikes``."""
+    flattens = [n for n in spikes.outputs if n.op == "Flatten"]
+    if len(flattens) != 1:
+        return None, None, f"{len(flattens)} Flatten readers of the spikes (expected 1)"
+    flatten = flattens[0]
+    if int(flatten.attrs.get("axis", 1)) != 1:
+        return None, None, "the count's Flatten does not keep the batch axis"
+    chain, tensor = [flatten], flatten.outputs[0]
+    while True:
+        node = _only_reader(tensor, graph)
+        if node is None:
+            return None, None, f"{tensor.name} is read by more than the count"
+        chain.append(node)
+        if node.op == "ReduceSum":
+            axes = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+            if axes is None or list(np.asarray(axes).reshape(-1)) != [1] or int(node.attrs.get("keepdims", 1)) != 1:
+                return None, None, "the count's ReduceSum is not over axis 1 with keepdims"
+            return chain, node.outputs[0], None
+        if node.op == "Abs" or (node.op == "Cast" and int(node.attrs.get("to", 0)) == onnx.TensorProto.INT64):
+            tensor = node.outputs[0]
+            continue
+        return None, None, f"unexpected {node.op} in the count chain"
+
+
+def fuse_neuron_kernels(graph: gs.Graph, domain: str = "pmsm") -> tuple[gs.Graph, list[str]]:
+    """Rewrite every neuron + count chain of ``graph`` into one fused node.
+
+    Returns (graph, notes): one note per neuron left unfused, with the reason.
+    """
+    notes = []
+    fused = 0
+    for node in list(graph.nodes):
+        if node.domain != domain or node.op not in FUSED_OP:
+            continue
+        final = node.op.endswith("Final")
+        if len(node.outputs) != (1 if final else 2) or len(node.inputs) != 2:
+            notes.append(f"{node.name}: unexpected inputs/outputs")
+            continue
+        chain, count, why = _count_chain(node.outputs[0], graph)
+        if chain is None:
+            notes.append(f"{node.name}: {why}")
+            continue
+        count_float = int(count.dtype == np.float32)
+        attrs = {"count_float": count_float}
+        if node.op.startswith("AIF"):
+            attrs["s_min"] = int(node.attrs["s_min"])
+            attrs["s_max"] = int(node.attrs["s_max"])
+        outputs = list(node.outputs) + [count]
+        for n in chain:
+            n.outputs.clear()
+            n.inputs.clear()
+        new = gs.Node(FUSED_OP[node.op], name=f"{node.name or node.outputs[0].name}/fused", domain=KERNEL_DOMAIN,
+                      attrs=attrs,
+                      inputs=list(node.inputs), outputs=outputs)
+        node.inputs.clear()
+        node.outputs.clear()
+        graph.nodes.append(new)
+        fused += 1
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return graph, notes
+
+
+def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[str]]:
+    """``fuse_neuron_kernels`` on a ModelProto: (new model, fused layers, notes)."""
+    graph = gs.import_onnx(model)
+    before = sum(1 for n in graph.nodes if n.op in FUSED_OP)
+    graph, notes = fuse_neuron_kernels(graph)
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    fused = sum(1 for n in graph.nodes if n.domain == KERNEL_DOMAIN)
+    if fused and not any(o.domain == KERNEL_DOMAIN for o in out.opset_import):
+        out.opset_import.append(onnx.helper.make_opsetid(KERNEL_DOMAIN, 1))
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    assert fused + len(notes) == before
+    return out, fused, notes

@@ -1,0 +1,404 @@
+/*
+ * Fused spiking-neuron kernels for onnxruntime (custom-op library, C API).
+ *
+ * One pass over memory per neuron layer and timestep, instead of the six stock kernels of the
+ * function body plus the spike count (Add, Floor, Clip, Sub, Abs, ReduceSum). Same float32
+ * operations in the same order, so the results are bit-identical to the ONNX bodies in
+ * pmsm_compiler/ops/neurons.py (compiled with -ffp-contract=off and without -ffast-math;
+ * -fno-math-errno -fno-trapping-math only let floorf vectorize):
+ *
+ *   integrate   m = U + I                          (U may be one element: the initial ½)
+ *   fire        AIF: k = min(max(floor(m), s_min), s_max)     IF: k = (m >= 1) ? 1 : 0
+ *   reset       U_next = m - k                     (not in the *Final variants)
+ *   count       c[n] = sum over the neurons of sample n of |k|, exactly (integer arithmetic)
+ *
+ * Ops, domain "pmsm.kernels" (runtime-internal: SNNSession rewrites its step graphs to use them
+ * when this library is loaded; compiled models never contain them):
+ *   AIFCount      (I, U) -> (K, U_next, count)   attrs s_min, s_max, count_float
+ *   AIFCountFinal (I, U) -> (K, count)           attrs s_min, s_max, count_float
+ *   IFCount       (I, U) -> (K, U_next, count)   attr count_float
+ *   IFCountFinal  (I, U) -> (K, count)           attr count_float
+ * count is [N, 1], float32 when count_float = 1 (the caller guarantees the sum is below 2^24, so
+ * exact), int64 otherwise. Samples run in parallel on onnxruntime's intra-op thread pool.
+ *
+ * U_next may share its buffer with U (the runtime binds one buffer as both): every element is
+ * read before it is written, at the same index.
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "onnxruntime_c_api.h"
+
+#define PMSM_EXPORT __attribute__((visibility("default")))
+#define PMSM_ORT_API 17 /* KernelContext_ParallelFor and shape inference: onnxruntime >= 1.17 */
+
+static const OrtApi *ort = NULL;
+
+enum { KIND_AIF = 0, KIND_IF = 1 };
+
+typedef struct {
+  OrtCustomOp base; /* first member: the op pointer onnxruntime passes back is this struct */
+  const char *name;
+  int kind;
+  int final_step;
+} NeuronOp;
+
+typedef struct {
+  int kind, final_step, count_float;
+  float lo, hi;
+} NeuronKernel;
+
+typedef struct {
+  const NeuronKernel *k;
+  const float *current, *membrane;
+  float *spikes, *membrane_next;
+  void *count;
+  int64_t per_sample;
+  int membrane_is_scalar;
+} Job;
+
+#define RETURN_IF_ERROR(expr)            \
+  do {                                   \
+    OrtStatus *status_ = (expr);         \
+    if (status_ != NULL) return status_; \
+  } while (0)
+
+/* The hot loops, one block of neurons at a time. On x86-64 Linux they are compiled for several
+ * instruction sets and the loader picks the best one for the CPU (GCC/clang target_clones), so one
+ * build runs anywhere; the results are the same in every version (IEEE float32, no contraction). */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define PMSM_CLONES __attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
+#else
+#define PMSM_CLONES
+#endif
+
+/* One loop per case (membrane tensor or the initial scalar; with or without the reset), so that
+ * each is a plain vectorizable loop. ``next`` may equal ``mem`` (in-place update): every element
+ * is loaded before the store to the same index, so no restrict qualifiers on those two. */
+#define AIF_LOOP(U_AT, STORE_NEXT)                       \
+  for (int64_t i = 0; i < n; ++i) {                      \
+    const float m = (U_AT) + cur[i];                     \
+    float k = floorf(m);                                 \
+    k = k < lo ? lo : k; /* Clip: min(max(x, lo), hi) */ \
+    k = k > hi ? hi : k;                                 \
+    spk[i] = k;                                          \
+    STORE_NEXT;                                          \
+    count += (int32_t)fabsf(k);                          \
+  }
+
+#define IF_LOOP(U_AT, STORE_NEXT)                 \
+  for (int64_t i = 0; i < n; ++i) {               \
+    const float m = (U_AT) + cur[i];              \
+    const float k = (m >= 1.0f) ? 1.0f : 0.0f;    \
+    spk[i] = k;                                   \
+    STORE_NEXT;                                   \
+    count += (int32_t)k;                          \
+  }
+
+PMSM_CLONES static int32_t aif_block(const float *cur, const float *mem, int scalar, float u0, float *spk,
+                                     float *next, int64_t n, float lo, float hi) {
+  int32_t count = 0;
+  if (scalar && next) {
+    AIF_LOOP(u0, next[i] = m - k)
+  } else if (scalar) {
+    AIF_LOOP(u0, (void)0)
+  } else if (next) {
+    AIF_LOOP(mem[i], next[i] = m - k)
+  } else {
+    AIF_LOOP(mem[i], (void)0)
+  }
+  return count;
+}
+
+PMSM_CLONES static int32_t if_block(const float *cur, const float *mem, int scalar, float u0, float *spk,
+                                    float *next, int64_t n) {
+  int32_t count = 0;
+  if (scalar && next) {
+    IF_LOOP(u0, next[i] = m - k)
+  } else if (scalar) {
+    IF_LOOP(u0, (void)0)
+  } else if (next) {
+    IF_LOOP(mem[i], next[i] = m - k)
+  } else {
+    IF_LOOP(mem[i], (void)0)
+  }
+  return count;
+}
+
+/* Per-sample work. Integer counts in 32-bit blocks of at most 2^20 neurons (|k| <= 1024, checked
+ * when the kernel is created) keep the loops vectorizable and the count exact. */
+#define BLOCK ((int64_t)1 << 20)
+
+static void run_sample(void *data, size_t n) {
+  const Job *job = (const Job *)data;
+  const NeuronKernel *kern = job->k;
+  const int64_t len = job->per_sample;
+  const int64_t off = (int64_t)n * len;
+  const int scalar = job->membrane_is_scalar;
+  const float u0 = job->membrane[0];
+  int64_t total = 0;
+  for (int64_t start = 0; start < len; start += BLOCK) {
+    const int64_t size = (len - start > BLOCK) ? BLOCK : len - start;
+    const float *cur = job->current + off + start;
+    const float *mem = scalar ? job->membrane : job->membrane + off + start;
+    float *spk = job->spikes + off + start;
+    float *next = job->membrane_next ? job->membrane_next + off + start : NULL;
+    total += (kern->kind == KIND_AIF) ? aif_block(cur, mem, scalar, u0, spk, next, size, kern->lo, kern->hi)
+                                      : if_block(cur, mem, scalar, u0, spk, next, size);
+  }
+  if (kern->count_float)
+    ((float *)job->count)[n] = (float)total;
+  else
+    ((int64_t *)job->count)[n] = total;
+}
+
+static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
+  const NeuronKernel *kern = (const NeuronKernel *)op_kernel;
+  const OrtValue *current_v = NULL, *membrane_v = NULL;
+  RETURN_IF_ERROR(ort->KernelContext_GetInput(context, 0, &current_v));
+  RETURN_IF_ERROR(ort->KernelContext_GetInput(context, 1, &membrane_v));
+  OrtTensorTypeAndShapeInfo *info = NULL;
+  int64_t dims[16];
+  size_t rank = 0, u_elems = 0;
+  RETURN_IF_ERROR(ort->GetTensorTypeAndShape(current_v, &info));
+  OrtStatus *st = ort->GetDimensionsCount(info, &rank);
+  if (st == NULL && (rank < 1 || rank > 16)) st = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: input rank must be 1..16");
+  if (st == NULL) st = ort->GetDimensions(info, dims, rank);
+  ort->ReleaseTensorTypeAndShapeInfo(info);
+  if (st != NULL) return st;
+  RETURN_IF_ERROR(ort->GetTensorTypeAndShape(membrane_v, &info));
+  st = ort->GetTensorShapeElementCount(info, &u_elems);
+  ort->ReleaseTensorTypeAndShapeInfo(info);
+  if (st != NULL) return st;
+
+  int64_t total = 1;
+  for (size_t d = 0; d < rank; ++d) total *= dims[d];
+  const int64_t batch = dims[0];
+  const int64_t per_sample = batch > 0 ? total / batch : 0;
+  if (u_elems != 1 && (int64_t)u_elems != total)
+    return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: membrane must have one element or the input's shape");
+
+  Job job;
+  memset(&job, 0, sizeof(job));
+  job.k = kern;
+  job.per_sample = per_sample;
+  job.membrane_is_scalar = u_elems == 1;
+  /* the C API has no const accessor: the inputs are only read */
+  RETURN_IF_ERROR(ort->GetTensorMutableData((OrtValue *)current_v, (void **)&job.current));
+  RETURN_IF_ERROR(ort->GetTensorMutableData((OrtValue *)membrane_v, (void **)&job.membrane));
+  OrtValue *out = NULL;
+  RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, 0, dims, rank, &out));
+  RETURN_IF_ERROR(ort->GetTensorMutableData(out, (void **)&job.spikes));
+  size_t count_index = 1;
+  if (!kern->final_step) {
+    RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, 1, dims, rank, &out));
+    RETURN_IF_ERROR(ort->GetTensorMutableData(out, (void **)&job.membrane_next));
+    count_index = 2;
+  }
+  const int64_t count_dims[2] = {batch, 1};
+  RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, count_index, count_dims, 2, &out));
+  RETURN_IF_ERROR(ort->GetTensorMutableData(out, &job.count));
+  if (batch <= 0) return NULL;
+  if (batch == 1) {
+    run_sample(&job, 0);
+    return NULL;
+  }
+  return ort->KernelContext_ParallelFor(context, run_sample, (size_t)batch, 0, &job);
+}
+
+static OrtStatus *ORT_API_CALL kernel_compute_v2(void *op_kernel, OrtKernelContext *context) {
+  return compute(op_kernel, context);
+}
+
+static void ORT_API_CALL kernel_compute(void *op_kernel, OrtKernelContext *context) {
+  OrtStatus *st = compute(op_kernel, context);
+  if (st != NULL) ort->ReleaseStatus(st);
+}
+
+static int64_t int_attr(const OrtKernelInfo *info, const char *name, int64_t fallback, OrtStatus **err) {
+  int64_t value = fallback;
+  OrtStatus *st = ort->KernelInfoGetAttribute_int64(info, name, &value);
+  if (st != NULL) {
+    ort->ReleaseStatus(st);
+    if (fallback == INT64_MIN) *err = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: missing attribute");
+    return fallback;
+  }
+  return value;
+}
+
+static OrtStatus *ORT_API_CALL create_kernel_v2(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info,
+                                                void **kernel) {
+  (void)api;
+  const NeuronOp *nop = (const NeuronOp *)op;
+  OrtStatus *err = NULL;
+  NeuronKernel *k = (NeuronKernel *)calloc(1, sizeof(NeuronKernel));
+  if (k == NULL) return ort->CreateStatus(ORT_FAIL, "pmsm neuron: out of memory");
+  k->kind = nop->kind;
+  k->final_step = nop->final_step;
+  k->count_float = (int)int_attr(info, "count_float", 0, &err);
+  if (nop->kind == KIND_AIF) {
+    k->lo = (float)int_attr(info, "s_min", INT64_MIN, &err);
+    k->hi = (float)int_attr(info, "s_max", INT64_MIN, &err);
+    if (err == NULL && k->lo > k->hi) err = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm AIF: s_min > s_max");
+    /* the 32-bit block sums of |k| (2^20 neurons) stay exact for |k| <= 1024 */
+    if (err == NULL && (fabsf(k->lo) > 1024.0f || fabsf(k->hi) > 1024.0f))
+      err = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm AIF: |s_min| and |s_max| must be <= 1024");
+  } else {
+    k->lo = 0.0f;
+    k->hi = 1.0f;
+  }
+  if (err != NULL) {
+    free(k);
+    return err;
+  }
+  *kernel = k;
+  return NULL;
+}
+
+static void *ORT_API_CALL create_kernel(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info) {
+  void *kernel = NULL;
+  OrtStatus *st = create_kernel_v2(op, api, info, &kernel);
+  if (st != NULL) {
+    ort->ReleaseStatus(st);
+    return NULL;
+  }
+  return kernel;
+}
+
+static void ORT_API_CALL kernel_destroy(void *op_kernel) { free(op_kernel); }
+
+static const char *ORT_API_CALL get_name(const OrtCustomOp *op) { return ((const NeuronOp *)op)->name; }
+static const char *ORT_API_CALL get_ep(const OrtCustomOp *op) {
+  (void)op;
+  return "CPUExecutionProvider";
+}
+static ONNXTensorElementDataType ORT_API_CALL input_type(const OrtCustomOp *op, size_t i) {
+  (void)op, (void)i;
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+static size_t ORT_API_CALL input_count(const OrtCustomOp *op) {
+  (void)op;
+  return 2;
+}
+static size_t ORT_API_CALL output_count(const OrtCustomOp *op) { return ((const NeuronOp *)op)->final_step ? 2 : 3; }
+static ONNXTensorElementDataType ORT_API_CALL output_type(const OrtCustomOp *op, size_t i) {
+  /* the count's type follows the count_float attribute: declared undefined (any type) */
+  return (i + 1 == output_count(op)) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+static OrtCustomOpInputOutputCharacteristic ORT_API_CALL required(const OrtCustomOp *op, size_t i) {
+  (void)op, (void)i;
+  return INPUT_OUTPUT_REQUIRED;
+}
+static OrtMemType ORT_API_CALL input_memory(const OrtCustomOp *op, size_t i) {
+  (void)op, (void)i;
+  return OrtMemTypeDefault;
+}
+static int ORT_API_CALL min_arity(const OrtCustomOp *op) {
+  (void)op;
+  return 1;
+}
+static int ORT_API_CALL homogeneous(const OrtCustomOp *op) {
+  (void)op;
+  return 1;
+}
+static int ORT_API_CALL start_version(const OrtCustomOp *op) {
+  (void)op;
+  return 1;
+}
+static int ORT_API_CALL end_version(const OrtCustomOp *op) {
+  (void)op;
+  return 1;
+}
+
+/* Shape inference, so that onnxruntime's graph optimizations (the NCHWc rewrite of the next
+ * convolution, memory planning) see the spikes' shape: K and U_next are shaped like I, the
+ * count is [N, 1] of the type count_float selects. */
+static OrtStatus *ORT_API_CALL infer_shape(const OrtCustomOp *op, OrtShapeInferContext *ctx) {
+  const NeuronOp *nop = (const NeuronOp *)op;
+  OrtTensorTypeAndShapeInfo *in = NULL, *count = NULL;
+  RETURN_IF_ERROR(ort->ShapeInferContext_GetInputTypeShape(ctx, 0, &in));
+  OrtStatus *st = ort->ShapeInferContext_SetOutputTypeShape(ctx, 0, in);
+  if (st == NULL && !nop->final_step) st = ort->ShapeInferContext_SetOutputTypeShape(ctx, 1, in);
+  size_t rank = 0;
+  int64_t batch = -1;
+  if (st == NULL) st = ort->GetDimensionsCount(in, &rank);
+  if (st == NULL && rank >= 1) {
+    int64_t dims[16];
+    if (rank <= 16 && (st = ort->GetDimensions(in, dims, rank)) == NULL) batch = dims[0];
+  }
+  int64_t count_float = 0;
+  if (st == NULL) {
+    const OrtOpAttr *attr = NULL;
+    if (ort->ShapeInferContext_GetAttribute(ctx, "count_float", &attr) == NULL && attr != NULL) {
+      size_t size = 0;
+      OrtStatus *s2 = ort->ReadOpAttr(attr, ORT_OP_ATTR_INT, &count_float, sizeof(count_float), &size);
+      if (s2 != NULL) ort->ReleaseStatus(s2);
+    }
+  }
+  if (st == NULL) st = ort->CreateTensorTypeAndShapeInfo(&count);
+  if (st == NULL)
+    st = ort->SetTensorElementType(count, count_float ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
+                                                      : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64);
+  const int64_t count_dims[2] = {batch, 1};
+  if (st == NULL) st = ort->SetDimensions(count, count_dims, 2);
+  if (st == NULL) st = ort->ShapeInferContext_SetOutputTypeShape(ctx, nop->final_step ? 1 : 2, count);
+  if (count != NULL) ort->ReleaseTensorTypeAndShapeInfo(count);
+  /* `in` belongs to the context (onnxruntime frees it): no release here */
+  return st;
+}
+
+static NeuronOp ops[4];
+static const char *const op_names[4] = {"AIFCount", "AIFCountFinal", "IFCount", "IFCountFinal"};
+
+static void init_op(NeuronOp *op, const char *name, int kind, int final_step) {
+  memset(op, 0, sizeof(*op));
+  op->base.version = PMSM_ORT_API;
+  op->base.CreateKernel = create_kernel;
+  op->base.GetName = get_name;
+  op->base.GetExecutionProviderType = get_ep;
+  op->base.GetInputType = input_type;
+  op->base.GetInputTypeCount = input_count;
+  op->base.GetOutputType = output_type;
+  op->base.GetOutputTypeCount = output_count;
+  op->base.KernelCompute = kernel_compute;
+  op->base.KernelDestroy = kernel_destroy;
+  op->base.GetInputCharacteristic = required;
+  op->base.GetOutputCharacteristic = required;
+  op->base.GetInputMemoryType = input_memory;
+  op->base.GetVariadicInputMinArity = min_arity;
+  op->base.GetVariadicInputHomogeneity = homogeneous;
+  op->base.GetVariadicOutputMinArity = min_arity;
+  op->base.GetVariadicOutputHomogeneity = homogeneous;
+  op->base.CreateKernelV2 = create_kernel_v2;
+  op->base.KernelComputeV2 = kernel_compute_v2;
+  op->base.InferOutputShapeFn = infer_shape;
+  op->base.GetStartVersion = start_version;
+  op->base.GetEndVersion = end_version;
+  op->name = name;
+  op->kind = kind;
+  op->final_step = final_step;
+}
+
+/* The entry point onnxruntime calls (SessionOptions.register_custom_ops_library). A new domain
+ * per call: the session options own it (the Python binding releases it with them); the op
+ * descriptions are static and written once. */
+static int ops_ready = 0;
+
+PMSM_EXPORT OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *api_base) {
+  if (ort == NULL) ort = api_base->GetApi(PMSM_ORT_API);
+  if (ort == NULL) return NULL; /* onnxruntime older than 1.17: nothing registered, cannot report */
+  if (!ops_ready) {
+    for (int i = 0; i < 4; ++i) init_op(&ops[i], op_names[i], i < 2 ? KIND_AIF : KIND_IF, i % 2);
+    ops_ready = 1;
+  }
+  OrtCustomOpDomain *domain = NULL;
+  RETURN_IF_ERROR(ort->CreateCustomOpDomain("pmsm.kernels", &domain));
+  for (int i = 0; i < 4; ++i) RETURN_IF_ERROR(ort->CustomOpDomain_Add(domain, &ops[i].base));
+  return ort->AddCustomOpDomain(options, domain);
+}
+
+/* For the loader: which onnxruntime C API version this library needs. */
+PMSM_EXPORT int pmsm_kernels_api_version(void) { return PMSM_ORT_API; }

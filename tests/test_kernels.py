@@ -1,0 +1,59 @@
+"""pmsm_compiler.kernels: building the fused neuron kernels, the cache, and the fallbacks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from pmsm_compiler import kernels
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """A clean module state and a private cache folder."""
+    monkeypatch.setattr(kernels, "_STATE", {})
+    monkeypatch.setenv("PMSM_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PMSM_KERNELS", raising=False)
+    return tmp_path / "cache"
+
+
+needs_cc = pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler")
+
+
+@needs_cc
+def test_builds_into_the_cache_once_and_exports_the_entry_point(fresh):
+    path = kernels.build()
+    assert path.is_file() and str(path).startswith(str(fresh))
+    mtime = os.path.getmtime(path)
+    assert kernels.build() == path and os.path.getmtime(path) == mtime  # cached, not rebuilt
+    import ctypes
+
+    lib = ctypes.CDLL(str(path))
+    assert lib.pmsm_kernels_api_version() == 17
+    assert hasattr(lib, "RegisterCustomOps")
+    assert kernels.status() == {"available": True, "path": str(path), "reason": None}
+    assert [p.name for p in fresh.rglob("*") if p.is_file()] == [path.name]  # no temporary left behind
+
+
+def test_disabled_by_environment(fresh, monkeypatch):
+    monkeypatch.setenv("PMSM_KERNELS", "off")
+    assert kernels.status() == {"available": False, "path": None, "reason": "disabled by PMSM_KERNELS"}
+
+
+def test_a_failing_compiler_gives_a_reason_not_an_exception(fresh, monkeypatch, tmp_path):
+    fake = tmp_path / "fakecc"
+    fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo fake 1.0; exit 0; fi\n"
+                    "echo 'fatal: no can do' >&2; exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    status = kernels.status()
+    assert status["available"] is False and status["path"] is None
+    assert status["reason"] == "compiling the fused kernels failed: fatal: no can do"
+    assert not any(p.is_file() for p in fresh.rglob("*"))  # no partial library in the cache
+
+
+def test_no_compiler(fresh, monkeypatch):
+    monkeypatch.setattr(kernels, "_compiler", lambda: None)
+    assert kernels.status()["reason"].startswith("no C compiler found")
