@@ -11,7 +11,9 @@ folded and exact mode), in ONE process and interleaved (ANN, SNN, ANN, SNN, ... 
 * as a reference, the ANN run in the execution order the SNN's sessions use (priority-based), to
   show that the order helps the SNN's branching step graph and not a plain chain;
 
-with and without the static-prologue split. Reports medians over the repeats and the ratio
+with and without the static-prologue split; as references, with the neurons run as their ONNX
+function bodies (stock kernels) instead of the fused neuron kernel, and that with the states
+ping-ponging between two buffers instead of being updated in place. Reports medians over the repeats and the ratio
 SNN / ANN. Peak memory (RSS high-water mark, ``resource.getrusage``) is measured in separate
 subprocesses — ANN only, SNN only (T = 8), and an idle baseline that imports the same modules
 and loads the same data — so the figures are comparable.
@@ -95,6 +97,11 @@ def measure_times(paths: dict, batch: int, repeats: int, warmup: int, threads: i
         for split in (True, False):
             s = SNNSession(model, opt_level="all", threads=threads, split_static=split)
             configs[f"{mode}, {'split' if split else 'no split'}"] = s
+        # references: the neurons as their ONNX bodies (stock kernels) instead of the fused kernel,
+        # and also the states ping-ponging between two buffers instead of being updated in place
+        configs[f"{mode}, stock ops"] = SNNSession(model, opt_level="all", threads=threads, kernels="off")
+        configs[f"{mode}, stock, ping-pong"] = SNNSession(model, opt_level="all", threads=threads, kernels="off",
+                                                         in_place=False)
     ann_prio = make_session(ann_model, "all", None, threads, priority_order=True)
     runs = [("ANN", lambda: ann.run(None, {ann_in: x})),
             ("ANN, priority order", lambda: ann_prio.run(None, {ann_in: x}))]
@@ -141,7 +148,8 @@ def memory_child(kind: str, path: str, batch: int, threads: int) -> None:
             sess.run(None, {name: x})
     elif kind.startswith("snn"):
         s = SNNSession(load_model(path, static_inputs=False), opt_level="all", threads=threads,
-                       split_static=kind == "snn")
+                       split_static=kind != "snn-nosplit", in_place=kind != "snn-pingpong",
+                       kernels="off" if kind in ("snn-stock", "snn-pingpong") else "auto")
         for _ in range(2):
             s.run_batch(x, T_LONG)
     print(json.dumps(_peak()))
@@ -166,6 +174,8 @@ def measure_memory(paths: dict, batch: int, threads: int) -> dict:
     out = {}
     jobs = [("idle (imports + data)", "idle", paths["ann"]), ("ANN", "ann", paths["ann"]),
             ("SNN folded, split", "snn", paths["folded"]), ("SNN folded, no split", "snn-nosplit", paths["folded"]),
+            ("SNN folded, stock ops", "snn-stock", paths["folded"]),
+            ("SNN folded, stock, ping-pong", "snn-pingpong", paths["folded"]),
             ("SNN exact, split", "snn", paths["exact"]), ("SNN exact, no split", "snn-nosplit", paths["exact"])]
     for label, kind, path in jobs:
         # Linux keeps ru_maxrss across execve: a child exec'd straight from this (large, torch-
@@ -185,21 +195,21 @@ def format_report(results: dict) -> str:
         lines.append(f"{name}: batch {results['batch']}, {t['repeats']} repeats (medians), ANN {t['ann_ms']:.1f} ms "
                      f"per run ({t['ann_runs']} interleaved runs); the ANN in the SNN's execution order (priority-"
                      f"based; reference only): {t['ann_priority_order_ms']:.1f} ms")
-        head = (f"| {'SNN config':<20} | {'T=1 (ms)':>9} | {'T=1 / ANN':>9} | {'per step, T=8 (ms)':>18} "
+        head = (f"| {'SNN config':<24} | {'T=1 (ms)':>9} | {'T=1 / ANN':>9} | {'per step, T=8 (ms)':>18} "
                 f"| {'per step / ANN':>14} |")
         lines += [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
         for row in t["rows"]:
-            lines.append(f"| {row['config']:<20} | {row['snn_t1_ms']:>9.1f} | {row['ratio_t1']:>9.2f} | "
+            lines.append(f"| {row['config']:<24} | {row['snn_t1_ms']:>9.1f} | {row['ratio_t1']:>9.2f} | "
                          f"{row['snn_per_step_t8_ms']:>18.1f} | {row['ratio_per_step_t8']:>14.2f} |")
         if r.get("memory"):
             lines.append("")
-            head = (f"| {'process (subprocess)':<25} | {'peak RSS (MiB)':>14} | {'above idle (MiB)':>16} "
+            head = (f"| {'process (subprocess)':<30} | {'peak RSS (MiB)':>14} | {'above idle (MiB)':>16} "
                     f"| {'VmHWM (MiB)':>11} |")
             lines += [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
             idle = r["memory"]["idle (imports + data)"]["peak_rss_mib"]
             for label, m in r["memory"].items():
                 hwm = m.get("vmhwm_mib")
-                lines.append(f"| {label:<25} | {m['peak_rss_mib']:>14.1f} | {m['peak_rss_mib'] - idle:>16.1f} "
+                lines.append(f"| {label:<30} | {m['peak_rss_mib']:>14.1f} | {m['peak_rss_mib'] - idle:>16.1f} "
                              f"| {'n/a' if hwm is None else format(hwm, '.1f'):>11} |")
         lines.append("")
     return "\n".join(lines)
@@ -238,6 +248,11 @@ def main(argv=None) -> int:
                + sys.argv), "batch": args.batch, "threads": args.threads, "onnxruntime": ort.__version__,
                "python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_before": os.getloadavg(),
                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "models": {}}
+    from pmsm_compiler import kernels
+
+    results["fused_kernels"] = kernels.status()
+    print(f"fused neuron kernels: {'available' if results['fused_kernels']['available'] else 'unavailable'}"
+          + (f" ({results['fused_kernels']['reason']})" if results["fused_kernels"]["reason"] else ""), file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="pmsm_bench_") as tmp:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             print(f"[{name}] export + compile ...", file=sys.stderr, flush=True)

@@ -54,7 +54,7 @@ def _register_shared_cpu_arena() -> bool:
 
 
 def make_session(model, opt_level: str = "all", providers=None, threads: int = 0, shared_arena: bool = False,
-                 priority_order: bool = False):
+                 priority_order: bool = False, custom_ops_library: str | None = None):
     """An onnxruntime session without thread spinning.
 
     priority_order: execute in onnxruntime's priority-based topological order (Kahn's algorithm,
@@ -63,6 +63,9 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
     membrane and spikes are read back from main memory at the end; the priority order runs them
     right after the layer's firing, while the tensors are still in cache. Same kernels, same
     results; the execution order changes no arithmetic.
+
+    custom_ops_library: a custom-op library to register (the fused neuron kernels,
+    ``pmsm_compiler.kernels``).
     """
     import onnxruntime as ort
 
@@ -82,6 +85,8 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    if custom_ops_library:
+        so.register_custom_ops_library(custom_ops_library)
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
 

@@ -16,7 +16,12 @@ The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The s
   count run right after it fires, while its tensors are in cache (``make_session(priority_order=)``);
 - specialises the step model by position in time (``step_variant``): the first step reads the
   initial states as constants, the last step computes no next state (at T = 1 the one step is
-  both), so a T = 1 run does what the ANN does plus the spike counting.
+  both), so a T = 1 run does what the ANN does plus the spike counting;
+- on the CPU, runs every neuron layer with its spike count as one fused kernel
+  (``pmsm_compiler.kernels``, rewritten in by ``passes.fuse_neuron_kernels``): the same float32
+  operations in one pass over memory instead of six, bit-identical results. ``kernels="auto"``
+  (default) uses them when the library builds, and falls back to the ONNX function bodies
+  otherwise; ``"on"`` requires them, ``"off"`` never uses them.
 
 The same code runs on CPU and on the CUDA execution provider (buffers then live on the GPU).
 """
@@ -185,7 +190,7 @@ class SNNSession:
     """A compiled SNN ready to run: ``run_batch(x, timesteps)`` → :class:`BatchResult`."""
 
     def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
-                 priority_order: bool = True, in_place: bool = True):
+                 priority_order: bool = True, in_place: bool = True, kernels: str = "auto"):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -210,17 +215,20 @@ class SNNSession:
                                  f"available: {', '.join(available)}")
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self.kernels = self._kernel_library(kernels)
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True)
                          if prologue is not None else None)
         self.priority_order = priority_order
-        self.step = make_session(step, opt_level, self.providers, threads, shared_arena=True,
-                                 priority_order=priority_order)
+        self.fused_layers = 0
         self._step_model, self._opt_level, self._threads = step, opt_level, threads
+        self.step = self._make_step_session(step)
         self._variants = {(False, False): self.step}
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
         self._prologue_outputs = [o.name for o in self.prologue.get_outputs()] if self.prologue else []
         self._states = info["states"]
+        # Decided on the unfused step: a fused neuron kernel reads each membrane element before it
+        # writes the next value to the same index, so fusing keeps a state safe to update in place.
         self.in_place_states = states_safe_in_place(step, info) if in_place else set()
         # the step reads the network input itself when unsplit, or when a state-dependent node reads it
         self._step_reads_input = self.prologue is None or self.input_name in self._step_inputs
@@ -231,13 +239,47 @@ class SNNSession:
         if set(self._step_inputs) != expected:
             raise InputError(f"compiled model inputs {sorted(self._step_inputs)} do not match its metadata")
 
+    def _kernel_library(self, kernels: str) -> str | None:
+        if kernels not in ("auto", "on", "off"):
+            raise InputError(f"kernels must be auto, on or off, got {kernels!r}")
+        self._kernels_choice = kernels
+        if kernels == "off":
+            return None
+        if self.device != "cpu":
+            if kernels == "on":
+                raise InputError("the fused neuron kernels run on the CPU execution provider only")
+            return None
+        from pmsm_compiler import kernels as kernel_lib
+
+        path = kernel_lib.library()
+        if path is None and kernels == "on":
+            raise InputError(f"fused neuron kernels unavailable: {kernel_lib.status()['reason']}")
+        return path
+
+    def kernel_report(self) -> dict:
+        """What ran the neurons: {"used": bool, "layers_fused": int, "reason": str | None}."""
+        reason = None
+        if not self.kernels:
+            from pmsm_compiler import kernels as kernel_lib
+
+            reason = (self._kernels_choice == "off" and "--kernels off") or (
+                self.device != "cpu" and f"not on {self.providers[0]}") or kernel_lib.status()["reason"]
+        return {"used": bool(self.kernels), "layers_fused": self.fused_layers, "reason": reason}
+
+    def _make_step_session(self, model: onnx.ModelProto):
+        if self.kernels:
+            from pmsm_compiler.passes.fuse_neuron_kernels import fuse_model
+
+            model, fused, _ = fuse_model(model)
+            self.fused_layers = max(self.fused_layers, fused)
+        return make_session(model, self._opt_level, self.providers, self._threads, shared_arena=True,
+                            priority_order=self.priority_order, custom_ops_library=self.kernels)
+
     def session_for(self, first: bool, last: bool):
         """The onnxruntime session for a step at this position in time (created on first use)."""
         key = (first, last)
         if key not in self._variants:
-            model = step_variant(self._step_model, self.info, first, last)
-            self._variants[key] = make_session(model, self._opt_level, self.providers, self._threads,
-                                               shared_arena=True, priority_order=self.priority_order)
+            self._variants[key] = self._make_step_session(step_variant(self._step_model, self.info, first, last))
         return self._variants[key]
 
     def _ortvalue(self, array):

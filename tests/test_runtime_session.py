@@ -322,6 +322,45 @@ def test_in_place_states_change_no_result(tmp, name, mode):
     assert np.array_equal(shared.run_batch(x, 5).spikes, counts)
 
 
+@pytest.mark.parametrize("name,mode,act", [("resnet_tiny", "exact", "pqa"), ("resnet_tiny", "folded", "pqa"),
+                                           ("vgg_tiny", "folded", "pqa"), ("resnet_tiny", "folded", "qcfs")])
+def test_fused_kernels_change_no_result(tmp, name, mode, act):
+    from pmsm_compiler import kernels
+
+    if not kernels.status()["available"]:
+        pytest.skip(f"fused kernels unavailable: {kernels.status()['reason']}")
+    c = compiled(tmp, name, mode, act=act)
+    fused = SNNSession(c.model, kernels="on")
+    stock = SNNSession(c.model, kernels="off")
+    assert fused.fused_layers == len(c.info["layers"]) and stock.fused_layers == 0
+    assert fused.kernel_report() == {"used": True, "layers_fused": len(c.info["layers"]), "reason": None}
+    assert stock.kernel_report()["used"] is False
+    x = images(7, 800)
+    for batch in (x, x[:1]):  # batch 1 runs on the calling thread, 7 on the thread pool
+        for timesteps in (1, 2, 5):
+            a = fused.run_batch(batch, timesteps, keep_outputs=True)
+            b = stock.run_batch(batch, timesteps, keep_outputs=True)
+            assert np.array_equal(a.outputs_by_t, b.outputs_by_t)
+            assert np.array_equal(a.spikes, b.spikes)
+    if mode == "exact":  # and so the fused exact SNN at T = 1 is the ANN, bit for bit
+        assert np.array_equal(fused.run_batch(x, 1).mean_outputs, ann_output(exported(tmp, name, act), x))
+
+
+def test_kernels_on_fails_cleanly_when_unavailable(tmp, monkeypatch):
+    from pmsm_compiler import kernels
+    from pmsm_compiler.errors import InputError
+
+    monkeypatch.setattr(kernels, "_STATE", {})
+    monkeypatch.setenv("PMSM_KERNELS", "off")
+    c = compiled(tmp, "resnet_tiny", "exact")
+    with pytest.raises(InputError, match="fused neuron kernels unavailable: disabled by PMSM_KERNELS"):
+        SNNSession(c.model, kernels="on")
+    auto = SNNSession(c.model)  # auto falls back to the function bodies
+    assert auto.kernels is None and auto.kernel_report()["reason"] == "disabled by PMSM_KERNELS"
+    with pytest.raises(InputError, match="kernels must be auto, on or off"):
+        SNNSession(c.model, kernels="yes")
+
+
 def _state_graph(body: str) -> onnx.ModelProto:
     return onnx.parser.parse_model(
         '<ir_version: 9, opset_import: ["": 20]>\n'

@@ -71,11 +71,14 @@ def _check_dir_target(path: str, what: str) -> str:
 @click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
               show_default=True, help="onnxruntime graph optimization level (SNN and ANN alike).")
 @click.option("--threads", type=int, default=0, show_default=True, help="Intra-op threads (0: onnxruntime default).")
+@click.option("--kernels", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Fused neuron kernels on the CPU (built with the machine's C compiler on first use; same results): "
+                   "auto uses them when they build, on requires them, off runs the neurons' ONNX bodies.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
 @cli_errors
 def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_dir, providers, normalization,
-         opt_level, threads, progress, quiet):
+         opt_level, threads, kernels, progress, quiet):
     """Run the compiled SNN MODEL for T timesteps on a data set and report accuracy, spikes and energy.
 
     Exit codes: 0 done, 2 bad input (model, data, arguments or output paths).
@@ -111,7 +114,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
     if read_snn_info(snn_model) is None:
         raise InputError(f"{model} is not a compiled SNN (no 'pmsm.snn' metadata); compile it with pmsm-compile "
                          "first (the ANN goes to --ann)")
-    session = SNNSession(snn_model, providers=provider_list, opt_level=opt_level, threads=threads)
+    session = SNNSession(snn_model, providers=provider_list, opt_level=opt_level, threads=threads, kernels=kernels)
     del snn_model
     info = session.info
     ann_session = None
@@ -131,6 +134,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
         "compiler_version": __version__,
         "opt_level": opt_level,
         "providers": session.providers,
+        "fused_kernels": session.kernel_report(),
         "normalization": {"choice": normalization, "mean": list(mean), "std": list(std)},
     })
     plots = []
@@ -148,7 +152,9 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
     if not quiet:
         click.echo(f"pmsm-run {__version__}: {model} ({info.get('mode')} mode, {len(info['layers'])} neuron layers) "
                    f"on {report['data']}, T={timesteps}, {report['samples']} samples, "
-                   f"onnxruntime {', '.join(session.providers)} opt level {opt_level}")
+                   f"onnxruntime {', '.join(session.providers)} opt level {opt_level}, "
+                   + (f"fused neuron kernels ({session.fused_layers} layers)" if session.kernels
+                      else "neurons as ONNX function bodies"))
         click.echo(format_tables(report))
     acc = report["accuracy_by_t"]
     summary = f"T={timesteps}: "
