@@ -57,3 +57,19 @@ def test_a_failing_compiler_gives_a_reason_not_an_exception(fresh, monkeypatch, 
 def test_no_compiler(fresh, monkeypatch):
     monkeypatch.setattr(kernels, "_compiler", lambda: None)
     assert kernels.status()["reason"].startswith("no C compiler found")
+
+
+@needs_cc
+def test_a_corrupt_cached_library_is_rebuilt(fresh):
+    path = kernels.build()
+    good = path.read_bytes()
+    path.write_bytes(b"\x7fELF truncated")
+    assert kernels.build() == path and path.read_bytes() == good
+
+
+@needs_cc
+def test_an_unwritable_cache_gives_a_reason(fresh, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PMSM_KERNEL_CACHE", str(blocker / "cache"))
+    assert kernels.status()["reason"].startswith("cannot write the kernel cache")

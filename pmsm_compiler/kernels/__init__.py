@@ -82,17 +82,22 @@ def build(force: bool = False) -> Path:
                  platform.machine().encode(), sys.platform.encode()):
         key.update(part)
     target = cache_dir() / key.hexdigest()[:16] / f"libpmsm_kernels{_suffix()}"
-    if target.is_file() and not force:
+    if target.is_file() and not force and _loads(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=_suffix())
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=_suffix())
+        os.close(fd)
+    except OSError as exc:
+        raise RuntimeError(f"cannot write the kernel cache {target.parent}: {exc.strerror or exc}") from None
     cmd = [cc, *FLAGS, f"-I{HEADER.parent}", str(SOURCE), "-o", tmp, "-lm"]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             first = (res.stderr.strip().splitlines() or ["(no message)"])[0]
             raise RuntimeError(f"compiling the fused kernels failed: {first}")
+        if not _loads(Path(tmp)):
+            raise RuntimeError("the compiled fused kernels do not load")
         os.replace(tmp, target)  # atomic: concurrent builders leave one complete library
     except (OSError, subprocess.SubprocessError) as exc:
         raise RuntimeError(f"compiling the fused kernels failed: {exc}") from None
@@ -100,6 +105,16 @@ def build(force: bool = False) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def _loads(path: Path) -> bool:
+    """The library loads here and is the version this module expects."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(str(path)).pmsm_kernels_api_version() == 17
+    except (OSError, AttributeError):
+        return False
 
 
 def library() -> str | None:
