@@ -219,11 +219,18 @@ def main(argv=None):
     for name, path in models.items():
         c = card_of(path)
         if c:
-            tr = c["training"]
-            lines.append(f"| {name} | `{c['file']}` | {tr['epochs_done']} ({tr['epochs_planned']}) | "
-                         f"{tr['batch_size']} | {tr['seed']} | {tr['wall_time_s'] / 60:.0f} min | "
+            tr, pre = c["training"], c.get("pretraining")
+            epochs = f"{tr['epochs_done']} ({tr['epochs_planned']})"
+            wall = f"{tr['wall_time_s'] / 60:.0f} min"
+            if pre:
+                epochs += f" after {pre['epochs_done']} {pre['activation']}"
+                wall = f"{tr['wall_time_s'] / 60:.0f} + {pre['wall_time_s'] / 60:.0f} min"
+            lines.append(f"| {name} | `{c['file']}` | {epochs} | {tr['batch_size']} | {tr['seed']} | {wall} | "
                          f"{pct(c['ann_accuracy_onnxruntime'])} | `{c['sha256'][:12]}…` |")
             lines.append(f"|  | command: `{tr['command']}` |  |  |  |  |  |  |")
+            if pre:
+                lines.append(f"|  | started from ({pre['activation']}, {pct(pre['final_test_acc_pytorch'])} % on the "
+                             f"test set): `{pre['command']}` |  |  |  |  |  |  |")
         else:
             lines.append(f"| {name} | `{os.path.basename(path)}` | no model card |  |  |  |  |  |")
     lines += [

@@ -5,7 +5,9 @@
 
 The card (models/<name>.json) records the data (and that it was re-decoded from JPEG), the exact
 training command and seed, epochs, wall time, the ANN's accuracy measured here in onnxruntime on
-the full test set, and the SHA-256 of the ONNX file.
+the full test set, and the SHA-256 of the ONNX file. A run fine-tuned from another
+(``pmsm-train --init-from``) also records that run: its command, epochs, wall time and accuracy
+(read from the folder of the checkpoint it started from), and the total wall time of both.
 """
 
 from __future__ import annotations
@@ -20,6 +22,33 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = os.path.join(os.path.dirname(HERE), "models")
+
+
+def read_command(run_dir):
+    log = os.path.join(run_dir, "train.log")
+    if os.path.exists(log):
+        for line in open(log):
+            if line.startswith("command: "):
+                return line[len("command: "):].strip()
+    return None
+
+
+def pretraining_of(cfg) -> dict | None:
+    """What the run started from (``--init-from``): that run's command, budget and accuracy."""
+    import torch
+
+    if not cfg.get("init_from"):
+        return None
+    source = cfg["init_from"]
+    if not os.path.exists(source):
+        raise SystemExit(f"error: the run was initialized from {source}, which is gone: cannot describe it")
+    state = torch.load(source, map_location="cpu", weights_only=False)
+    pcfg, history = state["config"], state["history"]
+    return {"command": read_command(os.path.dirname(source)), "activation": pcfg["act"], "seed": pcfg["seed"],
+            "epochs_planned": pcfg["epochs"], "epochs_done": state["epoch"], "batch_size": pcfg["batch_size"],
+            "lr": pcfg["lr"], "weight_decay": pcfg["weight_decay"], "warmup_epochs": pcfg.get("warmup_epochs", 0),
+            "wall_time_s": round(state.get("wall_s", 0.0), 1),
+            "final_test_acc_pytorch": history[-1].get("test_acc") if history else None}
 
 
 def main(argv=None):
@@ -56,13 +85,8 @@ def main(argv=None):
         x = normalize(test.x[i:i + 500], mean, std)
         correct += int((sess.run(None, {"input": x})[0].argmax(1) == test.y[i:i + 500]).sum())
     acc = correct / len(test.x)
-    command = None
-    log = os.path.join(args.run, "train.log")
-    if os.path.exists(log):
-        for line in open(log):
-            if line.startswith("command: "):
-                command = line[len("command: "):].strip()
-                break
+    command = read_command(args.run)
+    pretraining = pretraining_of(cfg)
     with torch.no_grad():
         lams = {n: round(float(m.lam), 6) for n, m in net.named_modules() if hasattr(m, "lam")}
     card = {
@@ -79,6 +103,9 @@ def main(argv=None):
                      "weight_decay": cfg["weight_decay"], "warmup_epochs": cfg.get("warmup_epochs", 0),
                      "schedule": "cosine over the planned epochs", "wall_time_s": round(state.get("wall_s", 0.0), 1),
                      "hardware": "2 CPU cores", "final_test_acc_pytorch": history[-1].get("test_acc") if history else None},
+        **({"pretraining": pretraining,
+            "total_wall_time_s": round(state.get("wall_s", 0.0) + pretraining["wall_time_s"], 1)}
+           if pretraining else {}),
         "ann_accuracy_onnxruntime": acc,
         "ann_accuracy_measured_on": "the 10,000-image test set (JPEG re-decoded), onnxruntime ORT_ENABLE_ALL",
         "lambdas": lams,

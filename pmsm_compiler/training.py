@@ -8,13 +8,12 @@ applied to whole batches (per-sample Python loops cost more than the network on 
 Under ``torchrun`` (WORLD_SIZE > 1) the same command runs DistributedDataParallel: each rank
 takes a disjoint shard of every epoch's permutation; rank 0 logs, checkpoints and exports.
 
-Fine-tuning (quantization-aware training from a float model): ``init_from`` loads the weights of
-another run's checkpoint (a ReLU network, say) into the quantized model before the first step;
-every λ starts at ``lam`` and the schedule starts afresh (the epochs count the fine-tuning only).
-λ0 = 8 keeps most of a ReLU ResNet-20's accuracy under PQA; calibrating λ to the float
-activations does not: PQA's negative range [αλ, 0) passes what the ReLU zeroed, so a λ fitted to
-the ReLU's outputs (by MSE, percentiles or a per-layer loss search) left the network near chance
-(docs/training.md).
+Fine-tuning: ``init_from`` loads the weights of another run's checkpoint (a float ReLU network, or
+an earlier quantized run) before the first step; every λ the checkpoint lacks starts at ``lam``,
+and the schedule starts afresh (the epochs count the fine-tuning only). Measured on ResNet-20
+(docs/training.md): a ReLU network converts well to QCFS, but PQA's negative range [αλ, 0)
+passes what the ReLU zeroed, so PQA fine-tuned from ReLU starts far below the float accuracy and
+trails a PQA network trained from scratch.
 """
 
 from __future__ import annotations
