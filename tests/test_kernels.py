@@ -73,3 +73,14 @@ def test_an_unwritable_cache_gives_a_reason(fresh, monkeypatch, tmp_path):
     blocker.write_text("not a folder")
     monkeypatch.setenv("PMSM_KERNEL_CACHE", str(blocker / "cache"))
     assert kernels.status()["reason"].startswith("cannot write the kernel cache")
+
+
+@needs_cc
+def test_a_read_only_home_falls_back_to_the_temporary_folder(fresh, monkeypatch, tmp_path):
+    blocker = tmp_path / "home-file"
+    blocker.write_text("not a folder")
+    monkeypatch.delenv("PMSM_KERNEL_CACHE")
+    monkeypatch.setattr(kernels, "cache_dir", lambda: blocker / "cache")
+    monkeypatch.setattr(kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    path = kernels.build()
+    assert str(path).startswith(str(tmp_path / "tmp")) and path.is_file()

@@ -9,7 +9,8 @@ ships with this package because the onnxruntime wheel has none.
 
 The library is compiled with the machine's C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
 the first time a session asks for it, into a per-user cache keyed by the source, the flags and
-the compiler (``$PMSM_KERNEL_CACHE``, else ``~/.cache/pmsm-compiler/kernels``). Without a
+the compiler (``$PMSM_KERNEL_CACHE``, else ``~/.cache/pmsm-compiler/kernels``, or a folder in
+the temporary directory when the home is not writable). Without a
 compiler, or if the build fails, ``library()`` returns None and the runtime runs the neurons'
 ONNX function bodies instead, with the same results (``status()`` says why).
 """
@@ -81,15 +82,26 @@ def build(force: bool = False) -> Path:
     for part in (SOURCE.read_bytes(), HEADER.read_bytes(), " ".join(FLAGS).encode(), version.encode(),
                  platform.machine().encode(), sys.platform.encode()):
         key.update(part)
-    target = cache_dir() / key.hexdigest()[:16] / f"libpmsm_kernels{_suffix()}"
-    if target.is_file() and not force and _loads(target):
-        return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=_suffix())
-        os.close(fd)
-    except OSError as exc:
-        raise RuntimeError(f"cannot write the kernel cache {target.parent}: {exc.strerror or exc}") from None
+    name = f"{key.hexdigest()[:16]}/libpmsm_kernels{_suffix()}"
+    roots = [cache_dir()]
+    if not os.environ.get("PMSM_KERNEL_CACHE"):  # a read-only home: fall back to the temp folder
+        roots.append(Path(tempfile.gettempdir()) / f"pmsm-compiler-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    for root in roots:
+        target = root / name
+        if target.is_file() and not force and _loads(target):
+            return target
+    error = None
+    for root in roots:
+        target = root / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=_suffix())
+            os.close(fd)
+            break
+        except OSError as exc:
+            error = error or f"cannot write the kernel cache {target.parent}: {exc.strerror or exc}"
+    else:
+        raise RuntimeError(error)
     cmd = [cc, *FLAGS, f"-I{HEADER.parent}", str(SOURCE), "-o", tmp, "-lm"]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
