@@ -74,6 +74,36 @@ def test_run_with_ann_json_and_plots(models, tmp_path):
         assert layer["firing_rate"] == pytest.approx(layer["spikes"] / (layer["neurons"] * 2))
     for name in ("accuracy_vs_t.png", "spikes_per_layer.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from pmsm_compiler import kernels
+
+    fk = rep["fused_kernels"]
+    assert set(fk) == {"used", "layers_fused", "reason"}
+    assert fk["used"] == kernels.status()["available"] and fk["layers_fused"] == (7 if fk["used"] else 0)
+
+
+def test_kernels_off_gives_the_same_report(models, tmp_path):
+    _, _, snn = models
+    reports = []
+    for choice in ("auto", "off"):
+        out = tmp_path / f"{choice}.json"
+        r = CliRunner().invoke(run_main, [str(snn), "-T", "3", "--limit", "32", "--kernels", choice,
+                                          "--json", str(out), "-q"])
+        assert r.exit_code == 0, r.output
+        reports.append(json.loads(out.read_text()))
+    auto, off = reports
+    assert off["fused_kernels"] == {"used": False, "layers_fused": 0, "reason": "--kernels off"}
+    for key in ("accuracy_by_t", "spikes_per_image_by_t", "energy", "layers"):
+        assert auto[key] == off[key], key
+
+
+def test_kernels_on_without_kernels_is_a_clean_error(models, monkeypatch):
+    from pmsm_compiler import kernels
+
+    _, _, snn = models
+    monkeypatch.setattr(kernels, "_STATE", {})
+    monkeypatch.setenv("PMSM_KERNELS", "off")
+    _one_line_error(CliRunner().invoke(run_main, [str(snn), "-T", "1", "--limit", "4", "--kernels", "on"]),
+                    "fused neuron kernels unavailable")
 
 
 def test_run_without_ann_quiet(models):
