@@ -221,6 +221,7 @@ class SNNSession:
                          if prologue is not None else None)
         self.priority_order = priority_order
         self.fused_layers = 0
+        self.unfused_notes: list[str] = []
         self._step_model, self._opt_level, self._threads = step, opt_level, threads
         self.step = self._make_step_session(step)
         self._variants = {(False, False): self.step}
@@ -257,21 +258,24 @@ class SNNSession:
         return path
 
     def kernel_report(self) -> dict:
-        """What ran the neurons: {"used": bool, "layers_fused": int, "reason": str | None}."""
+        """What ran the neurons: {"used": bool, "layers_fused": int, "reason": str | None,
+        "unfused": [why a neuron layer kept its ONNX body]}."""
         reason = None
         if not self.kernels:
             from pmsm_compiler import kernels as kernel_lib
 
             reason = (self._kernels_choice == "off" and "--kernels off") or (
                 self.device != "cpu" and f"not on {self.providers[0]}") or kernel_lib.status()["reason"]
-        return {"used": bool(self.kernels), "layers_fused": self.fused_layers, "reason": reason}
+        return {"used": bool(self.kernels), "layers_fused": self.fused_layers, "reason": reason,
+                "unfused": list(self.unfused_notes)}
 
     def _make_step_session(self, model: onnx.ModelProto):
         if self.kernels:
             from pmsm_compiler.passes.fuse_neuron_kernels import fuse_model
 
-            model, fused, _ = fuse_model(model)
+            model, fused, notes = fuse_model(model)
             self.fused_layers = max(self.fused_layers, fused)
+            self.unfused_notes = sorted(set(self.unfused_notes) | set(notes))
         return make_session(model, self._opt_level, self.providers, self._threads, shared_arena=True,
                             priority_order=self.priority_order, custom_ops_library=self.kernels)
 

@@ -77,7 +77,7 @@ def test_run_with_ann_json_and_plots(models, tmp_path):
     from pmsm_compiler import kernels
 
     fk = rep["fused_kernels"]
-    assert set(fk) == {"used", "layers_fused", "reason"}
+    assert set(fk) == {"used", "layers_fused", "reason", "unfused"} and fk["unfused"] == []
     assert fk["used"] == kernels.status()["available"] and fk["layers_fused"] == (7 if fk["used"] else 0)
 
 
@@ -91,7 +91,7 @@ def test_kernels_off_gives_the_same_report(models, tmp_path):
         assert r.exit_code == 0, r.output
         reports.append(json.loads(out.read_text()))
     auto, off = reports
-    assert off["fused_kernels"] == {"used": False, "layers_fused": 0, "reason": "--kernels off"}
+    assert off["fused_kernels"] == {"used": False, "layers_fused": 0, "reason": "--kernels off", "unfused": []}
     for key in ("accuracy_by_t", "spikes_per_image_by_t", "energy", "layers"):
         assert auto[key] == off[key], key
 

@@ -333,7 +333,8 @@ def test_fused_kernels_change_no_result(tmp, name, mode, act):
     fused = SNNSession(c.model, kernels="on")
     stock = SNNSession(c.model, kernels="off")
     assert fused.fused_layers == len(c.info["layers"]) and stock.fused_layers == 0
-    assert fused.kernel_report() == {"used": True, "layers_fused": len(c.info["layers"]), "reason": None}
+    assert fused.kernel_report() == {"used": True, "layers_fused": len(c.info["layers"]), "reason": None,
+                                     "unfused": []}
     assert stock.kernel_report()["used"] is False
     x = images(7, 800)
     for batch in (x, x[:1]):  # batch 1 runs on the calling thread, 7 on the thread pool
