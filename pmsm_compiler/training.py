@@ -106,7 +106,7 @@ def cosine_lr(base_lr: float, epoch_float: float, epochs: int, warmup: int = 0) 
 
 
 # ------------------------------------------------------------------------------------------------
-# Starting from another model: weights, then λ
+# Starting from another run's weights (fine-tuning)
 # ------------------------------------------------------------------------------------------------
 
 def load_init_weights(model: nn.Module, path: str) -> dict:

@@ -52,8 +52,8 @@ def load_training_data(path: str, dataset: str):
 @click.option("--warmup-epochs", default=0, show_default=True)
 @click.option("--seed", default=42, show_default=True)
 @click.option("--init-from", "init_from", default="", type=click.Path(),
-              help="Start from the weights of this checkpoint.pt (e.g. a ReLU run): fine-tuning. "
-                   "The schedule starts afresh.")
+              help="Start from the weights of this checkpoint.pt (another run, e.g. a ReLU network; λ it lacks "
+                   "start at --lam): fine-tuning, with a fresh schedule. See docs/training.md for when it helps.")
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet"]), default="cifar10",
               show_default=True, help="Sets the normalization and the number of classes.")
 @click.option("--threads", default=0, help="torch CPU threads (0: torch's default).")
