@@ -103,7 +103,7 @@ def verdict_lines(runs):
                    f"({100 * (q['accuracy_by_t'][0] - q['ann_accuracy']):+.2f} points).")
     if q is not None and pm is not None:
         ratio = at_t(q, 1)["spikes"] / at_t(pm, 1)["spikes"]
-        out.append(f"- Spikes per image at T = 1: QCFS / PMSM = {ratio:.3g} "
+        out.append(f"- Spikes per image at T = 1: QCFS / PMSM = {ratio:.3f} "
                    + ("(PMSM fires fewer)." if ratio > 1 else "(PMSM fires **more**: the paper's 5× fewer does not "
                       "reproduce at equal T with |s| counting on this ResNet-20; each AIF spike carries up to "
                       "8 levels where a QCFS spike carries one).") )
@@ -265,7 +265,7 @@ def main(argv=None):
             q, pm = at_t(runs[("QCFS", "folded")], t), at_t(runs[("PMSM", "folded")], t)
             for name, v in (("QCFS", q), ("PMSM", pm)):
                 pa = PAPER["table3_vgg16"][name][t]
-                ratio = f"{q['power_mw'] / pm['power_mw']:.3g}×" if name == "PMSM" else ""
+                ratio = f"{q['power_mw'] / pm['power_mw']:.3f}×" if name == "PMSM" else ""
                 lines.append(f"| {t} | {name} | {pct(v['acc'])} | {v['spikes'] / 1e5:.2f} | {v['power_mw']:.3f} | "
                              f"{ratio} | {pa[0]} / {pa[1]} / {pa[2]} |")
         lines += ["", "Power P = N·0.9 pJ/(T·1 ms) with N the spikes per image summed over the T steps (a "
