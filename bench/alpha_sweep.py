@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -66,23 +67,20 @@ def main(argv=None):
                str(args.batch_size), "--lr", "0.1", "--warmup-epochs", "1", "--seed", str(args.seed), "--threads",
                str(args.threads), "--out", out, "--no-progress", "--no-export"]
         runs.append((alpha, out, cmd))
-    pending = list(runs)
-    active = []
-    while pending or active:
-        while pending and len(active) < max(1, args.jobs):
-            alpha, out, cmd = pending.pop(0)
-            print(" ".join(cmd), file=sys.stderr)
-            os.makedirs(out, exist_ok=True)
-            log = open(os.path.join(out, "sweep.log"), "a")
-            active.append((cmd, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-        cmd, proc, log = active.pop(0)
-        rc = proc.wait()
-        log.close()
-        if rc != 0:
-            for _, other, _ in active:
-                other.wait()
-            print(f"error: {' '.join(cmd)} exited with {rc} (log: {log.name})", file=sys.stderr)
-            return 1
+
+    def train(run):
+        _, out, cmd = run
+        print(" ".join(cmd), file=sys.stderr)
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "sweep.log"), "a") as log:
+            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode, log.name
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # threads only wait on the training processes
+        failed = [(rc, log) for rc, log in pool.map(train, runs) if rc != 0]
+    if failed:
+        print(f"error: {len(failed)} training run(s) failed (first: exit {failed[0][0]}, log {failed[0][1]})",
+              file=sys.stderr)
+        return 1
     rows = []
     for alpha, out, cmd in runs:
         with open(os.path.join(out, "summary.json")) as f:

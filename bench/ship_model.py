@@ -27,9 +27,10 @@ MODELS = os.path.join(os.path.dirname(HERE), "models")
 def read_command(run_dir):
     log = os.path.join(run_dir, "train.log")
     if os.path.exists(log):
-        for line in open(log):
-            if line.startswith("command: "):
-                return line[len("command: "):].strip()
+        with open(log) as f:
+            for line in f:
+                if line.startswith("command: "):
+                    return line[len("command: "):].strip()
     return None
 
 

@@ -85,7 +85,7 @@ def build(force: bool = False) -> Path:
     name = f"{key.hexdigest()[:16]}/libpmsm_kernels{_suffix()}"
     roots = [cache_dir()]
     if not os.environ.get("PMSM_KERNEL_CACHE"):  # a read-only home: fall back to the temp folder
-        roots.append(Path(tempfile.gettempdir()) / f"pmsm-compiler-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}")
+        roots.append(Path(tempfile.gettempdir()) / f"pmsm-compiler-kernels-{os.getuid()}")
     for root in roots:
         target = root / name
         if target.is_file() and not force and _loads(target):
