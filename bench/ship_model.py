@@ -7,7 +7,9 @@ The card (models/<name>.json) records the data (and that it was re-decoded from 
 training command and seed, epochs, wall time, the ANN's accuracy measured here in onnxruntime on
 the full test set, and the SHA-256 of the ONNX file. A run fine-tuned from another
 (``pmsm-train --init-from``) also records that run: its command, epochs, wall time and accuracy
-(read from the folder of the checkpoint it started from), and the total wall time of both.
+(read from the folder of the checkpoint it started from, or, for a checkpoint that
+bench/checkpoint_from_onnx.py made from a shipped model, from that model's card), and the total
+wall time of all stages.
 """
 
 from __future__ import annotations
@@ -44,12 +46,25 @@ def pretraining_of(cfg) -> dict | None:
     if not os.path.exists(source):
         raise SystemExit(f"error: the run was initialized from {source}, which is gone: cannot describe it")
     state = torch.load(source, map_location="cpu", weights_only=False)
+    if "source_card" in state:
+        # Made by bench/checkpoint_from_onnx.py from a shipped model: that model's card tells
+        # how it was trained (and, nested, what it was itself trained from).
+        prior = state["source_card"]
+        return {**prior["training"], **({"pretraining": prior["pretraining"]} if "pretraining" in prior else {}),
+                "activation": prior["activation"]["kind"], "shipped_as": prior["file"],
+                "shipped_sha256": prior["sha256"], "ann_accuracy_onnxruntime": prior["ann_accuracy_onnxruntime"],
+                "converted_by": "bench/checkpoint_from_onnx.py (BatchNorm rebuilt around the folded convs)"}
     pcfg, history = state["config"], state["history"]
     return {"command": read_command(os.path.dirname(source)), "activation": pcfg["act"], "seed": pcfg["seed"],
             "epochs_planned": pcfg["epochs"], "epochs_done": state["epoch"], "batch_size": pcfg["batch_size"],
             "lr": pcfg["lr"], "weight_decay": pcfg["weight_decay"], "warmup_epochs": pcfg.get("warmup_epochs", 0),
             "wall_time_s": round(state.get("wall_s", 0.0), 1),
             "final_test_acc_pytorch": history[-1].get("test_acc") if history else None}
+
+
+def _total_wall(stage: dict) -> float:
+    """Wall time of a stage and of every stage before it."""
+    return stage["wall_time_s"] + (_total_wall(stage["pretraining"]) if "pretraining" in stage else 0.0)
 
 
 def main(argv=None):
@@ -105,7 +120,7 @@ def main(argv=None):
                      "schedule": "cosine over the planned epochs", "wall_time_s": round(state.get("wall_s", 0.0), 1),
                      "hardware": "2 CPU cores", "final_test_acc_pytorch": history[-1].get("test_acc") if history else None},
         **({"pretraining": pretraining,
-            "total_wall_time_s": round(state.get("wall_s", 0.0) + pretraining["wall_time_s"], 1)}
+            "total_wall_time_s": round(state.get("wall_s", 0.0) + _total_wall(pretraining), 1)}
            if pretraining else {}),
         "ann_accuracy_onnxruntime": acc,
         "ann_accuracy_measured_on": "the 10,000-image test set (JPEG re-decoded), onnxruntime ORT_ENABLE_ALL",

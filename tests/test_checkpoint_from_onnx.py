@@ -1,0 +1,120 @@
+"""bench/checkpoint_from_onnx.py: a BN-folded ANN ONNX model back to a trainable PyTorch network.
+
+The shipped models were continued from their ONNX files this way, so the rebuild must give the
+ONNX model's function in eval mode, and the same function in train mode on the images its BN
+statistics were measured on.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pmsm_compiler.activations import ActivationSpec
+from pmsm_compiler.export import export_onnx
+from pmsm_compiler.models import build_model
+from pmsm_compiler.verify import make_session
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "checkpoint_from_onnx.py"
+MEAN, STD = [0.4914, 0.4822, 0.4465], [0.247, 0.2435, 0.2616]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("checkpoint_from_onnx", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _export(tmp_path_factory, act):
+    torch.manual_seed(0)
+    spec = ActivationSpec(act, 8, 2.0, -0.25, 1.0)
+    net = build_model("resnet20", num_classes=10, act=spec)
+    with torch.no_grad():  # BN statistics and affine parameters far from identity
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+            if hasattr(m, "lam"):  # trained λ differ; equal ones would be exported as one initializer
+                m.lam.uniform_(1.0, 3.0)
+    path = tmp_path_factory.mktemp(act) / "net.onnx"
+    export_onnx(net.eval(), str(path))
+    card = {"architecture": "resnet20", "num_classes": 10, "activation": spec.__dict__,
+            "normalization": {"mean": MEAN, "std": STD}}
+    images = np.random.default_rng(1).integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
+    return net, path, card, images
+
+
+# The BN arithmetic is checked on a ReLU network: in a quantized one, float rounding moves some
+# inputs across a level boundary, and on random weights and images one such flip spreads.
+@pytest.fixture(scope="module")
+def relu_net(tmp_path_factory):
+    return _export(tmp_path_factory, "relu")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return _export(tmp_path_factory, "pqa")
+
+
+def test_eval_mode_is_the_onnx_model(relu_net):
+    _, path, card, images = relu_net
+    model, norm = _script().model_from_onnx(str(path), card, images)
+    x = norm(torch.from_numpy(images))
+    with torch.no_grad():
+        ours = model.eval()(x).numpy()
+    ort = make_session(path.read_bytes(), "all").run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(ours, ort, rtol=0, atol=1e-4 * np.abs(ort).max())
+
+
+def test_train_mode_on_the_calibration_images_is_eval_mode(relu_net):
+    # BN's batch statistics on the images it was calibrated on are its running statistics.
+    _, path, card, images = relu_net
+    model, norm = _script().model_from_onnx(str(path), card, images)
+    x = norm(torch.from_numpy(images))
+    with torch.no_grad():
+        ev = model.eval()(x)
+        tr = model.train()(x)
+    np.testing.assert_allclose(tr.numpy(), ev.numpy(), rtol=0, atol=1e-4 * float(ev.abs().max()))
+
+
+def test_every_lambda_comes_from_the_onnx_model(exported):
+    from pmsm_compiler.activations import quantized_activations
+
+    net, path, card, images = exported
+    model, _ = _script().model_from_onnx(str(path), card, images)
+    original = {n: float(m.lam) for n, m in quantized_activations(net)}
+    rebuilt = {n: float(m.lam) for n, m in quantized_activations(model)}
+    assert rebuilt == original and len(set(rebuilt.values())) == len(rebuilt)
+
+
+def test_an_unplaced_weight_is_refused(exported, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    _, path, card, images = exported
+    proto = onnx.load(str(path))
+    proto.graph.initializer.append(numpy_helper.from_array(np.ones(3, np.float32), "stray.weight"))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(ValueError, match="not placed"):
+        _script().model_from_onnx(str(bad), card, images)
+
+
+def test_ship_model_describes_the_stage_before_the_conversion(tmp_path):
+    ship = importlib.util.spec_from_file_location("ship_model", SCRIPT.parent / "ship_model.py")
+    module = importlib.util.module_from_spec(ship)
+    ship.loader.exec_module(module)
+    prior = {"file": "m.onnx", "sha256": "ab", "ann_accuracy_onnxruntime": 0.86, "activation": {"kind": "pqa"},
+             "training": {"command": "pmsm-train ... --epochs 45", "epochs_done": 45, "wall_time_s": 100.0}}
+    ckpt = tmp_path / "from_onnx.pt"
+    torch.save({"model": {}, "source_card": prior}, ckpt)
+    stage = module.pretraining_of({"init_from": str(ckpt)})
+    assert stage["epochs_done"] == 45 and stage["shipped_sha256"] == "ab" and stage["activation"] == "pqa"
+    assert module._total_wall({**stage, "pretraining": {"wall_time_s": 20.0}}) == 120.0
+    json.dumps(stage)
