@@ -49,8 +49,7 @@ def model_from_onnx(onnx_path: str, card_data: dict, calib_uint8_nhwc: np.ndarra
     from pmsm_compiler.models import build_model
     from pmsm_compiler.training import Normalizer
 
-    a = card_data["activation"]
-    spec = ActivationSpec(a["kind"], a["levels"], a["lam"], a.get("alpha", 0.0), a.get("beta", 1.0))
+    spec = ActivationSpec(**card_data["activation"])  # the card holds the spec's fields (ship_model)
     model = build_model(card_data["architecture"], num_classes=card_data["num_classes"], act=spec)
     norm = Normalizer(card_data["normalization"]["mean"], card_data["normalization"]["std"])
     proto = onnx.load(onnx_path)
@@ -61,6 +60,8 @@ def model_from_onnx(onnx_path: str, card_data: dict, calib_uint8_nhwc: np.ndarra
     used = set()
     with torch.no_grad():
         for node in convs:
+            if len(node.input) < 3 or not node.input[2]:
+                raise ValueError(f"conv {node.name or node.input[1]} has no bias: not a BN-folded export")
             w_name, b_name = node.input[1], node.input[2]
             conv = w_name[: -len(".weight")]
             bn = modules[_bn_name(conv)]
@@ -131,11 +132,11 @@ def model_from_onnx(onnx_path: str, card_data: dict, calib_uint8_nhwc: np.ndarra
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--threads", default=0, help="torch threads (0: torch's default).")
 def main(onnx_path, card, data_path, calibration_images, out_path, threads):
-    import onnxruntime as ort
     import torch
 
     from pmsm_compiler.cli.train import load_training_data
     from pmsm_compiler.training import evaluate
+    from pmsm_compiler.verify import make_session
 
     if threads:
         torch.set_num_threads(threads)
@@ -154,7 +155,8 @@ def main(onnx_path, card, data_path, calibration_images, out_path, threads):
     # Check 1: eval-mode accuracy against onnxruntime's, same test images.
     xt, yt = torch.from_numpy(test_x), torch.from_numpy(test_y.astype(np.int64))
     acc_torch = evaluate(model, xt, yt, norm, torch.device("cpu"))
-    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    with open(onnx_path, "rb") as f:
+        sess = make_session(f.read(), "all")  # the level of the cards' onnxruntime figure
     inp = sess.get_inputs()[0].name
     correct = 0
     for i in range(0, len(xt), 1000):
