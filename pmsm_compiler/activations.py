@@ -166,9 +166,46 @@ class QCFS(_QuantizedActivation):
         return f"L={self.levels}, λ={float(self.lam.detach()):.4g}"
 
 
+class ClipFloat(nn.Module):
+    """The float counterpart of PQA / QCFS, for pre-training before quantization-aware fine-tuning::
+
+        y = clip(x, αλ, βλ)          (no rounding; λ fixed, a buffer)
+
+    PQA fine-tuned from a ReLU network starts far below it, because PQA's negative range
+    [αλ, 0) passes what the ReLU zeroed (docs/training.md). A network pre-trained with this
+    activation already has PQA's range: quantizing it with the same λ only rounds to steps of λ/L.
+    λ is not learned here (``F.hardtanh``, one fused op forward and backward, costs what a ReLU
+    costs); the BatchNorm before each activation sets the scale instead. ``lam`` is a buffer with
+    the name PQA's λ parameter has, so ``--init-from`` hands it to the quantized network.
+    """
+
+    def __init__(self, lam: float = 8.0, alpha: float = -0.25, beta: float = 1.0):
+        super().__init__()
+        if not lam > 0:
+            raise ValueError(f"λ must be > 0, got {lam}")
+        if not alpha <= 0 < beta:
+            raise ValueError(f"clip needs α ≤ 0 < β, got α={alpha}, β={beta}")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.register_buffer("lam", torch.tensor(float(lam)))
+        self._bounds = (self.alpha * float(lam), self.beta * float(lam))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.hardtanh(x, *self._bounds)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._bounds = (self.alpha * float(self.lam), self.beta * float(self.lam))
+
+    def extra_repr(self) -> str:
+        return f"λ={float(self.lam):.4g}, α={self.alpha:g}, β={self.beta:g}"
+
+
 @dataclass
 class ActivationSpec:
-    """What activation a model uses: ``kind`` in {"pqa", "qcfs", "relu"} and its parameters."""
+    """What activation a model uses: ``kind`` in {"pqa", "qcfs", "relu", "clip"} and its parameters.
+
+    "clip" is the float pre-training counterpart (``ClipFloat``): α = −0.25 for PQA, α = 0 for QCFS.
+    """
 
     kind: str = "pqa"
     levels: int = 8
@@ -184,7 +221,9 @@ class ActivationSpec:
             return QCFS(self.levels, self.lam)
         if kind == "relu":
             return nn.ReLU()
-        raise ValueError(f"unknown activation {self.kind!r} (expected pqa, qcfs or relu)")
+        if kind == "clip":
+            return ClipFloat(self.lam, self.alpha, self.beta)
+        raise ValueError(f"unknown activation {self.kind!r} (expected pqa, qcfs, relu or clip)")
 
 
 def as_spec(act) -> ActivationSpec:
@@ -334,6 +373,6 @@ def _may_call_functional_relu(module: nn.Module) -> bool:
 
 
 __all__ = [
-    "PQA", "QCFS", "ActivationSpec", "PQA_DEFAULTS", "SwapReport", "swap_relu", "quantize_reference",
+    "PQA", "QCFS", "ClipFloat", "ActivationSpec", "PQA_DEFAULTS", "SwapReport", "swap_relu", "quantize_reference",
     "quantized_activations", "as_spec", "integer_bound",
 ]

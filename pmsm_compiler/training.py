@@ -13,7 +13,9 @@ an earlier quantized run) before the first step; every λ the checkpoint lacks s
 and the schedule starts afresh (the epochs count the fine-tuning only). Measured on ResNet-20
 (docs/training.md): a ReLU network converts well to QCFS, but PQA's negative range [αλ, 0)
 passes what the ReLU zeroed, so PQA fine-tuned from ReLU starts far below the float accuracy and
-trails a PQA network trained from scratch.
+trails a PQA network trained from scratch. A float pre-training with PQA's own range
+(``act="clip"``, y = clip(x, αλ, βλ), ``activations.ClipFloat``) does not have that problem: its
+λ is handed over with the weights, and quantizing it only rounds to steps of λ/L.
 """
 
 from __future__ import annotations

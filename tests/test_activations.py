@@ -20,6 +20,7 @@ from pmsm_compiler.activations import (
     PQA,
     QCFS,
     ActivationSpec,
+    ClipFloat,
     SwapReport,
     integer_bound,
     quantize_reference,
@@ -375,6 +376,42 @@ def test_valid_fractional_bounds_and_specs():
     assert isinstance(ActivationSpec("relu").make(), nn.ReLU)
     with pytest.raises(ValueError, match="unknown activation"):
         ActivationSpec("gelu").make()
+
+
+# ------------------------------------------------------------------------------------------------
+# ClipFloat: PQA's range without rounding, for pre-training
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lam,alpha", [(2.0, -0.25), (2.0, 0.0), (0.7, -0.5)])
+def test_clip_float_is_clip_to_the_pqa_range_with_its_gradient(lam, alpha):
+    c = ClipFloat(lam=lam, alpha=alpha, beta=1.0)
+    x = (torch.randn(20000) * 2 * lam).requires_grad_(True)
+    y = c(x)
+    assert torch.equal(y, torch.clamp(x.detach(), alpha * lam, lam))
+    y.backward(torch.ones_like(y))
+    inside = (x.detach() > alpha * lam) & (x.detach() < lam)
+    assert torch.equal(x.grad, inside.float())
+    assert not c.lam.requires_grad and "lam" in dict(c.named_buffers())
+
+
+def test_clip_float_bounds_follow_a_loaded_lambda():
+    c = ClipFloat(lam=2.0)
+    c.load_state_dict({"lam": torch.tensor(4.0)})
+    x = torch.tensor([-3.0, -0.9, 3.9, 5.0])
+    assert torch.equal(c(x), torch.tensor([-1.0, -0.9, 3.9, 4.0]))
+
+
+def test_pqa_with_the_clip_lambda_only_rounds_the_clip_output():
+    """What fine-tuning from a clip pre-training starts from: the same range, rounded to λ/L."""
+    c, q = ClipFloat(lam=2.0, alpha=-0.25), PQA(levels=8, lam=5.0, alpha=-0.25)
+    q.load_state_dict(c.state_dict())               # the λ buffer becomes PQA's λ parameter
+    assert float(q.lam) == 2.0 and q.lam.requires_grad
+    x = torch.randn(20000) * 3
+    with torch.no_grad():
+        assert (q(x) - c(x)).abs().max() <= 2.0 / 8 / 2 + 1e-6
+    assert ActivationSpec("clip", lam=2.0, alpha=0.0).make().extra_repr() == "λ=2, α=0, β=1"
+    with pytest.raises(ValueError, match="clip needs α ≤ 0 < β"):
+        ActivationSpec("clip", alpha=0.5).make()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from pmsm_compiler.cli.train import main as train_cli
+from pmsm_compiler.activations import quantized_activations
 from pmsm_compiler.data import NORMALIZATIONS, load_bundled_sample
 from pmsm_compiler.models import build_model
 from pmsm_compiler.training import Normalizer, TrainConfig, train
@@ -158,6 +159,28 @@ def test_init_from_a_relu_checkpoint_loads_every_weight_and_keeps_lambda0(sample
     # resuming with another starting point is refused
     with pytest.raises(ValueError, match=r"init_from=.*--no-resume"):
         train(dataclasses.replace(cfg, init_from=""), x, y, None, None, out, MEAN, STD, progress=False, log=quiet)
+
+
+def test_init_from_a_clip_pretraining_hands_over_its_lambdas(sample, tmp_path):
+    """A float clip(x, αλ, βλ) pre-training (``--act clip``) fine-tunes into PQA with its λ, so the
+    quantized network starts from the float one's function, rounded to λ/L."""
+    from pmsm_compiler.activations import ClipFloat
+    from pmsm_compiler.training import load_init_weights
+
+    x, y = sample[0][:64], sample[1][:64]
+    cfg = TrainConfig(model="resnet_tiny", act="clip", lam=3.0, batch_size=32, epochs=1, seed=3, threads=1)
+    clip = train(cfg, x, y, None, None, str(tmp_path / "clip"), MEAN, STD, progress=False, log=quiet)["model"]
+    assert sum(isinstance(m, ClipFloat) for m in clip.modules()) == 7
+    pqa = build_model("resnet_tiny", num_classes=10, act=TrainConfig(lam=6.0).act_spec())
+    loaded = load_init_weights(pqa, str(tmp_path / "clip" / "checkpoint.pt"))
+    assert loaded["kept_initial"] == []
+    assert all(float(m.lam) == 3.0 for _, m in quantized_activations(pqa))
+    clip, pqa = clip.float().eval(), pqa.eval()
+    with torch.no_grad():
+        xb = Normalizer(MEAN, STD)(torch.from_numpy(x))
+        a, b = clip(xb), pqa(xb)
+    assert not torch.equal(a, b)                      # rounded ...
+    assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.75   # ... but the same network
 
 
 def test_init_from_refuses_what_does_not_fit(sample, tmp_path):

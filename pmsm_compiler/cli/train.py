@@ -39,7 +39,9 @@ def load_training_data(path: str, dataset: str):
 @click.option("--data", "data_path", required=True, type=click.Path(),
               help="Folder with train.npz/test.npz, CIFAR python pickles, or train/ and test/ image folders.")
 @click.option("--model", default="resnet20", show_default=True, help="Zoo model name.")
-@click.option("--act", type=click.Choice(["pqa", "qcfs", "relu"]), default="pqa", show_default=True)
+@click.option("--act", type=click.Choice(["pqa", "qcfs", "relu", "clip"]), default="pqa", show_default=True,
+              help="clip: float clip(x, αλ, βλ), PQA's range without rounding, to pre-train before fine-tuning "
+                   "PQA (or, with --alpha 0, QCFS) with --init-from.")
 @click.option("--levels", "-L", default=8, show_default=True, help="Quantization levels L.")
 @click.option("--lam", default=8.0, show_default=True, help="Initial λ (ANN threshold).")
 @click.option("--alpha", default=-0.25, show_default=True, help="PQA lower bound α (fraction of λ).")
