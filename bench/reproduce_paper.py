@@ -222,14 +222,16 @@ def main(argv=None):
             tr, pre = c["training"], c.get("pretraining")
             epochs = f"{tr['epochs_done']} ({tr['epochs_planned']})"
             wall = f"{tr['wall_time_s'] / 60:.0f} min"
+            pre_kind = None
             if pre:
-                epochs += f" after {pre['epochs_done']} {pre['activation']}"
+                pre_kind = "float clip" if pre["activation"] == "clip" else pre["activation"]
+                epochs += f" after {pre['epochs_done']} {pre_kind}"
                 wall = f"{tr['wall_time_s'] / 60:.0f} + {pre['wall_time_s'] / 60:.0f} min"
             lines.append(f"| {name} | `{c['file']}` | {epochs} | {tr['batch_size']} | {tr['seed']} | {wall} | "
                          f"{pct(c['ann_accuracy_onnxruntime'])} | `{c['sha256'][:12]}…` |")
             lines.append(f"|  | command: `{tr['command']}` |  |  |  |  |  |  |")
             if pre:
-                lines.append(f"|  | started from ({pre['activation']}, {pct(pre['final_test_acc_pytorch'])} % on the "
+                lines.append(f"|  | started from ({pre_kind}, {pct(pre['final_test_acc_pytorch'])} % on the "
                              f"test set): `{pre['command']}` |  |  |  |  |  |  |")
         else:
             lines.append(f"| {name} | `{os.path.basename(path)}` | no model card |  |  |  |  |  |")

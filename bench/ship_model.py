@@ -55,7 +55,10 @@ def pretraining_of(cfg) -> dict | None:
                 "shipped_sha256": prior["sha256"], "ann_accuracy_onnxruntime": prior["ann_accuracy_onnxruntime"],
                 "converted_by": "bench/checkpoint_from_onnx.py (BatchNorm rebuilt around the folded convs)"}
     pcfg, history = state["config"], state["history"]
-    return {"command": read_command(os.path.dirname(source)), "activation": pcfg["act"], "seed": pcfg["seed"],
+    act = {"activation": pcfg["act"]}
+    if pcfg["act"] == "clip":  # the float pre-training's range, clip(x, αλ, βλ)
+        act["clip_range"] = {"lam": pcfg["lam"], "alpha": pcfg["alpha"], "beta": pcfg["beta"]}
+    return {"command": read_command(os.path.dirname(source)), **act, "seed": pcfg["seed"],
             "epochs_planned": pcfg["epochs"], "epochs_done": state["epoch"], "batch_size": pcfg["batch_size"],
             "lr": pcfg["lr"], "weight_decay": pcfg["weight_decay"], "warmup_epochs": pcfg.get("warmup_epochs", 0),
             "wall_time_s": round(state.get("wall_s", 0.0), 1),

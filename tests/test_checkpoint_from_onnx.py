@@ -118,3 +118,21 @@ def test_ship_model_describes_the_stage_before_the_conversion(tmp_path):
     assert stage["epochs_done"] == 45 and stage["shipped_sha256"] == "ab" and stage["activation"] == "pqa"
     assert module._total_wall({**stage, "pretraining": {"wall_time_s": 20.0}}) == 120.0
     json.dumps(stage)
+
+
+def test_ship_model_describes_a_float_clip_pretraining_with_its_range(tmp_path):
+    ship = importlib.util.spec_from_file_location("ship_model", SCRIPT.parent / "ship_model.py")
+    module = importlib.util.module_from_spec(ship)
+    ship.loader.exec_module(module)
+    run = tmp_path / "pre"
+    run.mkdir()
+    (run / "train.log").write_text("command: pmsm-train --act clip --lam 2 --epochs 26\n{}\n")
+    cfg = {"act": "clip", "lam": 2.0, "alpha": -0.25, "beta": 1.0, "seed": 42, "epochs": 26, "batch_size": 128,
+           "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 1}
+    torch.save({"model": {}, "config": cfg, "epoch": 26, "wall_s": 3600.0,
+                "history": [{"epoch": 26, "test_acc": 0.9}]}, run / "checkpoint.pt")
+    stage = module.pretraining_of({"init_from": str(run / "checkpoint.pt")})
+    assert stage["command"] == "pmsm-train --act clip --lam 2 --epochs 26"
+    assert stage["activation"] == "clip" and stage["clip_range"] == {"lam": 2.0, "alpha": -0.25, "beta": 1.0}
+    assert stage["epochs_done"] == 26 and stage["wall_time_s"] == 3600.0 and stage["final_test_acc_pytorch"] == 0.9
+    json.dumps(stage)
