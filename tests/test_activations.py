@@ -405,7 +405,7 @@ def test_pqa_with_the_clip_lambda_only_rounds_the_clip_output():
     """What fine-tuning from a clip pre-training starts from: the same range, rounded to λ/L."""
     c, q = ClipFloat(lam=2.0, alpha=-0.25), PQA(levels=8, lam=5.0, alpha=-0.25)
     q.load_state_dict(c.state_dict())               # the λ buffer becomes PQA's λ parameter
-    assert float(q.lam) == 2.0 and q.lam.requires_grad
+    assert float(q.lam.detach()) == 2.0 and q.lam.requires_grad
     x = torch.randn(20000) * 3
     with torch.no_grad():
         assert (q(x) - c(x)).abs().max() <= 2.0 / 8 / 2 + 1e-6
