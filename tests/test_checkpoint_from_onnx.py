@@ -88,8 +88,8 @@ def test_every_lambda_comes_from_the_onnx_model(exported):
 
     net, path, card, images = exported
     model, _ = _script().model_from_onnx(str(path), card, images)
-    original = {n: float(m.lam) for n, m in quantized_activations(net)}
-    rebuilt = {n: float(m.lam) for n, m in quantized_activations(model)}
+    original = {n: float(m.lam.detach()) for n, m in quantized_activations(net)}
+    rebuilt = {n: float(m.lam.detach()) for n, m in quantized_activations(model)}
     assert rebuilt == original and len(set(rebuilt.values())) == len(rebuilt)
 
 
