@@ -174,8 +174,8 @@ class ClipFloat(nn.Module):
     PQA fine-tuned from a ReLU network starts far below it, because PQA's negative range
     [αλ, 0) passes what the ReLU zeroed (docs/training.md). A network pre-trained with this
     activation already has PQA's range: quantizing it with the same λ only rounds to steps of λ/L.
-    λ is not learned here (``F.hardtanh``, one fused op forward and backward, costs what a ReLU
-    costs); the BatchNorm before each activation sets the scale instead. ``lam`` is a buffer with
+    λ is not learned here, so the activation is one fused op forward and backward
+    (``F.hardtanh``), as a ReLU is; the BatchNorm before each activation sets the scale instead. ``lam`` is a buffer with
     the name PQA's λ parameter has, so ``--init-from`` hands it to the quantized network.
     """
 
@@ -187,14 +187,10 @@ class ClipFloat(nn.Module):
             raise ValueError(f"clip needs α ≤ 0 < β, got α={alpha}, β={beta}")
         self.alpha, self.beta = float(alpha), float(beta)
         self.register_buffer("lam", torch.tensor(float(lam)))
-        self._bounds = (self.alpha * float(lam), self.beta * float(lam))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.hardtanh(x, *self._bounds)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._bounds = (self.alpha * float(self.lam), self.beta * float(self.lam))
+        lam = float(self.lam)  # read each call: a loaded or in-place-set λ takes effect at once
+        return F.hardtanh(x, self.alpha * lam, self.beta * lam)
 
     def extra_repr(self) -> str:
         return f"λ={float(self.lam):.4g}, α={self.alpha:g}, β={self.beta:g}"

@@ -394,11 +394,13 @@ def test_clip_float_is_clip_to_the_pqa_range_with_its_gradient(lam, alpha):
     assert not c.lam.requires_grad and "lam" in dict(c.named_buffers())
 
 
-def test_clip_float_bounds_follow_a_loaded_lambda():
+def test_clip_float_bounds_follow_a_loaded_or_set_lambda():
     c = ClipFloat(lam=2.0)
     c.load_state_dict({"lam": torch.tensor(4.0)})
     x = torch.tensor([-3.0, -0.9, 3.9, 5.0])
     assert torch.equal(c(x), torch.tensor([-1.0, -0.9, 3.9, 4.0]))
+    c.lam.fill_(1.0)                                 # set in place, as a λ calibration does
+    assert torch.equal(c(x), torch.tensor([-0.25, -0.25, 1.0, 1.0]))
 
 
 def test_pqa_with_the_clip_lambda_only_rounds_the_clip_output():
