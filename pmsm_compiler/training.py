@@ -154,6 +154,23 @@ def load_init_weights(model: nn.Module, path: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------
 
+def channels_last_hazard(model: nn.Module) -> str:
+    """Why ``model`` must not train in channels_last on a CPU, or "" when it may.
+
+    torch 2.13's oneDNN (3.12) crashes, on an AMD EPYC with AVX2 at least, in the weight gradient
+    of a channels_last 1×1 convolution with stride > 1 and 2 to 7 input channels: a segmentation
+    fault or abort at one thread, a hang at two (measured 2026-12-02; 1 and 8+ channels, stride 1,
+    NCHW and the data gradient are fine). The zoo's full-size models have no such layer; the tiny
+    test models' shortcut convolutions (4 → 8 channels, stride 2) do.
+    """
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
+                and max(module.stride) > 1 and 1 < module.in_channels // module.groups < 8):
+            return (f"{name}: a 1×1 stride-{max(module.stride)} convolution with {module.in_channels} input "
+                    "channels, whose channels_last weight gradient crashes oneDNN on some CPUs")
+    return ""
+
+
 def _dist_info():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -203,7 +220,14 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = build_model(cfg.model, num_classes=cfg.num_classes, act=cfg.act_spec()).to(device)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    channels_last = cfg.channels_last
+    if channels_last and device.type == "cpu":
+        hazard = channels_last_hazard(model)
+        if hazard:
+            channels_last = False
+            if is_main:
+                log(f"training in NCHW, not channels_last: {hazard}")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
@@ -212,7 +236,10 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
     if resume and os.path.exists(ckpt_path):
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         saved_cfg = state["config"]
-        for key in ("model", "act", "levels", "alpha", "beta", "epochs", "batch_size", "seed", "init_from"):
+        # Everything that shapes the trajectory must match; only threads and max_steps may change.
+        for key in ("model", "act", "levels", "lam", "alpha", "beta", "epochs", "batch_size", "lr", "momentum",
+                    "weight_decay", "warmup_epochs", "seed", "num_classes", "dataset", "channels_last",
+                    "init_from"):
             if saved_cfg.get(key, getattr(TrainConfig(), key)) != getattr(cfg, key):
                 raise ValueError(f"checkpoint {ckpt_path} was made with {key}={saved_cfg.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}; use another --out or --no-resume")
@@ -289,7 +316,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
                  "lr": lr, "time_s": round(epoch_time, 1)}
         if test_x is not None and is_main:
             entry["test_acc"] = evaluate(model, torch.from_numpy(test_x), torch.from_numpy(test_y.astype(np.int64)),
-                                         norm, device, channels_last=cfg.channels_last)
+                                         norm, device, channels_last=channels_last)
         entry["lambdas"] = [round(float(m.lam.detach()), 4) for _, m in quantized_activations(model)]
         history.append(entry)
         if is_main:

@@ -24,7 +24,7 @@ from pmsm_compiler.cli.train import main as train_cli
 from pmsm_compiler.activations import quantized_activations
 from pmsm_compiler.data import NORMALIZATIONS, load_bundled_sample
 from pmsm_compiler.models import build_model
-from pmsm_compiler.training import Normalizer, TrainConfig, train
+from pmsm_compiler.training import Normalizer, TrainConfig, channels_last_hazard, train
 
 MEAN, STD = NORMALIZATIONS["cifar10"]
 
@@ -81,6 +81,31 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def test_channels_last_hazard_names_the_small_strided_pointwise_convolutions():
+    # torch 2.13's oneDNN crashes in the channels_last weight gradient of a 1×1 stride-2 conv with
+    # 2..7 input channels (segfault at one thread, hang at two; AMD EPYC, 2026-12-02).
+    tiny = build_model("resnet_tiny", act="pqa")
+    assert "1×1 stride-2 convolution with 4 input channels" in channels_last_hazard(tiny)
+    assert channels_last_hazard(build_model("resnet20", act="pqa")) == ""
+    assert channels_last_hazard(build_model("vgg_tiny", act="pqa")) == ""
+    for cin, stride, kernel, risky in [(4, 2, 1, True), (2, 1, 1, False), (8, 2, 1, False), (1, 2, 1, False),
+                                       (4, 2, 3, False), (7, 3, 1, True)]:
+        conv = torch.nn.Sequential(torch.nn.Conv2d(cin, 8, kernel, stride))
+        assert bool(channels_last_hazard(conv)) is risky, (cin, stride, kernel)
+
+
+def test_training_a_model_with_the_hazard_runs_in_nchw_and_says_so(sample, tmp_path):
+    lines = []
+    cfg = TrainConfig(model="resnet_tiny", batch_size=32, epochs=1, max_steps=1, threads=1)
+    summary = train(cfg, sample[0][:32], sample[1][:32], None, None, str(tmp_path), MEAN, STD, progress=False,
+                    log=lines.append)
+    assert any(line.startswith("training in NCHW, not channels_last: ") for line in lines)
+    weights = [m.weight for m in summary["model"].modules()
+               if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert weights and all(w.is_contiguous() and not w.is_contiguous(memory_format=torch.channels_last)
+                           for w in weights)
+
+
 def test_checkpoint_resume_continues_exactly_and_refuses_a_changed_config(sample, tmp_path):
     x, y = sample[0][:64], sample[1][:64]   # batch 32: 2 steps per epoch
     cfg = TrainConfig(model="resnet_tiny", batch_size=32, epochs=3, seed=5, threads=1)
@@ -117,7 +142,8 @@ def test_checkpoint_resume_continues_exactly_and_refuses_a_changed_config(sample
     # a changed config is refused, naming the field; the checkpoint is left alone
     for change, field in [(dict(alpha=-0.5), "alpha"), (dict(model="vgg_tiny"), "model"),
                           (dict(batch_size=16), "batch_size"), (dict(epochs=4), "epochs"),
-                          (dict(act="qcfs"), "act")]:
+                          (dict(act="qcfs"), "act"), (dict(lr=0.05), "lr"), (dict(lam=2.0), "lam"),
+                          (dict(warmup_epochs=1), "warmup_epochs"), (dict(weight_decay=1e-4), "weight_decay")]:
         with pytest.raises(ValueError, match=rf"{field}=.*--no-resume"):
             train(dataclasses.replace(cfg, **change), x, y, None, None, out, MEAN, STD, progress=False, log=quiet)
     assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["epoch"] == 3
