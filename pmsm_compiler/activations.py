@@ -43,28 +43,34 @@ def integer_bound(fraction: float, levels: int, name: str) -> int:
 
 
 class _QuantizeFunction(torch.autograd.Function):
-    """y = s·clip(floor(x/s + ½), k_min, k_max), s = λ/L, with the STE gradients above."""
+    """y = s·clip(floor(x/s + ½), k_min, k_max), s = λ/L, with the STE gradients above.
+
+    The forward pass also keeps what the backward pass needs, as float tensors: the mask
+    1[αλ ≤ x ≤ βλ] (clamp(x, αλ, βλ) == x, written in place as 1.0 / 0.0) and the residual
+    y − x·mask (λ times the ∂y/∂λ term). The backward pass is then one multiply for ∂x and one
+    multiply-sum for ∂λ; boolean masks and ``torch.where`` cost several times a float multiply
+    on a CPU (bench/train_step.py).
+    """
 
     @staticmethod
     def forward(ctx, x, lam, levels: int, k_min: int, k_max: int):
         step = lam / levels
         k = torch.div(x, step).add_(0.5).floor_().clamp_(k_min, k_max)
         y = k.mul_(step)
-        ctx.save_for_backward(x, y, lam)
-        ctx.bounds = (k_min / levels, k_max / levels)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            inside = torch.clamp(x, lam * (k_min / levels), lam * (k_max / levels)).eq_(x)
+            residual = torch.addcmul(y, x, inside, value=-1) if ctx.needs_input_grad[1] else None
+            ctx.save_for_backward(inside, residual, lam)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, y, lam = ctx.saved_tensors
-        alpha, beta = ctx.bounds
-        inside = (x >= alpha * lam) & (x <= beta * lam)
-        grad_x = torch.where(inside, grad_y, torch.zeros((), dtype=grad_y.dtype))
+        inside, residual, lam = ctx.saved_tensors
+        grad_x = grad_y * inside if ctx.needs_input_grad[0] else None
         grad_lam = None
         if ctx.needs_input_grad[1]:
-            # Σ g·(q − u·1[inside]) = (Σ g·y − Σ (g·1[inside])·x) / λ
-            grad_lam = ((grad_y * y).sum() - (grad_x * x).sum()) / lam
-            grad_lam = grad_lam.reshape(lam.shape)
+            # Σ g·(q − u·1[inside]) = Σ g·(y − x·1[inside]) / λ
+            grad_lam = (torch.sum(grad_y * residual) / lam).reshape(lam.shape)
         return grad_x, grad_lam, None, None, None
 
 
