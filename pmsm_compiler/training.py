@@ -55,6 +55,7 @@ class TrainConfig:
     threads: int = 0
     channels_last: bool = True
     max_steps: int = 0  # stop after this many steps (0: no limit); for tests and smoke runs
+    eval_every: int = 1  # test-set evaluation every N epochs, and always after the last one
     init_from: str = ""  # checkpoint whose weights start the run (fine-tuning); "" = from scratch
     extra: dict = field(default_factory=dict)
 
@@ -314,7 +315,8 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         wall += epoch_time
         entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
                  "lr": lr, "time_s": round(epoch_time, 1)}
-        if test_x is not None and is_main:
+        last = epoch + 1 == cfg.epochs or bool(cfg.max_steps and total_steps >= cfg.max_steps)
+        if test_x is not None and is_main and ((epoch + 1) % max(1, cfg.eval_every) == 0 or last):
             entry["test_acc"] = evaluate(model, torch.from_numpy(test_x), torch.from_numpy(test_y.astype(np.int64)),
                                          norm, device, channels_last=channels_last)
         entry["lambdas"] = [round(float(m.lam.detach()), 4) for _, m in quantized_activations(model)]

@@ -106,6 +106,18 @@ def test_training_a_model_with_the_hazard_runs_in_nchw_and_says_so(sample, tmp_p
                            for w in weights)
 
 
+def test_eval_every_evaluates_every_nth_epoch_and_the_last(sample, tmp_path):
+    x, y = sample[0][:32], sample[1][:32]
+    cfg = TrainConfig(model="resnet_tiny", batch_size=32, epochs=5, eval_every=2, threads=1)
+    summary = train(cfg, x, y, x[:16], y[:16], str(tmp_path), MEAN, STD, progress=False, log=quiet)
+    assert ["test_acc" in e for e in summary["history"]] == [False, True, False, True, True]
+    assert summary["final_test_acc"] == summary["history"][-1]["test_acc"]
+    # stopped early by max_steps: the epoch it stops in is evaluated
+    early = train(dataclasses.replace(cfg, max_steps=1), x, y, x[:16], y[:16], str(tmp_path / "early"), MEAN, STD,
+                  progress=False, log=quiet)
+    assert early["epochs_done"] == 1 and early["final_test_acc"] is not None
+
+
 def test_checkpoint_resume_continues_exactly_and_refuses_a_changed_config(sample, tmp_path):
     x, y = sample[0][:64], sample[1][:64]   # batch 32: 2 steps per epoch
     cfg = TrainConfig(model="resnet_tiny", batch_size=32, epochs=3, seed=5, threads=1)
@@ -294,6 +306,15 @@ def test_cli_bad_alpha(npz_folder, tmp_path, alpha, match):
     assert result.exit_code == 2
     assert match in _one_error_line(result)
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_cli_bad_eval_every(npz_folder, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(["--data", npz_folder, "--out", out, "--model", "resnet_tiny", "--eval-every", 0,
+                     "--max-steps", 1, "--no-progress"])
+    assert result.exit_code == 2
+    assert "--eval-every must be >= 1" in _one_error_line(result)
+    assert not out.exists()
 
 
 def test_cli_init_from_missing_file(npz_folder, tmp_path):
