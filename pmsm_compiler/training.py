@@ -17,6 +17,9 @@ trails a PQA network trained from scratch. A float pre-training with PQA's own r
 (``act="clip"``, y = clip(x, αλ, βλ), ``activations.ClipFloat``) does not have that problem: its
 λ is handed over with the weights, and quantizing it only rounds to steps of λ/L. On ResNet-20 at
 a 41-epoch budget (26 float + 15 fine-tuning) it did not beat PQA from scratch (docs/training.md).
+
+Memory format: channels_last (faster on a CPU), except for a model with a layer that torch 2.13's
+oneDNN cannot differentiate in that format (``channels_last_hazard``), which trains in NCHW.
 """
 
 from __future__ import annotations
