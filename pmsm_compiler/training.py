@@ -240,7 +240,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
     if resume and os.path.exists(ckpt_path):
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         saved_cfg = state["config"]
-        # Everything that shapes the trajectory must match; only threads and max_steps may change.
+        # Everything that shapes the trajectory must match; threads, max_steps and eval_every may change.
         for key in ("model", "act", "levels", "lam", "alpha", "beta", "epochs", "batch_size", "lr", "momentum",
                     "weight_decay", "warmup_epochs", "seed", "num_classes", "dataset", "channels_last",
                     "init_from"):
