@@ -163,8 +163,8 @@ def channels_last_hazard(model: nn.Module) -> str:
 
     torch 2.13's oneDNN (3.12) crashes, on an AMD EPYC with AVX2 at least, in the weight gradient
     of a channels_last 1×1 convolution with stride > 1 and 2 to 7 input channels: a segmentation
-    fault or abort at one thread, a hang at two (measured 2026-12-02; 1 and 8+ channels, stride 1,
-    NCHW and the data gradient are fine). The zoo's full-size models have no such layer; the tiny
+    fault or abort at one thread; at two, some runs hang (bench/onednn_channels_last.py,
+    2026-12-02; 1 and 8+ channels, stride 1, 3×3 and NCHW are fine). The zoo's full-size models have no such layer; the tiny
     test models' shortcut convolutions (4 → 8 channels, stride 2) do.
     """
     for name, module in model.named_modules():
@@ -318,7 +318,8 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         wall += epoch_time
         entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
                  "lr": lr, "time_s": round(epoch_time, 1)}
-        last = epoch + 1 == cfg.epochs or bool(cfg.max_steps and total_steps >= cfg.max_steps)
+        step_limit = bool(cfg.max_steps and total_steps >= cfg.max_steps)
+        last = epoch + 1 == cfg.epochs or step_limit
         if test_x is not None and is_main and ((epoch + 1) % max(1, cfg.eval_every) == 0 or last):
             entry["test_acc"] = evaluate(model, torch.from_numpy(test_x), torch.from_numpy(test_y.astype(np.int64)),
                                          norm, device, channels_last=channels_last)
@@ -331,7 +332,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
             tmp = ckpt_path + ".tmp"
             torch.save(state, tmp)
             os.replace(tmp, ckpt_path)
-        if cfg.max_steps and total_steps >= cfg.max_steps:
+        if step_limit:
             break
     summary = {"config": asdict(cfg), "history": history, "wall_s": round(wall, 1),
                "epochs_done": history[-1]["epoch"] if history else start_epoch,

@@ -3,23 +3,18 @@ pmsm-train reads, pixel for pixel what Pillow decodes; bad input is a one-line e
 
 from __future__ import annotations
 
-import importlib.util
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-Image = pytest.importorskip("PIL.Image")
+from bench_scripts import load_bench_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "decode_jpeg_npz.py"
+Image = pytest.importorskip("PIL.Image")
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("decode_jpeg_npz", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("decode_jpeg_npz")
 
 
 def _jpeg_npz(path, n_train=5, n_test=3):

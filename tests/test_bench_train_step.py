@@ -4,22 +4,16 @@ script runs and prints its table."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from pmsm_compiler.activations import PQA, QCFS
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
+from bench_scripts import load_bench_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("train_step")
 
 
 @pytest.mark.parametrize("make", [lambda: PQA(8, 2.0, -0.25, 1.0), lambda: QCFS(8, 2.0)])

@@ -5,9 +5,7 @@ ONNX model's function in eval mode, and the same function in train mode on the i
 statistics were measured on.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +16,13 @@ from pmsm_compiler.export import export_onnx
 from pmsm_compiler.models import build_model
 from pmsm_compiler.verify import make_session
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "checkpoint_from_onnx.py"
+from bench_scripts import load_bench_script
+
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.247, 0.2435, 0.2616]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("checkpoint_from_onnx", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("checkpoint_from_onnx")
 
 
 def _export(tmp_path_factory, act):
@@ -107,9 +103,7 @@ def test_an_unplaced_weight_is_refused(exported, tmp_path):
 
 
 def test_ship_model_describes_the_stage_before_the_conversion(tmp_path):
-    ship = importlib.util.spec_from_file_location("ship_model", SCRIPT.parent / "ship_model.py")
-    module = importlib.util.module_from_spec(ship)
-    ship.loader.exec_module(module)
+    module = load_bench_script("ship_model")
     prior = {"file": "m.onnx", "sha256": "ab", "ann_accuracy_onnxruntime": 0.86, "activation": {"kind": "pqa"},
              "training": {"command": "pmsm-train ... --epochs 45", "epochs_done": 45, "wall_time_s": 100.0}}
     ckpt = tmp_path / "from_onnx.pt"
@@ -121,9 +115,7 @@ def test_ship_model_describes_the_stage_before_the_conversion(tmp_path):
 
 
 def test_ship_model_describes_a_float_clip_pretraining_with_its_range(tmp_path):
-    ship = importlib.util.spec_from_file_location("ship_model", SCRIPT.parent / "ship_model.py")
-    module = importlib.util.module_from_spec(ship)
-    ship.loader.exec_module(module)
+    module = load_bench_script("ship_model")
     run = tmp_path / "pre"
     run.mkdir()
     (run / "train.log").write_text("command: pmsm-train --act clip --lam 2 --epochs 26\n{}\n")

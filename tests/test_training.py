@@ -83,7 +83,7 @@ def _state(model):
 
 def test_channels_last_hazard_names_the_small_strided_pointwise_convolutions():
     # torch 2.13's oneDNN crashes in the channels_last weight gradient of a 1×1 stride-2 conv with
-    # 2..7 input channels (segfault at one thread, hang at two; AMD EPYC, 2026-12-02).
+    # 2..7 input channels (bench/onednn_channels_last.py: segfault or abort at one thread, AMD EPYC).
     tiny = build_model("resnet_tiny", act="pqa")
     assert "1×1 stride-2 convolution with 4 input channels" in channels_last_hazard(tiny)
     assert channels_last_hazard(build_model("resnet20", act="pqa")) == ""
