@@ -4,7 +4,8 @@
         --data ../shared/data/cifar10
 
 The card (models/<name>.json) records the data (and that it was re-decoded from JPEG), the exact
-training command and seed, epochs, wall time, the ANN's accuracy measured here in onnxruntime on
+training command (for a run resumed across sessions, the last session's, and each changed
+command with the epoch it started from) and seed, epochs, wall time, the ANN's accuracy measured here in onnxruntime on
 the full test set, and the SHA-256 of the ONNX file. A run fine-tuned from another
 (``pmsm-train --init-from``) also records that run: its command, epochs, wall time and accuracy
 (read from the folder of the checkpoint it started from, or, for a checkpoint that
@@ -26,14 +27,37 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = os.path.join(os.path.dirname(HERE), "models")
 
 
-def read_command(run_dir):
+def read_sessions(run_dir) -> list[dict]:
+    """The sessions that trained a run, from its train.log: each one's command and start epoch.
+
+    A run resumed across sessions logs one ``command:`` line per session, followed (after the
+    first) by ``resumed from ... at epoch N``; commands can differ in paths and evaluation flags.
+    """
     log = os.path.join(run_dir, "train.log")
+    sessions = []
     if os.path.exists(log):
         with open(log) as f:
             for line in f:
                 if line.startswith("command: "):
-                    return line[len("command: "):].strip()
-    return None
+                    sessions.append({"command": line[len("command: "):].strip(), "from_epoch": 0})
+                elif line.startswith("resumed from ") and sessions:
+                    sessions[-1]["from_epoch"] = int(line.rsplit("at epoch", 1)[1])
+    return sessions
+
+
+def read_command(run_dir):
+    """The last session's command: the one a resumed run was finished with."""
+    sessions = read_sessions(run_dir)
+    return sessions[-1]["command"] if sessions else None
+
+
+def distinct_commands(sessions: list[dict]) -> list[dict]:
+    """Sessions with a changed command only (a plain resume repeats the previous command)."""
+    out = []
+    for s in sessions:
+        if not out or out[-1]["command"] != s["command"]:
+            out.append(s)
+    return out
 
 
 def pretraining_of(cfg) -> dict | None:
@@ -105,6 +129,7 @@ def main(argv=None):
         correct += int((sess.run(None, {"input": x})[0].argmax(1) == test.y[i:i + 500]).sum())
     acc = correct / len(test.x)
     command = read_command(args.run)
+    sessions = distinct_commands(read_sessions(args.run))
     pretraining = pretraining_of(cfg)
     with torch.no_grad():
         lams = {n: round(float(m.lam), 6) for n, m in net.named_modules() if hasattr(m, "lam")}
@@ -117,7 +142,9 @@ def main(argv=None):
                  "note": "re-decoded from a JPEG (quality 75, 4:2:0) copy of CIFAR-10 (PSNR about 30 dB against "
                          "the originals); accuracies are somewhat below what the original pixels give"},
         "normalization": {"mean": list(mean), "std": list(std)},
-        "training": {"command": command, "seed": cfg["seed"], "epochs_planned": cfg["epochs"],
+        "training": {"command": command,
+                     **({"commands_by_start_epoch": sessions} if len(sessions) > 1 else {}),
+                     "sessions": len(read_sessions(args.run)), "seed": cfg["seed"], "epochs_planned": cfg["epochs"],
                      "epochs_done": state["epoch"], "batch_size": cfg["batch_size"], "lr": cfg["lr"],
                      "weight_decay": cfg["weight_decay"], "warmup_epochs": cfg.get("warmup_epochs", 0),
                      "schedule": "cosine over the planned epochs", "wall_time_s": round(state.get("wall_s", 0.0), 1),
