@@ -24,13 +24,13 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . || { echo "error: install failed"; exit 1; }
 python3 bench/decode_jpeg_npz.py scratch/cifar10/jpeg.npz /tmp/cifar10 || exit 1
+logfile() { echo "/tmp/device_$(echo "$1" | tr / _).out"; }
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
 for run in "$@"; do
   run="${run%/}"
   cmd=$(python3 bench/resume_command.py "$run" --data /tmp/cifar10 --threads 4) || exit 2
   echo "== $run: $cmd"
-  log="/tmp/device_$(echo "$run" | tr / _).out"
-  eval "timeout $budget $cmd" > "$log" 2>&1 &
+  eval "timeout $budget $cmd" > "$(logfile "$run")" 2>&1 &
 done
 wait
 for run in "$@"; do
@@ -39,5 +39,5 @@ for run in "$@"; do
   for f in checkpoint.pt train.log summary.json model.onnx; do
     [ -f "$run/$f" ] && cp "$run/$f" "$out/$run/"
   done
-  echo "== $run"; tail -n 3 "/tmp/device_$(echo "$run" | tr / _).out" | cut -c1-200
+  echo "== $run"; tail -n 3 "$(logfile "$run")" | cut -c1-200
 done

@@ -12,7 +12,6 @@ copied repository resumes in place). Prints the command, shell-quoted, on one li
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 
@@ -20,15 +19,14 @@ MACHINE_OPTIONS = ("--data", "--threads", "--out")
 
 
 def last_command(run_dir: str) -> list[str]:
-    log = os.path.join(run_dir, "train.log")
-    if not os.path.isfile(log):
-        raise ValueError(f"{run_dir}: no train.log, so no command to resume")
-    commands = [line[len("command: "):] for line in open(log) if line.startswith("command: ")]
-    if not commands:
-        raise ValueError(f"{log}: no 'command:' line")
-    argv = shlex.split(commands[-1])
+    from pmsm_compiler.training import read_train_log
+
+    sessions = read_train_log(run_dir)
+    if not sessions:
+        raise ValueError(f"{run_dir}: no train.log with a 'command:' line, so no command to resume")
+    argv = shlex.split(sessions[-1]["command"])
     if not argv or argv[0] != "pmsm-train":
-        raise ValueError(f"{log}: the last command is not a pmsm-train command: {commands[-1].strip()}")
+        raise ValueError(f"{run_dir}: the last command is not a pmsm-train command: {sessions[-1]['command']}")
     return argv
 
 

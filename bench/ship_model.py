@@ -27,27 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = os.path.join(os.path.dirname(HERE), "models")
 
 
-def read_sessions(run_dir) -> list[dict]:
-    """The sessions that trained a run, from its train.log: each one's command and start epoch.
-
-    A run resumed across sessions logs one ``command:`` line per session, followed (after the
-    first) by ``resumed from ... at epoch N``; commands can differ in paths and evaluation flags.
-    """
-    log = os.path.join(run_dir, "train.log")
-    sessions = []
-    if os.path.exists(log):
-        with open(log) as f:
-            for line in f:
-                if line.startswith("command: "):
-                    sessions.append({"command": line[len("command: "):].strip(), "from_epoch": 0})
-                elif line.startswith("resumed from ") and sessions:
-                    sessions[-1]["from_epoch"] = int(line.rsplit("at epoch", 1)[1])
-    return sessions
-
-
-def read_command(run_dir):
+def last_command(sessions: list[dict]) -> str | None:
     """The last session's command: the one a resumed run was finished with."""
-    sessions = read_sessions(run_dir)
     return sessions[-1]["command"] if sessions else None
 
 
@@ -63,6 +44,8 @@ def distinct_commands(sessions: list[dict]) -> list[dict]:
 def pretraining_of(cfg) -> dict | None:
     """What the run started from (``--init-from``): that run's command, budget and accuracy."""
     import torch
+
+    from pmsm_compiler.training import read_train_log
 
     if not cfg.get("init_from"):
         return None
@@ -82,7 +65,7 @@ def pretraining_of(cfg) -> dict | None:
     act = {"activation": pcfg["act"]}
     if pcfg["act"] == "clip":  # the float pre-training's range, clip(x, αλ, βλ)
         act["clip_range"] = {"lam": pcfg["lam"], "alpha": pcfg["alpha"], "beta": pcfg["beta"]}
-    return {"command": read_command(os.path.dirname(source)), **act, "seed": pcfg["seed"],
+    return {"command": last_command(read_train_log(os.path.dirname(source))), **act, "seed": pcfg["seed"],
             "epochs_planned": pcfg["epochs"], "epochs_done": state["epoch"], "batch_size": pcfg["batch_size"],
             "lr": pcfg["lr"], "weight_decay": pcfg["weight_decay"], "warmup_epochs": pcfg.get("warmup_epochs", 0),
             "wall_time_s": round(state.get("wall_s", 0.0), 1),
@@ -108,6 +91,7 @@ def main(argv=None):
     from pmsm_compiler.data import NORMALIZATIONS, load_npz, normalize
     from pmsm_compiler.export import export_onnx
     from pmsm_compiler.models import build_model
+    from pmsm_compiler.training import read_train_log
     from pmsm_compiler.verify import make_session
 
     state = torch.load(os.path.join(args.run, "checkpoint.pt"), map_location="cpu", weights_only=False)
@@ -128,8 +112,8 @@ def main(argv=None):
         x = normalize(test.x[i:i + 500], mean, std)
         correct += int((sess.run(None, {"input": x})[0].argmax(1) == test.y[i:i + 500]).sum())
     acc = correct / len(test.x)
-    command = read_command(args.run)
-    sessions = distinct_commands(read_sessions(args.run))
+    sessions = read_train_log(args.run)
+    changed = distinct_commands(sessions)
     pretraining = pretraining_of(cfg)
     with torch.no_grad():
         lams = {n: round(float(m.lam), 6) for n, m in net.named_modules() if hasattr(m, "lam")}
@@ -142,9 +126,9 @@ def main(argv=None):
                  "note": "re-decoded from a JPEG (quality 75, 4:2:0) copy of CIFAR-10 (PSNR about 30 dB against "
                          "the originals); accuracies are somewhat below what the original pixels give"},
         "normalization": {"mean": list(mean), "std": list(std)},
-        "training": {"command": command,
-                     **({"commands_by_start_epoch": sessions} if len(sessions) > 1 else {}),
-                     "sessions": len(read_sessions(args.run)), "seed": cfg["seed"], "epochs_planned": cfg["epochs"],
+        "training": {"command": last_command(sessions),
+                     **({"commands_by_start_epoch": changed} if len(changed) > 1 else {}),
+                     "sessions": len(sessions), "seed": cfg["seed"], "epochs_planned": cfg["epochs"],
                      "epochs_done": state["epoch"], "batch_size": cfg["batch_size"], "lr": cfg["lr"],
                      "weight_decay": cfg["weight_decay"], "warmup_epochs": cfg.get("warmup_epochs", 0),
                      "schedule": "cosine over the planned epochs", "wall_time_s": round(state.get("wall_s", 0.0), 1),

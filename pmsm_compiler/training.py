@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -36,6 +37,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pmsm_compiler.activations import ActivationSpec, quantized_activations
+
+
+LOG_COMMAND = "command: "
+LOG_RESUMED = "resumed from "
+
+
+def command_log_line(argv: list[str]) -> str:
+    """train.log's first line of a session: the command, shell-quoted so that it splits back."""
+    return LOG_COMMAND + shlex.join([os.path.basename(argv[0])] + list(argv[1:]))
+
+
+def read_train_log(run_dir: str) -> list[dict]:
+    """The sessions that trained a run, from its train.log: each one's command and start epoch.
+
+    Each session logs its ``command:`` line, then, if it resumed a checkpoint, ``resumed from ...
+    at epoch N``. A folder without a train.log has no sessions.
+    """
+    sessions = []
+    log = os.path.join(run_dir, "train.log")
+    if os.path.isfile(log):
+        with open(log) as f:
+            for line in f:
+                if line.startswith(LOG_COMMAND):
+                    sessions.append({"command": line[len(LOG_COMMAND):].strip(), "from_epoch": 0})
+                elif line.startswith(LOG_RESUMED) and sessions:
+                    sessions[-1]["from_epoch"] = int(line.rsplit("at epoch", 1)[1])
+    return sessions
 
 
 @dataclass
@@ -251,7 +279,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history, wall = state["epoch"], state["history"], state.get("wall_s", 0.0)
         if is_main:
-            log(f"resumed from {ckpt_path} at epoch {start_epoch}")
+            log(f"{LOG_RESUMED}{ckpt_path} at epoch {start_epoch}")
     lambdas_loaded = False
     if start_epoch == 0 and cfg.init_from:
         loaded = load_init_weights(model, cfg.init_from)

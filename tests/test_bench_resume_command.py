@@ -21,10 +21,10 @@ def test_keeps_the_last_configuration_and_replaces_what_depends_on_the_machine(t
 
 
 def test_refuses_a_folder_without_a_pmsm_train_command(tmp_path, capsys):
-    with pytest.raises(ValueError, match="no train.log"):
+    with pytest.raises(ValueError, match="no train.log with a 'command:' line"):
         module.resume_argv(str(tmp_path), "/d", 1)
     (tmp_path / "train.log").write_text("{\"epoch\": 1}\n")
-    with pytest.raises(ValueError, match="no 'command:' line"):
+    with pytest.raises(ValueError, match="no train.log with a 'command:' line"):
         module.resume_argv(str(tmp_path), "/d", 1)
     (tmp_path / "train.log").write_text("command: rm -rf /\n")
     assert module.main([str(tmp_path), "--data", "/d"]) == 2

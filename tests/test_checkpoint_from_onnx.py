@@ -130,14 +130,10 @@ def test_ship_model_describes_a_float_clip_pretraining_with_its_range(tmp_path):
     json.dumps(stage)
 
 
-def test_ship_model_reads_every_session_of_a_resumed_run(tmp_path):
+def test_ship_model_lists_only_the_sessions_that_changed_the_command():
     module = load_bench_script("ship_model")
-    (tmp_path / "train.log").write_text(
-        "command: pmsm-train --data /a --epochs 120\n{\"epoch\": 1}\n"
-        "command: pmsm-train --data /a --epochs 120\nresumed from x/checkpoint.pt at epoch 5\n{\"epoch\": 6}\n"
-        "command: pmsm-train --data ../b --epochs 120 --eval-every 5\nresumed from x/checkpoint.pt at epoch 55\n")
-    sessions = module.read_sessions(str(tmp_path))
-    assert [s["from_epoch"] for s in sessions] == [0, 5, 55]
-    assert module.read_command(str(tmp_path)) == "pmsm-train --data ../b --epochs 120 --eval-every 5"
+    sessions = [{"command": "pmsm-train --data /a", "from_epoch": 0}, {"command": "pmsm-train --data /a", "from_epoch": 5},
+                {"command": "pmsm-train --data ../b --eval-every 5", "from_epoch": 55}]
     assert [s["from_epoch"] for s in module.distinct_commands(sessions)] == [0, 55]
-    assert module.read_sessions(str(tmp_path / "missing")) == [] and module.read_command(str(tmp_path / "missing")) is None
+    assert module.last_command(sessions) == "pmsm-train --data ../b --eval-every 5"
+    assert module.last_command([]) is None

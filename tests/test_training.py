@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import os
+import shlex
 
 import numpy as np
 import onnx
@@ -24,7 +25,8 @@ from pmsm_compiler.cli.train import main as train_cli
 from pmsm_compiler.activations import quantized_activations
 from pmsm_compiler.data import NORMALIZATIONS, load_bundled_sample
 from pmsm_compiler.models import build_model
-from pmsm_compiler.training import Normalizer, TrainConfig, channels_last_hazard, train
+from pmsm_compiler.training import (LOG_COMMAND, Normalizer, TrainConfig, channels_last_hazard, command_log_line,
+                                     read_train_log, train)
 
 MEAN, STD = NORMALIZATIONS["cifar10"]
 
@@ -280,6 +282,26 @@ def test_cli_trains_and_writes_its_outputs(npz_folder, tmp_path):
     ckpt = torch.load(str(out / "checkpoint.pt"), weights_only=False)
     assert ckpt["epoch"] == 1
 
+
+
+def test_train_log_records_each_session_and_where_it_resumed(npz_folder, tmp_path):
+    out = tmp_path / "run"
+    args = ["--data", npz_folder, "--out", out, "--model", "resnet_tiny", "--max-steps", 1, "--batch-size", 16,
+            "--threads", 1, "--no-progress", "--no-export"]
+    assert invoke(args + ["--epochs", 2]).exit_code == 0
+    sessions = read_train_log(str(out))
+    assert len(sessions) == 1 and sessions[0]["from_epoch"] == 0
+    # --max-steps stopped the first session after epoch 1 of 2; the same command again resumes there
+    assert invoke(args + ["--epochs", 2]).exit_code == 0
+    assert [s["from_epoch"] for s in read_train_log(str(out))] == [0, 1]
+    assert read_train_log(str(tmp_path / "nowhere")) == []
+
+
+def test_the_logged_command_splits_back_into_its_arguments():
+    argv = ["/venv/bin/pmsm-train", "--data", "/data/my cifar", "--out", "it's/here", "--seed", "42"]
+    line = command_log_line(argv)
+    assert line.startswith(LOG_COMMAND)
+    assert shlex.split(line[len(LOG_COMMAND):]) == ["pmsm-train"] + argv[1:]
 
 def _one_error_line(result):
     lines = [line for line in result.output.splitlines() if line.strip()]

@@ -78,7 +78,7 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
     except ImportError:
         raise InputError("pmsm-train needs PyTorch: pip install 'pmsm-compiler[torch]'") from None
     from pmsm_compiler.data import NORMALIZATIONS
-    from pmsm_compiler.training import TrainConfig, train
+    from pmsm_compiler.training import TrainConfig, command_log_line, train
 
     if not os.path.exists(data_path):
         raise InputError(f"data path not found: {data_path}")
@@ -110,7 +110,7 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
         with open(log_path, "a") as f:
             f.write(line + "\n")
 
-    log("command: " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
+    log(command_log_line(sys.argv))
     summary = train(cfg, train_x, train_y, test_x, test_y, out_dir, mean, std, resume=resume,
                     progress=progress, log=log)
     net = summary.pop("model")
