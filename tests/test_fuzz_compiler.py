@@ -32,7 +32,7 @@ from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
 from pmsm_compiler.runtime import SNNSession
 from pmsm_compiler.testing import fuzz
-from pmsm_compiler.testing.reference import initial_value, run_reference
+from pmsm_compiler.testing.reference import initial_value, run_rate_coded_ann, run_reference
 
 T = 4
 S_MIN, S_MAX = -1, 4  # PQA L = 4, α = −¼, β = 1
@@ -167,6 +167,32 @@ def test_runtime_matches_reference_on_hand_snns(request, fixture):
     assert np.array_equal(result.outputs_by_t, ref.outputs_by_t)
     assert np.array_equal(result.mean_outputs, ref.mean_outputs)
     assert np.array_equal(result.predictions_by_t, ref.predictions_by_t)
+
+
+def _neuron(name, theta):
+    return {"input": "x", "output": name, "nodes": [name], "neuron": "AIF", "theta_in": theta, "theta_out": theta,
+            "s_min": S_MIN, "s_max": S_MAX}
+
+
+def test_rate_coding_of_the_ann_by_hand(linear_snn, product_snn):
+    """run_rate_coded_ann, from the ANN alone, gives the hand-computed spikes and running means."""
+    ann_linear = build([pqa("x", "q", "lam"), helper.make_node("MatMul", ["q", "W"], ["y"])],
+                       {"lam": 2.0, "W": [[float(w) for w in row] for row in W]}, 3, "linear")
+    ideal = run_rate_coded_ann(ann_linear, [_neuron("q", 0.5)], X, T)
+    assert np.array_equal(np.stack([lv[0] for lv in ideal.levels_by_t]), SPIKES.transpose(2, 0, 1))
+    ref = run_reference(linear_snn, X, T)
+    assert np.allclose(ideal.mean_by_t, ref.mean_by_t, rtol=1e-6, atol=0)
+    ann_product = build([pqa("x", "qa", "lam_a"), pqa("x", "qb", "lam_b"), helper.make_node("Mul", ["qa", "qb"], ["y"])],
+                        {"lam_a": 2.0, "lam_b": 4.0}, 2, "product")
+    ideal = run_rate_coded_ann(ann_product, [_neuron("qa", 0.5), _neuron("qb", 1.0)], X, T)
+    for n, row in enumerate(CURRENTS):
+        for t in range(1, T + 1):
+            mean_a = [Fraction(sum(aif(c)[:t])) * THETA / t for c in row]
+            mean_b = [Fraction(sum(aif(c / 2)[:t])) / t for c in row]
+            want = [float(a * b) for a, b in zip(mean_a, mean_b)]
+            assert ideal.mean_by_t[t - 1, n].tolist() == pytest.approx(want, rel=1e-6, abs=1e-6)
+    ref = run_reference(product_snn, X, T)
+    assert np.allclose(ideal.mean_by_t, ref.mean_by_t, rtol=1e-6, atol=1e-6)
 
 
 def test_reference_refuses_an_initial_value_the_format_does_not_have():

@@ -18,6 +18,9 @@ level, checks (see ``check_network`` for the precise claims):
 - T > 1 consistency of ``SNNSession.run_batch`` with the step-by-step reference
   (``pmsm_compiler.testing.reference``): spikes, predictions and outputs identical at every t,
   counters equal to Σ|k|;
+- T > 1 semantics: the compiled SNN's spikes and running means against rate coding computed from
+  the ANN itself (``reference.run_rate_coded_ann``: neurons in numpy, every other op on the
+  running means), which holds the temporal wrappers and the time input to their definition;
 - that ``verify.verify`` agrees with these verdicts, and (optionally) the ``pmsm-compile`` CLI's
   exit code and one-line error.
 A clean refusal (UnsupportedModelError / InputError) is a result, not a failure.
@@ -44,6 +47,11 @@ MODES = ("exact", "folded")
 FOLDED_MAX_FLIP_RATE = 1e-2
 #: Folded mode: largest accepted max|ANN − SNN| / max|ANN| over the samples without a level flip.
 FOLDED_OUTPUT_RTOL = 1e-3
+#: T > 1 against rate coding computed from the ANN (different float rounding, see
+#: ``reference.run_rate_coded_ann``): largest accepted level-flip rate over all steps, and relative
+#: difference of the running mean outputs on the samples without a flip.
+RATE_MAX_FLIP_RATE = 1e-2
+RATE_OUTPUT_RTOL = 1e-4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,7 +148,9 @@ class _Net:
         q = {"input": x.name, "form": form, "levels": levels, "k_min": k_min, "k_max": k_max, "params": [],
              "scale_kind": self.choice(["calibrated", "tiny", "huge"], p=[0.9, 0.05, 0.05]),
              "factor": float(np.exp(rng.uniform(math.log(0.4), math.log(1.5))))}
+        first = len(self.nodes)
         y = self._quant_nodes(x, q)
+        q["output"], q["nodes"] = y, [n.name for n in self.nodes[first:]]
         self.quantizers.append(q)
         self.note(f"{form}(L={levels},[{k_min},{k_max}]{'' if q['scale_kind'] == 'calibrated' else ','+q['scale_kind']})")
         return _T(y, x.shape, True)
@@ -198,11 +208,14 @@ class _Net:
 
     # -- weighted layers ---------------------------------------------------------------------------
     def conv(self, x: _T, cout: int, k: int | None = None, group: int = 1, stride: int | None = None,
-             bn: float = 0.3) -> _T:
+             bn: float = 0.3, same: bool = False) -> _T:
+        """Conv (+ BN); ``same``: the output keeps the input's height and width."""
         c, h, w = x.shape
         k = k if k is not None else self.choice([1, 3, 3])
         k = min(k, h, w) if k > min(h, w) else k
-        pad = k // 2 if self.chance(0.85) else 0
+        if same:
+            k, stride = (k if k % 2 else 1), 1
+        pad = k // 2 if same or self.chance(0.85) else 0
         stride = stride if stride is not None else (2 if min(h, w) >= 6 and self.chance(0.2) else 1)
         ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
         wname = self.weight((cout, c // group, k, k), (c // group) * k * k)
@@ -269,10 +282,8 @@ def _b_dwconv(net: _Net, x: _T) -> _T:
 
 def _b_residual(net: _Net, x: _T) -> _T:
     c = x.shape[0]
-    a = net.quant(net.conv(x, c, stride=1))
-    b = net.conv(a, c, stride=1)
-    if b.shape != x.shape:
-        return b
+    a = net.quant(net.conv(x, c, same=True))
+    b = net.conv(a, c, same=True)
     s = net.op("Add", [x.name, b.name] if net.chance(0.5) else [b.name, x.name])
     net.note("residual-add")
     out = _T(s, x.shape, True)
@@ -288,10 +299,7 @@ def _b_concat(net: _Net, x: _T) -> _T:
         if net.chance(0.25) and x.spiking:
             branches.append(x)
         else:
-            branches.append(net.quant(net.conv(x, int(net.rng.integers(1, 4)), stride=1)))
-    hw = {b.shape[1:] for b in branches}
-    if len(hw) != 1:
-        return branches[-1]
+            branches.append(net.quant(net.conv(x, int(net.rng.integers(1, 4)), same=True)))
     y = net.op("Concat", [b.name for b in branches], axis=1)
     net.note("concat")
     return _T(y, (sum(b.shape[0] for b in branches), *branches[0].shape[1:]), True)
@@ -320,7 +328,7 @@ def _b_pool(net: _Net, x: _T) -> _T:
 
 def _b_pad(net: _Net, x: _T) -> _T:
     c, h, w = x.shape
-    mode = net.choice(["constant", "constant", "constant", "reflect", "edge"])
+    mode = net.choice(["constant", "constant", "constant", "reflect" if min(h, w) >= 2 else "edge", "edge"])
     pads = net.const([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64, base="pads")
     inputs = [x.name, pads]
     value = 0.0
@@ -897,6 +905,13 @@ def _finalize(net: _Net, model: onnx.ModelProto) -> onnx.ModelProto:
             p.value = json.dumps(meta)
     onnx.checker.check_model(model, full_check=True)
     onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    live = {o.name for o in graph.output}
+    for node in reversed(graph.node):  # no dead code: every quantizer must reach an output
+        if any(o in live for o in node.output):
+            live.update(node.input)
+    dead = [n.name for n in graph.node if not any(o in live for o in n.output)]
+    if dead:
+        raise AssertionError(f"generator bug: nodes {dead[:5]} reach no output")
     session = make_session(model, "disable", threads=1)
     session.run(None, {"input": fuzz_inputs(model)})
     return model
@@ -957,7 +972,7 @@ def _equal(a, b) -> bool:
 
 
 def _parity(ann_out: dict, ref, info: dict, mode: str, policy_layers: list[int], compare_outputs: bool,
-            n: int) -> list[tuple[str, str, dict]]:
+            n: int, stats: dict | None = None) -> list[tuple[str, str, dict]]:
     """T = 1: the SNN's levels and outputs against the ANN's. Returns [(category, message, details)]."""
     failures = []
     flips = np.zeros(n, bool)
@@ -1006,6 +1021,8 @@ def _parity(ann_out: dict, ref, info: dict, mode: str, policy_layers: list[int],
                 out_bad.append(f"{name}: not identical (max |diff| {out_diff:.3g})")
     rel = out_diff / out_scale if out_scale > 0 else (0.0 if out_diff == 0 else math.inf)
     details.update(max_abs_diff=out_diff, output_scale=out_scale, rel_diff=rel)
+    if stats is not None:
+        stats.update(details)
     if mode == "exact":
         if mismatches:
             failures.append(("exact-levels", f"{mismatches} level mismatch(es) at T=1 in {sorted(per_layer)}",
@@ -1085,6 +1102,71 @@ def _consistency(compiled, ref, x, timesteps: int, level: str, threads: int) -> 
     return failures
 
 
+def _rate_neurons(model: onnx.ModelProto, info: dict) -> list[dict] | None:
+    """The quantizers of a fuzz network (generator metadata, network order) with the neuron the
+    compiler made of each (info layers, matched by the ANN tensor they output)."""
+    quantizers = [q for q in _fuzz_meta(model).get("quantizers", []) if "output" in q]
+    # the compiler drops an Identity between a quantizer and a graph output, whose name it keeps
+    source = {node.output[0]: node.input[0] for node in model.graph.node if node.op_type == "Identity"}
+    by_output = {}
+    for layer in info["layers"]:
+        name = layer["ann_output"]
+        while name not in {q["output"] for q in quantizers} and name in source:
+            name = source[name]
+        by_output[name] = layer
+    if not quantizers or len(quantizers) != len(info["layers"]) or any(q["output"] not in by_output
+                                                                         for q in quantizers):
+        return None
+    keys = ("neuron", "theta_in", "theta_out", "s_min", "s_max")
+    return [{"input": q["input"], "output": q["output"], "nodes": q["nodes"],
+             "layer_output": by_output[q["output"]]["ann_output"], **{k: by_output[q["output"]][k] for k in keys}}
+            for q in quantizers]
+
+
+def _rate_semantics(ideal, ref, info: dict, neurons: list[dict], n: int, stats: dict | None = None
+                    ) -> list[tuple[str, str, dict]]:
+    """T > 1: the compiled SNN (reference loop) against rate coding computed from the ANN."""
+    index = {q["layer_output"]: i for i, q in enumerate(neurons)}
+    flips = np.zeros(n, bool)
+    mismatches = compared = 0
+    first = None
+    for t, levels in enumerate(ref.levels_by_t):
+        for j, layer in enumerate(info["layers"]):
+            k, want = levels[j], ideal.levels_by_t[t][index[layer["ann_output"]]]
+            if k.shape != want.shape:
+                return [("rate-levels", f"layer {layer['name']}: spikes {list(k.shape)} vs {list(want.shape)}", {})]
+            bad = ~((k == want) | (np.isnan(k) & np.isnan(want)))
+            if bad.any() and first is None:
+                first = {"t": t + 1, "layer": layer["name"]}
+            flips |= bad.reshape(n, -1).any(1)
+            mismatches += int(bad.sum())
+            compared += bad.size
+    rate = mismatches / compared if compared else 0.0
+    keep = ~flips
+    got, want = ref.mean_by_t[:, keep].astype(np.float64), ideal.mean_by_t[:, keep].astype(np.float64)
+    finite = np.isfinite(got) & np.isfinite(want)
+    diff = float(np.abs(got[finite] - want[finite]).max()) if finite.any() else 0.0
+    fw = np.abs(ideal.mean_by_t.astype(np.float64))
+    scale = float(fw[np.isfinite(fw)].max()) if np.isfinite(fw).any() else 0.0
+    rel = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
+    details = {"level_mismatches": mismatches, "levels_compared": compared, "flip_rate": rate,
+               "samples_with_flip": int(flips.sum()), "first_flip": first, "max_abs_diff": diff,
+               "output_scale": scale, "rel_diff": rel, "timesteps": len(ref.levels_by_t)}
+    if stats is not None:
+        stats.update(details)
+    failures = []
+    if rate > RATE_MAX_FLIP_RATE:
+        failures.append(("rate-levels", f"spikes over T={len(ref.levels_by_t)} differ from rate coding of the ANN: "
+                                        f"flip rate {rate:.3g} (first at {first})", details))
+    if not _equal(np.isnan(got), np.isnan(want)) or not _equal(got[~finite & ~np.isnan(got)],
+                                                                 want[~finite & ~np.isnan(want)]):
+        failures.append(("rate-output", "running means: NaN/inf differ from rate coding of the ANN", details))
+    elif rel > RATE_OUTPUT_RTOL:
+        failures.append(("rate-output", f"running mean outputs differ from rate coding of the ANN by {diff:.3g} "
+                                        f"({rel:.3g} of max |mean| {scale:.3g}) on samples without a flip", details))
+    return failures
+
+
 def _cli(path: str, mode: str, workdir: str) -> tuple[int | None, str, str, bool]:
     """pmsm-compile through click's CliRunner: (exit code or None on an uncaught exception,
     stderr, the exception text, whether an output file was left)."""
@@ -1119,6 +1201,10 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
       ``run_reference``: spikes, per-step outputs, mean outputs and predictions identical (both add
       float32 outputs into a float64 sum in the same order, so no tolerance), the counters equal
       to Σ|k| of the spike tensors, spikes integral and within [s_min, s_max];
+    - **semantics** (T > 1, fuzz networks, whose generator metadata names the quantizers): the
+      reference's spikes and running means against ``run_rate_coded_ann`` on the ANN, at most
+      ``RATE_MAX_FLIP_RATE`` level flips over all steps (``rate-levels``) and running means within
+      ``RATE_OUTPUT_RTOL`` · max|mean| on the samples without a flip (``rate-output``);
     - **verify** (levels in ``verify_levels``, default the first of ``opt_levels``):
       ``verify.verify`` on the same inputs must pass where the parity checks pass and fail
       where they fail (``verify-disagrees``);
@@ -1128,7 +1214,7 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.errors import InputError
     from pmsm_compiler.loading import load_model
-    from pmsm_compiler.testing.reference import run_reference
+    from pmsm_compiler.testing.reference import run_rate_coded_ann, run_reference
     from pmsm_compiler.verify import OPT_LEVELS, make_session, verify, with_outputs
 
     opt_levels = list(opt_levels or OPT_LEVELS)
@@ -1148,6 +1234,7 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
             results.append(CheckResult("load", None, None, "fail", "crash-load", _one_line(exc), _crash_details(exc)))
             return results
         ann_cache: dict = {}
+        rate_neurons, rate_tried, ideal = None, set(), None
         api_state: dict = {}
         parity_ok: dict = {}
         for mode in modes:
@@ -1191,13 +1278,31 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
                                                _crash_details(exc)))
                     parity_ok[(mode, level)] = False
                     continue
-                fails = _parity(ann_out, ref, info, mode, policy, not if_outputs, n)
+                stats = {}
+                fails = _parity(ann_out, ref, info, mode, policy, not if_outputs, n, stats)
                 parity_ok[(mode, level)] = not fails
                 for category, message, details in fails:
                     results.append(CheckResult("parity", mode, level, "fail", category, message, details))
                 if not fails:
-                    results.append(CheckResult("parity", mode, level, "ok", details=_parity_stats(ann_out, ref, info,
-                                                                                                policy, n)))
+                    results.append(CheckResult("parity", mode, level, "ok",
+                                               details={**stats, **_parity_stats(ref, info, policy)}))
+                if rate_neurons is None and mode not in rate_tried:
+                    rate_tried.add(mode)
+                    rate_neurons = _rate_neurons(model, info)
+                    if rate_neurons is not None:
+                        try:
+                            ideal = run_rate_coded_ann(ann, rate_neurons, x, timesteps)
+                        except Exception as exc:  # noqa: BLE001 - the ANN runs in the generator: a bug here is ours
+                            results.append(CheckResult("semantics", mode, level, "fail", "harness",
+                                                       _one_line(exc), _crash_details(exc)))
+                            rate_neurons = False
+                if ideal is not None and timesteps > 1:
+                    stats: dict = {}
+                    fails = _rate_semantics(ideal, ref, info, rate_neurons, n, stats)
+                    for category, message, details in fails:
+                        results.append(CheckResult("semantics", mode, level, "fail", category, message, details))
+                    if not fails:
+                        results.append(CheckResult("semantics", mode, level, "ok", details=stats))
                 fails = _consistency(compiled, ref, x, timesteps, level, threads)
                 for category, message, details in fails:
                     results.append(CheckResult("consistency", mode, level, "fail", category, message, details))
@@ -1210,7 +1315,7 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
     return results
 
 
-def _parity_stats(ann_out, ref, info, policy, n) -> dict:
+def _parity_stats(ref, info, policy) -> dict:
     """Levels used at T = 1 (how much of each layer's range the fuzz inputs exercise)."""
     used, total = 0, 0
     for j in policy:

@@ -143,3 +143,138 @@ def run_reference(model, x, timesteps: int, opt_level: str = "all", keep_levels:
         mean_outputs=(total / timesteps).astype(np.float32), outputs_by_t=np.stack(outputs),
         mean_by_t=np.stack(means), predictions_by_t=preds, spikes=counts, spikes_recomputed=recomputed,
         levels_by_t=levels, all_outputs_by_t=all_outputs, non_integer_spikes=non_integer)
+
+
+# ------------------------------------------------------------------------------------------------
+# rate coding from first principles, computed from the ANN
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class RateCodedResult:
+    levels_by_t: list  # per step, per quantizer: the spike counts k
+    outputs_by_t: np.ndarray  # float32 [T, N, ...]: the first output of each step
+    mean_by_t: np.ndarray  # float32 [T, N, ...]: the running mean of the first output
+
+
+def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray, timesteps: int,
+                       opt_level: str = "disable") -> RateCodedResult:
+    """What a rate-coded SNN of ``ann`` must compute, from the definition, without the compiler's
+    graph: every quantizer of the ANN becomes a neuron in numpy, everything else is the ANN itself.
+
+    ``neurons``: one dict per quantizer, in network order: ``input`` and ``output`` (ANN tensor
+    names), ``nodes`` (the names of the ANN nodes that make up the quantizer), ``neuron`` (AIF or
+    IF), ``theta_in``, ``theta_out``, ``s_min``, ``s_max``.
+
+    Let a_j(t) = θ_out,j · k_j(t) be neuron j's output and ā_j(t) its running mean. Under rate
+    coding the time average of every tensor between neurons is the ANN's function G of the time
+    averages of the neuron outputs (and of the constant input): linear ops commute with the
+    average, and each non-linear op is defined to (the temporal wrapper). So neuron j receives
+
+        x_j(t) = t · G_j(ā(t)) − (t − 1) · G_j(ā(t − 1))        (its input at step t)
+        m = u + x_j(t)/θ_in,j,  k = clip(floor(m), s_min, s_max) (AIF) or 1[m ≥ 1] (IF),  u = m − k
+
+    with u(0) = ½, and the network output's running mean at t is G_out(ā(t)). G is the ANN cut at
+    its quantizers (their outputs become inputs, their inputs outputs), run in onnxruntime once per
+    neuron per step, so that each neuron sees its upstream neurons' step-t averages.
+
+    This is the semantics, not the compiled arithmetic: its float rounding differs (t·G(ā) − (t−1)·G(ā′)
+    against per-step linear ops), so a comparison must tolerate rare level flips.
+    """
+    from pmsm_compiler.verify import make_session
+
+    cut = _cut_at_quantizers(ann, neurons)
+    session = make_session(cut, opt_level, threads=1)
+    input_name = ann.graph.input[0].name
+    out_names = [o.name for o in session.get_outputs()]
+    feed_names = {i.name for i in session.get_inputs()}
+    first_output = ann.graph.output[0].name
+    n = x.shape[0]
+    sums = {q["output"]: None for q in neurons}  # float64 Σ a_j
+    means = {}  # float32 ā_j(t) fed to G
+    prev_g = {}  # G_j(ā(t − 1)), and the output's
+    membranes = {}
+    levels, outputs, mean_outputs = [], [], []
+
+    placeholders = _placeholders(ann, neurons, n)
+
+    def run(current_means):
+        # Neurons later in the network than the one being driven have no value yet at t = 1;
+        # what they are fed cannot reach an earlier neuron's input.
+        feeds = {input_name: x} if input_name in feed_names else {}
+        for q in neurons:
+            if q["output"] in feed_names:
+                value = current_means.get(q["output"])
+                feeds[q["output"]] = placeholders[q["output"]] if value is None else value
+        return dict(zip(out_names, session.run(None, feeds)))
+
+    for t in range(1, timesteps + 1):
+        step_levels = []
+        for j, q in enumerate(neurons):
+            if q["input"] == input_name:
+                g = x
+            elif q["input"] in sums and means.get(q["input"]) is not None:
+                g = means[q["input"]]  # a quantizer reading another's output directly
+            else:
+                g = run(means)[q["input"]]
+            g = np.asarray(g, np.float32)
+            drive = g if t == 1 else np.float32(t) * g - np.float32(t - 1) * prev_g[j]
+            prev_g[j] = g
+            current = (drive / np.float32(q["theta_in"])).astype(np.float32)
+            m = membranes.get(j, np.float32(0.5)) + current
+            if q["neuron"] == "AIF":
+                k = np.clip(np.floor(m), q["s_min"], q["s_max"]).astype(np.float32)
+            else:
+                k = (m >= 1).astype(np.float32)
+            membranes[j] = (m - k).astype(np.float32)
+            a = k * np.float32(q["theta_out"])
+            sums[q["output"]] = a.astype(np.float64) if sums[q["output"]] is None else sums[q["output"]] + a
+            means[q["output"]] = (sums[q["output"]] / t).astype(np.float32)
+            step_levels.append(k)
+        out = run(means)[first_output]
+        step = out if t == 1 else np.float32(t) * out - np.float32(t - 1) * prev_g["__output__"]
+        prev_g["__output__"] = out
+        levels.append(step_levels)
+        outputs.append(np.asarray(step, np.float32))
+        mean_outputs.append(np.asarray(out, np.float32))
+    return RateCodedResult(levels, np.stack(outputs), np.stack(mean_outputs))
+
+
+def _placeholders(ann: onnx.ModelProto, neurons: list[dict], n: int) -> dict:
+    """Zeros shaped like each quantizer's output (from the ANN's inferred shapes, batch = n)."""
+    dims = {}
+    for v in list(ann.graph.value_info) + list(ann.graph.output):
+        dims[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+    out = {}
+    for q in neurons:
+        shape = dims.get(q["output"])
+        if shape is None or any(d is None for d in shape[1:]):
+            raise ValueError(f"no static shape for quantizer output {q['output']!r} in the ANN")
+        out[q["output"]] = np.zeros([n, *shape[1:]], np.float32)
+    return out
+
+
+def _cut_at_quantizers(ann: onnx.ModelProto, neurons: list[dict]) -> onnx.ModelProto:
+    """The ANN without its quantizer nodes: their outputs become graph inputs, their inputs and
+    the network outputs graph outputs."""
+    from onnx import TensorProto, helper
+
+    removed = {name for q in neurons for name in q["nodes"]}
+    m = onnx.ModelProto()
+    m.CopyFrom(ann)
+    g = m.graph
+    kept = [node for node in g.node if node.name not in removed]
+    del g.node[:]
+    g.node.extend(kept)
+    produced = {o for node in kept for o in node.output} | {i.name for i in g.input}
+    for q in neurons:
+        if q["output"] not in produced:
+            g.input.append(helper.make_tensor_value_info(q["output"], TensorProto.FLOAT, None))
+            produced.add(q["output"])
+    existing = {o.name for o in g.output}
+    graph_inputs = {i.name for i in g.input}
+    for q in neurons:
+        if q["input"] not in existing and q["input"] not in graph_inputs:
+            g.output.append(helper.make_tensor_value_info(q["input"], TensorProto.FLOAT, None))
+            existing.add(q["input"])
+    del g.value_info[:]
+    return m
