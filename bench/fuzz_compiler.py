@@ -103,9 +103,13 @@ def main(argv=None):
     ap.add_argument("--max-timesteps", type=int, default=8, help="T of the consistency check: 2..this, by seed")
     ap.add_argument("--cli-every", type=int, default=10, help="also run the pmsm-compile CLI on every k-th graph "
                     "(0: never)")
+    ap.add_argument("--runtime-levels", choices=["all", "rotate"], default="rotate",
+                    help="opt levels of the runtime-vs-reference check: every level, or 'all' plus one rotating "
+                         "over the others per graph (parity and semantics run at every level either way)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
     ap.add_argument("--json", help="write the summary here")
     ap.add_argument("--out-dir", help="write the smallest failing network of each category here")
+    ap.add_argument("--records", help="append each graph's record here as it finishes (JSON lines)")
     ap.add_argument("--verbose", action="store_true", help="print every failing check")
     args = ap.parse_args(argv)
 
@@ -119,26 +123,35 @@ def main(argv=None):
         ap.error(f"unknown mode or level: {modes} {levels}")
     seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
              else list(range(args.seed, args.seed + args.graphs)))
-    kwargs = {"modes": modes, "opt_levels": levels, "max_timesteps": args.max_timesteps}
+    kwargs = {"modes": modes, "opt_levels": levels, "max_timesteps": args.max_timesteps,
+              "runtime_levels": args.runtime_levels}
     jobs = [(s, {**kwargs, "cli": bool(args.cli_every) and (s % args.cli_every == 0)}) for s in seeds]
     start = time.perf_counter()
     records = []
+    sink = open(args.records, "a", encoding="utf-8") if args.records else None
+
+    def keep(i, rec):
+        records.append(rec)
+        if sink:
+            sink.write(json.dumps(rec) + "\n")
+            sink.flush()
+        _progress(i, len(jobs), rec, args.verbose)
+
     if args.jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for i, rec in enumerate(pool.map(_work, jobs, chunksize=4)):
-                records.append(rec)
-                _progress(i, len(jobs), rec, args.verbose)
+                keep(i, rec)
     else:
         for i, job in enumerate(jobs):
-            rec = _work(job)
-            records.append(rec)
-            _progress(i, len(jobs), rec, args.verbose)
+            keep(i, _work(job))
+    if sink:
+        sink.close()
     summary = summarize(records)
     summary.update(wall_seconds=round(time.perf_counter() - start, 1), modes=modes, opt_levels=levels,
-                   max_timesteps=args.max_timesteps, cli_every=args.cli_every,
+                   max_timesteps=args.max_timesteps, cli_every=args.cli_every, runtime_levels=args.runtime_levels,
                    command=" ".join(shlex.quote(a) for a in ["python", "bench/fuzz_compiler.py", *(argv or sys.argv[1:])]))
     print_summary(summary)
     if args.out_dir:

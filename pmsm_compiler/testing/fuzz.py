@@ -152,12 +152,13 @@ class _Net:
         y = self._quant_nodes(x, q)
         q["output"], q["nodes"] = y, [n.name for n in self.nodes[first:]]
         self.quantizers.append(q)
-        self.note(f"{form}(L={levels},[{k_min},{k_max}]{'' if q['scale_kind'] == 'calibrated' else ','+q['scale_kind']})")
+        extra = ("" if q["scale_kind"] == "calibrated" else "," + q["scale_kind"]) + (",per-channel" if q.get("per_channel") else "")
+        self.note(f"{form}(L={levels},[{k_min},{k_max}]{extra})")
         return _T(y, x.shape, True)
 
     def _param(self, q, base, fn) -> str:
         name = self.uid(base)
-        self.params[name] = np.array(1.0, np.float32)
+        self.params[name] = np.asarray(fn(1.0), np.float32)
         q["params"].append((name, fn))
         return name
 
@@ -191,6 +192,14 @@ class _Net:
         zp = int(self.rng.integers(max(info.min, info.min - k_min), min(info.max, info.max - k_max) + 1))
         zp = int(np.clip(zp if self.chance(0.5) else (0 if dtype == np.int8 else -k_min), info.min - k_min,
                          info.max - k_max))
+        if len(x.shape) >= 1 and self.chance(0.03):  # per-channel scales (axis 1)
+            c = x.shape[0]
+            spread = self.rng.uniform(0.5, 2.0, c)
+            s = self._param(q, "qscale", lambda s, spread=spread: s * spread)
+            zp_name = self.const(np.full(c, zp), dtype=dtype, base="zp")
+            q["per_channel"] = True
+            ql = self.op("QuantizeLinear", [x.name, s, zp_name], axis=1)
+            return self.op("DequantizeLinear", [ql, s, zp_name], axis=1)
         zp_name = self.const(zp, dtype=dtype, base="zp")
         s = self._param(q, "qscale", lambda s: s)
         s2 = s if self.chance(0.7) else self._param(q, "dqscale", lambda s: s)
@@ -215,15 +224,19 @@ class _Net:
         k = min(k, h, w) if k > min(h, w) else k
         if same:
             k, stride = (k if k % 2 else 1), 1
-        pad = k // 2 if same or self.chance(0.85) else 0
+        dilation = 2 if not same and k == 3 and min(h, w) >= 5 and self.chance(0.1) else 1
+        pad = dilation * (k // 2) if same or self.chance(0.85) else 0
         stride = stride if stride is not None else (2 if min(h, w) >= 6 and self.chance(0.2) else 1)
-        ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        span = dilation * (k - 1) + 1
+        ho, wo = (h + 2 * pad - span) // stride + 1, (w + 2 * pad - span) // stride + 1
         wname = self.weight((cout, c // group, k, k), (c // group) * k * k)
         inputs = [x.name, wname]
         if self.chance(0.7):
             inputs.append(self.const(self.rng.standard_normal(cout) * 0.3, base="b"))
-        y = self.op("Conv", inputs, kernel_shape=[k, k], pads=[pad] * 4, strides=[stride] * 2, group=group)
-        self.note(f"{'dw' if group > 1 else ''}conv{k}x{k}/{stride}({cout})")
+        attrs = {"dilations": [dilation] * 2} if dilation > 1 else {}
+        y = self.op("Conv", inputs, kernel_shape=[k, k], pads=[pad] * 4, strides=[stride] * 2, group=group, **attrs)
+        kind = "dw" if group > 1 and group == c else (f"g{group}" if group > 1 else "")
+        self.note(f"{kind}conv{k}x{k}/{stride}{'d2' if dilation > 1 else ''}({cout})")
         out = _T(y, (cout, ho, wo), x.spiking)
         return self.bn(out) if self.chance(bn) or self.want("BatchNormalization") else out
 
@@ -276,8 +289,10 @@ def _b_conv(net: _Net, x: _T) -> _T:
 
 
 def _b_dwconv(net: _Net, x: _T) -> _T:
+    """Depthwise (group = channels) or, for an even channel count, grouped (group = 2) Conv."""
     c = x.shape[0]
-    return net.maybe_quant(net.conv(x, c, k=3, group=c), 0.8)
+    group = 2 if c % 2 == 0 and c > 2 and net.chance(0.3) else c
+    return net.maybe_quant(net.conv(x, c, k=3, group=group), 0.8)
 
 
 def _b_residual(net: _Net, x: _T) -> _T:
@@ -300,9 +315,50 @@ def _b_concat(net: _Net, x: _T) -> _T:
             branches.append(x)
         else:
             branches.append(net.quant(net.conv(x, int(net.rng.integers(1, 4)), same=True)))
-    y = net.op("Concat", [b.name for b in branches], axis=1)
-    net.note("concat")
-    return _T(y, (sum(b.shape[0] for b in branches), *branches[0].shape[1:]), True)
+    axis = 1 if net.chance(0.8) or branches[0].shape[0] != branches[1].shape[0] else int(net.choice([2, 3]))
+    y = net.op("Concat", [b.name for b in branches], axis=axis)
+    net.note(f"concat(axis={axis})")
+    shape = list(branches[0].shape)
+    shape[axis - 1] = sum(b.shape[axis - 1] for b in branches)
+    return _T(y, tuple(shape), True)
+
+
+def _b_slice_map(net: _Net, x: _T) -> _T:
+    """Slice (channels or rows) or Gather (channels) of a feature map."""
+    c, h, w = x.shape
+    if net.want("Gather") or net.chance(0.4):
+        idx = net.rng.integers(0, c, int(net.rng.integers(1, c + 1)))
+        y = net.op("Gather", [x.name, net.const(idx, dtype=np.int64, base="idx")], axis=1)
+        net.note("gather(channels)")
+        return _T(y, (len(idx), h, w), x.spiking)
+    axis = 1 if c > 1 and net.chance(0.6) else 2
+    size = c if axis == 1 else h
+    if size < 2:
+        return x
+    start = int(net.rng.integers(0, size - 1))
+    end = int(net.rng.integers(start + 1, size + 1))
+    y = net.op("Slice", [x.name, net.const([start], dtype=np.int64, base="starts"),
+                         net.const([end], dtype=np.int64, base="ends"), net.const([axis], dtype=np.int64, base="axes")])
+    net.note(f"slice(axis={axis},{start}:{end})")
+    shape = list(x.shape)
+    shape[axis - 1] = end - start
+    return _T(y, tuple(shape), x.spiking)
+
+
+def _b_static_skip(net: _Net, x: _T) -> _T:
+    """Mixes spike traffic with a tensor computed from the network input alone (constant over
+    time under rate coding): Add, or a product with it."""
+    src = _T("input", net.input_shape, False)
+    if len(x.shape) == 3 and len(src.shape) == 3 and src.shape[1:] == x.shape[1:]:
+        static = net.conv(src, x.shape[0], same=True, bn=0.0)
+    elif len(x.shape) == 1 and len(src.shape) == 1:
+        static = net.linear(src, x.shape[0], bn=0.0)
+    else:
+        return _b_mix(net, x)
+    op = net.choice(["Add", "Mul"], p=[0.7, 0.3])
+    y = net.op(op, [x.name, static.name] if net.chance(0.5) else [static.name, x.name])
+    net.note(f"static-skip({op})")
+    return net.maybe_quant(_T(y, x.shape, x.spiking), 0.6)
 
 
 def _b_pool(net: _Net, x: _T) -> _T:
@@ -559,6 +615,14 @@ def _b_residual_linear(net: _Net, x: _T) -> _T:
     return net.maybe_quant(out, 0.8)
 
 
+def _b_token_mix(net: _Net, x: _T) -> _T:
+    """MatMul with the constant first (W[S, S] · x[S, D]: mixing tokens, MLP-Mixer style)."""
+    s, d = x.shape
+    y = net.op("MatMul", [net.weight((s, s), s, base="wtok"), x.name])
+    net.note("token-mix(W·x)")
+    return net.maybe_quant(_T(y, x.shape, x.spiking), 0.7)
+
+
 def _b_layernorm(net: _Net, x: _T) -> _T:
     f = x.shape[-1]
     inputs = [x.name, net.const(net.rng.uniform(0.5, 1.5, f), base="ln_scale")]
@@ -656,6 +720,9 @@ _BLOCKS = [
     ("select", _b_select, {1}, {"Slice", "Gather"}, 0.5),
     ("attention", _b_attention, {2}, set(), 1.5),
     ("mlp_gelu", _b_mlp_gelu, {2}, {"Erf"}, 0.8),
+    ("slice_map", _b_slice_map, {3}, set(), 0.4),
+    ("static_skip", _b_static_skip, {1, 3}, set(), 0.4),
+    ("token_mix", _b_token_mix, {2}, set(), 0.4),
 ]
 _BLOCK_BY_NAME = {b[0]: b for b in _BLOCKS}
 
@@ -726,6 +793,7 @@ def random_network(seed: int, ops=()) -> tuple[onnx.ModelProto, str]:
     net = _Net(seed, set(ops))
     rng = net.rng
     net.family = net.choice(["pqa", "qcfs", "mixed"], p=[0.78, 0.12, 0.1])
+    net.opset = OPSET if net.chance(0.85) else 21
     forced_blocks = [b for b in _BLOCKS if b[3] & net.forced]
     if forced_blocks:
         rank = int(net.choice(sorted(forced_blocks[0][2])))
@@ -799,7 +867,7 @@ def _value_info(name, batch, shape):
 def _assemble(net: _Net, batch, outputs, samples, input_scale) -> onnx.ModelProto:
     """The model with every quantizer scale as a graph input (for the calibration)."""
     inputs = [_value_info("input", batch, net.input_shape)]
-    inputs += [helper.make_tensor_value_info(p, TensorProto.FLOAT, []) for p in net.params]
+    inputs += [helper.make_tensor_value_info(p, TensorProto.FLOAT, list(v.shape)) for p, v in net.params.items()]
     outs = []
     for i, o in enumerate(outputs):
         name = "logits" if i == 0 else "features"
@@ -807,14 +875,14 @@ def _assemble(net: _Net, batch, outputs, samples, input_scale) -> onnx.ModelProt
         outs.append(_value_info(name, batch, o.shape))
     inits = [numpy_helper.from_array(v, k) for k, v in net.inits.items()]
     graph = helper.make_graph(net.nodes, f"fuzz_{net.seed}", inputs, outs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", net.opset)])
     model.ir_version = IR_VERSION
     if net.used_functions:
         from pmsm_compiler.ops import add_functions
         from pmsm_compiler.ops.quantizers import quantizer_functions
 
         add_functions(model, [f for f in quantizer_functions() if f.name in net.used_functions])
-    meta = {"seed": net.seed, "input_scale": input_scale, "samples": samples, "batch": batch,
+    meta = {"seed": net.seed, "opset": net.opset, "input_scale": input_scale, "samples": samples, "batch": batch,
             "family": net.family, "quantizers": [{k: v for k, v in q.items() if k != "params"}
                                                  for q in net.quantizers]}
     model.metadata_props.add(key=FUZZ_METADATA_KEY, value=json.dumps(meta))
@@ -859,7 +927,7 @@ def _calibrate(net: _Net, model: onnx.ModelProto) -> None:
     probes = [q["input"] for q in net.quantizers if q["input"] != "input"]
     session = make_session(with_outputs(model, probes), "disable", threads=1)
     names = [o.name for o in session.get_outputs()]
-    values = {name: np.array(1.0, np.float32) for name in net.params}
+    values = dict(net.params)
     for q in net.quantizers:
         if q["input"] == "input":
             v = x
@@ -1184,7 +1252,8 @@ def _cli(path: str, mode: str, workdir: str) -> tuple[int | None, str, str, bool
 
 
 def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MODES, opt_levels=None,
-                  timesteps: int = 4, verify_levels=None, cli_modes=(), threads: int = 1) -> list[CheckResult]:
+                  timesteps: int = 4, verify_levels=None, cli_modes=(), threads: int = 1,
+                  runtime_levels=None) -> list[CheckResult]:
     """Run the differential checks on one ANN; every failure is a CheckResult with status 'fail'.
 
     Per mode (a refusal is recorded and ends that mode), per onnxruntime level in ``opt_levels``
@@ -1197,7 +1266,9 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
       output identical (``exact-levels``, ``exact-outputs``). folded mode: level-flip rate at most
       ``FOLDED_MAX_FLIP_RATE`` (``folded-levels``), and on the samples without a flip
       max|ANN − SNN| ≤ ``FOLDED_OUTPUT_RTOL`` · max|ANN output| (``folded-output``);
-    - **consistency**: ``SNNSession.run_batch`` at T = 1 and T = ``timesteps`` against
+    - **consistency** (levels in ``runtime_levels``, default all of ``opt_levels``; building
+      the runtime's sessions is most of a graph's time): ``SNNSession.run_batch`` at T = 1 and
+      T = ``timesteps`` against
       ``run_reference``: spikes, per-step outputs, mean outputs and predictions identical (both add
       float32 outputs into a float64 sum in the same order, so no tolerance), the counters equal
       to Σ|k| of the spike tensors, spikes integral and within [s_min, s_max];
@@ -1219,6 +1290,7 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
 
     opt_levels = list(opt_levels or OPT_LEVELS)
     verify_levels = list(opt_levels[:1] if verify_levels is None else verify_levels)
+    runtime_levels = list(opt_levels if runtime_levels is None else runtime_levels)
     x = fuzz_inputs(model) if x is None else x
     n = len(x)
     results: list[CheckResult] = []
@@ -1303,11 +1375,12 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
                         results.append(CheckResult("semantics", mode, level, "fail", category, message, details))
                     if not fails:
                         results.append(CheckResult("semantics", mode, level, "ok", details=stats))
-                fails = _consistency(compiled, ref, x, timesteps, level, threads)
-                for category, message, details in fails:
-                    results.append(CheckResult("consistency", mode, level, "fail", category, message, details))
-                if not fails:
-                    results.append(CheckResult("consistency", mode, level, "ok"))
+                if level in runtime_levels:
+                    fails = _consistency(compiled, ref, x, timesteps, level, threads)
+                    for category, message, details in fails:
+                        results.append(CheckResult("consistency", mode, level, "fail", category, message, details))
+                    if not fails:
+                        results.append(CheckResult("consistency", mode, level, "ok"))
                 if level in verify_levels:
                     results.append(_check_verify(verify, ann, compiled, x, mode, level, parity_ok[(mode, level)]))
         for mode in cli_modes:
@@ -1380,7 +1453,7 @@ def timesteps_for(seed: int, max_timesteps: int) -> int:
 
 
 def run_graph(seed: int, modes=MODES, opt_levels=None, max_timesteps: int = 8, cli: bool = False,
-              verify_levels=None, threads: int = 1) -> dict:
+              verify_levels=None, threads: int = 1, runtime_levels: str = "all") -> dict:
     """Generate the network of ``seed`` and check it; a JSON-able record (a generator failure is
     a failure of category ``generator``)."""
     import time
@@ -1401,8 +1474,16 @@ def run_graph(seed: int, modes=MODES, opt_levels=None, max_timesteps: int = 8, c
                   ops=sorted({n.op_type if not n.domain else f"{n.domain}::{n.op_type}" for n in model.graph.node}))
     if verify_levels is None:  # one level per graph, rotating
         verify_levels = [opt_levels[seed % len(opt_levels)]]
+    if runtime_levels == "rotate":  # the users' default level, and one more rotating over the others
+        others = [lv for lv in opt_levels if lv != "all"]
+        runtime_levels = [lv for lv in opt_levels if lv == "all"] + ([others[seed % len(others)]] if others else [])
+    elif runtime_levels == "all":
+        runtime_levels = opt_levels
+    else:
+        raise ValueError(f"runtime_levels must be 'all' or 'rotate', got {runtime_levels!r}")
     results = check_network(model, modes=modes, opt_levels=opt_levels, timesteps=timesteps_for(seed, max_timesteps),
-                            verify_levels=verify_levels, cli_modes=modes if cli else (), threads=threads)
+                            verify_levels=verify_levels, cli_modes=modes if cli else (), threads=threads,
+                            runtime_levels=runtime_levels)
     record["results"] = [r.to_dict() for r in results]
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record

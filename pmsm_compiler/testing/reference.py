@@ -278,3 +278,22 @@ def _cut_at_quantizers(ann: onnx.ModelProto, neurons: list[dict]) -> onnx.ModelP
             existing.add(q["input"])
     del g.value_info[:]
     return m
+
+
+def quantizer_node_neurons(ann: onnx.ModelProto, info: dict) -> list[dict]:
+    """``run_rate_coded_ann``'s neuron list for an ANN whose quantizers are ``pmsm::PQA`` /
+    ``pmsm::QCFS`` nodes (as ``pmsm_compiler.export`` writes them), in network order, with the
+    neuron parameters the compiler recorded for each (``info["layers"]``)."""
+    producer = {o: node for node in ann.graph.node for o in node.output}
+    found = {}
+    for layer in info["layers"]:
+        node = producer.get(layer["ann_output"])
+        while node is not None and node.op_type == "Identity":  # the compiler drops an output Identity
+            node = producer.get(node.input[0])
+        if node is None or node.domain != "pmsm" or not node.name:
+            raise ValueError(f"layer {layer['name']!r}: no named pmsm quantizer node produces {layer['ann_output']!r}")
+        found[id(node)] = (node, layer)
+    keys = ("neuron", "theta_in", "theta_out", "s_min", "s_max")
+    return [{"input": node.input[0], "output": node.output[0], "nodes": [node.name],
+             "layer_output": layer["ann_output"], **{k: layer[k] for k in keys}}
+            for node, layer in (found[id(n)] for n in ann.graph.node if id(n) in found)]
