@@ -1280,7 +1280,9 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
       ``verify.verify`` on the same inputs must pass where the parity checks pass and fail
       where they fail (``verify-disagrees``);
     - **cli** (modes in ``cli_modes``): ``pmsm-compile`` on the saved file must exit 0, or 1/2
-      with one ``error:`` line on stderr and no output file, and agree with the API.
+      with one ``error:`` line on stderr and no output file, and agree with the API; for an image
+      input (3 channels), ``pmsm-run`` on the SNN it wrote must exit 0 and report the reference's
+      accuracy at every t and spike totals (``run-cli-*``).
     """
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.errors import InputError
@@ -1385,6 +1387,9 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
                     results.append(_check_verify(verify, ann, compiled, x, mode, level, parity_ok[(mode, level)]))
         for mode in cli_modes:
             results.append(_check_cli(path, mode, workdir, api_state.get(mode), parity_ok.get((mode, "all"))))
+            snn_path = os.path.join(workdir, f"out_{mode}.snn.onnx")
+            if results[-1].status == "ok" and os.path.exists(snn_path) and x.ndim == 4 and x.shape[1] == 3:
+                results.append(_check_run_cli(snn_path, x, workdir, mode))
     return results
 
 
@@ -1410,6 +1415,46 @@ def _check_verify(verify, ann, compiled, x, mode, level, mine_ok: bool) -> Check
                 else f"verify failed a model the parity checks find correct: {'; '.join(v['failures'])}")
         return CheckResult("verify", mode, level, "fail", "verify-disagrees", what, details)
     return CheckResult("verify", mode, level, "ok", details=details)
+
+
+def _check_run_cli(snn_path: str, x: np.ndarray, workdir: str, mode: str, timesteps: int = 3) -> CheckResult:
+    """pmsm-run on the SNN that pmsm-compile wrote (float32 NCHW images with labels in an .npz,
+    batches of 2): exit 0, and its report's accuracy at every t and spike totals per layer equal
+    to the step-by-step reference's (labels: the reference's own predictions at T, so that the
+    accuracy is 1 at T and varies before)."""
+    from click.testing import CliRunner
+
+    from pmsm_compiler.cli.run import main
+    from pmsm_compiler.testing.reference import run_reference
+
+    snn = onnx.load(snn_path)
+    ref = run_reference(snn, x, timesteps, "all")
+    labels = ref.predictions_by_t[-1]
+    data, report_path = os.path.join(workdir, f"data_{mode}.npz"), os.path.join(workdir, f"run_{mode}.json")
+    np.savez(data, x=x, y=labels)
+    args = [snn_path, "-T", str(timesteps), "--data", data, "--batch-size", "2", "--normalization", "none",
+            "--no-progress", "-q", "--json", report_path]
+    result = CliRunner().invoke(main, args)
+    exc = result.exception
+    details = {"exit_code": result.exit_code, "stderr": result.stderr[-400:]}
+    if exc is not None and not isinstance(exc, SystemExit):
+        return CheckResult("run-cli", mode, "all", "fail", "run-cli-traceback", _one_line(exc), details)
+    lines = result.stderr.strip().splitlines()
+    if result.exit_code != 0:
+        category = "run-cli-exit" if len(lines) == 1 and lines[0].startswith("error: ") else "run-cli-message"
+        return CheckResult("run-cli", mode, "all", "fail", category,
+                           f"pmsm-run exits {result.exit_code} on a compiled model: {lines[0] if lines else ''}", details)
+    with open(report_path, encoding="utf-8") as f:
+        report = json.load(f)
+    want_acc = [float(np.mean(p == labels)) for p in ref.predictions_by_t]
+    got_spikes = [layer["spikes_total"] for layer in report["layers"]]
+    want_spikes = [int(v) for v in ref.spikes.sum(axis=(0, 1))]
+    if report["accuracy_by_t"] != want_acc or got_spikes != want_spikes:
+        details.update(accuracy_by_t=report["accuracy_by_t"], reference_accuracy=want_acc, spikes=got_spikes,
+                       reference_spikes=want_spikes)
+        return CheckResult("run-cli", mode, "all", "fail", "run-cli-report",
+                           "pmsm-run's accuracy by t or spike totals differ from the step-by-step reference", details)
+    return CheckResult("run-cli", mode, "all", "ok", details=details)
 
 
 def _check_cli(path, mode, workdir, api_state, parity_ok) -> CheckResult:
