@@ -110,10 +110,11 @@ def main(argv=None):
     ap.add_argument("--json", help="write the summary here")
     ap.add_argument("--out-dir", help="write the smallest failing network of each category here")
     ap.add_argument("--records", help="append each graph's record here as it finishes (JSON lines)")
+    ap.add_argument("--from-records", help="summarize the records of an earlier (or interrupted) run instead of "
+                    "running graphs")
     ap.add_argument("--verbose", action="store_true", help="print every failing check")
     args = ap.parse_args(argv)
 
-    from pmsm_compiler.testing.fuzz import summarize
     from pmsm_compiler.verify import OPT_LEVELS
 
     modes = [m for m in args.modes.split(",") if m]
@@ -123,6 +124,10 @@ def main(argv=None):
         ap.error(f"unknown mode or level: {modes} {levels}")
     seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
              else list(range(args.seed, args.seed + args.graphs)))
+    if args.from_records:
+        with open(args.from_records, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        return _finish(args, argv, records, 0.0, modes, levels)
     kwargs = {"modes": modes, "opt_levels": levels, "max_timesteps": args.max_timesteps,
               "runtime_levels": args.runtime_levels}
     jobs = [(s, {**kwargs, "cli": bool(args.cli_every) and (s % args.cli_every == 0)}) for s in seeds]
@@ -149,8 +154,14 @@ def main(argv=None):
             keep(i, _work(job))
     if sink:
         sink.close()
+    return _finish(args, argv, records, time.perf_counter() - start, modes, levels)
+
+
+def _finish(args, argv, records, wall_seconds, modes, levels):
+    from pmsm_compiler.testing.fuzz import summarize
+
     summary = summarize(records)
-    summary.update(wall_seconds=round(time.perf_counter() - start, 1), modes=modes, opt_levels=levels,
+    summary.update(wall_seconds=round(wall_seconds, 1), modes=modes, opt_levels=levels,
                    max_timesteps=args.max_timesteps, cli_every=args.cli_every, runtime_levels=args.runtime_levels,
                    command=" ".join(shlex.quote(a) for a in ["python", "bench/fuzz_compiler.py", *(argv or sys.argv[1:])]))
     print_summary(summary)
