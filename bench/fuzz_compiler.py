@@ -82,6 +82,8 @@ def print_summary(summary: dict, out=sys.stdout):
             p(f"      ... and {len(refused) - 12} more reasons")
     if "load" in summary["refused"]:
         p(f"  refused by the loader: {sum(summary['refused']['load'].values())}")
+    for reason, count in summary.get("skipped", {}).items():
+        p(f"  skipped (mode x level): {count:5d}  {reason}")
     if summary["failed_graphs"]:
         p("failures (graphs per category; smallest example):")
         for cat, count in summary["failed_graphs"].items():
