@@ -93,6 +93,7 @@ def pqa_to_aif(graph: gs.Graph, ctx) -> gs.Graph:
             "levels": int(a["levels"]), "lam": float(a["lam"]), "theta": float(theta_in),
             "theta_in": float(theta_in), "theta_out": float(theta_out), "source": a["source"],
             "ann_output": y.name, "ann_post_scale": _scale(a["post_op"], a["post_value"], False),
+            "ann_post_op": a["post_op"], "ann_post_value": float(a["post_value"]),
             "spike_tensor": spikes.name, "state_in": u_in.name, "state_out": u_out.name,
             "lossless_at_t1": neuron == "AIF", "_node": node,
         })

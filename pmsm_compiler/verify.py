@@ -12,8 +12,26 @@ Policy (documented in docs/report-schema.md):
   grow with depth (they are all reported). Passed if the mismatch rate over all AIF levels is
   ≤ ``max_level_mismatch`` (default 1e-2) and the top-1 agreement ≥ ``min_top1_agreement``
   (default 0.98).
+- both modes, **the outputs given the same levels** ("teacher-forced tail"): a level flip moves
+  the outputs by a whole level's worth, so the ANN's outputs cannot bound the folded SNN's. The
+  ANN's tail is therefore run on the SNN's own levels: every quantizer output is cut out of the
+  ANN and fed the value the SNN's neuron emits (the source's output op applied to its spike
+  count k). What remains between the two models is the arithmetic after the neurons, which
+  folding may only re-associate: passed if max |SNN − tail| ≤ ``output_rtol`` · max |tail|
+  (default 1e-4) over all outputs and samples. This is what catches a folding that is wrong
+  where no neuron follows (e.g. a constant minus spike traffic feeding the output), which the
+  level and top-1 checks cannot see.
 QCFS layers (binary IF neurons) are lossy at T = 1 by design (Bu et al. 2022): they are reported
-but excluded from the pass/fail policy, and so are the outputs of a model that contains them.
+but excluded from the level policy, and so are the ANN-vs-SNN outputs of a model that contains
+them; the teacher-forced tail still applies (it uses the SNN's own spikes).
+
+The ANN's Q/DQ nodes are checked against their ONNX (float simulation) semantics: onnxruntime's
+QDQ fusion into integer kernels (``session.disable_quant_qdq``) is switched off in the reference
+session at every optimization level, since an integer kernel rounds its accumulations differently
+and would make a correct SNN fail from the "extended" level on.
+
+Batches follow the model's declared batch: a model with a fixed batch dimension B is fed batches
+of exactly B (the last one padded, its padding discarded); a dynamic batch uses ``batch_size``.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ OPT_LEVELS = ("disable", "basic", "extended", "all")
 class VerificationPolicy:
     max_level_mismatch: float = 1e-2
     min_top1_agreement: float = 0.98
+    output_rtol: float = 1e-4
 
 
 _SHARED_ARENA = {"registered": False}
@@ -54,7 +73,7 @@ def _register_shared_cpu_arena() -> bool:
 
 
 def make_session(model, opt_level: str = "all", providers=None, threads: int = 0, shared_arena: bool = False,
-                 priority_order: bool = False, custom_ops_library: str | None = None):
+                 priority_order: bool = False, custom_ops_library: str | None = None, qdq_fusion: bool = True):
     """An onnxruntime session without thread spinning.
 
     priority_order: execute in onnxruntime's priority-based topological order (Kahn's algorithm,
@@ -66,6 +85,9 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
 
     custom_ops_library: a custom-op library to register (the fused neuron kernels,
     ``pmsm_compiler.kernels``).
+
+    qdq_fusion: False keeps QuantizeLinear/DequantizeLinear as float-simulation ops (the model's
+    ONNX semantics) instead of letting onnxruntime fuse them into integer kernels.
     """
     import onnxruntime as ort
 
@@ -82,6 +104,8 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[opt_level]
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not qdq_fusion:
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
@@ -103,6 +127,83 @@ def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
     return m
 
 
+def declared_batch(shape) -> int | None:
+    """The fixed batch size of an input shape ([B, ...] with an integer B), or None if dynamic."""
+    if shape and isinstance(shape[0], (int, np.integer)) and shape[0] > 0:
+        return int(shape[0])
+    return None
+
+
+def padded_batches(x: np.ndarray, batch: int):
+    """Yield (batch array of exactly ``batch`` rows, number of real rows): the last batch is padded
+    with copies of its last row, for models declared with a fixed batch size."""
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        n = len(xb)
+        if n < batch:
+            xb = np.concatenate([xb, np.repeat(xb[-1:], batch - n, axis=0)])
+        yield xb, n
+
+
+def run_declared_batches(session, x: np.ndarray, output: int = 0) -> np.ndarray:
+    """One output of a one-input onnxruntime session on ``x``, in batches of the input's declared
+    batch size when it has a fixed one (padding dropped), else in one run."""
+    arg = session.get_inputs()[0]
+    batch = declared_batch(arg.shape)
+    if batch is None or len(x) == batch:
+        return session.run(None, {arg.name: x})[output]
+    return np.concatenate([session.run(None, {arg.name: xb})[output][:n] for xb, n in padded_batches(x, batch)])
+
+
+def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
+    """The ANN with every quantizer output (``layer["ann_output"]``) cut out and made a graph
+    input: it computes the network outputs from given activation levels. Nodes that only fed the
+    cut tensors are dropped; the network inputs stay (a path may bypass every quantizer)."""
+    g = ann.graph
+    cut = {layer["ann_output"] for layer in layers}
+    producer = {out: i for i, n in enumerate(g.node) for out in n.output if out}
+    keep, todo = set(), [o.name for o in g.output]
+    while todo:
+        name = todo.pop()
+        if name in cut or name not in producer or producer[name] in keep:
+            continue
+        keep.add(producer[name])
+        todo.extend(i for i in g.node[producer[name]].input if i)
+    known = {v.name: v for v in list(g.value_info) + list(g.output)}
+    m = onnx.ModelProto()
+    m.CopyFrom(ann)
+    del m.graph.node[:]
+    m.graph.node.extend(n for i, n in enumerate(g.node) if i in keep)
+    used = {i for n in m.graph.node for i in n.input} | {o.name for o in g.output}
+    kept_init = [t for t in g.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept_init)
+    for layer in layers:
+        name = layer["ann_output"]
+        if name in known:
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(known[name])
+        else:
+            vi = helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        m.graph.input.append(vi)
+    return m
+
+
+def emitted_values(layer: dict, k: np.ndarray) -> np.ndarray:
+    """What the ANN's quantizer output would be if its level were the SNN's spike count k: the
+    source's own output op (Mul or Div by its scale; none for a bare level) applied to k, in
+    float32 as onnxruntime computes it. An IF neuron's spike stands for θ_out = λ."""
+    k = k.astype(np.float32, copy=False)
+    if layer["neuron"] == "IF":
+        return k * np.float32(layer["theta_out"])
+    op, value = layer["ann_post_op"], np.float32(layer["ann_post_value"])
+    if op == "Div":
+        return k / value
+    if op == "Mul":
+        return k * value
+    return k.copy()
+
+
 def initial_state_feeds(info: dict, session) -> dict:
     ranks = {i.name: len(i.shape) for i in session.get_inputs()}
     return {s["input"]: np.full([1] * ranks[s["input"]], s["init"], np.float32) for s in info["states"]}
@@ -122,27 +223,35 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     policy = policy or VerificationPolicy()
     layers = info["layers"]
     outputs = info["outputs"]
-    ann_sess = make_session(with_outputs(ann, [l["ann_output"] for l in layers]), opt_level)
-    snn_sess = make_session(with_outputs(compiled.model, [l["spike_tensor"] for l in layers]), opt_level)
     input_name = info["inputs"][0]["name"]
+    ann_sess = make_session(with_outputs(ann, [l["ann_output"] for l in layers]), opt_level, qdq_fusion=False)
+    tail_sess = make_session(teacher_forced_tail(ann, layers), opt_level, qdq_fusion=False)
+    snn_sess = make_session(with_outputs(compiled.model, [l["spike_tensor"] for l in layers]), opt_level)
     states = initial_state_feeds(info, snn_sess)
     ann_names = [o.name for o in ann_sess.get_outputs()]
     snn_names = [o.name for o in snn_sess.get_outputs()]
+    tail_inputs = {i.name for i in tail_sess.get_inputs()}
     agree = np.zeros(len(layers), np.int64)
     total = np.zeros(len(layers), np.int64)
-    max_abs = 0.0
+    max_abs = 0.0  # SNN vs ANN
+    tail_err = 0.0  # SNN vs the ANN's tail fed the SNN's levels
+    tail_scale = 0.0
     top1_same = 0
     top1_compared = 0  # top-1 applies only to a [batch, classes] first output
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+    batch = declared_batch(info["inputs"][0]["shape"]) or batch_size
+    for xb, n in padded_batches(x, batch):
         feeds = {input_name: xb, **states}
         if info.get("time_input"):
             feeds[info["time_input"]] = np.ones([1], np.float32)
         a = dict(zip(ann_names, ann_sess.run(None, {input_name: xb})))
         s = dict(zip(snn_names, snn_sess.run(None, feeds)))
+        tail_feeds = {l["ann_output"]: emitted_values(l, s[l["spike_tensor"]]) for l in layers}
+        if input_name in tail_inputs:
+            tail_feeds[input_name] = xb
+        r = dict(zip(outputs, tail_sess.run(outputs, tail_feeds)))
         for j, layer in enumerate(layers):
-            y = a[layer["ann_output"]]
-            k = s[layer["spike_tensor"]]
+            y = a[layer["ann_output"]][:n]
+            k = s[layer["spike_tensor"]][:n]
             if layer["neuron"] == "AIF":
                 k_ann = np.rint(y / np.float32(layer["ann_post_scale"]))
                 same = k_ann == k
@@ -151,13 +260,15 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
             agree[j] += int(same.sum())
             total[j] += same.size
         for name in outputs:
-            diff = np.abs(a[name].astype(np.float64) - s[name].astype(np.float64))
-            max_abs = max(max_abs, float(diff.max()) if diff.size else 0.0)
+            ann_out, snn_out, ref = (v[name][:n].astype(np.float64) for v in (a, s, r))
+            if snn_out.size:
+                max_abs = max(max_abs, float(np.abs(ann_out - snn_out).max()))
+                tail_err = max(tail_err, float(np.abs(ref - snn_out).max()))
+                tail_scale = max(tail_scale, float(np.abs(ref).max()))
         first = outputs[0]
         if a[first].ndim == 2:
-            top1_same += int((a[first].argmax(1) == s[first].argmax(1)).sum())
-            top1_compared += len(xb)
-    n = len(x)
+            top1_same += int((a[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
+            top1_compared += n
     per_layer = []
     for j, layer in enumerate(layers):
         rate = float(agree[j] / total[j]) if total[j] else 1.0
@@ -170,6 +281,11 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     top1 = top1_same / top1_compared if top1_compared else None
     has_if = any(l["neuron"] == "IF" for l in layers)
     failures = []
+    bound = policy.output_rtol * tail_scale
+    if not tail_err <= bound:  # written so that a NaN fails
+        failures.append(f"outputs differ from the ANN's computed on the SNN's own levels: max |diff| = "
+                        f"{tail_err:.3g} > {policy.output_rtol:g} x {tail_scale:.3g} (a wrong rewrite after the "
+                        f"last neurons)")
     if mode == "exact":
         for p in lossless:
             if p["mismatches"]:
@@ -181,9 +297,11 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
             failures.append(f"level mismatch rate {1 - overall:.2e} > {policy.max_level_mismatch:g}")
         if not has_if and top1 is not None and top1 < policy.min_top1_agreement:
             failures.append(f"top-1 agreement {top1:.4f} < {policy.min_top1_agreement:g}")
+    policy_record = (asdict(policy) if mode == "folded" else {"exact": True, "output_rtol": policy.output_rtol})
     return {
         "passed": not failures, "skipped": False, "failures": failures, "mode": mode, "opt_level": opt_level,
-        "samples": n, "data": data_label, "policy": asdict(policy) if mode == "folded" else {"exact": True},
+        "samples": int(len(x)), "batch": int(batch), "data": data_label, "policy": policy_record,
         "level_agreement": overall, "top1_agreement": top1, "max_abs_diff": max_abs,
+        "tail_max_abs_diff": tail_err, "tail_bound": bound,
         "lossy_layers_excluded": has_if, "layers": per_layer,
     }

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from pmsm_compiler.errors import InputError
+from pmsm_compiler.verify import run_declared_batches
 
 from .report import summarize
 
@@ -84,7 +85,6 @@ def run_dataset(session, dataset, timesteps: int, batch_size: int, mean, std, an
     correct = np.zeros(timesteps, np.int64)
     ann_correct = 0
     t1_agree = 0
-    ann_name = ann_session.get_inputs()[0].name if ann_session is not None else None
     snn_seconds = ann_seconds = 0.0
     bar = None
     if progress:
@@ -102,7 +102,7 @@ def run_dataset(session, dataset, timesteps: int, batch_size: int, mean, std, an
                 correct += (result.predictions_by_t == yb.astype(np.int64)[None, :]).sum(axis=1)
             if ann_session is not None:
                 start = time.perf_counter()
-                out = ann_session.run(None, {ann_name: xb})[0]
+                out = run_declared_batches(ann_session, xb)
                 ann_seconds += time.perf_counter() - start
                 ann_pred = out.reshape(len(xb), -1).argmax(1)
                 t1_agree += int((ann_pred == result.predictions_by_t[0]).sum())

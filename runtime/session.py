@@ -36,7 +36,7 @@ import onnx_graphsurgeon as gs
 
 from pmsm_compiler.compiler import read_snn_info
 from pmsm_compiler.errors import InputError
-from pmsm_compiler.verify import make_session
+from pmsm_compiler.verify import declared_batch, make_session, padded_batches
 
 
 @dataclass
@@ -204,6 +204,7 @@ class SNNSession:
         self.layers = info["layers"]
         self.input_name = info["inputs"][0]["name"]
         self.input_shape = info["inputs"][0]["shape"]
+        self.fixed_batch = declared_batch(self.input_shape)
         self.output_names = info["outputs"]
         import onnxruntime as ort
 
@@ -299,9 +300,21 @@ class SNNSession:
             raise InputError(f"input shape {list(x.shape[1:])} does not match the model's {list(expected)}")
 
     def run_batch(self, x: np.ndarray, timesteps: int, keep_outputs: bool = False) -> BatchResult:
+        """Run ``x`` for T steps. A model declared with a fixed batch size B takes any number of
+        samples: they run in batches of exactly B, the last one padded (the padding is dropped)."""
         if timesteps < 1:
             raise InputError(f"timesteps must be >= 1, got {timesteps}")
         self.check_input(x)
+        if self.fixed_batch is None or len(x) == self.fixed_batch:
+            return self._run_steps(x, timesteps, keep_outputs)
+        parts = [(self._run_steps(xb, timesteps, keep_outputs), n) for xb, n in padded_batches(x, self.fixed_batch)]
+        return BatchResult(
+            np.concatenate([r.mean_outputs[:n] for r, n in parts]),
+            np.concatenate([r.predictions_by_t[:, :n] for r, n in parts], axis=1),
+            np.concatenate([r.spikes[:, :n] for r, n in parts], axis=1),
+            np.concatenate([r.outputs_by_t[:, :n] for r, n in parts], axis=1) if keep_outputs else None)
+
+    def _run_steps(self, x: np.ndarray, timesteps: int, keep_outputs: bool) -> BatchResult:
         n = x.shape[0]
         x_value = self._ortvalue(x)
         if self.prologue is not None:

@@ -57,12 +57,15 @@ def layer_table(layers, verification=None) -> str:
               help="Folded mode: largest accepted level-mismatch rate over all AIF layers.")
 @click.option("--min-top1-agreement", default=0.98, show_default=True,
               help="Folded mode: smallest accepted top-1 agreement between ANN and SNN.")
+@click.option("--output-rtol", default=1e-4, show_default=True,
+              help="Both modes: largest accepted |SNN - ANN tail fed the SNN's own levels|, relative to the "
+                   "largest output magnitude (checks the arithmetic after the last neurons).")
 @click.option("--report", "report_path", type=click.Path(), help="Write the JSON report here.")
 @click.option("--max-bytes", default=None, type=int, help="Refuse model files larger than this.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the summary line.")
 @cli_errors
 def main(model, output, exact, check, calibration_data, samples, seed, normalization, opt_level,
-         max_level_mismatch, min_top1_agreement, report_path, max_bytes, quiet):
+         max_level_mismatch, min_top1_agreement, output_rtol, report_path, max_bytes, quiet):
     """Compile MODEL (an ONNX model with PQA / QCFS / QDQ activations) into a spiking model.
 
     Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
@@ -100,7 +103,7 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
         else:
             x = random_inputs(info, samples, seed)
             label = f"random normal, seed {seed} ({samples} samples)"
-        policy = VerificationPolicy(max_level_mismatch, min_top1_agreement)
+        policy = VerificationPolicy(max_level_mismatch, min_top1_agreement, output_rtol)
         verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode, policy=policy, data_label=label)
     elapsed = time.perf_counter() - start
     report = {
