@@ -27,6 +27,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from pmsm_compiler.ops import DOMAIN
+from pmsm_compiler.ops.neurons import NEURON_OPS
 from pmsm_compiler.ops.temporal import HOMOGENEOUS_OPS
 
 from .graph_utils import PassRefusal, const_value, fresh, make_const
@@ -46,7 +47,7 @@ def _is_float(t):
 
 
 def classify(node):
-    if node.domain == DOMAIN and node.op in ("AIF", "IF"):
+    if node.domain == DOMAIN and node.op in NEURON_OPS:
         return "neuron"
     consts = [const_value(t) is not None for t in node.inputs]
     if node.op in ("Conv", "Gemm") and len(node.inputs) > 1 and consts[1] and not consts[0]:

@@ -9,9 +9,10 @@ of the source, so that ``--exact`` can reproduce it bit for bit):
    the leading and trailing scale are optional (an exporter drops them when c = 1).
    Clip bounds must be integers with lo ≤ 0 < hi; lo = 0 is read as QCFS (clip to [0, λ]).
 3. ``QuantizeLinear(x, s, zp) → [Clip] → DequantizeLinear(·, s′, zp)``, per-tensor: levels
-   k = q − zp in [max(lo, qmin) − zp, min(hi, qmax) − zp]. QuantizeLinear rounds half to even,
-   the AIF neuron (and PQA) half up: the two differ only on exact ties, which the verification
-   counts.
+   k = q − zp in [max(lo, qmin) − zp, min(hi, qmax) − zp]. QuantizeLinear rounds half to even
+   (PQA half up), so its quantizer records ``rounding = "half_even"`` and becomes the neuron
+   that fires the same way (``pmsm::AIFHalfEven``); its output op is the DequantizeLinear itself
+   (scale s′, zero point zp), which exact mode keeps.
 
 Refused, with the reason in the report: a pattern whose inner tensors fork, non-scalar or
 non-positive scales, non-integer bounds, per-axis quantization, mismatched zero points.
@@ -40,7 +41,7 @@ def _integer(value: float, what: str) -> int:
 
 
 def _make_quantizer(graph, x, y, *, kind, levels, k_min, k_max, pre_op, pre_value, post_op, post_value, lam,
-                    name, source):
+                    name, source, rounding="half_up", post_zero_point=0, post_qtype=""):
     if not k_min <= 0 < k_max:
         raise PassRefusal(f"{name}: clip range [{k_min}, {k_max}] must satisfy k_min ≤ 0 < k_max")
     for what, op, value in (("input scale", pre_op, pre_value), ("output scale", post_op, post_value)):
@@ -48,7 +49,8 @@ def _make_quantizer(graph, x, y, *, kind, levels, k_min, k_max, pre_op, pre_valu
             raise PassRefusal(f"{name}: {what} {value} must be positive")
     node = gs.Node(op="Quantizer", name=name, domain=INTERNAL_DOMAIN, inputs=[x], outputs=[y], attrs=dict(
         kind=kind, levels=int(levels), k_min=int(k_min), k_max=int(k_max), pre_op=pre_op, pre_value=pre_value,
-        post_op=post_op, post_value=post_value, lam=lam, source=source))
+        post_op=post_op, post_value=post_value, lam=lam, source=source, rounding=rounding,
+        post_zero_point=int(post_zero_point), post_qtype=post_qtype))
     graph.nodes.append(node)
     return node
 
@@ -220,8 +222,9 @@ def _match_qdq(graph, ql):
     x, y = ql.inputs[0], dq.outputs[0]
     k_min, k_max = qmin - zp, qmax - zp
     _make_quantizer(graph, x, y, kind="QDQ", levels=max(k_max, 1), k_min=k_min, k_max=k_max, pre_op="Div",
-                    pre_value=scale, post_op="Mul", post_value=scale2, lam=float(scale2 * max(k_max, 1)),
-                    name=_layer_name([ql.name, y.name]), source="QuantizeLinear/DequantizeLinear")
+                    pre_value=scale, post_op="DequantizeLinear", post_value=scale2, lam=float(scale2 * max(k_max, 1)),
+                    name=_layer_name([ql.name, y.name]), source="QuantizeLinear/DequantizeLinear",
+                    rounding="half_even", post_zero_point=zp, post_qtype=dtype.name)
     for n in (ql, clip, dq):  # detached only once the quantizer is built (a refusal changes nothing)
         if n is not None:
             n.inputs.clear()

@@ -39,8 +39,9 @@ def wrap_nonlinear(graph: gs.Graph, ctx) -> gs.Graph:
     graph.toposort()
     dynamic = dynamic_tensors(graph, {s["input"] for s in ctx.states})
     time_input = None
+    psp = {id(n) for n in ctx.psp_nodes}
     for node in list(graph.nodes):
-        if node.domain == DOMAIN:
+        if node.domain == DOMAIN or id(node) in psp:
             continue
         dyn_idx = [i for i, t in enumerate(node.inputs) if t.name in dynamic]
         if not dyn_idx:

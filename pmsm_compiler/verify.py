@@ -199,7 +199,7 @@ def emitted_values(layer: dict, k: np.ndarray) -> np.ndarray:
     op, value = layer["ann_post_op"], np.float32(layer["ann_post_value"])
     if op == "Div":
         return k / value
-    if op == "Mul":
+    if op in ("Mul", "DequantizeLinear"):  # DequantizeLinear: (q − zp)·s = k·s
         return k * value
     return k.copy()
 

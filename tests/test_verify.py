@@ -145,11 +145,49 @@ def test_wrong_arithmetic_after_the_last_neuron_fails(mode):
     assert result["tail_max_abs_diff"] > result["tail_bound"] > 0
 
 
+def qdq_inputs(n=64):
+    """Half the samples lie exactly on the first quantizer's ties x/s = j + ½, where
+    QuantizeLinear rounds to even and a half-up neuron would not."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    ties = (rng.integers(-20, 20, (n // 2, 16)) + np.float32(0.5)) * np.float32(0.05)
+    x[: n // 2] = ties.astype(np.float32)
+    assert np.any(np.rint(x / np.float32(0.05)) != np.floor(x / np.float32(0.05) + np.float32(0.5)))
+    return x
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
 @pytest.mark.parametrize("opt_level", OPT_LEVELS)
-def test_qdq_model_passes_at_every_optimization_level(opt_level):
+def test_qdq_model_passes_at_every_optimization_level(opt_level, mode):
+    """Folded: the reference must not fuse Q/DQ into integer kernels. Exact: the SNN must keep the
+    source's DequantizeLinear (a Mul would be fused into the next MatMul from "extended" on, and
+    round differently), and fire as QuantizeLinear rounds, ties to even."""
     ann = qdq_mlp()
-    compiled = compile_model(ann, mode="folded")
-    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
-    result = verify(ann, compiled, x, opt_level=opt_level)
+    compiled = compile_model(ann, mode=mode)
+    assert [layer["op"] for layer in compiled.info["layers"]] == ["AIFHalfEven", "AIFHalfEven"]
+    result = verify(ann, compiled, qdq_inputs(), opt_level=opt_level)
     assert result["passed"], result["failures"]
     assert result["level_agreement"] == 1.0
+    if mode == "exact":
+        assert result["max_abs_diff"] == 0.0
+
+
+@pytest.mark.parametrize("kernels", ["on", "off"])
+def test_qdq_snn_runs_ties_to_even_at_t1_and_for_t_gt_1(kernels):
+    """The runtime (fused kernel or ONNX body) gives the ANN's levels at T = 1, ties included,
+    and the same spikes either way for T > 1."""
+    from pmsm_compiler import kernels as kernel_lib
+    from pmsm_compiler.verify import make_session
+
+    if kernels == "on" and kernel_lib.library() is None:
+        pytest.skip("no C compiler")
+    ann = qdq_mlp()
+    compiled = compile_model(ann, mode="exact")
+    x = qdq_inputs()
+    session = SNNSession(compiled.model, kernels=kernels)
+    assert session.fused_layers == (2 if kernels == "on" else 0)
+    result = session.run_batch(x, 4)
+    ref = make_session(ann, "all", qdq_fusion=False)
+    assert np.array_equal(result.predictions_by_t[0], ref.run(None, {"x": x})[0].argmax(1))
+    other = SNNSession(compiled.model, kernels="off" if kernels == "on" else "on").run_batch(x, 4)
+    assert np.array_equal(result.spikes, other.spikes)
