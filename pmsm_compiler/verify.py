@@ -189,6 +189,19 @@ def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
     return m
 
 
+def downstream_of_lossy(ann: onnx.ModelProto, layers) -> set[str]:
+    """Names of the AIF layers whose input depends on an IF (QCFS) layer's output: at T = 1 an IF
+    layer emits a 1-bit code instead of its ANN level, so the levels after it cannot agree with
+    the ANN's and are not held to the level policy (the tail check still covers them)."""
+    reached = {l["ann_output"] for l in layers if l["neuron"] == "IF"}
+    if not reached:
+        return set()
+    for node in ann.graph.node:  # the loader checked that the graph is topologically sorted
+        if any(i in reached for i in node.input):
+            reached.update(o for o in node.output if o)
+    return {l["name"] for l in layers if l["neuron"] != "IF" and l["ann_output"] in reached}
+
+
 def emitted_values(layer: dict, k: np.ndarray) -> np.ndarray:
     """What the ANN's quantizer output would be if its level were the SNN's spike count k: the
     source's own output op (Mul or Div by its scale; none for a bare level) applied to k, in
@@ -275,11 +288,16 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         per_layer.append({"name": layer["name"], "neuron": layer["neuron"], "level_agreement": rate,
                           "mismatches": int(total[j] - agree[j]), "compared": int(total[j]),
                           "in_policy": layer["neuron"] == "AIF"})
+    top1 = top1_same / top1_compared if top1_compared else None
+    has_if = any(l["neuron"] == "IF" for l in layers)
+    after_lossy = downstream_of_lossy(ann, layers)
+    for p in per_layer:
+        if p["name"] in after_lossy:
+            p["in_policy"] = False
+            p["after_lossy_layer"] = True
     lossless = [p for p in per_layer if p["in_policy"]]
     overall = (sum(p["compared"] - p["mismatches"] for p in lossless) / max(1, sum(p["compared"] for p in lossless))
                if lossless else None)
-    top1 = top1_same / top1_compared if top1_compared else None
-    has_if = any(l["neuron"] == "IF" for l in layers)
     failures = []
     bound = policy.output_rtol * tail_scale
     if not tail_err <= bound:  # written so that a NaN fails

@@ -66,6 +66,24 @@ def qdq_mlp():
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
+def qcfs_then_pqa():
+    """x → MatMul → QCFS → MatMul → PQA → y: the PQA layer reads what a lossy IF layer emits."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 8)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "lam1"),
+             numpy_helper.from_array(np.array(3.0, np.float32), "lam2")]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+             helper.make_node("QCFS", ["h", "lam1"], ["a"], domain="pmsm", name="qcfs", L=4),
+             helper.make_node("MatMul", ["a", "W2"], ["g"], name="fc2"),
+             helper.make_node("PQA", ["g", "lam2"], ["y"], domain="pmsm", name="pqa", L=4, alpha=-0.25, beta=1.0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    add_functions(model, quantizer_functions())
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
 def inputs(n, seed=1):
     return np.random.default_rng(seed).standard_normal((n, 3, 8, 8)).astype(np.float32)
 
@@ -191,3 +209,16 @@ def test_qdq_snn_runs_ties_to_even_at_t1_and_for_t_gt_1(kernels):
     assert np.array_equal(result.predictions_by_t[0], ref.run(None, {"x": x})[0].argmax(1))
     other = SNNSession(compiled.model, kernels="off" if kernels == "on" else "on").run_batch(x, 4)
     assert np.array_equal(result.spikes, other.spikes)
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_levels_after_a_lossy_if_layer_are_not_held_to_the_policy(mode):
+    ann = qcfs_then_pqa()
+    compiled = compile_model(ann, mode=mode)
+    x = np.random.default_rng(0).standard_normal((64, 6)).astype(np.float32)
+    result = verify(ann, compiled, x)
+    assert result["passed"], result["failures"]
+    pqa = result["layers"][1]
+    assert pqa["mismatches"] > 0  # the IF layer's 1-bit code moved them
+    assert pqa["in_policy"] is False and pqa["after_lossy_layer"] is True
+    assert result["tail_max_abs_diff"] <= result["tail_bound"]

@@ -32,7 +32,7 @@ def layer_table(layers, verification=None) -> str:
                f"{layer['theta']:>9.4g} {layer['s_min']:>5} {layer['s_max']:>5} {fan:>8}")
         if verification and layer["name"] in by_name:
             p = by_name[layer["name"]]
-            mark = "" if p["in_policy"] else " (lossy: IF)"
+            mark = "" if p["in_policy"] else (" (after an IF layer)" if p.get("after_lossy_layer") else " (lossy: IF)")
             row += f" {p['level_agreement']:>16.6f}{mark}"
         lines.append(row)
     return "\n".join(lines)
