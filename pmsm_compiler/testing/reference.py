@@ -1,0 +1,145 @@
+"""A step-by-step reference for a compiled SNN, written independently of ``pmsm_compiler.runtime``.
+
+It drives the one-step compiled model (docs/snn-format.md) the plainest way: one onnxruntime
+session of the whole step model (no static prologue, no step variants, no fused kernels, no
+buffers shared between steps), numpy state arrays, a Python loop over t = 1..T:
+
+    feeds(t)  = {input: x, state_i: s_i(t−1), pmsm_t: [t]}     s_i(0) = ½ (membrane), 0 (wrappers)
+    y(t), s(t), c(t) = step(feeds(t))                         c: the int64 spike-count output
+    Σ(t)      = Σ_{τ≤t} y(τ)      (float64, adding the float32 outputs in order)
+    ȳ(t)      = Σ(t) / t          (float64)          predictions(t) = argmax ȳ(t) per sample
+    mean_outputs = float32(Σ(T) / T)
+    spikes_recomputed[t, :, l] = Σ |k_l(t)| over layer l's neurons, from its spike tensor
+
+The initial states are fed full-size (the shape each state's next value has at t = 1, found by
+a first probe step from broadcast initial values), as a runtime that allocates its buffers up
+front would; the initial values come from the format (membrane ½, wrapper sums 0) and must agree
+with ``info["states"][i]["init"]``.
+
+Comparable with ``runtime.session.SNNSession.run_batch`` (``BatchResult``): run_batch also adds
+the first output's float32 steps into a float64 sum (``out_sum + step_out``), divides once by T
+and casts to float32 for ``mean_outputs``, so ``mean_outputs`` and ``outputs_by_t`` are expected
+bit-identical. One difference: run_batch takes its predictions as the argmax of the running
+*sum*; the reference takes the argmax of the running *mean* Σ(t)/t, as "argmax of the average up
+to step t" defines it. Dividing by t > 0 preserves order; the two can only differ if two distinct
+float64 sums collapse to the same quotient and the tie is broken differently, which needs sums
+within one float64 ulp of each other (not seen in practice; a disagreement is reported, not
+hidden). For an output with fewer than two axes the prediction is 0, as in run_batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from pmsm_compiler.compiler import read_snn_info
+from pmsm_compiler.verify import make_session, with_outputs
+
+#: Initial value of each kind of state, from the compiled-model format (docs/snn-format.md).
+INITIAL_STATE = {"membrane": 0.5, "input_sum": 0.0, "cumulative_output": 0.0}
+
+
+@dataclass
+class ReferenceResult:
+    mean_outputs: np.ndarray  # float32: first output averaged over the T steps
+    outputs_by_t: np.ndarray  # float32 [T, N, ...]: the first output of each step
+    mean_by_t: np.ndarray  # float64 [T, N, ...]: running mean Σ(t)/t
+    predictions_by_t: np.ndarray  # int64 [T, N]: argmax of the running mean
+    spikes: np.ndarray  # int64 [T, N, layers]: the model's own spike-count output
+    spikes_recomputed: np.ndarray  # int64 [T, N, layers]: Σ|k| from the exposed spike tensors
+    levels_by_t: list | None = None  # per step, per layer: the spike tensor k (float32), if kept
+    all_outputs_by_t: list | None = None  # per step: {output name: array} for every network output
+    non_integer_spikes: list | None = None  # (t, layer name) where a spike tensor held a non-integer
+
+
+def _info_and_model(model):
+    if hasattr(model, "info") and hasattr(model, "model"):  # a CompiledModel
+        return model.model, model.info
+    if not isinstance(model, onnx.ModelProto):
+        raise TypeError(f"expected an onnx.ModelProto or a CompiledModel, got {type(model).__name__}")
+    info = read_snn_info(model)
+    if info is None:
+        raise ValueError("not a compiled SNN model (no 'pmsm.snn' metadata)")
+    return model, info
+
+
+def initial_value(state: dict) -> float:
+    """The format's initial value for a state; refuses metadata that says otherwise."""
+    kind = state.get("kind")
+    if kind not in INITIAL_STATE:
+        raise ValueError(f"state {state['input']!r} has unknown kind {kind!r}")
+    value = INITIAL_STATE[kind]
+    if float(state.get("init", value)) != value:
+        raise ValueError(f"state {state['input']!r} ({kind}) has init {state['init']} in the metadata; "
+                         f"the format says {value}")
+    return value
+
+
+def _predictions(mean: np.ndarray, n: int) -> np.ndarray:
+    if mean.ndim < 2:
+        return np.zeros(n, np.int64)
+    return mean.reshape(n, -1).argmax(1).astype(np.int64)
+
+
+def run_reference(model, x, timesteps: int, opt_level: str = "all", keep_levels: bool = False,
+                  keep_all_outputs: bool = False, threads: int = 1) -> ReferenceResult:
+    """Run the compiled SNN ``model`` (ModelProto with ``pmsm.snn`` metadata, or CompiledModel) on
+    ``x`` (the first input's array, or {input name: array}) for ``timesteps`` steps."""
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    model, info = _info_and_model(model)
+    layers = info["layers"]
+    spike_names = [layer["spike_tensor"] for layer in layers]
+    session = make_session(with_outputs(model, spike_names), opt_level, threads=threads)
+    names = [o.name for o in session.get_outputs()]
+    data = dict(x) if isinstance(x, dict) else {info["inputs"][0]["name"]: x}
+    n = next(iter(data.values())).shape[0]
+    time_name = info.get("time_input")
+    first_output = info["outputs"][0]
+    counts_name = info["spike_counts_output"]
+    inits = {s["input"]: initial_value(s) for s in info["states"]}
+    ranks = {i.name: len(i.shape) for i in session.get_inputs()}
+
+    def step(states, t):
+        feeds = {**data, **states}
+        if time_name:
+            feeds[time_name] = np.array([t], np.float32)
+        return dict(zip(names, session.run(None, feeds)))
+
+    # Probe: the full size of every state is the size of its next value at t = 1.
+    probe = step({name: np.full([1] * ranks[name], v, np.float32) for name, v in inits.items()}, 1)
+    states = {s["input"]: np.full(probe[s["output"]].shape, inits[s["input"]], np.float32)
+              for s in info["states"]}
+
+    outputs, means, preds = [], [], np.empty((timesteps, n), np.int64)
+    counts = np.empty((timesteps, n, len(layers)), np.int64)
+    recomputed = np.empty((timesteps, n, len(layers)), np.int64)
+    levels = [] if keep_levels else None
+    all_outputs = [] if keep_all_outputs else None
+    non_integer = []
+    total = None
+    for t in range(1, timesteps + 1):
+        out = step(states, t)
+        y = out[first_output]
+        total = y.astype(np.float64) if total is None else total + y
+        mean = total / t
+        outputs.append(y)
+        means.append(mean)
+        preds[t - 1] = _predictions(mean, n)
+        counts[t - 1] = out[counts_name]
+        for j, (layer, name) in enumerate(zip(layers, spike_names)):
+            k = out[name]
+            if not np.array_equal(k, np.rint(k)):
+                non_integer.append((t, layer["name"]))
+            recomputed[t - 1, :, j] = np.abs(np.rint(k).astype(np.int64)).reshape(n, -1).sum(1)
+        if keep_levels:
+            levels.append([out[name] for name in spike_names])
+        if keep_all_outputs:
+            all_outputs.append({name: out[name] for name in info["outputs"]})
+        states = {s["input"]: out[s["output"]] for s in info["states"]}
+    return ReferenceResult(
+        mean_outputs=(total / timesteps).astype(np.float32), outputs_by_t=np.stack(outputs),
+        mean_by_t=np.stack(means), predictions_by_t=preds, spikes=counts, spikes_recomputed=recomputed,
+        levels_by_t=levels, all_outputs_by_t=all_outputs, non_integer_spikes=non_integer)

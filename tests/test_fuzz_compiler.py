@@ -1,0 +1,238 @@
+"""The differential fuzzer (``pmsm_compiler.testing.fuzz``) and the step-by-step reference
+(``pmsm_compiler.testing.reference``).
+
+1. The reference against SNNs computed by hand: exact arithmetic (fractions) of the AIF neuron
+   (u(0) = ½, m = u + I, k = clip(floor(m), s_min, s_max), u = m − k) and of the temporal wrapper
+   (running mean of the output = f(running means of the inputs)). The inputs are binary fractions,
+   so every float32 value of the linear net is exact: its spikes, outputs, running means and
+   predictions are checked exactly; the wrapper's t·f(S/t) rounds, so its outputs are checked to
+   1e-6. The data are chosen so that the checks fail if predictions came from the current step
+   instead of the running mean, if the mean were not divided by T, if the time input were 1 at
+   every step, or if a two-input wrapper averaged only one input.
+2. The generator: deterministic per seed, valid ONNX that onnxruntime runs, every op of the
+   loader's allowlist placed when asked for.
+3. A fixed-seed slice of the fuzzer (``SLICE`` graphs, both modes, opt levels disable and all,
+   T ≤ 4, the CLI on every 10th graph): any failure other than a clean refusal fails its test,
+   with the replay command in the message.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pmsm_compiler.compiler import compile_model
+from pmsm_compiler.loading import DEFAULT_ALLOWED_OPS
+from pmsm_compiler.ops import add_functions
+from pmsm_compiler.ops.quantizers import quantizer_functions
+from pmsm_compiler.runtime import SNNSession
+from pmsm_compiler.testing import fuzz
+from pmsm_compiler.testing.reference import initial_value, run_reference
+
+T = 4
+S_MIN, S_MAX = -1, 4  # PQA L = 4, α = −¼, β = 1
+# Input currents in threshold units (θ = ½), per sample and neuron: binary fractions.
+CURRENTS = [[Fraction(25, 8), Fraction(31, 8)], [Fraction(-3), Fraction(33, 8)], [Fraction(5, 4), Fraction(5, 8)]]
+THETA = Fraction(1, 2)
+X = np.array([[float(c * THETA) for c in row] for row in CURRENTS], np.float32)
+# Spikes of the two neurons of each sample at t = 1..4, worked out by hand from CURRENTS
+# (sample 1, neuron 0 sits at the lower bound with a falling membrane; sample 1, neuron 1 is
+# clipped to 4 at t = 4):
+SPIKES = np.array([[[3, 3, 3, 4], [4, 4, 4, 4]],
+                   [[-1, -1, -1, -1], [4, 4, 4, 4]],
+                   [[1, 2, 1, 1], [1, 0, 1, 1]]])
+W = [[Fraction(-3, 4), Fraction(1, 4), Fraction(-1)], [Fraction(-1), Fraction(-1), Fraction(1)]]
+
+
+def aif(currents, steps=T, s_min=S_MIN, s_max=S_MAX):
+    """The AIF neuron in exact arithmetic: spike counts k(1..steps)."""
+    u, ks = Fraction(1, 2), []
+    for _ in range(steps):
+        m = u + currents
+        k = max(s_min, min(s_max, math.floor(m)))
+        u = m - k
+        ks.append(k)
+    return ks
+
+
+def argmax(values):
+    return max(range(len(values)), key=lambda j: values[j])
+
+
+def build(nodes, inits, out_width, name):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", out_width])
+    graph = helper.make_graph(nodes, name, [x], [y],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    add_functions(model, quantizer_functions())
+    onnx.checker.check_model(model, full_check=True)
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+
+
+def pqa(x, y, lam):
+    return helper.make_node("PQA", [x, lam], [y], domain="pmsm", name=y, L=4, alpha=-0.25, beta=1.0)
+
+
+@pytest.fixture(scope="module")
+def linear_snn():
+    """x → PQA (λ = 2, L = 4: θ = ½) → MatMul W → y, exact mode."""
+    ann = build([pqa("x", "q", "lam"), helper.make_node("MatMul", ["q", "W"], ["y"])],
+                {"lam": 2.0, "W": [[float(w) for w in row] for row in W]}, 3, "linear")
+    return compile_model(ann, mode="exact")
+
+
+@pytest.fixture(scope="module")
+def product_snn():
+    """y = PQA_a(x) · PQA_b(x) (λ_a = 2, λ_b = 4: θ_a = ½, θ_b = 1): a two-input temporal
+    wrapper that needs the time input."""
+    ann = build([pqa("x", "qa", "lam_a"), pqa("x", "qb", "lam_b"), helper.make_node("Mul", ["qa", "qb"], ["y"])],
+                {"lam_a": 2.0, "lam_b": 4.0}, 2, "product")
+    return compile_model(ann, mode="exact")
+
+
+def test_hand_spikes_follow_the_neuron():
+    assert [[aif(c) for c in row] for row in CURRENTS] == SPIKES.tolist()
+
+
+def test_reference_linear_snn_by_hand(linear_snn):
+    info = linear_snn.info
+    assert [s["kind"] for s in info["states"]] == ["membrane"] and info["time_input"] is None
+    ref = run_reference(linear_snn, X, T, opt_level="disable", keep_levels=True)
+    counts = np.abs(SPIKES).sum(axis=1).T[:, :, None]  # [T, N, 1 layer]
+    assert np.array_equal(ref.spikes, counts) and np.array_equal(ref.spikes_recomputed, counts)
+    assert ref.spikes.dtype == np.int64 and not ref.non_integer_spikes
+    assert np.array_equal(np.stack([lv[0] for lv in ref.levels_by_t]), SPIKES.transpose(2, 0, 1))
+    distinct_predictions = 0
+    for n in range(len(CURRENTS)):
+        total = [Fraction(0)] * 3
+        for t in range(T):
+            q = [SPIKES[n, i, t] * THETA for i in range(2)]
+            y = [sum(q[i] * W[i][j] for i in range(2)) for j in range(3)]
+            total = [a + b for a, b in zip(total, y)]
+            mean = [v / (t + 1) for v in total]
+            assert ref.outputs_by_t[t, n].tolist() == [float(v) for v in y]  # exact binary fractions
+            assert ref.mean_by_t[t, n].tolist() == pytest.approx([float(v) for v in mean], rel=1e-15, abs=0)
+            assert ref.predictions_by_t[t, n] == argmax(mean)
+            distinct_predictions += argmax(mean) != argmax(y)
+        assert ref.mean_outputs[n].tolist() == [float(np.float32(float(v / T))) for v in total]
+    # the data tell a running-mean prediction from a current-step one, and the mean from the sum
+    assert distinct_predictions >= 2
+    assert not np.array_equal(ref.mean_outputs, ref.outputs_by_t.sum(0))
+
+
+def test_reference_two_input_wrapper_by_hand(product_snn):
+    info = product_snn.info
+    assert info["time_input"] and len(info["wrappers"]) == 1
+    assert {s["kind"] for s in info["states"]} == {"membrane", "input_sum", "cumulative_output"}
+    ref = run_reference(product_snn, X, T, opt_level="disable")
+    for n, row in enumerate(CURRENTS):
+        ka = [aif(c) for c in row]  # θ_a = ½: current c
+        kb = [aif(c / 2) for c in row]  # θ_b = 1: current c/2
+        assert ref.spikes[:, n].tolist() == [[sum(abs(k[t]) for k in ka), sum(abs(k[t]) for k in kb)]
+                                             for t in range(T)]
+        prev = [Fraction(0)] * 2
+        for t in range(1, T + 1):
+            mean_a = [Fraction(sum(k[:t])) * THETA / t for k in ka]
+            mean_b = [Fraction(sum(k[:t])) / t for k in kb]
+            cumulative = [t * a * b for a, b in zip(mean_a, mean_b)]  # F_t = t·f(S_t/t)
+            step = [c - p for c, p in zip(cumulative, prev)]
+            prev = cumulative
+            assert ref.outputs_by_t[t - 1, n].tolist() == pytest.approx([float(v) for v in step], rel=1e-6, abs=1e-6)
+            mean = [c / t for c in cumulative]  # the running mean of the output is f(means)
+            assert ref.mean_by_t[t - 1, n].tolist() == pytest.approx([float(v) for v in mean], rel=1e-6, abs=1e-6)
+            if abs(mean[0] - mean[1]) > Fraction(1, 100):
+                assert ref.predictions_by_t[t - 1, n] == argmax(mean)
+    # with the time input at 1 for every step the average would be f(S_t)/t, a different value
+    wrong = ref.mean_by_t.copy()
+    for t in range(2, T + 1):
+        sa = np.array([[float(Fraction(sum(aif(c)[:t])) * THETA) for c in row] for row in CURRENTS])
+        sb = np.array([[float(Fraction(sum(aif(c / 2)[:t]))) for c in row] for row in CURRENTS])
+        wrong[t - 1] = sa * sb / t
+    assert not np.allclose(wrong[1:], ref.mean_by_t[1:])
+
+
+@pytest.mark.parametrize("fixture", ["linear_snn", "product_snn"])
+def test_runtime_matches_reference_on_hand_snns(request, fixture):
+    snn = request.getfixturevalue(fixture)
+    ref = run_reference(snn, X, T)
+    result = SNNSession(snn.model).run_batch(X, T, keep_outputs=True)
+    assert np.array_equal(result.spikes, ref.spikes)
+    assert np.array_equal(result.outputs_by_t, ref.outputs_by_t)
+    assert np.array_equal(result.mean_outputs, ref.mean_outputs)
+    assert np.array_equal(result.predictions_by_t, ref.predictions_by_t)
+
+
+def test_reference_refuses_an_initial_value_the_format_does_not_have():
+    assert initial_value({"input": "a.u", "kind": "membrane", "init": 0.5}) == 0.5
+    assert initial_value({"input": "w.sum0", "kind": "input_sum", "init": 0.0}) == 0.0
+    with pytest.raises(ValueError, match="the format says 0.5"):
+        initial_value({"input": "a.u", "kind": "membrane", "init": 0.0})
+
+
+# ------------------------------------------------------------------------------------------------
+# the generator
+# ------------------------------------------------------------------------------------------------
+
+def test_generator_is_deterministic_and_valid():
+    import onnxruntime  # noqa: F401 - the generator runs each network once
+
+    for seed in range(25):
+        a, da = fuzz.random_network(seed)
+        b, db = fuzz.random_network(seed)
+        assert a.SerializeToString() == b.SerializeToString() and da == db
+        onnx.checker.check_model(a, full_check=True)
+        assert da.startswith(f"seed {seed}: ")
+        x = fuzz.fuzz_inputs(a)
+        assert x.dtype == np.float32 and len(x) >= 1
+
+
+@pytest.mark.parametrize("op", sorted(op for domain, op in DEFAULT_ALLOWED_OPS))
+def test_generator_places_every_allowed_op(op):
+    model, description = fuzz.random_network(1000 + len(op), ops=[op])
+    used = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
+    assert op in used, f"{op} not placed: {description}"
+
+
+def test_generator_covers_the_constructs():
+    """Over a few hundred seeds: every quantizer form, fixed and dynamic batch, quantizers on the
+    input and as the output, L from 2 to 16, tiny and huge scales."""
+    seen = set()
+    levels = set()
+    for seed in range(300):
+        model, description = fuzz.random_network(seed)
+        meta = fuzz._fuzz_meta(model)
+        seen.add("fixed" if isinstance(meta["batch"], int) else "dynamic")
+        for q in meta["quantizers"]:
+            seen.add(q["form"])
+            seen.add(q["scale_kind"])
+            levels.add(q["levels"])
+            if q["form"] == "pqa_node" and q["k_min"] == 0:
+                seen.add("unsigned")
+        seen.update(w for w in ("input-", "output-") if w in description)
+    assert {"pqa_node", "qcfs_node", "plain", "plain_qcfs", "qdq", "unsigned", "fixed", "dynamic", "input-",
+            "output-", "tiny", "huge"} <= seen
+    assert set(range(2, 17)) <= levels
+
+
+# ------------------------------------------------------------------------------------------------
+# the fixed-seed slice
+# ------------------------------------------------------------------------------------------------
+
+SLICE = range(50)
+
+
+@pytest.mark.parametrize("seed", SLICE)
+def test_fuzz_slice(seed):
+    record = fuzz.run_graph(seed, opt_levels=["disable", "all"], max_timesteps=4, cli=seed % 10 == 0)
+    failures = [r for r in record["results"] if r["status"] == "fail"]
+    assert not failures, (
+        f"{record['description']}\n" + "\n".join(
+            f"  {r['category']} ({r['check']}, {r['mode']}, {r['opt_level']}): {r['message'][:300]}" for r in failures)
+        + f"\n  replay: python bench/fuzz_compiler.py --seeds {seed} --verbose")
