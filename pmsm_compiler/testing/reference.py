@@ -4,7 +4,7 @@ It drives the one-step compiled model (docs/snn-format.md) the plainest way: one
 session of the whole step model (no static prologue, no step variants, no fused kernels, no
 buffers shared between steps), numpy state arrays, a Python loop over t = 1..T:
 
-    feeds(t)  = {input: x, state_i: s_i(t−1), pmsm_t: [t]}     s_i(0) = ½ (membrane), 0 (wrappers)
+    feeds(t)  = {input: x, state_i: s_i(t−1), pmsm_t: [t]}     s_i(0) = ½ or 0 (membrane), 0 (wrappers)
     y(t), s(t), c(t) = step(feeds(t))                         c: the int64 spike-count output
     Σ(t)      = Σ_{τ≤t} y(τ)      (float64, adding the float32 outputs in order)
     ȳ(t)      = Σ(t) / t          (float64)          predictions(t) = argmax ȳ(t) per sample
@@ -35,10 +35,12 @@ import numpy as np
 import onnx
 
 from pmsm_compiler.compiler import read_snn_info
+from pmsm_compiler.ops.neurons import INITIAL_MEMBRANES
 from pmsm_compiler.verify import make_session, with_outputs
 
-#: Initial value of each kind of state, from the compiled-model format (docs/snn-format.md).
-INITIAL_STATE = {"membrane": 0.5, "input_sum": 0.0, "cumulative_output": 0.0}
+#: Initial value of each kind of wrapper state, from the compiled-model format (docs/snn-format.md);
+#: a membrane starts at its neuron op's value (½ for AIF and IF, 0 for AIFHalfEven).
+INITIAL_STATE = {"input_sum": 0.0, "cumulative_output": 0.0}
 
 
 @dataclass
@@ -65,12 +67,16 @@ def _info_and_model(model):
     return model, info
 
 
-def initial_value(state: dict) -> float:
-    """The format's initial value for a state; refuses metadata that says otherwise."""
+def initial_value(state: dict, layer_ops: dict | None = None) -> float:
+    """The format's initial value for a state; refuses metadata that says otherwise.
+    ``layer_ops``: layer name → neuron op, for membranes."""
     kind = state.get("kind")
-    if kind not in INITIAL_STATE:
+    if kind == "membrane":
+        value = INITIAL_MEMBRANES[(layer_ops or {}).get(state.get("layer"), "AIF")]
+    elif kind in INITIAL_STATE:
+        value = INITIAL_STATE[kind]
+    else:
         raise ValueError(f"state {state['input']!r} has unknown kind {kind!r}")
-    value = INITIAL_STATE[kind]
     if float(state.get("init", value)) != value:
         raise ValueError(f"state {state['input']!r} ({kind}) has init {state['init']} in the metadata; "
                          f"the format says {value}")
@@ -99,7 +105,8 @@ def run_reference(model, x, timesteps: int, opt_level: str = "all", keep_levels:
     time_name = info.get("time_input")
     first_output = info["outputs"][0]
     counts_name = info["spike_counts_output"]
-    inits = {s["input"]: initial_value(s) for s in info["states"]}
+    layer_ops = {layer["name"]: layer["op"] for layer in layers}
+    inits = {s["input"]: initial_value(s, layer_ops) for s in info["states"]}
     ranks = {i.name: len(i.shape) for i in session.get_inputs()}
 
     def step(states, t):
