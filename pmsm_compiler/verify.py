@@ -178,6 +178,10 @@ def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
     kept_init = [t for t in g.initializer if t.name in used]
     del m.graph.initializer[:]
     m.graph.initializer.extend(kept_init)
+    dropped = {t.name for t in g.initializer} - used  # older exporters list initializers as inputs too
+    kept_inputs = [i for i in g.input if i.name not in dropped]
+    del m.graph.input[:]
+    m.graph.input.extend(kept_inputs)
     for layer in layers:
         name = layer["ann_output"]
         if name in known:
@@ -237,6 +241,12 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     layers = info["layers"]
     outputs = info["outputs"]
     input_name = info["inputs"][0]["name"]
+    given = ann
+    ann = getattr(compiled, "reference", None) or given  # constants evaluated as in the SNN
+    # What a deployment of the quantized ANN computes (onnxruntime's default: Q/DQ fused into
+    # integer kernels), compared for information only.
+    deployed_sess = (make_session(given, opt_level) if any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                                                          for n in given.graph.node) else None)
     ann_sess = make_session(with_outputs(ann, [l["ann_output"] for l in layers]), opt_level, qdq_fusion=False)
     tail_sess = make_session(teacher_forced_tail(ann, layers), opt_level, qdq_fusion=False)
     snn_sess = make_session(with_outputs(compiled.model, [l["spike_tensor"] for l in layers]), opt_level)
@@ -251,6 +261,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     tail_scale = 0.0
     top1_same = 0
     top1_compared = 0  # top-1 applies only to a [batch, classes] first output
+    deployed_same, deployed_diff = 0, 0.0
     batch = declared_batch(info["inputs"][0]["shape"]) or batch_size
     for xb, n in padded_batches(x, batch):
         feeds = {input_name: xb, **states}
@@ -282,6 +293,11 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         if a[first].ndim == 2:
             top1_same += int((a[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
             top1_compared += n
+        if deployed_sess is not None:
+            d = dict(zip([o.name for o in deployed_sess.get_outputs()], deployed_sess.run(None, {input_name: xb})))
+            deployed_diff = max(deployed_diff, float(np.abs(d[first][:n].astype(np.float64) - s[first][:n]).max()))
+            if d[first].ndim == 2:
+                deployed_same += int((d[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
     per_layer = []
     for j, layer in enumerate(layers):
         rate = float(agree[j] / total[j]) if total[j] else 1.0
@@ -321,5 +337,11 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         "samples": int(len(x)), "batch": int(batch), "data": data_label, "policy": policy_record,
         "level_agreement": overall, "top1_agreement": top1, "max_abs_diff": max_abs,
         "tail_max_abs_diff": tail_err, "tail_bound": bound,
+        "reference": ("the input model with its computed constants evaluated" if ann is not given
+                      else "the input model"),
+        "deployed_ann": None if deployed_sess is None else {
+            "what": "the input model in onnxruntime with Q/DQ fused into integer kernels (information only)",
+            "top1_agreement": deployed_same / top1_compared if top1_compared else None,
+            "max_abs_diff": deployed_diff},
         "lossy_layers_excluded": has_if, "layers": per_layer,
     }
