@@ -223,3 +223,14 @@ def test_bn_affine_with_epsilon(eps):
     folded, ctx = _run_pass(model)
     assert _ops(folded) == ["Mul", "Add"]
     _assert_close(model, folded, _image())
+
+
+def test_two_unnamed_bns_become_affine_with_distinct_names():
+    """Node names are optional in ONNX: two unnamed BNs that cannot be folded must not share the names
+    of the tensors that replace them."""
+    nodes = [helper.make_node("BatchNormalization", ["x", "bn.gamma", "bn.beta", "bn.mean", "bn.var"], ["h"]),
+             helper.make_node("BatchNormalization", ["h", "bn.gamma", "bn.beta", "bn.mean", "bn.var"], ["y"])]
+    model = _model(nodes, _bn_inits("bn", C_IN), (C_IN, HW, HW), [("y", (C_IN, HW, HW))])
+    folded, _ = _run_pass(model)
+    assert _ops(folded) == ["Mul", "Add", "Mul", "Add"]
+    _assert_close(model, folded, _image())
