@@ -9,10 +9,12 @@ real value = c(t) · stored value; the pass chooses scales and rewrites constant
     MatMul / Mul c /  want (θ_in of the next neuron through transparent ops), else 1; a variable
     Div by c          bias (Gemm's C) is rescaled to c_out
     transparent ops   Add/Sub/Sum/Mean/Concat of activations, Where with a fixed condition, pooling,
-                      reshapes, Pad, Neg, MaxPool, ReLU (positively homogeneous: f(c·x) = c·f(x)
-                      for c > 0): inputs share one scale c, and so does the output
+                      reshapes, Pad, Neg, Resize (fixed interpolation weights), MaxPool, ReLU
+                      (positively homogeneous: f(c·x) = c·f(x) for c > 0): inputs share one scale
+                      c, and so does the output
     constants mixed   a constant v in the output's units (Add/Sub either order, Sum, Concat, Where
-    with traffic      operands, Pad's fill value) is stored as v / c: c·(v/c − k) = v − c·k
+    with traffic      operands, Pad's fill value, Resize's extrapolation value) is stored as v / c:
+                      c·(v/c − k) = v − c·k
     Shape, Size       read no values: no rescale, outputs unscaled
     other ops         (Softmax, LayerNorm, BN left as it is, c / x, x^p, Max with a constant, ...)
                       read real values: stored · c
@@ -39,7 +41,7 @@ from .graph_utils import PassRefusal, const_value, fresh, make_const
 TRANSPARENT_ALL = {"Add", "Sub", "Concat", "Sum", "Mean"}
 TRANSPARENT_FIRST = {"AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
                      "Slice", "Split", "ReduceSum", "ReduceMean", "Identity", "Pad", "DepthToSpace", "SpaceToDepth",
-                     "Tile", "Expand", "Gather", "Neg"} | HOMOGENEOUS_OPS
+                     "Tile", "Expand", "Gather", "Neg", "Resize"} | HOMOGENEOUS_OPS
 # Read only the shape of their input, never its values: their outputs do not change over time.
 METADATA_OPS = {"Shape", "Size"}
 # Affine in the first input with parameters that read real values (BN(x) = a·x + b): linear under rate
@@ -252,6 +254,9 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
                 node.inputs[i] = rescale(node.inputs[i], s / target, label)
             for i in _unit_constants(node, cls):
                 node.inputs[i] = _in_units(graph, node, i, target)
+            if node.op == "Resize" and float(node.attrs.get("extrapolation_value", 0.0)) != 0.0:
+                # tf_crop_and_resize fills outside the region with this value, in the output's units
+                node.attrs["extrapolation_value"] = float(node.attrs["extrapolation_value"]) / target
             for out in node.outputs:
                 carried[out.name] = target
             continue

@@ -91,6 +91,18 @@ CASES = {
     "pad_reflect": ([_node("Pad", ["a", "pads"], ["z"], mode="reflect")], [_i64("pads", [0, 2, 0, 1])], F + 3,
                     lambda a: np.pad(a, ((0, 0), (2, 1)), mode="reflect"), None),
     "neg": ([_node("Neg", ["a"], ["z"])], [], F, lambda a: -a, None),
+    # linear with fixed interpolation weights (half-pixel centres): scale-transparent, never wrapped
+    "resize_nearest": ([_node("Resize", ["a", "", "scales"], ["z"], mode="nearest")], [_f("scales", [1, 2])],
+                       2 * F, lambda a: np.repeat(a, 2, axis=1), None),
+    "resize_linear": ([_node("Resize", ["a", "", "scales"], ["z"], mode="linear")], [_f("scales", [1, 2])], 2 * F,
+                      lambda a: np.stack([np.interp((np.arange(2 * F) + 0.5) / 2 - 0.5, np.arange(F), row)
+                                          for row in a]), None),
+    # the region [0.25, 1] of each row, sampled at 8 points: outside it the output is the constant 0.7
+    "resize_crop_fill": ([_node("Resize", ["a", "roi", "", "sizes"], ["z"], mode="linear", extrapolation_value=0.7,
+                                coordinate_transformation_mode="tf_crop_and_resize")],
+                         [_f("roi", [0, 0.25, 1, 1.25]), _i64("sizes", [N, 8])], 8,
+                         lambda a: np.stack([np.where((x := 0.25 * (F - 1) + np.arange(8) * (F - 1) / 7) > F - 1, 0.7,
+                                                      np.interp(x, np.arange(F), row)) for row in a]), None),
     "gemm_variable_bias": ([_node("Gemm", ["a", "wsq", "a"], ["z"], beta=0.5)], [_f("wsq", W_SQ)], F,
                            lambda a: a @ W_SQ + 0.5 * a, None),
     "batchnorm": ([_node("BatchNormalization", ["a", "g", "b", "m", "v"], ["z"], epsilon=1e-3)],
