@@ -225,15 +225,11 @@ def test_rate_coding_mean_is_op_of_mean_input(compiled_cases, case, mode):
     assert varied  # the spike counts do change over time (not a constant input in disguise)
 
 
-def test_sub_const_first_folded_rewrites_the_constant():
+def test_sub_const_first_folded_rewrites_the_constant(compiled_cases):
     """The reported defect at its cause: the constant of Sub(c, spikes) is stored in spike units."""
-    _, compiled = compiled_cases_plain("sub_scalar_first", "gemm")
+    _, compiled = compiled_cases("sub_scalar_first", "gemm", "folded")
     inits = {t.name: numpy_helper.to_array(t) for t in compiled.model.graph.initializer}
     sub = next(n for n in compiled.model.graph.node if n.op_type == "Sub")
     assert float(inits[sub.input[0]]) == pytest.approx(1.0 / THETA, rel=1e-6)
     assert sub.input[1] == compiled.layers[0]["spike_tensor"]  # integer spikes, no rescale in between
 
-
-def compiled_cases_plain(case, head, mode="folded"):
-    ann = build(case, head)
-    return ann, compile_model(ann, mode=mode)
