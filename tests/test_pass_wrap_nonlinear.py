@@ -237,7 +237,8 @@ SHAPE_CHAIN = {"shape", "n", "n1", "new_shape"}
 
 
 def view_nodes(src="a", out="y"):
-    """Shape → Gather(0) → Unsqueeze → Concat(·, [−1]) → Reshape: the legacy export of x.view(x.size(0), −1)."""
+    """Shape → Gather(0) → Unsqueeze → Concat(·, [−1]) → Reshape: how the legacy exporter writes
+    x.view(x.size(0), −1)."""
     return [helper.make_node("Shape", [src], ["shape"], name="shape"),
             helper.make_node("Gather", ["shape", "zero"], ["n"], name="batch_dim", axis=0),
             helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"], name="unsqueeze"),
