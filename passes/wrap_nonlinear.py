@@ -94,7 +94,9 @@ def _state(graph, base, like):
 def _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input):
     label = node.name or fresh(graph, node.op)
     out = node.outputs[0]
-    record = {"name": label, "op": node.op, "homogeneous": homogeneous, "states": []}
+    record = {"name": label, "op": node.op, "homogeneous": homogeneous, "states": [],
+              # what the runtime's first-step variant needs to bypass the wrapper (S_1 = x, F_1 = f(x))
+              "input_index": list(dyn_idx), "inputs": [node.inputs[i].name for i in dyn_idx]}
     for i in dyn_idx:
         x = node.inputs[i]
         s_in = _state(graph, f"{label}.sum{i}", x)
@@ -114,6 +116,7 @@ def _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input):
         record["states"].append(s_in.name)
     value = gs.Variable(fresh(graph, f"{label}.value"), dtype=np.float32, shape=out.shape)
     node.outputs = [value]
+    record["value"], record["output"] = value.name, out.name
     cumulative = value
     if not homogeneous:
         cumulative = gs.Variable(fresh(graph, f"{label}.cumulative"), dtype=np.float32, shape=out.shape)

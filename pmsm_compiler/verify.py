@@ -1,6 +1,8 @@
 """Verification: the SNN at T = 1 against the quantized ANN, in the same engine and level.
 
-Both models run in onnxruntime at the same graph-optimization level on the same inputs. Per neuron
+Both models run in onnxruntime at the same graph-optimization level on the same inputs, the SNN as
+the runtime runs its first and only step at T = 1 (``runtime.session.step_variant``: initial
+states as constants, temporal wrappers bypassed, no reset). Per neuron
 layer the quantization levels are compared exactly (ANN: k = rint(y / s_out); SNN: the emitted
 spike counts k); for the network outputs the max |difference| and the top-1 agreement are reported.
 
@@ -249,8 +251,11 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                                                           for n in given.graph.node) else None)
     ann_sess = make_session(with_outputs(ann, [l["ann_output"] for l in layers]), opt_level, qdq_fusion=False)
     tail_sess = make_session(teacher_forced_tail(ann, layers), opt_level, qdq_fusion=False)
-    snn_sess = make_session(with_outputs(compiled.model, [l["spike_tensor"] for l in layers]), opt_level)
-    states = initial_state_feeds(info, snn_sess)
+    from pmsm_compiler.runtime.session import step_variant  # the runtime's own T = 1 step
+
+    t1_step = step_variant(compiled.model, info, first=True, last=True)
+    snn_sess = make_session(with_outputs(t1_step, [l["spike_tensor"] for l in layers]), opt_level)
+    snn_inputs = {i.name for i in snn_sess.get_inputs()}
     ann_names = [o.name for o in ann_sess.get_outputs()]
     snn_names = [o.name for o in snn_sess.get_outputs()]
     tail_inputs = {i.name for i in tail_sess.get_inputs()}
@@ -264,8 +269,8 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     deployed_same, deployed_diff = 0, 0.0
     batch = declared_batch(info["inputs"][0]["shape"]) or batch_size
     for xb, n in padded_batches(x, batch):
-        feeds = {input_name: xb, **states}
-        if info.get("time_input"):
+        feeds = {input_name: xb}
+        if info.get("time_input") in snn_inputs:
             feeds[info["time_input"]] = np.ones([1], np.float32)
         a = dict(zip(ann_names, ann_sess.run(None, {input_name: xb})))
         s = dict(zip(snn_names, snn_sess.run(None, feeds)))

@@ -114,6 +114,13 @@ def step_variant(step: onnx.ModelProto, info: dict, first: bool, last: bool) -> 
     first: every state still holds its initial value, so the state inputs become constant
     scalars (½ for membranes, 0 for wrapper sums) — the same values the broadcast initial
     tensors hold, so the same results, without reading a state tensor.
+    Each temporal wrapper is bypassed at the first step: its op reads the inputs themselves
+    (S_1/1 = x) and its consumers read the op's value (F_1 − F_0 = f(x)), so that onnxruntime
+    sees the ANN's own graph around the op and optimizes it the same way (a MatMul followed by a
+    Mul by a constant is fused into one kernel, which rounds differently from the two ops). That
+    holds fully at T = 1 (first and last): a first step that also computes the next states reads
+    the op's value a second time, which can stop such a fusion, so the first step of a longer run
+    can differ from a T = 1 run in the last bit (the T = 1 run is the one equal to the ANN).
     last: nobody reads the next states, so they are dropped, and the neurons use their
     ``*Final`` functions without the reset (onnxruntime inlines a function's whole body, so an
     unused output would still be computed). At T = 1 the single step is both first and last.
@@ -131,6 +138,7 @@ def step_variant(step: onnx.ModelProto, info: dict, first: bool, last: bool) -> 
                 node.inputs = [const if t is var else t for t in node.inputs]
         names = {s["input"] for s in info["states"]}
         graph.inputs = [t for t in graph.inputs if t.name not in names]
+        _bypass_wrappers(graph, info)
     if last:
         state_outputs = {s["output"] for s in info["states"]}
         graph.outputs = [t for t in graph.outputs if t.name not in state_outputs]
@@ -145,6 +153,20 @@ def step_variant(step: onnx.ModelProto, info: dict, first: bool, last: bool) -> 
         add_functions(model, final_step_functions())
     del model.metadata_props[:]
     return model
+
+
+def _bypass_wrappers(graph, info: dict) -> None:
+    tensors = graph.tensors()
+    for w in info["wrappers"]:
+        value, out = tensors.get(w.get("value")), tensors.get(w.get("output"))
+        if value is None or out is None or len(value.inputs) != 1:
+            continue  # a model compiled before wrappers recorded their tensors: keep the wrapper
+        op = value.inputs[0]
+        for i, name in zip(w["input_index"], w["inputs"]):
+            op.inputs[i] = tensors[name]
+        if out not in graph.outputs:
+            for consumer in list(out.outputs):
+                consumer.inputs = [value if t is out else t for t in consumer.inputs]
 
 
 def states_safe_in_place(step: onnx.ModelProto, info: dict) -> set[str]:

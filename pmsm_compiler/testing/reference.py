@@ -2,7 +2,8 @@
 
 It drives the one-step compiled model (docs/snn-format.md) the plainest way: one onnxruntime
 session of the whole step model (no static prologue, no step variants, no fused kernels, no
-buffers shared between steps), numpy state arrays, a Python loop over t = 1..T:
+buffers shared between steps; step 1 with the temporal wrappers as identities, as the format
+defines it: ``first_step_model``), numpy state arrays, a Python loop over t = 1..T:
 
     feeds(t)  = {input: x, state_i: s_i(t−1), pmsm_t: [t]}     s_i(0) = ½ or 0 (membrane), 0 (wrappers)
     y(t), s(t), c(t) = step(feeds(t))                         c: the int64 spike-count output
@@ -83,6 +84,44 @@ def initial_value(state: dict, layer_ops: dict | None = None) -> float:
     return value
 
 
+def first_step_model(model: onnx.ModelProto, info: dict, last: bool) -> onnx.ModelProto:
+    """The step model as the format defines step 1: every temporal wrapper is the identity around
+    its op at t = 1 (S_1/1 = x, F_1 − F_0 = f(x)), so its op reads the wrapped inputs themselves
+    and its consumers read the op's value (the wrapper records name them). Same values; the
+    graph around the op is then the ANN's, which onnxruntime optimizes as it does the ANN.
+    ``last`` (a T = 1 run): the next states are not outputs, and what only they needed is
+    pruned, so that no extra reader of an op's value stops onnxruntime fusing it as in the ANN."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if last:
+        state_outputs = {st["output"] for st in info["states"]}
+        kept = [o for o in m.graph.output if o.name not in state_outputs]
+        del m.graph.output[:]
+        m.graph.output.extend(kept)
+    graph_outputs = {o.name for o in m.graph.output}
+    for w in info["wrappers"]:
+        if "value" not in w:
+            continue
+        op = next(n for n in m.graph.node if w["value"] in n.output)
+        for i, name in zip(w["input_index"], w["inputs"]):
+            op.input[i] = name
+        if w["output"] not in graph_outputs:
+            for node in m.graph.node:
+                node.input[:] = [w["value"] if i == w["output"] else i for i in node.input]
+    if last:  # keep the nodes the outputs need (in order)
+        producer = {o: j for j, n in enumerate(m.graph.node) for o in n.output if o}
+        needed, todo = set(), list(graph_outputs)
+        while todo:
+            j = producer.get(todo.pop())
+            if j is not None and j not in needed:
+                needed.add(j)
+                todo.extend(i for i in m.graph.node[j].input if i)
+        kept_nodes = [n for j, n in enumerate(m.graph.node) if j in needed]
+        del m.graph.node[:]
+        m.graph.node.extend(kept_nodes)
+    return m
+
+
 def _predictions(mean: np.ndarray, n: int) -> np.ndarray:
     if mean.ndim < 2:
         return np.zeros(n, np.int64)
@@ -99,7 +138,11 @@ def run_reference(model, x, timesteps: int, opt_level: str = "all", keep_levels:
     layers = info["layers"]
     spike_names = [layer["spike_tensor"] for layer in layers]
     session = make_session(with_outputs(model, spike_names), opt_level, threads=threads)
+    first_session = make_session(with_outputs(first_step_model(model, info, last=timesteps == 1), spike_names),
+                                 opt_level, threads=threads)
     names = [o.name for o in session.get_outputs()]
+    output_names = {sess: [o.name for o in sess.get_outputs()] for sess in (session, first_session)}
+    input_names = {sess: {i.name for i in sess.get_inputs()} for sess in (session, first_session)}
     data = dict(x) if isinstance(x, dict) else {info["inputs"][0]["name"]: x}
     n = next(iter(data.values())).shape[0]
     time_name = info.get("time_input")
@@ -109,14 +152,16 @@ def run_reference(model, x, timesteps: int, opt_level: str = "all", keep_levels:
     inits = {s["input"]: initial_value(s, layer_ops) for s in info["states"]}
     ranks = {i.name: len(i.shape) for i in session.get_inputs()}
 
-    def step(states, t):
+    def step(states, t, sess=None):
         feeds = {**data, **states}
         if time_name:
             feeds[time_name] = np.array([t], np.float32)
-        return dict(zip(names, session.run(None, feeds)))
+        sess = sess or (first_session if t == 1 else session)
+        feeds = {k: v for k, v in feeds.items() if k in input_names[sess]}
+        return dict(zip(output_names[sess], sess.run(None, feeds)))
 
     # Probe: the full size of every state is the size of its next value at t = 1.
-    probe = step({name: np.full([1] * ranks[name], v, np.float32) for name, v in inits.items()}, 1)
+    probe = step({name: np.full([1] * ranks[name], v, np.float32) for name, v in inits.items()}, 1, session)
     states = {s["input"]: np.full(probe[s["output"]].shape, inits[s["input"]], np.float32)
               for s in info["states"]}
 
@@ -145,7 +190,8 @@ def run_reference(model, x, timesteps: int, opt_level: str = "all", keep_levels:
             levels.append([out[name] for name in spike_names])
         if keep_all_outputs:
             all_outputs.append({name: out[name] for name in info["outputs"]})
-        states = {s["input"]: out[s["output"]] for s in info["states"]}
+        if t < timesteps:
+            states = {s["input"]: out[s["output"]] for s in info["states"]}
     return ReferenceResult(
         mean_outputs=(total / timesteps).astype(np.float32), outputs_by_t=np.stack(outputs),
         mean_by_t=np.stack(means), predictions_by_t=preds, spikes=counts, spikes_recomputed=recomputed,
