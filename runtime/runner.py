@@ -21,6 +21,7 @@ from pmsm_compiler.limits import check_timesteps
 
 from .report import summarize
 
+
 def _static_dims(shape):
     dims = list(shape[1:]) if shape else []
     return dims if dims and all(isinstance(d, int) for d in dims) else None

@@ -99,7 +99,9 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
     mode = "exact" if exact else "folded"
     compiled = compile_model(ann, mode=mode)
     info = compiled.info
-    check_runs(ann, random_inputs(info, 1, seed), opt_level, what=model)
+    batch = info["inputs"][0]["shape"][0]  # one sample, or the batch the model declares
+    check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
+               what=model)
     verification = {"passed": None, "skipped": True}
     if check:
         if calibration_data:
