@@ -99,11 +99,8 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
     mode = "exact" if exact else "folded"
     compiled = compile_model(ann, mode=mode)
     info = compiled.info
-    batch = info["inputs"][0]["shape"][0]  # one sample, or the batch the model declares
-    check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
-               what=model)
     verification = {"passed": None, "skipped": True}
-    if check:
+    if check:  # the inputs first: their refusals (size, type) are cheaper than a run
         if calibration_data:
             from pmsm_compiler.data import load_dataset
             from pmsm_compiler.data.prepare import model_inputs, resolve_normalization
@@ -118,6 +115,10 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
             x = random_inputs(info, samples, seed)
             kind = "normal" if x.dtype.kind == "f" else f"uniform {x.dtype}"
             label = f"random {kind}, seed {seed} ({samples} samples)"
+    batch = info["inputs"][0]["shape"][0]  # one sample, or the batch the model declares
+    check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
+               what=model)
+    if check:
         policy = VerificationPolicy(max_level_mismatch, min_top1_agreement)
         verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode, policy=policy, data_label=label)
     elapsed = time.perf_counter() - start
