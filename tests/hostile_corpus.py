@@ -517,6 +517,7 @@ CASES: list[Case] = [
     _compile("report_is_directory", lambda d, a: [a.ann, "-o", d / "out.onnx", "--report", d],
              r"cannot write the report .*is a directory", outputs=False),
     _compile("samples_zero", lambda d, a: [a.ann, "--samples", "0"], r"--samples must be >= 1"),
+    _compile("seed_negative", lambda d, a: [a.ann, "--seed", "-1"], r"--seed must be >= 0, got -1"),
     # issue 15, item 5: sizes
     _model_case("huge_input_dims", lambda: base_model(dims=("N", 3, 100_000, 100_000)),
                 r"graph input 'x' has shape \['N', 3, 100000, 100000\] .* per sample, over the limit of 2\.0 GiB"),

@@ -84,6 +84,8 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
 
     if samples < 1:
         raise InputError(f"--samples must be >= 1, got {samples}")
+    if seed < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
     output = output or default_output(model)
     if os.path.abspath(output) == os.path.abspath(model):
         raise InputError("the output path must differ from the input model")
