@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from pmsm_compiler.ops import DOMAIN
@@ -55,7 +56,12 @@ def _close(a, b):
 
 
 def _is_float(t):
-    return t.dtype is None or np.dtype(t.dtype).kind == "f"
+    if t.dtype is None:
+        return True
+    try:
+        return np.dtype(t.dtype).kind == "f"
+    except TypeError:  # onnx-graphsurgeon keeps types numpy lacks (bfloat16, float8) as ONNX enums
+        return "FLOAT" in onnx.TensorProto.DataType.Name(int(t.dtype))
 
 
 def _present(node, i):

@@ -137,7 +137,7 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     layers = [{k: v for k, v in layer.items() if not k.startswith("_")} for layer in ctx.layers]
     info = {
         "format": "pmsm-snn", "format_version": FORMAT_VERSION, "compiler_version": __version__, "mode": mode,
-        "inputs": [{"name": n, "shape": _shape_of(graph, n)} for n in input_names],
+        "inputs": [{"name": n, "shape": _shape_of(graph, n), "dtype": _elem_type_of(model, n)} for n in input_names],
         "outputs": outputs, "spike_counts_output": ctx.spike_counts_output, "time_input": ctx.time_input,
         "states": ctx.states, "layers": layers, "wrappers": ctx.wrappers, "ann_macs": int(ann_macs),
         "notes": ctx.notes, "pass_seconds": ctx.timings,
@@ -170,6 +170,14 @@ def _shape_of(graph, name):
     for t in graph.inputs:
         if t.name == name and t.shape is not None:
             return [d if isinstance(d, (int, np.integer)) else str(d) for d in t.shape]
+    return None
+
+
+def _elem_type_of(model, name):
+    """The ONNX element type of graph input ``name``, lower case ("float", "uint8", ...)."""
+    for v in model.graph.input:
+        if v.name == name and v.type.HasField("tensor_type"):
+            return onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
     return None
 
 

@@ -38,6 +38,8 @@ of exactly B (the last one padded, its padding discarded); a dynamic batch uses 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,6 +47,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from pmsm_compiler.errors import InputError
+from pmsm_compiler.limits import MAX_TENSOR_BYTES, format_bytes
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -110,11 +113,42 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
         so.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         so.intra_op_num_threads = threads
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: a failure raises, and the tools print it as their one error line
     if custom_ops_library:
         so.register_custom_ops_library(custom_ops_library)
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def onnxruntime_errors(what: str):
+    """Turn an onnxruntime failure inside the block into InputError("onnxruntime cannot run
+    <what>: <its message>"), one line."""
+    import onnxruntime
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    failures = tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+    package = os.path.dirname(onnxruntime.__file__)
+    try:
+        yield
+    except (*failures, RuntimeError) as exc:
+        tb = exc.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        # run_with_iobinding reports a failed run as a plain RuntimeError: only those raised in onnxruntime
+        if not isinstance(exc, failures) and not tb.tb_frame.f_code.co_filename.startswith(package):
+            raise
+        message = " ".join(str(exc).split())
+        raise InputError(f"onnxruntime cannot run {what}: {message[:300]}") from None
+
+
+def check_runs(model: onnx.ModelProto, x: np.ndarray, opt_level: str = "all", what: str = "the model") -> None:
+    """InputError (one line) unless onnxruntime runs ``model`` on ``x``. The ONNX checker and
+    shape inference accept some models onnxruntime refuses at run time (a Conv kernel_shape that
+    contradicts its weight, a pooling window larger than its input)."""
+    with onnxruntime_errors(what):
+        session = make_session(model, opt_level)
+        session.run(None, {session.get_inputs()[0].name: x})
 
 
 def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
@@ -228,11 +262,49 @@ def initial_state_feeds(info: dict, session) -> dict:
     return {s["input"]: np.full([1] * ranks[s["input"]], s["init"], np.float32) for s in info["states"]}
 
 
+def input_dtype(spec: dict) -> np.dtype:
+    """The numpy dtype of a compiled model's data input (``info["inputs"][i]``); InputError for an
+    element type numpy has no native type for (e.g. bfloat16)."""
+    name = spec.get("dtype") or "float"  # models compiled before the dtype was recorded: float
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(TensorProto.DataType.Value(name.upper())))
+    except (KeyError, TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.kind not in "fiub":
+        raise InputError(f"the model's input '{spec['name']}' has element type {name}; the tools feed "
+                         f"float16/32/64, integer or bool inputs")
+    return dtype
+
+
 def random_inputs(info: dict, samples: int, seed: int = 0) -> np.ndarray:
-    shape = info["inputs"][0]["shape"]
+    """Seeded random inputs of the model input's element type: floats standard normal (float64
+    draws rounded to the type), integers uniform over the type's whole range, bools fair coins.
+
+    Refused before allocating, in one line: an input without a static per-sample shape, an
+    element type without a numpy type, and an array over ``limits.MAX_TENSOR_BYTES``.
+    """
+    spec = info["inputs"][0]
+    shape = spec["shape"]
     if shape is None or any(not isinstance(d, int) for d in shape[1:]):
         raise InputError("the model input has no static per-sample shape; give --calibration-data")
-    return np.random.default_rng(seed).standard_normal((samples, *shape[1:])).astype(np.float32)
+    dtype = input_dtype(spec)
+    dims = tuple(shape[1:])
+    nbytes = samples * int(np.prod(dims, dtype=object)) * dtype.itemsize
+    if nbytes > MAX_TENSOR_BYTES:
+        raise InputError(f"random verification inputs for input '{spec['name']}' of shape {shape} ({dtype}): "
+                         f"{samples:,} samples need {format_bytes(nbytes)}, over the limit of "
+                         f"{format_bytes(MAX_TENSOR_BYTES)}; use fewer samples or calibration data")
+    rng = np.random.default_rng(seed)
+    out = np.empty((samples, *dims), dtype)
+    if dtype.kind == "f":
+        for i in range(samples):  # one sample at a time: the same stream as one call, without a float64 copy
+            out[i] = rng.standard_normal(dims)
+    elif dtype.kind == "b":
+        out[...] = rng.integers(0, 2, size=out.shape, dtype=np.uint8).astype(bool)
+    else:
+        limits = np.iinfo(dtype)
+        out[...] = rng.integers(limits.min, limits.max, size=out.shape, dtype=dtype, endpoint=True)
+    return out
 
 
 def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all", mode: str | None = None,

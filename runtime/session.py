@@ -36,7 +36,8 @@ import onnx_graphsurgeon as gs
 
 from pmsm_compiler.compiler import read_snn_info
 from pmsm_compiler.errors import InputError
-from pmsm_compiler.verify import declared_batch, make_session, padded_batches
+from pmsm_compiler.limits import check_timesteps
+from pmsm_compiler.verify import declared_batch, input_dtype, make_session, padded_batches
 
 
 @dataclass
@@ -249,6 +250,10 @@ class SNNSession:
         self.step = self._make_step_session(step)
         self._variants = {(False, False): self.step}
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
+        # the graph's own input type (not the metadata's): what onnxruntime will accept
+        reader = self.prologue if self.prologue is not None else self.step
+        arg = next((a for a in reader.get_inputs() if a.name == self.input_name), None)
+        self.input_dtype = input_dtype({"name": self.input_name, "dtype": arg.type[7:-1] if arg else None})
         self._prologue_outputs = [o.name for o in self.prologue.get_outputs()] if self.prologue else []
         self._states = info["states"]
         # Decided on the unfused step: a fused neuron kernel reads each membrane element before it
@@ -315,8 +320,8 @@ class SNNSession:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
     def check_input(self, x: np.ndarray):
-        if x.dtype != np.float32:
-            raise InputError(f"input dtype {x.dtype} does not match the model's float32")
+        if x.dtype != self.input_dtype:
+            raise InputError(f"input dtype {x.dtype} does not match the model's {self.input_dtype}")
         expected = self.input_shape[1:] if self.input_shape else None
         if expected and all(isinstance(d, int) for d in expected) and list(x.shape[1:]) != list(expected):
             raise InputError(f"input shape {list(x.shape[1:])} does not match the model's {list(expected)}")
@@ -324,8 +329,7 @@ class SNNSession:
     def run_batch(self, x: np.ndarray, timesteps: int, keep_outputs: bool = False) -> BatchResult:
         """Run ``x`` for T steps. A model declared with a fixed batch size B takes any number of
         samples: they run in batches of exactly B, the last one padded (the padding is dropped)."""
-        if timesteps < 1:
-            raise InputError(f"timesteps must be >= 1, got {timesteps}")
+        timesteps = check_timesteps(timesteps)
         self.check_input(x)
         if self.fixed_batch is None or len(x) == self.fixed_batch:
             return self._run_steps(x, timesteps, keep_outputs)

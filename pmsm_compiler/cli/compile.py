@@ -11,6 +11,7 @@ import click
 
 from pmsm_compiler import __version__
 from pmsm_compiler.errors import VerificationError, cli_errors
+from pmsm_compiler.limits import MAX_OPSET, MAX_TENSOR_BYTES, MIN_OPSET, format_bytes
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -38,7 +39,18 @@ def layer_table(layers, verification=None) -> str:
     return "\n".join(lines)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+HELP = f"""Compile MODEL (an ONNX model with PQA / QCFS / QDQ activations) into a spiking model.
+
+MODEL: default-domain ONNX opset {MIN_OPSET} to {MAX_OPSET}, one data input (float, or uint8 images that
+the model scales itself), no tensor over {format_bytes(MAX_TENSOR_BYTES).split(' (')[0]} (a dynamic batch
+counted as 1).
+
+Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
+2 bad input or unsupported model.
+"""
+
+
+@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pmsm-compiler", prog_name="pmsm-compile")
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", type=click.Path(), help="Output path (default: MODEL with .snn.onnx).")
@@ -66,19 +78,17 @@ def layer_table(layers, verification=None) -> str:
 @cli_errors
 def main(model, output, exact, check, calibration_data, samples, seed, normalization, opt_level,
          max_level_mismatch, min_top1_agreement, output_rtol, report_path, max_bytes, quiet):
-    """Compile MODEL (an ONNX model with PQA / QCFS / QDQ activations) into a spiking model.
-
-    Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
-    2 bad input or unsupported model.
-    """
-    from pmsm_compiler.compiler import compile_model
+    """See HELP."""
+    from pmsm_compiler.compiler import compile_model, read_snn_info
     from pmsm_compiler.errors import InputError
-    from pmsm_compiler.loading import (MAX_MODEL_BYTES, check_output_path, load_model, save_model_atomic,
-                                       save_text_atomic)
-    from pmsm_compiler.verify import VerificationPolicy, random_inputs, verify
+    from pmsm_compiler.loading import (MAX_MODEL_BYTES, check_output_path, check_single_input, check_static_shapes,
+                                       load_model, save_model_atomic, save_text_atomic)
+    from pmsm_compiler.verify import VerificationPolicy, check_runs, input_dtype, random_inputs, verify
 
     if samples < 1:
         raise InputError(f"--samples must be >= 1, got {samples}")
+    if seed < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
     output = output or default_output(model)
     if os.path.abspath(output) == os.path.abspath(model):
         raise InputError("the output path must differ from the input model")
@@ -86,23 +96,34 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
     if report_path:
         check_output_path(report_path, "the report")
     start = time.perf_counter()
-    ann = load_model(model, max_bytes=max_bytes or MAX_MODEL_BYTES)
+    ann = load_model(model, max_bytes=max_bytes or MAX_MODEL_BYTES, static_inputs=False)
+    if read_snn_info(ann) is not None:
+        raise InputError(f"{model} is already a compiled SNN ('pmsm.snn' metadata); give the source ANN")
+    check_single_input(ann)
+    check_static_shapes(ann)
     mode = "exact" if exact else "folded"
     compiled = compile_model(ann, mode=mode)
     info = compiled.info
     verification = {"passed": None, "skipped": True}
-    if check:
+    if check:  # the inputs first: their refusals (size, type) are cheaper than a run
         if calibration_data:
             from pmsm_compiler.data import load_dataset
             from pmsm_compiler.data.prepare import model_inputs, resolve_normalization
 
             ds = load_dataset(None if calibration_data == "bundled" else calibration_data)
             mean, std = resolve_normalization(normalization, info)
-            x, _ = model_inputs(ds, info["inputs"][0]["shape"], mean, std, limit=samples)
+            spec = info["inputs"][0]
+            x, _ = model_inputs(ds, spec["shape"], mean, std, limit=samples, input_dtype=input_dtype(spec),
+                                input_name=spec["name"])
             label = f"{ds.name} ({len(x)} samples)"
         else:
             x = random_inputs(info, samples, seed)
-            label = f"random normal, seed {seed} ({samples} samples)"
+            kind = "normal" if x.dtype.kind == "f" else f"uniform {x.dtype}"
+            label = f"random {kind}, seed {seed} ({samples} samples)"
+    batch = info["inputs"][0]["shape"][0]  # one sample, or the batch the model declares
+    check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
+               what=model)
+    if check:
         policy = VerificationPolicy(max_level_mismatch, min_top1_agreement, output_rtol)
         verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode, policy=policy, data_label=label)
     elapsed = time.perf_counter() - start
