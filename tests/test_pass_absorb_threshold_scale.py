@@ -157,7 +157,7 @@ def test_residual_join_gets_synapse_scale_and_stays_correct():
     assert scales, "the join of θ_a and θ_b needs a synapse scale"
     inits = _inits(m)
     factors = sorted(float(inits[n.input[1]]) for n in scales)
-    ta, tb, tc = theta("a"), theta("b"), theta("c")
+    ta, tb = theta("a"), theta("b")
     # the two scales meet at the Add: one side is rescaled to the other's θ, then to θ_c
     assert any(np.isclose(f, r, rtol=1e-6) for f in factors for r in (ta / tb, tb / ta))
     join = next(n for n in m.graph.node if n.name == "join")

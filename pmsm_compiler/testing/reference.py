@@ -140,7 +140,6 @@ def run_reference(model, x, timesteps: int, opt_level: str = "all", keep_levels:
     session = make_session(with_outputs(model, spike_names), opt_level, threads=threads)
     first_session = make_session(with_outputs(first_step_model(model, info, last=timesteps == 1), spike_names),
                                  opt_level, threads=threads)
-    names = [o.name for o in session.get_outputs()]
     output_names = {sess: [o.name for o in sess.get_outputs()] for sess in (session, first_session)}
     input_names = {sess: {i.name for i in sess.get_inputs()} for sess in (session, first_session)}
     data = dict(x) if isinstance(x, dict) else {info["inputs"][0]["name"]: x}
