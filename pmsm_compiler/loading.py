@@ -497,8 +497,67 @@ def check_static_shapes(model: ModelProto) -> None:
     if problems:
         raise _fail(
             "; ".join(problems) + "; the compiler needs static spatial shapes "
-            "(only the batch axis may be dynamic)"
+            f"(only the batch axis may be dynamic): fix them with {INPUT_SHAPE_FLAG} NAME:Nx3x32x32"
         )
+
+
+INPUT_SHAPE_FLAG = "--input-shape"
+
+
+def parse_input_shape(text: str) -> tuple[str | None, list[int | str]]:
+    """``NAME:1x3x32x32`` (also ``NAME:[1,3,32,32]``, or dims alone for a one-input model) →
+    (name or None, dims). A dim that is not a positive integer (``N``, ``batch``) stays symbolic."""
+    name, sep, dims = text.rpartition(":")
+    dims = dims.strip().strip("[]()")
+    parts = [p.strip() for p in dims.replace(",", "x").split("x")] if dims else []
+    if not parts or any(not p for p in parts):
+        raise InputError(f"{INPUT_SHAPE_FLAG} {text!r}: expected NAME:DIMS such as x:1x3x32x32")
+    out: list[int | str] = []
+    for p in parts:
+        if p.isdigit():
+            if int(p) < 1:
+                raise InputError(f"{INPUT_SHAPE_FLAG} {text!r}: dimension {p} must be >= 1")
+            out.append(int(p))
+        elif p.isidentifier():
+            out.append(p)
+        else:
+            raise InputError(f"{INPUT_SHAPE_FLAG} {text!r}: dimension {p!r} is neither a positive integer nor a name")
+    return (name.strip() or None) if sep else None, out
+
+
+def set_input_shapes(model: ModelProto, shapes: dict[str | None, list[int | str]]) -> None:
+    """Override the declared shapes of graph inputs (see ``load_model``); the inferred shapes of
+    intermediate tensors are dropped, since they may follow from the old ones."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    names = [v.name for v in inputs]
+    for name, dims in shapes.items():
+        if name is None:
+            if len(inputs) != 1:
+                raise InputError(f"{INPUT_SHAPE_FLAG}: name the input (NAME:DIMS); the model has inputs "
+                                 f"{', '.join(names)}")
+            target = inputs[0]
+        else:
+            target = next((v for v in inputs if v.name == name), None)
+            if target is None:
+                raise InputError(f"{INPUT_SHAPE_FLAG}: the model has no input {name!r} (inputs: {', '.join(names)})")
+        tt = target.type.tensor_type
+        if tt.HasField("shape") and len(tt.shape.dim) not in (0, len(dims)):
+            raise InputError(f"{INPUT_SHAPE_FLAG}: input {target.name!r} has rank {len(tt.shape.dim)}, "
+                             f"the given shape {'x'.join(map(str, dims))} has rank {len(dims)}")
+        for axis, dim in enumerate(tt.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0 and isinstance(dims[axis], int) \
+                    and dim.dim_value != dims[axis]:
+                raise InputError(f"{INPUT_SHAPE_FLAG}: input {target.name!r} declares dimension {dim.dim_value} at "
+                                 f"axis {axis}, the given shape has {dims[axis]}")
+        tt.ClearField("shape")
+        for d in dims:
+            dim = tt.shape.dim.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            else:
+                dim.dim_param = d
+    del model.graph.value_info[:]
 
 
 def check_opsets(model: ModelProto) -> None:
@@ -690,8 +749,13 @@ def load_model(
     max_bytes: int = MAX_MODEL_BYTES,
     allowed_ops: Iterable[tuple[str, str] | str] | None = None,
     static_inputs: bool = True,
+    input_shapes: dict[str, list[int | str]] | None = None,
 ) -> ModelProto:
     """Load, validate and shape-infer an untrusted ONNX model; return the inferred model.
+
+    ``input_shapes`` ({input name: dims}, see ``parse_input_shape``) overrides the declared shape
+    of graph inputs before shape inference, e.g. to fix dynamic spatial dimensions; a string dim
+    stays symbolic (a dynamic batch).
 
     ``static_inputs=False`` skips the static-shape check of the graph inputs (compiled SNNs
     declare their state inputs rank-only; the runtime checks the data input itself).
@@ -723,6 +787,8 @@ def load_model(
     _check_io_shapes_declared(model)
     check_ops(model, allowed_ops)
     check_sparse_sizes(model)
+    if input_shapes:
+        set_input_shapes(model, input_shapes)
 
     if external_bytes:
         try:

@@ -394,3 +394,20 @@ def test_real_process_one_line_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert listing(tmp_path) == ["image.onnx"]
+
+
+def test_input_shape_fixes_dynamic_height_and_width(tmp_path):
+    """A model exported with dynamic H and W compiles once --input-shape fixes them (the batch may
+    stay dynamic with a name), and the SNN then has that shape."""
+    import sys as _sys
+
+    _sys.path.insert(0, os.path.dirname(__file__))
+    from hostile_corpus import base_model
+
+    path = tmp_path / "dyn.onnx"
+    onnx.save(base_model(dims=("N", 3, "H", "W")), path)
+    for text, batch in (("x:Nx3x32x32", "N"), ("1,3,32,32", 1), ("x:[2,3,32,32]", 2)):
+        out = tmp_path / f"dyn_{batch}.snn.onnx"
+        r = CliRunner().invoke(main, [str(path), "-o", str(out), "--samples", "4", "--input-shape", text, "-q"])
+        assert r.exit_code == 0, r.output
+        assert read_snn_info(onnx.load(out))["inputs"][0]["shape"] == [batch, 3, 32, 32]

@@ -74,15 +74,18 @@ Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
                    "largest output magnitude (checks the arithmetic after the last neurons).")
 @click.option("--report", "report_path", type=click.Path(), help="Write the JSON report here.")
 @click.option("--max-bytes", default=None, type=int, help="Refuse model files larger than this.")
+@click.option("--input-shape", multiple=True, metavar="NAME:DIMS",
+              help="Fix an input's shape, e.g. x:1x3x32x32 (polygraphy/onnxsim style; a name such as N keeps the "
+                   "batch dynamic): for models exported with dynamic height/width. Repeatable.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the summary line.")
 @cli_errors
 def main(model, output, exact, check, calibration_data, samples, seed, normalization, opt_level,
-         max_level_mismatch, min_top1_agreement, output_rtol, report_path, max_bytes, quiet):
+         max_level_mismatch, min_top1_agreement, output_rtol, report_path, max_bytes, input_shape, quiet):
     """See HELP."""
     from pmsm_compiler.compiler import compile_model, read_snn_info
     from pmsm_compiler.errors import InputError
     from pmsm_compiler.loading import (MAX_MODEL_BYTES, check_output_path, check_single_input, check_static_shapes,
-                                       load_model, save_model_atomic, save_text_atomic)
+                                       load_model, parse_input_shape, save_model_atomic, save_text_atomic)
     from pmsm_compiler.verify import VerificationPolicy, check_runs, input_dtype, random_inputs, verify
 
     if samples < 1:
@@ -96,7 +99,8 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
     if report_path:
         check_output_path(report_path, "the report")
     start = time.perf_counter()
-    ann = load_model(model, max_bytes=max_bytes or MAX_MODEL_BYTES, static_inputs=False)
+    shapes = dict(parse_input_shape(text) for text in input_shape)
+    ann = load_model(model, max_bytes=max_bytes or MAX_MODEL_BYTES, static_inputs=False, input_shapes=shapes)
     if read_snn_info(ann) is not None:
         raise InputError(f"{model} is already a compiled SNN ('pmsm.snn' metadata); give the source ANN")
     check_single_input(ann)
