@@ -307,6 +307,42 @@ def random_inputs(info: dict, samples: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+ONNX_REFERENCE_SAMPLES = 2
+
+
+def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, batch) -> dict:
+    """The reference ANN in ``onnx.reference`` (the ONNX specification's own evaluator, numpy)
+    against onnxruntime's float simulation of it, on a few samples: that the engine the
+    verification trusts computes the model's ONNX semantics. Information only: the two engines
+    may round differently (a different summation order), which can move a level."""
+    import onnx.version_converter
+    from onnx.reference import ReferenceEvaluator
+
+    xs = x[:ONNX_REFERENCE_SAMPLES]
+    xb, n = next(padded_batches(xs, batch)) if batch != 32 or len(xs) > batch else (xs, len(xs))
+    ort_out = dict(zip([o.name for o in ann_sess.get_outputs()], ann_sess.run(None, {input_name: xb})))[output][:n]
+    record = {"what": "onnx.reference on the reference ANN vs onnxruntime's float simulation (information only)",
+              "samples": int(n)}
+    try:
+        try:
+            ref_out = ReferenceEvaluator(ann).run([output], {input_name: xb})[0]
+        except RuntimeError as exc:  # onnx.reference has Q/DQ from opset 19 on: convert, same semantics
+            if "No implementation" not in str(exc):
+                raise
+            ref_out = ReferenceEvaluator(onnx.version_converter.convert_version(ann, 19)).run(
+                [output], {input_name: xb})[0]
+            record["converted_to_opset"] = 19
+        ref_out = np.asarray(ref_out)[:n]
+    except Exception as exc:  # noqa: BLE001 - what onnx.reference cannot run: say so, it is information
+        record["unavailable"] = " ".join(str(exc).split())[:200]
+        return record
+    diff = np.abs(ref_out.astype(np.float64) - ort_out)
+    record["max_abs_diff"] = float(diff.max()) if diff.size else 0.0
+    if ort_out.ndim == 2:
+        record["top1_agreement"] = float((ref_out.argmax(1) == ort_out.argmax(1)).mean())
+    return record
+
+
 def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all", mode: str | None = None,
            policy: VerificationPolicy | None = None, batch_size: int = 32, data_label: str = "random") -> dict:
     info = compiled.info
@@ -375,6 +411,8 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
             deployed_diff = max(deployed_diff, float(np.abs(d[first][:n].astype(np.float64) - s[first][:n]).max()))
             if d[first].ndim == 2:
                 deployed_same += int((d[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
+    onnx_reference = _cross_check_onnx_reference(ann, ann_sess, x, input_name, outputs[0], batch) \
+        if deployed_sess is not None else None
     per_layer = []
     for j, layer in enumerate(layers):
         rate = float(agree[j] / total[j]) if total[j] else 1.0
@@ -416,6 +454,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         "tail_max_abs_diff": tail_err, "tail_bound": bound,
         "reference": ("the input model with its computed constants evaluated" if ann is not given
                       else "the input model"),
+        "onnx_reference": onnx_reference,
         "deployed_ann": None if deployed_sess is None else {
             "what": "the input model in onnxruntime with Q/DQ fused into integer kernels (information only)",
             "top1_agreement": deployed_same / top1_compared if top1_compared else None,

@@ -188,6 +188,11 @@ def test_qdq_model_passes_at_every_optimization_level(opt_level, mode):
     assert result["level_agreement"] == 1.0
     if mode == "exact":
         assert result["max_abs_diff"] == 0.0
+    # the float simulation agrees with the ONNX specification's evaluator; the deployed
+    # (integer-kernel) ANN is reported next to it
+    cross = result["onnx_reference"]
+    assert cross["samples"] == 2 and cross["max_abs_diff"] < 1e-5 and cross["top1_agreement"] == 1.0
+    assert result["deployed_ann"]["top1_agreement"] is not None
 
 
 @pytest.mark.parametrize("kernels", ["on", "off"])
