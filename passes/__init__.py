@@ -1,6 +1,6 @@
 """Compiler passes: each a function ``pass(graph, ctx) -> graph`` over an onnx-graphsurgeon graph.
 
-Order (``PIPELINE``): canonicalize → recognize_pqa → fold_batchnorm → pqa_to_aif →
+Order (``PIPELINE``): canonicalize → fold_weight_quantization → recognize_pqa → fold_batchnorm → pqa_to_aif →
 absorb_threshold_scale → wrap_nonlinear → count_spikes. In ``exact`` mode fold_batchnorm and
 absorb_threshold_scale do nothing, so the SNN keeps the ANN's arithmetic.
 """
@@ -9,6 +9,7 @@ from .absorb_threshold_scale import absorb_threshold_scale
 from .canonicalize import canonicalize
 from .count_spikes import COUNTS_OUTPUT, count_spikes
 from .fold_batchnorm import fold_batchnorm as _fold_batchnorm
+from .fold_weight_quantization import fold_weight_quantization
 from .graph_utils import PassRefusal
 from .manager import PassContext, PassManager, check_graph
 from .pqa_to_aif import pqa_to_aif
@@ -24,9 +25,11 @@ def fold_batchnorm(graph, ctx):
 
 fold_batchnorm.__doc__ = _fold_batchnorm.__doc__
 
-PIPELINE = [canonicalize, recognize_pqa, fold_batchnorm, pqa_to_aif, absorb_threshold_scale, wrap_nonlinear,
-            count_spikes]
+# The front passes only evaluate constants (the model's semantics unchanged); the verification's
+# reference is the ANN after them (compiler.compile_model).
+FRONT = [canonicalize, fold_weight_quantization]
+PIPELINE = FRONT + [recognize_pqa, fold_batchnorm, pqa_to_aif, absorb_threshold_scale, wrap_nonlinear, count_spikes]
 
-__all__ = ["PIPELINE", "PassContext", "PassManager", "PassRefusal", "check_graph", "canonicalize", "recognize_pqa",
+__all__ = ["FRONT", "PIPELINE", "PassContext", "PassManager", "PassRefusal", "check_graph", "canonicalize", "fold_weight_quantization", "recognize_pqa",
            "fold_batchnorm", "pqa_to_aif", "absorb_threshold_scale", "wrap_nonlinear", "count_spikes",
            "COUNTS_OUTPUT", "TIME_INPUT"]

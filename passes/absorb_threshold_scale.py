@@ -6,11 +6,18 @@ real value = c(t) · stored value; the pass chooses scales and rewrites constant
 
     neuron            input must carry θ_in (stored = X/θ_in); output K carries θ_out
     Conv / Gemm /     W′ = W · c_in / c_out,  b′ = b / c_out,  with c_out the scale the consumers
-    MatMul / Mul c    want (θ_in of the next neuron through transparent ops), else 1
-    Add c             c′ = c / c_in (a bias in the input's units)
-    transparent ops   Add/Sub/Concat of activations, pooling, reshapes, MaxPool, ReLU (positively
-                      homogeneous: f(c·x) = c·f(x) for c > 0): inputs share one scale
-    other non-linear  (Softmax, LayerNorm, ...) read real values: stored · c
+    MatMul / Mul c /  want (θ_in of the next neuron through transparent ops), else 1; a variable
+    Div by c          bias (Gemm's C) is rescaled to c_out
+    transparent ops   Add/Sub/Sum/Mean/Concat of activations, Where with a fixed condition, pooling,
+                      reshapes, Pad, Neg, Resize (fixed interpolation weights), MaxPool, ReLU
+                      (positively homogeneous: f(c·x) = c·f(x) for c > 0): inputs share one scale
+                      c, and so does the output
+    constants mixed   a constant v in the output's units (Add/Sub either order, Sum, Concat, Where
+    with traffic      operands, Pad's fill value, Resize's extrapolation value) is stored as v / c:
+                      c·(v/c − k) = v − c·k
+    Shape, Size       read no values: no rescale, outputs unscaled
+    other ops         (Softmax, LayerNorm, BN left as it is, c / x, x^p, Max with a constant, ...)
+                      read real values: stored · c
     graph outputs     real values (scale 1)
 
 Where two scales meet (a residual Add of an identity shortcut with θ_a and a branch with θ_b, a
@@ -24,17 +31,24 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from pmsm_compiler.ops import DOMAIN
+from pmsm_compiler.ops.neurons import NEURON_OPS
 from pmsm_compiler.ops.temporal import HOMOGENEOUS_OPS
 
 from .graph_utils import PassRefusal, const_value, fresh, make_const
 
-TRANSPARENT_ALL = {"Add", "Sub", "Concat", "Sum"}
+TRANSPARENT_ALL = {"Add", "Sub", "Concat", "Sum", "Mean"}
 TRANSPARENT_FIRST = {"AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
                      "Slice", "Split", "ReduceSum", "ReduceMean", "Identity", "Pad", "DepthToSpace", "SpaceToDepth",
-                     "Tile", "Expand", "Gather"} | HOMOGENEOUS_OPS
+                     "Tile", "Expand", "Gather", "Neg", "Resize"} | HOMOGENEOUS_OPS
+# Read only the shape of their input, never its values: their outputs do not change over time.
+METADATA_OPS = {"Shape", "Size"}
+# Affine in the first input with parameters that read real values (BN(x) = a·x + b): linear under rate
+# coding, but not scale-transparent (the bias), so folded mode feeds it real values.
+AFFINE_REAL = {"BatchNormalization"}
 
 
 def _close(a, b):
@@ -42,44 +56,128 @@ def _close(a, b):
 
 
 def _is_float(t):
-    return t.dtype is None or np.dtype(t.dtype).kind == "f"
+    if t.dtype is None:
+        return True
+    try:
+        return np.dtype(t.dtype).kind == "f"
+    except TypeError:  # onnx-graphsurgeon keeps types numpy lacks (bfloat16, float8) as ONNX enums
+        return "FLOAT" in onnx.TensorProto.DataType.Name(int(t.dtype))
+
+
+def _present(node, i):
+    return len(node.inputs) > i and bool(node.inputs[i].name)
+
+
+def _float_const(t):
+    value = const_value(t)
+    return value is not None and value.dtype.kind == "f"
 
 
 def classify(node):
-    if node.domain == DOMAIN and node.op in ("AIF", "IF"):
+    """How an op relates to the scales of its inputs (see the module docstring):
+
+    neuron, weighted (a constant weight: Conv/Gemm/MatMul W, Mul c or c·, Div by c), affine_add
+    (Add/Sub with one constant), transparent_all (Add/Sub/Sum/Mean/Concat: every input in one scale),
+    transparent_first (scale passes through the first input; the others are shapes, axes, indices),
+    select (Where: cond picks between inputs 1 and 2), metadata (Shape/Size), affine_real
+    (BatchNormalization), real (anything else: reads real values).
+    """
+    if node.domain == DOMAIN and node.op in NEURON_OPS:
         return "neuron"
+    if node.op in METADATA_OPS and not node.domain:
+        return "metadata"
     consts = [const_value(t) is not None for t in node.inputs]
     if node.op in ("Conv", "Gemm") and len(node.inputs) > 1 and consts[1] and not consts[0]:
         return "weighted"
     if node.op == "MatMul" and len(node.inputs) == 2 and consts[1] and not consts[0]:
         return "weighted"
-    if node.op in ("Mul", "Div") and len(node.inputs) == 2 and consts[1] != consts[0]:
+    binary_const = node.op in ("Mul", "Div", "Add", "Sub") and len(node.inputs) == 2 and consts[1] != consts[0]
+    if binary_const and not _float_const(node.inputs[0 if consts[0] else 1]):
+        return "real"  # integer arithmetic (shape computations) carries no scale: x // 2 is no x · 0.5
+    if node.op in ("Mul", "Div") and binary_const:
         if node.op == "Div" and consts[0]:
-            return "real"
+            return "real"  # c / x is not linear in x
         return "weighted"
-    if node.op == "Add" and len(node.inputs) == 2 and consts[1] != consts[0]:
+    if binary_const:
         return "affine_add"
     if node.op in TRANSPARENT_ALL:
         return "transparent_all"
-    if node.op == "Pad":
-        mode = node.attrs.get("mode", "constant")
-        value = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
-        if mode != "constant" or (value is not None and float(np.asarray(value).reshape(-1)[0]) != 0.0):
-            return "real"
-        return "transparent_first"
+    if node.op == "Where" and len(node.inputs) == 3:
+        return "select"
     if node.op in TRANSPARENT_FIRST:
         return "transparent_first"
+    if node.op in AFFINE_REAL:
+        return "affine_real"
     return "real"
 
 
+def _weight_index(node):
+    """The constant operand of a weighted op (Mul may have it first)."""
+    if node.op in ("Mul", "Div"):
+        return 0 if const_value(node.inputs[0]) is not None else 1
+    return 1
+
+
 def _data_inputs(node, cls):
-    if cls == "transparent_all":
+    """The inputs that carry traffic in this op's scale bookkeeping (rescaled by the pass)."""
+    if cls in ("transparent_all", "affine_add"):
         return [i for i, t in enumerate(node.inputs) if const_value(t) is None and t.name and _is_float(t)]
-    if cls in ("transparent_first", "weighted", "neuron"):
+    if cls == "select":
+        return [i for i in (1, 2) if const_value(node.inputs[i]) is None and _is_float(node.inputs[i])]
+    if cls == "transparent_first":
+        # Pad's fill value is in the output's units: a time-varying one travels with the data.
+        extra = [2] if node.op == "Pad" and _present(node, 2) and const_value(node.inputs[2]) is None else []
+        return [0] + extra
+    if cls == "weighted":
+        bias = [2] if node.op in ("Conv", "Gemm") and _present(node, 2) and const_value(node.inputs[2]) is None \
+            else []
+        return [1 - _weight_index(node) if node.op in ("Mul", "Div") else 0] + bias
+    if cls == "neuron":
         return [0]
-    if cls == "affine_add":
-        return [0 if const_value(node.inputs[1]) is not None else 1]
+    if cls == "metadata":
+        return []
     return [i for i, t in enumerate(node.inputs) if t.name and const_value(t) is None and _is_float(t)]
+
+
+def linear_inputs(node, cls) -> list[int]:
+    """The inputs in which the op is linear (affine): a time-varying value there needs no temporal
+    wrapper, since the op applied at every step averages to the op of the average. A time-varying
+    value in any other input (a shape, indices, a condition) is not linear."""
+    if cls == "affine_real":
+        return [0]
+    if cls == "metadata":
+        return list(range(len(node.inputs)))  # reads no values at all
+    if cls == "real":
+        return []
+    return _data_inputs(node, cls)
+
+
+def _unit_constants(node, cls):
+    """Constant inputs in the units of the output (an added constant, a Concat/Where operand, Pad's
+    fill value): with the traffic stored as real/c, they must be stored as value/c too."""
+    if cls in ("transparent_all", "affine_add"):
+        return [i for i, t in enumerate(node.inputs) if t.name and const_value(t) is not None]
+    if cls == "select":
+        return [i for i in (1, 2) if const_value(node.inputs[i]) is not None]
+    if cls == "transparent_first" and node.op == "Pad" and _present(node, 2) and \
+            const_value(node.inputs[2]) is not None:
+        return [2]
+    return []
+
+
+# Ops whose output carries the scale of their (shared) traffic inputs.
+TRANSPARENT_CLASSES = ("transparent_all", "transparent_first", "affine_add", "select")
+
+
+def _in_units(graph, node, i, scale):
+    """Constant input i of node stored in units of ``scale`` (value / scale)."""
+    t = node.inputs[i]
+    if _close(scale, 1.0):
+        return t
+    value = const_value(t)
+    if value.dtype.kind != "f":
+        raise PassRefusal(f"{node.op} '{node.name}': integer constant '{t.name}' meets traffic of scale {scale:g}")
+    return make_const(graph, f"{t.name}_scaled", value.astype(np.float64) / scale, dtype=value.dtype)
 
 
 def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
@@ -105,13 +203,13 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
     for node in reversed(nodes):
         cls = classify(node)
         d_out = desire.get(node.outputs[0].name) if node.outputs else None
-        for i in _data_inputs(node, cls):
+        for n, i in enumerate(_data_inputs(node, cls)):
             t = node.inputs[i]
             if cls == "neuron":
                 want(t, layer_of[id(node)]["theta_in"])
             elif cls == "weighted":
-                want(t, None)
-            elif cls in ("transparent_all", "transparent_first", "affine_add"):
+                want(t, None if n == 0 else d_out)  # the weights absorb any scale; a variable bias does not
+            elif cls in TRANSPARENT_CLASSES:
                 want(t, d_out)
             else:
                 want(t, 1.0)
@@ -146,30 +244,32 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
             carried[node.outputs[0].name] = layer["theta_out"]
             continue
         if cls == "weighted":
-            x = node.inputs[0]
-            c_in, d = scale_of(x), desire.get(node.outputs[0].name)
+            x_index, *bias_index = _data_inputs(node, cls)
+            c_in, d = scale_of(node.inputs[x_index]), desire.get(node.outputs[0].name)
             d = 1.0 if d is None else d
             _rewrite_weights(graph, node, c_in / d, 1.0 / d)
+            for i in bias_index:
+                node.inputs[i] = rescale(node.inputs[i], scale_of(node.inputs[i]) / d, label)
             carried[node.outputs[0].name] = d
             continue
-        if cls == "affine_add":
-            i = _data_inputs(node, cls)[0]
-            c = scale_of(node.inputs[i])
-            k = 1 - i
-            value = const_value(node.inputs[k]).astype(np.float64)
-            node.inputs[k] = make_const(graph, f"{node.inputs[k].name}_scaled", value / c,
-                                        dtype=const_value(node.inputs[k]).dtype)
-            carried[node.outputs[0].name] = c
-            continue
-        if cls in ("transparent_all", "transparent_first"):
+        if cls in TRANSPARENT_CLASSES:
             idx = _data_inputs(node, cls)
             scales = [scale_of(node.inputs[i]) for i in idx]
             d = desire.get(node.outputs[0].name)
             target = d if d is not None and any(_close(s, d) for s in scales) else (scales[0] if scales else 1.0)
             for i, s in zip(idx, scales):
                 node.inputs[i] = rescale(node.inputs[i], s / target, label)
+            for i in _unit_constants(node, cls):
+                node.inputs[i] = _in_units(graph, node, i, target)
+            if node.op == "Resize" and float(node.attrs.get("extrapolation_value", 0.0)) != 0.0:
+                # tf_crop_and_resize fills outside the region with this value, in the output's units
+                node.attrs["extrapolation_value"] = float(node.attrs["extrapolation_value"]) / target
             for out in node.outputs:
                 carried[out.name] = target
+            continue
+        if cls == "metadata":  # a shape is the same in every unit
+            for out in node.outputs:
+                carried[out.name] = 1.0
             continue
         for i in _data_inputs(node, "real"):
             node.inputs[i] = rescale(node.inputs[i], scale_of(node.inputs[i]), label)
@@ -202,16 +302,16 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
 
 def _rewrite_weights(graph, node, w_factor: float, b_factor: float):
     op = node.op
-    w = const_value(node.inputs[1])
+    wi = _weight_index(node)
+    w = const_value(node.inputs[wi])
     if op == "Div":
         node.op = "Mul"
         new_w = (1.0 / w.astype(np.float64)) * w_factor
     else:
         new_w = w.astype(np.float64) * w_factor
-    node.inputs[1] = make_const(graph, f"{node.inputs[1].name}_folded", new_w, dtype=w.dtype)
-    if op in ("Conv", "Gemm") and len(node.inputs) > 2 and node.inputs[2].name:
+    node.inputs[wi] = make_const(graph, f"{node.inputs[wi].name}_folded", new_w, dtype=w.dtype)
+    # Gemm's alpha scales A·B and beta scales C: both commute with the factors above.
+    if op in ("Conv", "Gemm") and _present(node, 2) and const_value(node.inputs[2]) is not None:
         b = const_value(node.inputs[2])
-        if op == "Gemm":
-            b_factor = b_factor / float(node.attrs.get("alpha", 1.0)) * float(node.attrs.get("alpha", 1.0))
         node.inputs[2] = make_const(graph, f"{node.inputs[2].name}_folded", b.astype(np.float64) * b_factor,
                                     dtype=b.dtype)

@@ -14,25 +14,30 @@ from .graph_utils import const_value, make_const, replace_uses
 
 
 def canonicalize(graph: gs.Graph, ctx) -> gs.Graph:
-    _fold_constant_subgraphs(graph)
+    if fold_constant_subgraphs(graph):
+        ctx.constants_evaluated = True
     _constant_nodes_to_initializers(graph)
     _remove_identities(graph)
     _sub_to_add(graph)
     return graph
 
 
-def _fold_constant_subgraphs(graph):
+def fold_constant_subgraphs(graph) -> bool:
     """Evaluate nodes whose inputs are all constant (e.g. λ/L chains from some exporters) once,
-    in onnxruntime: the same arithmetic onnxruntime's own constant folding would perform."""
+    in onnxruntime: the same arithmetic onnxruntime's own constant folding would perform.
+    Returns whether anything was folded."""
     if not any(n.inputs and all(isinstance(t, gs.Constant) or (t.inputs and t.inputs[0].op == "Constant")
                                 for t in n.inputs if t.name) and n.op != "Constant" for n in graph.nodes):
-        return
+        return False
+    before = len(graph.cleanup(remove_unused_graph_inputs=False).nodes)
     try:
         graph.fold_constants(fold_shapes=True, recurse_subgraphs=False, error_ok=False)
     except Exception as exc:  # noqa: BLE001 - folding is an optimization: keep the graph as it is
         import logging
 
         logging.getLogger(__name__).info("constant folding skipped: %s", exc)
+        return False
+    return len(graph.cleanup(remove_unused_graph_inputs=False).nodes) < before
 
 
 def _constant_nodes_to_initializers(graph):

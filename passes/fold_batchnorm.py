@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import const_value, is_weight_shared, make_const, producer
+from .graph_utils import const_value, fresh, is_weight_shared, make_const, producer
 
 
 def _bn_factors(bn):
@@ -79,8 +79,9 @@ def _try_fold(graph, bn) -> str | None:
                           dtype=w.dtype)
     out = bn.outputs[0]
     if lin.op == "MatMul":
-        lin.outputs = [gs.Variable(out.name + "_mm", dtype=out.dtype, shape=out.shape)]
-        graph.nodes.append(gs.Node("Add", name=lin.name + "_bias", inputs=[lin.outputs[0], new_bias], outputs=[out]))
+        lin.outputs = [gs.Variable(fresh(graph, out.name + "_mm"), dtype=out.dtype, shape=out.shape)]
+        graph.nodes.append(gs.Node("Add", name=fresh(graph, (lin.name or "matmul") + "_bias"),
+                                   inputs=[lin.outputs[0], new_bias], outputs=[out]))
     else:
         if len(lin.inputs) > 2:
             lin.inputs[2] = new_bias
@@ -99,11 +100,12 @@ def _bn_to_affine(graph, bn):
         return
     a, shift = factors
     shape = (1, -1) + (1,) * (len(x.shape) - 2)
-    mid = gs.Variable(bn.name + "_scaled", dtype=np.float32)
+    label = bn.name or "batchnorm"  # unnamed nodes are valid ONNX: every new name is made unique
+    mid = gs.Variable(fresh(graph, label + "_scaled"), dtype=np.float32)
     out = bn.outputs[0]
-    graph.nodes.append(gs.Node("Mul", name=bn.name + "_mul",
-                               inputs=[x, make_const(graph, bn.name + ".a", a.reshape(shape))], outputs=[mid]))
-    graph.nodes.append(gs.Node("Add", name=bn.name + "_add",
-                               inputs=[mid, make_const(graph, bn.name + ".b", shift.reshape(shape))], outputs=[out]))
+    graph.nodes.append(gs.Node("Mul", name=fresh(graph, label + "_mul"),
+                               inputs=[x, make_const(graph, label + ".a", a.reshape(shape))], outputs=[mid]))
+    graph.nodes.append(gs.Node("Add", name=fresh(graph, label + "_add"),
+                               inputs=[mid, make_const(graph, label + ".b", shift.reshape(shape))], outputs=[out]))
     bn.inputs.clear()
     bn.outputs.clear()

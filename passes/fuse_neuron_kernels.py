@@ -2,14 +2,14 @@
 
 Pattern (what ``pqa_to_aif`` and ``count_spikes`` emit for every neuron layer)::
 
-    K, U_next = pmsm::AIF|IF (I, U)                 (K only for the ``*Final`` variants)
+    K, U_next = pmsm::AIF|AIFHalfEven|IF (I, U)     (K only for the ``*Final`` variants)
     count     = ReduceSum(Abs(Flatten(K)), [1])     float32, when exact below 2^24
               | ReduceSum(Abs(Cast<int64>(Flatten(K))), [1])   otherwise
                 (no Abs for non-negative spikes: IF, or AIF with s_min >= 0)
 
 Rewrite::
 
-    K, U_next, count = pmsm.kernels::AIFCount|IFCount (I, U)      (or ``*CountFinal``: K, count)
+    K, U_next, count = pmsm.kernels::AIFCount|AIFHalfEvenCount|IFCount (I, U)   (``*CountFinal``: K, count)
 
 The fused op (``pmsm_compiler/kernels/neurons.c``) performs the same float32 operations in the
 same order in one pass over memory, so spikes, membranes and counts are bit-identical; the
@@ -31,7 +31,8 @@ import onnx_graphsurgeon as gs
 from .graph_utils import const_value
 
 KERNEL_DOMAIN = "pmsm.kernels"
-FUSED_OP = {"AIF": "AIFCount", "AIFFinal": "AIFCountFinal", "IF": "IFCount", "IFFinal": "IFCountFinal"}
+FUSED_OP = {"AIF": "AIFCount", "AIFFinal": "AIFCountFinal", "IF": "IFCount", "IFFinal": "IFCountFinal",
+            "AIFHalfEven": "AIFHalfEvenCount", "AIFHalfEvenFinal": "AIFHalfEvenCountFinal"}
 
 
 def _only_reader(tensor, graph):

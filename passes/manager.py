@@ -17,6 +17,11 @@ class PassContext:
     mode: str = "folded"  # "folded" or "exact"
     layers: list = field(default_factory=list)  # filled by recognize_pqa / pqa_to_aif
     wrappers: list = field(default_factory=list)
+    # exact mode's output ops of the neurons (k → y, e.g. Cast → DequantizeLinear): linear in k
+    # although built from ops that are not (the Cast of an integer level is exact)
+    psp_nodes: list = field(default_factory=list)
+    # set when a pass replaced a computed constant (a quantized weight, a shape chain) by its value
+    constants_evaluated: bool = False
     states: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)

@@ -9,12 +9,16 @@ of the source, so that ``--exact`` can reproduce it bit for bit):
    the leading and trailing scale are optional (an exporter drops them when c = 1).
    Clip bounds must be integers with lo ≤ 0 < hi; lo = 0 is read as QCFS (clip to [0, λ]).
 3. ``QuantizeLinear(x, s, zp) → [Clip] → DequantizeLinear(·, s′, zp)``, per-tensor: levels
-   k = q − zp in [max(lo, qmin) − zp, min(hi, qmax) − zp]. QuantizeLinear rounds half to even,
-   the AIF neuron (and PQA) half up: the two differ only on exact ties, which the verification
-   counts.
+   k = q − zp in [max(lo, qmin) − zp, min(hi, qmax) − zp]. QuantizeLinear rounds half to even
+   (PQA half up), so its quantizer records ``rounding = "half_even"`` and becomes the neuron
+   that fires the same way (``pmsm::AIFHalfEven``); its output op is the DequantizeLinear itself
+   (scale s′, zero point zp), which exact mode keeps.
 
-Refused, with the reason in the report: a pattern whose inner tensors fork, non-scalar or
-non-positive scales, non-integer bounds, per-axis quantization, mismatched zero points.
+Refused, with the reason in the report: a pattern whose inner tensors fork, non-scalar scales,
+scales, λ or θ that are not positive and finite (θ = λ/L must be a normal float32, or the
+neuron's threshold units are meaningless), L < 1, non-integer or non-finite bounds (α·L and β·L
+must be integers: the AIF neuron's clip range is a range of spike counts) and bounds beyond
+±2^24 (float32 counts exactly only up to there), per-axis quantization, mismatched zero points.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .graph_utils import INTERNAL_DOMAIN, PassRefusal, const_operand, const_value, producer, scalar_value
+
+MAX_LEVEL = 2**24  # float32 represents every integer up to 2^24 exactly: beyond, levels and membranes round
 
 QDQ_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255),
               np.dtype(np.int16): (-32768, 32767), np.dtype(np.uint16): (0, 65535)}
@@ -33,22 +39,35 @@ def _f32(x) -> float:
 
 
 def _integer(value: float, what: str) -> int:
-    k = round(value)
-    if abs(value - k) > 1e-6:
+    if not np.isfinite(value):
         raise PassRefusal(f"{what} {value} is not an integer level")
+    k = round(value)
+    if abs(value - k) > 1e-6 * max(1, abs(k)):  # float32 rounding of α·L, relative
+        raise PassRefusal(f"{what} {value:.7g} is not an integer level")
     return int(k)
 
 
+def _positive_finite(value: float, what: str) -> None:
+    # float32 normal range: a subnormal θ loses precision, inf/NaN turn every level into NaN or 0
+    if not (np.isfinite(value) and value >= np.finfo(np.float32).tiny and value <= np.finfo(np.float32).max):
+        raise PassRefusal(f"{what} {value} must be a positive, finite float32")
+
+
 def _make_quantizer(graph, x, y, *, kind, levels, k_min, k_max, pre_op, pre_value, post_op, post_value, lam,
-                    name, source):
+                    name, source, rounding="half_up", post_zero_point=0, post_qtype=""):
     if not k_min <= 0 < k_max:
         raise PassRefusal(f"{name}: clip range [{k_min}, {k_max}] must satisfy k_min ≤ 0 < k_max")
+    if max(-k_min, k_max) > MAX_LEVEL:
+        raise PassRefusal(f"{name}: clip range [{k_min}, {k_max}] exceeds ±2^24, the largest spike count a float32 "
+                          f"membrane holds exactly")
     for what, op, value in (("input scale", pre_op, pre_value), ("output scale", post_op, post_value)):
-        if op and not value > 0:
-            raise PassRefusal(f"{name}: {what} {value} must be positive")
+        if op:
+            _positive_finite(value, f"{name}: {what}")
+    _positive_finite(lam, f"{name}: λ")
     node = gs.Node(op="Quantizer", name=name, domain=INTERNAL_DOMAIN, inputs=[x], outputs=[y], attrs=dict(
         kind=kind, levels=int(levels), k_min=int(k_min), k_max=int(k_max), pre_op=pre_op, pre_value=pre_value,
-        post_op=post_op, post_value=post_value, lam=lam, source=source))
+        post_op=post_op, post_value=post_value, lam=lam, source=source, rounding=rounding,
+        post_zero_point=int(post_zero_point), post_qtype=post_qtype))
     graph.nodes.append(node)
     return node
 
@@ -78,18 +97,23 @@ def _recognize_nodes(graph, ctx):
             continue
         if len(node.inputs) != 2:
             raise PassRefusal(f"pmsm::{node.op} '{node.name}' needs inputs (X, lam)")
+        where = f"pmsm::{node.op} '{node.name}'"
         lam = scalar_value(node.inputs[1])
         if lam is None:
-            raise PassRefusal(f"pmsm::{node.op} '{node.name}': λ must be a constant scalar")
-        if not lam > 0:
-            raise PassRefusal(f"pmsm::{node.op} '{node.name}': λ = {lam} must be positive")
+            raise PassRefusal(f"{where}: λ must be a constant scalar")
+        _positive_finite(lam, f"{where}: λ =")
         levels = int(node.attrs.get("L", 8))
+        if levels < 1:
+            raise PassRefusal(f"{where}: L = {levels} must be >= 1 (the number of positive levels)")
         lam32 = np.float32(lam)
         step = float(lam32 / np.float32(levels))
+        _positive_finite(step, f"{where}: θ = λ/L =")
         if node.op == "PQA":
             alpha, beta = float(node.attrs.get("alpha", -0.25)), float(node.attrs.get("beta", 1.0))
-            k_min = int(np.round(np.float32(alpha) * np.float32(levels)))
-            k_max = int(np.round(np.float32(beta) * np.float32(levels)))
+            # the function body computes Round(α·L) in float32: accept only products that are integers
+            # up to float32 rounding (α = −1/3, L = 3), refuse e.g. α·L = −2.4
+            k_min = _integer(float(np.float32(alpha) * np.float32(levels)), f"{where}: α·L =")
+            k_max = _integer(float(np.float32(beta) * np.float32(levels)), f"{where}: β·L =")
             kind = "PQA"
         else:
             k_min, k_max, kind = 0, levels, "QCFS"
@@ -220,8 +244,9 @@ def _match_qdq(graph, ql):
     x, y = ql.inputs[0], dq.outputs[0]
     k_min, k_max = qmin - zp, qmax - zp
     _make_quantizer(graph, x, y, kind="QDQ", levels=max(k_max, 1), k_min=k_min, k_max=k_max, pre_op="Div",
-                    pre_value=scale, post_op="Mul", post_value=scale2, lam=float(scale2 * max(k_max, 1)),
-                    name=_layer_name([ql.name, y.name]), source="QuantizeLinear/DequantizeLinear")
+                    pre_value=scale, post_op="DequantizeLinear", post_value=scale2, lam=float(scale2 * max(k_max, 1)),
+                    name=_layer_name([ql.name, y.name]), source="QuantizeLinear/DequantizeLinear",
+                    rounding="half_even", post_zero_point=zp, post_qtype=dtype.name)
     for n in (ql, clip, dq):  # detached only once the quantizer is built (a refusal changes nothing)
         if n is not None:
             n.inputs.clear()

@@ -2,7 +2,10 @@
 
 An op is wrapped when it is not linear in a time-varying input (a tensor that depends on some
 neuron state). Inputs that depend only on the network input are constant under rate coding and
-need no wrapper. See ``pmsm_compiler.ops.temporal`` for the math:
+need no wrapper, and so are the outputs of Shape and Size, which read only the shape of their
+input. An affine op applied at every step (x − c, c·x, Where(cond, x, c), BN(x)) averages to the
+op of the average and needs no wrapper either; one whose time-varying input is a shape, indices or a
+condition is refused. See ``pmsm_compiler.ops.temporal`` for the math:
 
     S_t = S_{t−1} + x_t;  F_t = t·f(S_t/t)  (F_t = f(S_t) for positively homogeneous f);
     out_t = F_t − F_{t−1}
@@ -20,16 +23,21 @@ import onnx_graphsurgeon as gs
 from pmsm_compiler.ops import DOMAIN
 from pmsm_compiler.ops.temporal import GENERAL_OPS, HOMOGENEOUS_OPS
 
-from .absorb_threshold_scale import classify
+from .absorb_threshold_scale import classify, linear_inputs
 from .graph_utils import PassRefusal, fresh
 
 TIME_INPUT = "pmsm_t"
-LINEAR_CLASSES = {"weighted", "affine_add", "transparent_all", "transparent_first", "neuron"}
+LINEAR_CLASSES = {"weighted", "affine_add", "transparent_all", "transparent_first", "select", "affine_real",
+                  "neuron"}
 
 
 def dynamic_tensors(graph, state_inputs):
+    """Tensors that depend on some state, i.e. change over time. Shape and Size read only the shape
+    of their input, which is the same at every step: their outputs are not time-varying."""
     dynamic = set(state_inputs)
     for node in graph.nodes:
+        if classify(node) == "metadata":
+            continue
         if any(t.name in dynamic for t in node.inputs):
             dynamic.update(t.name for t in node.outputs)
     return dynamic
@@ -39,14 +47,25 @@ def wrap_nonlinear(graph: gs.Graph, ctx) -> gs.Graph:
     graph.toposort()
     dynamic = dynamic_tensors(graph, {s["input"] for s in ctx.states})
     time_input = None
+    psp = {id(n) for n in ctx.psp_nodes}
     for node in list(graph.nodes):
-        if node.domain == DOMAIN:
+        if node.domain == DOMAIN or id(node) in psp:
             continue
         dyn_idx = [i for i, t in enumerate(node.inputs) if t.name in dynamic]
         if not dyn_idx:
             continue
         cls = classify(node)
+        if cls == "metadata":
+            continue
         homogeneous = node.op in HOMOGENEOUS_OPS and len(dyn_idx) == 1
+        if cls in LINEAR_CLASSES:
+            linear = linear_inputs(node, cls)
+            off = [i for i in dyn_idx if i not in linear]
+            if off:
+                i = off[0]
+                raise PassRefusal(f"{node.op} '{node.name}' is not linear in its time-varying input {i} "
+                                  f"('{node.inputs[i].name}'; linear only in input(s) "
+                                  f"{', '.join(map(str, linear)) or 'none'}) and has no temporal wrapper")
         if cls in LINEAR_CLASSES and not (node.op in HOMOGENEOUS_OPS):
             continue
         if cls in LINEAR_CLASSES and node.op in HOMOGENEOUS_OPS:
@@ -75,7 +94,9 @@ def _state(graph, base, like):
 def _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input):
     label = node.name or fresh(graph, node.op)
     out = node.outputs[0]
-    record = {"name": label, "op": node.op, "homogeneous": homogeneous, "states": []}
+    record = {"name": label, "op": node.op, "homogeneous": homogeneous, "states": [],
+              # what the runtime's first-step variant needs to bypass the wrapper (S_1 = x, F_1 = f(x))
+              "input_index": list(dyn_idx), "inputs": [node.inputs[i].name for i in dyn_idx]}
     for i in dyn_idx:
         x = node.inputs[i]
         s_in = _state(graph, f"{label}.sum{i}", x)
@@ -95,6 +116,7 @@ def _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input):
         record["states"].append(s_in.name)
     value = gs.Variable(fresh(graph, f"{label}.value"), dtype=np.float32, shape=out.shape)
     node.outputs = [value]
+    record["value"], record["output"] = value.name, out.name
     cumulative = value
     if not homogeneous:
         cumulative = gs.Variable(fresh(graph, f"{label}.cumulative"), dtype=np.float32, shape=out.shape)

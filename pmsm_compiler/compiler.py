@@ -23,7 +23,7 @@ from pmsm_compiler.errors import UnsupportedModelError
 from pmsm_compiler.metadata import get_metadata, set_metadata
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.neurons import neuron_functions
-from pmsm_compiler.passes import PIPELINE, PassContext, PassManager, PassRefusal
+from pmsm_compiler.passes import FRONT, PIPELINE, PassContext, PassManager, PassRefusal
 from pmsm_compiler.passes.absorb_threshold_scale import classify
 from pmsm_compiler.passes.graph_utils import numel, static_shape
 
@@ -33,11 +33,20 @@ MODES = ("folded", "exact")
 
 
 class CompiledModel:
-    """The compiled ONNX model plus what the compiler learned (layers, states, notes)."""
+    """The compiled ONNX model plus what the compiler learned (layers, states, notes).
 
-    def __init__(self, model: onnx.ModelProto, info: dict):
+    ``reference``: the ANN the verification compares with: the input model itself, or, when the
+    front passes evaluated computed constants (weights stored quantized behind a
+    DequantizeLinear, shape arithmetic), the input model with those constants evaluated. Same
+    ONNX semantics, but onnxruntime picks other kernels for a weight computed at run time than
+    for a constant one (a Gemm prepacks a constant weight and accumulates in another order: 1-ulp
+    differences on Brevitas exports), and the SNN's weights are constants.
+    """
+
+    def __init__(self, model: onnx.ModelProto, info: dict, reference: onnx.ModelProto | None = None):
         self.model = model
         self.info = info
+        self.reference = reference
 
     @property
     def layers(self):
@@ -97,8 +106,12 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     start = time.perf_counter()
     graph = gs.import_onnx(model)
     ctx = PassContext(mode=mode)
+    reference = model
     try:
-        graph = PassManager(PIPELINE).run(graph, ctx)
+        graph = PassManager(FRONT).run(graph, ctx)
+        if ctx.constants_evaluated:
+            reference = _export_like(graph, model)
+        graph = PassManager(PIPELINE[len(FRONT):]).run(graph, ctx)
     except PassRefusal as exc:
         raise UnsupportedModelError(str(exc)) from None
     tensors = graph.tensors()
@@ -124,7 +137,7 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     layers = [{k: v for k, v in layer.items() if not k.startswith("_")} for layer in ctx.layers]
     info = {
         "format": "pmsm-snn", "format_version": FORMAT_VERSION, "compiler_version": __version__, "mode": mode,
-        "inputs": [{"name": n, "shape": _shape_of(graph, n)} for n in input_names],
+        "inputs": [{"name": n, "shape": _shape_of(graph, n), "dtype": _elem_type_of(model, n)} for n in input_names],
         "outputs": outputs, "spike_counts_output": ctx.spike_counts_output, "time_input": ctx.time_input,
         "states": ctx.states, "layers": layers, "wrappers": ctx.wrappers, "ann_macs": int(ann_macs),
         "notes": ctx.notes, "pass_seconds": ctx.timings,
@@ -140,13 +153,31 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
                                     f"{' '.join(str(exc).split())[:300]}") from None
     info["compile_seconds"] = round(time.perf_counter() - start, 3)
     set_metadata(snn, SNN_METADATA_KEY, info)
-    return CompiledModel(snn, info)
+    return CompiledModel(snn, info, reference)
+
+
+def _export_like(graph, model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph as a model with ``model``'s IR version, functions and metadata."""
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    del out.functions[:]
+    out.functions.extend(model.functions)
+    _copy_metadata(model, out)
+    return out
 
 
 def _shape_of(graph, name):
     for t in graph.inputs:
         if t.name == name and t.shape is not None:
             return [d if isinstance(d, (int, np.integer)) else str(d) for d in t.shape]
+    return None
+
+
+def _elem_type_of(model, name):
+    """The ONNX element type of graph input ``name``, lower case ("float", "uint8", ...)."""
+    for v in model.graph.input:
+        if v.name == name and v.type.HasField("tensor_type"):
+            return onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
     return None
 
 

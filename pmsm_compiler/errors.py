@@ -39,12 +39,33 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+def quiet_third_party_logs() -> None:
+    """Keep library log lines out of a tool's output: onnx-graphsurgeon prints its warnings on
+    stdout (e.g. while folding constants), and onnxruntime's default logger, which sessions the
+    tools do not configure (graphsurgeon's folding) use, writes warnings and errors to stderr.
+    Failures still surface as exceptions, and so as the tool's one error line."""
+    try:
+        from onnx_graphsurgeon.logger import G_LOGGER
+    except ImportError:
+        pass
+    else:
+        G_LOGGER.severity = G_LOGGER.CRITICAL + 1  # critical() still raises, without printing
+    try:
+        import onnxruntime
+    except ImportError:
+        pass
+    else:
+        onnxruntime.set_default_logger_severity(4)  # fatal only
+
+
 def cli_errors(func):
-    """Decorator for click commands: turn PmsmError (and I/O errors) into one line + exit code."""
+    """Decorator for click commands: turn PmsmError (and I/O errors) into one line + exit code,
+    with third-party log lines silenced (``quiet_third_party_logs``)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
+            quiet_third_party_logs()
             return func(*args, **kwargs)
         except PmsmError as exc:
             click.echo(f"error: {one_line(exc)}", err=True)

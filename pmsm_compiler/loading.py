@@ -6,6 +6,11 @@ Threat model (the input ``.onnx`` file and everything next to it may be hostile)
    only relative paths inside the model's own directory, no ``..``, no symlinks or hard links.
 3. onnxruntime session creation is not crash-proof on crafted models: run the ONNX checker and
    strict shape inference, and the op allowlist, before any session is ever created.
+4. A small file can declare huge tensors (a sparse initializer's dense shape, ``ConstantOfShape``
+   of a constant shape, huge input dimensions): refuse any tensor whose declared or inferred
+   static size is over ``limits.MAX_TENSOR_BYTES`` before anything allocates it.
+5. Opset imports outside what onnx and onnxruntime implement, or an unknown ``pmsm`` domain
+   version, are refused by range (``limits.supported_opsets``) instead of failing later.
 
 Every failure is an ``InputError`` (``UnsupportedModelError`` for ops the compiler does not
 support) with a one-line message naming the file, tensor, node or input concerned.
@@ -18,11 +23,15 @@ import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
 from pmsm_compiler.errors import InputError, UnsupportedModelError, one_line
+from pmsm_compiler.limits import MAX_TENSOR_BYTES, format_bytes, supported_opsets
+from pmsm_compiler.ops import DOMAIN as PMSM_DOMAIN
+from pmsm_compiler.ops import DOMAIN_VERSION as PMSM_DOMAIN_VERSION
 
 __all__ = [
     "DEFAULT_ALLOWED_OPS",
@@ -32,8 +41,11 @@ __all__ = [
     "PROTOBUF_LIMIT",
     "check_missing_inputs",
     "check_ops",
+    "check_opsets",
     "check_output_path",
+    "check_single_input",
     "check_static_shapes",
+    "check_tensor_sizes",
     "load_model",
     "save_bytes_atomic",
     "save_model_atomic",
@@ -44,8 +56,6 @@ __all__ = [
 PROTOBUF_LIMIT = 2**31
 #: Default upper bound for a model file (and for the model plus its external data).
 MAX_MODEL_BYTES = PROTOBUF_LIMIT - 1
-
-PMSM_DOMAIN = "pmsm"
 
 #: Standard-domain ops the compiler accepts (domain "" == "ai.onnx").
 DEFAULT_ALLOWED_OPS: frozenset[tuple[str, str]] = frozenset(
@@ -81,13 +91,6 @@ _ONNX_DOMAINS = ("", "ai.onnx")
 
 def _fail(message: str, cls: type[InputError] = InputError) -> InputError:
     return cls(one_line(message))
-
-
-def _fmt_size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit} ({n:,} bytes)"
-    return f"{n:,} bytes"
 
 
 def _norm_domain(domain: str) -> str:
@@ -198,7 +201,7 @@ def _read_model_file(path: str, max_bytes: int) -> tuple[bytes, str]:
             raise _fail(f"model file is empty (0 bytes): {path}")
         if size > max_bytes:
             raise _fail(
-                f"model file {path} is {_fmt_size(size)}, over the limit of {_fmt_size(max_bytes)}"
+                f"model file {path} is {format_bytes(size)}, over the limit of {format_bytes(max_bytes)}"
                 + (" (protobuf cannot hold more; store weights as external data)"
                    if max_bytes >= MAX_MODEL_BYTES else "")
             )  # fmt: skip
@@ -210,7 +213,7 @@ def _read_model_file(path: str, max_bytes: int) -> tuple[bytes, str]:
         data = head + f.read(max_bytes + 1 - len(head))
     if len(data) > max_bytes:
         raise _fail(
-            f"model file {path} grew past the limit of {_fmt_size(max_bytes)} while reading"
+            f"model file {path} grew past the limit of {format_bytes(max_bytes)} while reading"
         )
     return data, real
 
@@ -494,8 +497,240 @@ def check_static_shapes(model: ModelProto) -> None:
     if problems:
         raise _fail(
             "; ".join(problems) + "; the compiler needs static spatial shapes "
-            "(only the batch axis may be dynamic)"
+            f"(only the batch axis may be dynamic): fix them with {INPUT_SHAPE_FLAG} NAME:Nx3x32x32"
         )
+
+
+INPUT_SHAPE_FLAG = "--input-shape"
+
+
+def parse_input_shape(text: str) -> tuple[str | None, list[int | str]]:
+    """``NAME:1x3x32x32`` (also ``NAME:[1,3,32,32]``, or dims alone for a one-input model) →
+    (name or None, dims). A dim that is not a positive integer (``N``, ``batch``) stays symbolic."""
+    name, sep, dims = text.rpartition(":")
+    dims = dims.strip().strip("[]()")
+    parts = [p.strip() for p in dims.replace(",", "x").split("x")] if dims else []
+    if not parts or any(not p for p in parts):
+        raise InputError(f"{INPUT_SHAPE_FLAG} {text!r}: expected NAME:DIMS such as x:1x3x32x32")
+    out: list[int | str] = []
+    for p in parts:
+        if p.isdigit():
+            if int(p) < 1:
+                raise InputError(f"{INPUT_SHAPE_FLAG} {text!r}: dimension {p} must be >= 1")
+            out.append(int(p))
+        elif p.isidentifier():
+            out.append(p)
+        else:
+            raise InputError(f"{INPUT_SHAPE_FLAG} {text!r}: dimension {p!r} is neither a positive integer nor a name")
+    return (name.strip() or None) if sep else None, out
+
+
+def set_input_shapes(model: ModelProto, shapes: dict[str | None, list[int | str]]) -> None:
+    """Override the declared shapes of graph inputs (see ``load_model``); the inferred shapes of
+    intermediate tensors are dropped, since they may follow from the old ones."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    names = [v.name for v in inputs]
+    for name, dims in shapes.items():
+        if name is None:
+            if len(inputs) != 1:
+                raise InputError(f"{INPUT_SHAPE_FLAG}: name the input (NAME:DIMS); the model has inputs "
+                                 f"{', '.join(names)}")
+            target = inputs[0]
+        else:
+            target = next((v for v in inputs if v.name == name), None)
+            if target is None:
+                raise InputError(f"{INPUT_SHAPE_FLAG}: the model has no input {name!r} (inputs: {', '.join(names)})")
+        tt = target.type.tensor_type
+        if tt.HasField("shape") and len(tt.shape.dim) not in (0, len(dims)):
+            raise InputError(f"{INPUT_SHAPE_FLAG}: input {target.name!r} has rank {len(tt.shape.dim)}, "
+                             f"the given shape {'x'.join(map(str, dims))} has rank {len(dims)}")
+        for axis, dim in enumerate(tt.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0 and isinstance(dims[axis], int) \
+                    and dim.dim_value != dims[axis]:
+                raise InputError(f"{INPUT_SHAPE_FLAG}: input {target.name!r} declares dimension {dim.dim_value} at "
+                                 f"axis {axis}, the given shape has {dims[axis]}")
+        tt.ClearField("shape")
+        for d in dims:
+            dim = tt.shape.dim.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            else:
+                dim.dim_param = d
+    del model.graph.value_info[:]
+
+
+def check_opsets(model: ModelProto) -> None:
+    """One import per domain; the default domain within ``limits.supported_opsets()``; the pmsm
+    domain at the version this compiler implements (``pmsm_compiler.ops.DOMAIN_VERSION``)."""
+    versions: dict[str, int] = {}
+    for o in model.opset_import:
+        domain = _norm_domain(o.domain)
+        if domain in versions:
+            raise _fail(f"opset_import lists the domain '{domain or 'ai.onnx'}' twice (versions "
+                        f"{versions[domain]} and {o.version})")
+        versions[domain] = o.version
+    low, high = supported_opsets()
+    if "" in versions and not low <= versions[""] <= high:
+        hint = (f"; convert it, e.g. onnx.version_converter.convert_version(model, {low}), or re-export "
+                f"with opset_version={low} or newer" if versions[""] < low else "")
+        raise _fail(f"the model imports the default ONNX domain at opset {versions['']}; supported: opsets "
+                    f"{low} to {high}{hint}", UnsupportedModelError)
+    if PMSM_DOMAIN in versions and versions[PMSM_DOMAIN] != PMSM_DOMAIN_VERSION:
+        raise _fail(f"the model imports the '{PMSM_DOMAIN}' domain at version {versions[PMSM_DOMAIN]}; this "
+                    f"compiler implements version {PMSM_DOMAIN_VERSION}", UnsupportedModelError)
+
+
+def check_graph_io_names(model: ModelProto) -> None:
+    """Each graph output listed once (the checker enforces this for inputs, not for outputs)."""
+    seen: set[str] = set()
+    for v in model.graph.output:
+        if v.name in seen:
+            raise _fail(f"graph output '{v.name}' is listed more than once")
+        seen.add(v.name)
+
+
+def check_single_input(model: ModelProto) -> str:
+    """The name of the model's one data input (initializers listed as inputs aside); InputError
+    naming the inputs otherwise: the compiler, the verification and the runtime feed one."""
+    initializers = {t.name for t in model.graph.initializer}
+    names = [v.name for v in model.graph.input if v.name not in initializers]
+    if len(names) != 1:
+        listed = ", ".join(f"'{n}'" for n in names) if names else "none"
+        raise _fail(f"the model has {len(names)} data inputs ({listed}); pmsm-compile supports models with one "
+                    f"data input", UnsupportedModelError)
+    return names[0]
+
+
+def _elem_size(elem_type: int) -> int:
+    try:
+        return max(1, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return 1
+
+
+def _elem_name(elem_type: int) -> str:
+    try:
+        return TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:
+        return f"type {elem_type}"
+
+
+def _too_big(dims: Iterable[int], elem_type: int) -> tuple[int, int] | None:
+    """(elements, bytes) when a tensor of these static dims is over MAX_TENSOR_BYTES, else None."""
+    count = 1
+    for d in dims:
+        count *= int(d)
+    size = count * _elem_size(elem_type)
+    return (count, size) if size > MAX_TENSOR_BYTES else None
+
+
+def _sparse_tensors(model: ModelProto) -> Iterator[tuple[onnx.SparseTensorProto, str]]:
+    def in_nodes(nodes, where):
+        for node in nodes:
+            label = f"attribute of node '{node.name}' ({node.op_type}){where}"
+            for attr in node.attribute:
+                if attr.HasField("sparse_tensor"):
+                    yield attr.sparse_tensor, label
+                for sp in attr.sparse_tensors:
+                    yield sp, label
+                for g in ([attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)):
+                    yield from in_graph(g, f" in subgraph '{attr.name}' of node '{node.name}'")
+
+    def in_graph(graph, where=""):
+        for sp in graph.sparse_initializer:
+            yield sp, f"sparse initializer{where}"
+        yield from in_nodes(graph.node, where)
+
+    yield from in_graph(model.graph)
+    for fn in model.functions:
+        yield from in_nodes(fn.node, f" in function '{fn.domain}::{fn.name}'")
+
+
+def check_sparse_sizes(model: ModelProto) -> None:
+    """Refuse a sparse tensor whose declared dense size is over MAX_TENSOR_BYTES, before anything
+    (the checker, onnxruntime) densifies it."""
+    for sp, label in _sparse_tensors(model):
+        big = _too_big(sp.dims, sp.values.data_type)
+        if big is not None:
+            raise _fail(
+                f"sparse tensor '{sp.values.name}' ({label}) declares dense shape {list(sp.dims)} "
+                f"({_elem_name(sp.values.data_type)}) = {format_bytes(big[1])}, over the limit of "
+                f"{format_bytes(MAX_TENSOR_BYTES)} for one tensor"
+            )
+
+
+def check_tensor_sizes(model: ModelProto, where: str = "") -> None:
+    """Refuse a shape-inferred model in which one tensor's static size is over MAX_TENSOR_BYTES.
+
+    Counted from the inferred shapes (graph inputs, outputs, value_info), a dynamic or unknown
+    dimension counting as 1, so that e.g. ``ConstantOfShape`` of 2^34 floats is refused before
+    constant folding or onnxruntime try to allocate it. The message names the tensor and the node
+    that produces it (``where`` says where that node is).
+    """
+    graph = model.graph
+    producer = {}
+    for index, node in enumerate(graph.node):
+        for out in node.output:
+            if out:
+                producer.setdefault(out, (index, node))
+    for v in [*graph.input, *graph.value_info, *graph.output]:
+        if not v.type.HasField("tensor_type") or not v.type.tensor_type.HasField("shape"):
+            continue
+        tt = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+        big = _too_big(dims, tt.elem_type)
+        if big is None:
+            continue
+        shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+        dynamic = any(not d.HasField("dim_value") for d in tt.shape.dim)
+        if v.name in producer:
+            index, node = producer[v.name]
+            what = f"tensor '{v.name}' (output of {node.op_type} {_node_label(node, index)}{where})"
+        else:
+            what = f"graph input '{v.name}'"
+        raise _fail(
+            f"{what} has shape {shown} ({_elem_name(tt.elem_type)}): {big[0]:,} elements = "
+            f"{format_bytes(big[1])}{' per sample' if dynamic else ''}, over the limit of "
+            f"{format_bytes(MAX_TENSOR_BYTES)} for one tensor"
+        )
+
+
+def _inline_functions(model: ModelProto, path: str) -> ModelProto:
+    """``model`` with its local functions inlined and shape-inferred, for ``check_tensor_sizes``."""
+    from onnx import inliner
+
+    try:
+        inlined = inliner.inline_local_functions(model)
+        return onnx.shape_inference.infer_shapes(inlined, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
+        raise _fail(f"invalid ONNX model {path}: shape inference of the inlined function bodies: "
+                    f"{_validation_message(exc)}") from None
+
+
+def unique_node_names(model: ModelProto) -> int:
+    """Rename repeated node names in the main graph, deterministically; return how many changed.
+
+    Duplicate (and empty) node names are valid ONNX, but onnxruntime refuses duplicates and
+    onnx-graphsurgeon warns about them. The first node keeps its name, a later one becomes
+    ``name_1``, ``name_2``, ... (the first suffix used by no node); empty names stay empty.
+    """
+    graph = model.graph
+    taken = {n.name for n in graph.node}
+    seen: set[str] = set()
+    renamed = 0
+    for node in graph.node:
+        if not node.name:
+            continue
+        if node.name in seen:
+            base, i = node.name, 1
+            while f"{base}_{i}" in taken:
+                i += 1
+            node.name = f"{base}_{i}"
+            taken.add(node.name)
+            renamed += 1
+        seen.add(node.name)
+    return renamed
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,8 +749,13 @@ def load_model(
     max_bytes: int = MAX_MODEL_BYTES,
     allowed_ops: Iterable[tuple[str, str] | str] | None = None,
     static_inputs: bool = True,
+    input_shapes: dict[str, list[int | str]] | None = None,
 ) -> ModelProto:
     """Load, validate and shape-infer an untrusted ONNX model; return the inferred model.
+
+    ``input_shapes`` ({input name: dims}, see ``parse_input_shape``) overrides the declared shape
+    of graph inputs before shape inference, e.g. to fix dynamic spatial dimensions; a string dim
+    stays symbolic (a dynamic batch).
 
     ``static_inputs=False`` skips the static-shape check of the graph inputs (compiled SNNs
     declare their state inputs rank-only; the runtime checks the data input itself).
@@ -523,7 +763,9 @@ def load_model(
     Raises InputError (UnsupportedModelError for ops outside ``allowed_ops``, which defaults
     to ``DEFAULT_ALLOWED_OPS``) with a one-line message. External data is read only from plain
     files inside the (symlink-resolved) model file's directory; ``max_bytes`` bounds the model
-    file and the model file plus its external data together.
+    file and the model file plus its external data together. Opsets, graph outputs and tensor
+    sizes are checked (``check_opsets``, ``check_graph_io_names``, ``check_sparse_sizes``,
+    ``check_tensor_sizes``); repeated node names are made unique (``unique_node_names``).
     """
     path = os.fspath(path)
     data, real_path = _read_model_file(path, max_bytes)
@@ -535,13 +777,18 @@ def load_model(
     if external_bytes and model.ByteSize() + external_bytes > max_bytes:
         total = model.ByteSize() + external_bytes
         raise _fail(
-            f"model {path} with its external data is {_fmt_size(total)}, over the limit of "
-            f"{_fmt_size(max_bytes)}"
+            f"model {path} with its external data is {format_bytes(total)}, over the limit of "
+            f"{format_bytes(max_bytes)}"
         )
 
+    check_opsets(model)
+    check_graph_io_names(model)
     check_missing_inputs(model)
     _check_io_shapes_declared(model)
     check_ops(model, allowed_ops)
+    check_sparse_sizes(model)
+    if input_shapes:
+        set_input_shapes(model, input_shapes)
 
     if external_bytes:
         try:
@@ -551,7 +798,7 @@ def load_model(
             raise _fail(f"cannot load external data of {path}: {message}") from None
         if model.ByteSize() >= PROTOBUF_LIMIT:
             raise _fail(
-                f"model {path} with its external data is {_fmt_size(model.ByteSize())}; models "
+                f"model {path} with its external data is {format_bytes(model.ByteSize())}; models "
                 f"over 2 GiB in total are not supported"
             )
 
@@ -571,8 +818,12 @@ def load_model(
             f"invalid ONNX model {path}: shape inference: {_validation_message(exc)}"
         ) from None
 
+    check_tensor_sizes(model)
+    if model.functions:  # the bodies of function ops (pmsm::PQA) run in onnxruntime too
+        check_tensor_sizes(_inline_functions(model, path), " in an inlined function body")
     if static_inputs:
         check_static_shapes(model)
+    unique_node_names(model)
     return model
 
 
@@ -656,7 +907,7 @@ def save_model_atomic(model: ModelProto, path: str | os.PathLike[str]) -> None:
     size = model.ByteSize()
     if size >= PROTOBUF_LIMIT:
         raise _fail(
-            f"cannot save {os.fspath(path)}: the model is {_fmt_size(size)}, and a single ONNX "
+            f"cannot save {os.fspath(path)}: the model is {format_bytes(size)}, and a single ONNX "
             f"file must be under 2 GiB (protobuf limit); store the weights as external data"
         )
     data = model.SerializeToString()

@@ -15,11 +15,12 @@ import time
 
 import numpy as np
 
+from pmsm_compiler.data.prepare import raw_pixels
 from pmsm_compiler.errors import InputError
+from pmsm_compiler.limits import check_timesteps
+from pmsm_compiler.verify import run_declared_batches
 
 from .report import summarize
-
-_FLOAT_TYPES = ("tensor(float)",)
 
 
 def _static_dims(shape):
@@ -36,24 +37,45 @@ def _session_input(session):
     return None
 
 
-def check_compatible(session, dataset, ann_session=None) -> None:
-    """InputError (one line) if the data or the ANN do not fit the SNN's input."""
-    arg = _session_input(session)
-    if arg is not None and arg.type not in _FLOAT_TYPES:
-        raise InputError(f"the model's input '{session.input_name}' is {arg.type}; pmsm-run feeds float32 images")
+def _classes(session):
+    """(name, number of classes) of the SNN's first output, when its per-sample size is static."""
+    name = session.output_names[0]
+    for arg in session.step.get_outputs():
+        if arg.name == name:
+            dims = _static_dims(arg.shape)
+            return name, (int(np.prod(dims)) if dims else None)
+    return name, None
+
+
+def check_compatible(session, dataset, ann_session=None) -> bool:
+    """InputError (one line) if the data or the ANN do not fit the SNN's input, or the labels the
+    SNN's classes. Returns whether the data feed the model raw (uint8 pixels, not normalized)."""
+    names = [i["name"] for i in session.info["inputs"]]
+    if len(names) != 1:
+        raise InputError(f"the model has {len(names)} data inputs ({', '.join(repr(n) for n in names)}); pmsm-run "
+                         f"feeds one")
+    raw = raw_pixels(dataset, session.input_dtype, session.input_name)
     expected = _static_dims(session.input_shape)
     have = list(dataset.image_shape)
     if expected and have != expected:
         raise InputError(f"{dataset.name}: samples have shape {have} (CHW), the model expects {expected}")
+    if dataset.y is not None and len(dataset.y):
+        output, classes = _classes(session)
+        top = int(dataset.y.max())
+        if classes is not None and top >= classes:
+            raise InputError(f"{dataset.name}: labels go up to {top}, but the model's output '{output}' has "
+                             f"{classes} classes (labels 0..{classes - 1})")
     if ann_session is not None:
         ann_inputs = ann_session.get_inputs()
         if len(ann_inputs) != 1:
             raise InputError(f"the ANN has {len(ann_inputs)} inputs; pmsm-run supports one")
-        if ann_inputs[0].type not in _FLOAT_TYPES:
-            raise InputError(f"the ANN's input is {ann_inputs[0].type}; pmsm-run feeds float32 images")
+        arg = _session_input(session)
+        if arg is not None and ann_inputs[0].type != arg.type:
+            raise InputError(f"the ANN's input is {ann_inputs[0].type}, the SNN's is {arg.type}")
         ann_dims = _static_dims(ann_inputs[0].shape)
         if ann_dims and ann_dims != have:
             raise InputError(f"the ANN expects inputs of shape {ann_dims}, the data has {have}")
+    return raw
 
 
 def run_dataset(session, dataset, timesteps: int, batch_size: int, mean, std, ann_session=None,
@@ -66,9 +88,7 @@ def run_dataset(session, dataset, timesteps: int, batch_size: int, mean, std, an
     """
     from pmsm_compiler.data import iterate_batches
 
-    timesteps = int(timesteps)
-    if timesteps < 1:
-        raise InputError(f"timesteps must be >= 1, got {timesteps}")
+    timesteps = check_timesteps(timesteps)
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     if limit is not None:
@@ -77,14 +97,13 @@ def run_dataset(session, dataset, timesteps: int, batch_size: int, mean, std, an
         dataset = dataset.subset(limit)
     if len(dataset) == 0:
         raise InputError(f"{dataset.name}: no samples")
-    check_compatible(session, dataset, ann_session)
+    raw = check_compatible(session, dataset, ann_session)
     labels = dataset.y is not None
     n_layers = len(session.layers)
     spikes = np.zeros((timesteps, n_layers), np.int64)
     correct = np.zeros(timesteps, np.int64)
     ann_correct = 0
     t1_agree = 0
-    ann_name = ann_session.get_inputs()[0].name if ann_session is not None else None
     snn_seconds = ann_seconds = 0.0
     bar = None
     if progress:
@@ -93,7 +112,7 @@ def run_dataset(session, dataset, timesteps: int, batch_size: int, mean, std, an
         bar = tqdm(total=len(dataset), unit="img", file=sys.stderr, desc=f"SNN T={timesteps}", leave=False)
     samples = 0
     try:
-        for xb, yb in iterate_batches(dataset, batch_size, mean, std):
+        for xb, yb in iterate_batches(dataset, batch_size, mean, std, raw=raw):
             start = time.perf_counter()
             result = session.run_batch(xb, timesteps)
             snn_seconds += time.perf_counter() - start
@@ -102,7 +121,7 @@ def run_dataset(session, dataset, timesteps: int, batch_size: int, mean, std, an
                 correct += (result.predictions_by_t == yb.astype(np.int64)[None, :]).sum(axis=1)
             if ann_session is not None:
                 start = time.perf_counter()
-                out = ann_session.run(None, {ann_name: xb})[0]
+                out = run_declared_batches(ann_session, xb)
                 ann_seconds += time.perf_counter() - start
                 ann_pred = out.reshape(len(xb), -1).argmax(1)
                 t1_agree += int((ann_pred == result.predictions_by_t[0]).sum())

@@ -36,7 +36,8 @@ import onnx_graphsurgeon as gs
 
 from pmsm_compiler.compiler import read_snn_info
 from pmsm_compiler.errors import InputError
-from pmsm_compiler.verify import make_session
+from pmsm_compiler.limits import check_timesteps
+from pmsm_compiler.verify import declared_batch, input_dtype, make_session, padded_batches
 
 
 @dataclass
@@ -114,6 +115,13 @@ def step_variant(step: onnx.ModelProto, info: dict, first: bool, last: bool) -> 
     first: every state still holds its initial value, so the state inputs become constant
     scalars (½ for membranes, 0 for wrapper sums) — the same values the broadcast initial
     tensors hold, so the same results, without reading a state tensor.
+    Each temporal wrapper is bypassed at the first step: its op reads the inputs themselves
+    (S_1/1 = x) and its consumers read the op's value (F_1 − F_0 = f(x)), so that onnxruntime
+    sees the ANN's own graph around the op and optimizes it the same way (a MatMul followed by a
+    Mul by a constant is fused into one kernel, which rounds differently from the two ops). That
+    holds fully at T = 1 (first and last): a first step that also computes the next states reads
+    the op's value a second time, which can stop such a fusion, so the first step of a longer run
+    can differ from a T = 1 run in the last bit (the T = 1 run is the one equal to the ANN).
     last: nobody reads the next states, so they are dropped, and the neurons use their
     ``*Final`` functions without the reset (onnxruntime inlines a function's whole body, so an
     unused output would still be computed). At T = 1 the single step is both first and last.
@@ -131,6 +139,7 @@ def step_variant(step: onnx.ModelProto, info: dict, first: bool, last: bool) -> 
                 node.inputs = [const if t is var else t for t in node.inputs]
         names = {s["input"] for s in info["states"]}
         graph.inputs = [t for t in graph.inputs if t.name not in names]
+        _bypass_wrappers(graph, info)
     if last:
         state_outputs = {s["output"] for s in info["states"]}
         graph.outputs = [t for t in graph.outputs if t.name not in state_outputs]
@@ -145,6 +154,20 @@ def step_variant(step: onnx.ModelProto, info: dict, first: bool, last: bool) -> 
         add_functions(model, final_step_functions())
     del model.metadata_props[:]
     return model
+
+
+def _bypass_wrappers(graph, info: dict) -> None:
+    tensors = graph.tensors()
+    for w in info["wrappers"]:
+        value, out = tensors.get(w.get("value")), tensors.get(w.get("output"))
+        if value is None or out is None or len(value.inputs) != 1:
+            continue  # a model compiled before wrappers recorded their tensors: keep the wrapper
+        op = value.inputs[0]
+        for i, name in zip(w["input_index"], w["inputs"]):
+            op.inputs[i] = tensors[name]
+        if out not in graph.outputs:
+            for consumer in list(out.outputs):
+                consumer.inputs = [value if t is out else t for t in consumer.inputs]
 
 
 def states_safe_in_place(step: onnx.ModelProto, info: dict) -> set[str]:
@@ -204,6 +227,7 @@ class SNNSession:
         self.layers = info["layers"]
         self.input_name = info["inputs"][0]["name"]
         self.input_shape = info["inputs"][0]["shape"]
+        self.fixed_batch = declared_batch(self.input_shape)
         self.output_names = info["outputs"]
         import onnxruntime as ort
 
@@ -226,6 +250,10 @@ class SNNSession:
         self.step = self._make_step_session(step)
         self._variants = {(False, False): self.step}
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
+        # the graph's own input type (not the metadata's): what onnxruntime will accept
+        reader = self.prologue if self.prologue is not None else self.step
+        arg = next((a for a in reader.get_inputs() if a.name == self.input_name), None)
+        self.input_dtype = input_dtype({"name": self.input_name, "dtype": arg.type[7:-1] if arg else None})
         self._prologue_outputs = [o.name for o in self.prologue.get_outputs()] if self.prologue else []
         self._states = info["states"]
         # Decided on the unfused step: a fused neuron kernel reads each membrane element before it
@@ -292,16 +320,27 @@ class SNNSession:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
     def check_input(self, x: np.ndarray):
-        if x.dtype != np.float32:
-            raise InputError(f"input dtype {x.dtype} does not match the model's float32")
+        if x.dtype != self.input_dtype:
+            raise InputError(f"input dtype {x.dtype} does not match the model's {self.input_dtype}")
         expected = self.input_shape[1:] if self.input_shape else None
         if expected and all(isinstance(d, int) for d in expected) and list(x.shape[1:]) != list(expected):
             raise InputError(f"input shape {list(x.shape[1:])} does not match the model's {list(expected)}")
 
     def run_batch(self, x: np.ndarray, timesteps: int, keep_outputs: bool = False) -> BatchResult:
-        if timesteps < 1:
-            raise InputError(f"timesteps must be >= 1, got {timesteps}")
+        """Run ``x`` for T steps. A model declared with a fixed batch size B takes any number of
+        samples: they run in batches of exactly B, the last one padded (the padding is dropped)."""
+        timesteps = check_timesteps(timesteps)
         self.check_input(x)
+        if self.fixed_batch is None or len(x) == self.fixed_batch:
+            return self._run_steps(x, timesteps, keep_outputs)
+        parts = [(self._run_steps(xb, timesteps, keep_outputs), n) for xb, n in padded_batches(x, self.fixed_batch)]
+        return BatchResult(
+            np.concatenate([r.mean_outputs[:n] for r, n in parts]),
+            np.concatenate([r.predictions_by_t[:, :n] for r, n in parts], axis=1),
+            np.concatenate([r.spikes[:, :n] for r, n in parts], axis=1),
+            np.concatenate([r.outputs_by_t[:, :n] for r, n in parts], axis=1) if keep_outputs else None)
+
+    def _run_steps(self, x: np.ndarray, timesteps: int, keep_outputs: bool) -> BatchResult:
         n = x.shape[0]
         x_value = self._ortvalue(x)
         if self.prologue is not None:

@@ -170,7 +170,7 @@ def test_runtime_matches_reference_on_hand_snns(request, fixture):
 
 
 def _neuron(name, theta):
-    return {"input": "x", "output": name, "nodes": [name], "neuron": "AIF", "theta_in": theta, "theta_out": theta,
+    return {"input": "x", "output": name, "nodes": [name], "op": "AIF", "theta_in": theta, "theta_out": theta,
             "s_min": S_MIN, "s_max": S_MAX}
 
 

@@ -157,7 +157,7 @@ def test_residual_join_gets_synapse_scale_and_stays_correct():
     assert scales, "the join of θ_a and θ_b needs a synapse scale"
     inits = _inits(m)
     factors = sorted(float(inits[n.input[1]]) for n in scales)
-    ta, tb, tc = theta("a"), theta("b"), theta("c")
+    ta, tb = theta("a"), theta("b")
     # the two scales meet at the Add: one side is rescaled to the other's θ, then to θ_c
     assert any(np.isclose(f, r, rtol=1e-6) for f in factors for r in (ta / tb, tb / ta))
     join = next(n for n in m.graph.node if n.name == "join")
@@ -236,3 +236,68 @@ def test_fan_out_same_in_both_modes(expose_b):
     if expose_b:
         report = verify(ann, folded, _inputs(16), mode="folded")
         assert report["passed"], report["failures"]
+
+
+# ------------------------------------------------------------------------------------------
+# Shape reads: x.view(x.size(0), -1) after a neuron
+# ------------------------------------------------------------------------------------------
+
+WFLAT = RNG.standard_normal((C * HW * HW, NCLS)).astype(np.float32) * 0.2
+
+
+def _i64(name, value):
+    return numpy_helper.from_array(np.asarray(value, np.int64), name)
+
+
+def view_net(halve=False):
+    """x → conv1 → PQA a → Reshape(a, [n, −1]) → Gemm → y, with n = Shape(a)[0] (n // 2 · 2 if halve:
+    integer arithmetic on a shape, as exporters write for views of a dynamic dimension)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, HW, HW])
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             _pqa("c1", "a1", "a"),
+             helper.make_node("Shape", ["a1"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "zero"], ["n"], name="batch_dim", axis=0)]
+    if halve:
+        nodes += [helper.make_node("Div", ["n", "two"], ["half"], name="halve"),
+                  helper.make_node("Mul", ["half", "two"], ["n_even"], name="double")]
+    nodes += [helper.make_node("Unsqueeze", ["n_even" if halve else "n", "axes0"], ["n1"], name="unsqueeze"),
+              helper.make_node("Concat", ["n1", "minus_one"], ["new_shape"], name="concat", axis=0),
+              helper.make_node("Reshape", ["a1", "new_shape"], ["flat"], name="view"),
+              helper.make_node("Gemm", ["flat", "WFLAT"], ["y"], name="fc")]
+    inits = [_f("W1", W1), _f("B1", B1), _f("lam_a", LAMS["a"]), _f("WFLAT", WFLAT), _i64("zero", 0),
+             _i64("two", 2), _i64("axes0", [0]), _i64("minus_one", [-1])]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", NCLS])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 10
+    add_functions(model, quantizer_functions())
+    onnx.checker.check_model(model, full_check=True)
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+
+
+@pytest.mark.parametrize("halve", [False, True])
+def test_shape_reads_spikes_without_rescale(halve):
+    """Shape reads no values: it takes the integer spikes as they are (no synapse scale in front of it),
+    its integer outputs (and the integer arithmetic on them) keep their constants, and the Gemm after
+    the view absorbs θ_a."""
+    ann = view_net(halve)
+    folded = compile_model(ann, mode="folded")
+    m = folded.model
+    (layer,) = folded.layers
+    shape = next(n for n in m.graph.node if n.op_type == "Shape")
+    assert shape.input[0] == layer["spike_tensor"] and _producer(m, shape.input[0]).op_type == "AIF"
+    assert not [n for n in m.graph.node if "synapse_scale" in n.name]
+    inits = _inits(m)
+    if halve:  # n // 2 · 2 on int64: Div stays Div by 2 (a weight rewrite would make it Mul by 1/2 = 0)
+        halve_node, double = (next(n for n in m.graph.node if n.name == name) for name in ("halve", "double"))
+        assert halve_node.op_type == "Div" and int(inits[halve_node.input[1]]) == 2
+        assert double.op_type == "Mul" and int(inits[double.input[1]]) == 2
+    fc = next(n for n in m.graph.node if n.op_type == "Gemm")
+    np.testing.assert_array_equal(inits[fc.input[1]], (WFLAT.astype(np.float64) * theta("a")).astype(np.float32))
+    exact = compile_model(ann, mode="exact")
+    x = _inputs(4, seed=3)
+    y_ann = make_session(ann, "all", threads=1).run(["y"], {"x": x})[0]
+    e, f = _run(exact, x, [exact.layers[0]["spike_tensor"]]), _run(folded, x, [layer["spike_tensor"]])
+    assert np.array_equal(e["y"], y_ann)
+    np.testing.assert_array_equal(f[layer["spike_tensor"]], e[exact.layers[0]["spike_tensor"]])  # no flip here
+    assert float(np.abs(f["y"] - y_ann).max()) <= FLOAT_RTOL * float(np.abs(y_ann).max())

@@ -180,3 +180,57 @@ def test_exact_mode_leaves_bn_alone():
         np.testing.assert_array_equal(before[name], after[name])
     x = _image()
     np.testing.assert_array_equal(_outputs(model, x)["y"], _outputs(out, x)["y"])  # nothing changed: exact
+
+
+# ------------------------------------------------------------------------------------------
+# A non-default epsilon: BN(z) = γ·(z − μ)/√(σ² + ε) + β. With running variances of the order of ε
+# (or below), ignoring ε (taking the default 1e-5) changes the outputs by far more than RTOL.
+# ------------------------------------------------------------------------------------------
+
+def _small_var_bn_inits(prefix, c, seed):
+    rng = np.random.default_rng(seed)
+    return [_f(f"{prefix}.gamma", rng.uniform(0.5, 2.0, c)), _f(f"{prefix}.beta", rng.uniform(-1, 1, c)),
+            _f(f"{prefix}.mean", rng.uniform(-1, 1, c)), _f(f"{prefix}.var", rng.uniform(1e-4, 2e-3, c))]
+
+
+@pytest.mark.parametrize("eps", [1e-3, 0.1])
+def test_conv_bn_folded_with_epsilon(eps):
+    model = _model([helper.make_node("Conv", ["x", "conv.W", "conv.B"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                    _bn("bn", "c", "y", eps=eps)],
+                   _conv_inits() + _small_var_bn_inits("bn", C, seed=5), (C_IN, HW, HW), [("y", (C, HW, HW))])
+    folded, ctx = _run_pass(model)
+    assert _ops(folded) == ["Conv"] and not ctx.notes
+    _assert_close(model, folded, _image())
+
+
+@pytest.mark.parametrize("eps", [1e-3, 0.1])
+def test_gemm_bn_folded_with_epsilon(eps):
+    k, n = 12, 7
+    model = _model([helper.make_node("Gemm", ["x", "fc.W", "fc.B"], ["z"], name="fc", transB=1),
+                    _bn("bn", "z", "y", eps=eps)],
+                   [_f("fc.W", RNG.standard_normal((n, k))), _f("fc.B", RNG.standard_normal(n))]
+                   + _small_var_bn_inits("bn", n, seed=6), (k,), [("y", (n,))])
+    folded, ctx = _run_pass(model)
+    assert _ops(folded) == ["Gemm"] and not ctx.notes
+    _assert_close(model, folded, np.random.default_rng(1).standard_normal((16, k)).astype(np.float32))
+
+
+@pytest.mark.parametrize("eps", [1e-3, 0.1])
+def test_bn_affine_with_epsilon(eps):
+    """A BN that is not folded (on the graph input) becomes a·x + b with a = γ/√(σ² + ε)."""
+    model = _model([_bn("bn", "x", "y", eps=eps)], _small_var_bn_inits("bn", C_IN, seed=7), (C_IN, HW, HW),
+                   [("y", (C_IN, HW, HW))])
+    folded, ctx = _run_pass(model)
+    assert _ops(folded) == ["Mul", "Add"]
+    _assert_close(model, folded, _image())
+
+
+def test_two_unnamed_bns_become_affine_with_distinct_names():
+    """Node names are optional in ONNX: two unnamed BNs that cannot be folded must not share the names
+    of the tensors that replace them."""
+    nodes = [helper.make_node("BatchNormalization", ["x", "bn.gamma", "bn.beta", "bn.mean", "bn.var"], ["h"]),
+             helper.make_node("BatchNormalization", ["h", "bn.gamma", "bn.beta", "bn.mean", "bn.var"], ["y"])]
+    model = _model(nodes, _bn_inits("bn", C_IN), (C_IN, HW, HW), [("y", (C_IN, HW, HW))])
+    folded, _ = _run_pass(model)
+    assert _ops(folded) == ["Mul", "Add", "Mul", "Add"]
+    _assert_close(model, folded, _image())

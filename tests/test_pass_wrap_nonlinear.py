@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -19,7 +20,8 @@ from pmsm_compiler.errors import UnsupportedModelError
 from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
 from pmsm_compiler.ops.temporal import TemporalWrapper
-from pmsm_compiler.passes import TIME_INPUT
+from pmsm_compiler.passes import TIME_INPUT, PassContext, PassRefusal, wrap_nonlinear
+from pmsm_compiler.passes.wrap_nonlinear import dynamic_tensors
 from pmsm_compiler.verify import initial_state_feeds, make_session, with_outputs
 
 STEPS = 6
@@ -142,7 +144,7 @@ def _f(name, value):
     return numpy_helper.from_array(np.asarray(value, np.float32), name)
 
 
-def small(after_nodes, out_name, out_shape, before_nodes=(), conv_in="x", hw=4):
+def small(after_nodes, out_name, out_shape, before_nodes=(), conv_in="x", hw=4, extra_inits=()):
     """x → [before] → Conv → PQA (λ=2.3, L=4, levels −1..4) → [after] → out."""
     rng = np.random.default_rng(0)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2 * hw, 2 * hw])
@@ -151,7 +153,7 @@ def small(after_nodes, out_name, out_shape, before_nodes=(), conv_in="x", hw=4):
              helper.make_node("Conv", [conv_in, "W"], ["c"], name="conv", strides=[2, 2], kernel_shape=[2, 2]),
              helper.make_node("PQA", ["c", "lam"], ["a"], name="act", domain="pmsm", L=4, alpha=-0.25, beta=1.0),
              *after_nodes]
-    inits = [_f("W", rng.standard_normal((4, 3, 2, 2))), _f("lam", 2.3)]
+    inits = [_f("W", rng.standard_normal((4, 3, 2, 2))), _f("lam", 2.3), *extra_inits]
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
                               opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 10
@@ -221,3 +223,171 @@ def test_relu_after_neuron_is_wrapped_homogeneous():
         total_in, total_out = total_in + out[xin], total_out + out[xout]
         np.testing.assert_array_equal(total_out, np.maximum(total_in, 0))  # exact: integers
         np.testing.assert_array_equal(out["y"], out[xout] * theta)  # the graph output in real units
+
+
+# ------------------------------------------------------------------------------------------
+# Shape-only chains: x.view(x.size(0), -1) reads the shape of the spikes, never their values
+# ------------------------------------------------------------------------------------------
+
+THETA_SMALL = float(np.float32(2.3) / np.float32(4))
+VIEW_INITS = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+              numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+              numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]
+SHAPE_CHAIN = {"shape", "n", "n1", "new_shape"}
+
+
+def view_nodes(src="a", out="y"):
+    """Shape → Gather(0) → Unsqueeze → Concat(·, [−1]) → Reshape: how the legacy exporter writes
+    x.view(x.size(0), −1)."""
+    return [helper.make_node("Shape", [src], ["shape"], name="shape"),
+            helper.make_node("Gather", ["shape", "zero"], ["n"], name="batch_dim", axis=0),
+            helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"], name="unsqueeze"),
+            helper.make_node("Concat", ["n1", "minus_one"], ["new_shape"], name="concat", axis=0),
+            helper.make_node("Reshape", [src, "new_shape"], [out], name="view")]
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_shape_chain_is_static_and_not_wrapped(mode):
+    ann = small(view_nodes(), "y", (64,), extra_inits=VIEW_INITS)
+    compiled = compile_model(ann, mode=mode)
+    info = compiled.info
+    assert info["wrappers"] == [] and info["time_input"] is None
+    assert [s["kind"] for s in info["states"]] == ["membrane"]
+    graph = gs.import_onnx(compiled.model)
+    assert "Shape" in [n.op for n in graph.nodes]  # a dynamic batch: the chain stays, read at run time
+    dynamic = dynamic_tensors(graph, {s["input"] for s in info["states"]})
+    assert SHAPE_CHAIN.isdisjoint(dynamic) and "y" in dynamic
+    x = np.random.default_rng(6).standard_normal((3, 3, 8, 8)).astype(np.float32) * 2
+    y_ann = make_session(ann, "all", threads=1).run(["y"], {"x": x})[0]
+    spikes = info["layers"][0]["spike_tensor"]
+    for t, out in enumerate(run_steps(compiled, {"x": x}, [spikes]), start=1):
+        if t == 1:
+            assert np.array_equal(out["y"], y_ann)  # a reshape of k·θ: nothing to re-associate
+        np.testing.assert_array_equal(out["y"], (out[spikes] * np.float32(THETA_SMALL)).reshape(3, -1))
+
+
+def test_dynamic_tensors_skip_shape_and_size():
+    """Shape and Size of a time-varying tensor are the same at every step."""
+    graph = gs.Graph(inputs=[gs.Variable("u", np.float32, ["N", 4])])
+    u = graph.inputs[0]
+    shape, size, doubled = (gs.Variable(n, np.int64) for n in ("shape", "size", "doubled"))
+    y = gs.Variable("y", np.float32, ["N", 4])
+    graph.nodes += [gs.Node("Shape", inputs=[u], outputs=[shape]), gs.Node("Size", inputs=[u], outputs=[size]),
+                    gs.Node("Add", inputs=[shape, shape], outputs=[doubled]),
+                    gs.Node("Reshape", inputs=[u, doubled], outputs=[y])]
+    assert dynamic_tensors(graph, {"u"}) == {"u", "y"}
+
+
+def _one_state_graph(op, state_dtype, state_shape, inputs, attrs=None):
+    """A graph whose time-varying tensor is the state input itself, feeding ``op``."""
+    state = gs.Variable("state", state_dtype, state_shape)
+    x = gs.Variable("x", np.float32, [2, 3])
+    y = gs.Variable("y", np.float32, None)
+    tensors = {"state": state, "x": x}
+    node_inputs = [tensors.get(i, i) if isinstance(i, str) else i for i in inputs]
+    graph = gs.Graph(nodes=[gs.Node(op, name="op", attrs=attrs or {}, inputs=node_inputs, outputs=[y])],
+                     inputs=[x, state], outputs=[y])
+    ctx = PassContext(mode="exact")
+    ctx.states.append({"input": "state", "output": "state_next", "init": 0.0, "kind": "membrane"})
+    return graph, ctx
+
+
+@pytest.mark.parametrize("op, dtype, shape, inputs, position", [
+    ("Gather", np.int64, [2], [gs.Constant("table", np.ones((5, 3), np.float32)), "state"], 1),
+    ("Where", np.bool_, [2, 3], ["state", "x", gs.Constant("c", np.zeros(3, np.float32))], 0),
+    ("Reshape", np.int64, [2], ["x", "state"], 1),
+    ("Expand", np.int64, [2], ["x", "state"], 1),
+])
+def test_time_varying_operand_outside_the_linear_inputs_refused(op, dtype, shape, inputs, position):
+    """Indices, a condition or a shape that change over time make the op non-linear: refused, with the
+    reason, although the op is linear (and unwrapped) in its other inputs."""
+    graph, ctx = _one_state_graph(op, dtype, shape, inputs)
+    with pytest.raises(PassRefusal) as info:
+        wrap_nonlinear(graph, ctx)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{op} 'op' is not linear in its time-varying input {position} ('state'")
+    assert message.endswith("and has no temporal wrapper")
+
+
+def test_pad_with_time_varying_fill_value_is_linear():
+    """Pad is affine in its fill value too: a time-varying one needs no wrapper."""
+    graph, ctx = _one_state_graph("Pad", np.float32, [], ["x", gs.Constant("pads", np.array([0, 1, 0, 1])), "state"])
+    wrap_nonlinear(graph, ctx)
+    assert ctx.wrappers == []
+
+
+# ------------------------------------------------------------------------------------------
+# End to end: a PyTorch model with x.view(x.size(0), ...) exported by the legacy exporter
+# ------------------------------------------------------------------------------------------
+
+VIEW_BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def view_models(tmp_path_factory):
+    """(dynamic-batch ANN, fixed-batch ANN, θ, net): conv → PQA → view(n, −1) → fc."""
+    torch = pytest.importorskip("torch")
+    from pmsm_compiler.activations import PQA
+    from pmsm_compiler.export import export_onnx
+    from pmsm_compiler.loading import load_model
+
+    class ViewNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            rng = np.random.default_rng(8)
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.act = PQA(levels=8)
+            self.fc = torch.nn.Linear(4 * 6 * 6, 5)
+            with torch.no_grad():
+                for p in (self.conv.weight, self.conv.bias, self.fc.weight, self.fc.bias):
+                    p.copy_(torch.from_numpy(rng.standard_normal(tuple(p.shape)).astype(np.float32) * 0.5))
+                self.act.lam.fill_(3.3)
+
+        def forward(self, x):
+            a = self.act(self.conv(x))
+            return self.fc(a.view(a.size(0), -1))
+
+    net = ViewNet()
+    path = tmp_path_factory.mktemp("view") / "view.onnx"
+    export_onnx(net, str(path), input_shape=(2, 3, 6, 6), exporter="legacy", pqa_as="plain")
+    dynamic = load_model(path)
+    assert {"Shape", "Gather", "Concat", "Reshape"} <= {n.op_type for n in dynamic.graph.node}
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(dynamic)  # the same graph with the batch pinned, as a fixed-batch export declares it
+    for value in (fixed.graph.input[0], fixed.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = VIEW_BATCH
+    fixed_path = path.with_name("view_fixed.onnx")
+    onnx.save(fixed, fixed_path)
+    lam = float(net.act.lam.detach())
+    return dynamic, load_model(fixed_path), float(np.float32(lam) / np.float32(8)), net
+
+
+@pytest.mark.parametrize("batch", ["dynamic", "fixed"])
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_view_model_compiles_and_runs(view_models, mode, batch):
+    from pmsm_compiler.runtime import SNNSession
+
+    dynamic, fixed, theta, net = view_models
+    ann = dynamic if batch == "dynamic" else fixed
+    compiled = compile_model(ann, mode=mode)
+    assert compiled.info["wrappers"] == [] and compiled.info["time_input"] is None
+    session = SNNSession(compiled.model)
+    w = net.fc.weight.detach().numpy().astype(np.float64)
+    b = net.fc.bias.detach().numpy().astype(np.float64)
+    spikes = compiled.info["layers"][0]["spike_tensor"]
+    for n in ([VIEW_BATCH] if batch == "fixed" else [3, 5]):
+        x = np.random.default_rng(n).standard_normal((n, 3, 6, 6)).astype(np.float32) * 2
+        y_ann = make_session(ann, "all").run(None, {"input": x})[0]
+        first = session.run_batch(x, 1).mean_outputs
+        if mode == "exact":
+            assert np.array_equal(first, y_ann)
+        else:  # θ folded into the conv: re-associated float sums, no level flip on these inputs
+            assert float(np.abs(first - y_ann).max()) <= 1e-5 * float(np.abs(y_ann).max())
+        # T = 4: the tail after the neuron is linear, so the mean logits are fc(θ·k̄), with k̄ from a
+        # plain loop over the one-step model
+        result = session.run_batch(x, 4)
+        k_sum = sum(out[spikes].astype(np.float64) for out in run_steps(compiled, {"input": x}, [spikes], steps=4))
+        expected = (k_sum / 4 * np.float32(theta)).reshape(n, -1) @ w.T + b
+        np.testing.assert_allclose(result.mean_outputs, expected, rtol=0,
+                                   atol=1e-5 * float(np.abs(expected).max()))

@@ -112,17 +112,22 @@ class FakeSession:
     predicts class t-1 at step t."""
 
     def __init__(self, per_sample: int, layers: int = 2):
-        self.info = {"mode": "exact", "ann_macs": 10,
+        self.info = {"mode": "exact", "ann_macs": 10, "inputs": [{"name": "input", "shape": ["batch", 3, 4, 4]}],
                      "layers": [{"name": f"L{i}", "neuron": "AIF", "neurons": 8, "fan_out": 1.0, "count_index": i}
                                 for i in range(layers)]}
         self.layers = self.info["layers"]
         self.input_name = "input"
         self.input_shape = ["batch", 3, 4, 4]
+        self.input_dtype = np.dtype(np.float32)
+        self.output_names = ["logits"]
         self.prologue = None
         self.step = self
         self.per_sample = per_sample
 
     def get_inputs(self):
+        return []
+
+    def get_outputs(self):
         return []
 
     def run_batch(self, x, timesteps):

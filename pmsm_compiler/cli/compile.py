@@ -11,6 +11,7 @@ import click
 
 from pmsm_compiler import __version__
 from pmsm_compiler.errors import VerificationError, cli_errors
+from pmsm_compiler.limits import MAX_OPSET, MAX_TENSOR_BYTES, MIN_OPSET, format_bytes
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -32,13 +33,24 @@ def layer_table(layers, verification=None) -> str:
                f"{layer['theta']:>9.4g} {layer['s_min']:>5} {layer['s_max']:>5} {fan:>8}")
         if verification and layer["name"] in by_name:
             p = by_name[layer["name"]]
-            mark = "" if p["in_policy"] else " (lossy: IF)"
+            mark = "" if p["in_policy"] else (" (after an IF layer)" if p.get("after_lossy_layer") else " (lossy: IF)")
             row += f" {p['level_agreement']:>16.6f}{mark}"
         lines.append(row)
     return "\n".join(lines)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+HELP = f"""Compile MODEL (an ONNX model with PQA / QCFS / QDQ activations) into a spiking model.
+
+MODEL: default-domain ONNX opset {MIN_OPSET} to {MAX_OPSET}, one data input (float, or uint8 images that
+the model scales itself), no tensor over {format_bytes(MAX_TENSOR_BYTES).split(' (')[0]} (a dynamic batch
+counted as 1).
+
+Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
+2 bad input or unsupported model.
+"""
+
+
+@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pmsm-compiler", prog_name="pmsm-compile")
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", type=click.Path(), help="Output path (default: MODEL with .snn.onnx).")
@@ -57,25 +69,29 @@ def layer_table(layers, verification=None) -> str:
               help="Folded mode: largest accepted level-mismatch rate over all AIF layers.")
 @click.option("--min-top1-agreement", default=0.98, show_default=True,
               help="Folded mode: smallest accepted top-1 agreement between ANN and SNN.")
+@click.option("--output-rtol", default=1e-4, show_default=True,
+              help="Both modes: largest accepted |SNN - ANN tail fed the SNN's own levels|, relative to the "
+                   "largest output magnitude (checks the arithmetic after the last neurons).")
 @click.option("--report", "report_path", type=click.Path(), help="Write the JSON report here.")
 @click.option("--max-bytes", default=None, type=int, help="Refuse model files larger than this.")
+@click.option("--input-shape", multiple=True, metavar="NAME:DIMS",
+              help="Fix an input's shape, e.g. x:1x3x32x32 (polygraphy/onnxsim style; a name such as N keeps the "
+                   "batch dynamic): for models exported with dynamic height/width. Repeatable.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the summary line.")
 @cli_errors
 def main(model, output, exact, check, calibration_data, samples, seed, normalization, opt_level,
-         max_level_mismatch, min_top1_agreement, report_path, max_bytes, quiet):
-    """Compile MODEL (an ONNX model with PQA / QCFS / QDQ activations) into a spiking model.
-
-    Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
-    2 bad input or unsupported model.
-    """
-    from pmsm_compiler.compiler import compile_model
+         max_level_mismatch, min_top1_agreement, output_rtol, report_path, max_bytes, input_shape, quiet):
+    """See HELP."""
+    from pmsm_compiler.compiler import compile_model, read_snn_info
     from pmsm_compiler.errors import InputError
-    from pmsm_compiler.loading import (MAX_MODEL_BYTES, check_output_path, load_model, save_model_atomic,
-                                       save_text_atomic)
-    from pmsm_compiler.verify import VerificationPolicy, random_inputs, verify
+    from pmsm_compiler.loading import (MAX_MODEL_BYTES, check_output_path, check_single_input, check_static_shapes,
+                                       load_model, parse_input_shape, save_model_atomic, save_text_atomic)
+    from pmsm_compiler.verify import VerificationPolicy, check_runs, input_dtype, random_inputs, verify
 
     if samples < 1:
         raise InputError(f"--samples must be >= 1, got {samples}")
+    if seed < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
     output = output or default_output(model)
     if os.path.abspath(output) == os.path.abspath(model):
         raise InputError("the output path must differ from the input model")
@@ -83,24 +99,36 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
     if report_path:
         check_output_path(report_path, "the report")
     start = time.perf_counter()
-    ann = load_model(model, max_bytes=max_bytes or MAX_MODEL_BYTES)
+    shapes = dict(parse_input_shape(text) for text in input_shape)
+    ann = load_model(model, max_bytes=max_bytes or MAX_MODEL_BYTES, static_inputs=False, input_shapes=shapes)
+    if read_snn_info(ann) is not None:
+        raise InputError(f"{model} is already a compiled SNN ('pmsm.snn' metadata); give the source ANN")
+    check_single_input(ann)
+    check_static_shapes(ann)
     mode = "exact" if exact else "folded"
     compiled = compile_model(ann, mode=mode)
     info = compiled.info
     verification = {"passed": None, "skipped": True}
-    if check:
+    if check:  # the inputs first: their refusals (size, type) are cheaper than a run
         if calibration_data:
             from pmsm_compiler.data import load_dataset
             from pmsm_compiler.data.prepare import model_inputs, resolve_normalization
 
             ds = load_dataset(None if calibration_data == "bundled" else calibration_data)
             mean, std = resolve_normalization(normalization, info)
-            x, _ = model_inputs(ds, info["inputs"][0]["shape"], mean, std, limit=samples)
+            spec = info["inputs"][0]
+            x, _ = model_inputs(ds, spec["shape"], mean, std, limit=samples, input_dtype=input_dtype(spec),
+                                input_name=spec["name"])
             label = f"{ds.name} ({len(x)} samples)"
         else:
             x = random_inputs(info, samples, seed)
-            label = f"random normal, seed {seed} ({samples} samples)"
-        policy = VerificationPolicy(max_level_mismatch, min_top1_agreement)
+            kind = "normal" if x.dtype.kind == "f" else f"uniform {x.dtype}"
+            label = f"random {kind}, seed {seed} ({samples} samples)"
+    batch = info["inputs"][0]["shape"][0]  # one sample, or the batch the model declares
+    check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
+               what=model)
+    if check:
+        policy = VerificationPolicy(max_level_mismatch, min_top1_agreement, output_rtol)
         verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode, policy=policy, data_label=label)
     elapsed = time.perf_counter() - start
     report = {

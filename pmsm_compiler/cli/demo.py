@@ -11,6 +11,7 @@ import time
 import click
 
 from pmsm_compiler.errors import InputError, cli_errors
+from pmsm_compiler.limits import check_timesteps
 
 PQA_MODEL = "resnet20_pqa_cifar10.onnx"
 QCFS_MODEL = "resnet20_qcfs_cifar10.onnx"
@@ -75,6 +76,7 @@ def main(model, qcfs_model, data, timesteps, mode, batch_size, json_path, progre
         raise InputError(f"--timesteps must be a comma list of integers, got {timesteps!r}") from None
     if not ts or ts[0] < 1:
         raise InputError("--timesteps must list integers >= 1")
+    check_timesteps(ts[-1], "--timesteps")
     model = model or _shipped(PQA_MODEL)
     if model is None:
         raise InputError(f"no bundled model {PQA_MODEL} in this installation; give --model")

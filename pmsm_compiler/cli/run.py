@@ -14,8 +14,10 @@ import os
 import sys
 
 import click
+import numpy as np
 
 from pmsm_compiler.errors import InputError, cli_errors
+from pmsm_compiler.limits import MAX_TIMESTEPS, check_timesteps
 from pmsm_compiler.loading import check_output_path
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -53,8 +55,8 @@ def _check_dir_target(path: str, what: str) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pmsm-compiler", prog_name="pmsm-run")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-T", "--timesteps", type=int, required=True, help="Number of timesteps T (accuracy is "
-              "reported for every t <= T).")
+@click.option("-T", "--timesteps", type=int, required=True, help="Number of timesteps T, 1 to "
+              f"{MAX_TIMESTEPS:,} (accuracy and spikes are reported for every t <= T).")
 @click.option("--data", default="bundled", show_default=True,
               help="Data: .npz, .npy, CIFAR python folder, image folder, or 'bundled' (1,000 CIFAR-10 test images).")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per batch.")
@@ -67,7 +69,8 @@ def _check_dir_target(path: str, what: str) -> str:
               "repeatable or comma-separated (cpu, cuda or full names). Default: CPUExecutionProvider.")
 @click.option("--normalization", type=click.Choice(["auto", "cifar10", "cifar100", "imagenet", "none"]),
               default="auto", show_default=True,
-              help="For uint8 images: auto (the model's recorded normalization, else cifar10), a preset, or none.")
+              help="For uint8 images: auto (the model's recorded normalization, else cifar10), a preset, or none. "
+                   "A model whose input is uint8 gets the pixels raw.")
 @click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
               show_default=True, help="onnxruntime graph optimization level (SNN and ANN alike).")
 @click.option("--threads", type=int, default=0, show_default=True, help="Intra-op threads (0: onnxruntime default).")
@@ -83,8 +86,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
 
     Exit codes: 0 done, 2 bad input (model, data, arguments or output paths).
     """
-    if timesteps < 1:
-        raise InputError(f"--timesteps must be >= 1, got {timesteps}")
+    check_timesteps(timesteps, "--timesteps")
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:
@@ -108,13 +110,15 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
     from pmsm_compiler.loading import load_model, save_text_atomic
     from pmsm_compiler.runtime import SNNSession, run_dataset
     from pmsm_compiler.runtime.report import format_tables, plot
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.verify import make_session, onnxruntime_errors
 
     snn_model = load_model(model, static_inputs=False)
     if read_snn_info(snn_model) is None:
         raise InputError(f"{model} is not a compiled SNN (no 'pmsm.snn' metadata); compile it with pmsm-compile "
                          "first (the ANN goes to --ann)")
-    session = SNNSession(snn_model, providers=provider_list, opt_level=opt_level, threads=threads, kernels=kernels)
+    with onnxruntime_errors(model):
+        session = SNNSession(snn_model, providers=provider_list, opt_level=opt_level, threads=threads,
+                             kernels=kernels)
     del snn_model
     info = session.info
     ann_session = None
@@ -122,20 +126,23 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
         ann_model = load_model(ann_path, static_inputs=False)
         if read_snn_info(ann_model) is not None:
             raise InputError(f"--ann {ann_path} is a compiled SNN; give the source ANN")
-        ann_session = make_session(ann_model, opt_level, session.providers, threads)
+        with onnxruntime_errors(ann_path):
+            ann_session = make_session(ann_model, opt_level, session.providers, threads)
         del ann_model
     dataset = load_dataset(None if data == "bundled" else data)
     mean, std = resolve_normalization(normalization, info)
 
-    report = run_dataset(session, dataset, timesteps, batch_size, mean, std, ann_session=ann_session,
-                         progress=progress and not quiet, limit=limit, model=os.path.abspath(model))
+    with onnxruntime_errors(f"{model} or {ann_path}" if ann_path else model):
+        report = run_dataset(session, dataset, timesteps, batch_size, mean, std, ann_session=ann_session,
+                             progress=progress and not quiet, limit=limit, model=os.path.abspath(model))
     report.update({
         "ann": os.path.abspath(ann_path) if ann_path else None,
         "compiler_version": __version__,
         "opt_level": opt_level,
         "providers": session.providers,
         "fused_kernels": session.kernel_report(),
-        "normalization": {"choice": normalization, "mean": list(mean), "std": list(std)},
+        "normalization": ({"choice": "raw", "mean": None, "std": None} if session.input_dtype == np.uint8 else
+                          {"choice": normalization, "mean": list(mean), "std": list(std)}),
     })
     plots = []
     if plot_dir:

@@ -326,6 +326,73 @@ def load_bundled_sample() -> Dataset:
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
+#: An .npz member over NPZ_CHECKED_BYTES that expands more than NPZ_MAX_EXPANSION times from its
+#: compressed size is refused as a zip bomb: image data compresses a few times at most, and a
+#: repeated or constant array (e.g. 1,000 images tiled 1,400 times: 4 GiB in a 3 MiB LZMA
+#: member) would have every tool run millions of copies.
+NPZ_MAX_EXPANSION = 100
+NPZ_CHECKED_BYTES = 64 * 2**20
+
+
+def _npy_header(f, where: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) of the .npy stream ``f``, read without its data."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        elif hasattr(fmt, "_read_array_header"):  # 3.0: a utf-8 header, no public reader
+            shape, _, dtype = fmt._read_array_header(f, version)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except Exception as exc:  # noqa: BLE001 - ValueError, EOFError, SyntaxError from a crafted header
+        raise _err(f"{where}: not a valid .npy array ({_short(exc)})") from None
+    return tuple(int(d) for d in shape), dtype, f.tell()
+
+
+def _declared_bytes(shape, dtype) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n * dtype.itemsize
+
+
+def _check_npz_member(zf, member: str, archive: Path) -> None:
+    """Refuse, before anything is allocated, an .npz member whose .npy header declares more
+    data than the member holds (impossible), or that expands absurdly (a zip bomb)."""
+    where = f"{archive} [{member}]"
+    info = zf.getinfo(member)
+    archive_size = archive.stat().st_size
+    if info.compress_size > archive_size:
+        raise _err(f"{where}: declares {info.compress_size:,} compressed bytes in a {archive_size:,}-byte file")
+    with zf.open(info) as f:
+        shape, dtype, header = _npy_header(f, where)
+    declared = _declared_bytes(shape, dtype)
+    if header + declared > info.file_size:
+        raise _err(f"{where}: the .npy header declares shape {list(shape)} {dtype} ({declared:,} bytes), but the "
+                   f"member holds {max(0, info.file_size - header):,} bytes of data")
+    if info.file_size > NPZ_CHECKED_BYTES and info.file_size > NPZ_MAX_EXPANSION * max(1, info.compress_size):
+        ratio = info.file_size / max(1, info.compress_size)
+        raise _err(f"{where}: {info.file_size:,} bytes ({list(shape)} {dtype}) from {info.compress_size:,} "
+                   f"compressed bytes, a {ratio:.0f}x expansion (the limit is {NPZ_MAX_EXPANSION}x for members over "
+                   f"{NPZ_CHECKED_BYTES // 2**20} MiB): a repeated or constant array (zip bomb), not a data set")
+
+
+def _check_npy_file(p: Path, what: str) -> None:
+    """Refuse an .npy file whose header declares more data than the file holds, before reading."""
+    try:
+        with open(p, "rb") as f:
+            shape, dtype, header = _npy_header(f, f"{what} {p}")
+    except OSError as exc:
+        raise _err(f"cannot read {what} {p}: {_short(exc)}") from None
+    declared = _declared_bytes(shape, dtype)
+    size = p.stat().st_size
+    if header + declared > size:
+        raise _err(f"{what} {p}: the header declares shape {list(shape)} {dtype} ({declared:,} bytes), but the "
+                   f"file holds {max(0, size - header):,} bytes of data")
+
 
 def _magic(p: Path, what: str) -> bytes:
     try:
@@ -342,7 +409,17 @@ def _read_npz(p: Path) -> dict[str, np.ndarray]:
     if not head.startswith(_ZIP_MAGICS):
         raise _err(f"cannot read .npz file {p}: not an .npz (zip) archive")
     try:
-        obj = np.load(p, allow_pickle=False)
+        # our own handle: np.load(path) leaks its file when the zip directory is corrupt
+        f = open(p, "rb")
+    except OSError as exc:
+        raise _err(f"cannot read .npz file {p}: {_short(exc)}") from None
+    with f:
+        return _read_npz_arrays(f, p)
+
+
+def _read_npz_arrays(f, p: Path) -> dict[str, np.ndarray]:
+    try:
+        obj = np.load(f, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - BadZipFile, ValueError, OSError, EOFError, ...
         raise _err(f"cannot read .npz file {p}: {_short(exc)}") from None
     if not isinstance(obj, np.lib.npyio.NpzFile):
@@ -351,8 +428,13 @@ def _read_npz(p: Path) -> dict[str, np.ndarray]:
         with obj:
             keys = list(obj.files)
             wanted = [k for k in ("x", "y", "x_test", "y_test", "classes") if k in keys]
+            names = set(obj.zip.namelist())
+            for k in wanted:
+                _check_npz_member(obj.zip, k if k in names else k + ".npy", p)  # numpy's lookup order
             arrays = {k: obj[k] for k in wanted}
             arrays["__keys__"] = np.array(keys)  # for error messages
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - zlib.error, BadZipFile, ValueError (object arrays)
         raise _err(f"cannot read .npz file {p}: {_short(exc)}") from None
     return arrays
@@ -393,6 +475,7 @@ def _read_npy(p: Path, what: str) -> np.ndarray:
         raise _err(f"{p} is an .npz archive, not a single .npy array; name it .npz")
     if not head.startswith(_NPY_MAGIC):
         raise _err(f"cannot read {what} {p}: not a .npy file")
+    _check_npy_file(p, what)
     try:
         obj = np.load(p, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001
@@ -708,22 +791,30 @@ def iterate_batches(
     batch_size: int,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    *,
+    raw: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Yield ``(x, y)`` batches in order: ``x`` float32 NCHW, ``y`` int64 or ``None``.
 
     uint8 images are normalized with :func:`normalize` (``mean`` and ``std`` required); float32
-    images are already preprocessed and pass through unchanged (``mean``/``std`` ignored). The
-    last batch may be smaller.
+    images are already preprocessed and pass through unchanged (``mean``/``std`` ignored). With
+    ``raw``, uint8 images are yielded as uint8 NCHW, not normalized (for a model whose input is
+    uint8 pixels). The last batch may be smaller.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise _err(f"batch size must be a positive integer, got {batch_size!r}")
     batch_size = int(batch_size)
     x = dataset.x
-    raw = x.dtype == np.uint8
-    if raw and (mean is None or std is None):
+    pixels = x.dtype == np.uint8
+    if raw and not pixels:
+        raise _err(f"{dataset.name}: raw batches need uint8 images, got {x.dtype}")
+    if pixels and not raw and (mean is None or std is None):
         raise _err(f"{dataset.name}: uint8 images need a mean and std to normalize")
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
-        xb = normalize(xb, mean, std) if raw else np.ascontiguousarray(xb, dtype=np.float32)
+        if raw:
+            xb = np.ascontiguousarray(xb.transpose(0, 3, 1, 2))
+        else:
+            xb = normalize(xb, mean, std) if pixels else np.ascontiguousarray(xb, dtype=np.float32)
         yb = None if dataset.y is None else dataset.y[start:start + batch_size]
         yield xb, yb

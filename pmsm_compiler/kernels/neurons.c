@@ -9,6 +9,7 @@
  *
  *   integrate   m = U + I                          (U may be one element: the initial ½)
  *   fire        AIF: k = min(max(floor(m), s_min), s_max)     IF: k = (m >= 1) ? 1 : 0
+ *               AIFHalfEven: k = min(max(nearbyint(m), s_min), s_max)   (ONNX Round: ties to even)
  *   reset       U_next = m - k                     (not in the *Final variants)
  *   count       c[n] = sum over the neurons of sample n of |k|, exactly (integer arithmetic)
  *
@@ -16,6 +17,7 @@
  * when this library is loaded; compiled models never contain them):
  *   AIFCount      (I, U) -> (K, U_next, count)   attrs s_min, s_max, count_float
  *   AIFCountFinal (I, U) -> (K, count)           attrs s_min, s_max, count_float
+ *   AIFHalfEvenCount, AIFHalfEvenCountFinal      as AIFCount, AIFCountFinal
  *   IFCount       (I, U) -> (K, U_next, count)   attr count_float
  *   IFCountFinal  (I, U) -> (K, count)           attr count_float
  * count is [N, 1], float32 when count_float = 1 (the caller guarantees the sum is below 2^24, so
@@ -37,7 +39,7 @@
 
 static const OrtApi *ort = NULL;
 
-enum { KIND_AIF = 0, KIND_IF = 1 };
+enum { KIND_AIF = 0, KIND_IF = 1, KIND_AIF_HALF_EVEN = 2 };
 
 typedef struct {
   OrtCustomOp base; /* first member: the op pointer onnxruntime passes back is this struct */
@@ -81,7 +83,7 @@ typedef struct {
 #define AIF_LOOP(U_AT, STORE_NEXT)                       \
   for (int64_t i = 0; i < n; ++i) {                      \
     const float m = (U_AT) + cur[i];                     \
-    float k = floorf(m);                                 \
+    float k = FIRE_ROUND(m);                             \
     k = k < lo ? lo : k; /* Clip: min(max(x, lo), hi) */ \
     k = k > hi ? hi : k;                                 \
     spk[i] = k;                                          \
@@ -98,20 +100,29 @@ typedef struct {
     count += (int32_t)k;                          \
   }
 
-PMSM_CLONES static int32_t aif_block(const float *cur, const float *mem, int scalar, float u0, float *spk,
-                                     float *next, int64_t n, float lo, float hi) {
-  int32_t count = 0;
-  if (scalar && next) {
-    AIF_LOOP(u0, next[i] = m - k)
-  } else if (scalar) {
-    AIF_LOOP(u0, (void)0)
-  } else if (next) {
-    AIF_LOOP(mem[i], next[i] = m - k)
-  } else {
-    AIF_LOOP(mem[i], (void)0)
+#define AIF_BLOCK(NAME)                                                                                 \
+  PMSM_CLONES static int32_t NAME(const float *cur, const float *mem, int scalar, float u0, float *spk,       \
+                                  float *next, int64_t n, float lo, float hi) {                               \
+    int32_t count = 0;                                                                                  \
+    if (scalar && next) {                                                                               \
+      AIF_LOOP(u0, next[i] = m - k)                                                                     \
+    } else if (scalar) {                                                                                \
+      AIF_LOOP(u0, (void)0)                                                                             \
+    } else if (next) {                                                                                  \
+      AIF_LOOP(mem[i], next[i] = m - k)                                                                 \
+    } else {                                                                                            \
+      AIF_LOOP(mem[i], (void)0)                                                                         \
+    }                                                                                                   \
+    return count;                                                                                       \
   }
-  return count;
-}
+
+#define FIRE_ROUND floorf
+AIF_BLOCK(aif_block)
+#undef FIRE_ROUND
+/* nearbyintf rounds in the current mode, round-to-nearest-even (onnxruntime's Round does the same) */
+#define FIRE_ROUND nearbyintf
+AIF_BLOCK(aif_half_even_block)
+#undef FIRE_ROUND
 
 PMSM_CLONES static int32_t if_block(const float *cur, const float *mem, int scalar, float u0, float *spk,
                                     float *next, int64_t n) {
@@ -146,8 +157,12 @@ static void run_sample(void *data, size_t n) {
     const float *mem = scalar ? job->membrane : job->membrane + off + start;
     float *spk = job->spikes + off + start;
     float *next = job->membrane_next ? job->membrane_next + off + start : NULL;
-    total += (kern->kind == KIND_AIF) ? aif_block(cur, mem, scalar, u0, spk, next, size, kern->lo, kern->hi)
-                                      : if_block(cur, mem, scalar, u0, spk, next, size);
+    if (kern->kind == KIND_AIF)
+      total += aif_block(cur, mem, scalar, u0, spk, next, size, kern->lo, kern->hi);
+    else if (kern->kind == KIND_AIF_HALF_EVEN)
+      total += aif_half_even_block(cur, mem, scalar, u0, spk, next, size, kern->lo, kern->hi);
+    else
+      total += if_block(cur, mem, scalar, u0, spk, next, size);
   }
   if (kern->count_float)
     ((float *)job->count)[n] = (float)total;
@@ -239,7 +254,7 @@ static OrtStatus *ORT_API_CALL create_kernel_v2(const OrtCustomOp *op, const Ort
   k->kind = nop->kind;
   k->final_step = nop->final_step;
   k->count_float = (int)int_attr(info, "count_float", 0, &err);
-  if (nop->kind == KIND_AIF) {
+  if (nop->kind != KIND_IF) {
     k->lo = (float)int_attr(info, "s_min", INT64_MIN, &err);
     k->hi = (float)int_attr(info, "s_max", INT64_MIN, &err);
     if (err == NULL && k->lo > k->hi) err = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm AIF: s_min > s_max");
@@ -350,8 +365,11 @@ static OrtStatus *ORT_API_CALL infer_shape(const OrtCustomOp *op, OrtShapeInferC
   return st;
 }
 
-static NeuronOp ops[4];
-static const char *const op_names[4] = {"AIFCount", "AIFCountFinal", "IFCount", "IFCountFinal"};
+#define N_OPS 6
+static NeuronOp ops[N_OPS];
+static const char *const op_names[N_OPS] = {"AIFCount", "AIFCountFinal", "IFCount", "IFCountFinal",
+                                            "AIFHalfEvenCount", "AIFHalfEvenCountFinal"};
+static const int op_kinds[N_OPS] = {KIND_AIF, KIND_AIF, KIND_IF, KIND_IF, KIND_AIF_HALF_EVEN, KIND_AIF_HALF_EVEN};
 
 static void init_op(NeuronOp *op, const char *name, int kind, int final_step) {
   memset(op, 0, sizeof(*op));
@@ -391,12 +409,12 @@ PMSM_EXPORT OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options
   if (ort == NULL) ort = api_base->GetApi(PMSM_ORT_API);
   if (ort == NULL) return NULL; /* onnxruntime older than 1.17: nothing registered, cannot report */
   if (!ops_ready) {
-    for (int i = 0; i < 4; ++i) init_op(&ops[i], op_names[i], i < 2 ? KIND_AIF : KIND_IF, i % 2);
+    for (int i = 0; i < N_OPS; ++i) init_op(&ops[i], op_names[i], op_kinds[i], i % 2);
     ops_ready = 1;
   }
   OrtCustomOpDomain *domain = NULL;
   RETURN_IF_ERROR(ort->CreateCustomOpDomain("pmsm.kernels", &domain));
-  for (int i = 0; i < 4; ++i) RETURN_IF_ERROR(ort->CustomOpDomain_Add(domain, &ops[i].base));
+  for (int i = 0; i < N_OPS; ++i) RETURN_IF_ERROR(ort->CustomOpDomain_Add(domain, &ops[i].base));
   return ort->AddCustomOpDomain(options, domain);
 }
 

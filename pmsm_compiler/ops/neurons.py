@@ -1,4 +1,5 @@
-"""Spiking neurons in threshold units: ``pmsm::AIF`` (PMSM) and ``pmsm::IF`` (QCFS baseline).
+"""Spiking neurons in threshold units: ``pmsm::AIF`` (PMSM), ``pmsm::AIFHalfEven`` (PMSM for
+sources that round half to even: QuantizeLinear) and ``pmsm::IF`` (QCFS baseline).
 
 Both keep the membrane in threshold units, u = v/θ, so the threshold is 1 and the first step
 repeats the quantizer's own float operations (onnx-findings.md, "Exactness at T=1"). A neuron is
@@ -15,6 +16,17 @@ AIF with θ = λ/L, s_min = αL, s_max = βL and u(0) = ½ reproduces PQA at t =
 k(1) = clip(floor(½ + z/θ), αL, βL) = PQA level (equations.md §3.2). The output PSP is k·θ; in the
 folded (hardware) form the θ's are absorbed into the weights and the neuron emits k itself.
 
+AIFHalfEven is the AIF neuron for a source that rounds half to even (``QuantizeLinear``:
+q = saturate(rint(x/s) + zp)). Its membrane starts at 0 instead of ½ and it fires the nearest
+integer, ties to even (ONNX ``Round``):
+
+    fire        AIFHalfEven: k(t) = clip(round_half_even(m(t)), s_min, s_max),   u(0) = 0
+
+At t = 1, m = 0 + x/s = x/s exactly, so k(1) = clip(rint(x/s)) is QuantizeLinear's level bit for
+bit, ties included. (The AIF form floor(½ + x/s) differs on ties, and adding ½ in float32 can
+itself round a value just below a half up.) For T > 1 the two neurons have the same dynamics up
+to the ½ offset of the membrane: the residual u stays in [−½, ½] instead of [0, 1).
+
 IF with θ = λ (QCFS, Bu et al. 2022) emits at most one spike per step: at t = 1 it outputs
 λ·1[z ≥ λ/2], a 1-bit code, which is why QCFS is lossy at the first timestep.
 """
@@ -25,21 +37,24 @@ import numpy as np
 
 from . import parse_function
 
-_FIRE = {
-    "AIF": """
-    level = Floor (m)
+_CLIP_LEVEL = """
     lo_int = Constant <value_int: int = @s_min> ()
     hi_int = Constant <value_int: int = @s_max> ()
     lo = CastLike (lo_int, m)
     hi = CastLike (hi_int, m)
-    K = Clip (level, lo, hi)""",
+    K = Clip (level, lo, hi)"""
+_FIRE = {
+    "AIF": """
+    level = Floor (m)""" + _CLIP_LEVEL,
+    "AIFHalfEven": """
+    level = Round (m)""" + _CLIP_LEVEL,
     "IF": """
     one = Constant <value_float = 1.0> ()
     one_t = CastLike (one, m)
     fired = GreaterOrEqual (m, one_t)
     K = CastLike (fired, m)""",
 }
-_ATTRS = {"AIF": " <s_min, s_max>", "IF": ""}
+_ATTRS = {"AIF": " <s_min, s_max>", "AIFHalfEven": " <s_min, s_max>", "IF": ""}
 
 
 def _neuron_body(kind: str, reset: bool) -> str:
@@ -52,13 +67,18 @@ def _neuron_body(kind: str, reset: bool) -> str:
     return f"{name}{_ATTRS[kind]} (I, U) => ({outputs})\n{{\n    m = Add (U, I){_FIRE[kind]}{tail}\n}}\n"
 
 
+NEURON_OPS = ("AIF", "AIFHalfEven", "IF")
 AIF_BODY = _neuron_body("AIF", reset=True)
 IF_BODY = _neuron_body("IF", reset=True)
 AIF_FINAL_BODY = _neuron_body("AIF", reset=False)
 IF_FINAL_BODY = _neuron_body("IF", reset=False)
-FINAL_STEP_OPS = {"AIF": "AIFFinal", "IF": "IFFinal"}
+FINAL_STEP_OPS = {op: op + "Final" for op in NEURON_OPS}
 
 INITIAL_MEMBRANE = 0.5
+#: u(0) per neuron op: ½ makes floor(½ + x/θ) round half up; the half-even neuron starts at 0.
+INITIAL_MEMBRANES = {"AIF": INITIAL_MEMBRANE, "AIFHalfEven": 0.0, "IF": INITIAL_MEMBRANE}
+#: The neuron op that reproduces a source's rounding of x/θ at t = 1.
+AIF_OP_FOR_ROUNDING = {"half_up": "AIF", "half_even": "AIFHalfEven"}
 
 
 def aif_function():
@@ -70,11 +90,11 @@ def if_function():
 
 
 def neuron_functions():
-    return [aif_function(), if_function()]
+    return [parse_function(_neuron_body(op, reset=True)) for op in NEURON_OPS]
 
 
 def final_step_functions():
-    return [parse_function(AIF_FINAL_BODY), parse_function(IF_FINAL_BODY)]
+    return [parse_function(_neuron_body(op, reset=False)) for op in NEURON_OPS]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,6 +107,10 @@ def integrate(u: np.ndarray, current: np.ndarray) -> np.ndarray:
 
 def fire_multi(m: np.ndarray, s_min: int, s_max: int) -> np.ndarray:
     return np.clip(np.floor(m), s_min, s_max)
+
+
+def fire_multi_half_even(m: np.ndarray, s_min: int, s_max: int) -> np.ndarray:
+    return np.clip(np.rint(m), s_min, s_max)
 
 
 def fire_binary(m: np.ndarray) -> np.ndarray:
@@ -111,6 +135,17 @@ class AIFNeuron:
         u = self.u if self.u is not None else self.dtype(INITIAL_MEMBRANE)
         m = integrate(u, current.astype(self.dtype, copy=False))
         k = fire_multi(m, self.s_min, self.s_max)
+        self.u = soft_reset(m, k)
+        return k
+
+
+class AIFHalfEvenNeuron(AIFNeuron):
+    """Numpy AIF layer for sources that round half to even (u(0) = 0, fire = rint)."""
+
+    def step(self, current: np.ndarray) -> np.ndarray:
+        u = self.u if self.u is not None else self.dtype(INITIAL_MEMBRANES["AIFHalfEven"])
+        m = integrate(u, current.astype(self.dtype, copy=False))
+        k = fire_multi_half_even(m, self.s_min, self.s_max)
         self.u = soft_reset(m, k)
         return k
 

@@ -2,9 +2,10 @@
 
 It drives the one-step compiled model (docs/snn-format.md) the plainest way: one onnxruntime
 session of the whole step model (no static prologue, no step variants, no fused kernels, no
-buffers shared between steps), numpy state arrays, a Python loop over t = 1..T:
+buffers shared between steps; step 1 with the temporal wrappers as identities, as the format
+defines it: ``first_step_model``), numpy state arrays, a Python loop over t = 1..T:
 
-    feeds(t)  = {input: x, state_i: s_i(t−1), pmsm_t: [t]}     s_i(0) = ½ (membrane), 0 (wrappers)
+    feeds(t)  = {input: x, state_i: s_i(t−1), pmsm_t: [t]}     s_i(0) = ½ or 0 (membrane), 0 (wrappers)
     y(t), s(t), c(t) = step(feeds(t))                         c: the int64 spike-count output
     Σ(t)      = Σ_{τ≤t} y(τ)      (float64, adding the float32 outputs in order)
     ȳ(t)      = Σ(t) / t          (float64)          predictions(t) = argmax ȳ(t) per sample
@@ -35,10 +36,12 @@ import numpy as np
 import onnx
 
 from pmsm_compiler.compiler import read_snn_info
+from pmsm_compiler.ops.neurons import INITIAL_MEMBRANES
 from pmsm_compiler.verify import make_session, with_outputs
 
-#: Initial value of each kind of state, from the compiled-model format (docs/snn-format.md).
-INITIAL_STATE = {"membrane": 0.5, "input_sum": 0.0, "cumulative_output": 0.0}
+#: Initial value of each kind of wrapper state, from the compiled-model format (docs/snn-format.md);
+#: a membrane starts at its neuron op's value (½ for AIF and IF, 0 for AIFHalfEven).
+INITIAL_STATE = {"input_sum": 0.0, "cumulative_output": 0.0}
 
 
 @dataclass
@@ -65,16 +68,58 @@ def _info_and_model(model):
     return model, info
 
 
-def initial_value(state: dict) -> float:
-    """The format's initial value for a state; refuses metadata that says otherwise."""
+def initial_value(state: dict, layer_ops: dict | None = None) -> float:
+    """The format's initial value for a state; refuses metadata that says otherwise.
+    ``layer_ops``: layer name → neuron op, for membranes."""
     kind = state.get("kind")
-    if kind not in INITIAL_STATE:
+    if kind == "membrane":
+        value = INITIAL_MEMBRANES[(layer_ops or {}).get(state.get("layer"), "AIF")]
+    elif kind in INITIAL_STATE:
+        value = INITIAL_STATE[kind]
+    else:
         raise ValueError(f"state {state['input']!r} has unknown kind {kind!r}")
-    value = INITIAL_STATE[kind]
     if float(state.get("init", value)) != value:
         raise ValueError(f"state {state['input']!r} ({kind}) has init {state['init']} in the metadata; "
                          f"the format says {value}")
     return value
+
+
+def first_step_model(model: onnx.ModelProto, info: dict, last: bool) -> onnx.ModelProto:
+    """The step model as the format defines step 1: every temporal wrapper is the identity around
+    its op at t = 1 (S_1/1 = x, F_1 − F_0 = f(x)), so its op reads the wrapped inputs themselves
+    and its consumers read the op's value (the wrapper records name them). Same values; the
+    graph around the op is then the ANN's, which onnxruntime optimizes as it does the ANN.
+    ``last`` (a T = 1 run): the next states are not outputs, and what only they needed is
+    pruned, so that no extra reader of an op's value stops onnxruntime fusing it as in the ANN."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if last:
+        state_outputs = {st["output"] for st in info["states"]}
+        kept = [o for o in m.graph.output if o.name not in state_outputs]
+        del m.graph.output[:]
+        m.graph.output.extend(kept)
+    graph_outputs = {o.name for o in m.graph.output}
+    for w in info["wrappers"]:
+        if "value" not in w:
+            continue
+        op = next(n for n in m.graph.node if w["value"] in n.output)
+        for i, name in zip(w["input_index"], w["inputs"]):
+            op.input[i] = name
+        if w["output"] not in graph_outputs:
+            for node in m.graph.node:
+                node.input[:] = [w["value"] if i == w["output"] else i for i in node.input]
+    if last:  # keep the nodes the outputs need (in order)
+        producer = {o: j for j, n in enumerate(m.graph.node) for o in n.output if o}
+        needed, todo = set(), list(graph_outputs)
+        while todo:
+            j = producer.get(todo.pop())
+            if j is not None and j not in needed:
+                needed.add(j)
+                todo.extend(i for i in m.graph.node[j].input if i)
+        kept_nodes = [n for j, n in enumerate(m.graph.node) if j in needed]
+        del m.graph.node[:]
+        m.graph.node.extend(kept_nodes)
+    return m
 
 
 def _predictions(mean: np.ndarray, n: int) -> np.ndarray:
@@ -93,23 +138,29 @@ def run_reference(model, x, timesteps: int, opt_level: str = "all", keep_levels:
     layers = info["layers"]
     spike_names = [layer["spike_tensor"] for layer in layers]
     session = make_session(with_outputs(model, spike_names), opt_level, threads=threads)
-    names = [o.name for o in session.get_outputs()]
+    first_session = make_session(with_outputs(first_step_model(model, info, last=timesteps == 1), spike_names),
+                                 opt_level, threads=threads)
+    output_names = {sess: [o.name for o in sess.get_outputs()] for sess in (session, first_session)}
+    input_names = {sess: {i.name for i in sess.get_inputs()} for sess in (session, first_session)}
     data = dict(x) if isinstance(x, dict) else {info["inputs"][0]["name"]: x}
     n = next(iter(data.values())).shape[0]
     time_name = info.get("time_input")
     first_output = info["outputs"][0]
     counts_name = info["spike_counts_output"]
-    inits = {s["input"]: initial_value(s) for s in info["states"]}
+    layer_ops = {layer["name"]: layer["op"] for layer in layers}
+    inits = {s["input"]: initial_value(s, layer_ops) for s in info["states"]}
     ranks = {i.name: len(i.shape) for i in session.get_inputs()}
 
-    def step(states, t):
+    def step(states, t, sess=None):
         feeds = {**data, **states}
         if time_name:
             feeds[time_name] = np.array([t], np.float32)
-        return dict(zip(names, session.run(None, feeds)))
+        sess = sess or (first_session if t == 1 else session)
+        feeds = {k: v for k, v in feeds.items() if k in input_names[sess]}
+        return dict(zip(output_names[sess], sess.run(None, feeds)))
 
     # Probe: the full size of every state is the size of its next value at t = 1.
-    probe = step({name: np.full([1] * ranks[name], v, np.float32) for name, v in inits.items()}, 1)
+    probe = step({name: np.full([1] * ranks[name], v, np.float32) for name, v in inits.items()}, 1, session)
     states = {s["input"]: np.full(probe[s["output"]].shape, inits[s["input"]], np.float32)
               for s in info["states"]}
 
@@ -138,7 +189,8 @@ def run_reference(model, x, timesteps: int, opt_level: str = "all", keep_levels:
             levels.append([out[name] for name in spike_names])
         if keep_all_outputs:
             all_outputs.append({name: out[name] for name in info["outputs"]})
-        states = {s["input"]: out[s["output"]] for s in info["states"]}
+        if t < timesteps:
+            states = {s["input"]: out[s["output"]] for s in info["states"]}
     return ReferenceResult(
         mean_outputs=(total / timesteps).astype(np.float32), outputs_by_t=np.stack(outputs),
         mean_by_t=np.stack(means), predictions_by_t=preds, spikes=counts, spikes_recomputed=recomputed,
@@ -162,8 +214,9 @@ def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray,
     graph: every quantizer of the ANN becomes a neuron in numpy, everything else is the ANN itself.
 
     ``neurons``: one dict per quantizer, in network order: ``input`` and ``output`` (ANN tensor
-    names), ``nodes`` (the names of the ANN nodes that make up the quantizer), ``neuron`` (AIF or
-    IF), ``theta_in``, ``theta_out``, ``s_min``, ``s_max``.
+    names), ``nodes`` (the names of the ANN nodes that make up the quantizer), ``op`` (the neuron:
+    AIF, AIFHalfEven for a source that rounds half to even, or IF), ``theta_in``, ``theta_out``,
+    ``s_min``, ``s_max``.
 
     Let a_j(t) = θ_out,j · k_j(t) be neuron j's output and ā_j(t) its running mean. Under rate
     coding the time average of every tensor between neurons is the ANN's function G of the time
@@ -171,9 +224,10 @@ def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray,
     average, and each non-linear op is defined to (the temporal wrapper). So neuron j receives
 
         x_j(t) = t · G_j(ā(t)) − (t − 1) · G_j(ā(t − 1))        (its input at step t)
-        m = u + x_j(t)/θ_in,j,  k = clip(floor(m), s_min, s_max) (AIF) or 1[m ≥ 1] (IF),  u = m − k
+        m = u + x_j(t)/θ_in,j,  u = m − k,  k = clip(floor(m), s_min, s_max) (AIF, u(0) = ½),
+        clip(round_half_even(m), s_min, s_max) (AIFHalfEven, u(0) = 0), 1[m ≥ 1] (IF, u(0) = ½)
 
-    with u(0) = ½, and the network output's running mean at t is G_out(ā(t)). G is the ANN cut at
+    and the network output's running mean at t is G_out(ā(t)). G is the ANN cut at
     its quantizers (their outputs become inputs, their inputs outputs), run in onnxruntime once per
     neuron per step, so that each neuron sees its upstream neurons' step-t averages.
 
@@ -220,11 +274,15 @@ def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray,
             drive = g if t == 1 else np.float32(t) * g - np.float32(t - 1) * prev_g[j]
             prev_g[j] = g
             current = (drive / np.float32(q["theta_in"])).astype(np.float32)
-            m = membranes.get(j, np.float32(0.5)) + current
-            if q["neuron"] == "AIF":
+            m = membranes.get(j, np.float32(INITIAL_MEMBRANES[q["op"]])) + current
+            if q["op"] == "AIF":
                 k = np.clip(np.floor(m), q["s_min"], q["s_max"]).astype(np.float32)
-            else:
+            elif q["op"] == "AIFHalfEven":
+                k = np.clip(np.round(m), q["s_min"], q["s_max"]).astype(np.float32)  # numpy: ties to even
+            elif q["op"] == "IF":
                 k = (m >= 1).astype(np.float32)
+            else:
+                raise ValueError(f"unknown neuron op {q['op']!r}")
             membranes[j] = (m - k).astype(np.float32)
             a = k * np.float32(q["theta_out"])
             sums[q["output"]] = a.astype(np.float64) if sums[q["output"]] is None else sums[q["output"]] + a
@@ -293,7 +351,7 @@ def quantizer_node_neurons(ann: onnx.ModelProto, info: dict) -> list[dict]:
         if node is None or node.domain != "pmsm" or not node.name:
             raise ValueError(f"layer {layer['name']!r}: no named pmsm quantizer node produces {layer['ann_output']!r}")
         found[id(node)] = (node, layer)
-    keys = ("neuron", "theta_in", "theta_out", "s_min", "s_max")
+    keys = ("op", "theta_in", "theta_out", "s_min", "s_max")
     return [{"input": node.input[0], "output": node.output[0], "nodes": [node.name],
              "layer_output": layer["ann_output"], **{k: layer[k] for k in keys}}
             for node, layer in (found[id(n)] for n in ann.graph.node if id(n) in found)]

@@ -1,0 +1,49 @@
+"""Limits on what the tools accept, each defined once, with its reason.
+
+- ``MIN_OPSET`` .. ``MAX_OPSET``: the default-domain (ai.onnx) opsets a model may import. The
+  compiled SNN's neuron function bodies use ``CastLike`` (opset 15) and run at the model's own
+  opset; 28 is the newest opset that both onnx 1.23 and onnxruntime 1.32 (the tested versions)
+  implement (an older onnx lowers the ceiling to its own newest opset).
+- ``MAX_TENSOR_BYTES``: the largest single tensor a model may declare (after shape inference,
+  with a dynamic batch axis counted as 1) and the largest array of random verification inputs;
+  2 GiB is also onnxruntime's limit for an embedded initializer and protobuf's for a whole file.
+- ``MAX_TIMESTEPS``: the largest T of a run. The runtime keeps the spike count of every sample,
+  layer and step of a batch (int64 [T, batch, layers]) and reports accuracy and spikes at every
+  t <= T, so memory and the report grow linearly with T.
+"""
+
+from __future__ import annotations
+
+from pmsm_compiler.errors import InputError
+
+MIN_OPSET = 15
+MAX_OPSET = 28
+MAX_TENSOR_BYTES = 2**31
+MAX_TIMESTEPS = 10_000
+
+
+def supported_opsets() -> tuple[int, int]:
+    """(lowest, highest) default-domain opset accepted with the installed onnx."""
+    import onnx
+
+    return MIN_OPSET, min(MAX_OPSET, onnx.defs.onnx_opset_version())
+
+
+def check_timesteps(timesteps: int, what: str = "timesteps") -> int:
+    """``timesteps`` as an int in [1, MAX_TIMESTEPS]; InputError (one line) otherwise."""
+    t = int(timesteps)
+    if t < 1:
+        raise InputError(f"{what} must be >= 1, got {t}")
+    if t > MAX_TIMESTEPS:
+        raise InputError(f"{what} {t} is over the limit of {MAX_TIMESTEPS:,}: a run keeps the spike counts of "
+                         f"every sample, layer and step of a batch and reports every t <= T, so memory grows "
+                         f"with T")
+    return t
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes in the largest binary unit, with the exact count."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit} ({n:,} bytes)"
+    return f"{n:,} bytes"

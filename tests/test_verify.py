@@ -1,0 +1,229 @@
+"""verify.verify: the T = 1 verification's batching, its output check and its Q/DQ reference.
+
+- Fixed batch sizes: a model declared with batch 1 or 3 is verified in batches of exactly that
+  size (the last one padded), and the runtime runs any number of samples on it with the same
+  results as the same network declared with a dynamic batch.
+- The teacher-forced tail: the ANN's outputs recomputed from the SNN's own levels bound the folded
+  SNN's outputs, so a wrong rewrite after the last neurons fails although every level and every
+  top-1 prediction agree.
+- Q/DQ models pass at every onnxruntime optimization level: the reference keeps Q/DQ as float
+  simulation (onnxruntime's QDQ fusion into integer kernels would change the ANN's arithmetic).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from pmsm_compiler.compiler import compile_model
+from pmsm_compiler.ops import add_functions
+from pmsm_compiler.ops.quantizers import quantizer_functions
+from pmsm_compiler.runtime import SNNSession
+from pmsm_compiler.verify import (OPT_LEVELS, VerificationPolicy, padded_batches, random_inputs,
+                                  teacher_forced_tail, verify)
+
+
+def conv_pqa_fc(batch, seed=0):
+    """x[batch,3,8,8] → Conv → PQA → Reshape [batch, -1] → MatMul → y[batch, 10]."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array(4.0, np.float32), "lam"),
+             numpy_helper.from_array(rng.standard_normal((4 * 6 * 6, 10)).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.array([batch if isinstance(batch, int) else 0, -1], np.int64), "shape")]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["h"], name="conv"),
+             helper.make_node("PQA", ["h", "lam"], ["q"], domain="pmsm", name="act", L=8, alpha=-0.25, beta=1.0),
+             helper.make_node("Reshape", ["q", "shape"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "W2"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    add_functions(model, quantizer_functions())
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def qdq_mlp():
+    """x → Q/DQ → Gemm → Q/DQ → MatMul: onnxruntime fuses DQ → Gemm → Q into QGemm from "extended"."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((32, 10)).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "s0"),
+             numpy_helper.from_array(np.array(0, np.int8), "z0"),
+             numpy_helper.from_array(np.array(0.1, np.float32), "s1"),
+             numpy_helper.from_array(np.array(0, np.int8), "z1")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s0", "z0"], ["xq"], name="q0"),
+             helper.make_node("DequantizeLinear", ["xq", "s0", "z0"], ["xd"], name="dq0"),
+             helper.make_node("Gemm", ["xd", "W1", "b1"], ["h"], name="fc1"),
+             helper.make_node("QuantizeLinear", ["h", "s1", "z1"], ["hq"], name="q1"),
+             helper.make_node("DequantizeLinear", ["hq", "s1", "z1"], ["hd"], name="dq1"),
+             helper.make_node("MatMul", ["hd", "W2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def qcfs_then_pqa():
+    """x → MatMul → QCFS → MatMul → PQA → y: the PQA layer reads what a lossy IF layer emits."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 8)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((8, 5)).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "lam1"),
+             numpy_helper.from_array(np.array(3.0, np.float32), "lam2")]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+             helper.make_node("QCFS", ["h", "lam1"], ["a"], domain="pmsm", name="qcfs", L=4),
+             helper.make_node("MatMul", ["a", "W2"], ["g"], name="fc2"),
+             helper.make_node("PQA", ["g", "lam2"], ["y"], domain="pmsm", name="pqa", L=4, alpha=-0.25, beta=1.0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    add_functions(model, quantizer_functions())
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def inputs(n, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, 3, 8, 8)).astype(np.float32)
+
+
+def test_padded_batches_pads_the_last_batch_with_its_last_row():
+    x = np.arange(7, dtype=np.float32)[:, None]
+    parts = list(padded_batches(x, 3))
+    assert [n for _, n in parts] == [3, 3, 1]
+    assert all(len(xb) == 3 for xb, _ in parts)
+    assert parts[-1][0][:, 0].tolist() == [6, 6, 6]
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fixed_batch_is_verified_in_its_own_batch_size(batch, mode):
+    ann = conv_pqa_fc(batch)
+    compiled = compile_model(ann, mode=mode)
+    result = verify(ann, compiled, random_inputs(compiled.info, 10), mode=mode)
+    assert result["passed"], result["failures"]
+    assert result["batch"] == batch and result["samples"] == 10
+    assert result["layers"][0]["compared"] == 10 * 4 * 6 * 6  # the padding is not compared
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_runtime_runs_any_count_on_a_fixed_batch_like_a_dynamic_one(batch):
+    fixed = SNNSession(compile_model(conv_pqa_fc(batch), mode="folded").model)
+    dynamic = SNNSession(compile_model(conv_pqa_fc("N"), mode="folded").model)
+    x = inputs(10)
+    a, b = fixed.run_batch(x, 3, keep_outputs=True), dynamic.run_batch(x, 3, keep_outputs=True)
+    assert a.mean_outputs.shape == (10, 10) and a.spikes.shape == (3, 10, 1)
+    for field in ("mean_outputs", "predictions_by_t", "spikes", "outputs_by_t"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+
+
+def test_pmsm_run_with_fixed_batch_snn_and_ann(tmp_path):
+    from pmsm_compiler.cli.compile import main as compile_main
+    from pmsm_compiler.cli.run import main as run_main
+
+    ann = tmp_path / "fixed3.onnx"
+    onnx.save(conv_pqa_fc(3), ann)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=inputs(20), y=np.arange(20) % 10)
+    snn = tmp_path / "fixed3.snn.onnx"
+    r = CliRunner().invoke(compile_main, [str(ann), "-o", str(snn), "-q"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(run_main, [str(snn), "-T", "2", "--data", str(data), "--ann", str(ann), "--batch-size", "8",
+                                      "--no-progress", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "T=1 agreement 100.00%" in r.output
+
+
+def test_tail_model_computes_outputs_from_given_levels():
+    ann = conv_pqa_fc("N")
+    compiled = compile_model(ann, mode="exact")
+    tail = teacher_forced_tail(ann, compiled.info["layers"])
+    assert {i.name for i in tail.graph.input} == {"x", "q"}
+    assert [n.name for n in tail.graph.node] == ["flatten", "fc"]  # the conv and the quantizer are cut off
+    assert {t.name for t in tail.graph.initializer} == {"W2", "shape"}
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_wrong_arithmetic_after_the_last_neuron_fails(mode):
+    """Scale the SNN's last weights by 1 + 1e-3: no level and no top-1 prediction changes (the
+    neurons come before), so only the output check can see it."""
+    ann = conv_pqa_fc("N")
+    compiled = compile_model(ann, mode=mode)
+    x = random_inputs(compiled.info, 32)
+    assert verify(ann, compiled, x)["passed"]
+    model = compiled.model
+    fc = next(n for n in model.graph.node if n.op_type == "MatMul")
+    w = next(t for t in model.graph.initializer if t.name == fc.input[1])
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * np.float32(1.001), w.name))
+    result = verify(ann, compiled, x, policy=VerificationPolicy(min_top1_agreement=0.9))
+    assert result["level_agreement"] == 1.0
+    assert not result["passed"]
+    assert any("on the SNN's own levels" in f for f in result["failures"])
+    assert result["tail_max_abs_diff"] > result["tail_bound"] > 0
+
+
+def qdq_inputs(n=64):
+    """Half the samples lie exactly on the first quantizer's ties x/s = j + ½, where
+    QuantizeLinear rounds to even and a half-up neuron would not."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    ties = (rng.integers(-20, 20, (n // 2, 16)) + np.float32(0.5)) * np.float32(0.05)
+    x[: n // 2] = ties.astype(np.float32)
+    assert np.any(np.rint(x / np.float32(0.05)) != np.floor(x / np.float32(0.05) + np.float32(0.5)))
+    return x
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+@pytest.mark.parametrize("opt_level", OPT_LEVELS)
+def test_qdq_model_passes_at_every_optimization_level(opt_level, mode):
+    """Folded: the reference must not fuse Q/DQ into integer kernels. Exact: the SNN must keep the
+    source's DequantizeLinear (a Mul would be fused into the next MatMul from "extended" on, and
+    round differently), and fire as QuantizeLinear rounds, ties to even."""
+    ann = qdq_mlp()
+    compiled = compile_model(ann, mode=mode)
+    assert [layer["op"] for layer in compiled.info["layers"]] == ["AIFHalfEven", "AIFHalfEven"]
+    result = verify(ann, compiled, qdq_inputs(), opt_level=opt_level)
+    assert result["passed"], result["failures"]
+    assert result["level_agreement"] == 1.0
+    if mode == "exact":
+        assert result["max_abs_diff"] == 0.0
+    # the float simulation agrees with the ONNX specification's evaluator; the deployed
+    # (integer-kernel) ANN is reported next to it
+    cross = result["onnx_reference"]
+    assert cross["samples"] == 2 and cross["max_abs_diff"] < 1e-5 and cross["top1_agreement"] == 1.0
+    assert result["deployed_ann"]["top1_agreement"] is not None
+
+
+@pytest.mark.parametrize("kernels", ["on", "off"])
+def test_qdq_snn_runs_ties_to_even_at_t1_and_for_t_gt_1(kernels):
+    """The runtime (fused kernel or ONNX body) gives the ANN's levels at T = 1, ties included,
+    and the same spikes either way for T > 1."""
+    from pmsm_compiler import kernels as kernel_lib
+    from pmsm_compiler.verify import make_session
+
+    if kernels == "on" and kernel_lib.library() is None:
+        pytest.skip("no C compiler")
+    ann = qdq_mlp()
+    compiled = compile_model(ann, mode="exact")
+    x = qdq_inputs()
+    session = SNNSession(compiled.model, kernels=kernels)
+    assert session.fused_layers == (2 if kernels == "on" else 0)
+    result = session.run_batch(x, 4)
+    ref = make_session(ann, "all", qdq_fusion=False)
+    assert np.array_equal(result.predictions_by_t[0], ref.run(None, {"x": x})[0].argmax(1))
+    other = SNNSession(compiled.model, kernels="off" if kernels == "on" else "on").run_batch(x, 4)
+    assert np.array_equal(result.spikes, other.spikes)
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_levels_after_a_lossy_if_layer_are_not_held_to_the_policy(mode):
+    ann = qcfs_then_pqa()
+    compiled = compile_model(ann, mode=mode)
+    x = np.random.default_rng(0).standard_normal((64, 6)).astype(np.float32)
+    result = verify(ann, compiled, x)
+    assert result["passed"], result["failures"]
+    pqa = result["layers"][1]
+    assert pqa["mismatches"] > 0  # the IF layer's 1-bit code moved them
+    assert pqa["in_policy"] is False and pqa["after_lossy_layer"] is True
+    assert result["tail_max_abs_diff"] <= result["tail_bound"]
