@@ -32,7 +32,7 @@ from pmsm_compiler.export import export_onnx  # noqa: E402
 from pmsm_compiler.loading import load_model  # noqa: E402
 from pmsm_compiler.models import build_model  # noqa: E402
 from pmsm_compiler.runtime import SNNSession  # noqa: E402
-from pmsm_compiler.testing.reference import run_reference  # noqa: E402
+from pmsm_compiler.testing.reference import quantizer_node_neurons, run_rate_coded_ann, run_reference  # noqa: E402
 from pmsm_compiler.verify_export import randomize_for_check  # noqa: E402
 
 T = 8
@@ -174,3 +174,34 @@ def test_the_comparison_catches_a_wrapper_input_without_its_running_sum(tmp):
     assert np.array_equal(result.outputs_by_t[0], ref.outputs_by_t[0])  # identical at t = 1
     with pytest.raises(AssertionError):
         assert_same(result, ref, T)
+
+
+@pytest.mark.parametrize("name,mode", CASES)
+def test_the_compiled_snn_follows_rate_coding_of_the_ann(tmp, name, mode):
+    """The comparisons above take the compiled step model as given; this one holds its T > 1
+    behaviour to the definition, computed from the ANN alone (``run_rate_coded_ann``: each
+    quantizer a numpy neuron, the rest of the ANN run on the running means), within the fuzzer's
+    bounds (rare level flips from other float rounding; running means to 1e-4 relative). A
+    compiled wrapper that averaged only one input, or read a wrong step index, fails here."""
+    from pmsm_compiler.testing.fuzz import compare_rate_coding
+
+    network, c, x = ann(name, tmp), compiled(name, mode, tmp), images(12, 100)
+    neurons = quantizer_node_neurons(network, c.info)
+    ideal = run_rate_coded_ann(network, neurons, x, T)
+    stats = {}
+    assert not compare_rate_coding(ideal, run_reference(c, x, T, keep_levels=True), c.info, neurons, len(x), stats), \
+        stats
+
+
+def test_accuracy_at_every_t_as_pmsm_run_reports_it(tmp):
+    """run_dataset (pmsm-run's loop: batches of 5, 5 and 2, integer counts per t) reports the
+    accuracy of the reference's predictions at every t."""
+    from pmsm_compiler.data import Dataset
+    from pmsm_compiler.runtime import run_dataset
+
+    c, x = compiled("resnet_tiny", "exact", tmp), images(12, 100)
+    labels = load_bundled_sample().y[100:112].astype(np.int64)
+    report = run_dataset(SNNSession(c.model), Dataset(x, labels), T, batch_size=5, mean=None, std=None,
+                         progress=False)
+    ref = run_reference(c, x, T)
+    assert report["accuracy_by_t"] == [float(np.mean(p == labels)) for p in ref.predictions_by_t]

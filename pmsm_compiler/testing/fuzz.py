@@ -1196,9 +1196,13 @@ def _rate_neurons(model: onnx.ModelProto, info: dict) -> list[dict] | None:
             for q in quantizers]
 
 
-def _rate_semantics(ideal, ref, info: dict, neurons: list[dict], n: int, stats: dict | None = None
-                    ) -> list[tuple[str, str, dict]]:
-    """T > 1: the compiled SNN (reference loop) against rate coding computed from the ANN."""
+def compare_rate_coding(ideal, ref, info: dict, neurons: list[dict], n: int, stats: dict | None = None
+                        ) -> list[tuple[str, str, dict]]:
+    """T > 1: the compiled SNN (``ref``, a ``run_reference`` result with levels kept) against rate
+    coding computed from the ANN (``ideal``, from ``run_rate_coded_ann`` with ``neurons``). Returns
+    [(category, message, details)]: ``rate-levels`` beyond ``RATE_MAX_FLIP_RATE`` level flips over
+    all steps, ``rate-output`` beyond ``RATE_OUTPUT_RTOL`` on the running means of the samples
+    without a flip; ``stats`` receives the measured deviations."""
     index = {q["layer_output"]: i for i, q in enumerate(neurons)}
     flips = np.zeros(n, bool)
     mismatches = compared = 0
@@ -1385,7 +1389,7 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
                             rate_neurons = False
                 if ideal is not None and timesteps > 1:
                     stats: dict = {}
-                    fails = _rate_semantics(ideal, ref, info, rate_neurons, n, stats)
+                    fails = compare_rate_coding(ideal, ref, info, rate_neurons, n, stats)
                     for category, message, details in fails:
                         results.append(CheckResult("semantics", mode, level, "fail", category, message, details))
                     if not fails:
