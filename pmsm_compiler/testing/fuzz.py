@@ -1276,12 +1276,14 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
       ``FOLDED_MAX_FLIP_RATE`` (``folded-levels``), and on the samples without a flip
       max|ANN − SNN| ≤ ``FOLDED_OUTPUT_RTOL`` · max|ANN output| (``folded-output``);
     - **consistency** (levels in ``runtime_levels``, default all of ``opt_levels``; building
-      the runtime's sessions is most of a graph's time): ``SNNSession.run_batch`` at T = 1 and
+      the sessions is most of a graph's time, and the T-step checks below run at these levels
+      only): ``SNNSession.run_batch`` at T = 1 and
       T = ``timesteps`` against
       ``run_reference``: spikes, per-step outputs, mean outputs and predictions identical (both add
       float32 outputs into a float64 sum in the same order, so no tolerance), the counters equal
       to Σ|k| of the spike tensors, spikes integral and within [s_min, s_max];
-    - **semantics** (T > 1, fuzz networks, whose generator metadata names the quantizers): the
+    - **semantics** (T > 1, at ``runtime_levels``, fuzz networks, whose generator metadata names
+      the quantizers): the
       reference's spikes and running means against ``run_rate_coded_ann`` on the ANN, at most
       ``RATE_MAX_FLIP_RATE`` level flips over all steps (``rate-levels``) and running means within
       ``RATE_OUTPUT_RTOL`` · max|mean| on the samples without a flip (``rate-output``);
@@ -1362,8 +1364,8 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
                     # around every wrapped op) and a T-step run
                     ref1 = run_reference(compiled, x, 1, level, keep_levels=True, keep_all_outputs=True,
                                          threads=threads)
-                    ref = run_reference(compiled, x, timesteps, level, keep_levels=True, keep_all_outputs=True,
-                                        threads=threads)
+                    ref = (run_reference(compiled, x, timesteps, level, keep_levels=True, keep_all_outputs=True,
+                                         threads=threads) if level in runtime_levels else None)
                 except Exception as exc:  # noqa: BLE001
                     results.append(CheckResult("parity", mode, level, "fail", "snn-ort", _one_line(exc),
                                                _crash_details(exc)))
@@ -1387,7 +1389,7 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
                             results.append(CheckResult("semantics", mode, level, "fail", "harness",
                                                        _one_line(exc), _crash_details(exc)))
                             rate_neurons = False
-                if ideal is not None and timesteps > 1:
+                if ideal is not None and ref is not None and timesteps > 1:
                     stats: dict = {}
                     fails = compare_rate_coding(ideal, ref, info, rate_neurons, n, stats)
                     for category, message, details in fails:
