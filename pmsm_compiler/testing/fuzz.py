@@ -82,6 +82,9 @@ class _Net:
         self.used_functions: set[str] = set()
         self.count = 0
         self.constant_node_rate = 1.0 if "Constant" in forced else 0.1
+        self.family = "pqa"  # of the quantizers: pqa, qcfs or mixed (set by random_network)
+        self.opset = OPSET
+        self.input_shape: tuple = ()
 
     # -- helpers ---------------------------------------------------------------------------------
     def uid(self, base: str) -> str:
