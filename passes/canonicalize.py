@@ -1,7 +1,10 @@
-"""canonicalize: constant folding, identity removal, Sub(x, c) -> Add(x, −c).
+"""canonicalize: constant folding, identity removal, Sub(x, c) -> Add(x, −c) (folded mode).
 
 Only rewrites that leave every float result unchanged: x − c and x + (−c) are the same IEEE
-operation, and removing Identity/Dropout changes nothing. Div(x, c) is *not* turned into
+operation, and removing Identity/Dropout changes nothing. The Sub rewrite is made in folded mode
+only: onnxruntime fuses an Add of a per-channel constant into the Conv before it (into its bias),
+which rounds differently, and does not fuse a Sub; exact mode keeps the ANN's ops so that
+onnxruntime optimizes both graphs alike. Div(x, c) is *not* turned into
 Mul(x, 1/c): the two round differently, and the quantizer patterns depend on the exact form.
 """
 
@@ -18,7 +21,8 @@ def canonicalize(graph: gs.Graph, ctx) -> gs.Graph:
         ctx.constants_evaluated = True
     _constant_nodes_to_initializers(graph)
     _remove_identities(graph)
-    _sub_to_add(graph)
+    if ctx.mode == "folded":
+        _sub_to_add(graph)
     return graph
 
 

@@ -96,6 +96,10 @@ class _QuantizedActivation(nn.Module):
         self.k_max = int(k_max)
         # 0-d so that it exports as a scalar initializer, as the ONNX function expects.
         self.lam = nn.Parameter(torch.tensor(float(lam)), requires_grad=learn_lambda)
+        # the spike-cost rule this layer records while training (pmsm_compiler.spike_cost), if any
+        self.spike_cost: str | None = None
+        self.last_cost = None
+        self.last_neurons = 0
 
     @property
     def alpha(self) -> float:
@@ -125,6 +129,11 @@ class _QuantizedActivation(nn.Module):
             )
         if x.dtype != self.lam.dtype:
             x = x.to(self.lam.dtype)
+        if self.spike_cost is not None and torch.is_grad_enabled():
+            from pmsm_compiler.spike_cost import SpikeCost
+
+            self.last_cost = SpikeCost.apply(x, self.lam, self.levels, self.k_min, self.k_max, self.spike_cost)
+            self.last_neurons = x[0].numel()
         return _QuantizeFunction.apply(x, self.lam, self.levels, self.k_min, self.k_max)
 
     def levels_of(self, y: torch.Tensor) -> torch.Tensor:

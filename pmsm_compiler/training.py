@@ -88,6 +88,8 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps (0: no limit); for tests and smoke runs
     eval_every: int = 1  # test-set evaluation every N epochs, and always after the last one
     init_from: str = ""  # checkpoint whose weights start the run (fine-tuning); "" = from scratch
+    spike_penalty: float = 0.0  # weight of the mean spike cost per neuron and image (spike_cost.py)
+    penalty_rule: str = "spikes"  # "spikes" (Σ|k|) or "events" (Σ 1[k ≠ 0])
     extra: dict = field(default_factory=dict)
 
     def act_spec(self) -> ActivationSpec:
@@ -271,7 +273,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         # Everything that shapes the trajectory must match; threads, max_steps and eval_every may change.
         for key in ("model", "act", "levels", "lam", "alpha", "beta", "epochs", "batch_size", "lr", "momentum",
                     "weight_decay", "warmup_epochs", "seed", "num_classes", "dataset", "channels_last",
-                    "init_from"):
+                    "init_from", "spike_penalty", "penalty_rule"):
             if saved_cfg.get(key, getattr(TrainConfig(), key)) != getattr(cfg, key):
                 raise ValueError(f"checkpoint {ckpt_path} was made with {key}={saved_cfg.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}; use another --out or --no-resume")
@@ -294,6 +296,12 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
 
         first = norm(torch.from_numpy(np.ascontiguousarray(train_x[:cfg.batch_size])).to(device))
         calibrate_lambdas(model, first.contiguous(memory_format=memory_format))
+    penalized = cfg.spike_penalty > 0
+    if penalized:
+        from pmsm_compiler.spike_cost import collect_spike_cost, set_spike_cost
+
+        if not set_spike_cost(model, cfg.penalty_rule):
+            raise ValueError("--spike-penalty needs a model with quantized activations (pqa or qcfs)")
     net = model
     if distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -313,7 +321,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         perm = torch.randperm(n, generator=gen)
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank)
         t0 = time.time()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, cost_sum = 0.0, 0, 0, 0.0
         bar = range(steps_per_epoch)
         if progress and is_main:
             from tqdm import tqdm
@@ -330,6 +338,11 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
                 group["lr"] = lr
             logits = net(xb)
             loss = F.cross_entropy(logits, yb)
+            if penalized:  # the mean spike cost per neuron and image, weighted
+                cost, neurons = collect_spike_cost(model)
+                mean_cost = cost / (len(yb) * neurons)
+                loss = loss + cfg.spike_penalty * mean_cost
+                cost_sum += float(mean_cost.detach()) * len(yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -346,6 +359,8 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         wall += epoch_time
         entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
                  "lr": lr, "time_s": round(epoch_time, 1)}
+        if penalized:
+            entry[f"train_{cfg.penalty_rule}_per_neuron"] = round(cost_sum / max(1, seen), 5)
         step_limit = bool(cfg.max_steps and total_steps >= cfg.max_steps)
         last = epoch + 1 == cfg.epochs or step_limit
         if test_x is not None and is_main and ((epoch + 1) % max(1, cfg.eval_every) == 0 or last):

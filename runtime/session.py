@@ -50,6 +50,9 @@ class BatchResult:
     outputs_by_t: np.ndarray | None = None  # [T, N, ...] per-step outputs, when requested
 
 
+FUSES_WITH_ADD = ("Conv",)
+
+
 def split_static_prologue(model: onnx.ModelProto, info: dict):
     """(prologue, step) models, or (None, model) when nothing static is worth splitting off.
 
@@ -68,6 +71,23 @@ def split_static_prologue(model: onnx.ModelProto, info: dict):
             dyn_tensors.update(t.name for t in node.outputs)
         else:
             static_nodes.append(node)
+    # A static Conv whose output a state-dependent Add reads stays in the step: onnxruntime fuses
+    # such an Add (a residual) into the Conv from level "all" on, which rounds differently, and a
+    # session boundary between them would stop that fusion where the ANN has it.
+    while True:
+        static_ids = {id(n) for n in static_nodes}
+        fused = [n for n in static_nodes if n.op in FUSES_WITH_ADD and any(
+            c.op in ("Add", "Sum") and id(c) not in static_ids for t in n.outputs for c in t.outputs)]
+        if not fused:
+            break
+        for n in fused:
+            static_nodes.remove(n)
+            dyn_tensors.update(t.name for t in n.outputs)
+        # what reads a tensor now computed in the step is state-dependent too
+        for node in graph.nodes:
+            if id(node) in {id(m) for m in static_nodes} and any(t.name in dyn_tensors for t in node.inputs):
+                static_nodes.remove(node)
+                dyn_tensors.update(t.name for t in node.outputs)
     heavy = [n for n in static_nodes if n.op in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
     if not heavy:
         return None, model

@@ -107,6 +107,15 @@ def test_sub_const_becomes_add_neg_bit_identical(level):
         np.testing.assert_array_equal(a, x - c)
 
 
+def test_exact_mode_keeps_sub_const():
+    """onnxruntime fuses Conv → Add(per-channel c) into the Conv's bias but not Conv → Sub: exact
+    mode keeps the ANN's Sub so that both graphs are optimized alike."""
+    c = np.array([0.1, -2.5, 3.0e-8], np.float32).reshape(1, 3, 1, 1)
+    model = _model([helper.make_node("Sub", ["x", "c"], ["y"], name="sub")], {"c": c})
+    out, _ = _run_pass(model, mode="exact")
+    assert _ops(out) == ["Sub"]
+
+
 def test_sub_from_constant_and_sub_of_two_variables_unchanged():
     c = np.full((1, 3, 1, 1), 1.5, np.float32)
     model = _model([

@@ -433,3 +433,37 @@ def test_rejects_bad_inputs(tmp):
         session.run_batch(images(2).astype(np.float64), 1)
     with pytest.raises(InputError, match="not a compiled SNN"):
         SNNSession(exported(tmp, "resnet_tiny"))
+
+
+def test_a_static_conv_read_by_a_residual_add_stays_in_the_step():
+    """x → Conv_a → PQA → Conv_b, + Conv_s(x) (a static residual): onnxruntime fuses the Add into
+    Conv_s at level "all"; the split must not put a session boundary between them, or the step
+    rounds differently from the ANN (exact mode: bit-identical at T = 1, as the unsplit step)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pmsm_compiler.ops import add_functions
+    from pmsm_compiler.ops.quantizers import quantizer_functions
+
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in
+             (("Wa", (4, 3, 3, 3)), ("Wb", (4, 4, 3, 3)), ("Ws", (4, 3, 1, 1)))]
+    inits.append(numpy_helper.from_array(np.array(3.0, np.float32), "lam"))
+    nodes = [helper.make_node("Conv", ["x", "Wa"], ["a"], pads=[1, 1, 1, 1], name="conv_a"),
+             helper.make_node("PQA", ["a", "lam"], ["q"], domain="pmsm", L=8, alpha=-0.25, beta=1.0, name="act"),
+             helper.make_node("Conv", ["q", "Wb"], ["b"], pads=[1, 1, 1, 1], name="conv_b"),
+             helper.make_node("Conv", ["x", "Ws"], ["s"], name="conv_s"),
+             helper.make_node("Add", ["b", "s"], ["y"], name="residual")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
+    ann = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    add_functions(ann, quantizer_functions())
+    ann = onnx.shape_inference.infer_shapes(ann, strict_mode=True)
+    c = compile_model(ann, mode="exact")
+    prologue, step = split_static_prologue(c.model, c.info)
+    assert prologue is not None  # conv_a still runs once per batch
+    assert "conv_s" in {n.name for n in step.graph.node} and "conv_a" not in {n.name for n in step.graph.node}
+    x = small_inputs(16)
+    want = ann_output(ann, x)
+    for split in (True, False):
+        got = SNNSession(c.model, split_static=split).run_batch(x, 1, keep_outputs=True).outputs_by_t[0]
+        assert np.array_equal(got, want), split

@@ -56,6 +56,13 @@ def load_training_data(path: str, dataset: str):
 @click.option("--init-from", "init_from", default="", type=click.Path(),
               help="Start from the weights of this checkpoint.pt (another run, e.g. a ReLU network; λ it lacks "
                    "start at --lam): fine-tuning, with a fresh schedule. See docs/training.md for when it helps.")
+@click.option("--spike-penalty", default=0.0, show_default=True,
+              help="Add this weight times the mean spike cost per neuron and image to the loss (a surrogate "
+                   "gradient; pmsm_compiler.spike_cost), to train PQA networks that fire less; e.g. with "
+                   "--init-from a trained run.")
+@click.option("--penalty-rule", type=click.Choice(["spikes", "events"]), default="spikes", show_default=True,
+              help="What the penalty counts: spikes = Σ|k| (Eq. 11), events = Σ 1[k ≠ 0] (one packet per "
+                   "firing neuron).")
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet"]), default="cifar10",
               show_default=True, help="Sets the normalization and the number of classes.")
 @click.option("--threads", default=0, help="torch CPU threads (0: torch's default).")
@@ -70,8 +77,8 @@ def load_training_data(path: str, dataset: str):
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @cli_errors
 def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr, momentum, weight_decay,
-         warmup_epochs, seed, init_from, dataset, threads, max_steps, eval_every, out_dir, resume, export,
-         progress):
+         warmup_epochs, seed, init_from, spike_penalty, penalty_rule, dataset, threads, max_steps, eval_every,
+         out_dir, resume, export, progress):
     """Train MODEL on CIFAR-style data with a quantized activation; checkpoint every epoch."""
     try:
         import torch  # noqa: F401
@@ -86,12 +93,17 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
         raise InputError(f"--init-from: no such file: {init_from}")
     if eval_every < 1:
         raise InputError(f"--eval-every must be >= 1, got {eval_every}")
+    if not spike_penalty >= 0 or spike_penalty == float("inf"):
+        raise InputError(f"--spike-penalty must be a finite number >= 0, got {spike_penalty}")
+    if spike_penalty and act not in ("pqa", "qcfs"):
+        raise InputError(f"--spike-penalty needs quantized activations (--act pqa or qcfs), not {act}")
     num_classes = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
     cfg = TrainConfig(model=model, act=act, levels=levels, lam=lam, alpha=alpha, beta=beta, epochs=epochs,
                       batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       warmup_epochs=warmup_epochs, seed=seed, num_classes=num_classes, dataset=dataset,
                       threads=threads, max_steps=max_steps, eval_every=eval_every,
-                      init_from=os.path.abspath(init_from) if init_from else "")
+                      init_from=os.path.abspath(init_from) if init_from else "", spike_penalty=spike_penalty,
+                      penalty_rule=penalty_rule)
     try:
         cfg.act_spec().make()
     except ValueError as exc:
