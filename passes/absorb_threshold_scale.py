@@ -73,6 +73,22 @@ def _float_const(t):
     return value is not None and value.dtype.kind == "f"
 
 
+def _float_identity_cast(node) -> bool:
+    """Cast/CastLike from float32 to float32: the identity (exporters emit it around dtype-generic
+    code); any other cast rounds or changes the traffic's type."""
+    def float32(t):
+        try:
+            return t.dtype is not None and np.dtype(t.dtype) == np.float32
+        except TypeError:  # a type numpy has no dtype for (bfloat16)
+            return False
+
+    if node.op not in ("Cast", "CastLike") or not node.inputs or not float32(node.inputs[0]):
+        return False
+    if node.op == "Cast":
+        return int(node.attrs.get("to", 0)) == 1  # TensorProto.FLOAT
+    return len(node.inputs) > 1 and float32(node.inputs[1])
+
+
 def classify(node):
     """How an op relates to the scales of its inputs (see the module docstring):
 
@@ -104,7 +120,7 @@ def classify(node):
         return "transparent_all"
     if node.op == "Where" and len(node.inputs) == 3:
         return "select"
-    if node.op in TRANSPARENT_FIRST:
+    if node.op in TRANSPARENT_FIRST or _float_identity_cast(node):
         return "transparent_first"
     if node.op in AFFINE_REAL:
         return "affine_real"

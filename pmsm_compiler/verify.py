@@ -362,7 +362,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     from pmsm_compiler.runtime.session import step_variant  # the runtime's own T = 1 step
 
     t1_step = step_variant(compiled.model, info, first=True, last=True)
-    snn_sess = make_session(with_outputs(t1_step, [l["spike_tensor"] for l in layers]), opt_level)
+    snn_sess = make_session(with_outputs(t1_step, [l["spike_tensor"] for l in layers]), opt_level, qdq_fusion=False)
     snn_inputs = {i.name for i in snn_sess.get_inputs()}
     ann_names = [o.name for o in ann_sess.get_outputs()]
     snn_names = [o.name for o in snn_sess.get_outputs()]

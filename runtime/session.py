@@ -50,7 +50,11 @@ class BatchResult:
     outputs_by_t: np.ndarray | None = None  # [T, N, ...] per-step outputs, when requested
 
 
-FUSES_WITH_ADD = ("Conv",)
+#: (static producer, state-dependent consumer) pairs that onnxruntime fuses into one kernel (from
+#: level "basic": Conv+BatchNormalization; "all": Conv+Add, the residual, in the NCHWc rewrite).
+#: The producer stays in the step: a session boundary between them would stop a fusion the ANN has.
+FUSED_PAIRS = {("Conv", "Add"), ("Conv", "Sum"), ("Conv", "BatchNormalization"), ("BatchNormalization", "Add"),
+               ("BatchNormalization", "Sum")}
 
 
 def split_static_prologue(model: onnx.ModelProto, info: dict):
@@ -71,13 +75,13 @@ def split_static_prologue(model: onnx.ModelProto, info: dict):
             dyn_tensors.update(t.name for t in node.outputs)
         else:
             static_nodes.append(node)
-    # A static Conv whose output a state-dependent Add reads stays in the step: onnxruntime fuses
-    # such an Add (a residual) into the Conv from level "all" on, which rounds differently, and a
-    # session boundary between them would stop that fusion where the ANN has it.
+    # A static Conv (or Conv → BatchNormalization) whose output a state-dependent Add reads stays in
+    # the step (FUSED_PAIRS): onnxruntime fuses such an Add (a residual) into the Conv, which rounds
+    # differently, and a session boundary between them would stop that fusion where the ANN has it.
     while True:
         static_ids = {id(n) for n in static_nodes}
-        fused = [n for n in static_nodes if n.op in FUSES_WITH_ADD and any(
-            c.op in ("Add", "Sum") and id(c) not in static_ids for t in n.outputs for c in t.outputs)]
+        fused = [n for n in static_nodes if any(
+            (n.op, c.op) in FUSED_PAIRS and id(c) not in static_ids for t in n.outputs for c in t.outputs)]
         if not fused:
             break
         for n in fused:
@@ -261,7 +265,8 @@ class SNNSession:
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.kernels = self._kernel_library(kernels)
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
-        self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True)
+        self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True,
+                                      qdq_fusion=False)
                          if prologue is not None else None)
         self.priority_order = priority_order
         self.fused_layers = 0
@@ -324,7 +329,10 @@ class SNNSession:
             model, fused, notes = fuse_model(model)
             self.fused_layers = max(self.fused_layers, fused)
             self.unfused_notes = sorted(set(self.unfused_notes) | set(notes))
-        return make_session(model, self._opt_level, self.providers, self._threads, shared_arena=True,
+        # qdq_fusion off: an SNN's DequantizeLinear (exact mode's output op of a Q/DQ neuron) stands
+        # for k·s; integer-kernel fusion has nothing to gain there, and can fail on it (onnxruntime
+        # 1.32 at opset 21: QuantizeLinear(int8) → DQ → Reshape)
+        return make_session(model, self._opt_level, self.providers, self._threads, shared_arena=True, qdq_fusion=False,
                             priority_order=self.priority_order, custom_ops_library=self.kernels)
 
     def session_for(self, first: bool, last: bool):

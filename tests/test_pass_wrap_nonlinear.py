@@ -391,3 +391,30 @@ def test_view_model_compiles_and_runs(view_models, mode, batch):
         expected = (k_sum / 4 * np.float32(theta)).reshape(n, -1) @ w.T + b
         np.testing.assert_allclose(result.mean_outputs, expected, rtol=0,
                                    atol=1e-5 * float(np.abs(expected).max()))
+
+
+def test_float_identity_casts_pass_spikes_and_other_casts_are_refused():
+    """Cast(to float32) and CastLike(float32) of float32 spikes are the identity: linear, not
+    wrapped; a Cast to float16 rounds: refused with the reason."""
+    def build(cast_nodes, last):
+        inits = [numpy_helper.from_array(np.ones((6, 8), np.float32), "W1"),
+                 numpy_helper.from_array(np.array(3.0, np.float32), "lam"),
+                 numpy_helper.from_array(np.ones((8, 5), np.float32), "W2"),
+                 numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+        nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+                 helper.make_node("PQA", ["h", "lam"], ["q"], domain="pmsm", L=8, alpha=-0.25, beta=1.0, name="act"),
+                 *cast_nodes, helper.make_node("MatMul", [last, "W2"], ["y"], name="fc2")]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+        add_functions(m, quantizer_functions())
+        return onnx.shape_inference.infer_shapes(m, strict_mode=True)
+
+    identity = build([helper.make_node("Cast", ["q"], ["c"], to=TensorProto.FLOAT, name="cast"),
+                      helper.make_node("CastLike", ["c", "one"], ["d"], name="cast_like")], "d")
+    for mode in ("folded", "exact"):
+        assert compile_model(identity, mode=mode).info["wrappers"] == []
+    half = build([helper.make_node("Cast", ["q"], ["c"], to=TensorProto.FLOAT16, name="to_half"),
+                  helper.make_node("Cast", ["c"], ["d"], to=TensorProto.FLOAT, name="back")], "d")
+    with pytest.raises(UnsupportedModelError, match="to_half"):
+        compile_model(half, mode="exact")

@@ -435,7 +435,8 @@ def test_rejects_bad_inputs(tmp):
         SNNSession(exported(tmp, "resnet_tiny"))
 
 
-def test_a_static_conv_read_by_a_residual_add_stays_in_the_step():
+@pytest.mark.parametrize("bn", [False, True])
+def test_a_static_conv_read_by_a_residual_add_stays_in_the_step(bn):
     """x → Conv_a → PQA → Conv_b, + Conv_s(x) (a static residual): onnxruntime fuses the Add into
     Conv_s at level "all"; the split must not put a session boundary between them, or the step
     rounds differently from the ANN (exact mode: bit-identical at T = 1, as the unsplit step)."""
@@ -451,8 +452,12 @@ def test_a_static_conv_read_by_a_residual_add_stays_in_the_step():
     nodes = [helper.make_node("Conv", ["x", "Wa"], ["a"], pads=[1, 1, 1, 1], name="conv_a"),
              helper.make_node("PQA", ["a", "lam"], ["q"], domain="pmsm", L=8, alpha=-0.25, beta=1.0, name="act"),
              helper.make_node("Conv", ["q", "Wb"], ["b"], pads=[1, 1, 1, 1], name="conv_b"),
-             helper.make_node("Conv", ["x", "Ws"], ["s"], name="conv_s"),
-             helper.make_node("Add", ["b", "s"], ["y"], name="residual")]
+             helper.make_node("Conv", ["x", "Ws"], ["s0" if bn else "s"], name="conv_s")]
+    if bn:  # Conv → BatchNormalization → Add: onnxruntime fuses all three (exact mode keeps the BN)
+        for name, value in (("g", 1.5), ("beta", 0.2), ("mean", 0.1), ("var", 0.7)):
+            inits.append(numpy_helper.from_array(np.full(4, value, np.float32), name))
+        nodes.append(helper.make_node("BatchNormalization", ["s0", "g", "beta", "mean", "var"], ["s"], name="bn_s"))
+    nodes.append(helper.make_node("Add", ["b", "s"], ["y"], name="residual"))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
     ann = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])

@@ -137,9 +137,9 @@ def run_reference(model, x, timesteps: int, opt_level: str = "all", keep_levels:
     model, info = _info_and_model(model)
     layers = info["layers"]
     spike_names = [layer["spike_tensor"] for layer in layers]
-    session = make_session(with_outputs(model, spike_names), opt_level, threads=threads)
+    session = make_session(with_outputs(model, spike_names), opt_level, threads=threads, qdq_fusion=False)
     first_session = make_session(with_outputs(first_step_model(model, info, last=timesteps == 1), spike_names),
-                                 opt_level, threads=threads)
+                                 opt_level, threads=threads, qdq_fusion=False)
     output_names = {sess: [o.name for o in sess.get_outputs()] for sess in (session, first_session)}
     input_names = {sess: {i.name for i in sess.get_inputs()} for sess in (session, first_session)}
     data = dict(x) if isinstance(x, dict) else {info["inputs"][0]["name"]: x}
@@ -237,7 +237,7 @@ def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray,
     from pmsm_compiler.verify import make_session
 
     cut = _cut_at_quantizers(ann, neurons)
-    session = make_session(cut, opt_level, threads=1)
+    session = make_session(cut, opt_level, threads=1, qdq_fusion=False)
     input_name = ann.graph.input[0].name
     out_names = [o.name for o in session.get_outputs()]
     feed_names = {i.name for i in session.get_inputs()}
