@@ -28,7 +28,11 @@ quantization = pytest.importorskip("onnxruntime.quantization")
 
 from producers import activation_quantizers, assert_levels_follow_quantizers, check_both_modes  # noqa: E402
 
+from pmsm_compiler.errors import UnsupportedModelError  # noqa: E402
+from pmsm_compiler.loading import load_model  # noqa: E402
+
 QuantType = quantization.QuantType
+QDQ = quantization.QuantFormat.QDQ
 CONFIGS = {
     "u8-act-per-tensor-asymmetric": dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                          per_channel=False),
@@ -39,6 +43,9 @@ CONFIGS = {
     "u8-act-symmetric-u8-weights": dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
                                         per_channel=False,
                                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": False}),
+    # 16-bit activations: the quantizer moves the model to opset 21 (standard 16-bit Q/DQ)
+    "s16-act-per-channel-asymmetric": dict(activation_type=QuantType.QInt16, weight_type=QuantType.QInt8,
+                                           per_channel=True),
 }
 
 
@@ -84,8 +91,7 @@ class Calibration(quantization.CalibrationDataReader):
 
 def quantize(tmp, name) -> str:
     path = f"{tmp}/{name}.onnx"
-    quantization.quantize_static(float_model(tmp), path, Calibration(), quant_format=quantization.QuantFormat.QDQ,
-                                 **CONFIGS[name])
+    quantization.quantize_static(float_model(tmp), path, Calibration(), quant_format=QDQ, **CONFIGS[name])
     return path
 
 
@@ -113,13 +119,50 @@ def test_quantize_static_qdq_compiles_lossless(name, tmp_path_factory):
             kept = [n for n in compiled.info["notes"] if "kept: the quantizer's level of its min 0 is 0 > k_min = -128" in n]
             assert len(kept) == 2
         else:
-            # after a ReLU or ReLU6 (Clip; MaxPool and Flatten of its output): levels 0..255 whatever
-            # the integer type; signed tensors get a zero point inside the range, levels on both sides of 0
+            # after a ReLU or ReLU6 (Clip; MaxPool and Flatten of its output): levels 0..255 (0..65535)
+            # whatever the integer type; signed tensors get a zero point inside the range, levels on both
+            # sides of 0
+            top = 65535 if "16" in name else 255
             after_relu = [l for l in layers if any(op in l["name"] for op in ("Relu", "Clip", "MaxPool", "Flatten"))]
-            assert after_relu and all((l["s_min"], l["s_max"]) == (0, 255) for l in after_relu)
+            assert after_relu and all((l["s_min"], l["s_max"]) == (0, top) for l in after_relu)
             signed = [l for l in layers if l["name"] not in {a["name"] for a in after_relu}]
-            assert signed and all(l["s_min"] < 0 < l["s_max"] and l["s_max"] - l["s_min"] == 255 for l in signed)
+            assert signed and all(l["s_min"] < 0 < l["s_max"] and l["s_max"] - l["s_min"] == top for l in signed)
             assert not any(w["op"] in ("Relu", "Clip") for w in compiled.info["wrappers"])
     zero_points = {zp for _s, zp, _lo, _hi in activation_quantizers(model).values()}
     if not config.get("extra_options"):
         assert len(zero_points) > 2  # asymmetric: zero points other than 0 and the range's bottom
+
+
+def test_int4_weights_compile_from_opset_21(tmp_path_factory):
+    """Below opset 21 onnxruntime writes int4 weights with its contrib com.microsoft::DequantizeLinear,
+    refused with the way out; the float model converted to opset 21 gets standard Q/DQ and compiles."""
+    tmp = str(tmp_path_factory.getbasetemp())
+    config = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt4, per_channel=False)
+    contrib = f"{tmp}/int4_opset17.onnx"
+    quantization.quantize_static(float_model(tmp), contrib, Calibration(), quant_format=QDQ, **config)
+    with pytest.raises(UnsupportedModelError, match=r"com\.microsoft::DequantizeLinear \(node '[^']+', #\d+\).*"
+                       r"convert the float model to opset 21 before quantizing"):
+        load_model(contrib)
+    float21 = f"{tmp}/float21.onnx"
+    onnx.save(onnx.version_converter.convert_version(onnx.load(float_model(tmp)), 21), float21)
+    path = f"{tmp}/int4_opset21.onnx"
+    quantization.quantize_static(float21, path, Calibration(), quant_format=QDQ, **config)
+    model = onnx.load(path)
+    assert any(t.data_type == onnx.TensorProto.INT4 for t in model.graph.initializer)
+    for compiled, _report, _result in check_both_modes(path, X).values():
+        assert_levels_follow_quantizers(model, compiled)
+
+
+def test_qoperator_and_dynamic_quantization_are_refused_with_the_way_out(tmp_path_factory):
+    tmp = str(tmp_path_factory.getbasetemp())
+    qoperator = f"{tmp}/qoperator.onnx"
+    quantization.quantize_static(float_model(tmp), qoperator, Calibration(),
+                                 quant_format=quantization.QuantFormat.QOperator)
+    with pytest.raises(UnsupportedModelError, match=r"QLinearConv \(node '/c1/Conv_quant', #\d+\).*QOperator format .*"
+                       r"quant_format=QuantFormat\.QDQ"):
+        load_model(qoperator)
+    dynamic = f"{tmp}/dynamic.onnx"
+    quantization.quantize_dynamic(float_model(tmp), dynamic)
+    with pytest.raises(UnsupportedModelError, match=r"DynamicQuantizeLinear \(node '[^']+', #\d+\).*dynamic "
+                       r"quantization .* quantize statically with calibration data"):
+        load_model(dynamic)
