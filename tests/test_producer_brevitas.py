@@ -79,3 +79,19 @@ def test_brevitas_qcdq_compiles_lossless(bits, per_channel, tmp_path):
         assert any("drop_implied_clamps: 1 Relu/Clip node(s) removed" in n for n in compiled.info["notes"])
         bn = [n for n in compiled.model.graph.node if n.op_type == "BatchNormalization"]
         assert len(bn) == (1 if mode == "exact" else 0)
+
+
+def test_qonnx_export_is_refused_with_the_way_out(tmp_path):
+    """Brevitas' other exporter writes QONNX ``Quant`` nodes (arbitrary bit widths as float ops),
+    which the compiler does not read: the error names them and the QCDQ exporter."""
+    from brevitas.export import export_qonnx
+
+    from pmsm_compiler.errors import UnsupportedModelError
+    from pmsm_compiler.loading import load_model
+
+    torch.manual_seed(0)
+    path = str(tmp_path / "qonnx.onnx")
+    export_qonnx(Net(4, False).eval(), torch.randn(1, 3, 8, 8), export_path=path)
+    with pytest.raises(UnsupportedModelError, match=r"qonnx\.custom_op\.general::Quant \(node '[^']+', #\d+\).*"
+                       r"export with brevitas\.export\.export_onnx_qcdq"):
+        load_model(path)
