@@ -58,7 +58,8 @@ def export(tmp_path, name) -> str:
     rng = torch.Generator().manual_seed(1)
     for _ in range(4):
         prepared(torch.randn(1, 3, 8, 8, generator=rng))
-    converted = pt2e.convert_pt2e(prepared)
+    converted = pytest.importorskip("torchao.quantization.pt2e").move_exported_model_to_eval(
+        pt2e.convert_pt2e(prepared))
     path = str(tmp_path / f"{name}.onnx")
     torch.onnx.export(converted, example, path, dynamo=True, opset_version=18, input_names=["x"],
                       output_names=["y"], verbose=False)
