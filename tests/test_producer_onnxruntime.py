@@ -98,9 +98,14 @@ def quantize(tmp, name) -> str:
 X = np.random.default_rng(2).standard_normal((32, 3, 8, 8)).astype(np.float32)
 
 
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    """One folder for the module: the float model is exported once."""
+    return str(tmp_path_factory.mktemp("onnxruntime_producer"))
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_quantize_static_qdq_compiles_lossless(name, tmp_path_factory):
-    tmp = str(tmp_path_factory.getbasetemp())
+def test_quantize_static_qdq_compiles_lossless(name, tmp):
     path = quantize(tmp, name)
     model = onnx.load(path)
     config = CONFIGS[name]
@@ -133,10 +138,9 @@ def test_quantize_static_qdq_compiles_lossless(name, tmp_path_factory):
         assert len(zero_points) > 2  # asymmetric: zero points other than 0 and the range's bottom
 
 
-def test_int4_weights_compile_from_opset_21(tmp_path_factory):
+def test_int4_weights_compile_from_opset_21(tmp):
     """Below opset 21 onnxruntime writes int4 weights with its contrib com.microsoft::DequantizeLinear,
     refused with the way out; the float model converted to opset 21 gets standard Q/DQ and compiles."""
-    tmp = str(tmp_path_factory.getbasetemp())
     config = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt4, per_channel=False)
     contrib = f"{tmp}/int4_opset17.onnx"
     quantization.quantize_static(float_model(tmp), contrib, Calibration(), quant_format=QDQ, **config)
@@ -153,8 +157,7 @@ def test_int4_weights_compile_from_opset_21(tmp_path_factory):
         assert_levels_follow_quantizers(model, compiled)
 
 
-def test_qoperator_and_dynamic_quantization_are_refused_with_the_way_out(tmp_path_factory):
-    tmp = str(tmp_path_factory.getbasetemp())
+def test_qoperator_and_dynamic_quantization_are_refused_with_the_way_out(tmp):
     qoperator = f"{tmp}/qoperator.onnx"
     quantization.quantize_static(float_model(tmp), qoperator, Calibration(),
                                  quant_format=quantization.QuantFormat.QOperator)
