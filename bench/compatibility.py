@@ -25,6 +25,7 @@ serve as both training and test set: a smoke run, not a measurement.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -238,12 +239,13 @@ def main(argv=None):
         for name in names:
             log(f"== {name}: {PRODUCERS[name]}")
             path = os.path.join(tmp, f"{name}.onnx")
-            if name in ORT_CONFIGS:
-                producer_eval.ort_quantize(float_path, path, calibration, **ORT_CONFIGS[name])
-            elif name.startswith("pt2e"):
-                pt2e(net, calibration, name, path)
-            else:
-                brevitas(net, xtrain, ytrain, args.seed, path, log)
+            with contextlib.redirect_stdout(sys.stderr):  # torch.onnx's progress lines: stdout is the table
+                if name in ORT_CONFIGS:
+                    producer_eval.ort_quantize(float_path, path, calibration, **ORT_CONFIGS[name])
+                elif name.startswith("pt2e"):
+                    pt2e(net, calibration, name, path)
+                else:
+                    brevitas(net, xtrain, ytrain, args.seed, path, log)
             results[name] = producer_eval.measure(path, test_set, CIFAR10_MEAN, CIFAR10_STD, max_t=args.max_t,
                                                   float_path=float_path, log=log)
             results[name]["producer"] = PRODUCERS[name]
