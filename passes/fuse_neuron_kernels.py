@@ -18,8 +18,10 @@ count keeps its dtype (attribute ``count_float``). It exists only in the step gr
 stays portable ONNX.
 
 Check (each failure leaves that layer as it is and says why): the spike tensor feeds exactly one
-count chain of that shape, every intermediate of the chain has no other reader, and the Flatten
-keeps the batch axis (axis = 1), which is what makes the fused per-sample count equal.
+count chain of that shape, every intermediate of the chain has no other reader, the Flatten
+keeps the batch axis (axis = 1), which is what makes the fused per-sample count equal, and the
+levels are within the kernel's ±``KERNEL_MAX_LEVEL`` (16-bit Q/DQ activations go beyond: their
+layers run as the ONNX body, with the same results).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ import onnx_graphsurgeon as gs
 from .graph_utils import const_value
 
 KERNEL_DOMAIN = "pmsm.kernels"
+# neurons.c sums |k| over blocks of 2^20 neurons in 32-bit integers: exact for |k| <= 1024 (the
+# kernel refuses to be created beyond)
+KERNEL_MAX_LEVEL = 1024
 FUSED_OP = {"AIF": "AIFCount", "AIFFinal": "AIFCountFinal", "IF": "IFCount", "IFFinal": "IFCountFinal",
             "AIFHalfEven": "AIFHalfEvenCount", "AIFHalfEvenFinal": "AIFHalfEvenCountFinal"}
 
@@ -79,6 +84,12 @@ def fuse_neuron_kernels(graph: gs.Graph, domain: str = "pmsm") -> tuple[gs.Graph
         if len(node.outputs) != (1 if final else 2) or len(node.inputs) != 2:
             notes.append(f"{node.name}: unexpected inputs/outputs")
             continue
+        if node.op.startswith("AIF"):
+            levels = (int(node.attrs["s_min"]), int(node.attrs["s_max"]))
+            if max(abs(k) for k in levels) > KERNEL_MAX_LEVEL:
+                notes.append(f"{node.name}: levels [{levels[0]}, {levels[1]}] beyond the fused kernel's "
+                             f"±{KERNEL_MAX_LEVEL}")
+                continue
         chain, count, why = _count_chain(node.outputs[0], graph)
         if chain is None:
             notes.append(f"{node.name}: {why}")

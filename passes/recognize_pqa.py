@@ -80,14 +80,15 @@ def _layer_name(candidates):
 
 
 def recognize_pqa(graph: gs.Graph, ctx) -> gs.Graph:
+    refusals = {}  # id(node) -> why its pattern was not mapped
     _recognize_nodes(graph, ctx)
-    _recognize_plain(graph, ctx)
-    _recognize_qdq(graph, ctx)
+    _recognize_plain(graph, ctx, refusals)
+    _recognize_qdq(graph, ctx, refusals)
     leftovers = [n for n in graph.nodes if n.outputs and (n.op in ("Floor", "QuantizeLinear") or n.domain == "pmsm")]
     if leftovers:
-        reasons = "; ".join(ctx.notes[-3:]) if ctx.notes else "pattern not recognised"
-        names = ", ".join(f"{n.op} '{n.name}'" for n in leftovers[:5])
-        raise PassRefusal(f"cannot map quantizer op(s) {names}: {reasons}")
+        reasons = [refusals.get(id(n), f"{n.op} '{n.name}': pattern not recognised") for n in leftovers[:3]]
+        more = f"; and {len(leftovers) - 3} more" if len(leftovers) > 3 else ""
+        raise PassRefusal(f"cannot map quantizer op(s): {'; '.join(reasons)}{more}")
     return graph
 
 
@@ -127,16 +128,23 @@ def _recognize_nodes(graph, ctx):
                         source=f"pmsm::{kind} node")
 
 
+def _labelled(node, exc) -> str:
+    """The refusal message, starting with the node it is about."""
+    label = f"{node.op} '{node.name}'"
+    return str(exc) if str(exc).startswith(label) else f"{label}: {exc}"
+
+
 def _single_use(t, graph):
     return len(t.outputs) == 1 and t not in graph.outputs
 
 
-def _recognize_plain(graph, ctx):
+def _recognize_plain(graph, ctx, refusals):
     for floor in [n for n in graph.nodes if n.op == "Floor"]:
         try:
             _match_plain(graph, floor, ctx)
         except PassRefusal as exc:
             ctx.notes.append(str(exc))
+            refusals[id(floor)] = _labelled(floor, exc)
 
 
 def _match_plain(graph, floor, ctx):
@@ -193,23 +201,27 @@ def _match_plain(graph, floor, ctx):
             n.outputs.clear()
 
 
-def _recognize_qdq(graph, ctx):
+def _recognize_qdq(graph, ctx, refusals):
     for ql in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
         try:
             _match_qdq(graph, ql)
         except PassRefusal as exc:
             ctx.notes.append(str(exc))
+            refusals[id(ql)] = _labelled(ql, exc)
 
 
 def _qparams(node, where):
     scale = const_value(node.inputs[1])
     if scale is None or scale.size != 1:
-        raise PassRefusal(f"{where}: only per-tensor (scalar) scales are supported")
+        raise PassRefusal(f"{where}: only per-tensor (scalar) scales are supported (a neuron layer has one "
+                          f"threshold); quantize this activation per tensor (Brevitas: "
+                          f"scaling_per_output_channel=False)")
     zp = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
     if len(node.inputs) > 2 and node.inputs[2].name and zp is None:
         raise PassRefusal(f"{where}: zero point must be constant")
     if zp is not None and zp.size != 1:
-        raise PassRefusal(f"{where}: only per-tensor zero points are supported")
+        raise PassRefusal(f"{where}: only per-tensor zero points are supported; quantize this activation per "
+                          f"tensor")
     dtype = np.dtype(zp.dtype) if zp is not None else np.dtype(np.uint8)
     zp_val = int(zp.reshape(())) if zp is not None else 0
     return _f32(scale.reshape(())), zp_val, dtype

@@ -80,6 +80,29 @@ PMSM_FUNCTION_OPS: frozenset[tuple[str, str]] = frozenset(
     {(PMSM_DOMAIN, "PQA"), (PMSM_DOMAIN, "QCFS")}
 )
 
+#: What the user can do about the ops that quantization toolchains emit outside the QDQ form:
+#: (ops, hint); an op is "domain::op" for a contrib domain, a bare name for the ONNX domain.
+PRODUCER_HINTS: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"QLinearConv", "QLinearMatMul", "com.microsoft::QLinearAdd", "com.microsoft::QLinearMul",
+                "com.microsoft::QGemm", "com.microsoft::QLinearConcat", "com.microsoft::QLinearAveragePool",
+                "com.microsoft::QLinearGlobalAveragePool", "com.microsoft::QLinearLeakyRelu",
+                "com.microsoft::QLinearSigmoid", "com.microsoft::QLinearSoftmax", "com.microsoft::QLinearReduceMean",
+                "com.microsoft::QLinearWhere", "com.microsoft::QLinearConvTranspose", "com.microsoft::QAttention"}),
+     "onnxruntime's QOperator format (integer kernels) is not supported: quantize with quantize_static(..., "
+     "quant_format=QuantFormat.QDQ)"),
+    (frozenset({"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "com.microsoft::DynamicQuantizeMatMul",
+                "com.microsoft::MatMulIntegerToFloat", "com.microsoft::DynamicQuantizeLSTM"}),
+     "dynamic quantization computes each activation's scale from its input, so a neuron has no fixed levels: "
+     "quantize statically with calibration data (onnxruntime: quantize_static, QDQ format)"),
+    (frozenset({"com.microsoft::QuantizeLinear", "com.microsoft::DequantizeLinear"}),
+     "onnxruntime's contrib Q/DQ (written for int4 weights or 16-bit activations below opset 21): convert the "
+     "float model to opset 21 before quantizing (onnx.version_converter.convert_version(model, 21)) to get the "
+     "standard QuantizeLinear/DequantizeLinear"),
+    (frozenset({"qonnx.custom_op.general::Quant", "qonnx.custom_op.general::BipolarQuant",
+                "qonnx.custom_op.general::Trunc", "qonnx.custom_op.general::FloatQuant"}),
+     "QONNX format (Brevitas export_qonnx): export with brevitas.export.export_onnx_qcdq"),
+)
+
 _MAX_LISTED = 20  # problems named in one error line before "... and N more"
 _ONNX_DOMAINS = ("", "ai.onnx")
 
@@ -406,8 +429,10 @@ def check_ops(model: ModelProto, allowed: Iterable[tuple[str, str] | str] | None
     local_functions = {(f.domain, f.name, f.overload) for f in model.functions}
     problems = _unsupported_in(model.graph.node, allowed_set, local_functions, "")
     if problems:
+        used = {_op_label(_norm_domain(n.domain), n.op_type) for n in model.graph.node}
+        hints = "".join(f"; {hint}" for ops, hint in PRODUCER_HINTS if ops & used)
         raise _fail(
-            f"unsupported ops: {_join_limited(problems)}; {_supported_summary(allowed_set)}",
+            f"unsupported ops: {_join_limited(problems)}{hints}; {_supported_summary(allowed_set)}",
             UnsupportedModelError,
         )
 

@@ -53,13 +53,14 @@ def _count_chain(prefix, spikes, int64=False, absolute=True):
     return nodes
 
 
-def step_graph(final=False, scalar_membrane=False, int64_count=False, extra_outputs=(), flatten_axis=1):
-    """An AIF layer (s_min −2, s_max 8) and an IF layer, each with its count chain (float32, or
-    int64 with ``int64_count``)."""
+def step_graph(final=False, scalar_membrane=False, int64_count=False, extra_outputs=(), flatten_axis=1,
+               levels=(-2, 8)):
+    """An AIF layer (s_min −2, s_max 8 unless ``levels``) and an IF layer, each with its count chain
+    (float32, or int64 with ``int64_count``)."""
     aif, ifn = ("AIFFinal", "IFFinal") if final else ("AIF", "IF")
     outs_aif = ["k1"] if final else ["k1", "u1_next"]
     outs_if = ["k2"] if final else ["k2", "u2_next"]
-    nodes = [helper.make_node(aif, ["i1", "u1"], outs_aif, domain=DOMAIN, s_min=-2, s_max=8),
+    nodes = [helper.make_node(aif, ["i1", "u1"], outs_aif, domain=DOMAIN, s_min=levels[0], s_max=levels[1]),
              helper.make_node(ifn, ["i2", "u2"], outs_if, domain=DOMAIN)]
     nodes += _count_chain("l1", "k1", int64=int64_count)
     # IF spikes are non-negative: count_spikes emits no Abs on its float path
@@ -148,6 +149,19 @@ def test_leaves_a_count_that_does_not_keep_the_batch_axis():
     fused, n, notes = fuse_model(model)
     assert n == 1 and "does not keep the batch axis" in notes[0]
     assert (DOMAIN, "AIF") in ops(fused)
+
+
+@pytest.mark.parametrize("levels", [(-32768, 32767), (0, 65535), (-1025, 8)])
+def test_leaves_levels_beyond_the_kernel_to_the_onnx_body(library, levels):
+    """16-bit Q/DQ activations: the kernel would refuse to be created (below); the layer keeps its
+    ONNX body, the other is fused, and the outputs are the same."""
+    model = step_graph(levels=levels, int64_count=True)
+    fused, n, notes = fuse_model(model)
+    assert n == 1 and notes == [f": levels [{levels[0]}, {levels[1]}] beyond the fused kernel's ±1024"]
+    assert (DOMAIN, "AIF") in ops(fused) and (KERNEL_DOMAIN, "IFCount") in ops(fused)
+    inputs = feeds(model, 2)
+    before, after = run(model, inputs), run(fused, inputs, library)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
 def test_kernel_refuses_spike_bounds_it_cannot_count_exactly(library):

@@ -313,3 +313,17 @@ def test_refuses_per_axis_qdq_scale():
     nodes, inits = qdq(np.int8, 0, axis_scale=True)
     message = _refusal(build(nodes, inits))
     assert "QuantizeLinear 'ql'" in message and "per-tensor" in message
+
+
+def test_refusal_names_its_own_reason_not_other_notes():
+    """The refusal carries the reason recorded for the unmapped node, with the advice, and not the
+    notes that earlier passes left (here fold_weight_quantization's, for a weight stored as int8)."""
+    nodes, inits = qdq(np.int8, 0, axis_scale=True)
+    model = build(nodes, inits)
+    w2 = next(t for t in model.graph.initializer if t.name == "W2")
+    model.graph.initializer.remove(w2)
+    model.graph.initializer.extend([_f("W2q", np.ones((C, C, 3, 3)), np.int8), _f("W2s", 0.01)])
+    model.graph.node.insert(0, helper.make_node("DequantizeLinear", ["W2q", "W2s"], ["W2"], name="w2_dq"))
+    message = _refusal(model)
+    assert message.startswith("cannot map quantizer op(s): QuantizeLinear 'ql': only per-tensor (scalar) scales")
+    assert "quantize this activation per tensor" in message and "fold_weight_quantization" not in message
