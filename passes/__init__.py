@@ -7,7 +7,7 @@ absorb_threshold_scale do nothing, so the SNN keeps the ANN's arithmetic.
 
 from .absorb_threshold_scale import absorb_threshold_scale
 from .canonicalize import canonicalize
-from .count_spikes import COUNTS_OUTPUT, count_spikes
+from .count_spikes import COUNTERS_OUTPUT, COUNTS_OUTPUT, count_spikes
 from .fold_batchnorm import fold_batchnorm as _fold_batchnorm
 from .fold_weight_quantization import fold_weight_quantization
 from .graph_utils import PassRefusal
@@ -32,4 +32,4 @@ PIPELINE = FRONT + [recognize_pqa, fold_batchnorm, pqa_to_aif, absorb_threshold_
 
 __all__ = ["FRONT", "PIPELINE", "PassContext", "PassManager", "PassRefusal", "check_graph", "canonicalize", "fold_weight_quantization", "recognize_pqa",
            "fold_batchnorm", "pqa_to_aif", "absorb_threshold_scale", "wrap_nonlinear", "count_spikes",
-           "COUNTS_OUTPUT", "TIME_INPUT"]
+           "COUNTS_OUTPUT", "COUNTERS_OUTPUT", "TIME_INPUT"]
