@@ -2,7 +2,7 @@
 
     python bench/reproduce_paper.py --data ../shared/data/cifar10 \
         [--pqa models/resnet20_pqa_cifar10.onnx] [--qcfs models/resnet20_qcfs_cifar10.onnx] \
-        [--out docs/results.md] [--figures docs/figures] [--max-t 16] [--limit N]
+        [--out docs/results.md] [--figures docs/figures] [--max-t 16] [--limit N] [--target-accuracy A]
 
 Every number in the written results.md comes from this run:
 - Table 1 shape: ANN accuracy, SNN accuracy at T = 1 and T = 8 (folded and exact compiles), the
@@ -421,7 +421,9 @@ def main(argv=None):
     if ("QCFS", "folded") in runs:
         q, pm = runs[("QCFS", "folded")], runs[("PMSM", "folded")]
         lines += equal_t_lines(q, pm, args.max_t)
-        more, comparisons = equal_accuracy_lines(q, pm, target, min(32, args.max_t))
+        from pmsm_compiler.runtime.report import EQUAL_ACCURACY_MAX_T
+
+        more, comparisons = equal_accuracy_lines(q, pm, target, min(EQUAL_ACCURACY_MAX_T, args.max_t))
         lines += more
     lines += ["## Accuracy vs energy per image", "", "![accuracy vs energy](figures/accuracy_vs_energy.png)", "",
               "One point per T (1..max_t, labels at powers of 2): the energy per image a run of T steps spends, "
