@@ -186,3 +186,21 @@ def test_run_dataset_accumulates_the_counters(zoo):
         assert row["counters_total"] == dict(zip(COUNTERS, (int(v) for v in totals[layer["count_index"]])))
         assert row["events_by_t"] == [float(v) / 9 for v in expected[:, :, layer["count_index"], 1].sum(axis=1)]
     assert report["spikes_total"] == report["counters_total"]["spikes"]
+
+
+@pytest.mark.parametrize("kernel_choice", KERNEL_CHOICES)
+def test_counters_can_be_left_out(zoo, kernel_choice):
+    """counters=False: the step graphs drop the counters (onnxruntime would compute an unbound
+    output anyway), nothing else changes."""
+    c = zoo("resnet_tiny", "pqa", "folded")
+    x = images(3, 400)
+    full = _session(c.model, kernel_choice)
+    lean = SNNSession(c.model, kernels=kernel_choice, counters=False)
+    assert lean.counter_names is None and lean.counters_output is None
+    a, b = full.run_batch(x, 3, keep_outputs=True), lean.run_batch(x, 3, keep_outputs=True, sample_counters=True)
+    assert b.counters is None and b.counters_by_sample is None
+    assert np.array_equal(a.spikes, b.spikes) and np.array_equal(a.outputs_by_t, b.outputs_by_t)
+    for first, last in ((True, False), (False, False), (False, True)):
+        sess = lean.session_for(first, last)
+        assert "pmsm_spike_counters" not in {o.name for o in sess.get_outputs()}
+    assert "pmsm_spike_counters" in {o.name for o in full.session_for(False, False).get_outputs()}
