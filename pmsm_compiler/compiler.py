@@ -25,7 +25,7 @@ from pmsm_compiler.errors import UnsupportedModelError
 from pmsm_compiler.metadata import get_metadata, set_metadata
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.counters import COUNTERS, counter_functions
-from pmsm_compiler.ops.neurons import neuron_functions
+from pmsm_compiler.ops.neurons import NEURON_OPS, neuron_functions
 from pmsm_compiler.passes import FRONT, PIPELINE, PassContext, PassManager, PassRefusal
 from pmsm_compiler.passes.absorb_threshold_scale import classify
 from pmsm_compiler.passes.graph_utils import numel, static_shape
@@ -91,8 +91,9 @@ def _fan_out(graph, layer, tensors) -> float | None:
                 continue
             seen.add(id(node))
             if node.domain == DOMAIN:
-                shape = static_shape(node.inputs[0])
-                total += numel(shape) if shape else 0
+                if node.op in NEURON_OPS:  # not SpikeCounters: counting spikes drives no synapse
+                    shape = static_shape(node.inputs[0])
+                    total += numel(shape) if shape else 0
                 continue
             cls = classify(node)
             if cls == "weighted" and node.op in ("Conv", "Gemm", "MatMul"):
