@@ -240,7 +240,7 @@ def plot_energy(curves, path):
     titles = {"spikes": "spikes rule: Σ|k| × fan-out × 0.9 pJ", "events": "events rule: Σ 1[k≠0] × fan-out × 0.9 pJ"}
     for i, rule in enumerate(RULES):
         ax = fig.add_subplot(1, 2, i + 1)
-        for label, (report, style) in curves.items():
+        for j, (label, (report, style)) in enumerate(curves.items()):
             energy = report["energy"]["per_image_uj_by_t"][rule]
             if energy is None:
                 continue
@@ -252,8 +252,9 @@ def plot_energy(curves, path):
                                 textcoords="offset points")
             ann = report["energy"]["per_image_uj"]["ann"]
             if ann is not None:
-                ax.plot([ann], [100 * report["ann_accuracy"]], style[0] + "*", markersize=11,
-                        label=f"{label} ANN (MACs × 4.6 pJ)")
+                # ANNs of the same architecture share their MAC energy: later stars hollow and smaller
+                ax.plot([ann], [100 * report["ann_accuracy"]], style[0] + "*", markersize=14 - 4 * min(j, 1),
+                        mfc=style[0] if j == 0 else "none", label=f"{label} ANN (MACs × 4.6 pJ)")
         ax.set_xscale("log")
         ax.set_xlabel("energy per image (µJ), summed over the T steps")
         ax.set_ylabel("test accuracy (%)")
