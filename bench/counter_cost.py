@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     result = measure(model, args.mode, args.batch, args.rounds, args.warmup, args.timesteps, args.kernels,
                      args.threads)
     result.update({"onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-                   "cpus": os.cpu_count(), "command": " ".join(["python", "bench/counter_cost.py"] + (argv or sys.argv[1:]))})
+                   "cpus": os.cpu_count(),
+                   "command": " ".join(["python", "bench/counter_cost.py"] + (argv or sys.argv[1:]))})
     print(format_report(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -99,7 +99,8 @@ def equal_t_lines(qcfs, pmsm, max_t):
     lines = ["## PMSM vs QCFS at equal T, both counting rules (folded compiles)", "",
              "Energy per image = SOPs × 0.9 pJ, SOPs = count × fan-out summed over the layers and the T steps "
              "(first layer's input MACs excluded); the ANN's MAC energy for comparison: PMSM "
-             f"{uj(pmsm['energy']['per_image_uj']['ann'])} µJ, QCFS {uj(qcfs['energy']['per_image_uj']['ann'])} µJ.", "",
+             f"{uj(pmsm['energy']['per_image_uj']['ann'])} µJ, "
+             f"QCFS {uj(qcfs['energy']['per_image_uj']['ann'])} µJ.", "",
              "| T | PMSM acc (%) | QCFS acc (%) | PMSM spikes / events (×10^5) | QCFS spikes / events (×10^5) | "
              "PMSM µJ, spikes / events rule | QCFS µJ, spikes / events rule | QCFS/PMSM energy, spikes / events rule |",
              "|---|---|---|---|---|---|---|---|"]
@@ -131,7 +132,8 @@ def equal_accuracy_lines(qcfs, pmsm, target, max_t):
         for label, m in eq["models"].items():
             if m["reached"]:
                 e = m["energy_per_image_uj"]
-                lines.append(f"| {pct(eq['target'])} | {eq['target_rule']} | {label} | {m['t']} | {pct(m['accuracy'])} | "
+                lines.append(f"| {pct(eq['target'])} | {eq['target_rule']} | {label} | {m['t']} | "
+                             f"{pct(m['accuracy'])} | "
                              f"{m['spikes_per_image'] / 1e5:.2f} | {m['events_per_image'] / 1e5:.2f} | "
                              f"{uj(e['spikes'])} | {uj(e['events'])} |")
             else:

@@ -496,8 +496,8 @@ def format_equal_accuracy(eq: dict) -> list[str]:
     out = [f"at equal accuracy (target {_pct(eq['target'])}: {eq['target_rule']}):"]
     for label, m in eq["models"].items():
         if m["reached"]:
-            out.append(f"  {label}: T={m['t']} ({_pct(m['accuracy'])}), {_num(m['spikes_per_image'], ',.0f')} spikes and "
-                       f"{_num(m['events_per_image'], ',.0f')} events per image, energy per image "
+            out.append(f"  {label}: T={m['t']} ({_pct(m['accuracy'])}), {_num(m['spikes_per_image'], ',.0f')} "
+                       f"spikes and {_num(m['events_per_image'], ',.0f')} events per image, energy per image "
                        f"{_energy_pair(m['energy_per_image_uj'])}")
         else:
             out.append(f"  {label}: not reached within T={eq['max_t']} (best {_pct(m['best_accuracy'])} at "

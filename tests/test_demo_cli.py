@@ -42,8 +42,8 @@ def test_demo_prints_both_tables(models, tmp_path):
     lines = result.output.splitlines()
     assert lines.count(f"{'T':>3} {'ANN acc':>8} {'SNN acc':>8} {'spikes/image':>13} {'power (mW)':>11}") == 2
     assert lines.count(f"{'T':>3} {'events/image':>13} {'energy/image, spikes rule':>26} {'events rule':>12}") == 2
-    for needle in ("neuron-steps at the lower cap", "at equal accuracy (target", "PMSM vs QCFS at equal T (energy per image",
-                   "PMSM vs QCFS at equal accuracy (target"):
+    for needle in ("neuron-steps at the lower cap", "at equal accuracy (target",
+                   "PMSM vs QCFS at equal T (energy per image", "PMSM vs QCFS at equal accuracy (target"):
         assert needle in result.output, needle
     eq = reports["equal_accuracy"]
     qcfs = reports["QCFS (→ IF)"]

@@ -151,8 +151,8 @@ def test_target_accuracy_needs_labels(models, tmp_path):
     _, _, snn = models
     data = tmp_path / "unlabeled.npy"
     np.save(data, np.zeros((4, 32, 32, 3), np.uint8))
-    _one_line_error(CliRunner().invoke(run_main, [str(snn), "-T", "1", "--data", str(data), "--target-accuracy", "0.5"]),
-                    "needs labels")
+    _one_line_error(CliRunner().invoke(run_main, [str(snn), "-T", "1", "--data", str(data),
+                                                  "--target-accuracy", "0.5"]), "needs labels")
 
 
 def test_kernels_on_without_kernels_is_a_clean_error(models, monkeypatch):

@@ -60,8 +60,8 @@ def _counting_lines(report, ts):
     T = report["timesteps"]
     lines.append(f"over T={T}: spikes = sum|k| = {report['positive_spikes_per_image']:,.0f} positive + "
                  f"{report['negative_spikes_per_image']:,.0f} negative per image; events = sum 1[k!=0] (one packet per "
-                 f"firing neuron and step); neuron-steps at the lower cap {report['lower_cap_fraction']:.1%}, at the upper "
-                 f"cap {report['upper_cap_fraction']:.1%}, silent {report['zero_fraction']:.1%}")
+                 f"firing neuron and step); neuron-steps at the lower cap {report['lower_cap_fraction']:.1%}, "
+                 f"at the upper cap {report['upper_cap_fraction']:.1%}, silent {report['zero_fraction']:.1%}")
     return lines
 
 
@@ -90,7 +90,8 @@ def _at(report, t):
 @click.option("--target-accuracy", help="Accuracy to compare PMSM and QCFS at (0.88 or 88%). Default: the best "
               "accuracy both reach within the largest T (at most 32).")
 @click.option("--json", "json_path", type=click.Path(),
-              help="Write both reports as JSON (keyed by label), with the comparison at equal accuracy (key equal_accuracy).")
+              help="Write both reports as JSON (keyed by label), with the comparison at equal accuracy "
+                   "(key equal_accuracy).")
 @click.option("--progress/--no-progress", default=False, show_default=True)
 @cli_errors
 def main(model, qcfs_model, data, timesteps, mode, batch_size, target_accuracy, json_path, progress):
@@ -157,7 +158,8 @@ def main(model, qcfs_model, data, timesteps, mode, batch_size, target_accuracy, 
         click.echo("PMSM vs QCFS at equal T (energy per image, SOPs x 0.9 pJ, spikes rule | events rule):")
         for t in ts[:2]:
             pe, qe = cost_at(pr, t)["energy_per_image_uj"], cost_at(qr, t)["energy_per_image_uj"]
-            click.echo(f"  T={t}: {_uj(pe['spikes'])} vs {_uj(qe['spikes'])} | {_uj(pe['events'])} vs {_uj(qe['events'])}")
+            click.echo(f"  T={t}: {_uj(pe['spikes'])} vs {_uj(qe['spikes'])} | "
+                       f"{_uj(pe['events'])} vs {_uj(qe['events'])}")
         compared = equal_accuracy({"PMSM": pr, "QCFS": qr}, target)  # within T <= min(32, the largest T)
         click.echo("")
         for line in format_equal_accuracy(compared):
