@@ -2,14 +2,19 @@
 
     python bench/reproduce_paper.py --data ../shared/data/cifar10 \
         [--pqa models/resnet20_pqa_cifar10.onnx] [--qcfs models/resnet20_qcfs_cifar10.onnx] \
-        [--out docs/results.md] [--figures docs/figures] [--max-t 16] [--limit N]
+        [--out docs/results.md] [--figures docs/figures] [--max-t 16] [--limit N] [--target-accuracy A]
 
 Every number in the written results.md comes from this run:
 - Table 1 shape: ANN accuracy, SNN accuracy at T = 1 and T = 8 (folded and exact compiles), the
   T = 1 prediction agreement with the ANN, next to the paper's numbers;
 - Table 3 shape: QCFS vs PMSM at T = 1 and 2: accuracy, spikes per image (×10^5), power in mW
   (paper Eq. 11) and the QCFS/PMSM ratio;
-- accuracy vs T (1..max_t) for both as a PNG, and the entropy heatmap (the paper's Fig. 2).
+- the counting rules at T = 1 (spikes Σ|k|, events Σ1[k≠0], polarity, neurons at the caps and
+  silent), PMSM vs QCFS at equal T and at equal accuracy (target: ``--target-accuracy``, default
+  the best accuracy both reach within T ≤ min(32, max_t); and PMSM's T = 1 accuracy) with the
+  energy per image under both counting rules;
+- accuracy vs T (1..max_t) and accuracy vs energy per image (one point per T, both rules) for
+  both as PNGs, and the entropy heatmap (the paper's Fig. 2).
 The training budget and the data caveat (CIFAR-10 re-decoded from JPEG) are read from the model
 cards and printed next to the paper's numbers.
 """
@@ -56,6 +61,99 @@ def at_t(report, t):
     spikes = sum(report["spikes_per_image_by_t"][:t])
     return {"acc": report["accuracy_by_t"][t - 1], "spikes": spikes,
             "power_mw": spikes * E_SPIKE_PJ * 1e-12 / (t * TIMESTEP_MS * 1e-3) * 1e3}
+
+
+def uj(x):
+    return "–" if x is None else f"{x:.3f}"
+
+
+def ratio(a, b):
+    return "–" if a is None or not b else f"{a / b:.3g}×"
+
+
+def counting_lines(runs):
+    """The counting rules at T = 1, per model and mode."""
+    from pmsm_compiler.runtime.report import cost_at, fractions_at
+
+    lines = ["## Counting rules at T = 1", "",
+             "*spikes* = Σ|k| (every unit of a multi-spike, the paper's Eq. 11 unit); *events* = Σ 1[k ≠ 0] (one "
+             "packet per firing neuron and step, carrying polarity and count, as on SpiNNaker); fractions of all "
+             "neurons of all layers.", "",
+             "| method | mode | spikes / image (×10^5) | events / image (×10^5) | negative share of spikes | "
+             "at lower cap | at upper cap | silent |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (name, mode), r in runs.items():
+        c, f = cost_at(r, 1), fractions_at(r, 1)
+        if f is None:
+            continue
+        lines.append(f"| {name} | {mode} | {c['spikes_per_image'] / 1e5:.2f} | {c['events_per_image'] / 1e5:.2f} | "
+                     f"{pct(f['negative_share'])} % | {pct(f['lower_cap'])} % | {pct(f['upper_cap'])} % | "
+                     f"{pct(f['zero'])} % |")
+    return lines + [""]
+
+
+def equal_t_lines(qcfs, pmsm, max_t):
+    """PMSM vs QCFS at equal T under both counting rules."""
+    from pmsm_compiler.runtime.report import cost_at
+
+    lines = ["## PMSM vs QCFS at equal T, both counting rules (folded compiles)", "",
+             "Energy per image = SOPs × 0.9 pJ, SOPs = count × fan-out summed over the layers and the T steps "
+             "(first layer's input MACs excluded); the ANN's MAC energy for comparison: PMSM "
+             f"{uj(pmsm['energy']['per_image_uj']['ann'])} µJ, "
+             f"QCFS {uj(qcfs['energy']['per_image_uj']['ann'])} µJ.", "",
+             "| T | PMSM acc (%) | QCFS acc (%) | PMSM spikes / events (×10^5) | QCFS spikes / events (×10^5) | "
+             "PMSM µJ, spikes / events rule | QCFS µJ, spikes / events rule | QCFS/PMSM energy, spikes / events rule |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t in [t for t in (1, 2, 4, 8, 16, 32) if t <= max_t]:
+        p, q = cost_at(pmsm, t), cost_at(qcfs, t)
+        pe, qe = p["energy_per_image_uj"], q["energy_per_image_uj"]
+        lines.append(f"| {t} | {pct(p['accuracy'])} | {pct(q['accuracy'])} | "
+                     f"{p['spikes_per_image'] / 1e5:.2f} / {p['events_per_image'] / 1e5:.2f} | "
+                     f"{q['spikes_per_image'] / 1e5:.2f} / {q['events_per_image'] / 1e5:.2f} | "
+                     f"{uj(pe['spikes'])} / {uj(pe['events'])} | {uj(qe['spikes'])} / {uj(qe['events'])} | "
+                     f"{ratio(qe['spikes'], pe['spikes'])} / {ratio(qe['events'], pe['events'])} |")
+    return lines + [""]
+
+
+def equal_accuracy_lines(qcfs, pmsm, target, max_t):
+    """PMSM vs QCFS at equal accuracy, for the default (or given) target and for PMSM's T = 1 accuracy."""
+    from pmsm_compiler.runtime.report import equal_accuracy
+
+    comparisons = [equal_accuracy({"PMSM": pmsm, "QCFS": qcfs}, target, max_t),
+                   equal_accuracy({"PMSM": pmsm, "QCFS": qcfs}, pmsm["accuracy_by_t"][0], max_t)]
+    comparisons[1]["target_rule"] = "PMSM's accuracy at T = 1"
+    lines = ["## PMSM vs QCFS at equal accuracy, both counting rules (folded compiles)", "",
+             f"For each target: the smallest T ≤ {comparisons[0]['max_t']} at which each model reaches it, and the "
+             "energy per image it spends in those T steps.", "",
+             "| target (%) | rule | method | T | acc (%) | spikes / image (×10^5) | events / image (×10^5) | "
+             "µJ / image, spikes rule | µJ / image, events rule |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for eq in comparisons:
+        for label, m in eq["models"].items():
+            if m["reached"]:
+                e = m["energy_per_image_uj"]
+                lines.append(f"| {pct(eq['target'])} | {eq['target_rule']} | {label} | {m['t']} | "
+                             f"{pct(m['accuracy'])} | "
+                             f"{m['spikes_per_image'] / 1e5:.2f} | {m['events_per_image'] / 1e5:.2f} | "
+                             f"{uj(e['spikes'])} | {uj(e['events'])} |")
+            else:
+                lines.append(f"| {pct(eq['target'])} | {eq['target_rule']} | {label} | not reached (best "
+                             f"{pct(m['best_accuracy'])} at T = {m['best_t']}) | | | | | |")
+    lines.append("")
+    for eq in comparisons:
+        p, q = eq["models"]["PMSM"], eq["models"]["QCFS"]
+        if p["reached"] and q["reached"]:
+            pe, qe = p["energy_per_image_uj"], q["energy_per_image_uj"]
+            lines.append(f"- Target {pct(eq['target'])} % ({eq['target_rule']}): QCFS / PMSM energy per image = "
+                         f"{ratio(qe['spikes'], pe['spikes'])} (spikes rule), {ratio(qe['events'], pe['events'])} "
+                         f"(events rule): PMSM needs "
+                         + ("less" if pe["spikes"] < qe["spikes"] else "more") + " energy under the spikes rule and "
+                         + ("less" if pe["events"] < qe["events"] else "more") + " under the events rule.")
+        else:
+            missing = " and ".join(label for label, m in eq["models"].items() if not m["reached"])
+            lines.append(f"- Target {pct(eq['target'])} % ({eq['target_rule']}): {missing} does not reach it within "
+                         f"T = {eq['max_t']}, so there is no energy at equal accuracy to compare.")
+    return lines + [""], comparisons
 
 
 def matched_accuracy_lines(qcfs, pmsm):
@@ -132,6 +230,44 @@ def pct(x):
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def plot_energy(curves, path):
+    """Accuracy against energy per image (one point per T), one panel per counting rule."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from pmsm_compiler.runtime.report import RULES
+
+    fig = Figure(figsize=(10.5, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    titles = {"spikes": "spikes rule: Σ|k| × fan-out × 0.9 pJ", "events": "events rule: Σ 1[k≠0] × fan-out × 0.9 pJ"}
+    for i, rule in enumerate(RULES):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for j, (label, (report, style)) in enumerate(curves.items()):
+            energy = report["energy"]["per_image_uj_by_t"][rule]
+            if energy is None:
+                continue
+            acc = [100 * a for a in report["accuracy_by_t"]]
+            ax.plot(energy, acc, style, label=f"{label} SNN, T = 1..{len(acc)}", markersize=4)
+            for t in (1, 2, 4, 8, 16, 32):
+                if t <= len(acc):
+                    ax.annotate(str(t), (energy[t - 1], acc[t - 1]), fontsize=7, xytext=(3, -9),
+                                textcoords="offset points")
+            ann = report["energy"]["per_image_uj"]["ann"]
+            if ann is not None:
+                # ANNs of the same architecture share their MAC energy: later stars hollow and smaller
+                ax.plot([ann], [100 * report["ann_accuracy"]], style[0] + "*", markersize=14 - 4 * min(j, 1),
+                        mfc=style[0] if j == 0 else "none", label=f"{label} ANN (MACs × 4.6 pJ)")
+        ax.set_xscale("log")
+        ax.set_xlabel("energy per image (µJ), summed over the T steps")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(titles[rule], fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("CIFAR-10 (JPEG re-decoded), ResNet-20: accuracy vs energy per image (labels: T)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def plot_curves(curves, path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -165,7 +301,13 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None, help="N evenly spaced test images only (quick check)")
     ap.add_argument("--qcfs-modes", default="folded,exact",
                     help="compile modes to run for QCFS (its Table 3 rows use folded; both are lossy at T = 1)")
+    ap.add_argument("--target-accuracy", default=None,
+                    help="accuracy to compare PMSM and QCFS at (0.88 or 88%%); default: the best accuracy both reach "
+                         "within T <= min(32, max-t)")
     args = ap.parse_args(argv)
+    from pmsm_compiler.cli.run import parse_accuracy
+
+    target = parse_accuracy(args.target_accuracy)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from pmsm_compiler import entropy
@@ -196,6 +338,7 @@ def main(argv=None):
     if ("QCFS", "folded") in runs:
         curves["QCFS"] = (runs[("QCFS", "folded")], "r-s")
     plot_curves(curves, os.path.join(args.figures, "accuracy_vs_t.png"))
+    plot_energy(curves, os.path.join(args.figures, "accuracy_vs_energy.png"))
 
     n = len(dataset)
     lines = [
@@ -276,6 +419,18 @@ def main(argv=None):
         lines += matched_accuracy_lines(runs[("QCFS", "folded")], runs[("PMSM", "folded")])
     else:
         lines += ["## Table 3 shape", "", "No QCFS model was given: the comparison is pending.", ""]
+    lines += counting_lines(runs)
+    comparisons = None
+    if ("QCFS", "folded") in runs:
+        q, pm = runs[("QCFS", "folded")], runs[("PMSM", "folded")]
+        lines += equal_t_lines(q, pm, args.max_t)
+        from pmsm_compiler.runtime.report import EQUAL_ACCURACY_MAX_T
+
+        more, comparisons = equal_accuracy_lines(q, pm, target, min(EQUAL_ACCURACY_MAX_T, args.max_t))
+        lines += more
+    lines += ["## Accuracy vs energy per image", "", "![accuracy vs energy](figures/accuracy_vs_energy.png)", "",
+              "One point per T (1..max_t, labels at powers of 2): the energy per image a run of T steps spends, "
+              "under each counting rule; stars: the ANNs' MAC energy.", ""]
     lines += verdict_lines(runs)
     lines += ["## Accuracy vs T", "", "![accuracy vs T](figures/accuracy_vs_t.png)", "",
               "| T | " + " | ".join(f"{name} {mode}" for (name, mode) in runs) + " |",
@@ -291,7 +446,7 @@ def main(argv=None):
     with open(args.out, "w") as f:
         f.write(text)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({f"{k[0]}/{k[1]}": v for k, v in runs.items()}, f, indent=1)
+        json.dump({**{f"{k[0]}/{k[1]}": v for k, v in runs.items()}, "equal_accuracy": comparisons}, f, indent=1)
     print(text)
     return 0
 

@@ -8,7 +8,7 @@ In ``exact`` mode fold_batchnorm and absorb_threshold_scale do nothing, so the S
 from .absorb_threshold_scale import absorb_threshold_scale
 from .canonicalize import canonicalize
 from .check_inference_mode import check_inference_mode
-from .count_spikes import COUNTS_OUTPUT, count_spikes
+from .count_spikes import COUNTERS_OUTPUT, COUNTS_OUTPUT, count_spikes
 from .drop_implied_clamps import drop_implied_clamps
 from .fold_batchnorm import fold_batchnorm as _fold_batchnorm
 from .fold_weight_quantization import fold_weight_quantization
@@ -35,4 +35,5 @@ PIPELINE = FRONT + [recognize_pqa, drop_implied_clamps, fold_batchnorm, pqa_to_a
 
 __all__ = ["FRONT", "PIPELINE", "PassContext", "PassManager", "PassRefusal", "check_graph", "check_inference_mode",
            "canonicalize", "fold_weight_quantization", "recognize_pqa", "drop_implied_clamps", "fold_batchnorm",
-           "pqa_to_aif", "absorb_threshold_scale", "wrap_nonlinear", "count_spikes", "COUNTS_OUTPUT", "TIME_INPUT"]
+           "pqa_to_aif", "absorb_threshold_scale", "wrap_nonlinear", "count_spikes", "COUNTS_OUTPUT", "COUNTERS_OUTPUT",
+           "TIME_INPUT"]

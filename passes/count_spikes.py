@@ -1,10 +1,19 @@
 """count_spikes: per-layer spike counts inside the graph, so the runtime reads counts, not spikes.
 
-For every neuron layer: count = Σ_neurons |k| per sample. The counts of all layers are concatenated
-into one int64 output ``pmsm_spike_counts`` [batch, layers] (column order = the layer order in the
-metadata). The sum is taken in float32 (Abs + ReduceSum) when it is exact, i.e. when
-neurons · max|k| < 2^24 so that every partial sum is an exactly representable integer; otherwise
-the spikes are cast to int64 first. Either way the result is exact and int64.
+Two outputs, both int64 and exact:
+
+- ``pmsm_spike_counts`` [batch, layers]: count = Σ_neurons |k| per sample and layer (column order =
+  the layer order in the metadata, ``count_index``). The sum is taken in float32 (Abs +
+  ReduceSum) when it is exact, i.e. when neurons · max|k| < 2^24 so that every partial sum is an
+  exactly representable integer; otherwise the spikes are cast to int64 first.
+- ``pmsm_spike_counters`` [batch, layers, counters]: every counting rule of
+  ``pmsm_compiler.ops.counters`` (spikes, events, positive, negative, at the lower cap, at the
+  upper cap, at zero; order ``COUNTERS``, recorded in the metadata as ``counters``), one
+  ``pmsm::SpikeCounters`` node per layer. It sums in the spikes' type: float32 under the same
+  exactness condition, the spikes cast to int64 otherwise.
+
+The first output stays as it was (models compiled before the counters have only it); the runtime
+fuses each neuron with both counts into one kernel (``fuse_neuron_kernels``).
 """
 
 from __future__ import annotations
@@ -12,9 +21,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from pmsm_compiler.ops import DOMAIN
+from pmsm_compiler.ops.counters import COUNTERS, float_sums_exact
+
 from .graph_utils import fresh, make_const, numel, static_shape
 
 COUNTS_OUTPUT = "pmsm_spike_counts"
+COUNTERS_OUTPUT = "pmsm_spike_counters"
 FLOAT_EXACT_LIMIT = 2 ** 24
 
 
@@ -77,4 +90,35 @@ def count_spikes(graph: gs.Graph, ctx) -> gs.Graph:
         layer["count_index"] = i
     graph.outputs.append(out)
     ctx.spike_counts_output = COUNTS_OUTPUT
+    _add_counters(graph, ctx, tensors)
     return graph
+
+
+def _add_counters(graph: gs.Graph, ctx, tensors) -> None:
+    """One ``pmsm::SpikeCounters`` per layer → ``pmsm_spike_counters`` int64 [batch, layers, counters]."""
+    rows = []
+    axis1 = make_const(graph, "pmsm_axis1", np.array([1], dtype=np.int64), dtype=np.int64)
+    for layer in ctx.layers:
+        spikes = tensors[layer["spike_tensor"]]
+        s_min, s_max = int(layer["s_min"]), int(layer["s_max"])
+        source = spikes
+        if float_sums_exact(layer["neurons"], s_min, s_max, FLOAT_EXACT_LIMIT):
+            layer["counters_dtype"] = "float32-exact"
+        else:
+            source = gs.Variable(fresh(graph, f"{layer['name']}.spikes_int64"), dtype=np.int64)
+            graph.nodes.append(gs.Node("Cast", name=fresh(graph, f"{layer['name']}/spikes_to_int64"),
+                                       attrs={"to": 7}, inputs=[spikes], outputs=[source]))
+            layer["counters_dtype"] = "int64"
+        counters = gs.Variable(fresh(graph, f"{layer['name']}.spike_counters"), dtype=np.int64,
+                               shape=[spikes.shape[0] if spikes.shape else "batch", len(COUNTERS)])
+        graph.nodes.append(gs.Node("SpikeCounters", name=fresh(graph, f"{layer['name']}/counters"), domain=DOMAIN,
+                                   attrs={"s_min": s_min, "s_max": s_max}, inputs=[source], outputs=[counters]))
+        row = gs.Variable(fresh(graph, f"{layer['name']}.spike_counters_row"), dtype=np.int64)
+        graph.nodes.append(gs.Node("Unsqueeze", inputs=[counters, axis1], outputs=[row]))
+        rows.append(row)
+    out = gs.Variable(COUNTERS_OUTPUT, dtype=np.int64, shape=["batch", len(rows), len(COUNTERS)])
+    graph.nodes.append(gs.Node("Concat", name=fresh(graph, "pmsm_spike_counters/concat"), attrs={"axis": 1},
+                               inputs=rows, outputs=[out]))
+    graph.outputs.append(out)
+    ctx.counters_output = COUNTERS_OUTPUT
+

@@ -6,22 +6,28 @@ Pattern (what ``pqa_to_aif`` and ``count_spikes`` emit for every neuron layer)::
     count     = ReduceSum(Abs(Flatten(K)), [1])     float32, when exact below 2^24
               | ReduceSum(Abs(Cast<int64>(Flatten(K))), [1])   otherwise
                 (no Abs for non-negative spikes: IF, or AIF with s_min >= 0)
+    counters  = pmsm::SpikeCounters<s_min, s_max>(K | Cast<int64>(K))   (models compiled with the
+                counters; s_min, s_max the neuron's, 0 and 1 for IF)
 
 Rewrite::
 
     K, U_next, count = pmsm.kernels::AIFCount|AIFHalfEvenCount|IFCount (I, U)   (``*CountFinal``: K, count)
+    K, U_next, count, counters = pmsm.kernels::AIFCounters|AIFHalfEvenCounters|IFCounters (I, U)
+                                                                     (``*CountersFinal``: K, count, counters)
 
 The fused op (``pmsm_compiler/kernels/neurons.c``) performs the same float32 operations in the
-same order in one pass over memory, so spikes, membranes and counts are bit-identical; the
-count keeps its dtype (attribute ``count_float``). It exists only in the step graphs that
-``SNNSession`` builds when the kernel library is loaded, never in a compiled model file, which
-stays portable ONNX.
+same order in one pass over memory, so spikes, membranes and counts are bit-identical (the
+counters are integers, exact on both paths); the count keeps its dtype (attribute
+``count_float``). It exists only in the step graphs that ``SNNSession`` builds when the kernel
+library is loaded, never in a compiled model file, which stays portable ONNX.
 
 Check (each failure leaves that layer as it is and says why): the spike tensor feeds exactly one
 count chain of that shape, every intermediate of the chain has no other reader, the Flatten
 keeps the batch axis (axis = 1), which is what makes the fused per-sample count equal, and the
 levels are within the kernel's ±``KERNEL_MAX_LEVEL`` (16-bit Q/DQ activations go beyond: their
-layers run as the ONNX body, with the same results).
+layers run as the ONNX body, with the same results). A ``SpikeCounters`` reader is fused in when
+it is the only one and counts with the neuron's bounds; otherwise the neuron fuses with its count
+alone and the counters stay as they are (with a note).
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ KERNEL_DOMAIN = "pmsm.kernels"
 KERNEL_MAX_LEVEL = 1024
 FUSED_OP = {"AIF": "AIFCount", "AIFFinal": "AIFCountFinal", "IF": "IFCount", "IFFinal": "IFCountFinal",
             "AIFHalfEven": "AIFHalfEvenCount", "AIFHalfEvenFinal": "AIFHalfEvenCountFinal"}
+#: the fused op with every counting rule: AIFCount → AIFCounters, AIFCountFinal → AIFCountersFinal, ...
+FUSED_COUNTERS_OP = {k: v.replace("Count", "Counters") for k, v in FUSED_OP.items()}
+IF_BOUNDS = (0, 1)
 
 
 def _only_reader(tensor, graph):
@@ -71,6 +80,29 @@ def _count_chain(spikes: gs.Variable, graph: gs.Graph):
         return None, None, f"unexpected {node.op} in the count chain"
 
 
+def _counters_chain(spikes: gs.Variable, graph: gs.Graph, domain: str, bounds):
+    """(chain nodes, counters tensor, why-not) for the ``SpikeCounters`` reading ``spikes``
+    (directly, or through a Cast to int64 that nothing else reads); (None, None, None) if none."""
+    found = []
+    for node in spikes.outputs:
+        if node.domain == domain and node.op == "SpikeCounters":
+            found.append([node])
+        elif node.op == "Cast" and int(node.attrs.get("to", 0)) == onnx.TensorProto.INT64:
+            reader = _only_reader(node.outputs[0], graph)
+            if reader is not None and reader.domain == domain and reader.op == "SpikeCounters":
+                found.append([node, reader])
+    if not found:
+        return None, None, None
+    if len(found) > 1:
+        return None, None, f"{len(found)} SpikeCounters readers of the spikes (expected 1)"
+    chain = found[0]
+    counters = chain[-1]
+    got = (int(counters.attrs.get("s_min", 0)), int(counters.attrs.get("s_max", 0)))
+    if got != tuple(bounds):
+        return None, None, f"its SpikeCounters counts caps {got}, the neuron fires in {tuple(bounds)}"
+    return chain, counters.outputs[0], None
+
+
 def fuse_neuron_kernels(graph: gs.Graph, domain: str = "pmsm") -> tuple[gs.Graph, list[str]]:
     """Rewrite every neuron + count chain of ``graph`` into one fused node.
 
@@ -96,14 +128,24 @@ def fuse_neuron_kernels(graph: gs.Graph, domain: str = "pmsm") -> tuple[gs.Graph
             continue
         count_float = int(count.dtype == np.float32)
         attrs = {"count_float": count_float}
+        bounds = IF_BOUNDS
         if node.op.startswith("AIF"):
             attrs["s_min"] = int(node.attrs["s_min"])
             attrs["s_max"] = int(node.attrs["s_max"])
+            bounds = (attrs["s_min"], attrs["s_max"])
         outputs = list(node.outputs) + [count]
+        op = FUSED_OP[node.op]
+        counters_chain, counters, why = _counters_chain(node.outputs[0], graph, domain, bounds)
+        if why is not None:
+            notes.append(f"{node.name}: counters not fused: {why}")
+        elif counters_chain is not None:
+            op = FUSED_COUNTERS_OP[node.op]
+            outputs.append(counters)
+            chain = chain + counters_chain
         for n in chain:
             n.outputs.clear()
             n.inputs.clear()
-        new = gs.Node(FUSED_OP[node.op], name=f"{node.name or node.outputs[0].name}/fused", domain=KERNEL_DOMAIN,
+        new = gs.Node(op, name=f"{node.name or node.outputs[0].name}/fused", domain=KERNEL_DOMAIN,
                       attrs=attrs,
                       inputs=list(node.inputs), outputs=outputs)
         node.inputs.clear()

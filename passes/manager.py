@@ -27,6 +27,7 @@ class PassContext:
     timings: dict = field(default_factory=dict)
     time_input: str | None = None
     spike_counts_output: str | None = None
+    counters_output: str | None = None
 
 
 def check_graph(graph: gs.Graph, after: str) -> None:

@@ -7,7 +7,9 @@ as JSON in ``metadata_props["pmsm.snn"]``):
   temporal wrapper (initial 0), declared rank-only so that a broadcast [1, …, 1] initial tensor
   can be fed at t = 1; ``pmsm_t`` (float32 [1], the 1-based step) when a wrapper needs it;
 - outputs: the ANN's output(s) for this step (rate coding: average them over steps), the next
-  value of every state, and ``pmsm_spike_counts`` (int64 [batch, layers], Σ|k| per layer).
+  value of every state, ``pmsm_spike_counts`` (int64 [batch, layers], Σ|k| per layer) and
+  ``pmsm_spike_counters`` (int64 [batch, layers, counters], every counting rule of
+  ``pmsm_compiler.ops.counters``; absent in models compiled before it existed).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pmsm_compiler import __version__
 from pmsm_compiler.errors import UnsupportedModelError
 from pmsm_compiler.metadata import get_metadata, set_metadata
 from pmsm_compiler.ops import DOMAIN, add_functions
-from pmsm_compiler.ops.neurons import neuron_functions
+from pmsm_compiler.ops.counters import COUNTERS, counter_functions
+from pmsm_compiler.ops.neurons import NEURON_OPS, neuron_functions
 from pmsm_compiler.passes import FRONT, PIPELINE, PassContext, PassManager, PassRefusal
 from pmsm_compiler.passes.absorb_threshold_scale import classify
 from pmsm_compiler.passes.graph_utils import numel, static_shape
@@ -88,8 +91,9 @@ def _fan_out(graph, layer, tensors) -> float | None:
                 continue
             seen.add(id(node))
             if node.domain == DOMAIN:
-                shape = static_shape(node.inputs[0])
-                total += numel(shape) if shape else 0
+                if node.op in NEURON_OPS:  # not SpikeCounters: counting spikes drives no synapse
+                    shape = static_shape(node.inputs[0])
+                    total += numel(shape) if shape else 0
                 continue
             cls = classify(node)
             if cls == "weighted" and node.op in ("Conv", "Gemm", "MatMul"):
@@ -126,19 +130,21 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     keep = [f for f in snn.functions if f.domain != DOMAIN]
     del snn.functions[:]
     snn.functions.extend(keep)
-    add_functions(snn, [f for f in neuron_functions() if f.name in used_ops])
+    add_functions(snn, [f for f in neuron_functions() + counter_functions() if f.name in used_ops])
     snn.ir_version = model.ir_version
     snn.producer_name = "pmsm-compiler"
     snn.producer_version = __version__
     input_names = [t.name for t in graph.inputs if t.name not in {s["input"] for s in ctx.states}
                    and t.name != ctx.time_input]
     state_out = {s["output"] for s in ctx.states}
-    outputs = [t.name for t in graph.outputs if t.name not in state_out and t.name != ctx.spike_counts_output]
+    outputs = [t.name for t in graph.outputs
+               if t.name not in state_out and t.name not in (ctx.spike_counts_output, ctx.counters_output)]
     layers = [{k: v for k, v in layer.items() if not k.startswith("_")} for layer in ctx.layers]
     info = {
         "format": "pmsm-snn", "format_version": FORMAT_VERSION, "compiler_version": __version__, "mode": mode,
         "inputs": [{"name": n, "shape": _shape_of(graph, n), "dtype": _elem_type_of(model, n)} for n in input_names],
         "outputs": outputs, "spike_counts_output": ctx.spike_counts_output, "time_input": ctx.time_input,
+        "counters_output": ctx.counters_output, "counters": list(COUNTERS) if ctx.counters_output else None,
         "states": ctx.states, "layers": layers, "wrappers": ctx.wrappers, "ann_macs": int(ann_macs),
         "notes": ctx.notes, "pass_seconds": ctx.timings,
     }
@@ -190,3 +196,28 @@ def _copy_metadata(src, dst):
 
 def read_snn_info(model: onnx.ModelProto) -> dict | None:
     return get_metadata(model, SNN_METADATA_KEY)
+
+
+def strip_counters(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A compiled SNN as compiled before the counters existed: without the ``pmsm_spike_counters``
+    output, the nodes that only fed it, the ``SpikeCounters`` function and the metadata keys
+    (``counters_output``, ``counters``, ``layers[].counters_dtype``). For the runtime's
+    compatibility tests and the counters' cost benchmark."""
+    info = read_snn_info(model)
+    if info is None:
+        raise ValueError("not a compiled SNN")
+    graph = gs.import_onnx(model)
+    graph.outputs = [t for t in graph.outputs if t.name != info.get("counters_output")]
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    del out.functions[:]
+    out.functions.extend(f for f in model.functions if not (f.domain == DOMAIN and f.name == "SpikeCounters"))
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    for key in ("counters_output", "counters"):
+        info.pop(key, None)
+    for layer in info["layers"]:
+        layer.pop("counters_dtype", None)
+    set_metadata(out, SNN_METADATA_KEY, info)
+    return out

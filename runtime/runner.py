@@ -3,9 +3,9 @@
 :func:`run_dataset` iterates over the data in batches; per batch it runs the SNN for T steps
 (:class:`runtime.session.SNNSession`) and, when given, the ANN once (an onnxruntime session, at
 the same optimization level as the SNN for the T = 1 agreement to be meaningful). It accumulates
-only integers (int64): correct predictions per t, spikes per step per layer, the ANN's correct
-predictions and its T = 1 agreement with the SNN; :func:`runtime.report.summarize` turns them into
-the report.
+only integers (int64): correct predictions per t, spikes per step per layer, every counting rule
+per step per layer (models compiled with the counters), the ANN's correct predictions and its
+T = 1 agreement with the SNN; :func:`runtime.report.summarize` turns them into the report.
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ def run_dataset(session, dataset, timesteps: int, batch_size: int, mean, std, an
     labels = dataset.y is not None
     n_layers = len(session.layers)
     spikes = np.zeros((timesteps, n_layers), np.int64)
+    counter_names = getattr(session, "counter_names", None)
+    counters = np.zeros((timesteps, n_layers, len(counter_names)), np.int64) if counter_names else None
     correct = np.zeros(timesteps, np.int64)
     ann_correct = 0
     t1_agree = 0
@@ -117,6 +119,8 @@ def run_dataset(session, dataset, timesteps: int, batch_size: int, mean, std, an
             result = session.run_batch(xb, timesteps)
             snn_seconds += time.perf_counter() - start
             spikes += result.spikes.sum(axis=1, dtype=np.int64)
+            if counters is not None:
+                counters += result.counters
             if labels:
                 correct += (result.predictions_by_t == yb.astype(np.int64)[None, :]).sum(axis=1)
             if ann_session is not None:
@@ -142,4 +146,5 @@ def run_dataset(session, dataset, timesteps: int, batch_size: int, mean, std, an
                      correct_by_t=correct if labels else None,
                      ann_correct=ann_correct if (ann_session is not None and labels) else None,
                      t1_agree=t1_agree if ann_session is not None else None,
-                     labels_present=labels, model=model, extra=extra)
+                     labels_present=labels, model=model, extra=extra,
+                     counters_sum_by_t_layer=counters, counter_names=counter_names)

@@ -11,7 +11,8 @@ The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The s
   is updated *in place*: one buffer, bound as both the step's input and its output, as
   onnxruntime's own past/present KV-cache buffer sharing does (``states_safe_in_place``). Any
   other state ping-pongs between two buffers;
-- copies back only the small per-step outputs (network outputs and the int64 spike counts);
+- copies back only the small per-step outputs (network outputs, the int64 spike counts and, in
+  models compiled with them, the int64 counters of every counting rule);
 - executes each step in onnxruntime's priority-based order, so that every layer's reset and spike
   count run right after it fires, while its tensors are in cache (``make_session(priority_order=)``);
 - specialises the step model by position in time (``step_variant``): the first step reads the
@@ -48,6 +49,11 @@ class BatchResult:
     predictions_by_t: np.ndarray  # int64 [T, N]: argmax of the average up to step t
     spikes: np.ndarray  # int64 [T, N, layers]: Σ|k| per layer, per sample, per step
     outputs_by_t: np.ndarray | None = None  # [T, N, ...] per-step outputs, when requested
+    # int64 [T, layers, counters]: every counting rule (SNNSession.counter_names) per layer and step,
+    # summed over the batch's samples; None for a model compiled before the counters existed
+    counters: np.ndarray | None = None
+    # int64 [T, N, layers, counters]: the same per sample, when requested (sample_counters=True)
+    counters_by_sample: np.ndarray | None = None
 
 
 #: (static producer, state-dependent consumer) pairs that onnxruntime fuses into one kernel (from
@@ -131,6 +137,16 @@ def split_static_prologue(model: onnx.ModelProto, info: dict):
         m.ir_version = model.ir_version
         del m.metadata_props[:]
     return pro_model, step_model
+
+
+def _without_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """``model`` without graph output ``name`` and the nodes that only fed it."""
+    graph = gs.import_onnx(model)
+    graph.outputs = [t for t in graph.outputs if t.name != name]
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    return out
 
 
 def step_variant(step: onnx.ModelProto, info: dict, first: bool, last: bool) -> onnx.ModelProto:
@@ -237,7 +253,7 @@ class SNNSession:
     """A compiled SNN ready to run: ``run_batch(x, timesteps)`` → :class:`BatchResult`."""
 
     def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
-                 priority_order: bool = True, in_place: bool = True, kernels: str = "auto"):
+                 priority_order: bool = True, in_place: bool = True, kernels: str = "auto", counters: bool = True):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -249,6 +265,12 @@ class SNNSession:
             raise InputError(f"unsupported compiled-model format {info.get('format')} v{info.get('format_version')}")
         self.info = info
         self.layers = info["layers"]
+        #: the counting rules the model computes (its ``pmsm_spike_counters`` columns), or None for a
+        #: model compiled before they existed, or with ``counters=False``: the step graphs then drop
+        #: them (onnxruntime computes every graph output, bound or not; on the neurons' ONNX bodies
+        #: the counters cost a third of a step, in the fused kernels nothing measurable)
+        self.counters_output = info.get("counters_output") if counters else None
+        self.counter_names = list(info["counters"]) if self.counters_output else None
         self.input_name = info["inputs"][0]["name"]
         self.input_shape = info["inputs"][0]["shape"]
         self.fixed_batch = declared_batch(self.input_shape)
@@ -264,6 +286,8 @@ class SNNSession:
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.kernels = self._kernel_library(kernels)
+        if info.get("counters_output") and not counters:
+            model = _without_output(model, info["counters_output"])
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True,
                                       qdq_fusion=False)
@@ -354,21 +378,31 @@ class SNNSession:
         if expected and all(isinstance(d, int) for d in expected) and list(x.shape[1:]) != list(expected):
             raise InputError(f"input shape {list(x.shape[1:])} does not match the model's {list(expected)}")
 
-    def run_batch(self, x: np.ndarray, timesteps: int, keep_outputs: bool = False) -> BatchResult:
+    def run_batch(self, x: np.ndarray, timesteps: int, keep_outputs: bool = False,
+                  sample_counters: bool = False) -> BatchResult:
         """Run ``x`` for T steps. A model declared with a fixed batch size B takes any number of
-        samples: they run in batches of exactly B, the last one padded (the padding is dropped)."""
+        samples: they run in batches of exactly B, the last one padded (the padding is dropped).
+        ``sample_counters`` also keeps the counters per sample (``counters_by_sample``: T·N·layers·7
+        int64, so off by default)."""
         timesteps = check_timesteps(timesteps)
         self.check_input(x)
         if self.fixed_batch is None or len(x) == self.fixed_batch:
-            return self._run_steps(x, timesteps, keep_outputs)
-        parts = [(self._run_steps(xb, timesteps, keep_outputs), n) for xb, n in padded_batches(x, self.fixed_batch)]
+            return self._run_steps(x, timesteps, keep_outputs, sample_counters)
+        parts = [(self._run_steps(xb, timesteps, keep_outputs, sample_counters, real=n), n)
+                 for xb, n in padded_batches(x, self.fixed_batch)]
+        counted = self.counters_output is not None
         return BatchResult(
             np.concatenate([r.mean_outputs[:n] for r, n in parts]),
             np.concatenate([r.predictions_by_t[:, :n] for r, n in parts], axis=1),
             np.concatenate([r.spikes[:, :n] for r, n in parts], axis=1),
-            np.concatenate([r.outputs_by_t[:, :n] for r, n in parts], axis=1) if keep_outputs else None)
+            np.concatenate([r.outputs_by_t[:, :n] for r, n in parts], axis=1) if keep_outputs else None,
+            sum(r.counters for r, _ in parts) if counted else None,
+            np.concatenate([r.counters_by_sample[:, :n] for r, n in parts], axis=1)
+            if counted and sample_counters else None)
 
-    def _run_steps(self, x: np.ndarray, timesteps: int, keep_outputs: bool) -> BatchResult:
+    def _run_steps(self, x: np.ndarray, timesteps: int, keep_outputs: bool, sample_counters: bool = False,
+                   real: int | None = None) -> BatchResult:
+        """``real``: how many leading samples are real (the rest is padding, left out of ``counters``)."""
         n = x.shape[0]
         x_value = self._ortvalue(x)
         if self.prologue is not None:
@@ -387,6 +421,12 @@ class SNNSession:
         out_sum = None
         preds = np.empty((timesteps, n), np.int64)
         spikes = np.empty((timesteps, n, len(self.layers)), np.int64)
+        counted = self.counters_output is not None
+        real = n if real is None else real
+        if counted:
+            counters = np.empty((timesteps, len(self.layers), len(self.counter_names)), np.int64)
+            by_sample = (np.empty((timesteps, n, len(self.layers), len(self.counter_names)), np.int64)
+                         if sample_counters else None)
         per_step = [] if keep_outputs else None
         time_name = self.info.get("time_input")
         k = len(self.output_names)
@@ -404,6 +444,8 @@ class SNNSession:
             for name in self.output_names:
                 b.bind_output(name, "cpu")
             b.bind_output(self.info["spike_counts_output"], "cpu")
+            if counted:
+                b.bind_output(self.counters_output, "cpu")
             if not last:
                 for s in self._states:
                     if not first and s["input"] in self.in_place_states:
@@ -418,8 +460,15 @@ class SNNSession:
             outs = b.get_outputs()
             step_out = outs[0].numpy()
             spikes[t - 1] = outs[k].numpy()
+            first_state = k + 1
+            if counted:
+                step_counters = outs[k + 1].numpy()
+                counters[t - 1] = step_counters[:real].sum(axis=0)
+                if by_sample is not None:
+                    by_sample[t - 1] = step_counters
+                first_state += 1
             if not last:
-                new_states = {s["input"]: v for s, v in zip(self._states, outs[k + 1:])}
+                new_states = {s["input"]: v for s, v in zip(self._states, outs[first_state:])}
                 if not first:
                     # Ping-pong: the buffer this step read (full-size from t = 2 on) receives the
                     # output of the step after.
@@ -430,4 +479,5 @@ class SNNSession:
                 per_step.append(step_out)
             preds[t - 1] = (out_sum.reshape(n, -1)).argmax(1) if step_out.ndim >= 2 else 0
         mean = (out_sum / timesteps).astype(np.float32)
-        return BatchResult(mean, preds, spikes, np.stack(per_step) if keep_outputs else None)
+        return BatchResult(mean, preds, spikes, np.stack(per_step) if keep_outputs else None,
+                           counters if counted else None, by_sample if counted else None)

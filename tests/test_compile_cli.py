@@ -159,7 +159,7 @@ def test_qcfs_compiles_to_if_neurons(models, tmp_path):
     assert {(l["kind"], l["neuron"], l["s_min"], l["s_max"]) for l in report["layers"]} == {("QCFS", "IF", 0, 1)}
     assert report["verification"]["lossy_layers_excluded"] is True
     assert report["verification"]["level_agreement"] is None  # no lossless layer to hold to the policy
-    assert {n.op_type for n in snn.graph.node if n.domain == "pmsm"} == {"IF"}
+    assert {n.op_type for n in snn.graph.node if n.domain == "pmsm"} == {"IF", "SpikeCounters"}
 
 
 def test_default_output_path_and_summary(models, tmp_path):

@@ -38,6 +38,34 @@ def test_demo_prints_both_tables(models, tmp_path):
     reports = json.loads(out.read_text())
     pmsm = reports["PMSM (PQA → AIF)"]
     assert pmsm["samples"] == 1000 and len(pmsm["accuracy_by_t"]) == 2
+    # the existing lines stay; the counting rules and the comparison at equal accuracy come after them
+    lines = result.output.splitlines()
+    assert lines.count(f"{'T':>3} {'ANN acc':>8} {'SNN acc':>8} {'spikes/image':>13} {'power (mW)':>11}") == 2
+    assert lines.count(f"{'T':>3} {'events/image':>13} {'energy/image, spikes rule':>26} {'events rule':>12}") == 2
+    for needle in ("neuron-steps at the lower cap", "at equal accuracy (target",
+                   "PMSM vs QCFS at equal T (energy per image", "PMSM vs QCFS at equal accuracy (target"):
+        assert needle in result.output, needle
+    eq = reports["equal_accuracy"]
+    qcfs = reports["QCFS (→ IF)"]
+    # default target: the best accuracy both reach within T <= 2; each at the first T that reaches it
+    assert eq["max_t"] == 2 and eq["target"] == min(max(pmsm["accuracy_by_t"]), max(qcfs["accuracy_by_t"]))
+    for label, r in (("PMSM", pmsm), ("QCFS", qcfs)):
+        m = eq["models"][label]
+        t = next(t for t, a in enumerate(r["accuracy_by_t"], 1) if a >= eq["target"])
+        assert m["reached"] and m["t"] == t
+        assert m["energy_per_image_uj"] == {rule: r["energy"]["per_image_uj_by_t"][rule][t - 1]
+                                            for rule in ("spikes", "events")}
+        assert f"  {label}: T={t} (" in result.output
+    # QCFS fires binary spikes: one event per spike
+    assert qcfs["events_per_image"] == qcfs["spikes_per_image"] and pmsm["events_per_image"] < pmsm["spikes_per_image"]
+
+
+def test_demo_target_accuracy_above_both(models):
+    result = CliRunner().invoke(main, ["--model", models["pqa"], "--qcfs-model", models["qcfs"], "-T", "1",
+                                       "--batch-size", "500", "--target-accuracy", "100%"])
+    assert result.exit_code == 0, result.output
+    assert "PMSM vs QCFS at equal accuracy (target 100.00%: given)" in result.output
+    assert "PMSM: not reached within T=1" in result.output and "QCFS: not reached within T=1" in result.output
 
 
 def test_demo_exact_mode_is_lossless_at_t1(models):
@@ -46,7 +74,8 @@ def test_demo_exact_mode_is_lossless_at_t1(models):
     assert "agree on 100.00% of predictions at T=1" in result.output
 
 
-@pytest.mark.parametrize("args", [["--model", "/nonexistent.onnx"], ["-T", "0"], ["-T", "a,b"]])
+@pytest.mark.parametrize("args", [["--model", "/nonexistent.onnx"], ["-T", "0"], ["-T", "a,b"],
+                                  ["--target-accuracy", "2"]])
 def test_demo_bad_input(models, args):
     if "--model" not in args:
         args = ["--model", models["pqa"]] + args

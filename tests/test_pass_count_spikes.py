@@ -136,3 +136,114 @@ def test_layer_neuron_counts_recorded():
     compiled = compile_model(net(), mode="folded")
     assert [l["neurons"] for l in compiled.info["layers"]] == [6 * 8 * 8, 6 * 4 * 4, 4 * 4 * 4]
     assert [l["shape"] for l in compiled.info["layers"]] == [[6, 8, 8], [6, 4, 4], [4, 4, 4]]
+
+
+# ------------------------------------------------------------------------------------------------
+# pmsm_spike_counters: every counting rule, against numpy on the same spike tensors
+# ------------------------------------------------------------------------------------------------
+
+from pmsm_compiler.ops.counters import COUNTERS, spike_counters  # noqa: E402
+from pmsm_compiler.passes import COUNTERS_OUTPUT  # noqa: E402
+
+
+def test_numpy_reference_by_hand():
+    # s_min −2, s_max 8: sample 0 = [−2, −2, 0, 1, 8, 3], sample 1 = [0, 0, 0, 0, 0, −1]
+    k = np.array([[-2, -2, 0, 1, 8, 3], [0, 0, 0, 0, 0, -1]], np.float32).reshape(2, 1, 2, 3)
+    got = spike_counters(k, -2, 8)
+    # spikes Σ|k| 16 and 1; events 5 and 1; positive 12 and 0; negative 4 and 1;
+    # at −2: 2 and 0; at 8: 1 and 0; at 0: 1 and 5
+    assert COUNTERS == ("spikes", "events", "positive", "negative", "at_lower_cap", "at_upper_cap", "at_zero")
+    assert got.dtype == np.int64
+    assert got.tolist() == [[16, 5, 12, 4, 2, 1, 1], [1, 1, 0, 1, 0, 0, 5]]
+    with pytest.raises(ValueError):
+        spike_counters(np.array([[0.5]]), 0, 1)
+
+
+def counters_over_steps(compiled, steps=STEPS):
+    """[(counters from the graph, counters computed in numpy from the spike tensors, outputs)]."""
+    result = []
+    for counts, _, out in counts_over_steps(compiled, steps):
+        expected = np.zeros((BATCH, len(compiled.info["layers"]), len(COUNTERS)), np.int64)
+        for layer in compiled.info["layers"]:
+            expected[:, layer["count_index"]] = spike_counters(out[layer["spike_tensor"]], layer["s_min"],
+                                                               layer["s_max"])
+        result.append((out[COUNTERS_OUTPUT], expected, out))
+        assert np.array_equal(out[COUNTERS_OUTPUT][:, :, 0], counts)  # its spikes column is pmsm_spike_counts
+    return result
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_counters_equal_numpy_rules_over_steps(mode):
+    compiled = compile_model(net(), mode=mode)
+    info = compiled.info
+    assert info["counters_output"] == COUNTERS_OUTPUT and info["counters"] == list(COUNTERS)
+    assert [l["op"] for l in info["layers"]] == ["AIF", "IF", "AIFHalfEven"]
+    assert all(l["counters_dtype"] == "float32-exact" for l in info["layers"])
+    out_meta = {o.name: o for o in compiled.model.graph.output}[COUNTERS_OUTPUT]
+    assert out_meta.type.tensor_type.elem_type == TensorProto.INT64
+    assert [d.dim_value for d in out_meta.type.tensor_type.shape.dim[1:]] == [3, len(COUNTERS)]
+    assert COUNTERS_OUTPUT not in info["outputs"]
+    total = np.zeros((3, len(COUNTERS)), np.int64)
+    for counters, expected, _ in counters_over_steps(compiled):
+        assert counters.dtype == np.int64 and counters.shape == (BATCH, 3, len(COUNTERS))
+        np.testing.assert_array_equal(counters, expected)
+        total += counters.sum(0)
+    # every rule is exercised: negative spikes and both caps of the signed layer, both states of
+    # the binary one, and the 0..255 layer's upper cap
+    c = dict(zip(COUNTERS, total.T))
+    assert c["negative"][0] > 0 and c["at_lower_cap"][0] > 0 and c["at_upper_cap"][0] > 0 and c["at_zero"][0] > 0
+    assert c["events"][1] > 0 and c["at_zero"][1] > 0 and c["at_upper_cap"][2] > 0
+    assert (c["events"] < c["spikes"])[[0, 2]].all()  # multi-spikes: fewer events than spikes
+
+
+@pytest.mark.parametrize("limit,expected_dtypes", [
+    (1, ["int64", "int64", "int64"]),
+    (400, ["int64", "float32-exact", "int64"]),  # pqa 384·8, qcfs 96·1, qdq 64·255
+])
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_counters_int64_path_gives_same_counters(monkeypatch, limit, expected_dtypes, mode):
+    reference = [c for c, _, _ in counters_over_steps(compile_model(net(), mode=mode))]
+    monkeypatch.setattr(count_spikes_module, "FLOAT_EXACT_LIMIT", limit)
+    compiled = compile_model(net(), mode=mode)
+    assert [l["counters_dtype"] for l in compiled.info["layers"]] == expected_dtypes
+    graph = compiled.model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    counter_inputs = [producers[n.input[0]] for n in graph.node if n.op_type == "SpikeCounters"]
+    assert [p.op_type == "Cast" for p in counter_inputs] == [d == "int64" for d in expected_dtypes]
+    for (counters, expected, _), ref in zip(counters_over_steps(compiled), reference):
+        np.testing.assert_array_equal(counters, expected)
+        np.testing.assert_array_equal(counters, ref)
+
+
+def _counters_model(opset, dtype, shape):
+    node = helper.make_node("SpikeCounters", ["k"], ["c"], domain="pmsm", s_min=-3, s_max=5)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("k", dtype, shape)],
+                              [helper.make_tensor_value_info("c", TensorProto.INT64, ["N", 7])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    from pmsm_compiler.ops.counters import counter_functions
+
+    add_functions(model, counter_functions())
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("opset", [15, 20, 28])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_spike_counters_op_alone_at_every_opset(opset, dtype):
+    """The function body alone, on spikes that hit both caps and 0, in onnxruntime and in the ONNX
+    reference evaluator, at the lowest, default and highest opset the loader accepts."""
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(opset)
+    k = rng.integers(-3, 6, size=(4, 2, 3, 5)).astype(dtype)
+    k[1] = 0  # a silent sample
+    k[2] = 5  # every neuron at the upper cap
+    onnx_type = TensorProto.FLOAT if dtype == np.float32 else TensorProto.INT64
+    model = _counters_model(opset, onnx_type, ["N", 2, 3, 5])
+    expected = spike_counters(k, -3, 5)
+    got = make_session(model, "all", threads=1).run(None, {"k": k})[0]
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(ReferenceEvaluator(model).run(None, {"k": k})[0], expected)
+    assert expected[1].tolist() == [0, 0, 0, 0, 0, 0, 30] and expected[2].tolist() == [150, 30, 150, 0, 0, 30, 0]

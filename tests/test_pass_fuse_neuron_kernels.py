@@ -180,3 +180,105 @@ def test_fused_graph_is_valid_onnx_apart_from_the_kernel_domain():
     onnx.checker.check_model(fused)
     graph = gs.import_onnx(fused)
     assert all(n.op not in ("Flatten", "Abs", "ReduceSum", "Cast") for n in graph.nodes)
+
+
+# ------------------------------------------------------------------------------------------------
+# the *Counters kernels: the neuron, its count and every counting rule in one pass
+# ------------------------------------------------------------------------------------------------
+
+from pmsm_compiler.ops.counters import COUNTERS, counter_functions, spike_counters  # noqa: E402
+
+# (op, s_min, s_max) of the three layers; IF counts with its range, 0 and 1
+COUNTER_LAYERS = [("AIF", -2, 8), ("IF", 0, 1), ("AIFHalfEven", -3, 5)]
+
+
+def counters_graph(final=False, scalar_membrane=False, int64=False, counter_bounds=None):
+    """An AIF, an IF and an AIFHalfEven layer, each with its count chain and a ``SpikeCounters``
+    (reading the spikes, or their int64 Cast with ``int64``) as ``count_spikes`` emits them."""
+    nodes, inputs, outputs, inits = [], [], [], [helper.make_tensor("axis1", TensorProto.INT64, [1], [1])]
+    count_type = TensorProto.INT64 if int64 else TensorProto.FLOAT
+    for j, (op, lo, hi) in enumerate(COUNTER_LAYERS, 1):
+        k, u, i = f"k{j}", f"u{j}", f"i{j}"
+        outs = [k] if final else [k, f"u{j}_next"]
+        attrs = {} if op == "IF" else {"s_min": lo, "s_max": hi}
+        nodes.append(helper.make_node(op + ("Final" if final else ""), [i, u], outs, domain=DOMAIN, **attrs))
+        nodes += _count_chain(f"l{j}", k, int64=int64, absolute=lo < 0 or int64)
+        source = k
+        if int64:
+            nodes.append(helper.make_node("Cast", [k], [f"{k}.int64"], to=TensorProto.INT64))
+            source = f"{k}.int64"
+        c_lo, c_hi = (counter_bounds or {}).get(j, (lo, hi))
+        nodes.append(helper.make_node("SpikeCounters", [source], [f"l{j}.counters"], domain=DOMAIN, s_min=c_lo,
+                                      s_max=c_hi))
+        inputs.append(_value(i, shape=SHAPE))
+        if scalar_membrane:
+            inits.append(helper.make_tensor(u, TensorProto.FLOAT, [], [0.0 if op == "AIFHalfEven" else 0.5]))
+        else:
+            inputs.append(_value(u, shape=SHAPE))
+        outputs += [_value(n, shape=SHAPE) for n in outs]
+        outputs += [_value(f"l{j}.count", count_type, [SHAPE[0], 1]),
+                    _value(f"l{j}.counters", TensorProto.INT64, [SHAPE[0], len(COUNTERS)])]
+    graph = helper.make_graph(nodes, "step", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    add_functions(model, neuron_functions() + final_step_functions() + counter_functions())
+    return model
+
+
+def counter_feeds(model, seed=0):
+    inputs = feeds(model, seed)
+    for name in ("i2", "i3"):  # exact ties (x.5 for the half-even neuron) and values beyond both caps
+        inputs[name].reshape(-1)[:21] = np.arange(-10, 11, dtype=np.float32) / 2
+    return inputs
+
+
+@pytest.mark.parametrize("final", [False, True])
+@pytest.mark.parametrize("scalar_membrane", [False, True])
+@pytest.mark.parametrize("int64", [False, True])
+def test_fuses_counters_and_changes_no_output(library, final, scalar_membrane, int64):
+    model = counters_graph(final=final, scalar_membrane=scalar_membrane, int64=int64)
+    fused, n, notes = fuse_model(model)
+    assert n == 3 and notes == []
+    suffix = "Final" if final else ""
+    assert ops(fused) == [(KERNEL_DOMAIN, f"AIFCounters{suffix}"), (KERNEL_DOMAIN, f"IFCounters{suffix}"),
+                          (KERNEL_DOMAIN, f"AIFHalfEvenCounters{suffix}")]
+    inputs = counter_feeds(model)
+    before, after = run(model, inputs), run(fused, inputs, library)
+    assert before.keys() == after.keys()
+    for name in before:
+        assert before[name].dtype == after[name].dtype and before[name].shape == after[name].shape, name
+        assert np.array_equal(before[name], after[name]), name
+    seen = np.zeros(len(COUNTERS), np.int64)
+    for j, (_, lo, hi) in enumerate(COUNTER_LAYERS, 1):
+        expected = spike_counters(before[f"k{j}"], lo, hi)
+        assert np.array_equal(after[f"l{j}.counters"], expected), j
+        assert np.array_equal(after[f"l{j}.counters"][:, 0], after[f"l{j}.count"][:, 0].astype(np.int64))
+        seen += (expected > 0).any(axis=0)
+    assert (seen > 0).all()  # every rule counted something
+
+
+def test_counters_with_other_caps_are_left_alone(library):
+    model = counters_graph(counter_bounds={1: (-1, 8)})  # counts k = −1 as "the lower cap": not the neuron's
+    fused, n, notes = fuse_model(model)
+    assert n == 3 and len(notes) == 1 and "counters not fused" in notes[0] and "(-1, 8)" in notes[0]
+    assert (KERNEL_DOMAIN, "AIFCount") in ops(fused) and (DOMAIN, "SpikeCounters") in ops(fused)
+    inputs = counter_feeds(model, 2)
+    before, after = run(model, inputs), run(fused, inputs, library)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_large_layer_counts_exactly_across_blocks(library):
+    """Over 2^21 neurons per sample: the kernel sums in int32 blocks of 2^20 and adds them in
+    int64; spikes at the caps everywhere make every sum as large as it gets (beyond int32)."""
+    shape = [2, (1 << 21) + 7]
+    node = helper.make_node("AIFCountersFinal", ["i", "u"], ["k", "c", "cs"], domain=KERNEL_DOMAIN, s_min=-1024,
+                            s_max=1024, count_float=0)
+    graph = helper.make_graph([node], "g", [_value("i", shape=shape), _value("u", shape=[1])],
+                              [_value("k", shape=shape), _value("c", TensorProto.INT64, [2, 1]),
+                               _value("cs", TensorProto.INT64, [2, len(COUNTERS)])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(KERNEL_DOMAIN, 1)])
+    x = np.full(shape, 5000.0, np.float32)
+    x[1, ::2] = -5000.0
+    out = run(model, {"i": x, "u": np.zeros(1, np.float32)}, library)
+    assert np.array_equal(out["cs"], spike_counters(out["k"], -1024, 1024))
+    assert out["cs"][0, 0] == 1024 * shape[1] > 2 ** 31  # beyond int32: the block sums were combined in int64

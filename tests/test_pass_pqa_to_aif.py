@@ -123,8 +123,8 @@ def test_exact_mode_structure():
         div = _producer(m, node.input[0])
         assert div.op_type == "Div"
         assert _init(m, div.input[1]) == THETA  # the PQA's own θ = fl(λ/L), divided (not multiplied)
-        # the spikes feed the PSP Mul (and the spike counter's Flatten, see count_spikes)
-        (mul,) = [c for c in _consumers(m, node.output[0]) if c.op_type != "Flatten"]
+        # the spikes feed the PSP Mul (and the spike counters: Flatten and SpikeCounters, see count_spikes)
+        (mul,) = [c for c in _consumers(m, node.output[0]) if c.op_type not in ("Flatten", "SpikeCounters")]
         assert mul.op_type == "Mul" and _init(m, mul.input[1]) == THETA
         assert mul.output[0] == layer["ann_output"]  # the ANN tensor keeps its name
         # state: input <layer>.u (rank-only), output <layer>.u_next
@@ -207,7 +207,7 @@ def test_qcfs_becomes_if_neuron():
         assert layer["lossless_at_t1"] is False
         div = _producer(m, node.input[0])
         assert div.op_type == "Div" and _init(m, div.input[1]) == np.float32(lam)
-    assert {f.name for f in m.functions if f.domain == "pmsm"} == {"IF"}
+    assert {f.name for f in m.functions if f.domain == "pmsm"} == {"IF", "SpikeCounters"}
     # binary spikes at T=1: 1 where x/λ + ½ ≥ 1
     x = np.random.default_rng(0).uniform(-1, 5, (4, C, HW, HW)).astype(np.float32)
     sess = make_session(with_outputs(m, ["act1.spikes"]), "disable", threads=1)

@@ -49,7 +49,7 @@ def test_run_with_ann_json_and_plots(models, tmp_path):
              "spikes_per_image_by_t": list, "spikes_per_image": float, "energy": dict, "layers": list}
     for key, typ in types.items():
         assert isinstance(rep[key], typ), (key, rep[key])
-    assert rep["schema_version"] == 1 and rep["tool"] == "pmsm-run" and rep["mode"] == "exact"
+    assert rep["schema_version"] == 2 and rep["tool"] == "pmsm-run" and rep["mode"] == "exact"
     assert rep["timesteps"] == 2 and rep["samples"] == 64
     assert len(rep["accuracy_by_t"]) == 2 and all(isinstance(a, float) for a in rep["accuracy_by_t"])
     assert len(rep["spikes_per_image_by_t"]) == 2
@@ -72,6 +72,31 @@ def test_run_with_ann_json_and_plots(models, tmp_path):
         assert isinstance(layer["firing_rate"], float) and isinstance(layer["fan_out"], float)
         assert layer["sops"] == pytest.approx(layer["spikes"] * layer["fan_out"])
         assert layer["firing_rate"] == pytest.approx(layer["spikes"] / (layer["neurons"] * 2))
+    # the counting rules: per layer and in total, consistent with the spikes and the neurons
+    for layer in rep["layers"]:
+        c = layer["counters_total"]
+        assert c["spikes"] == layer["spikes_total"] and c["positive"] + c["negative"] == c["spikes"]
+        assert c["events"] + c["at_zero"] == layer["neurons"] * 2 * 64  # neurons × T × samples
+        assert 0 < c["events"] <= c["spikes"] and layer["events"] == c["events"] / 64
+        assert layer["event_sops"] == pytest.approx(layer["events"] * layer["fan_out"])
+        assert layer["zero_fraction"] == c["at_zero"] / (layer["neurons"] * 128)
+    assert rep["events_per_image"] == pytest.approx(sum(rep["events_per_image_by_t"]))
+    assert rep["counters_total"]["spikes"] == rep["spikes_total"]
+    assert e["event_sops"] == pytest.approx(sum(l["event_sops"] for l in rep["layers"]))
+    assert e["per_image_uj"]["events"] == pytest.approx(e["event_sops"] * 0.9e-6)
+    assert e["per_image_uj"]["spikes"] == pytest.approx(e["sops"] * 0.9e-6)
+    assert e["per_image_uj_by_t"]["events"][-1] == pytest.approx(e["per_image_uj"]["events"])
+    assert 0 < e["per_image_uj"]["events"] < e["per_image_uj"]["spikes"]  # multi-spikes: fewer events than spikes
+    # --ann without --target-accuracy: compared at the ANN's accuracy, which exact mode has at T = 1
+    eq = rep["equal_accuracy"]
+    assert eq["target"] == rep["ann_accuracy"] and eq["target_rule"] == "the ANN's accuracy"
+    assert eq["snn"]["t"] == 1 and eq["snn"]["energy_per_image_uj"]["events"] == e["per_image_uj_by_t"]["events"][0]
+    assert eq["ann"]["energy_per_image_uj"] == pytest.approx(e["ann_mac_energy_pj"] * 1e-6)
+    for needle in ("counting rules per layer", "events/image", "at lower cap", "SNN, events rule",
+                   "at equal accuracy (target", "SNN reaches it at T=1"):
+        assert needle in r.output, needle
+    summary = r.output.splitlines()[-1]
+    assert "events/image" in summary and "mW (Eq. 11); reaches " in summary and "at T=1" in summary
     for name in ("accuracy_vs_t.png", "spikes_per_layer.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from pmsm_compiler import kernels
@@ -94,6 +119,40 @@ def test_kernels_off_gives_the_same_report(models, tmp_path):
     assert off["fused_kernels"] == {"used": False, "layers_fused": 0, "reason": "--kernels off", "unfused": []}
     for key in ("accuracy_by_t", "spikes_per_image_by_t", "energy", "layers"):
         assert auto[key] == off[key], key
+
+
+@pytest.mark.parametrize("target,expected", [("1.0", 1.0), ("0%", 0.0), ("0.05", 0.05), ("5%", 0.05)])
+def test_target_accuracy(models, tmp_path, target, expected):
+    _, _, snn = models
+    out = tmp_path / "t.json"
+    r = CliRunner().invoke(run_main, [str(snn), "-T", "3", "--limit", "32", "--target-accuracy", target,
+                                      "--json", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    eq = rep["equal_accuracy"]
+    assert eq["target"] == pytest.approx(expected) and eq["target_rule"] == "given" and eq["ann"]["accuracy"] is None
+    acc = rep["accuracy_by_t"]
+    t = next((i for i, a in enumerate(acc, 1) if a >= eq["target"]), None)
+    assert eq["snn"]["t"] == t and eq["snn"]["reached"] == (t is not None)
+    if t is None:  # 100 %: not reached, said so
+        assert "does not reach it within T=3" in r.output and eq["snn"]["energy_per_image_uj"]["spikes"] is None
+    else:
+        assert f"SNN reaches it at T={t}" in r.output
+
+
+@pytest.mark.parametrize("target", ["1.5", "-0.1", "150%", "abc", "nan"])
+def test_bad_target_accuracy(models, target):
+    _, _, snn = models
+    _one_line_error(CliRunner().invoke(run_main, [str(snn), "-T", "1", "--limit", "4", "--target-accuracy", target]),
+                    "--target-accuracy")
+
+
+def test_target_accuracy_needs_labels(models, tmp_path):
+    _, _, snn = models
+    data = tmp_path / "unlabeled.npy"
+    np.save(data, np.zeros((4, 32, 32, 3), np.uint8))
+    _one_line_error(CliRunner().invoke(run_main, [str(snn), "-T", "1", "--data", str(data),
+                                                  "--target-accuracy", "0.5"]), "needs labels")
 
 
 def test_kernels_on_without_kernels_is_a_clean_error(models, monkeypatch):

@@ -27,7 +27,7 @@ COUNTS = np.array([[40, 20], [60, 10]], np.int64)
 
 
 def check_hand_example(r):
-    assert r["schema_version"] == 1 and r["tool"] == "pmsm-run" and r["mode"] == "exact"
+    assert r["schema_version"] == 2 and r["tool"] == "pmsm-run" and r["mode"] == "exact"
     assert r["timesteps"] == 2 and r["samples"] == 4
     a, b = r["layers"]
     # per image at each step: A 40/4 = 10, 60/4 = 15; B 20/4 = 5, 10/4 = 2.5
@@ -67,6 +67,180 @@ def test_hand_computed_example():
 def test_count_index_selects_the_column():
     swapped = COUNTS[:, ::-1].copy()  # column 0 is now B, column 1 is A
     check_hand_example(summarize(two_layer_info(reverse_columns=True), swapped, 4, 2))
+    r = summarize(two_layer_info(reverse_columns=True), swapped, 4, 2, counters_sum_by_t_layer=COUNTERS[:, ::-1].copy(),
+                  counter_names=NAMES)
+    check_hand_counters(r)
+
+
+# Every counting rule summed over the N = 4 samples, [T = 2, layers, counters] in the order NAMES.
+# A (100 neurons: 400 neuron-steps per step): spikes as COUNTS, events 30 then 40, positive 35 then
+# 50, negative 5 then 10, at the lower cap 5 then 10, at the upper cap 2 then 4, at 0 370 then 360.
+# B (50 neurons, binary: 200 neuron-steps per step): 20 then 10 spikes, all positive events.
+NAMES = ["spikes", "events", "positive", "negative", "at_lower_cap", "at_upper_cap", "at_zero"]
+COUNTERS = np.array([[[40, 30, 35, 5, 5, 2, 370], [20, 20, 20, 0, 180, 20, 180]],
+                     [[60, 40, 50, 10, 10, 4, 360], [10, 10, 10, 0, 190, 10, 190]]], np.int64)
+
+
+def check_hand_counters(r):
+    a, b = r["layers"]
+    # A: events per image 30/4 = 7.5 and 40/4 = 10 → 17.5; per neuron-step 70 / 800 = 0.0875
+    assert a["events_by_t"] == [7.5, 10.0] and a["events"] == 17.5 and a["events_total"] == 70
+    assert a["event_rate"] == 70 / 800
+    assert a["positive_spikes"] == 85 / 4 and a["negative_spikes"] == 15 / 4  # 21.25 + 3.75 = 25 = spikes
+    assert a["positive_spikes"] + a["negative_spikes"] == a["spikes"]
+    # fractions of A's 800 neuron-steps: lower cap 15, upper cap 6, at 0 730
+    assert (a["lower_cap_fraction"], a["upper_cap_fraction"], a["zero_fraction"]) == (15 / 800, 6 / 800, 730 / 800)
+    assert a["event_sops"] == pytest.approx(17.5 * 9)  # 157.5
+    assert a["counters_total"] == {"spikes": 100, "events": 70, "positive": 85, "negative": 15, "at_lower_cap": 15,
+                                   "at_upper_cap": 6, "at_zero": 730}
+    # B: 5 + 2.5 = 7.5 events per image, 30 / 400 per neuron-step; 370 of 400 at 0 (= its lower cap)
+    assert b["events_by_t"] == [5.0, 2.5] and b["events"] == 7.5 and b["event_rate"] == 30 / 400
+    assert (b["positive_spikes"], b["negative_spikes"]) == (7.5, 0.0)
+    assert (b["lower_cap_fraction"], b["upper_cap_fraction"], b["zero_fraction"]) == (370 / 400, 30 / 400, 370 / 400)
+    assert b["event_sops"] == pytest.approx(7.5 * 2.5)  # 18.75
+    # all layers: events 12.5 per image at each step; fractions of 1200 neuron-steps
+    assert r["events_per_image_by_t"] == [12.5, 12.5] and r["events_per_image"] == 25.0 and r["events_total"] == 100
+    assert (r["positive_spikes_per_image"], r["negative_spikes_per_image"]) == (28.75, 3.75)
+    assert r["lower_cap_fraction"] == 385 / 1200 and r["upper_cap_fraction"] == 36 / 1200
+    assert r["zero_fraction"] == 1100 / 1200
+    assert r["counters_total"]["events"] == 100 and r["counters_total"]["spikes"] == r["spikes_total"] == 130
+    assert r["counters_per_image_by_t"]["at_zero"] == [550 / 4, 550 / 4]
+    assert set(r["counting_rules"]) == set(NAMES) and "packet" in r["counting_rules"]["events"]
+    e = r["energy"]
+    assert e["event_sops"] == pytest.approx(176.25)  # 157.5 + 18.75
+    assert e["snn_event_sop_energy_pj"] == pytest.approx(176.25 * 0.9)  # 158.625 pJ
+    assert e["ann_to_snn_event_sop_energy_ratio"] == pytest.approx(4600 / 158.625)
+    assert e["per_image_uj"] == pytest.approx({"spikes": 219.375e-6, "events": 158.625e-6, "ann": 4600e-6})
+    # by t, cumulative: spikes rule step 1 = (10·9 + 5·2.5)·0.9 = 92.25 pJ, then 219.375 pJ;
+    # events rule step 1 = (7.5·9 + 5·2.5)·0.9 = 72 pJ, then 158.625 pJ
+    assert e["per_image_uj_by_t"]["spikes"] == pytest.approx([92.25e-6, 219.375e-6])
+    assert e["per_image_uj_by_t"]["events"] == pytest.approx([72e-6, 158.625e-6])
+    assert e["power_mw"] == pytest.approx(1.4625e-5, rel=1e-12)  # Eq. 11 unchanged: spikes only
+    assert "events" in e["note"] and "packet" in e["note"]["events"]
+
+
+def test_hand_computed_counters():
+    r = summarize(two_layer_info(), COUNTS, 4, 2, correct_by_t=np.array([3, 4]), counters_sum_by_t_layer=COUNTERS,
+                  counter_names=NAMES)
+    check_hand_example(r)  # the spikes rule is unchanged
+    check_hand_counters(r)
+    assert json.loads(json.dumps(r)) == r
+    # the counter order is read from the names, not assumed
+    order = [6, 5, 4, 3, 2, 1, 0]
+    check_hand_counters(summarize(two_layer_info(), COUNTS, 4, 2, counters_sum_by_t_layer=COUNTERS[:, :, order],
+                                  counter_names=[NAMES[i] for i in order]))
+
+
+def test_without_counters_the_new_entries_are_null():
+    r = summarize(two_layer_info(), COUNTS, 4, 2)
+    for key in ("counting_rules", "events_per_image_by_t", "events_per_image", "events_total", "lower_cap_fraction",
+                "upper_cap_fraction", "zero_fraction", "counters_total", "counters_per_image_by_t"):
+        assert r[key] is None, key
+    assert all(r["layers"][0][key] is None for key in ("events", "events_by_t", "event_sops", "zero_fraction"))
+    e = r["energy"]
+    assert e["per_image_uj"]["events"] is None and e["per_image_uj_by_t"]["events"] is None
+    assert e["per_image_uj"]["spikes"] == pytest.approx(219.375e-6) and e["event_sops"] is None
+    assert "recompile" in e["note"]["events"]
+    assert "not counted" in rep.format_tables(r)
+
+
+def test_counters_are_checked():
+    with pytest.raises(ValueError, match="spikes column differs"):
+        bad = COUNTERS.copy()
+        bad[0, 0, 0] += 1
+        summarize(two_layer_info(), COUNTS, 4, 2, counters_sum_by_t_layer=bad, counter_names=NAMES)
+    with pytest.raises(ValueError, match="missing"):
+        summarize(two_layer_info(), COUNTS, 4, 2, counters_sum_by_t_layer=COUNTERS[:, :, :6],
+                  counter_names=NAMES[:6])
+    with pytest.raises(ValueError, match="shape"):
+        summarize(two_layer_info(), COUNTS, 4, 2, counters_sum_by_t_layer=COUNTERS[:1], counter_names=NAMES)
+    with pytest.raises(TypeError):
+        summarize(two_layer_info(), COUNTS, 4, 2, counters_sum_by_t_layer=COUNTERS.astype(np.float64),
+                  counter_names=NAMES)
+
+
+# ------------------------------------------------------------------------------------------------
+# equal accuracy, on synthetic accuracy curves (100 samples: accuracies are exact hundredths)
+# ------------------------------------------------------------------------------------------------
+
+def curve_report(correct, spikes_per_step=10, ann_correct=None):
+    """A one-layer report (fan-out 2, 1000 neurons) whose accuracy at t is correct[t-1] / 100 and
+    which fires ``spikes_per_step`` spikes and half as many events per image every step."""
+    T = len(correct)
+    info = {"mode": "folded", "ann_macs": 1000, "layers": [{"name": "L", "neurons": 1000, "fan_out": 2.0}]}
+    spikes = np.full((T, 1), 100 * spikes_per_step, np.int64)
+    events = spikes // 2
+    counters = np.zeros((T, 1, len(NAMES)), np.int64)
+    counters[:, :, 0], counters[:, :, 1], counters[:, :, 2] = spikes, events, spikes
+    counters[:, :, 6] = 100 * 1000 - events
+    return summarize(info, spikes, 100, T, correct_by_t=np.array(correct), ann_correct=ann_correct,
+                     t1_agree=ann_correct, counters_sum_by_t_layer=counters, counter_names=NAMES)
+
+
+def test_first_t_reaching():
+    acc = [0.5, 0.7, 0.7, 0.6, 0.9]
+    assert rep.first_t_reaching(acc, 0.7) == 2  # ties: the smallest t
+    assert rep.first_t_reaching(acc, 0.65) == 2 and rep.first_t_reaching(acc, 0.5) == 1
+    assert rep.first_t_reaching(acc, 0.9) == 5 and rep.first_t_reaching(acc, 0.9, max_t=4) is None
+    assert rep.first_t_reaching(acc, 0.91) is None and rep.first_t_reaching(None, 0.1) is None
+
+
+def test_equal_accuracy_default_target_is_the_best_both_reach():
+    p = curve_report([80, 85, 85, 84], spikes_per_step=40)  # best 0.85, first at t = 2 (tie with t = 3)
+    q = curve_report([30, 60, 82, 86], spikes_per_step=10)  # best 0.86 at t = 4
+    eq = rep.equal_accuracy({"P": p, "Q": q})
+    assert eq["target"] == 0.85 and eq["max_t"] == 4 and "both models reach within T ≤ 4" in eq["target_rule"]
+    mp, mq = eq["models"]["P"], eq["models"]["Q"]
+    assert (mp["reached"], mp["t"], mp["accuracy"], mp["best_accuracy"], mp["best_t"]) == (True, 2, 0.85, 0.85, 2)
+    assert (mq["reached"], mq["t"], mq["accuracy"], mq["best_accuracy"], mq["best_t"]) == (True, 4, 0.86, 0.86, 4)
+    # P: 40 spikes, 20 events per image per step; 2 steps × fan-out 2 × 0.9 pJ → 144 pJ and 72 pJ
+    assert mp["spikes_per_image"] == 80 and mp["events_per_image"] == 40
+    assert mp["energy_per_image_uj"] == pytest.approx({"spikes": 144e-6, "events": 72e-6})
+    # Q: 10 and 5 per step, 4 steps → 72 pJ and 36 pJ
+    assert mq["energy_per_image_uj"] == pytest.approx({"spikes": 72e-6, "events": 36e-6})
+    # the T window: within T ≤ 3 the best Q reaches is 0.82, so the target drops to it
+    eq3 = rep.equal_accuracy({"P": p, "Q": q}, max_t=3)
+    assert eq3["target"] == 0.82 and eq3["models"]["P"]["t"] == 2 and eq3["models"]["Q"]["t"] == 3
+    # a window longer than the runs is cut to the runs
+    assert rep.equal_accuracy({"P": p, "Q": q}, max_t=32)["max_t"] == 4
+
+
+def test_equal_accuracy_target_never_reached_and_above_both():
+    p = curve_report([80, 85, 85, 84])
+    q = curve_report([30, 60, 82, 86])
+    eq = rep.equal_accuracy({"P": p, "Q": q}, target=0.855)  # only Q gets there
+    assert eq["target_rule"] == "given"
+    assert eq["models"]["P"] == {"reached": False, "best_accuracy": 0.85, "best_t": 2, "t": None, "accuracy": None,
+                                 "spikes_per_image": None, "events_per_image": None,
+                                 "energy_per_image_uj": {"spikes": None, "events": None}}
+    assert eq["models"]["Q"]["reached"] and eq["models"]["Q"]["t"] == 4
+    both = rep.equal_accuracy({"P": p, "Q": q}, target=0.9)
+    assert not any(m["reached"] for m in both["models"].values())
+    lines = rep.format_equal_accuracy(both)
+    assert "P: not reached within T=4 (best 85.00% at T=2)" in lines[1]
+    assert "Q: not reached within T=4 (best 86.00% at T=4)" in lines[2]
+    reached = "\n".join(rep.format_equal_accuracy(eq))
+    assert "Q: T=4 (86.00%)" in reached and "µJ (events rule)" in reached
+    # an identical curve ties: the same T
+    same = rep.equal_accuracy({"A": p, "B": curve_report([80, 85, 85, 84], spikes_per_step=1)})
+    assert same["models"]["A"]["t"] == same["models"]["B"]["t"] == 2
+    assert rep.equal_accuracy({"P": p, "none": summarize(two_layer_info(), COUNTS, 4, 2)}) is None  # no labels
+
+
+def test_ann_equal_accuracy():
+    r = curve_report([60, 70, 75, 80], spikes_per_step=10, ann_correct=75)
+    eq = rep.ann_equal_accuracy(r)  # default target: the ANN's 0.75, reached at t = 3
+    assert eq["target"] == 0.75 and eq["target_rule"] == "the ANN's accuracy" and eq["max_t"] == 4
+    assert eq["snn"]["t"] == 3 and eq["snn"]["energy_per_image_uj"] == pytest.approx({"spikes": 54e-6, "events": 27e-6})
+    assert eq["ann"] == {"accuracy": 0.75, "energy_per_image_uj": pytest.approx(4600e-6)}
+    given = rep.ann_equal_accuracy(r, target=0.65)
+    assert given["target_rule"] == "given" and given["snn"]["t"] == 2
+    above = rep.ann_equal_accuracy(r, target=0.81)
+    assert not above["snn"]["reached"] and above["snn"]["best_t"] == 4
+    assert "does not reach it within T=4 (best 80.00% at T=4)" in "\n".join(rep.format_ann_equal_accuracy(above))
+    no_ann = curve_report([60, 70])
+    assert rep.ann_equal_accuracy(no_ann) is None and rep.ann_equal_accuracy(no_ann, 0.6)["snn"]["t"] == 1
+    assert rep.ann_equal_accuracy(summarize(two_layer_info(), COUNTS, 4, 2)) is None  # no labels
 
 
 def test_nulls_without_labels_or_ann():
@@ -168,6 +342,19 @@ def test_format_tables_and_plot(tmp_path):
     for needle in ("accuracy by timestep", "ANN accuracy: 75.00%", "T=1 prediction agreement ANN vs SNN: 100.00%",
                    "firing rate", "SOPs/image", "paper Eq. 11", "SOP convention", "ANN: MACs"):
         assert needle in text, needle
+    counted = summarize(two_layer_info(), COUNTS, 4, 2, correct_by_t=np.array([3, 4]), ann_correct=3, t1_agree=4,
+                        counters_sum_by_t_layer=COUNTERS, counter_names=NAMES)
+    counted["equal_accuracy"] = rep.ann_equal_accuracy(counted)
+    text = rep.format_tables(counted)
+    lines = text.splitlines()
+    row = next(line for line in lines if line.startswith("A ") and "%" in line)
+    # A: 17.5 events, 21.25 positive and 3.75 negative spikes per image; 1.88 % / 0.75 % / 91.25 %; 157.5 event SOPs
+    assert row.split() == ["A", "17.5", "21.25", "3.75", "1.88%", "0.75%", "91.25%", "157.5"]
+    total = next(line for line in lines if line.startswith("total ") and "%" in line)
+    assert total.split() == ["total", "25", "28.75", "3.75", "32.08%", "3.00%", "91.67%", "176.25"]
+    assert "SNN, events rule: sum 1[k!=0] x fan-out x E_AC" in text and "0.0001586 µJ" in text
+    assert "at equal accuracy (target 75.00%: the ANN's accuracy)" in text
+    assert "SNN reaches it at T=1 (75.00%)" in text
     paths = rep.plot(r, tmp_path / "plots")
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["accuracy_vs_t.png", "spikes_per_layer.png"]
     for p in paths:

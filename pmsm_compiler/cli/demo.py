@@ -1,6 +1,7 @@
 """pmsm-demo: the main job on a fresh machine — compile the bundled PQA ResNet-20 and run it on
 the bundled 1,000 lossless CIFAR-10 test images; print ANN vs SNN accuracy at T = 1, 2, 4, 8,
-spikes and energy (and the QCFS baseline next to it when its model is shipped too)."""
+spikes, events and energy per image under both counting rules (and the QCFS baseline next to it
+when its model is shipped too, compared at equal T and at equal accuracy)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,30 @@ def _convert_and_run(path, mode, dataset, timesteps, batch_size, progress):
     return compiled, report
 
 
+def _counting_lines(report, ts):
+    """Per T: events and energy per image under both counting rules; the polarity and saturation
+    of the spikes over the whole run."""
+    from pmsm_compiler.runtime.report import cost_at
+
+    if report["events_per_image"] is None:
+        return ["(events not counted: the model was compiled before the counters existed)"]
+    lines = [f"{'T':>3} {'events/image':>13} {'energy/image, spikes rule':>26} {'events rule':>12}"]
+    for t in ts:
+        c = cost_at(report, t)
+        e = c["energy_per_image_uj"]
+        lines.append(f"{t:>3} {c['events_per_image']:>13,.0f} {_uj(e['spikes']):>26} {_uj(e['events']):>12}")
+    T = report["timesteps"]
+    lines.append(f"over T={T}: spikes = sum|k| = {report['positive_spikes_per_image']:,.0f} positive + "
+                 f"{report['negative_spikes_per_image']:,.0f} negative per image; events = sum 1[k!=0] (one packet per "
+                 f"firing neuron and step); neuron-steps at the lower cap {report['lower_cap_fraction']:.1%}, "
+                 f"at the upper cap {report['upper_cap_fraction']:.1%}, silent {report['zero_fraction']:.1%}")
+    return lines
+
+
+def _uj(value):
+    return "n/a" if value is None else f"{value:.3f} µJ"
+
+
 def _at(report, t):
     from pmsm_compiler.runtime.report import E_SPIKE_PJ, TIMESTEP_MS
 
@@ -62,13 +87,22 @@ def _at(report, t):
 @click.option("--mode", type=click.Choice(["exact", "folded"]), default="folded", show_default=True,
               help="Compilation mode of the SNN (folded: integer spike traffic, thresholds in the weights).")
 @click.option("--batch-size", default=250, show_default=True)
-@click.option("--json", "json_path", type=click.Path(), help="Write both reports as JSON.")
+@click.option("--target-accuracy", help="Accuracy to compare PMSM and QCFS at (0.88 or 88%). Default: the best "
+              "accuracy both reach within the largest T (at most 32).")
+@click.option("--json", "json_path", type=click.Path(),
+              help="Write both reports as JSON (keyed by label), with the comparison at equal accuracy "
+                   "(key equal_accuracy).")
 @click.option("--progress/--no-progress", default=False, show_default=True)
 @cli_errors
-def main(model, qcfs_model, data, timesteps, mode, batch_size, json_path, progress):
+def main(model, qcfs_model, data, timesteps, mode, batch_size, target_accuracy, json_path, progress):
     """Compile + run the bundled PQA ResNet-20 (and the QCFS baseline) on the bundled images."""
+    from pmsm_compiler.cli.run import parse_accuracy
     from pmsm_compiler.data import load_dataset
     from pmsm_compiler.loading import save_text_atomic
+    from pmsm_compiler.runtime.report import (ann_equal_accuracy, cost_at, equal_accuracy, format_ann_equal_accuracy,
+                                              format_equal_accuracy)
+
+    target = parse_accuracy(target_accuracy)
 
     try:
         ts = sorted({int(t) for t in str(timesteps).split(",") if t.strip()})
@@ -108,6 +142,11 @@ def main(model, qcfs_model, data, timesteps, mode, batch_size, json_path, progre
         e = report["energy"]
         click.echo(f"T={ts[-1]}: SOPs/image {e['sops']:,.0f} → {e['snn_sop_energy_pj'] / 1e6:.3f} µJ (SNN, 0.9 pJ/AC) "
                    f"vs ANN MACs {e['ann_mac_energy_pj'] / 4.6:,.0f} → {e['ann_mac_energy_pj'] / 1e6:.3f} µJ (4.6 pJ/MAC)")
+        for line in _counting_lines(report, ts):
+            click.echo(line)
+        for line in format_ann_equal_accuracy(ann_equal_accuracy(report)):
+            click.echo(line)
+    compared = None
     if len(reports) == 2:
         (pl, pr), (ql, qr) = reports.items()
         click.echo("\nPMSM vs QCFS at equal T (spikes per image, paper Eq. 11 power):")
@@ -116,8 +155,17 @@ def main(model, qcfs_model, data, timesteps, mode, batch_size, json_path, progre
             qa, qs, qp = _at(qr, t)
             click.echo(f"  T={t}: accuracy {pa:.2%} vs {qa:.2%}; spikes {ps:,.0f} vs {qs:,.0f} "
                        f"(QCFS/PMSM {qs / ps:.2f}x); power {pp:.4f} vs {qp:.4f} mW (QCFS/PMSM {qp / pp:.2f}x)")
+        click.echo("PMSM vs QCFS at equal T (energy per image, SOPs x 0.9 pJ, spikes rule | events rule):")
+        for t in ts[:2]:
+            pe, qe = cost_at(pr, t)["energy_per_image_uj"], cost_at(qr, t)["energy_per_image_uj"]
+            click.echo(f"  T={t}: {_uj(pe['spikes'])} vs {_uj(qe['spikes'])} | "
+                       f"{_uj(pe['events'])} vs {_uj(qe['events'])}")
+        compared = equal_accuracy({"PMSM": pr, "QCFS": qr}, target)  # within T <= min(32, the largest T)
+        click.echo("")
+        for line in format_equal_accuracy(compared):
+            click.echo(line.replace("at equal accuracy", "PMSM vs QCFS at equal accuracy", 1))
     if json_path:
-        save_text_atomic(json.dumps(reports, indent=1) + "\n", json_path)
+        save_text_atomic(json.dumps({**reports, "equal_accuracy": compared}, indent=1) + "\n", json_path)
     click.echo(f"\ndone in {time.perf_counter() - start:.1f} s")
 
 

@@ -1,8 +1,12 @@
 """pmsm-run: run a compiled SNN for T timesteps on a data set; accuracy by t, spikes, SOPs, energy.
 
-    pmsm-run MODEL.snn.onnx --timesteps T [--data PATH] [--ann ANN.onnx] [--json PATH] [--plot DIR]
+    pmsm-run MODEL.snn.onnx --timesteps T [--data PATH] [--ann ANN.onnx] [--target-accuracy A]
+             [--json PATH] [--plot DIR]
 
-Prints three tables (accuracy by timestep, per-layer spikes and SOPs, energy by method). The JSON
+Prints the tables (accuracy by timestep, per-layer spikes and SOPs, the counting rules per layer,
+energy by method and rule) and, with --ann or --target-accuracy, the comparison at equal
+accuracy: the smallest T at which the SNN reaches the target (default: the ANN's accuracy) and
+its energy per image there under both counting rules, next to the ANN's. The JSON
 report (``--json``) is documented in docs/report-schema.md, section "pmsm-run --json"; files are
 written atomically. Exit codes: 0 done, 2 bad input (one line on stderr, no traceback).
 """
@@ -36,6 +40,23 @@ def parse_providers(values) -> list[str] | None:
     return names or None
 
 
+def parse_accuracy(value: str | None, flag: str = "--target-accuracy") -> float | None:
+    """A target accuracy: a fraction in [0, 1] (0.88) or a percentage (88%)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    percent = text.endswith("%")
+    try:
+        number = float(text[:-1] if percent else text)
+    except ValueError:
+        raise InputError(f"{flag} must be a fraction (0.88) or a percentage (88%), got {value!r}") from None
+    if percent:
+        number /= 100
+    if not 0 <= number <= 1:  # also refuses nan
+        raise InputError(f"{flag} must be a fraction in [0, 1] (0.88) or a percentage (88%), got {value!r}")
+    return number
+
+
 def _check_dir_target(path: str, what: str) -> str:
     """A directory that exists and is writable, or can be created (its nearest existing parent is)."""
     path = os.path.abspath(os.path.expanduser(path))
@@ -63,6 +84,8 @@ def _check_dir_target(path: str, what: str) -> str:
 @click.option("--limit", type=int, default=None, help="Use only the first N samples.")
 @click.option("--ann", "ann_path", type=click.Path(dir_okay=False),
               help="The source ANN (ONNX): adds its accuracy and the T=1 prediction agreement.")
+@click.option("--target-accuracy", help="Accuracy to compare at (0.88 or 88%): the smallest T at which the SNN "
+              "reaches it and its energy per image there. Default with --ann: the ANN's accuracy.")
 @click.option("--json", "json_path", type=click.Path(), help="Write the JSON report here.")
 @click.option("--plot", "plot_dir", type=click.Path(), help="Write accuracy_vs_t.png and spikes_per_layer.png here.")
 @click.option("--providers", multiple=True, help="onnxruntime execution provider(s), in priority order; "
@@ -80,8 +103,8 @@ def _check_dir_target(path: str, what: str) -> str:
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
 @cli_errors
-def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_dir, providers, normalization,
-         opt_level, threads, kernels, progress, quiet):
+def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, json_path, plot_dir, providers,
+         normalization, opt_level, threads, kernels, progress, quiet):
     """Run the compiled SNN MODEL for T timesteps on a data set and report accuracy, spikes and energy.
 
     Exit codes: 0 done, 2 bad input (model, data, arguments or output paths).
@@ -93,6 +116,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
         raise InputError(f"--limit must be >= 1, got {limit}")
     if threads < 0:
         raise InputError(f"--threads must be >= 0, got {threads}")
+    target = parse_accuracy(target_accuracy)
     if json_path:
         json_path = check_output_path(json_path, "the JSON report")
     if plot_dir:
@@ -109,7 +133,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
     from pmsm_compiler.data.prepare import resolve_normalization
     from pmsm_compiler.loading import load_model, save_text_atomic
     from pmsm_compiler.runtime import SNNSession, run_dataset
-    from pmsm_compiler.runtime.report import format_tables, plot
+    from pmsm_compiler.runtime.report import ann_equal_accuracy, format_tables, plot
     from pmsm_compiler.verify import make_session, onnxruntime_errors
 
     snn_model = load_model(model, static_inputs=False)
@@ -130,6 +154,8 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
             ann_session = make_session(ann_model, opt_level, session.providers, threads)
         del ann_model
     dataset = load_dataset(None if data == "bundled" else data)
+    if target is not None and dataset.y is None:
+        raise InputError(f"--target-accuracy needs labels; {dataset.name} has none")
     mean, std = resolve_normalization(normalization, info)
 
     with onnxruntime_errors(f"{model} or {ann_path}" if ann_path else model):
@@ -143,6 +169,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
         "fused_kernels": session.kernel_report(),
         "normalization": ({"choice": "raw", "mean": None, "std": None} if session.input_dtype == np.uint8 else
                           {"choice": normalization, "mean": list(mean), "std": list(std)}),
+        "equal_accuracy": ann_equal_accuracy(report, target),
     })
     plots = []
     if plot_dir:
@@ -170,7 +197,15 @@ def main(model, timesteps, data, batch_size, limit, ann_path, json_path, plot_di
         summary += f" (ANN {100 * report['ann_accuracy']:.2f}%)"
     if report["t1_prediction_agreement"] is not None:
         summary += f", T=1 agreement {100 * report['t1_prediction_agreement']:.2f}%"
-    summary += f", {report['spikes_per_image']:.4g} spikes/image, {report['energy']['power_mw']:.4g} mW (Eq. 11)"
+    summary += f", {report['spikes_per_image']:.4g} spikes/image"
+    if report["events_per_image"] is not None:
+        summary += f", {report['events_per_image']:.4g} events/image"
+    summary += f", {report['energy']['power_mw']:.4g} mW (Eq. 11)"
+    eq = report["equal_accuracy"]
+    if eq is not None:
+        snn = eq["snn"]
+        summary += (f"; reaches {100 * eq['target']:.2f}% at T={snn['t']}" if snn["reached"] else
+                    f"; does not reach {100 * eq['target']:.2f}% within T={eq['max_t']}")
     if json_path:
         summary += f"; wrote {json_path}"
     if plots:

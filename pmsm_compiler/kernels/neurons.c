@@ -12,6 +12,11 @@
  *               AIFHalfEven: k = min(max(nearbyint(m), s_min), s_max)   (ONNX Round: ties to even)
  *   reset       U_next = m - k                     (not in the *Final variants)
  *   count       c[n] = sum over the neurons of sample n of |k|, exactly (integer arithmetic)
+ *   counters    (the *Counters ops) C[n, :] = the counting rules of pmsm_compiler/ops/counters.py, in
+ *               its COUNTERS order: spikes sum|k|, events sum 1[k != 0], positive, negative,
+ *               at_lower_cap sum 1[k = s_min], at_upper_cap sum 1[k = s_max], at_zero sum 1[k = 0];
+ *               accumulated in the same loop as sum|k|, sum k and the three indicator sums, the
+ *               rest derived as pmsm::SpikeCounters' body does (positive = (sum|k| + sum k) / 2, ...)
  *
  * Ops, domain "pmsm.kernels" (runtime-internal: SNNSession rewrites its step graphs to use them
  * when this library is loaded; compiled models never contain them):
@@ -20,6 +25,8 @@
  *   AIFHalfEvenCount, AIFHalfEvenCountFinal      as AIFCount, AIFCountFinal
  *   IFCount       (I, U) -> (K, U_next, count)   attr count_float
  *   IFCountFinal  (I, U) -> (K, count)           attr count_float
+ *   AIFCounters, AIFHalfEvenCounters, IFCounters (and *CountersFinal): as the *Count ops, with one
+ *                 more output, counters, int64 [N, 7]
  * count is [N, 1], float32 when count_float = 1 (the caller guarantees the sum is below 2^24, so
  * exact), int64 otherwise. Samples run in parallel on onnxruntime's intra-op thread pool.
  *
@@ -41,15 +48,18 @@ static const OrtApi *ort = NULL;
 
 enum { KIND_AIF = 0, KIND_IF = 1, KIND_AIF_HALF_EVEN = 2 };
 
+#define N_COUNTERS 7 /* COUNTERS in pmsm_compiler/ops/counters.py */
+
 typedef struct {
   OrtCustomOp base; /* first member: the op pointer onnxruntime passes back is this struct */
   const char *name;
   int kind;
   int final_step;
+  int counters;
 } NeuronOp;
 
 typedef struct {
-  int kind, final_step, count_float;
+  int kind, final_step, count_float, counters;
   float lo, hi;
 } NeuronKernel;
 
@@ -58,9 +68,15 @@ typedef struct {
   const float *current, *membrane;
   float *spikes, *membrane_next;
   void *count;
+  int64_t *counters;
   int64_t per_sample;
   int membrane_is_scalar;
 } Job;
+
+/* Block sums of the counting rules (each exact in int32, see BLOCK). */
+typedef struct {
+  int32_t magnitude, net, at_lo, at_hi, at_zero;
+} Sums;
 
 #define RETURN_IF_ERROR(expr)            \
   do {                                   \
@@ -80,7 +96,7 @@ typedef struct {
 /* One loop per case (membrane tensor or the initial scalar; with or without the reset), so that
  * each is a plain vectorizable loop. ``next`` may equal ``mem`` (in-place update): every element
  * is loaded before the store to the same index, so no restrict qualifiers on those two. */
-#define AIF_LOOP(U_AT, STORE_NEXT)                       \
+#define AIF_LOOP(U_AT, STORE_NEXT, COUNT)                \
   for (int64_t i = 0; i < n; ++i) {                      \
     const float m = (U_AT) + cur[i];                     \
     float k = FIRE_ROUND(m);                             \
@@ -88,56 +104,72 @@ typedef struct {
     k = k > hi ? hi : k;                                 \
     spk[i] = k;                                          \
     STORE_NEXT;                                          \
-    count += (int32_t)fabsf(k);                          \
+    COUNT;                                               \
   }
 
-#define IF_LOOP(U_AT, STORE_NEXT)                 \
+#define IF_LOOP(U_AT, STORE_NEXT, COUNT)          \
   for (int64_t i = 0; i < n; ++i) {               \
     const float m = (U_AT) + cur[i];              \
     const float k = (m >= 1.0f) ? 1.0f : 0.0f;    \
     spk[i] = k;                                   \
     STORE_NEXT;                                   \
-    count += (int32_t)k;                          \
+    COUNT;                                        \
   }
 
-#define AIF_BLOCK(NAME)                                                                                 \
-  PMSM_CLONES static int32_t NAME(const float *cur, const float *mem, int scalar, float u0, float *spk,       \
-                                  float *next, int64_t n, float lo, float hi) {                               \
-    int32_t count = 0;                                                                                  \
-    if (scalar && next) {                                                                               \
-      AIF_LOOP(u0, next[i] = m - k)                                                                     \
-    } else if (scalar) {                                                                                \
-      AIF_LOOP(u0, (void)0)                                                                             \
-    } else if (next) {                                                                                  \
-      AIF_LOOP(mem[i], next[i] = m - k)                                                                 \
-    } else {                                                                                            \
-      AIF_LOOP(mem[i], (void)0)                                                                         \
-    }                                                                                                   \
-    return count;                                                                                       \
+/* sum |k| only (the *Count ops) */
+#define COUNT_MAGNITUDE count += (int32_t)fabsf(k)
+/* every counting rule: five independent int32 reductions, so the loop stays vectorizable */
+#define COUNT_ALL                               \
+  do {                                          \
+    const int32_t ki = (int32_t)k;              \
+    magnitude += (int32_t)fabsf(k);             \
+    net += ki;                                  \
+    at_lo += (k == lo);                         \
+    at_hi += (k == hi);                         \
+    at_zero += (k == 0.0f);                     \
+  } while (0)
+
+/* The four membrane/reset cases of one loop. */
+#define FOUR_CASES(LOOP, COUNT)              \
+  if (scalar && next) {                      \
+    LOOP(u0, next[i] = m - k, COUNT)         \
+  } else if (scalar) {                       \
+    LOOP(u0, (void)0, COUNT)                 \
+  } else if (next) {                         \
+    LOOP(mem[i], next[i] = m - k, COUNT)     \
+  } else {                                   \
+    LOOP(mem[i], (void)0, COUNT)             \
+  }
+
+/* NAME returns sum |k| of the block; NAME##_sums fills every counting rule's block sums. */
+#define NEURON_BLOCKS(NAME, LOOP)                                                                          \
+  PMSM_CLONES static int32_t NAME(const float *cur, const float *mem, int scalar, float u0, float *spk,    \
+                                  float *next, int64_t n, float lo, float hi) {                            \
+    int32_t count = 0;                                                                                     \
+    (void)lo, (void)hi;                                                                                    \
+    FOUR_CASES(LOOP, COUNT_MAGNITUDE)                                                                      \
+    return count;                                                                                          \
+  }                                                                                                        \
+  PMSM_CLONES static void NAME##_sums(const float *cur, const float *mem, int scalar, float u0, float *spk, \
+                                      float *next, int64_t n, float lo, float hi, Sums *out) {             \
+    int32_t magnitude = 0, net = 0, at_lo = 0, at_hi = 0, at_zero = 0;                                     \
+    FOUR_CASES(LOOP, COUNT_ALL)                                                                            \
+    out->magnitude = magnitude;                                                                            \
+    out->net = net;                                                                                        \
+    out->at_lo = at_lo;                                                                                    \
+    out->at_hi = at_hi;                                                                                    \
+    out->at_zero = at_zero;                                                                                \
   }
 
 #define FIRE_ROUND floorf
-AIF_BLOCK(aif_block)
+NEURON_BLOCKS(aif_block, AIF_LOOP)
 #undef FIRE_ROUND
 /* nearbyintf rounds in the current mode, round-to-nearest-even (onnxruntime's Round does the same) */
 #define FIRE_ROUND nearbyintf
-AIF_BLOCK(aif_half_even_block)
+NEURON_BLOCKS(aif_half_even_block, AIF_LOOP)
 #undef FIRE_ROUND
-
-PMSM_CLONES static int32_t if_block(const float *cur, const float *mem, int scalar, float u0, float *spk,
-                                    float *next, int64_t n) {
-  int32_t count = 0;
-  if (scalar && next) {
-    IF_LOOP(u0, next[i] = m - k)
-  } else if (scalar) {
-    IF_LOOP(u0, (void)0)
-  } else if (next) {
-    IF_LOOP(mem[i], next[i] = m - k)
-  } else {
-    IF_LOOP(mem[i], (void)0)
-  }
-  return count;
-}
+/* IF: lo = 0 and hi = 1 (its spikes' range) */
+NEURON_BLOCKS(if_block, IF_LOOP)
 
 /* Per-sample work. Integer counts in 32-bit blocks of at most 2^20 neurons (|k| <= 1024, checked
  * when the kernel is created) keep the loops vectorizable and the count exact. */
@@ -150,24 +182,48 @@ static void run_sample(void *data, size_t n) {
   const int64_t off = (int64_t)n * len;
   const int scalar = job->membrane_is_scalar;
   const float u0 = job->membrane[0];
-  int64_t total = 0;
+  int64_t total = 0, net = 0, at_lo = 0, at_hi = 0, at_zero = 0;
   for (int64_t start = 0; start < len; start += BLOCK) {
     const int64_t size = (len - start > BLOCK) ? BLOCK : len - start;
     const float *cur = job->current + off + start;
     const float *mem = scalar ? job->membrane : job->membrane + off + start;
     float *spk = job->spikes + off + start;
     float *next = job->membrane_next ? job->membrane_next + off + start : NULL;
-    if (kern->kind == KIND_AIF)
+    if (kern->counters) {
+      Sums b;
+      if (kern->kind == KIND_AIF)
+        aif_block_sums(cur, mem, scalar, u0, spk, next, size, kern->lo, kern->hi, &b);
+      else if (kern->kind == KIND_AIF_HALF_EVEN)
+        aif_half_even_block_sums(cur, mem, scalar, u0, spk, next, size, kern->lo, kern->hi, &b);
+      else
+        if_block_sums(cur, mem, scalar, u0, spk, next, size, kern->lo, kern->hi, &b);
+      total += b.magnitude;
+      net += b.net;
+      at_lo += b.at_lo;
+      at_hi += b.at_hi;
+      at_zero += b.at_zero;
+    } else if (kern->kind == KIND_AIF) {
       total += aif_block(cur, mem, scalar, u0, spk, next, size, kern->lo, kern->hi);
-    else if (kern->kind == KIND_AIF_HALF_EVEN)
+    } else if (kern->kind == KIND_AIF_HALF_EVEN) {
       total += aif_half_even_block(cur, mem, scalar, u0, spk, next, size, kern->lo, kern->hi);
-    else
-      total += if_block(cur, mem, scalar, u0, spk, next, size);
+    } else {
+      total += if_block(cur, mem, scalar, u0, spk, next, size, kern->lo, kern->hi);
+    }
   }
   if (kern->count_float)
     ((float *)job->count)[n] = (float)total;
   else
     ((int64_t *)job->count)[n] = total;
+  if (kern->counters) { /* the order of COUNTERS; derived as pmsm::SpikeCounters' body derives them */
+    int64_t *c = job->counters + (int64_t)n * N_COUNTERS;
+    c[0] = total;
+    c[1] = len - at_zero;
+    c[2] = (total + net) / 2;
+    c[3] = (total - net) / 2;
+    c[4] = at_lo;
+    c[5] = at_hi;
+    c[6] = at_zero;
+  }
 }
 
 static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
@@ -216,6 +272,11 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
   const int64_t count_dims[2] = {batch, 1};
   RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, count_index, count_dims, 2, &out));
   RETURN_IF_ERROR(ort->GetTensorMutableData(out, &job.count));
+  if (kern->counters) {
+    const int64_t counters_dims[2] = {batch, N_COUNTERS};
+    RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, count_index + 1, counters_dims, 2, &out));
+    RETURN_IF_ERROR(ort->GetTensorMutableData(out, (void **)&job.counters));
+  }
   if (batch <= 0) return NULL;
   if (batch == 1) {
     run_sample(&job, 0);
@@ -253,6 +314,7 @@ static OrtStatus *ORT_API_CALL create_kernel_v2(const OrtCustomOp *op, const Ort
   if (k == NULL) return ort->CreateStatus(ORT_FAIL, "pmsm neuron: out of memory");
   k->kind = nop->kind;
   k->final_step = nop->final_step;
+  k->counters = nop->counters;
   k->count_float = (int)int_attr(info, "count_float", 0, &err);
   if (nop->kind != KIND_IF) {
     k->lo = (float)int_attr(info, "s_min", INT64_MIN, &err);
@@ -298,10 +360,18 @@ static size_t ORT_API_CALL input_count(const OrtCustomOp *op) {
   (void)op;
   return 2;
 }
-static size_t ORT_API_CALL output_count(const OrtCustomOp *op) { return ((const NeuronOp *)op)->final_step ? 2 : 3; }
+/* outputs: K, U_next (not in *Final), count, counters (only in *Counters) */
+static size_t count_output(const NeuronOp *op) { return op->final_step ? 1 : 2; }
+static size_t ORT_API_CALL output_count(const OrtCustomOp *op) {
+  const NeuronOp *nop = (const NeuronOp *)op;
+  return count_output(nop) + 1 + (nop->counters ? 1 : 0);
+}
 static ONNXTensorElementDataType ORT_API_CALL output_type(const OrtCustomOp *op, size_t i) {
+  const NeuronOp *nop = (const NeuronOp *)op;
   /* the count's type follows the count_float attribute: declared undefined (any type) */
-  return (i + 1 == output_count(op)) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  if (i == count_output(nop)) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  if (i > count_output(nop)) return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 static OrtCustomOpInputOutputCharacteristic ORT_API_CALL required(const OrtCustomOp *op, size_t i) {
   (void)op, (void)i;
@@ -330,7 +400,7 @@ static int ORT_API_CALL end_version(const OrtCustomOp *op) {
 
 /* Shape inference, so that onnxruntime's graph optimizations (the NCHWc rewrite of the next
  * convolution, memory planning) see the spikes' shape: K and U_next are shaped like I, the
- * count is [N, 1] of the type count_float selects. */
+ * count is [N, 1] of the type count_float selects, the counters int64 [N, 7]. */
 static OrtStatus *ORT_API_CALL infer_shape(const OrtCustomOp *op, OrtShapeInferContext *ctx) {
   const NeuronOp *nop = (const NeuronOp *)op;
   OrtTensorTypeAndShapeInfo *in = NULL, *count = NULL;
@@ -359,19 +429,31 @@ static OrtStatus *ORT_API_CALL infer_shape(const OrtCustomOp *op, OrtShapeInferC
                                                       : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64);
   const int64_t count_dims[2] = {batch, 1};
   if (st == NULL) st = ort->SetDimensions(count, count_dims, 2);
-  if (st == NULL) st = ort->ShapeInferContext_SetOutputTypeShape(ctx, nop->final_step ? 1 : 2, count);
+  if (st == NULL) st = ort->ShapeInferContext_SetOutputTypeShape(ctx, count_output(nop), count);
   if (count != NULL) ort->ReleaseTensorTypeAndShapeInfo(count);
+  if (st == NULL && nop->counters) {
+    OrtTensorTypeAndShapeInfo *counters = NULL;
+    const int64_t counters_dims[2] = {batch, N_COUNTERS};
+    st = ort->CreateTensorTypeAndShapeInfo(&counters);
+    if (st == NULL) st = ort->SetTensorElementType(counters, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64);
+    if (st == NULL) st = ort->SetDimensions(counters, counters_dims, 2);
+    if (st == NULL) st = ort->ShapeInferContext_SetOutputTypeShape(ctx, count_output(nop) + 1, counters);
+    if (counters != NULL) ort->ReleaseTensorTypeAndShapeInfo(counters);
+  }
   /* `in` belongs to the context (onnxruntime frees it): no release here */
   return st;
 }
 
-#define N_OPS 6
+/* Even index: with the reset; odd: *Final. The first six count sum|k|, the last six all counters. */
+#define N_OPS 12
 static NeuronOp ops[N_OPS];
-static const char *const op_names[N_OPS] = {"AIFCount", "AIFCountFinal", "IFCount", "IFCountFinal",
-                                            "AIFHalfEvenCount", "AIFHalfEvenCountFinal"};
-static const int op_kinds[N_OPS] = {KIND_AIF, KIND_AIF, KIND_IF, KIND_IF, KIND_AIF_HALF_EVEN, KIND_AIF_HALF_EVEN};
+static const char *const op_names[N_OPS] = {
+    "AIFCount",    "AIFCountFinal",    "IFCount",    "IFCountFinal",    "AIFHalfEvenCount",    "AIFHalfEvenCountFinal",
+    "AIFCounters", "AIFCountersFinal", "IFCounters", "IFCountersFinal", "AIFHalfEvenCounters", "AIFHalfEvenCountersFinal"};
+static const int op_kinds[N_OPS] = {KIND_AIF, KIND_AIF, KIND_IF, KIND_IF, KIND_AIF_HALF_EVEN, KIND_AIF_HALF_EVEN,
+                                    KIND_AIF, KIND_AIF, KIND_IF, KIND_IF, KIND_AIF_HALF_EVEN, KIND_AIF_HALF_EVEN};
 
-static void init_op(NeuronOp *op, const char *name, int kind, int final_step) {
+static void init_op(NeuronOp *op, const char *name, int kind, int final_step, int counters) {
   memset(op, 0, sizeof(*op));
   op->base.version = PMSM_ORT_API;
   op->base.CreateKernel = create_kernel;
@@ -398,6 +480,7 @@ static void init_op(NeuronOp *op, const char *name, int kind, int final_step) {
   op->name = name;
   op->kind = kind;
   op->final_step = final_step;
+  op->counters = counters;
 }
 
 /* The entry point onnxruntime calls (SessionOptions.register_custom_ops_library). A new domain
@@ -409,7 +492,7 @@ PMSM_EXPORT OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options
   if (ort == NULL) ort = api_base->GetApi(PMSM_ORT_API);
   if (ort == NULL) return NULL; /* onnxruntime older than 1.17: nothing registered, cannot report */
   if (!ops_ready) {
-    for (int i = 0; i < N_OPS; ++i) init_op(&ops[i], op_names[i], op_kinds[i], i % 2);
+    for (int i = 0; i < N_OPS; ++i) init_op(&ops[i], op_names[i], op_kinds[i], i % 2, i >= 6);
     ops_ready = 1;
   }
   OrtCustomOpDomain *domain = NULL;
