@@ -83,13 +83,13 @@ def test_load_dataset_default_is_bundled():
         assert ds.x.shape == (1000, 32, 32, 3)
 
 
-def test_no_torch_or_pillow_import_at_module_level():
+def test_no_torch_or_pillow_import_at_module_level(tmp_path):
     code = (
         "import sys, pmsm_compiler.data as d; d.load_bundled_sample(); "
         "bad = [m for m in ('torch', 'PIL') if m in sys.modules]; "
         "assert not bad, bad"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
 # ------------------------------------------------------------------------------------------

@@ -195,13 +195,14 @@ def test_rate_coding_of_the_ann_by_hand(linear_snn, product_snn):
     assert np.allclose(ideal.mean_by_t, ref.mean_by_t, rtol=1e-6, atol=1e-6)
 
 
-def test_reference_is_independent_of_the_runtime():
+def test_reference_is_independent_of_the_runtime(tmp_path):
     import subprocess
     import sys
 
     code = ("import sys, pmsm_compiler.testing.reference as r; "
             "assert not [m for m in sys.modules if m.startswith('pmsm_compiler.runtime')], 'runtime imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    # cwd outside the checkout: the installed package (with its passes and runtime), not the source folder
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
 def test_reference_refuses_an_initial_value_the_format_does_not_have():
