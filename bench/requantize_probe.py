@@ -1,0 +1,100 @@
+"""What changing a trained PQA network's levels costs before any fine-tuning: accuracy and spikes.
+
+    python bench/requantize_probe.py --checkpoint training_state/sparse_sweep/init_resnet20_pqa.pt \
+        --data ../shared/data/cifar10 [--test-images 2000] \
+        [--configs "8:-0.25:1,8:-0.125:1,8:0:1,4:-0.25:1,4:0:1,4:-0.25:1.2"]
+
+Each config L:α:λ-scale rebuilds the ResNet-20 with PQA(L, α, β = 1), loads the checkpoint's weights
+and λ (λ multiplied by the scale), and evaluates it in PyTorch on evenly spaced test images,
+counting the levels k every PQA layer emits (T = 1 of the SNN fires exactly these): accuracy,
+Σ|k| and Σ 1[k ≠ 0] per neuron and per image. It says where fine-tuning for sparsity can start
+(which level sets the trained weights tolerate) without training anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_configs(text: str) -> list[tuple[int, float, float]]:
+    configs = []
+    for item in text.split(","):
+        levels, alpha, scale = item.split(":")
+        configs.append((int(levels), float(alpha), float(scale)))
+    return configs
+
+
+def probe(checkpoint: str, x, y, levels: int, alpha: float, lam_scale: float, mean, std) -> dict:
+    import torch
+
+    from pmsm_compiler.activations import ActivationSpec, quantized_activations
+    from pmsm_compiler.models import build_model
+    from pmsm_compiler.training import Normalizer, load_init_weights
+
+    model = build_model("resnet20", num_classes=10, act=ActivationSpec("pqa", levels, 8.0, alpha, 1.0))
+    load_init_weights(model, checkpoint)
+    acts = [a for _, a in quantized_activations(model)]
+    totals = {"spikes": 0, "events": 0, "neurons": 0}
+
+    def count(module, _inputs, output):
+        k = module.levels_of(output)
+        totals["spikes"] += int(k.abs().sum())
+        totals["events"] += int((k != 0).sum())
+        totals["neurons"] += k[0].numel()
+
+    with torch.no_grad():
+        for a in acts:
+            a.lam.mul_(lam_scale)
+            a.register_forward_hook(count)
+    norm = Normalizer(mean, std)
+    model.eval()
+    correct, batches = 0, 0
+    with torch.no_grad():
+        for i in range(0, len(x), 500):
+            correct += int((model(norm(x[i:i + 500])).argmax(1) == y[i:i + 500]).sum())
+            batches += 1
+    neurons = totals["neurons"] / batches  # per image
+    n = len(x)
+    return {"L": levels, "alpha": alpha, "lam_scale": lam_scale, "levels": f"{acts[0].k_min}..{acts[0].k_max}",
+            "accuracy": correct / n, "spikes_per_neuron": totals["spikes"] / n / neurons,
+            "events_per_neuron": totals["events"] / n / neurons, "spikes_per_image": totals["spikes"] / n}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, help="pmsm-train checkpoint.pt of a PQA ResNet-20")
+    ap.add_argument("--data", required=True, help="folder with test.npz")
+    ap.add_argument("--test-images", type=int, default=2000, help="evenly spaced test images")
+    ap.add_argument("--configs", default="8:-0.25:1,8:-0.125:1,8:0:1,4:-0.25:1,4:0:1,4:-0.25:0.85,4:-0.25:1.2,"
+                                         "6:-0.1666666667:1")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    import os
+
+    import numpy as np
+    import torch
+
+    from pmsm_compiler.data import load_npz
+    from pmsm_compiler.data import CIFAR10_MEAN, CIFAR10_STD
+
+    torch.set_num_threads(args.threads)
+    data = load_npz(os.path.join(args.data, "test.npz"))
+    idx = np.linspace(0, len(data) - 1, min(args.test_images, len(data))).round().astype(int)
+    x = torch.from_numpy(np.ascontiguousarray(data.x[idx]))
+    y = torch.from_numpy(data.y[idx].astype(np.int64))
+    mean, std = CIFAR10_MEAN, CIFAR10_STD
+    print(f"`python bench/requantize_probe.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
+          f"({len(x)} test images)\n")
+    print("| L | α | levels | λ scale | accuracy | spikes / neuron | events / neuron | spikes / image |")
+    print("|---|---|---|---|---|---|---|---|")
+    for levels, alpha, scale in parse_configs(args.configs):
+        r = probe(args.checkpoint, x, y, levels, alpha, scale, mean, std)
+        print(f"| {levels} | {alpha:g} | {r['levels']} | {scale:g} | {100 * r['accuracy']:.2f} % | "
+              f"{r['spikes_per_neuron']:.3f} | {r['events_per_neuron']:.3f} | {r['spikes_per_image']:.3g} |",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The spike-economy front: accuracy against spikes and against events per image at T = 1.
+
+    python bench/spike_front.py --data ../shared/data/cifar10 \
+        --model dense=models/resnet20_pqa_cifar10.onnx \
+        --run training_state/sparse_sweep/spikes_w0.3 --run training_state/sparse_sweep/spikes_w1.0 \
+        [--model qcfs=models/resnet20_qcfs_cifar10.onnx] [--limit N] \
+        [--out docs/spike_front.md] [--figure docs/figures/spike_front.png] [--json front.json]
+
+Each model is compiled in exact mode and run for one timestep on the test set with the ANN beside
+it (pmsm_compiler.runtime.run_dataset): the T = 1 prediction agreement is the lossless claim,
+checked image by image. Per model the script records accuracy, spikes per image (Σ|k|, the
+paper's Eq. 11 unit), events per image (Σ 1[k ≠ 0]), energy per image under both rules, and
+which models are on the Pareto front (no other model at least as accurate with fewer spikes,
+resp. events). ``--run DIR`` takes a pmsm-train output folder (its model.onnx, and from
+summary.json and train.log the penalty weight, rule, L and the exact commands); ``--model
+LABEL=PATH`` any ONNX model (the training command then comes from its model card, if any).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def describe_run(run_dir: str) -> dict:
+    """Label, model path, configuration and commands of a pmsm-train output folder."""
+    from pmsm_compiler.training import read_train_log
+
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    cfg = summary["config"]
+    commands = [s["command"] for s in read_train_log(run_dir) if s.get("command")]
+    label = f"L={cfg['levels']}, {cfg['penalty_rule']} penalty {cfg['spike_penalty']:g}"
+    return {"label": label, "path": os.path.join(run_dir, "model.onnx"), "config": cfg,
+            "commands": list(dict.fromkeys(commands)), "epochs": summary.get("epochs_done"),
+            "wall_s": summary.get("wall_s")}
+
+
+def describe_model(spec: str) -> dict:
+    label, sep, path = spec.partition("=")
+    if not sep:
+        label, path = os.path.splitext(os.path.basename(spec))[0], spec
+    card_path = os.path.splitext(path)[0] + ".json"
+    commands, cfg, epochs, wall = [], None, None, None
+    if os.path.exists(card_path):
+        with open(card_path) as f:
+            card = json.load(f)
+        commands = [card["training"]["command"]]
+        cfg = card.get("activation")
+        epochs, wall = card["training"].get("epochs_done"), card["training"].get("wall_time_s")
+    return {"label": label, "path": path, "config": cfg, "commands": commands, "epochs": epochs, "wall_s": wall}
+
+
+def measure(path: str, dataset, batch_size: int) -> dict:
+    """Compile exact, run T = 1 beside the ANN; the figures of one point of the front."""
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.data.prepare import resolve_normalization
+    from pmsm_compiler.loading import load_model
+    from pmsm_compiler.runtime import SNNSession, run_dataset
+    from pmsm_compiler.runtime.report import cost_at
+    from pmsm_compiler.verify import make_session
+
+    ann = load_model(path)
+    compiled = compile_model(ann, mode="exact")
+    mean, std = resolve_normalization("auto", compiled.info)
+    started = time.perf_counter()
+    report = run_dataset(SNNSession(compiled.model), dataset, 1, batch_size, mean, std,
+                         ann_session=make_session(ann), progress=False, model=os.path.basename(path))
+    cost = cost_at(report, 1)
+    neurons = sum(layer["neurons"] for layer in report["layers"])
+    return {"accuracy": cost["accuracy"], "ann_accuracy": report["ann_accuracy"],
+            "t1_prediction_agreement": report["t1_prediction_agreement"],
+            "spikes_per_image": cost["spikes_per_image"], "events_per_image": cost["events_per_image"],
+            "spikes_per_neuron": cost["spikes_per_image"] / neurons,
+            "events_per_neuron": None if cost["events_per_image"] is None else cost["events_per_image"] / neurons,
+            "energy_per_image_uj": cost["energy_per_image_uj"], "neurons": neurons,
+            "negative_spikes_per_image": report.get("negative_spikes_per_image"),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def pareto(points: list[dict], cost_key: str) -> list[bool]:
+    """True where no other point is at least as accurate and strictly cheaper (or strictly more
+    accurate at no more cost)."""
+    flags = []
+    for p in points:
+        dominated = any(q is not p and q["accuracy"] >= p["accuracy"] and q[cost_key] <= p[cost_key]
+                        and (q["accuracy"] > p["accuracy"] or q[cost_key] < p[cost_key]) for q in points)
+        flags.append(not dominated)
+    return flags
+
+
+def plot(points: list[dict], path: str, title: str):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.5, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, (key, name) in enumerate((("spikes_per_image", "spikes per image at T = 1 (Σ|k|)"),
+                                      ("events_per_image", "events per image at T = 1 (Σ 1[k ≠ 0])"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        front = sorted((p for p, on in zip(points, pareto(points, key)) if on), key=lambda p: p[key])
+        ax.plot([p[key] for p in front], [100 * p["accuracy"] for p in front], "k--", linewidth=1,
+                label="Pareto front")
+        for p in points:
+            ax.plot(p[key], 100 * p["accuracy"], p.get("style", "bo"), markersize=6)
+            ax.annotate(p["label"], (p[key], 100 * p["accuracy"]), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel("test accuracy at T = 1 (%)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="folder with test.npz, or 'bundled' (the 1,000 shipped test images)")
+    ap.add_argument("--model", action="append", default=[], help="LABEL=PATH of an ONNX model (repeatable)")
+    ap.add_argument("--run", action="append", default=[], help="pmsm-train output folder (repeatable)")
+    ap.add_argument("--limit", type=int, default=None, help="N evenly spaced test images only (quick check)")
+    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--out", default=None, help="write the markdown section here")
+    ap.add_argument("--figure", default=None, help="write the PNG here")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if not args.model and not args.run:
+        ap.error("give at least one --model or --run")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from pmsm_compiler.data import load_dataset, load_npz
+
+    dataset = load_dataset("bundled") if args.data == "bundled" else load_npz(os.path.join(args.data, "test.npz"))
+    if args.limit:  # the test set is sorted by class: an evenly spaced subset, not the first N
+        import numpy as np
+
+        idx = np.linspace(0, len(dataset) - 1, args.limit).round().astype(int)
+        dataset.x, dataset.y = dataset.x[idx], dataset.y[idx]
+    entries = [describe_model(m) for m in args.model] + [describe_run(r) for r in args.run]
+    started = time.perf_counter()
+    points = []
+    for entry in entries:
+        print(f"== {entry['label']}: {entry['path']}", file=sys.stderr, flush=True)
+        point = {**entry, **measure(entry["path"], dataset, args.batch_size)}
+        point["style"] = "rs" if (point["config"] or {}).get("kind") == "qcfs" else "bo"
+        print(f"   accuracy {100 * point['accuracy']:.2f} %, T=1 agreement "
+              f"{100 * point['t1_prediction_agreement']:.2f} %, {point['spikes_per_image']:.4g} spikes, "
+              f"{point['events_per_image']:.4g} events per image", file=sys.stderr, flush=True)
+        points.append(point)
+    for key, flag in (("spikes_per_image", "front_spikes"), ("events_per_image", "front_events")):
+        for p, on in zip(points, pareto(points, key)):
+            p[flag] = on
+    command = "python bench/spike_front.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        f"Produced by `{command}` on {datetime.date.today().isoformat()}: {len(dataset)} test images, "
+        f"{time.perf_counter() - started:.0f} s on this machine. Exact-mode compiles at T = 1; 'T=1 agreement' "
+        "is the share of images on which the SNN predicts what its quantized ANN predicts (the lossless claim).",
+        "",
+        "| model | epochs | accuracy T=1 | ANN | T=1 agreement | spikes / image | events / image | spikes / neuron "
+        "| energy µJ (spikes / events rule) | on the front (spikes / events) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        e = p["energy_per_image_uj"]
+        lines.append(
+            f"| {p['label']} | {p['epochs'] if p['epochs'] is not None else '–'} | {100 * p['accuracy']:.2f} % | "
+            f"{100 * p['ann_accuracy']:.2f} % | {100 * p['t1_prediction_agreement']:.2f} % | "
+            f"{p['spikes_per_image']:.3g} | {p['events_per_image']:.3g} | {p['spikes_per_neuron']:.3f} | "
+            f"{e['spikes']:.1f} / {e['events']:.1f} | {'yes' if p['front_spikes'] else 'no'} / "
+            f"{'yes' if p['front_events'] else 'no'} |")
+    lines += ["", "Commands that made the models:", ""]
+    for p in points:
+        for c in p["commands"] or ["(no training record)"]:
+            lines.append(f"- {p['label']}: `{c}`")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    if args.figure:
+        os.makedirs(os.path.dirname(os.path.abspath(args.figure)), exist_ok=True)
+        plot(points, args.figure, f"ResNet-20, CIFAR-10 (JPEG re-decoded), {len(dataset)} test images: "
+                                  "accuracy vs spike cost at T = 1")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": command, "points": [{k: v for k, v in p.items() if k != "style"} for p in points]},
+                      f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
