@@ -21,7 +21,7 @@ import onnx
 import torch
 
 from pmsm_compiler import __version__
-from pmsm_compiler.activations import _QuantizedActivation, quantize_reference, quantized_activations
+from pmsm_compiler.training.activations import _QuantizedActivation, quantize_reference, quantized_activations
 from pmsm_compiler.metadata import get_metadata, set_metadata
 from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions

@@ -96,7 +96,7 @@ class _QuantizedActivation(nn.Module):
         self.k_max = int(k_max)
         # 0-d so that it exports as a scalar initializer, as the ONNX function expects.
         self.lam = nn.Parameter(torch.tensor(float(lam)), requires_grad=learn_lambda)
-        # the spike-cost rule this layer records while training (pmsm_compiler.spike_cost), if any
+        # the spike-cost rule this layer records while training (pmsm_compiler.training.spike_cost), if any
         self.spike_cost: str | None = None
         self.last_cost = None
         self.last_neurons = 0
@@ -130,7 +130,7 @@ class _QuantizedActivation(nn.Module):
         if x.dtype != self.lam.dtype:
             x = x.to(self.lam.dtype)
         if self.spike_cost is not None and torch.is_grad_enabled():
-            from pmsm_compiler.spike_cost import SpikeCost
+            from pmsm_compiler.training.spike_cost import SpikeCost
 
             self.last_cost = SpikeCost.apply(x, self.lam, self.levels, self.k_min, self.k_max, self.spike_cost)
             self.last_neurons = x[0].numel()
