@@ -82,5 +82,29 @@ def test_training_side_is_one_subpackage():
     if not os.path.isdir(os.path.join(ROOT, "pmsm_compiler", "training")):
         pytest.skip("not run from a source checkout")
     # the CLIs that train and export import the training side, lazily, inside their commands
-    allowed = ("pmsm_compiler/cli/train.py", "pmsm_compiler/cli/export.py", "models/__init__.py")
+    # ... and the deprecated old names re-export it
+    allowed = ("pmsm_compiler/cli/train.py", "pmsm_compiler/cli/export.py", "models/__init__.py",
+               "pmsm_compiler/activations.py", "pmsm_compiler/export.py")
     assert [o for o in outside if not o.startswith(allowed)] == []
+
+
+@pytest.mark.parametrize("old,new,name", [
+    ("pmsm_compiler.activations", "pmsm_compiler.training.activations", "PQA"),
+    ("pmsm_compiler.export", "pmsm_compiler.training.export", "export_onnx"),
+    ("pmsm_compiler.models", "pmsm_compiler.training.zoo", "build_model"),
+])
+def test_old_training_paths_still_import_with_a_deprecation_warning(tmp_path, old, new, name):
+    """The paths the README used to name keep working for users' code: the same objects, and one
+    DeprecationWarning that names the new place."""
+    pytest.importorskip("torch")
+    code = textwrap.dedent(f"""
+        import importlib, warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from {old} import {name} as got
+        import {new} as moved
+        assert got is getattr(moved, "{name}"), "not the same object"
+        messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+        assert len(messages) == 1 and "{new}" in messages[0], messages
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
