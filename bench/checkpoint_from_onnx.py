@@ -30,7 +30,7 @@ import numpy as np
 
 
 def _bn_name(conv_name: str) -> str:
-    """The BatchNorm module that follows a conv in models/resnet.py."""
+    """The BatchNorm module that follows a conv in pmsm_compiler/training/zoo/resnet.py."""
     head, _, tail = conv_name.rpartition(".")
     if tail.startswith("conv"):
         return f"{head}.bn{tail[4:]}"
@@ -45,9 +45,9 @@ def model_from_onnx(onnx_path: str, card_data: dict, calib_uint8_nhwc: np.ndarra
     import torch
     from onnx import numpy_helper
 
-    from pmsm_compiler.activations import ActivationSpec, quantized_activations
-    from pmsm_compiler.models import build_model
-    from pmsm_compiler.training import Normalizer
+    from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
+    from pmsm_compiler.training.zoo import build_model
+    from pmsm_compiler.training.trainer import Normalizer
 
     spec = ActivationSpec(**card_data["activation"])  # the card holds the spec's fields (ship_model)
     model = build_model(card_data["architecture"], num_classes=card_data["num_classes"], act=spec)
@@ -135,7 +135,7 @@ def main(onnx_path, card, data_path, calibration_images, out_path, threads):
     import torch
 
     from pmsm_compiler.cli.train import load_training_data
-    from pmsm_compiler.training import evaluate
+    from pmsm_compiler.training.trainer import evaluate
     from pmsm_compiler.verify import make_session
 
     if threads:

@@ -25,11 +25,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import torch
 
-    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.training.activations import quantized_activations
     from pmsm_compiler.compiler import compile_model
-    from pmsm_compiler.export import export_onnx
+    from pmsm_compiler.training.export import export_onnx
     from pmsm_compiler.loading import load_model, save_model_atomic
-    from pmsm_compiler.models import build_model
+    from pmsm_compiler.training.zoo import build_model
     from pmsm_compiler.verify import random_inputs, verify
 
     rows = []

@@ -1,7 +1,7 @@
 """Export agreement: quantization levels at every PQA / QCFS output, PyTorch eager vs onnxruntime.
 
 For every zoo model (default resnet20, vgg16, vit_s) with random weights, random λ's and
-randomized BatchNorm statistics (``pmsm_compiler.verify_export.randomize_for_check``), on the
+randomized BatchNorm statistics (``pmsm_compiler.training.verify_export.randomize_for_check``), on the
 bundled CIFAR-10 test images, export with ``pqa_as="node"`` and compare the integer levels
 k = round(y/s) of every quantizer output between PyTorch eager and onnxruntime at
 ORT_ENABLE_ALL and ORT_ENABLE_BASIC, plus the top-1 agreement of the logits.
@@ -38,11 +38,11 @@ def run_model(name: str, n_images: int, chunk: int, seed: int, threads: int, log
     import onnxruntime as ort
     import torch
 
-    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.training.activations import quantized_activations
     from pmsm_compiler.data import NORMALIZATIONS, load_bundled_sample, normalize
-    from pmsm_compiler.export import export_onnx
-    from pmsm_compiler.models import build_model
-    from pmsm_compiler.verify_export import (
+    from pmsm_compiler.training.export import export_onnx
+    from pmsm_compiler.training.zoo import build_model
+    from pmsm_compiler.training.verify_export import (
         accumulate,
         compare_levels,
         k_ranges_of,

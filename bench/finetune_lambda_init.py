@@ -32,7 +32,7 @@ def set_lambdas(model, x, rule, value=None, grid=200, max_values=1 << 20):
     import torch
     import torch.nn.functional as F
 
-    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.training.activations import quantized_activations
 
     quantizers = quantized_activations(model)
     if rule == "fixed":
@@ -86,10 +86,10 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    from pmsm_compiler.activations import ActivationSpec
+    from pmsm_compiler.training.activations import ActivationSpec
     from pmsm_compiler.data import NORMALIZATIONS, load_npz
-    from pmsm_compiler.models import build_model
-    from pmsm_compiler.training import Normalizer, evaluate, load_init_weights
+    from pmsm_compiler.training.zoo import build_model
+    from pmsm_compiler.training.trainer import Normalizer, evaluate, load_init_weights
 
     if args.threads:
         torch.set_num_threads(args.threads)

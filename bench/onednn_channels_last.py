@@ -2,7 +2,7 @@
 
 torch 2.13 (oneDNN 3.12) crashed on an AMD EPYC VM (AVX2) in the backward pass of a channels_last
 1×1 stride-2 convolution with 2–7 input channels: SIGSEGV / SIGABRT at one thread; at two,
-some runs hung. ``pmsm_compiler.training.channels_last_hazard`` makes pmsm-train fall back to
+some runs hung. ``pmsm_compiler.training.trainer.channels_last_hazard`` makes pmsm-train fall back to
 NCHW for such layers. This script shows, on the machine it runs on, which shapes crash (each in a child
 process, three backward passes on a batch of 32×32 images, with a time limit), and how far
 ResNet-20's own shortcut and 3×3 layers' channels_last gradients are from the NCHW ones computed

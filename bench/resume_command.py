@@ -19,7 +19,7 @@ MACHINE_OPTIONS = ("--data", "--threads", "--out")
 
 
 def last_command(run_dir: str) -> list[str]:
-    from pmsm_compiler.training import read_train_log
+    from pmsm_compiler.training.trainer import read_train_log
 
     sessions = read_train_log(run_dir)
     if not sessions:

@@ -56,10 +56,10 @@ def prepare(name: str, out_dir: str, seed: int = 0) -> dict:
     import torch
 
     from pmsm_compiler.compiler import compile_model
-    from pmsm_compiler.export import export_onnx
+    from pmsm_compiler.training.export import export_onnx
     from pmsm_compiler.loading import load_model, save_model_atomic
-    from pmsm_compiler.models import build_model
-    from pmsm_compiler.verify_export import randomize_for_check
+    from pmsm_compiler.training.zoo import build_model
+    from pmsm_compiler.training.verify_export import randomize_for_check
 
     torch.manual_seed(seed)
     net = build_model(name, act="pqa")

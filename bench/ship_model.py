@@ -45,7 +45,7 @@ def pretraining_of(cfg) -> dict | None:
     """What the run started from (``--init-from``): that run's command, budget and accuracy."""
     import torch
 
-    from pmsm_compiler.training import read_train_log
+    from pmsm_compiler.training.trainer import read_train_log
 
     if not cfg.get("init_from"):
         return None
@@ -87,11 +87,11 @@ def main(argv=None):
 
     import torch
 
-    from pmsm_compiler.activations import ActivationSpec
+    from pmsm_compiler.training.activations import ActivationSpec
     from pmsm_compiler.data import NORMALIZATIONS, load_npz, normalize
-    from pmsm_compiler.export import export_onnx
-    from pmsm_compiler.models import build_model
-    from pmsm_compiler.training import read_train_log
+    from pmsm_compiler.training.export import export_onnx
+    from pmsm_compiler.training.zoo import build_model
+    from pmsm_compiler.training.trainer import read_train_log
     from pmsm_compiler.verify import make_session
 
     state = torch.load(os.path.join(args.run, "checkpoint.pt"), map_location="cpu", weights_only=False)

@@ -20,9 +20,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pmsm_compiler import activations
-from pmsm_compiler.activations import ActivationSpec
-from pmsm_compiler.models import build_model
+from pmsm_compiler.training import activations
+from pmsm_compiler.training.activations import ActivationSpec
+from pmsm_compiler.training.zoo import build_model
 
 
 class WhereMaskQuantize(torch.autograd.Function):

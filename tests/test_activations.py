@@ -1,4 +1,4 @@
-"""Tests for pmsm_compiler.activations: PQA / QCFS forward and STE gradients, validation, swap_relu.
+"""Tests for pmsm_compiler.training.activations: PQA / QCFS forward and STE gradients, validation, swap_relu.
 
 References are independent of the module: float64 numpy for the formula
 y = s·clip(floor(x/s + ½), αL, βL), s = λ/L (equations.md §2.1, §7), a float32 numpy emulation of
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pmsm_compiler.activations import (
+from pmsm_compiler.training.activations import (
     PQA,
     QCFS,
     ActivationSpec,

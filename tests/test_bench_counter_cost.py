@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 
 from bench_scripts import load_bench_script  # noqa: E402
 
-from pmsm_compiler.export import export_onnx  # noqa: E402
-from pmsm_compiler.models import build_model  # noqa: E402
+from pmsm_compiler.training.export import export_onnx  # noqa: E402
+from pmsm_compiler.training.zoo import build_model  # noqa: E402
 
 
 def test_counter_cost_runs_and_reports_the_ratio(tmp_path, capsys):

@@ -17,10 +17,10 @@ torch = pytest.importorskip("torch")
 
 from bench_scripts import load_bench_script  # noqa: E402
 
-from pmsm_compiler.activations import quantized_activations  # noqa: E402
+from pmsm_compiler.training.activations import quantized_activations  # noqa: E402
 from pmsm_compiler.data import load_bundled_sample  # noqa: E402
-from pmsm_compiler.export import export_onnx  # noqa: E402
-from pmsm_compiler.models import build_model  # noqa: E402
+from pmsm_compiler.training.export import export_onnx  # noqa: E402
+from pmsm_compiler.training.zoo import build_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

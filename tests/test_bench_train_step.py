@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pmsm_compiler.activations import PQA, QCFS
+from pmsm_compiler.training.activations import PQA, QCFS
 
 from bench_scripts import load_bench_script
 

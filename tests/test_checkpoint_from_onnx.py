@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pmsm_compiler.activations import ActivationSpec
-from pmsm_compiler.export import export_onnx
-from pmsm_compiler.models import build_model
+from pmsm_compiler.training.activations import ActivationSpec
+from pmsm_compiler.training.export import export_onnx
+from pmsm_compiler.training.zoo import build_model
 from pmsm_compiler.verify import make_session
 
 from bench_scripts import load_bench_script
@@ -80,7 +80,7 @@ def test_train_mode_on_the_calibration_images_is_eval_mode(relu_net):
 
 
 def test_every_lambda_comes_from_the_onnx_model(exported):
-    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.training.activations import quantized_activations
 
     net, path, card, images = exported
     model, _ = _script().model_from_onnx(str(path), card, images)

@@ -35,7 +35,7 @@ SAMPLES = "16"
 
 
 def _randomize(net, seed):
-    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.training.activations import quantized_activations
 
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -53,8 +53,8 @@ def _randomize(net, seed):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from pmsm_compiler.export import export_onnx
-    from pmsm_compiler.models import build_model
+    from pmsm_compiler.training.export import export_onnx
+    from pmsm_compiler.training.zoo import build_model
 
     root = tmp_path_factory.mktemp("zoo")
     torch.manual_seed(0)

@@ -7,9 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pmsm_compiler.compiler import compile_model  # noqa: E402
-from pmsm_compiler.export import export_onnx  # noqa: E402
+from pmsm_compiler.training.export import export_onnx  # noqa: E402
 from pmsm_compiler.loading import load_model  # noqa: E402
-from pmsm_compiler.models import build_model  # noqa: E402
+from pmsm_compiler.training.zoo import build_model  # noqa: E402
 from pmsm_compiler.runtime import SNNSession  # noqa: E402
 from pmsm_compiler.verify import make_session, random_inputs, verify  # noqa: E402
 

@@ -83,6 +83,28 @@ def test_load_dataset_default_is_bundled():
         assert ds.x.shape == (1000, 32, 32, 3)
 
 
+def test_public_names_unchanged_and_one_module_per_format():
+    """The loaders are split by format (npz, cifar, image_folder; loaders dispatches); the package's
+    public names are the ones it has always had."""
+    import pmsm_compiler.data as d
+
+    assert sorted(d.__all__) == sorted([
+        "BUNDLED_SAMPLE", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD",
+        "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZATIONS", "Dataset", "get_normalization",
+        "iterate_batches", "load_bundled_sample", "load_cifar10_pickle", "load_cifar100_pickle", "load_dataset",
+        "load_image_folder", "load_npy", "load_npz", "normalize"])
+    assert all(hasattr(d, name) for name in d.__all__)
+    modules = {name: getattr(d, name).__module__ for name in d.__all__ if callable(getattr(d, name))}
+    assert modules == {
+        "Dataset": "pmsm_compiler.data.dataset",
+        "load_npz": "pmsm_compiler.data.npz", "load_npy": "pmsm_compiler.data.npz",
+        "load_cifar10_pickle": "pmsm_compiler.data.cifar", "load_cifar100_pickle": "pmsm_compiler.data.cifar",
+        "load_image_folder": "pmsm_compiler.data.image_folder",
+        "load_dataset": "pmsm_compiler.data.loaders", "load_bundled_sample": "pmsm_compiler.data.loaders",
+        "get_normalization": "pmsm_compiler.data.normalization", "normalize": "pmsm_compiler.data.normalization",
+        "iterate_batches": "pmsm_compiler.data.normalization"}
+
+
 def test_no_torch_or_pillow_import_at_module_level(tmp_path):
     code = (
         "import sys, pmsm_compiler.data as d; d.load_bundled_sample(); "

@@ -7,10 +7,10 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from pmsm_compiler.activations import quantized_activations  # noqa: E402
+from pmsm_compiler.training.activations import quantized_activations  # noqa: E402
 from pmsm_compiler.cli.demo import main  # noqa: E402
-from pmsm_compiler.export import export_onnx  # noqa: E402
-from pmsm_compiler.models import build_model  # noqa: E402
+from pmsm_compiler.training.export import export_onnx  # noqa: E402
+from pmsm_compiler.training.zoo import build_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

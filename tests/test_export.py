@@ -1,4 +1,4 @@
-"""Tests for pmsm_compiler.export: pmsm::PQA / pmsm::QCFS nodes with local functions, validity,
+"""Tests for pmsm_compiler.training.export: pmsm::PQA / pmsm::QCFS nodes with local functions, validity,
 dynamic batch, stock onnxruntime, and per-quantizer level agreement with PyTorch eager.
 
 Models get random λ's and randomized BatchNorm statistics first (``randomize_for_check``), so
@@ -19,11 +19,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pmsm_compiler.activations import QCFS, quantized_activations, swap_relu
+from pmsm_compiler.training.activations import QCFS, quantized_activations, swap_relu
 from pmsm_compiler.data import NORMALIZATIONS, load_bundled_sample, normalize
-from pmsm_compiler.export import METADATA_KEY, export_onnx, get_metadata
-from pmsm_compiler.models import build_model
-from pmsm_compiler.verify_export import (
+from pmsm_compiler.training.export import METADATA_KEY, export_onnx, get_metadata
+from pmsm_compiler.training.zoo import build_model
+from pmsm_compiler.training.verify_export import (
     compare_levels,
     k_ranges_of,
     make_session,
@@ -43,8 +43,8 @@ MAX_RATE = 1e-3
 
 def _vit_available() -> str | None:
     """None when vit_tiny can be built, else the reason it cannot."""
-    if importlib.util.find_spec("pmsm_compiler.models.vit") is None:
-        return "models/vit.py is not there yet (being written separately)"
+    if importlib.util.find_spec("pmsm_compiler.training.zoo.vit") is None:
+        return "pmsm_compiler/training/zoo/vit.py is not there yet (being written separately)"
     try:
         build_model("vit_tiny")
     except Exception as exc:  # noqa: BLE001 - any failure: the ViT is not ready

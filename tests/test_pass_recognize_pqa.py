@@ -118,9 +118,9 @@ def assert_exact_t1(model, x, opt_level="all"):
 @pytest.fixture(scope="module")
 def exported_resnet_tiny():
     torch = pytest.importorskip("torch")
-    from pmsm_compiler.activations import quantized_activations
-    from pmsm_compiler.export import export_onnx
-    from pmsm_compiler.models import build_model
+    from pmsm_compiler.training.activations import quantized_activations
+    from pmsm_compiler.training.export import export_onnx
+    from pmsm_compiler.training.zoo import build_model
 
     torch.manual_seed(0)
     net = build_model("resnet_tiny", act="pqa")

@@ -70,10 +70,10 @@ def wrapper_io(model, wrapper):
 @pytest.fixture(scope="module")
 def vgg_maxpool(tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from pmsm_compiler.activations import quantized_activations
-    from pmsm_compiler.export import export_onnx
+    from pmsm_compiler.training.activations import quantized_activations
+    from pmsm_compiler.training.export import export_onnx
     from pmsm_compiler.loading import load_model
-    from pmsm_compiler.models import build_model
+    from pmsm_compiler.training.zoo import build_model
 
     torch.manual_seed(1)
     net = build_model("vgg_tiny", act="pqa", pool="M")
@@ -328,8 +328,8 @@ VIEW_BATCH = 4
 def view_models(tmp_path_factory):
     """(dynamic-batch ANN, fixed-batch ANN, θ, net): conv → PQA → view(n, −1) → fc."""
     torch = pytest.importorskip("torch")
-    from pmsm_compiler.activations import PQA
-    from pmsm_compiler.export import export_onnx
+    from pmsm_compiler.training.activations import PQA
+    from pmsm_compiler.training.export import export_onnx
     from pmsm_compiler.loading import load_model
 
     class ViewNet(torch.nn.Module):

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from pmsm_compiler.cli.compile import main as compile_main
 from pmsm_compiler.cli.run import main as run_main, parse_providers
 from pmsm_compiler.data import CIFAR10_MEAN, CIFAR10_STD, load_bundled_sample, normalize
-from pmsm_compiler.export import export_onnx
-from pmsm_compiler.models import build_model
-from pmsm_compiler.verify_export import randomize_for_check
+from pmsm_compiler.training.export import export_onnx
+from pmsm_compiler.training.zoo import build_model
+from pmsm_compiler.training.verify_export import randomize_for_check
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,12 @@ torch = pytest.importorskip("torch")
 
 from pmsm_compiler.compiler import compile_model  # noqa: E402
 from pmsm_compiler.data import CIFAR10_MEAN, CIFAR10_STD, load_bundled_sample, normalize  # noqa: E402
-from pmsm_compiler.export import export_onnx  # noqa: E402
+from pmsm_compiler.training.export import export_onnx  # noqa: E402
 from pmsm_compiler.loading import load_model  # noqa: E402
-from pmsm_compiler.models import build_model  # noqa: E402
+from pmsm_compiler.training.zoo import build_model  # noqa: E402
 from pmsm_compiler.runtime import SNNSession  # noqa: E402
 from pmsm_compiler.testing.reference import quantizer_node_neurons, run_rate_coded_ann, run_reference  # noqa: E402
-from pmsm_compiler.verify_export import randomize_for_check  # noqa: E402
+from pmsm_compiler.training.verify_export import randomize_for_check  # noqa: E402
 
 T = 8
 
@@ -49,7 +49,7 @@ def ann(name: str, tmp: str) -> onnx.ModelProto:
     torch.manual_seed(1)
     net = build_model(name, act="pqa")
     if name.startswith("vit"):
-        from pmsm_compiler.models.vit import calibrate_lambdas
+        from pmsm_compiler.training.zoo.vit import calibrate_lambdas
 
         with torch.no_grad():  # attention far from uniform, then SpikeZIP's λ calibration
             for block in net.blocks:

@@ -20,16 +20,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pmsm_compiler.activations import PQA
+from pmsm_compiler.training.activations import PQA
 from pmsm_compiler.compiler import compile_model
 from pmsm_compiler.data import CIFAR10_MEAN, CIFAR10_STD, load_bundled_sample, normalize
-from pmsm_compiler.export import export_onnx
+from pmsm_compiler.training.export import export_onnx
 from pmsm_compiler.loading import load_model
-from pmsm_compiler.models import build_model
+from pmsm_compiler.training.zoo import build_model
 from pmsm_compiler.ops.neurons import AIFNeuron, IFNeuron
 from pmsm_compiler.runtime import SNNSession, split_static_prologue
 from pmsm_compiler.verify import initial_state_feeds, make_session, with_outputs
-from pmsm_compiler.verify_export import randomize_for_check
+from pmsm_compiler.training.verify_export import randomize_for_check
 
 OPT_LEVELS = ["all", "basic"]
 

@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pmsm_compiler.activations import PQA, quantized_activations  # noqa: E402
-from pmsm_compiler.spike_cost import SpikeCost, collect_spike_cost, set_spike_cost  # noqa: E402
+from pmsm_compiler.training.activations import PQA, quantized_activations  # noqa: E402
+from pmsm_compiler.training.spike_cost import SpikeCost, collect_spike_cost, set_spike_cost  # noqa: E402
 
 
 def _levels(x, lam, levels=8, k_min=-2, k_max=8):
@@ -56,7 +56,7 @@ def test_activations_record_the_cost_only_when_asked_and_with_gradients():
 
 
 def test_training_with_a_penalty_lowers_the_spike_cost(tmp_path):
-    from pmsm_compiler.training import TrainConfig, train
+    from pmsm_compiler.training.trainer import TrainConfig, train
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)

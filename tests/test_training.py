@@ -1,4 +1,4 @@
-"""Tests for pmsm_compiler.training and the pmsm-train CLI: a few steps reduce the loss,
+"""Tests for pmsm_compiler.training.trainer and the pmsm-train CLI: a few steps reduce the loss,
 checkpoint/resume continues exactly where it stopped and refuses a changed config, and the CLI
 writes its outputs and fails cleanly (exit code 2, one line) on bad input.
 
@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from pmsm_compiler.cli.train import main as train_cli
-from pmsm_compiler.activations import quantized_activations
+from pmsm_compiler.training.activations import quantized_activations
 from pmsm_compiler.data import NORMALIZATIONS, load_bundled_sample
-from pmsm_compiler.models import build_model
-from pmsm_compiler.training import (LOG_COMMAND, Normalizer, TrainConfig, channels_last_hazard, command_log_line,
-                                     read_train_log, train)
+from pmsm_compiler.training.zoo import build_model
+from pmsm_compiler.training.trainer import (LOG_COMMAND, Normalizer, TrainConfig, channels_last_hazard,
+                                            command_log_line, read_train_log, train)
 
 MEAN, STD = NORMALIZATIONS["cifar10"]
 
@@ -168,7 +168,7 @@ def test_checkpoint_resume_continues_exactly_and_refuses_a_changed_config(sample
 
 
 def test_init_from_a_relu_checkpoint_loads_every_weight_and_keeps_lambda0(sample, tmp_path):
-    from pmsm_compiler.training import load_init_weights
+    from pmsm_compiler.training.trainer import load_init_weights
 
     x, y = sample[0][:64], sample[1][:64]
     relu_cfg = TrainConfig(model="resnet_tiny", act="relu", batch_size=32, epochs=1, seed=3, threads=1)
@@ -204,8 +204,8 @@ def test_init_from_a_relu_checkpoint_loads_every_weight_and_keeps_lambda0(sample
 def test_init_from_a_clip_pretraining_hands_over_its_lambdas(sample, tmp_path):
     """A float clip(x, αλ, βλ) pre-training (``--act clip``) fine-tunes into PQA with its λ, so the
     quantized network starts from the float one's function, rounded to λ/L."""
-    from pmsm_compiler.activations import ClipFloat
-    from pmsm_compiler.training import load_init_weights
+    from pmsm_compiler.training.activations import ClipFloat
+    from pmsm_compiler.training.trainer import load_init_weights
 
     x, y = sample[0][:64], sample[1][:64]
     cfg = TrainConfig(model="resnet_tiny", act="clip", lam=3.0, batch_size=32, epochs=1, seed=3, threads=1)
@@ -224,7 +224,7 @@ def test_init_from_a_clip_pretraining_hands_over_its_lambdas(sample, tmp_path):
 
 
 def test_init_from_refuses_what_does_not_fit(sample, tmp_path):
-    from pmsm_compiler.training import load_init_weights
+    from pmsm_compiler.training.trainer import load_init_weights
 
     other = build_model("vgg_tiny", num_classes=10, act="relu")
     path = tmp_path / "vgg.pt"

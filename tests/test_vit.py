@@ -1,4 +1,4 @@
-"""ViT with SpikeZIP-TF quantizer placement (models/vit.py)."""
+"""ViT with SpikeZIP-TF quantizer placement (pmsm_compiler/training/zoo/vit.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn as nn  # noqa: E402
 
-from pmsm_compiler.activations import PQA, QCFS, quantized_activations  # noqa: E402
-from pmsm_compiler.models import build_model  # noqa: E402
-from pmsm_compiler.models.vit import LAMBDA_INIT, calibrate_lambdas  # noqa: E402
+from pmsm_compiler.training.activations import PQA, QCFS, quantized_activations  # noqa: E402
+from pmsm_compiler.training.zoo import build_model  # noqa: E402
+from pmsm_compiler.training.zoo.vit import LAMBDA_INIT, calibrate_lambdas  # noqa: E402
 
 L = 8
 SIGNED_PER_BLOCK = ["norm1_quant", "attn.q_quant", "attn.k_quant", "attn.v_quant", "attn.out_quant",

@@ -26,9 +26,9 @@ def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, seed
         import torch
     except ImportError:
         raise InputError("pmsm-export needs PyTorch: pip install 'pmsm-compiler[torch]'") from None
-    from pmsm_compiler.activations import ActivationSpec
-    from pmsm_compiler.export import export_onnx
-    from pmsm_compiler.models import build_model
+    from pmsm_compiler.training.activations import ActivationSpec
+    from pmsm_compiler.training.export import export_onnx
+    from pmsm_compiler.training.zoo import build_model
 
     metadata = {}
     if checkpoint:

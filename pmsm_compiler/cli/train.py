@@ -58,7 +58,7 @@ def load_training_data(path: str, dataset: str):
                    "start at --lam): fine-tuning, with a fresh schedule. See docs/training.md for when it helps.")
 @click.option("--spike-penalty", default=0.0, show_default=True,
               help="Add this weight times the mean spike cost per neuron and image to the loss (a surrogate "
-                   "gradient; pmsm_compiler.spike_cost), to train PQA networks that fire less; e.g. with "
+                   "gradient; pmsm_compiler.training.spike_cost), to train PQA networks that fire less; e.g. with "
                    "--init-from a trained run.")
 @click.option("--penalty-rule", type=click.Choice(["spikes", "events"]), default="spikes", show_default=True,
               help="What the penalty counts: spikes = Σ|k| (Eq. 11), events = Σ 1[k ≠ 0] (one packet per "
@@ -85,7 +85,7 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
     except ImportError:
         raise InputError("pmsm-train needs PyTorch: pip install 'pmsm-compiler[torch]'") from None
     from pmsm_compiler.data import NORMALIZATIONS
-    from pmsm_compiler.training import TrainConfig, command_log_line, train
+    from pmsm_compiler.training.trainer import TrainConfig, command_log_line, train
 
     if not os.path.exists(data_path):
         raise InputError(f"data path not found: {data_path}")
@@ -127,7 +127,7 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
                     progress=progress, log=log)
     net = summary.pop("model")
     if export and is_main:
-        from pmsm_compiler.export import export_onnx
+        from pmsm_compiler.training.export import export_onnx
 
         onnx_path = os.path.join(out_dir, "model.onnx")
         export_onnx(net.cpu().to(memory_format=__import__("torch").contiguous_format), onnx_path,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .loaders import Dataset, get_normalization, normalize
+from .dataset import Dataset
+from .normalization import get_normalization, normalize
 
 
 def resolve_normalization(choice: str, info: dict | None):

@@ -5,7 +5,7 @@ Every ``pmsm`` op ships its own ``FunctionProto`` body inside the model, so stoc
 kernel registered later for the same (domain, op) would take precedence.
 
 Families, one file each, with the math in its docstring:
-- ``quantizers``: PQA and QCFS, the ANN activations (training side, exported by ``export``);
+- ``quantizers``: PQA and QCFS, the ANN activations (trained and exported by ``pmsm_compiler.training``);
 - ``neurons``: AIF (multi-spike, signed) and IF (binary) neurons in threshold units, with a numpy
   reference built from the same explicit parts (integrate, fire, reset);
 - ``temporal``: the stateful wrapper that makes any other non-linear op consistent over time.

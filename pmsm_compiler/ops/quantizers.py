@@ -12,48 +12,50 @@ The body's op order (Div, Add 0.5, Floor, Clip, Mul) is the one the PyTorch modu
 one the AIF neuron's first step repeats (u = 0.5 + X/θ, Floor, Clip), so the three agree bit for
 bit on the same input. The bounds are computed as Round(α·L) so that a float attribute such as
 α = −1/3 with L = 3 still gives the integer level −1.
+
+Both bodies come from one template, as the neuron bodies in ``neurons`` do: quantize, clip to the
+quantizer's range (the only part that differs), dequantize (tests/test_ops_quantizers.py holds the
+expected bodies node for node).
 """
 
 from __future__ import annotations
 
 from . import parse_function
 
-PQA_BODY = """
-PQA <L, alpha, beta> (X, lam) => (Y)
-{
+# Each quantizer is composed of three parts: quantize (level = Floor(X/s + ½), s = λ/L), the clip
+# range (its own nodes and the names of its bounds) and dequantize (Y = k·s).
+_QUANTIZE = """
     L_int = Constant <value_int: int = @L> ()
     L_f = Cast <to = 1> (L_int)
     step = Div (lam, L_f)
     u = Div (X, step)
     half = Constant <value_float = 0.5> ()
     shifted = Add (u, half)
-    level = Floor (shifted)
+    level = Floor (shifted)"""
+# name -> (attributes, nodes computing the bounds, lower bound, upper bound)
+_CLIP_RANGE = {
+    "PQA": (" <L, alpha, beta>", """
     alpha_f = Constant <value_float: float = @alpha> ()
     beta_f = Constant <value_float: float = @beta> ()
     k_min_raw = Mul (alpha_f, L_f)
     k_min = Round (k_min_raw)
     k_max_raw = Mul (beta_f, L_f)
-    k_max = Round (k_max_raw)
-    k = Clip (level, k_min, k_max)
-    Y = Mul (k, step)
+    k_max = Round (k_max_raw)""", "k_min", "k_max"),
+    "QCFS": (" <L>", """
+    zero = Constant <value_float = 0.0> ()""", "zero", "L_f"),
 }
-"""
 
-QCFS_BODY = """
-QCFS <L> (X, lam) => (Y)
-{
-    L_int = Constant <value_int: int = @L> ()
-    L_f = Cast <to = 1> (L_int)
-    step = Div (lam, L_f)
-    u = Div (X, step)
-    half = Constant <value_float = 0.5> ()
-    shifted = Add (u, half)
-    level = Floor (shifted)
-    zero = Constant <value_float = 0.0> ()
-    k = Clip (level, zero, L_f)
-    Y = Mul (k, step)
-}
-"""
+
+def _quantizer_body(name: str) -> str:
+    """quantize → clip to the quantizer's range → dequantize."""
+    attrs, bounds, lo, hi = _CLIP_RANGE[name]
+    return (f"{name}{attrs} (X, lam) => (Y)\n{{{_QUANTIZE}{bounds}\n"
+            f"    k = Clip (level, {lo}, {hi})\n    Y = Mul (k, step)\n}}\n")
+
+
+QUANTIZER_OPS = ("PQA", "QCFS")
+PQA_BODY = _quantizer_body("PQA")
+QCFS_BODY = _quantizer_body("QCFS")
 
 
 def pqa_function():
@@ -65,4 +67,4 @@ def qcfs_function():
 
 
 def quantizer_functions():
-    return [pqa_function(), qcfs_function()]
+    return [parse_function(_quantizer_body(op)) for op in QUANTIZER_OPS]

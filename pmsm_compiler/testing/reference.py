@@ -340,7 +340,7 @@ def _cut_at_quantizers(ann: onnx.ModelProto, neurons: list[dict]) -> onnx.ModelP
 
 def quantizer_node_neurons(ann: onnx.ModelProto, info: dict) -> list[dict]:
     """``run_rate_coded_ann``'s neuron list for an ANN whose quantizers are ``pmsm::PQA`` /
-    ``pmsm::QCFS`` nodes (as ``pmsm_compiler.export`` writes them), in network order, with the
+    ``pmsm::QCFS`` nodes (as ``pmsm_compiler.training.export`` writes them), in network order, with the
     neuron parameters the compiler recorded for each (``info["layers"]``)."""
     producer = {o: node for node in ann.graph.node for o in node.output}
     found = {}

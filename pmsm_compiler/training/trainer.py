@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pmsm_compiler.activations import ActivationSpec, quantized_activations
+from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
 
 
 LOG_COMMAND = "command: "
@@ -232,7 +232,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
 
     Returns a summary dict (also written to ``out_dir/summary.json``).
     """
-    from pmsm_compiler.models import build_model
+    from pmsm_compiler.training.zoo import build_model
 
     world, rank, local_rank = _dist_info()
     distributed = world > 1
@@ -291,14 +291,14 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
                 + (f"; λ not in the checkpoint: {len(loaded['kept_initial'])}" if loaded["kept_initial"] else ""))
     if start_epoch == 0 and cfg.model.startswith("vit") and cfg.act != "relu" and not lambdas_loaded:
         # SpikeZIP-TF initialises every quantizer step on the first training batch; with fixed λ0
-        # an untrained ViT rounds whole attention branches to zero (models/vit.py).
-        from pmsm_compiler.models.vit import calibrate_lambdas
+        # an untrained ViT rounds whole attention branches to zero (pmsm_compiler/training/zoo/vit.py).
+        from pmsm_compiler.training.zoo.vit import calibrate_lambdas
 
         first = norm(torch.from_numpy(np.ascontiguousarray(train_x[:cfg.batch_size])).to(device))
         calibrate_lambdas(model, first.contiguous(memory_format=memory_format))
     penalized = cfg.spike_penalty > 0
     if penalized:
-        from pmsm_compiler.spike_cost import collect_spike_cost, set_spike_cost
+        from pmsm_compiler.training.spike_cost import collect_spike_cost, set_spike_cost
 
         if not set_spike_cost(model, cfg.penalty_rule):
             raise ValueError("--spike-penalty needs a model with quantized activations (pqa or qcfs)")

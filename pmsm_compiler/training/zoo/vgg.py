@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from pmsm_compiler.activations import as_spec
+from pmsm_compiler.training.activations import as_spec
 
 VGG16_CFG = (64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A")
 

@@ -23,7 +23,7 @@ the spike function:
 
 ``SpikeCost`` is a module-free helper: ``PQA``/``QCFS`` call it when their ``spike_cost``
 attribute names a rule (``set_spike_cost``), and keep the batch's total in ``last_cost``;
-``pmsm_compiler.training`` adds ``weight · Σ_layers last_cost / (batch · neurons)`` to the loss,
+``pmsm_compiler.training.trainer`` adds ``weight · Σ_layers last_cost / (batch · neurons)`` to the loss,
 i.e. the weight times the mean cost per neuron and image.
 """
 
@@ -67,7 +67,7 @@ class SpikeCost(torch.autograd.Function):
 def set_spike_cost(model: torch.nn.Module, rule: str | None) -> int:
     """Make every PQA / QCFS of ``model`` record its spike cost under ``rule`` (None: stop).
     Returns the number of layers."""
-    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.training.activations import quantized_activations
 
     if rule is not None and rule not in RULES:
         raise ValueError(f"spike cost rule must be one of {', '.join(RULES)}, got {rule!r}")
@@ -80,7 +80,7 @@ def set_spike_cost(model: torch.nn.Module, rule: str | None) -> int:
 
 def collect_spike_cost(model: torch.nn.Module) -> tuple[torch.Tensor | None, int]:
     """(Σ of the layers' last costs, Σ of their neurons per image) from the last forward pass."""
-    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.training.activations import quantized_activations
 
     total, neurons = None, 0
     for _, m in quantized_activations(model):

@@ -221,7 +221,7 @@ def pqa_outputs_torch(model, x) -> QuantOutputs:
     """
     import torch
 
-    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.training.activations import quantized_activations
 
     result = QuantOutputs()
     handles = []
@@ -339,7 +339,7 @@ def overall_rate(stats: list[LevelStats]) -> float:
 
 def k_ranges_of(model) -> dict:
     """name -> (k_min, k_max) for every quantizer of a PyTorch model."""
-    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.training.activations import quantized_activations
 
     return {name: (m.k_min, m.k_max) for name, m in quantized_activations(model)}
 
@@ -364,7 +364,7 @@ def randomize_for_check(model, x_calib=None, seed: int = 0, lam_range=(2.0, 10.0
     import torch
     import torch.nn as nn
 
-    from pmsm_compiler.activations import quantized_activations
+    from pmsm_compiler.training.activations import quantized_activations
 
     gen = torch.Generator().manual_seed(seed)
 

@@ -16,7 +16,7 @@ patch_size=16)``.
 Quantizer placement (equations.md §8.2, SpikeZIP-TF ``myquan_replace`` / ``QAttention``)
 ----------------------------------------------------------------------------------------
 Per block, in forward order (which is also registration order, so
-``pmsm_compiler.activations.quantized_activations(model)`` lists them in the order they run)::
+``pmsm_compiler.training.activations.quantized_activations(model)`` lists them in the order they run)::
 
     h = Q_sym(norm1(x))                                    norm1_quant
     q, k, v = split(qkv(h))
@@ -93,7 +93,7 @@ import math
 import torch
 import torch.nn as nn
 
-from pmsm_compiler.activations import PQA, QCFS, ActivationSpec, as_spec, quantized_activations
+from pmsm_compiler.training.activations import PQA, QCFS, ActivationSpec, as_spec, quantized_activations
 
 # spot -> (signed?, λ0); see the module docstring.
 QUANTIZER_SPOTS = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from pmsm_compiler.activations import as_spec
+from pmsm_compiler.training.activations import as_spec
 
 
 class BasicBlock(nn.Module):
