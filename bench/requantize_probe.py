@@ -28,9 +28,9 @@ def parse_configs(text: str) -> list[tuple[int, float, float]]:
 def probe(checkpoint: str, x, y, levels: int, alpha: float, lam_scale: float, mean, std) -> dict:
     import torch
 
-    from pmsm_compiler.activations import ActivationSpec, quantized_activations
-    from pmsm_compiler.models import build_model
-    from pmsm_compiler.training import Normalizer, load_init_weights
+    from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
+    from pmsm_compiler.training.zoo import build_model
+    from pmsm_compiler.training.trainer import Normalizer, load_init_weights
 
     model = build_model("resnet20", num_classes=10, act=ActivationSpec("pqa", levels, 8.0, alpha, 1.0))
     load_init_weights(model, checkpoint)

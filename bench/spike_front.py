@@ -31,7 +31,7 @@ ROOT = os.path.dirname(HERE)
 
 def describe_run(run_dir: str) -> dict:
     """Label, model path, configuration and commands of a pmsm-train output folder."""
-    from pmsm_compiler.training import read_train_log
+    from pmsm_compiler.training.trainer import read_train_log
 
     with open(os.path.join(run_dir, "summary.json")) as f:
         summary = json.load(f)

@@ -48,10 +48,10 @@ def test_requantize_probe_counts_what_the_snn_fires(tmp_path):
     torch = pytest.importorskip("torch")
     import numpy as np
 
-    from pmsm_compiler.activations import ActivationSpec
+    from pmsm_compiler.training.activations import ActivationSpec
     from pmsm_compiler.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset
-    from pmsm_compiler.export import export_onnx
-    from pmsm_compiler.models import build_model
+    from pmsm_compiler.training.export import export_onnx
+    from pmsm_compiler.training.zoo import build_model
 
     probe = load_bench_script("requantize_probe")
     front = load_bench_script("spike_front")
