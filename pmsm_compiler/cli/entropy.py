@@ -18,6 +18,7 @@ import tempfile
 import click
 
 from pmsm_compiler import entropy as ent
+from pmsm_compiler.defaults import PQA_LAMBDA, PQA_LEVELS
 from pmsm_compiler.errors import InputError, PmsmError, cli_errors
 from pmsm_compiler.loading import check_output_path
 
@@ -141,9 +142,9 @@ def write_plot(res: ent.GridResult, path: str) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pmsm-compiler", prog_name="pmsm-entropy")
-@click.option("--levels", "-L", "levels", type=int, default=8, show_default=True,
+@click.option("--levels", "-L", "levels", type=int, default=PQA_LEVELS, show_default=True,
               help="Quantization levels L (integer >= 1).")
-@click.option("--lam", type=float, default=8.0, show_default=True,
+@click.option("--lam", type=float, default=PQA_LAMBDA, show_default=True,
               help="PQA range lambda (> 0).")
 @click.option("--json", "json_path", type=str, default=None, help="Write the result as JSON.")
 @click.option("--plot", "plot_path", type=str, default=None,

@@ -9,6 +9,7 @@ import sys
 import click
 import numpy as np
 
+from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
 from pmsm_compiler.errors import InputError, cli_errors
 
 
@@ -42,10 +43,10 @@ def load_training_data(path: str, dataset: str):
 @click.option("--act", type=click.Choice(["pqa", "qcfs", "relu", "clip"]), default="pqa", show_default=True,
               help="clip: float clip(x, αλ, βλ), PQA's range without rounding, to pre-train before fine-tuning "
                    "PQA (or, with --alpha 0, QCFS) with --init-from.")
-@click.option("--levels", "-L", default=8, show_default=True, help="Quantization levels L.")
-@click.option("--lam", default=8.0, show_default=True, help="Initial λ (ANN threshold).")
-@click.option("--alpha", default=-0.25, show_default=True, help="PQA lower bound α (fraction of λ).")
-@click.option("--beta", default=1.0, show_default=True, help="PQA upper bound β (fraction of λ).")
+@click.option("--levels", "-L", default=PQA_LEVELS, show_default=True, help="Quantization levels L.")
+@click.option("--lam", default=PQA_LAMBDA, show_default=True, help="Initial λ (ANN threshold).")
+@click.option("--alpha", default=PQA_ALPHA, show_default=True, help="PQA lower bound α (fraction of λ).")
+@click.option("--beta", default=PQA_BETA, show_default=True, help="PQA upper bound β (fraction of λ).")
 @click.option("--epochs", default=600, show_default=True)
 @click.option("--batch-size", default=300, show_default=True)
 @click.option("--lr", default=0.1, show_default=True)
