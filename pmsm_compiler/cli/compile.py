@@ -82,16 +82,12 @@ Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
 def main(model, output, exact, check, calibration_data, samples, seed, normalization, opt_level,
          max_level_mismatch, min_top1_agreement, output_rtol, report_path, max_bytes, input_shape, quiet):
     """See HELP."""
-    from pmsm_compiler.compiler import compile_model, read_snn_info
     from pmsm_compiler.errors import InputError
-    from pmsm_compiler.loading import (MAX_MODEL_BYTES, check_output_path, check_single_input, check_static_shapes,
-                                       load_model, parse_input_shape, save_model_atomic, save_text_atomic)
-    from pmsm_compiler.verify import VerificationPolicy, check_runs, input_dtype, random_inputs, verify
+    from pmsm_compiler.loading import check_output_path, parse_input_shape, save_model_atomic, save_text_atomic
+    from pmsm_compiler.pipeline import check_sampling, compile_and_verify
+    from pmsm_compiler.verify import VerificationPolicy
 
-    if samples < 1:
-        raise InputError(f"--samples must be >= 1, got {samples}")
-    if seed < 0:
-        raise InputError(f"--seed must be >= 0, got {seed}")
+    check_sampling(samples, seed)
     output = output or default_output(model)
     if os.path.abspath(output) == os.path.abspath(model):
         raise InputError("the output path must differ from the input model")
@@ -100,36 +96,12 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
         check_output_path(report_path, "the report")
     start = time.perf_counter()
     shapes = dict(parse_input_shape(text) for text in input_shape)
-    ann = load_model(model, max_bytes=max_bytes or MAX_MODEL_BYTES, static_inputs=False, input_shapes=shapes)
-    if read_snn_info(ann) is not None:
-        raise InputError(f"{model} is already a compiled SNN ('pmsm.snn' metadata); give the source ANN")
-    check_single_input(ann)
-    check_static_shapes(ann)
     mode = "exact" if exact else "folded"
-    compiled = compile_model(ann, mode=mode)
-    info = compiled.info
-    verification = {"passed": None, "skipped": True}
-    if check:  # the inputs first: their refusals (size, type) are cheaper than a run
-        if calibration_data:
-            from pmsm_compiler.data import load_dataset
-            from pmsm_compiler.data.prepare import model_inputs, resolve_normalization
-
-            ds = load_dataset(None if calibration_data == "bundled" else calibration_data)
-            mean, std = resolve_normalization(normalization, info)
-            spec = info["inputs"][0]
-            x, _ = model_inputs(ds, spec["shape"], mean, std, limit=samples, input_dtype=input_dtype(spec),
-                                input_name=spec["name"])
-            label = f"{ds.name} ({len(x)} samples)"
-        else:
-            x = random_inputs(info, samples, seed)
-            kind = "normal" if x.dtype.kind == "f" else f"uniform {x.dtype}"
-            label = f"random {kind}, seed {seed} ({samples} samples)"
-    batch = info["inputs"][0]["shape"][0]  # one sample, or the batch the model declares
-    check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
-               what=model)
-    if check:
-        policy = VerificationPolicy(max_level_mismatch, min_top1_agreement, output_rtol)
-        verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode, policy=policy, data_label=label)
+    result = compile_and_verify(model, mode, check=check, data=calibration_data, samples=samples, seed=seed,
+                                normalization=normalization, opt_level=opt_level,
+                                policy=VerificationPolicy(max_level_mismatch, min_top1_agreement, output_rtol),
+                                max_bytes=max_bytes, input_shapes=shapes)
+    compiled, info, verification = result.compiled, result.info, result.verification
     elapsed = time.perf_counter() - start
     report = {
         "schema_version": REPORT_SCHEMA_VERSION, "tool": "pmsm-compile", "compiler_version": __version__,
@@ -138,7 +110,7 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
         "verification": {k: v for k, v in verification.items() if k != "layers"},
         "layers": _report_layers(info, verification), "wrappers": info["wrappers"], "notes": info["notes"],
     }
-    passed = verification.get("passed") is not False
+    passed = result.passed
     if passed:
         save_model_atomic(compiled.model, output)
         report["output"] = os.path.abspath(output)

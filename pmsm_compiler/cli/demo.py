@@ -12,7 +12,7 @@ import time
 import click
 
 from pmsm_compiler.errors import InputError, cli_errors
-from pmsm_compiler.limits import check_timesteps
+from pmsm_compiler.limits import parse_timesteps
 
 PQA_MODEL = "resnet20_pqa_cifar10.onnx"
 QCFS_MODEL = "resnet20_qcfs_cifar10.onnx"
@@ -28,21 +28,17 @@ def _shipped(name):
 
 
 def _convert_and_run(path, mode, dataset, timesteps, batch_size, progress):
-    from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.data.prepare import resolve_normalization
-    from pmsm_compiler.loading import load_model
+    from pmsm_compiler.pipeline import compile_and_verify
     from pmsm_compiler.runtime import SNNSession, run_dataset
-    from pmsm_compiler.verify import make_session, random_inputs, verify
+    from pmsm_compiler.verify import make_session
 
-    ann = load_model(path)
-    compiled = compile_model(ann, mode=mode)
-    check = verify(ann, compiled, random_inputs(compiled.info, 32, 0), mode=mode)
-    if not check["passed"]:
-        raise InputError(f"{os.path.basename(path)}: verification failed: {'; '.join(check['failures'][:2])}")
-    mean, std = resolve_normalization("auto", compiled.info)
-    report = run_dataset(SNNSession(compiled.model), dataset, timesteps, batch_size, mean, std,
-                         ann_session=make_session(ann), progress=progress, model=os.path.basename(path))
-    return compiled, report
+    result = compile_and_verify(path, mode, samples=32)
+    result.raise_if_failed(os.path.basename(path))
+    mean, std = resolve_normalization("auto", result.info)
+    report = run_dataset(SNNSession(result.model), dataset, timesteps, batch_size, mean, std,
+                         ann_session=make_session(result.ann), progress=progress, model=os.path.basename(path))
+    return result.compiled, report
 
 
 def _counting_lines(report, ts):
@@ -70,11 +66,10 @@ def _uj(value):
 
 
 def _at(report, t):
-    from pmsm_compiler.runtime.report import E_SPIKE_PJ, TIMESTEP_MS
+    from pmsm_compiler.runtime.report import eq11_power_mw
 
     spikes = sum(report["spikes_per_image_by_t"][:t])
-    power_mw = spikes * E_SPIKE_PJ * 1e-12 / (t * TIMESTEP_MS * 1e-3) * 1e3
-    return report["accuracy_by_t"][t - 1], spikes, power_mw
+    return report["accuracy_by_t"][t - 1], spikes, eq11_power_mw(spikes, t)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,13 +99,7 @@ def main(model, qcfs_model, data, timesteps, mode, batch_size, target_accuracy, 
 
     target = parse_accuracy(target_accuracy)
 
-    try:
-        ts = sorted({int(t) for t in str(timesteps).split(",") if t.strip()})
-    except ValueError:
-        raise InputError(f"--timesteps must be a comma list of integers, got {timesteps!r}") from None
-    if not ts or ts[0] < 1:
-        raise InputError("--timesteps must list integers >= 1")
-    check_timesteps(ts[-1], "--timesteps")
+    ts = parse_timesteps(timesteps, "--timesteps")
     model = model or _shipped(PQA_MODEL)
     if model is None:
         raise InputError(f"no bundled model {PQA_MODEL} in this installation; give --model")
@@ -140,8 +129,10 @@ def main(model, qcfs_model, data, timesteps, mode, batch_size, target_accuracy, 
             acc, spikes, power = _at(report, t)
             click.echo(f"{t:>3} {report['ann_accuracy']:>8.2%} {acc:>8.2%} {spikes:>13,.0f} {power:>11.4f}")
         e = report["energy"]
-        click.echo(f"T={ts[-1]}: SOPs/image {e['sops']:,.0f} → {e['snn_sop_energy_pj'] / 1e6:.3f} µJ (SNN, 0.9 pJ/AC) "
-                   f"vs ANN MACs {e['ann_mac_energy_pj'] / 4.6:,.0f} → {e['ann_mac_energy_pj'] / 1e6:.3f} µJ (4.6 pJ/MAC)")
+        click.echo(f"T={ts[-1]}: SOPs/image {e['sops']:,.0f} → {e['snn_sop_energy_pj'] / 1e6:.3f} µJ "
+                   f"(SNN, {e['e_ac_pj']:g} pJ/AC) "
+                   f"vs ANN MACs {e['ann_macs']:,.0f} → {e['ann_mac_energy_pj'] / 1e6:.3f} µJ "
+                   f"({e['e_mac_pj']:g} pJ/MAC)")
         for line in _counting_lines(report, ts):
             click.echo(line)
         for line in format_ann_equal_accuracy(ann_equal_accuracy(report)):
@@ -155,7 +146,8 @@ def main(model, qcfs_model, data, timesteps, mode, batch_size, target_accuracy, 
             qa, qs, qp = _at(qr, t)
             click.echo(f"  T={t}: accuracy {pa:.2%} vs {qa:.2%}; spikes {ps:,.0f} vs {qs:,.0f} "
                        f"(QCFS/PMSM {qs / ps:.2f}x); power {pp:.4f} vs {qp:.4f} mW (QCFS/PMSM {qp / pp:.2f}x)")
-        click.echo("PMSM vs QCFS at equal T (energy per image, SOPs x 0.9 pJ, spikes rule | events rule):")
+        click.echo(f"PMSM vs QCFS at equal T (energy per image, SOPs x {pr['energy']['e_ac_pj']:g} pJ, spikes rule | "
+                   "events rule):")
         for t in ts[:2]:
             pe, qe = cost_at(pr, t)["energy_per_image_uj"], cost_at(qr, t)["energy_per_image_uj"]
             click.echo(f"  T={t}: {_uj(pe['spikes'])} vs {_uj(qe['spikes'])} | "
