@@ -163,7 +163,8 @@ def test_train_quiet_prints_only_its_summary_and_json_writes_it(tmp_path):
                  y=rng.integers(0, 10, 16).astype(np.int64))
     out = tmp_path / "summary.json"
     result = _invoke("train", ["--data", folder, "--out", tmp_path / "run", "--model", "resnet_tiny", "--epochs", 1,
-                               "--max-steps", 1, "--batch-size", 16, "--threads", 1, "--no-export", "--json", out, "-q"])
+                               "--max-steps", 1, "--batch-size", 16, "--threads", 1, "--no-export", "--json", out,
+                               "-q"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["epochs_done"] == 1

@@ -137,7 +137,8 @@ def mode_options(default: str = "folded"):
 
     def decorate(func):
         func = click.option("--exact", "exact", is_flag=True,
-                            help="Keep the ANN's arithmetic (no folding): T=1 is bit-identical. Same as --mode exact.")(func)
+                            help="Keep the ANN's arithmetic (no folding): T=1 is bit-identical. "
+                                 "Same as --mode exact.")(func)
         return click.option("--mode", type=click.Choice(MODES), default=None,
                             help=f"Compilation mode (folded: integer spike traffic, thresholds in the weights; "
                                  f"exact: the ANN's arithmetic). Default: {default}.")(func)

@@ -20,8 +20,8 @@ import sys
 import click
 import numpy as np
 
-from pmsm_compiler.cli.options import (NORMAL, VERBOSE, check_plot_dir, check_threads, command, json_option, parse_providers,
-                                       progress_option, session_options, show_progress, verbosity)
+from pmsm_compiler.cli.options import (NORMAL, VERBOSE, check_plot_dir, check_threads, command, json_option,
+                                       parse_providers, progress_option, session_options, show_progress, verbosity)
 from pmsm_compiler.errors import InputError, cli_errors
 from pmsm_compiler.limits import MAX_TIMESTEPS, check_timesteps
 from pmsm_compiler.loading import check_output_path
