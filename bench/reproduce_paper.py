@@ -39,28 +39,26 @@ PAPER = {  # equations.md §10 (v1): CIFAR-10, ResNet-20 (Table 1) and VGG-16 (T
 
 
 def run_model(path, mode, dataset, max_t, batch_size):
-    from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.data.prepare import resolve_normalization
-    from pmsm_compiler.loading import load_model
+    from pmsm_compiler.pipeline import compile_and_verify
     from pmsm_compiler.runtime import SNNSession, run_dataset
     from pmsm_compiler.verify import make_session
 
-    ann = load_model(path)
-    compiled = compile_model(ann, mode=mode)
+    compiled = compile_and_verify(path, mode, samples=32)  # the chain pmsm-compile and pmsm-demo run
+    compiled.raise_if_failed(os.path.basename(path))
     mean, std = resolve_normalization("auto", compiled.info)
     start = time.perf_counter()
     report = run_dataset(SNNSession(compiled.model), dataset, max_t, batch_size, mean, std,
-                         ann_session=make_session(ann), progress=True, model=os.path.basename(path))
+                         ann_session=make_session(compiled.ann), progress=True, model=os.path.basename(path))
     report["wall_s"] = round(time.perf_counter() - start, 1)
     return report
 
 
 def at_t(report, t):
-    from pmsm_compiler.runtime.report import E_SPIKE_PJ, TIMESTEP_MS
+    from pmsm_compiler.runtime.report import eq11_power_mw
 
     spikes = sum(report["spikes_per_image_by_t"][:t])
-    return {"acc": report["accuracy_by_t"][t - 1], "spikes": spikes,
-            "power_mw": spikes * E_SPIKE_PJ * 1e-12 / (t * TIMESTEP_MS * 1e-3) * 1e3}
+    return {"acc": report["accuracy_by_t"][t - 1], "spikes": spikes, "power_mw": eq11_power_mw(spikes, t)}
 
 
 def uj(x):
@@ -312,6 +310,7 @@ def main(argv=None):
 
     from pmsm_compiler import entropy
     from pmsm_compiler.cli.entropy import write_plot
+    from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
     from pmsm_compiler.data import load_npz
 
     dataset = load_npz(os.path.join(args.data, "test.npz"))
@@ -332,7 +331,7 @@ def main(argv=None):
             print(f"== {name} {mode}: {path}", file=sys.stderr)
             runs[(name, mode)] = run_model(path, mode, dataset, args.max_t, args.batch_size)
 
-    grid = entropy.grid_search(8, 8.0)
+    grid = entropy.grid_search(PQA_LEVELS, PQA_LAMBDA)
     write_plot(grid, os.path.join(args.figures, "entropy_heatmap.png"))
     curves = {"PMSM": (runs[("PMSM", "folded")], "b-o")}
     if ("QCFS", "folded") in runs:
@@ -437,9 +436,11 @@ def main(argv=None):
               "|---|" + "---|" * len(runs)]
     for t in range(1, args.max_t + 1):
         lines.append(f"| {t} | " + " | ".join(pct(r["accuracy_by_t"][t - 1]) for r in runs.values()) + " |")
+    a, b, lam, levels = PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
     lines += ["", "## Entropy (the paper's Fig. 2)", "", "![entropy heatmap](figures/entropy_heatmap.png)", "",
-              f"H(PQA)/H(BN) at (α, β) = (−0.25, 1), L = λ = 8: {entropy.pqa_ratio(-0.25, 1.0, 8.0, 8):.3f}; "
-              f"QCFS form (0, 1): {entropy.pqa_ratio(0.0, 1.0, 8.0, 8):.3f}; "
+              f"H(PQA)/H(BN) at (α, β) = ({a:g}, {b:g}), L = λ = {levels}: "
+              f"{entropy.pqa_ratio(a, b, lam, levels):.3f}; "
+              f"QCFS form (0, {b:g}): {entropy.pqa_ratio(0.0, b, lam, levels):.3f}; "
               f"H(ReLU)/H(BN) = {entropy.relu_ratio():.3f} (the paper states ≈ 0.69, which does not follow from a "
               "consistent computation).", ""]
     text = "\n".join(lines)

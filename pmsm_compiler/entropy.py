@@ -70,6 +70,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
 from pmsm_compiler.errors import InputError
 
 __all__ = [
@@ -92,7 +93,7 @@ __all__ = [
 #: The paper's stated H_ReLU / H_BN ("≈ 69 %"); not reproducible consistently (see module doc).
 PAPER_RELU_RATIO = 0.69
 #: The paper's chosen PQA clipping bounds for L = λ = 8 (Table 4).
-PAPER_CHOICE = (-0.25, 1.0)
+PAPER_CHOICE = (PQA_ALPHA, PQA_BETA)
 #: Tie tolerance on |ratio - 1| used by the grid-search selection rule.
 TIE_TOL = 1e-3
 #: Human-readable selection rule (printed by the CLI and stored in the JSON).
@@ -301,7 +302,7 @@ def _select(points: list[dict], tie_tol: float = TIE_TOL) -> dict:
     return dict(cands[0])
 
 
-def grid_search(levels: int = 8, lam: float = 8.0) -> GridResult:
+def grid_search(levels: int = PQA_LEVELS, lam: float = PQA_LAMBDA) -> GridResult:
     """H_PQA / H_BN over α ∈ {-1/L, …, -1} × β ∈ {1/L, …, 1} and the selected point.
 
     Selection rule (:data:`RULE`): minimise ``|ratio - 1|``; among points within ``TIE_TOL``

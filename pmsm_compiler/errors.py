@@ -60,12 +60,14 @@ def quiet_third_party_logs() -> None:
 
 def cli_errors(func):
     """Decorator for click commands: turn PmsmError (and I/O errors) into one line + exit code,
-    with third-party log lines silenced (``quiet_third_party_logs``)."""
+    with third-party log lines silenced (``quiet_third_party_logs``) unless the command's
+    ``verbosity`` is -vv."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            quiet_third_party_logs()
+            if kwargs.get("verbosity", 1) < 3:  # -vv (options.DEBUG) lets the libraries' warnings through
+                quiet_third_party_logs()
             return func(*args, **kwargs)
         except PmsmError as exc:
             click.echo(f"error: {one_line(exc)}", err=True)

@@ -41,6 +41,20 @@ def check_timesteps(timesteps: int, what: str = "timesteps") -> int:
     return t
 
 
+def parse_timesteps(text, what: str = "timesteps") -> list[int]:
+    """A T ("8") or a comma list of them ("1,2,4,8") as sorted distinct ints, each checked by
+    ``check_timesteps``; InputError (one line) otherwise."""
+    try:
+        ts = sorted({int(t) for t in str(text).split(",") if t.strip()})
+    except ValueError:
+        raise InputError(f"{what} must be an integer or a comma list of integers, got {text!r}") from None
+    if not ts:
+        raise InputError(f"{what} must list integers >= 1")
+    for t in (ts[0], ts[-1]):
+        check_timesteps(t, what)
+    return ts
+
+
 def format_bytes(n: int) -> str:
     """``n`` bytes in the largest binary unit, with the exact count."""
     for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):

@@ -84,6 +84,11 @@ NOTE_EVENTS = ("events rule: event SOPs = sum over layers of events x fan-out, e
                "E_AC = 0.9 pJ; first layer's input MACs not included")
 
 
+def eq11_power_mw(spikes_per_image: float, timesteps: int) -> float:
+    """Paper Eq. 11: P = N̄ · E_spike / (T · Δt) in mW, N̄ the spikes per image over the T steps."""
+    return spikes_per_image * E_SPIKE_PJ * 1e-12 / (timesteps * TIMESTEP_MS * 1e-3) * 1e3
+
+
 def _frac(count, total):
     return None if count is None or not total else float(count) / float(total)
 
@@ -153,7 +158,7 @@ def summarize(info: dict, spikes_sum_by_t_layer, samples: int, timesteps: int, c
     spikes_total = int(sum(by_t_total))
     spikes_per_image = spikes_total / n
     spikes_pj = spikes_per_image * E_SPIKE_PJ
-    power_mw = (spikes_pj * 1e-12) / (timesteps * TIMESTEP_MS * 1e-3) * 1e3
+    power_mw = eq11_power_mw(spikes_per_image, timesteps)
     ann_macs = info.get("ann_macs")
     sop_pj = sops_total * E_AC_PJ if sops_known else None
     event_pj = event_sops_total * E_AC_PJ if (sops_known and counters is not None) else None

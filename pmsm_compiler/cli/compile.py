@@ -10,6 +10,8 @@ import time
 import click
 
 from pmsm_compiler import __version__
+from pmsm_compiler.cli.options import (NORMAL, OPT_LEVELS, VERBOSE, command, json_option, mode_options, resolve_mode,
+                                       verbosity)
 from pmsm_compiler.errors import VerificationError, cli_errors
 from pmsm_compiler.limits import MAX_OPSET, MAX_TENSOR_BYTES, MIN_OPSET, format_bytes
 
@@ -44,17 +46,13 @@ HELP = f"""Compile MODEL (an ONNX model with PQA / QCFS / QDQ activations) into 
 MODEL: default-domain ONNX opset {MIN_OPSET} to {MAX_OPSET}, one data input (float, or uint8 images that
 the model scales itself), no tensor over {format_bytes(MAX_TENSOR_BYTES).split(' (')[0]} (a dynamic batch
 counted as 1).
-
-Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
-2 bad input or unsupported model.
 """
 
 
-@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-compile")
+@command("pmsm-compile", help=HELP)
 @click.argument("model", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", type=click.Path(), help="Output path (default: MODEL with .snn.onnx).")
-@click.option("--exact", is_flag=True, help="Keep the ANN's arithmetic (no folding): T=1 is bit-identical.")
+@mode_options()
 @click.option("--check/--no-check", default=True, show_default=True, help="Verify the SNN at T=1 against the ANN.")
 @click.option("--calibration-data", type=click.Path(), help="Verify on real data (.npz, .npy, CIFAR folder, "
               "image folder, or 'bundled') instead of seeded random inputs.")
@@ -63,7 +61,7 @@ Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
 @click.option("--normalization", default="auto", show_default=True,
               help="For uint8 calibration images: auto (model metadata, else cifar10), cifar10, cifar100, "
                    "imagenet, none.")
-@click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
+@click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="all",
               show_default=True, help="onnxruntime optimization level for both models in the verification.")
 @click.option("--max-level-mismatch", default=1e-2, show_default=True,
               help="Folded mode: largest accepted level-mismatch rate over all AIF layers.")
@@ -72,64 +70,37 @@ Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
 @click.option("--output-rtol", default=1e-4, show_default=True,
               help="Both modes: largest accepted |SNN - ANN tail fed the SNN's own levels|, relative to the "
                    "largest output magnitude (checks the arithmetic after the last neurons).")
-@click.option("--report", "report_path", type=click.Path(), help="Write the JSON report here.")
+@json_option("Write the JSON report here (docs/report-schema.md); --report is the same.", "--report")
 @click.option("--max-bytes", default=None, type=int, help="Refuse model files larger than this.")
 @click.option("--input-shape", multiple=True, metavar="NAME:DIMS",
               help="Fix an input's shape, e.g. x:1x3x32x32 (polygraphy/onnxsim style; a name such as N keeps the "
                    "batch dynamic): for models exported with dynamic height/width. Repeatable.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the summary line.")
+@verbosity(verbose_help="Also the time of every pass and the compiler's notes; -vv also lets the libraries' own "
+                        "warnings through.")
 @cli_errors
-def main(model, output, exact, check, calibration_data, samples, seed, normalization, opt_level,
-         max_level_mismatch, min_top1_agreement, output_rtol, report_path, max_bytes, input_shape, quiet):
+def main(model, output, mode, exact, check, calibration_data, samples, seed, normalization, opt_level,
+         max_level_mismatch, min_top1_agreement, output_rtol, json_path, max_bytes, input_shape, verbosity):
     """See HELP."""
-    from pmsm_compiler.compiler import compile_model, read_snn_info
     from pmsm_compiler.errors import InputError
-    from pmsm_compiler.loading import (MAX_MODEL_BYTES, check_output_path, check_single_input, check_static_shapes,
-                                       load_model, parse_input_shape, save_model_atomic, save_text_atomic)
-    from pmsm_compiler.verify import VerificationPolicy, check_runs, input_dtype, random_inputs, verify
+    from pmsm_compiler.loading import check_output_path, parse_input_shape, save_model_atomic, save_text_atomic
+    from pmsm_compiler.pipeline import check_sampling, compile_and_verify
+    from pmsm_compiler.verify import VerificationPolicy
 
-    if samples < 1:
-        raise InputError(f"--samples must be >= 1, got {samples}")
-    if seed < 0:
-        raise InputError(f"--seed must be >= 0, got {seed}")
+    check_sampling(samples, seed)
+    mode = resolve_mode(mode, exact)
     output = output or default_output(model)
     if os.path.abspath(output) == os.path.abspath(model):
         raise InputError("the output path must differ from the input model")
     check_output_path(output, "the compiled model")
-    if report_path:
-        check_output_path(report_path, "the report")
+    if json_path:
+        check_output_path(json_path, "the report")
     start = time.perf_counter()
     shapes = dict(parse_input_shape(text) for text in input_shape)
-    ann = load_model(model, max_bytes=max_bytes or MAX_MODEL_BYTES, static_inputs=False, input_shapes=shapes)
-    if read_snn_info(ann) is not None:
-        raise InputError(f"{model} is already a compiled SNN ('pmsm.snn' metadata); give the source ANN")
-    check_single_input(ann)
-    check_static_shapes(ann)
-    mode = "exact" if exact else "folded"
-    compiled = compile_model(ann, mode=mode)
-    info = compiled.info
-    verification = {"passed": None, "skipped": True}
-    if check:  # the inputs first: their refusals (size, type) are cheaper than a run
-        if calibration_data:
-            from pmsm_compiler.data import load_dataset
-            from pmsm_compiler.data.prepare import model_inputs, resolve_normalization
-
-            ds = load_dataset(None if calibration_data == "bundled" else calibration_data)
-            mean, std = resolve_normalization(normalization, info)
-            spec = info["inputs"][0]
-            x, _ = model_inputs(ds, spec["shape"], mean, std, limit=samples, input_dtype=input_dtype(spec),
-                                input_name=spec["name"])
-            label = f"{ds.name} ({len(x)} samples)"
-        else:
-            x = random_inputs(info, samples, seed)
-            kind = "normal" if x.dtype.kind == "f" else f"uniform {x.dtype}"
-            label = f"random {kind}, seed {seed} ({samples} samples)"
-    batch = info["inputs"][0]["shape"][0]  # one sample, or the batch the model declares
-    check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
-               what=model)
-    if check:
-        policy = VerificationPolicy(max_level_mismatch, min_top1_agreement, output_rtol)
-        verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode, policy=policy, data_label=label)
+    result = compile_and_verify(model, mode, check=check, data=calibration_data, samples=samples, seed=seed,
+                                normalization=normalization, opt_level=opt_level,
+                                policy=VerificationPolicy(max_level_mismatch, min_top1_agreement, output_rtol),
+                                max_bytes=max_bytes, input_shapes=shapes)
+    compiled, info, verification = result.compiled, result.info, result.verification
     elapsed = time.perf_counter() - start
     report = {
         "schema_version": REPORT_SCHEMA_VERSION, "tool": "pmsm-compile", "compiler_version": __version__,
@@ -138,13 +109,13 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
         "verification": {k: v for k, v in verification.items() if k != "layers"},
         "layers": _report_layers(info, verification), "wrappers": info["wrappers"], "notes": info["notes"],
     }
-    passed = verification.get("passed") is not False
+    passed = result.passed
     if passed:
         save_model_atomic(compiled.model, output)
         report["output"] = os.path.abspath(output)
-    if report_path:
-        save_text_atomic(json.dumps(report, indent=1) + "\n", report_path)
-    if not quiet:
+    if json_path:
+        save_text_atomic(json.dumps(report, indent=1) + "\n", json_path)
+    if verbosity >= NORMAL:
         click.echo(f"pmsm-compile {__version__}: {model} ({mode} mode, {len(info['layers'])} neuron layers, "
                    f"{len(info['wrappers'])} temporal wrappers)")
         click.echo(layer_table(info["layers"], verification if check else None))
@@ -155,6 +126,10 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
             click.echo(f"verification at T=1 ({v['data']}, onnxruntime opt level {opt_level}): level agreement "
                        f"{la}, top-1 agreement {t1}, max |diff| {v['max_abs_diff']:.3g}"
                        + (" [QCFS layers are lossy at T=1 by design; excluded]" if v["lossy_layers_excluded"] else ""))
+    if verbosity >= VERBOSE:
+        click.echo("passes: " + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in info["pass_seconds"].items()))
+        for note in info["notes"]:
+            click.echo(f"note: {note}")
     if not passed:
         raise VerificationError("verification failed: " + "; ".join(verification["failures"][:3])
                                 + " (no model written)")

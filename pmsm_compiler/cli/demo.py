@@ -11,8 +11,12 @@ import time
 
 import click
 
+from pmsm_compiler.cli.options import (NORMAL, VERBOSE, check_threads, command, json_option, mode_options,
+                                       parse_providers, progress_option, resolve_mode, session_options, show_progress,
+                                       verbosity)
 from pmsm_compiler.errors import InputError, cli_errors
-from pmsm_compiler.limits import check_timesteps
+from pmsm_compiler.limits import parse_timesteps
+from pmsm_compiler.loading import check_output_path
 
 PQA_MODEL = "resnet20_pqa_cifar10.onnx"
 QCFS_MODEL = "resnet20_qcfs_cifar10.onnx"
@@ -27,22 +31,21 @@ def _shipped(name):
         return None
 
 
-def _convert_and_run(path, mode, dataset, timesteps, batch_size, progress):
-    from pmsm_compiler.compiler import compile_model
+def _convert_and_run(path, mode, dataset, timesteps, batch_size, progress, providers=None, opt_level="all",
+                     threads=0, kernels="auto"):
     from pmsm_compiler.data.prepare import resolve_normalization
-    from pmsm_compiler.loading import load_model
+    from pmsm_compiler.pipeline import compile_and_verify
     from pmsm_compiler.runtime import SNNSession, run_dataset
-    from pmsm_compiler.verify import make_session, random_inputs, verify
+    from pmsm_compiler.verify import make_session
 
-    ann = load_model(path)
-    compiled = compile_model(ann, mode=mode)
-    check = verify(ann, compiled, random_inputs(compiled.info, 32, 0), mode=mode)
-    if not check["passed"]:
-        raise InputError(f"{os.path.basename(path)}: verification failed: {'; '.join(check['failures'][:2])}")
-    mean, std = resolve_normalization("auto", compiled.info)
-    report = run_dataset(SNNSession(compiled.model), dataset, timesteps, batch_size, mean, std,
-                         ann_session=make_session(ann), progress=progress, model=os.path.basename(path))
-    return compiled, report
+    result = compile_and_verify(path, mode, samples=32, opt_level=opt_level)
+    result.raise_if_failed(os.path.basename(path))
+    mean, std = resolve_normalization("auto", result.info)
+    session = SNNSession(result.model, providers=providers, opt_level=opt_level, threads=threads, kernels=kernels)
+    report = run_dataset(session, dataset, timesteps, batch_size, mean, std,
+                         ann_session=make_session(result.ann, opt_level, session.providers, threads), progress=progress,
+                         model=os.path.basename(path))
+    return result, report
 
 
 def _counting_lines(report, ts):
@@ -70,31 +73,36 @@ def _uj(value):
 
 
 def _at(report, t):
-    from pmsm_compiler.runtime.report import E_SPIKE_PJ, TIMESTEP_MS
+    from pmsm_compiler.runtime.report import eq11_power_mw
 
     spikes = sum(report["spikes_per_image_by_t"][:t])
-    power_mw = spikes * E_SPIKE_PJ * 1e-12 / (t * TIMESTEP_MS * 1e-3) * 1e3
-    return report["accuracy_by_t"][t - 1], spikes, power_mw
+    return report["accuracy_by_t"][t - 1], spikes, eq11_power_mw(spikes, t)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-demo")
+@command("pmsm-demo")
 @click.option("--model", type=click.Path(dir_okay=False), help=f"PQA model (default: the shipped {PQA_MODEL}).")
 @click.option("--qcfs-model", type=click.Path(dir_okay=False),
               help=f"QCFS baseline (default: the shipped {QCFS_MODEL}, if present).")
 @click.option("--data", default="bundled", show_default=True, help="Images (see pmsm-run --data).")
-@click.option("--timesteps", "-T", default="1,2,4,8", show_default=True, help="Timesteps to report.")
-@click.option("--mode", type=click.Choice(["exact", "folded"]), default="folded", show_default=True,
-              help="Compilation mode of the SNN (folded: integer spike traffic, thresholds in the weights).")
+@click.option("--timesteps", "-T", default="1,2,4,8", show_default=True, metavar="T[,T...]",
+              help="The T rows to report: one T (8) or a comma list (1,2,4,8); the SNN runs up to the largest, "
+                   "and the comparisons at equal accuracy look at every t up to it.")
+@mode_options()
 @click.option("--batch-size", default=250, show_default=True)
 @click.option("--target-accuracy", help="Accuracy to compare PMSM and QCFS at (0.88 or 88%). Default: the best "
               "accuracy both reach within the largest T (at most 32).")
-@click.option("--json", "json_path", type=click.Path(),
-              help="Write both reports as JSON (keyed by label), with the comparison at equal accuracy "
-                   "(key equal_accuracy).")
-@click.option("--progress/--no-progress", default=False, show_default=True)
+@json_option("Write both reports as JSON (keyed by label), with the comparison at equal accuracy "
+             "(key equal_accuracy).")
+@session_options
+@click.option("--kernels", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Fused neuron kernels on the CPU (see pmsm-run --kernels).")
+@progress_option
+@verbosity(quiet_help="Print only errors and the summary line.",
+           verbose_help="Also each model's verification at T=1 (level and top-1 agreement); -vv also lets the "
+                        "libraries' own warnings through.")
 @cli_errors
-def main(model, qcfs_model, data, timesteps, mode, batch_size, target_accuracy, json_path, progress):
+def main(model, qcfs_model, data, timesteps, mode, exact, batch_size, target_accuracy, json_path, providers,
+         opt_level, threads, kernels, progress, verbosity):
     """Compile + run the bundled PQA ResNet-20 (and the QCFS baseline) on the bundled images."""
     from pmsm_compiler.cli.run import parse_accuracy
     from pmsm_compiler.data import load_dataset
@@ -103,14 +111,13 @@ def main(model, qcfs_model, data, timesteps, mode, batch_size, target_accuracy, 
                                               format_equal_accuracy)
 
     target = parse_accuracy(target_accuracy)
-
-    try:
-        ts = sorted({int(t) for t in str(timesteps).split(",") if t.strip()})
-    except ValueError:
-        raise InputError(f"--timesteps must be a comma list of integers, got {timesteps!r}") from None
-    if not ts or ts[0] < 1:
-        raise InputError("--timesteps must list integers >= 1")
-    check_timesteps(ts[-1], "--timesteps")
+    mode = resolve_mode(mode, exact)
+    ts = parse_timesteps(timesteps, "--timesteps")
+    check_threads(threads)
+    if json_path:
+        json_path = check_output_path(json_path, "the JSON report")  # before the run, not after it
+    provider_list = parse_providers(providers)
+    say = click.echo if verbosity >= NORMAL else (lambda *args, **kwargs: None)
     model = model or _shipped(PQA_MODEL)
     if model is None:
         raise InputError(f"no bundled model {PQA_MODEL} in this installation; give --model")
@@ -122,7 +129,9 @@ def main(model, qcfs_model, data, timesteps, mode, batch_size, target_accuracy, 
         runs["QCFS (→ IF)"] = qcfs_model
     reports = {}
     for label, path in runs.items():
-        compiled, report = _convert_and_run(path, mode, dataset, ts[-1], batch_size, progress)
+        result, report = _convert_and_run(path, mode, dataset, ts[-1], batch_size, show_progress(progress, verbosity),
+                                          provider_list, opt_level, threads, kernels)
+        compiled = result.compiled
         reports[label] = report
         card = os.path.splitext(path)[0] + ".json"
         trained = ""
@@ -131,39 +140,48 @@ def main(model, qcfs_model, data, timesteps, mode, batch_size, target_accuracy, 
                 c = json.load(f)
             trained = (f"; trained {c['training']['epochs_done']} epochs, ANN {c['ann_accuracy_onnxruntime']:.2%} "
                        f"on the 10k test set")
-        click.echo(f"\n{label}: {os.path.basename(path)} — {len(compiled.layers)} neuron layers, {mode} mode{trained}")
-        click.echo(f"data: {report['data']} ({report['samples']} images); ANN accuracy "
-                   f"{report['ann_accuracy']:.2%}; ANN and SNN agree on {report['t1_prediction_agreement']:.2%} "
-                   f"of predictions at T=1")
-        click.echo(f"{'T':>3} {'ANN acc':>8} {'SNN acc':>8} {'spikes/image':>13} {'power (mW)':>11}")
+        say(f"\n{label}: {os.path.basename(path)} — {len(compiled.layers)} neuron layers, {mode} mode{trained}")
+        say(f"data: {report['data']} ({report['samples']} images); ANN accuracy "
+            f"{report['ann_accuracy']:.2%}; ANN and SNN agree on {report['t1_prediction_agreement']:.2%} "
+            f"of predictions at T=1")
+        say(f"{'T':>3} {'ANN acc':>8} {'SNN acc':>8} {'spikes/image':>13} {'power (mW)':>11}")
         for t in ts:
             acc, spikes, power = _at(report, t)
-            click.echo(f"{t:>3} {report['ann_accuracy']:>8.2%} {acc:>8.2%} {spikes:>13,.0f} {power:>11.4f}")
+            say(f"{t:>3} {report['ann_accuracy']:>8.2%} {acc:>8.2%} {spikes:>13,.0f} {power:>11.4f}")
         e = report["energy"]
-        click.echo(f"T={ts[-1]}: SOPs/image {e['sops']:,.0f} → {e['snn_sop_energy_pj'] / 1e6:.3f} µJ (SNN, 0.9 pJ/AC) "
-                   f"vs ANN MACs {e['ann_mac_energy_pj'] / 4.6:,.0f} → {e['ann_mac_energy_pj'] / 1e6:.3f} µJ (4.6 pJ/MAC)")
+        say(f"T={ts[-1]}: SOPs/image {e['sops']:,.0f} → {e['snn_sop_energy_pj'] / 1e6:.3f} µJ "
+            f"(SNN, {e['e_ac_pj']:g} pJ/AC) "
+            f"vs ANN MACs {e['ann_macs']:,.0f} → {e['ann_mac_energy_pj'] / 1e6:.3f} µJ "
+            f"({e['e_mac_pj']:g} pJ/MAC)")
         for line in _counting_lines(report, ts):
-            click.echo(line)
+            say(line)
         for line in format_ann_equal_accuracy(ann_equal_accuracy(report)):
-            click.echo(line)
+            say(line)
+        if verbosity >= VERBOSE:
+            v = result.verification
+            la = "n/a" if v["level_agreement"] is None else f"{v['level_agreement']:.6f}"
+            t1 = "n/a" if v["top1_agreement"] is None else f"{v['top1_agreement']:.4f}"
+            say(f"verification at T=1 ({v['data']}): level agreement {la}, top-1 agreement {t1}, "
+                f"max |diff| {v['max_abs_diff']:.3g}")
     compared = None
     if len(reports) == 2:
         (pl, pr), (ql, qr) = reports.items()
-        click.echo("\nPMSM vs QCFS at equal T (spikes per image, paper Eq. 11 power):")
+        say("\nPMSM vs QCFS at equal T (spikes per image, paper Eq. 11 power):")
         for t in ts[:2]:
             pa, ps, pp = _at(pr, t)
             qa, qs, qp = _at(qr, t)
-            click.echo(f"  T={t}: accuracy {pa:.2%} vs {qa:.2%}; spikes {ps:,.0f} vs {qs:,.0f} "
-                       f"(QCFS/PMSM {qs / ps:.2f}x); power {pp:.4f} vs {qp:.4f} mW (QCFS/PMSM {qp / pp:.2f}x)")
-        click.echo("PMSM vs QCFS at equal T (energy per image, SOPs x 0.9 pJ, spikes rule | events rule):")
+            say(f"  T={t}: accuracy {pa:.2%} vs {qa:.2%}; spikes {ps:,.0f} vs {qs:,.0f} "
+                f"(QCFS/PMSM {qs / ps:.2f}x); power {pp:.4f} vs {qp:.4f} mW (QCFS/PMSM {qp / pp:.2f}x)")
+        say(f"PMSM vs QCFS at equal T (energy per image, SOPs x {pr['energy']['e_ac_pj']:g} pJ, spikes rule | "
+            "events rule):")
         for t in ts[:2]:
             pe, qe = cost_at(pr, t)["energy_per_image_uj"], cost_at(qr, t)["energy_per_image_uj"]
-            click.echo(f"  T={t}: {_uj(pe['spikes'])} vs {_uj(qe['spikes'])} | "
-                       f"{_uj(pe['events'])} vs {_uj(qe['events'])}")
+            say(f"  T={t}: {_uj(pe['spikes'])} vs {_uj(qe['spikes'])} | "
+                f"{_uj(pe['events'])} vs {_uj(qe['events'])}")
         compared = equal_accuracy({"PMSM": pr, "QCFS": qr}, target)  # within T <= min(32, the largest T)
-        click.echo("")
+        say("")
         for line in format_equal_accuracy(compared):
-            click.echo(line.replace("at equal accuracy", "PMSM vs QCFS at equal accuracy", 1))
+            say(line.replace("at equal accuracy", "PMSM vs QCFS at equal accuracy", 1))
     if json_path:
         save_text_atomic(json.dumps({**reports, "equal_accuracy": compared}, indent=1) + "\n", json_path)
     click.echo(f"\ndone in {time.perf_counter() - start:.1f} s")

@@ -18,6 +18,8 @@ import tempfile
 import click
 
 from pmsm_compiler import entropy as ent
+from pmsm_compiler.cli.options import NORMAL, VERBOSE, check_plot_dir, command, json_option, verbosity
+from pmsm_compiler.defaults import PQA_LAMBDA, PQA_LEVELS
 from pmsm_compiler.errors import InputError, PmsmError, cli_errors
 from pmsm_compiler.loading import check_output_path
 
@@ -25,6 +27,7 @@ RELU_NOTE = (
     "the paper states H_ReLU/H_BN ~ 69%; a consistent computation of Eq. 19 gives 74.4% "
     "(0.690 only results from mixing bits and nats)"
 )
+HEATMAP = "entropy_heatmap.png"  # the file name in a --plot folder
 BEST_NOTE = (
     "'best' applies the rule to the whole grid; 'best_at_beta_1' applies it to the beta = 1 "
     "column only (the paper's Fig. 3(a) protocol); 'paper_choice' is the paper's (alpha, beta) "
@@ -139,37 +142,48 @@ def write_plot(res: ent.GridResult, path: str) -> None:
     _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-entropy")
-@click.option("--levels", "-L", "levels", type=int, default=8, show_default=True,
+@command("pmsm-entropy")
+@click.option("--levels", "-L", "levels", type=int, default=PQA_LEVELS, show_default=True,
               help="Quantization levels L (integer >= 1).")
-@click.option("--lam", type=float, default=8.0, show_default=True,
+@click.option("--lam", type=float, default=PQA_LAMBDA, show_default=True,
               help="PQA range lambda (> 0).")
-@click.option("--json", "json_path", type=str, default=None, help="Write the result as JSON.")
-@click.option("--plot", "plot_path", type=str, default=None,
-              help="Write a heatmap PNG of the ratio over (alpha, beta) (needs matplotlib).")
+@json_option("Write the result as JSON.")
+@click.option("--plot", "plot_path", type=str, default=None, metavar="DIR",
+              help=f"Write the heatmap of the ratio over (alpha, beta) into this folder as {HEATMAP} (needs "
+                   "matplotlib); a path ending in .png is the file itself.")
+@verbosity(quiet_help="Print only errors, the selected point and the files written.",
+           verbose_help="Also the ratio's limits in lambda/L and the ReLU ratio with units mixed.")
 @cli_errors
-def main(levels: int, lam: float, json_path: str | None, plot_path: str | None) -> None:
+def main(levels: int, lam: float, json_path: str | None, plot_path: str | None, verbosity: int) -> None:
     """Entropy analysis of PQA quantization: H_PQA/H_BN over the (alpha, beta) grid."""
-    for p in (json_path, plot_path):
+    plot_dir = None
+    if plot_path and not plot_path.lower().endswith(".png"):  # a folder (created if need be), as for pmsm-run
+        plot_dir = check_plot_dir(plot_path, "the heatmap to")
+        plot_path = os.path.join(plot_dir, HEATMAP)
+    for p in (json_path, None if plot_dir else plot_path):
         if p:
             check_output_path(p)  # fail before any output
     res = ent.grid_search(levels=levels, lam=lam)
+    say = click.echo if verbosity >= NORMAL else (lambda *args, **kwargs: None)
 
     bits = res.h_bn / math.log(2)
-    click.echo(f"H(BN)   = 1/2 log(2 pi e) = {res.h_bn:.4f} nats ({bits:.4f} bits)")
-    click.echo(f"H(ReLU) = 1/2 log 2 + 1/4 log(2 pi e) = {res.h_relu:.4f} nats; "
-               f"H(ReLU)/H(BN) = {res.relu_ratio:.3f}")
-    click.echo(f"  note: {RELU_NOTE}")
-    click.echo("")
-    click.echo(f"H_PQA/H_BN, L = {res.levels}, lambda = {res.lam:g} "
-               f"(lambda/L = {res.lam / res.levels:g}):")
-    click.echo(format_table(res))
-    click.echo("")
-    click.echo(f"rule: {res.rule}")
-    click.echo(f"best:           {_fmt_point(res.best)}")
-    click.echo(f"best at beta=1: {_fmt_point(res.best_at_beta_1)}")
-    click.echo(f"paper choice:   {_fmt_point(res.paper_choice)}")
+    say(f"H(BN)   = 1/2 log(2 pi e) = {res.h_bn:.4f} nats ({bits:.4f} bits)")
+    say(f"H(ReLU) = 1/2 log 2 + 1/4 log(2 pi e) = {res.h_relu:.4f} nats; "
+        f"H(ReLU)/H(BN) = {res.relu_ratio:.3f}")
+    say(f"  note: {RELU_NOTE}")
+    say("")
+    say(f"H_PQA/H_BN, L = {res.levels}, lambda = {res.lam:g} "
+        f"(lambda/L = {res.lam / res.levels:g}):")
+    say(format_table(res))
+    say("")
+    say(f"rule: {res.rule}")
+    click.echo(f"best:           {_fmt_point(res.best)}")  # the summary line
+    say(f"best at beta=1: {_fmt_point(res.best_at_beta_1)}")
+    say(f"paper choice:   {_fmt_point(res.paper_choice)}")
+    if verbosity >= VERBOSE:
+        limits = _result_json(res)["limits"]
+        click.echo(f"limits: ratio -> {limits['lam_over_L_to_0']:.4f} as lambda/L -> 0, -> 0 as lambda/L -> inf; "
+                   f"H(ReLU)/H(BN) with bits and nats mixed: {ent.relu_ratio_mixed_units():.3f}")
 
     if json_path:
         data = _result_json(res)
@@ -182,6 +196,11 @@ def main(levels: int, lam: float, json_path: str | None, plot_path: str | None) 
         _atomic_write(json_path, write_json)
         click.echo(f"wrote {json_path}")
     if plot_path:
+        if plot_dir:
+            try:
+                os.makedirs(plot_dir, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"cannot create {plot_dir}: {exc.strerror or exc}") from None
         write_plot(res, plot_path)
         click.echo(f"wrote {plot_path}")
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import click
 
+from pmsm_compiler.cli.options import VERBOSE, command, json_option, verbosity
 from pmsm_compiler.errors import InputError, cli_errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-export")
+@command("pmsm-export")
 @click.option("--model", default="resnet20", show_default=True, help="Zoo model name.")
 @click.option("--checkpoint", type=click.Path(), help="checkpoint.pt written by pmsm-train (its config wins).")
-@click.option("--act", type=click.Choice(["pqa", "qcfs", "relu"]), default="pqa", show_default=True)
+@click.option("--act", type=click.Choice(["pqa", "qcfs", "relu", "clip"]), default="pqa", show_default=True,
+              help="Activation of a freshly initialised model (as pmsm-train --act; a checkpoint's own wins).")
 @click.option("--num-classes", default=10, show_default=True)
 @click.option("--image-size", default=32, show_default=True)
 @click.option("--pqa-as", type=click.Choice(["node", "plain"]), default="node", show_default=True,
@@ -19,8 +22,10 @@ from pmsm_compiler.errors import InputError, cli_errors
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Seed for a freshly initialised model.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Where to write the ONNX model.")
+@json_option("Write what was exported (model, activation, exporter, the ONNX graph's op counts) as JSON here.")
+@verbosity(quiet_help="Print only errors and the summary line.", verbose_help="Also the exported graph's op counts.")
 @cli_errors
-def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, seed, output):
+def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, seed, output, json_path, verbosity):
     """Export MODEL with pmsm::PQA (or QCFS) nodes that stock onnxruntime runs."""
     try:
         import torch
@@ -52,7 +57,26 @@ def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, seed
             net = build_model(model, num_classes=num_classes, act=act)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+    from pmsm_compiler.loading import check_output_path
+
+    if json_path:
+        json_path = check_output_path(json_path, "the JSON report")
     net.eval()
-    export_onnx(net, output, input_shape=(1, 3, image_size, image_size), exporter=exporter, pqa_as=pqa_as,
-                metadata=metadata)
+    proto = export_onnx(net, output, input_shape=(1, 3, image_size, image_size), exporter=exporter, pqa_as=pqa_as,
+                        metadata=metadata)
+    ops = Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
+    if verbosity >= VERBOSE:
+        click.echo("ops: " + ", ".join(f"{op} {count}" for op, count in sorted(ops.items())))
+    if json_path:
+        import json
+        import os
+
+        from pmsm_compiler.loading import save_text_atomic
+
+        cfg = metadata["training"]["config"] if checkpoint else {"model": model, "act": act}
+        report = {"tool": "pmsm-export", "output": os.path.abspath(output), "model": cfg["model"],
+                  "checkpoint": os.path.abspath(checkpoint) if checkpoint else None, "act": cfg["act"],
+                  "exporter": exporter,
+                  "pqa_as": pqa_as, "input_shape": [1, 3, image_size, image_size], "ops": dict(sorted(ops.items()))}
+        save_text_atomic(json.dumps(report, indent=1) + "\n", json_path)
     click.echo(f"wrote {output}")

@@ -20,24 +20,11 @@ import sys
 import click
 import numpy as np
 
+from pmsm_compiler.cli.options import (NORMAL, VERBOSE, check_plot_dir, check_threads, command, json_option,
+                                       parse_providers, progress_option, session_options, show_progress, verbosity)
 from pmsm_compiler.errors import InputError, cli_errors
 from pmsm_compiler.limits import MAX_TIMESTEPS, check_timesteps
 from pmsm_compiler.loading import check_output_path
-
-PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                    "tensorrt": "TensorrtExecutionProvider", "dml": "DmlExecutionProvider",
-                    "coreml": "CoreMLExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
-
-
-def parse_providers(values) -> list[str] | None:
-    """Repeatable / comma-separated --providers → full onnxruntime names (short aliases allowed)."""
-    names = []
-    for value in values or ():
-        for part in value.split(","):
-            part = part.strip()
-            if part:
-                names.append(PROVIDER_ALIASES.get(part.lower(), part))
-    return names or None
 
 
 def parse_accuracy(value: str | None, flag: str = "--target-accuracy") -> float | None:
@@ -57,24 +44,7 @@ def parse_accuracy(value: str | None, flag: str = "--target-accuracy") -> float 
     return number
 
 
-def _check_dir_target(path: str, what: str) -> str:
-    """A directory that exists and is writable, or can be created (its nearest existing parent is)."""
-    path = os.path.abspath(os.path.expanduser(path))
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise InputError(f"cannot write {what} {path}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {what} {path}: {probe} is not writable")
-    return path
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-run")
+@command("pmsm-run")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-T", "--timesteps", type=int, required=True, help="Number of timesteps T, 1 to "
               f"{MAX_TIMESTEPS:,} (accuracy and spikes are reported for every t <= T).")
@@ -86,41 +56,36 @@ def _check_dir_target(path: str, what: str) -> str:
               help="The source ANN (ONNX): adds its accuracy and the T=1 prediction agreement.")
 @click.option("--target-accuracy", help="Accuracy to compare at (0.88 or 88%): the smallest T at which the SNN "
               "reaches it and its energy per image there. Default with --ann: the ANN's accuracy.")
-@click.option("--json", "json_path", type=click.Path(), help="Write the JSON report here.")
-@click.option("--plot", "plot_dir", type=click.Path(), help="Write accuracy_vs_t.png and spikes_per_layer.png here.")
-@click.option("--providers", multiple=True, help="onnxruntime execution provider(s), in priority order; "
-              "repeatable or comma-separated (cpu, cuda or full names). Default: CPUExecutionProvider.")
+@json_option("Write the JSON report here (docs/report-schema.md, section pmsm-run --json).")
+@click.option("--plot", "plot_dir", type=click.Path(), metavar="DIR",
+              help="Write the figures into this folder: accuracy_vs_t.png and spikes_per_layer.png.")
+@session_options
 @click.option("--normalization", type=click.Choice(["auto", "cifar10", "cifar100", "imagenet", "none"]),
               default="auto", show_default=True,
               help="For uint8 images: auto (the model's recorded normalization, else cifar10), a preset, or none. "
                    "A model whose input is uint8 gets the pixels raw.")
-@click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
-              show_default=True, help="onnxruntime graph optimization level (SNN and ANN alike).")
-@click.option("--threads", type=int, default=0, show_default=True, help="Intra-op threads (0: onnxruntime default).")
 @click.option("--kernels", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Fused neuron kernels on the CPU (built with the machine's C compiler on first use; same results): "
                    "auto uses them when they build, on requires them, off runs the neurons' ONNX bodies.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
+@progress_option
+@verbosity(quiet_help="Print only errors and the summary line.",
+           verbose_help="Also what ran the neurons (fused kernels, and why a layer kept its ONNX body); -vv also "
+                        "lets the libraries' own warnings through.")
 @cli_errors
 def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, json_path, plot_dir, providers,
-         normalization, opt_level, threads, kernels, progress, quiet):
-    """Run the compiled SNN MODEL for T timesteps on a data set and report accuracy, spikes and energy.
-
-    Exit codes: 0 done, 2 bad input (model, data, arguments or output paths).
-    """
+         opt_level, threads, normalization, kernels, progress, verbosity):
+    """Run the compiled SNN MODEL for T timesteps on a data set and report accuracy, spikes and energy."""
     check_timesteps(timesteps, "--timesteps")
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be >= 1, got {limit}")
-    if threads < 0:
-        raise InputError(f"--threads must be >= 0, got {threads}")
+    check_threads(threads)
     target = parse_accuracy(target_accuracy)
     if json_path:
         json_path = check_output_path(json_path, "the JSON report")
     if plot_dir:
-        plot_dir = _check_dir_target(plot_dir, "plots to")
+        plot_dir = check_plot_dir(plot_dir, "plots to")
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -160,7 +125,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
 
     with onnxruntime_errors(f"{model} or {ann_path}" if ann_path else model):
         report = run_dataset(session, dataset, timesteps, batch_size, mean, std, ann_session=ann_session,
-                             progress=progress and not quiet, limit=limit, model=os.path.abspath(model))
+                             progress=show_progress(progress, verbosity), limit=limit, model=os.path.abspath(model))
     report.update({
         "ann": os.path.abspath(ann_path) if ann_path else None,
         "compiler_version": __version__,
@@ -183,13 +148,19 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
             save_text_atomic(json.dumps(report, indent=1) + "\n", json_path)
         except OSError as exc:
             raise InputError(f"cannot write the JSON report {json_path}: {exc.strerror or exc}") from None
-    if not quiet:
+    if verbosity >= NORMAL:
         click.echo(f"pmsm-run {__version__}: {model} ({info.get('mode')} mode, {len(info['layers'])} neuron layers) "
                    f"on {report['data']}, T={timesteps}, {report['samples']} samples, "
                    f"onnxruntime {', '.join(session.providers)} opt level {opt_level}, "
                    + (f"fused neuron kernels ({session.fused_layers} layers)" if session.kernels
                       else "neurons as ONNX function bodies"))
         click.echo(format_tables(report))
+    if verbosity >= VERBOSE:
+        k = report["fused_kernels"]
+        click.echo(f"fused kernels: {'used, ' + str(k['layers_fused']) + ' layers' if k['used'] else 'not used'}"
+                   + (f" ({k['reason']})" if k["reason"] else ""))
+        for note in k["unfused"]:
+            click.echo(f"  kept its ONNX body: {note}")
     acc = report["accuracy_by_t"]
     summary = f"T={timesteps}: "
     summary += f"accuracy {100 * acc[-1]:.2f}%" if acc else "no labels"

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import asdict
 
 import click
 import numpy as np
 
+from pmsm_compiler.cli.options import NORMAL, VERBOSE, command, json_option, progress_option, show_progress, verbosity
+from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
 from pmsm_compiler.errors import InputError, cli_errors
 
 
@@ -34,18 +37,17 @@ def load_training_data(path: str, dataset: str):
     return tr.x, tr.y, (te.x if te is not None else None), (te.y if te is not None else None)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pmsm-compiler", prog_name="pmsm-train")
+@command("pmsm-train")
 @click.option("--data", "data_path", required=True, type=click.Path(),
               help="Folder with train.npz/test.npz, CIFAR python pickles, or train/ and test/ image folders.")
 @click.option("--model", default="resnet20", show_default=True, help="Zoo model name.")
 @click.option("--act", type=click.Choice(["pqa", "qcfs", "relu", "clip"]), default="pqa", show_default=True,
               help="clip: float clip(x, αλ, βλ), PQA's range without rounding, to pre-train before fine-tuning "
                    "PQA (or, with --alpha 0, QCFS) with --init-from.")
-@click.option("--levels", "-L", default=8, show_default=True, help="Quantization levels L.")
-@click.option("--lam", default=8.0, show_default=True, help="Initial λ (ANN threshold).")
-@click.option("--alpha", default=-0.25, show_default=True, help="PQA lower bound α (fraction of λ).")
-@click.option("--beta", default=1.0, show_default=True, help="PQA upper bound β (fraction of λ).")
+@click.option("--levels", "-L", default=PQA_LEVELS, show_default=True, help="Quantization levels L.")
+@click.option("--lam", default=PQA_LAMBDA, show_default=True, help="Initial λ (ANN threshold).")
+@click.option("--alpha", default=PQA_ALPHA, show_default=True, help="PQA lower bound α (fraction of λ).")
+@click.option("--beta", default=PQA_BETA, show_default=True, help="PQA upper bound β (fraction of λ).")
 @click.option("--epochs", default=600, show_default=True)
 @click.option("--batch-size", default=300, show_default=True)
 @click.option("--lr", default=0.1, show_default=True)
@@ -74,11 +76,15 @@ def load_training_data(path: str, dataset: str):
               help="Folder for checkpoint.pt, summary.json, train.log and model.onnx.")
 @click.option("--resume/--no-resume", default=True, show_default=True)
 @click.option("--export/--no-export", default=True, show_default=True, help="Export model.onnx at the end.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@json_option("Also write the run's summary (configuration, per-epoch history, final accuracy) here as JSON; "
+             "it is always written to OUT/summary.json.")
+@progress_option
+@verbosity(quiet_help="Print only errors and the final summary line (train.log still gets every line).",
+           verbose_help="Also the full training configuration at the start.")
 @cli_errors
 def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr, momentum, weight_decay,
          warmup_epochs, seed, init_from, spike_penalty, penalty_rule, dataset, threads, max_steps, eval_every,
-         out_dir, resume, export, progress):
+         out_dir, resume, export, json_path, progress, verbosity):
     """Train MODEL on CIFAR-style data with a quantized activation; checkpoint every epoch."""
     try:
         import torch  # noqa: F401
@@ -97,6 +103,10 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
         raise InputError(f"--spike-penalty must be a finite number >= 0, got {spike_penalty}")
     if spike_penalty and act not in ("pqa", "qcfs"):
         raise InputError(f"--spike-penalty needs quantized activations (--act pqa or qcfs), not {act}")
+    if json_path:
+        from pmsm_compiler.loading import check_output_path
+
+        json_path = check_output_path(json_path, "the JSON summary")
     num_classes = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
     cfg = TrainConfig(model=model, act=act, levels=levels, lam=lam, alpha=alpha, beta=beta, epochs=epochs,
                       batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -115,16 +125,19 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
 
     is_main = int(os.environ.get("RANK", "0")) == 0
 
-    def log(line):
+    def log(line, summary=False):
         if not is_main:  # under torchrun only rank 0 logs
             return
-        click.echo(line)
+        if summary or verbosity >= NORMAL:
+            click.echo(line)
         with open(log_path, "a") as f:
             f.write(line + "\n")
 
     log(command_log_line(sys.argv))
+    if verbosity >= VERBOSE and is_main:
+        click.echo("configuration: " + json.dumps(asdict(cfg)))
     summary = train(cfg, train_x, train_y, test_x, test_y, out_dir, mean, std, resume=resume,
-                    progress=progress, log=log)
+                    progress=show_progress(progress, verbosity), log=log)
     net = summary.pop("model")
     if export and is_main:
         from pmsm_compiler.training.export import export_onnx
@@ -135,8 +148,12 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
                     metadata={"normalization": {"mean": list(mean), "std": list(std)},
                               "training": {k: v for k, v in summary.items() if k != "history"}})
         log(f"exported {onnx_path}")
+    if json_path and is_main:
+        from pmsm_compiler.loading import save_text_atomic
+
+        save_text_atomic(json.dumps(summary, indent=1) + "\n", json_path)
     log(json.dumps({"epochs_done": summary["epochs_done"], "final_test_acc": summary["final_test_acc"],
-                    "wall_s": summary["wall_s"]}))
+                    "wall_s": summary["wall_s"]}), summary=True)
 
 
 if __name__ == "__main__":  # pragma: no cover - torchrun -m pmsm_compiler.cli.train

@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PQA_DEFAULTS = dict(levels=8, lam=8.0, alpha=-0.25, beta=1.0)
+from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_DEFAULTS, PQA_LAMBDA, PQA_LEVELS
+
 
 
 def integer_bound(fraction: float, levels: int, name: str) -> int:
@@ -152,7 +153,8 @@ class PQA(_QuantizedActivation):
 
     onnx_op = "PQA"
 
-    def __init__(self, levels: int = 8, lam: float = 8.0, alpha: float = -0.25, beta: float = 1.0,
+    def __init__(self, levels: int = PQA_LEVELS, lam: float = PQA_LAMBDA, alpha: float = PQA_ALPHA,
+                 beta: float = PQA_BETA,
                  learn_lambda: bool = True):
         if not alpha <= 0 < beta:
             raise ValueError(f"PQA needs α ≤ 0 < β (α < 0 for polarity), got α={alpha}, β={beta}")
@@ -171,7 +173,7 @@ class QCFS(_QuantizedActivation):
 
     onnx_op = "QCFS"
 
-    def __init__(self, levels: int = 8, lam: float = 8.0, learn_lambda: bool = True):
+    def __init__(self, levels: int = PQA_LEVELS, lam: float = PQA_LAMBDA, learn_lambda: bool = True):
         super().__init__(levels, lam, 0, levels, learn_lambda)
 
     def _onnx_attrs(self) -> dict:
@@ -194,7 +196,7 @@ class ClipFloat(nn.Module):
     the name PQA's λ parameter has, so ``--init-from`` hands it to the quantized network.
     """
 
-    def __init__(self, lam: float = 8.0, alpha: float = -0.25, beta: float = 1.0):
+    def __init__(self, lam: float = PQA_LAMBDA, alpha: float = PQA_ALPHA, beta: float = PQA_BETA):
         super().__init__()
         if not lam > 0:
             raise ValueError(f"λ must be > 0, got {lam}")
@@ -219,10 +221,10 @@ class ActivationSpec:
     """
 
     kind: str = "pqa"
-    levels: int = 8
-    lam: float = 8.0
-    alpha: float = -0.25
-    beta: float = 1.0
+    levels: int = PQA_LEVELS
+    lam: float = PQA_LAMBDA
+    alpha: float = PQA_ALPHA
+    beta: float = PQA_BETA
 
     def make(self) -> nn.Module:
         kind = self.kind.lower()

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
+from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
 
 
 LOG_COMMAND = "command: "
@@ -70,10 +71,10 @@ def read_train_log(run_dir: str) -> list[dict]:
 class TrainConfig:
     model: str = "resnet20"
     act: str = "pqa"
-    levels: int = 8
-    lam: float = 8.0
-    alpha: float = -0.25
-    beta: float = 1.0
+    levels: int = PQA_LEVELS
+    lam: float = PQA_LAMBDA
+    alpha: float = PQA_ALPHA
+    beta: float = PQA_BETA
     epochs: int = 600
     batch_size: int = 300
     lr: float = 0.1

@@ -1,0 +1,15 @@
+"""The paper's PQA defaults (PMSM, Table 4), defined once for the activations, the training
+configuration, the CLI flags and the entropy analysis. Torch- and onnx-free, so that a tool's
+``--help`` can show them without importing either.
+
+- ``PQA_LEVELS`` L = 8: positive quantization levels; the step is s = λ/L.
+- ``PQA_LAMBDA`` λ0 = 8: the initial clipping range λ (learned per layer in training).
+- ``PQA_ALPHA`` α = −0.25, ``PQA_BETA`` β = 1: the bounds as fractions of λ, so levels
+  αL..βL = −2..8 (αL and βL must be integers).
+"""
+
+PQA_LEVELS = 8
+PQA_LAMBDA = 8.0
+PQA_ALPHA = -0.25
+PQA_BETA = 1.0
+PQA_DEFAULTS = dict(levels=PQA_LEVELS, lam=PQA_LAMBDA, alpha=PQA_ALPHA, beta=PQA_BETA)

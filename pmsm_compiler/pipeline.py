@@ -1,0 +1,154 @@
+"""Load → compile → verify: the one chain that ``pmsm-compile``, ``pmsm-demo`` and ``bench/`` run.
+
+    result = compile_and_verify("model.onnx", mode="folded")      # or a loaded ModelProto
+    result.passed, result.verification["level_agreement"]          # the T = 1 verification report
+    save_model_atomic(result.model, "model.snn.onnx")              # the caller decides what to write
+
+Steps, each refusing with a one-line error (``InputError`` / ``UnsupportedModelError``, exit 2):
+
+1. ``load_ann``: the untrusted-model loader (``loading.load_model``), then what the compiler
+   needs of its input: not already a compiled SNN, one data input, static non-batch dimensions.
+2. ``compiler.compile_model`` in the chosen mode.
+3. The verification inputs (``verification_inputs``): calibration data (normalized like the
+   model's training data), or seeded random inputs of the input's element type. They are made
+   before any onnxruntime run, so that a refused input size costs no run.
+4. ``verify.check_runs``: onnxruntime runs the ANN at all (the checker accepts some models the
+   engine refuses), on one sample or the batch the model declares.
+5. ``verify.verify`` at T = 1 under ``VerificationPolicy``. A failed verification does not raise
+   here: the report says why, and ``raise_if_failed`` (or the caller) turns it into
+   ``VerificationError`` (exit 1).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from pmsm_compiler.errors import InputError, VerificationError
+
+#: the verification's defaults, one definition for the CLI's flags and the API
+DEFAULT_SAMPLES = 64
+DEFAULT_SEED = 0
+SKIPPED = {"passed": None, "skipped": True}
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`compile_and_verify` returns.
+
+    ``ann``: the loaded source model; ``compiled``: the ``compiler.CompiledModel`` (``.model`` the
+    SNN's ONNX, ``.info`` its record); ``verification``: the T = 1 report of ``verify.verify``
+    (``{"passed": None, "skipped": True}`` without a check); ``seconds``: wall time of the chain.
+    """
+
+    ann: onnx.ModelProto
+    compiled: object
+    mode: str
+    verification: dict = field(default_factory=lambda: dict(SKIPPED))
+    seconds: float = 0.0
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        return self.compiled.model
+
+    @property
+    def info(self) -> dict:
+        return self.compiled.info
+
+    @property
+    def checked(self) -> bool:
+        return not self.verification.get("skipped", False)
+
+    @property
+    def passed(self) -> bool:
+        """False only for a verification that ran and failed (a skipped one does not fail)."""
+        return self.verification.get("passed") is not False
+
+    def raise_if_failed(self, what: str = "the model", suffix: str = "") -> None:
+        """VerificationError (exit code 1) naming the first failures, if the verification failed."""
+        if not self.passed:
+            raise VerificationError(f"{what}: verification failed: "
+                                    + "; ".join(self.verification["failures"][:3]) + suffix)
+
+
+def load_ann(path: str | os.PathLike[str], *, max_bytes: int | None = None,
+             input_shapes: dict | None = None) -> onnx.ModelProto:
+    """Load an untrusted ANN for compilation (``loading.load_model``) and refuse, in one line, a
+    compiled SNN, a model with more than one data input and dynamic non-batch dimensions."""
+    from pmsm_compiler.compiler import read_snn_info
+    from pmsm_compiler.loading import MAX_MODEL_BYTES, check_single_input, check_static_shapes, load_model
+
+    ann = load_model(path, max_bytes=max_bytes or MAX_MODEL_BYTES, static_inputs=False, input_shapes=input_shapes)
+    if read_snn_info(ann) is not None:
+        raise InputError(f"{os.fspath(path)} is already a compiled SNN ('pmsm.snn' metadata); give the source ANN")
+    check_single_input(ann)
+    check_static_shapes(ann)
+    return ann
+
+
+def check_sampling(samples: int, seed: int) -> None:
+    """InputError (one line, named by the CLI's flag) for a sample count below 1 or a negative seed."""
+    if samples < 1:
+        raise InputError(f"--samples must be >= 1, got {samples}")
+    if seed < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
+
+
+def verification_inputs(info: dict, *, data: str | None = None, samples: int = DEFAULT_SAMPLES,
+                        seed: int = DEFAULT_SEED, normalization: str = "auto") -> tuple[np.ndarray, str]:
+    """(inputs, label) for the verification of a compiled model with record ``info``: the first
+    ``samples`` of data set ``data`` (a path, or "bundled"; uint8 images normalized by
+    ``normalization``), or, without ``data``, ``samples`` seeded random inputs."""
+    from pmsm_compiler.verify import input_dtype, random_inputs
+
+    check_sampling(samples, seed)
+    if data:
+        from pmsm_compiler.data import load_dataset
+        from pmsm_compiler.data.prepare import model_inputs, resolve_normalization
+
+        ds = load_dataset(None if data == "bundled" else data)
+        mean, std = resolve_normalization(normalization, info)
+        spec = info["inputs"][0]
+        x, _ = model_inputs(ds, spec["shape"], mean, std, limit=samples, input_dtype=input_dtype(spec),
+                            input_name=spec["name"])
+        return x, f"{ds.name} ({len(x)} samples)"
+    x = random_inputs(info, samples, seed)
+    kind = "normal" if x.dtype.kind == "f" else f"uniform {x.dtype}"
+    return x, f"random {kind}, seed {seed} ({samples} samples)"
+
+
+def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: str = "folded", *,
+                       check: bool = True, data: str | None = None, samples: int = DEFAULT_SAMPLES,
+                       seed: int = DEFAULT_SEED, normalization: str = "auto", opt_level: str = "all",
+                       policy=None, max_bytes: int | None = None, input_shapes: dict | None = None,
+                       what: str | None = None) -> PipelineResult:
+    """Load (a path; a ModelProto is taken as loaded), compile in ``mode`` ("folded" or "exact")
+    and, with ``check``, verify at T = 1 on ``verification_inputs(data, samples, seed,
+    normalization)`` under ``policy`` (a ``verify.VerificationPolicy``; default: the policy's
+    defaults) at onnxruntime level ``opt_level``. Returns a :class:`PipelineResult`; a failed
+    verification is in its report (``result.passed``), not raised."""
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.verify import VerificationPolicy, check_runs, random_inputs, verify
+
+    start = time.perf_counter()
+    check_sampling(samples, seed)  # before the load: bad arguments cost nothing
+    if isinstance(model, onnx.ModelProto):
+        ann, what = model, what or "the model"
+    else:
+        ann, what = load_ann(model, max_bytes=max_bytes, input_shapes=input_shapes), what or os.fspath(model)
+    compiled = compile_model(ann, mode=mode)
+    info = compiled.info
+    if check:  # the inputs first: their refusals (size, type) are cheaper than a run
+        x, label = verification_inputs(info, data=data, samples=samples, seed=seed, normalization=normalization)
+    batch = info["inputs"][0]["shape"][0]  # one sample, or the batch the model declares
+    check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
+               what=what)
+    verification = dict(SKIPPED)
+    if check:
+        verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode,
+                              policy=policy or VerificationPolicy(), data_label=label)
+    return PipelineResult(ann, compiled, mode, verification, time.perf_counter() - start)

@@ -1,0 +1,97 @@
+"""pmsm_compiler.pipeline (load → compile → verify, the chain of pmsm-compile, pmsm-demo and
+bench/) and the facts it and the tools share, each defined once: Eq. 11, T, the PQA defaults."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from pmsm_compiler.errors import InputError, VerificationError
+from pmsm_compiler.limits import MAX_TIMESTEPS, parse_timesteps
+from pmsm_compiler.models import shipped_model_path
+from pmsm_compiler.pipeline import compile_and_verify, load_ann
+from pmsm_compiler.verify import VerificationPolicy
+
+PQA = str(shipped_model_path("resnet20_pqa_cifar10.onnx"))
+
+
+@pytest.fixture(scope="module")
+def unchecked():
+    return compile_and_verify(PQA, "folded", check=False)
+
+
+def test_unchecked_compile_skips_the_verification(unchecked):
+    assert unchecked.verification == {"passed": None, "skipped": True}
+    assert unchecked.passed and not unchecked.checked
+    assert unchecked.mode == "folded" == unchecked.info["mode"]
+    assert isinstance(unchecked.ann, onnx.ModelProto) and unchecked.model is unchecked.compiled.model
+    unchecked.raise_if_failed()  # nothing to raise
+
+
+def test_a_loaded_model_is_taken_as_is(unchecked):
+    result = compile_and_verify(unchecked.ann, "exact", samples=4)
+    assert result.ann is unchecked.ann
+    assert result.passed and result.checked and result.verification["level_agreement"] == 1.0
+    assert result.verification["data"] == "random normal, seed 0 (4 samples)"
+
+
+def test_a_failed_verification_is_reported_then_raised_on_request(unchecked):
+    # top-1 agreement cannot exceed 1: the policy fails whatever the SNN does
+    result = compile_and_verify(unchecked.ann, "folded", samples=4, policy=VerificationPolicy(min_top1_agreement=1.5))
+    assert not result.passed and result.verification["passed"] is False
+    assert any("top-1 agreement" in f for f in result.verification["failures"])
+    with pytest.raises(VerificationError, match=r"^pqa: verification failed: .*top-1 agreement") as exc:
+        result.raise_if_failed("pqa")
+    assert exc.value.exit_code == 1
+
+
+def test_a_compiled_snn_is_refused_as_input(unchecked, tmp_path):
+    path = tmp_path / "model.snn.onnx"
+    onnx.save(unchecked.model, str(path))
+    with pytest.raises(InputError, match="already a compiled SNN"):
+        load_ann(path)
+
+
+@pytest.mark.parametrize("samples, seed, message", [(0, 0, "--samples must be >= 1"), (4, -1, "--seed must be >= 0")])
+def test_bad_sampling_is_refused_before_loading(tmp_path, samples, seed, message):
+    # the path does not exist: the refusal must come before the load
+    with pytest.raises(InputError, match=message):
+        compile_and_verify(str(tmp_path / "missing.onnx"), samples=samples, seed=seed)
+
+
+@pytest.mark.parametrize("text, expected", [("8", [8]), (8, [8]), ("4,1,2,2", [1, 2, 4]), (" 1, 8 ", [1, 8])])
+def test_parse_timesteps(text, expected):
+    assert parse_timesteps(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [("", "must list integers"), ("1,x", "must be an integer or a comma list"),
+                                           ("0,2", "must be >= 1"), (str(MAX_TIMESTEPS + 1), "over the limit")])
+def test_parse_timesteps_refuses(text, message):
+    with pytest.raises(InputError, match=message):
+        parse_timesteps(text, "-T")
+
+
+def test_eq11_power():
+    from pmsm_compiler.runtime.report import E_SPIKE_PJ, TIMESTEP_MS, eq11_power_mw
+
+    # the paper's Table 3 (QCFS, VGG-16): 3.08e5 spikes per image at T = 1 → 0.277 mW
+    assert eq11_power_mw(3.08e5, 1) == pytest.approx(0.2772, abs=1e-4)
+    # N·E_spike / (T·Δt): 1e9 spikes × 0.9 pJ = 0.9 mJ over 2 steps of 1 ms = 450 mW
+    assert eq11_power_mw(1e9, 2) == pytest.approx(1e9 * E_SPIKE_PJ * 1e-12 / (2 * TIMESTEP_MS * 1e-3) * 1e3)
+    assert eq11_power_mw(1e9, 2) == pytest.approx(450.0)
+
+
+def test_pqa_defaults_are_defined_once():
+    from pmsm_compiler import defaults, entropy
+
+    assert defaults.PQA_DEFAULTS == {"levels": 8, "lam": 8.0, "alpha": -0.25, "beta": 1.0}
+    assert entropy.PAPER_CHOICE == (defaults.PQA_ALPHA, defaults.PQA_BETA)
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from pmsm_compiler.training.activations import PQA, PQA_DEFAULTS, ActivationSpec
+    from pmsm_compiler.training.trainer import TrainConfig
+
+    assert PQA_DEFAULTS is defaults.PQA_DEFAULTS
+    spec, cfg, pqa = ActivationSpec(), TrainConfig(), PQA()
+    for obj in (spec, cfg):
+        assert (obj.levels, obj.lam, obj.alpha, obj.beta) == (8, 8.0, -0.25, 1.0)
+    assert (pqa.levels, float(pqa.lam.detach()), pqa.alpha, pqa.beta) == (8, 8.0, -0.25, 1.0)
