@@ -43,7 +43,7 @@ def run_model(path, mode, dataset, max_t, batch_size):
     from pmsm_compiler.data.prepare import resolve_normalization
     from pmsm_compiler.loading import load_model
     from pmsm_compiler.runtime import SNNSession, run_dataset
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.sessions import make_session
 
     ann = load_model(path)
     compiled = compile_model(ann, mode=mode)

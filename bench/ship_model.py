@@ -91,8 +91,8 @@ def main(argv=None):
     from pmsm_compiler.data import NORMALIZATIONS, load_npz, normalize
     from pmsm_compiler.export import export_onnx
     from pmsm_compiler.models import build_model
+    from pmsm_compiler.sessions import make_session
     from pmsm_compiler.training import read_train_log
-    from pmsm_compiler.verify import make_session
 
     state = torch.load(os.path.join(args.run, "checkpoint.pt"), map_location="cpu", weights_only=False)
     cfg = state["config"]

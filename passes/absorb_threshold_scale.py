@@ -200,8 +200,8 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
     if ctx.mode != "folded":
         return graph
     graph.toposort()
-    layer_of = {id(layer["_node"]): layer for layer in ctx.layers}
-    state_inputs = {s["input"] for s in ctx.states}
+    layer_of = {id(ctx.neuron_nodes[layer.name]): layer for layer in ctx.layers}
+    state_inputs = {s.input for s in ctx.states}
     nodes = list(graph.nodes)
 
     # 1. What scale do the consumers of each tensor want? (None: any)
@@ -256,8 +256,8 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
         if cls == "neuron":
             layer = layer_of[id(node)]
             x = node.inputs[0]
-            node.inputs[0] = rescale(x, scale_of(x) / layer["theta_in"], label)
-            carried[node.outputs[0].name] = layer["theta_out"]
+            node.inputs[0] = rescale(x, scale_of(x) / layer.theta_in, label)
+            carried[node.outputs[0].name] = layer.theta_out
             continue
         if cls == "weighted":
             x_index, *bias_index = _data_inputs(node, cls)
@@ -294,7 +294,7 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
 
     # 3. Graph outputs in real units, under their original names.
     for j, t in enumerate(list(graph.outputs)):
-        if t.name in {s["output"] for s in ctx.states}:
+        if t.name in {s.output for s in ctx.states}:
             continue
         c = scale_of(t)
         if _close(c, 1.0):
@@ -310,8 +310,8 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
                                    inputs=[stored, make_const(graph, f"{t.name}.scale", np.float32(c))],
                                    outputs=[t]))
         for layer in ctx.layers:  # a neuron's output that is a graph output: its spikes are now `stored`
-            if layer["spike_tensor"] == t.name:
-                layer["spike_tensor"] = stored.name
+            if layer.spike_tensor == t.name:
+                layer.spike_tensor = stored.name
     ctx.notes.append(f"absorb_threshold_scale: {len(rescaled)} synapse scale node(s) inserted")
     return graph
 

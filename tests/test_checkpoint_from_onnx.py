@@ -14,7 +14,7 @@ import torch
 from pmsm_compiler.activations import ActivationSpec
 from pmsm_compiler.export import export_onnx
 from pmsm_compiler.models import build_model
-from pmsm_compiler.verify import make_session
+from pmsm_compiler.sessions import make_session
 
 from bench_scripts import load_bench_script
 

@@ -22,8 +22,8 @@ from pmsm_compiler.compiler import compile_model
 from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
 from pmsm_compiler.runtime import SNNSession
-from pmsm_compiler.verify import (OPT_LEVELS, VerificationPolicy, padded_batches, random_inputs,
-                                  teacher_forced_tail, verify)
+from pmsm_compiler.sessions import OPT_LEVELS, padded_batches
+from pmsm_compiler.verify import VerificationPolicy, random_inputs, teacher_forced_tail, verify
 
 
 def conv_pqa_fc(batch, seed=0):
@@ -200,7 +200,7 @@ def test_qdq_snn_runs_ties_to_even_at_t1_and_for_t_gt_1(kernels):
     """The runtime (fused kernel or ONNX body) gives the ANN's levels at T = 1, ties included,
     and the same spikes either way for T > 1."""
     from pmsm_compiler import kernels as kernel_lib
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.sessions import make_session
 
     if kernels == "on" and kernel_lib.library() is None:
         pytest.skip("no C compiler")

@@ -28,11 +28,11 @@ def layer_table(layers, verification=None) -> str:
         head += f" {'level agreement':>16}"
     lines = [head, "-" * len(head)]
     for layer in layers:
-        fan = f"{layer['fan_out']:.1f}" if layer.get("fan_out") is not None else "?"
-        row = (f"{layer['name'][:24]:<24} {layer['neuron']:<6} {layer.get('neurons') or 0:>8} "
-               f"{layer['theta']:>9.4g} {layer['s_min']:>5} {layer['s_max']:>5} {fan:>8}")
-        if verification and layer["name"] in by_name:
-            p = by_name[layer["name"]]
+        fan = f"{layer.fan_out:.1f}" if layer.fan_out is not None else "?"
+        row = (f"{layer.name[:24]:<24} {layer.neuron:<6} {layer.neurons or 0:>8} "
+               f"{layer.theta:>9.4g} {layer.s_min:>5} {layer.s_max:>5} {fan:>8}")
+        if verification and layer.name in by_name:
+            p = by_name[layer.name]
             mark = "" if p["in_policy"] else (" (after an IF layer)" if p.get("after_lossy_layer") else " (lossy: IF)")
             row += f" {p['level_agreement']:>16.6f}{mark}"
         lines.append(row)
@@ -82,11 +82,12 @@ Exit codes: 0 compiled (and verified), 1 verification failed (no model written),
 def main(model, output, exact, check, calibration_data, samples, seed, normalization, opt_level,
          max_level_mismatch, min_top1_agreement, output_rtol, report_path, max_bytes, input_shape, quiet):
     """See HELP."""
-    from pmsm_compiler.compiler import compile_model, read_snn_info
+    from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.errors import InputError
     from pmsm_compiler.loading import (MAX_MODEL_BYTES, check_output_path, check_single_input, check_static_shapes,
                                        load_model, parse_input_shape, save_model_atomic, save_text_atomic)
-    from pmsm_compiler.verify import VerificationPolicy, check_runs, input_dtype, random_inputs, verify
+    from pmsm_compiler.snn_format import read_snn_info
+    from pmsm_compiler.verify import VerificationPolicy, check_runs, random_inputs, verify
 
     if samples < 1:
         raise InputError(f"--samples must be >= 1, got {samples}")
@@ -116,15 +117,15 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
 
             ds = load_dataset(None if calibration_data == "bundled" else calibration_data)
             mean, std = resolve_normalization(normalization, info)
-            spec = info["inputs"][0]
-            x, _ = model_inputs(ds, spec["shape"], mean, std, limit=samples, input_dtype=input_dtype(spec),
-                                input_name=spec["name"])
+            spec = info.inputs[0]
+            x, _ = model_inputs(ds, spec.shape, mean, std, limit=samples, input_dtype=spec.numpy_dtype(),
+                                input_name=spec.name)
             label = f"{ds.name} ({len(x)} samples)"
         else:
             x = random_inputs(info, samples, seed)
             kind = "normal" if x.dtype.kind == "f" else f"uniform {x.dtype}"
             label = f"random {kind}, seed {seed} ({samples} samples)"
-    batch = info["inputs"][0]["shape"][0]  # one sample, or the batch the model declares
+    batch = info.inputs[0].shape[0]  # one sample, or the batch the model declares
     check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
                what=model)
     if check:
@@ -133,10 +134,11 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
     elapsed = time.perf_counter() - start
     report = {
         "schema_version": REPORT_SCHEMA_VERSION, "tool": "pmsm-compile", "compiler_version": __version__,
-        "input": os.path.abspath(model), "output": None, "mode": mode, "compile_seconds": info["compile_seconds"],
-        "total_seconds": round(elapsed, 3), "ann_macs": info["ann_macs"], "time_input": info["time_input"],
+        "input": os.path.abspath(model), "output": None, "mode": mode, "compile_seconds": info.compile_seconds,
+        "total_seconds": round(elapsed, 3), "ann_macs": info.ann_macs, "time_input": info.time_input,
         "verification": {k: v for k, v in verification.items() if k != "layers"},
-        "layers": _report_layers(info, verification), "wrappers": info["wrappers"], "notes": info["notes"],
+        "layers": _report_layers(info, verification), "wrappers": [w.to_json() for w in info.wrappers],
+        "notes": info.notes,
     }
     passed = verification.get("passed") is not False
     if passed:
@@ -145,9 +147,9 @@ def main(model, output, exact, check, calibration_data, samples, seed, normaliza
     if report_path:
         save_text_atomic(json.dumps(report, indent=1) + "\n", report_path)
     if not quiet:
-        click.echo(f"pmsm-compile {__version__}: {model} ({mode} mode, {len(info['layers'])} neuron layers, "
-                   f"{len(info['wrappers'])} temporal wrappers)")
-        click.echo(layer_table(info["layers"], verification if check else None))
+        click.echo(f"pmsm-compile {__version__}: {model} ({mode} mode, {len(info.layers)} neuron layers, "
+                   f"{len(info.wrappers)} temporal wrappers)")
+        click.echo(layer_table(info.layers, verification if check else None))
         if check:
             v = verification
             la = "n/a" if v["level_agreement"] is None else f"{v['level_agreement']:.6f}"
@@ -169,10 +171,10 @@ def _report_layers(info, verification):
     keys = ("name", "kind", "neuron", "neurons", "shape", "theta", "theta_out", "s_min", "s_max", "fan_out",
             "state_in", "state_out", "count_index", "source")
     out = []
-    for layer in info["layers"]:
-        row = {k: layer.get(k) for k in keys}
-        if layer["name"] in by_name:
-            p = by_name[layer["name"]]
+    for layer in info.layers:
+        row = {k: getattr(layer, k) for k in keys}
+        if layer.name in by_name:
+            p = by_name[layer.name]
             row.update(level_agreement=p["level_agreement"], mismatches=p["mismatches"])
         out.append(row)
     return out

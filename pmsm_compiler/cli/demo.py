@@ -32,7 +32,8 @@ def _convert_and_run(path, mode, dataset, timesteps, batch_size, progress):
     from pmsm_compiler.data.prepare import resolve_normalization
     from pmsm_compiler.loading import load_model
     from pmsm_compiler.runtime import SNNSession, run_dataset
-    from pmsm_compiler.verify import make_session, random_inputs, verify
+    from pmsm_compiler.sessions import make_session
+    from pmsm_compiler.verify import random_inputs, verify
 
     ann = load_model(path)
     compiled = compile_model(ann, mode=mode)

@@ -924,7 +924,8 @@ def _calibrate(net: _Net, model: onnx.ModelProto) -> None:
     """Set every quantizer's step s (and so λ = s·L), in network order, from the signal it sees on
     the fuzz inputs with the earlier quantizers already set: s = m·factor / k_max, m the signal's
     scale; 'tiny' and 'huge' scales put nearly every level at a bound or at 0."""
-    from pmsm_compiler.verify import make_session, with_outputs
+    from pmsm_compiler.onnx_utils import with_outputs
+    from pmsm_compiler.sessions import make_session
 
     x = fuzz_inputs(model)
     probes = [q["input"] for q in net.quantizers if q["input"] != "input"]
@@ -950,7 +951,7 @@ def _calibrate(net: _Net, model: onnx.ModelProto) -> None:
 def _finalize(net: _Net, model: onnx.ModelProto) -> onnx.ModelProto:
     """Scales become initializers; some constants become Constant nodes; the model is checked
     (checker, strict shape inference) and run once in onnxruntime."""
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.sessions import make_session
 
     params = set(net.params)
     graph = model.graph
@@ -1302,7 +1303,9 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
     from pmsm_compiler.errors import InputError
     from pmsm_compiler.loading import load_model
     from pmsm_compiler.testing.reference import run_rate_coded_ann, run_reference
-    from pmsm_compiler.verify import OPT_LEVELS, make_session, verify, with_outputs
+    from pmsm_compiler.onnx_utils import with_outputs
+    from pmsm_compiler.sessions import OPT_LEVELS, make_session
+    from pmsm_compiler.verify import verify
 
     opt_levels = list(opt_levels or OPT_LEVELS)
     verify_levels = list(opt_levels[:1] if verify_levels is None else verify_levels)
@@ -1501,7 +1504,7 @@ def _check_cli(path, mode, workdir, api_state, parity_ok) -> CheckResult:
         return CheckResult("cli", mode, "all", "fail", "cli-disagrees", f"the API refuses, the CLI exits {code}",
                            details)
     if api_state == "compiled" and code == 2:
-        from pmsm_compiler.verify import make_session
+        from pmsm_compiler.sessions import make_session
 
         try:  # the CLI verifies at level all: a model onnxruntime cannot run there is rightly refused
             make_session(onnx.load(path), "all")
@@ -1532,7 +1535,7 @@ def run_graph(seed: int, modes=MODES, opt_levels=None, max_timesteps: int = 8, c
     a failure of category ``generator``)."""
     import time
 
-    from pmsm_compiler.verify import OPT_LEVELS
+    from pmsm_compiler.sessions import OPT_LEVELS
 
     start = time.perf_counter()
     opt_levels = list(opt_levels or OPT_LEVELS)
