@@ -36,19 +36,9 @@ import onnx_graphsurgeon as gs
 
 from pmsm_compiler.ops import DOMAIN
 from pmsm_compiler.ops.neurons import NEURON_OPS
-from pmsm_compiler.ops.temporal import HOMOGENEOUS_OPS
+from pmsm_compiler.ops.supported import AFFINE_REAL, METADATA_OPS, TRANSPARENT_ALL, TRANSPARENT_FIRST
 
 from .graph_utils import PassRefusal, const_value, fresh, make_const
-
-TRANSPARENT_ALL = {"Add", "Sub", "Concat", "Sum", "Mean"}
-TRANSPARENT_FIRST = {"AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-                     "Slice", "Split", "ReduceSum", "ReduceMean", "Identity", "Pad", "DepthToSpace", "SpaceToDepth",
-                     "Tile", "Expand", "Gather", "Neg", "Resize"} | HOMOGENEOUS_OPS
-# Read only the shape of their input, never its values: their outputs do not change over time.
-METADATA_OPS = {"Shape", "Size"}
-# Affine in the first input with parameters that read real values (BN(x) = a·x + b): linear under rate
-# coding, but not scale-transparent (the bias), so folded mode feeds it real values.
-AFFINE_REAL = {"BatchNormalization"}
 
 
 def _close(a, b):

@@ -32,6 +32,7 @@ from pmsm_compiler.errors import InputError, UnsupportedModelError, one_line
 from pmsm_compiler.limits import MAX_TENSOR_BYTES, format_bytes, supported_opsets
 from pmsm_compiler.ops import DOMAIN as PMSM_DOMAIN
 from pmsm_compiler.ops import DOMAIN_VERSION as PMSM_DOMAIN_VERSION
+from pmsm_compiler.ops.supported import SUPPORTED_OPS
 
 __all__ = [
     "DEFAULT_ALLOWED_OPS",
@@ -57,21 +58,9 @@ PROTOBUF_LIMIT = 2**31
 #: Default upper bound for a model file (and for the model plus its external data).
 MAX_MODEL_BYTES = PROTOBUF_LIMIT - 1
 
-#: Standard-domain ops the compiler accepts (domain "" == "ai.onnx").
-DEFAULT_ALLOWED_OPS: frozenset[tuple[str, str]] = frozenset(
-    ("", op)
-    for op in (
-        "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Floor", "Round",
-        "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
-        "Transpose", "Concat", "Identity", "Constant", "Squeeze", "Unsqueeze", "QuantizeLinear",
-        "DequantizeLinear", "Shape", "Gather", "Slice", "Cast", "Softmax", "LayerNormalization",
-        "ReduceMean", "Sqrt", "Pow", "Erf", "Tanh", "Sigmoid", "Split", "Expand",
-        "ConstantOfShape", "Abs", "Neg", "Max", "Min", "Less", "Greater", "Where", "Equal",
-        # also emitted by the compiler (spike counting, temporal wrappers) or common in exports
-        "ReduceL1", "ReduceSum", "ReduceMax", "GlobalMaxPool", "LeakyRelu", "Pad", "Sum", "Gelu",
-        "Exp", "Log", "Reciprocal", "GreaterOrEqual", "CastLike", "Dropout",
-    )
-)  # fmt: skip
+#: Standard-domain ops the compiler accepts (domain "" == "ai.onnx"): those some pass handles
+#: (``ops.supported``, the one table).
+DEFAULT_ALLOWED_OPS: frozenset[tuple[str, str]] = frozenset(("", op) for op in SUPPORTED_OPS)
 
 #: The PQA activations. Like every ``pmsm::*`` op they are accepted when the model carries a
 #: model-local FunctionProto for them (stock onnxruntime cannot run them otherwise, and shape
