@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -49,6 +49,7 @@ __all__ = [
     "check_tensor_sizes",
     "load_model",
     "save_bytes_atomic",
+    "write_atomic",
     "save_model_atomic",
     "save_text_atomic",
 ]
@@ -859,12 +860,14 @@ def _default_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def save_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
-    """Write ``data`` to ``path`` atomically: the file is either the old one or complete.
+def write_atomic(path: str | os.PathLike[str], write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """The package's one atomic writer: ``path`` is either the old file or the complete new one.
 
-    Writes a temporary file in the destination directory, fsyncs it and ``os.replace``s it over
-    ``path``; on any exception (KeyboardInterrupt included) the temporary file is removed and the
-    exception re-raised. An existing file's permission bits are kept.
+    ``write(tmp)`` fills a temporary file in the destination directory (named ``.<name>.*<suffix>``:
+    a writer that chooses the format by extension, or a loader, gets the one it needs); it is then
+    fsynced, given the permission bits of the file it replaces (or the default ones), and
+    ``os.replace``d over ``path``. On any exception (KeyboardInterrupt included) the temporary file is
+    removed and the exception re-raised.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -872,30 +875,24 @@ def save_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
         mode = _default_file_mode()
-    tmp_name: str | None = None
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix)
+    os.close(fd)
     try:
-        with tempfile.NamedTemporaryFile(
-            mode="wb",
-            dir=directory,
-            prefix=f".{os.path.basename(path)}.",
-            suffix=".tmp",
-            delete=False,
-        ) as tmp:
-            tmp_name = tmp.name
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-            if hasattr(os, "fchmod"):
-                os.fchmod(tmp.fileno(), mode)
+        write(tmp_name)
+        fd = os.open(tmp_name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
         tmp_name = None
-    except BaseException:
+    finally:
         if tmp_name is not None:
             try:
                 os.unlink(tmp_name)
             except OSError:
                 pass
-        raise
     try:  # make the rename durable; not possible everywhere (e.g. Windows)
         dir_fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -906,6 +903,16 @@ def save_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def save_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
+    """Write ``data`` to ``path`` atomically (``write_atomic``)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    write_atomic(path, write)
 
 
 def save_text_atomic(text: str, path: str | os.PathLike[str], encoding: str = "utf-8") -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import zipfile
 
 import numpy as np
@@ -20,6 +21,7 @@ from pmsm_compiler.loading import (
     save_bytes_atomic,
     save_model_atomic,
     save_text_atomic,
+    write_atomic,
 )
 
 OPSET = 20
@@ -476,6 +478,26 @@ def test_save_bytes_atomic_onto_directory_cleans_up(tmp_path):
     with pytest.raises(OSError):
         save_bytes_atomic(b"data", tmp_path / "d")
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_write_atomic_failing_writer_keeps_old_file_and_mode(tmp_path, exc):
+    """The one atomic writer (checkpoints, plots, the kernel cache use it with their own writers)."""
+    target = tmp_path / "checkpoint.pt"
+    target.write_text("old")
+    os.chmod(target, 0o640)
+
+    def half_written(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("half")
+        raise exc("writer failed")
+
+    with pytest.raises(exc):
+        write_atomic(target, half_written, suffix=".pt")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    write_atomic(target, lambda tmp: open(tmp, "w").write("new"), suffix=".pt")
+    assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
 
 
 def test_save_text_atomic_replaces_and_keeps_mode(tmp_path):
