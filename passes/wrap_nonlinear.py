@@ -21,6 +21,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from pmsm_compiler.ops import DOMAIN
+from pmsm_compiler.onnx_utils import downstream, tensor_flow
 from pmsm_compiler.ops.temporal import GENERAL_OPS, HOMOGENEOUS_OPS
 from pmsm_compiler.snn_format import TIME_INPUT, WRAPPER_INITIAL_STATE, State, Wrapper
 
@@ -34,13 +35,7 @@ LINEAR_CLASSES = {"weighted", "affine_add", "transparent_all", "transparent_firs
 def dynamic_tensors(graph, state_inputs):
     """Tensors that depend on some state, i.e. change over time. Shape and Size read only the shape
     of their input, which is the same at every step: their outputs are not time-varying."""
-    dynamic = set(state_inputs)
-    for node in graph.nodes:
-        if classify(node) == "metadata":
-            continue
-        if any(t.name in dynamic for t in node.inputs):
-            dynamic.update(t.name for t in node.outputs)
-    return dynamic
+    return downstream(tensor_flow(graph.nodes, skip=lambda node: classify(node) == "metadata"), state_inputs)
 
 
 def wrap_nonlinear(graph: gs.Graph, ctx) -> gs.Graph:

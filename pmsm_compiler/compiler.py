@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 from pmsm_compiler import __version__
 from pmsm_compiler.errors import UnsupportedModelError
 from pmsm_compiler.metadata import get_metadata
+from pmsm_compiler.onnx_utils import downstream, tensor_flow
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.counters import COUNTERS, counter_functions
 from pmsm_compiler.ops.neurons import NEURON_OPS, neuron_functions
@@ -71,33 +72,31 @@ def _macs(node) -> int | None:
     return None
 
 
-def _fan_out(graph, layer, tensors) -> float | None:
+def _synapse(node) -> bool:
+    """Where spike traffic ends: a weighted op (its synapses) or a pmsm node (a neuron reads it as
+    its current; a SpikeCounters only counts it)."""
+    return node.domain == DOMAIN or (node.op in ("Conv", "Gemm", "MatMul") and classify(node) == "weighted")
+
+
+def _fan_out(layer, tensors, flow) -> float | None:
     """Mean synapses driven per spike: Σ MACs of the weighted ops the layer feeds (through
-    reshapes, pooling, residual adds and synaptic scales) / neurons, plus 1 per neuron for every
-    direct (identity) path into another neuron layer."""
+    reshapes, pooling, residual adds and synaptic scales: ``flow``, the tensor flow that stops at
+    ``_synapse`` nodes) / neurons, plus 1 per neuron for every direct (identity) path into another
+    neuron layer."""
     neurons = layer.neurons
     if not neurons:
         return None
     # From the spikes, not from the ANN tensor: in folded mode a neuron output that is also a graph
     # output is renamed (its consumers read the spikes, the output name gets k·θ).
-    start = tensors[layer.spike_tensor]
-    total, seen, stack = 0.0, set(), [start]
-    while stack:
-        t = stack.pop()
-        for node in t.outputs:
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.domain == DOMAIN:
-                if node.op in NEURON_OPS:  # not SpikeCounters: counting spikes drives no synapse
-                    shape = static_shape(node.inputs[0])
-                    total += numel(shape) if shape else 0
-                continue
-            cls = classify(node)
-            if cls == "weighted" and node.op in ("Conv", "Gemm", "MatMul"):
-                total += _macs(node) or 0
-                continue
-            stack.extend(node.outputs)  # reshapes, pooling, residual adds, synaptic scales
+    reached = downstream(flow, [layer.spike_tensor])
+    targets = {id(node): node for name in reached for node in tensors[name].outputs if _synapse(node)}
+    total = 0.0
+    for node in targets.values():
+        if node.domain != DOMAIN:
+            total += _macs(node) or 0
+        elif node.op in NEURON_OPS:  # not SpikeCounters: counting spikes drives no synapse
+            shape = static_shape(node.inputs[0])
+            total += numel(shape) if shape else 0
     return total / neurons
 
 
@@ -121,8 +120,9 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     for node in graph.nodes:
         if node.op in ("Conv", "Gemm", "MatMul") and classify(node) == "weighted":
             ann_macs += _macs(node) or 0
+    flow = tensor_flow(graph.nodes, skip=_synapse)
     for layer in ctx.layers:
-        layer.fan_out = _fan_out(graph, layer, tensors)
+        layer.fan_out = _fan_out(layer, tensors, flow)
     used_ops = {n.op for n in graph.nodes if n.domain == DOMAIN}
     snn = gs.export_onnx(graph)
     keep = [f for f in snn.functions if f.domain != DOMAIN]

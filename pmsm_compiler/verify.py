@@ -40,13 +40,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import networkx as nx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from pmsm_compiler.errors import InputError
 from pmsm_compiler.limits import MAX_TENSOR_BYTES, format_bytes
-from pmsm_compiler.onnx_utils import with_outputs
+from pmsm_compiler.onnx_utils import downstream, node_dag, tensor_flow, with_outputs
 from pmsm_compiler.runtime.step_graphs import step_variant
 from pmsm_compiler.sessions import declared_batch, make_session, onnxruntime_errors, padded_batches
 from pmsm_compiler.snn_format import SNNInfo
@@ -75,13 +76,9 @@ def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
     g = ann.graph
     cut = {layer.ann_output for layer in layers}
     producer = {out: i for i, n in enumerate(g.node) for out in n.output if out}
-    keep, todo = set(), [o.name for o in g.output]
-    while todo:
-        name = todo.pop()
-        if name in cut or name not in producer or producer[name] in keep:
-            continue
-        keep.add(producer[name])
-        todo.extend(i for i in g.node[producer[name]].input if i)
+    dag = node_dag(g.node, cut=cut)
+    keep = {producer[o.name] for o in g.output if o.name in producer and o.name not in cut}
+    keep |= {j for i in keep for j in nx.ancestors(dag, i)}
     known = {v.name: v for v in list(g.value_info) + list(g.output)}
     m = onnx.ModelProto()
     m.CopyFrom(ann)
@@ -110,12 +107,10 @@ def downstream_of_lossy(ann: onnx.ModelProto, layers) -> set[str]:
     """Names of the AIF layers whose input depends on an IF (QCFS) layer's output: at T = 1 an IF
     layer emits a 1-bit code instead of its ANN level, so the levels after it cannot agree with
     the ANN's and are not held to the level policy (the tail check still covers them)."""
-    reached = {l.ann_output for l in layers if l.neuron == "IF"}
-    if not reached:
+    lossy = {l.ann_output for l in layers if l.neuron == "IF"}
+    if not lossy:
         return set()
-    for node in ann.graph.node:  # the loader checked that the graph is topologically sorted
-        if any(i in reached for i in node.input):
-            reached.update(o for o in node.output if o)
+    reached = downstream(tensor_flow(ann.graph.node), lossy)
     return {l.name for l in layers if l.neuron != "IF" and l.ann_output in reached}
 
 

@@ -13,10 +13,12 @@ Runtime concerns: the compiled file never contains these rewrites; they read the
 
 from __future__ import annotations
 
+import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from pmsm_compiler.onnx_utils import downstream, node_dag, tensor_flow
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.neurons import FINAL_STEP_OPS, final_step_functions
 from pmsm_compiler.snn_format import SNNInfo
@@ -41,12 +43,8 @@ def split_static_prologue(model: onnx.ModelProto, info: SNNInfo):
     if info.time_input:
         dynamic.add(info.time_input)
     graph.toposort()
-    static_nodes, dyn_tensors = [], set(dynamic)
-    for node in graph.nodes:
-        if any(t.name in dyn_tensors for t in node.inputs):
-            dyn_tensors.update(t.name for t in node.outputs)
-        else:
-            static_nodes.append(node)
+    dyn_tensors = downstream(tensor_flow(graph.nodes), dynamic)
+    static_nodes = [node for node in graph.nodes if not any(t.name in dyn_tensors for t in node.inputs)]
     # A static Conv (or Conv → BatchNormalization) whose output a state-dependent Add reads stays in
     # the step (FUSED_PAIRS): onnxruntime fuses such an Add (a residual) into the Conv, which rounds
     # differently, and a session boundary between them would stop that fusion where the ANN has it.
@@ -189,6 +187,7 @@ def states_safe_in_place(step: onnx.ModelProto, info: SNNInfo) -> set[str]:
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute):
         return set()
     producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    dag = node_dag(nodes)
     readers: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
         for name in set(n.input):
@@ -200,13 +199,7 @@ def states_safe_in_place(step: onnx.ModelProto, info: SNNInfo) -> set[str]:
         reads = readers.get(state.input, [])
         if writer is None or not reads or state.input in graph_outputs:
             continue
-        upstream, todo = set(), [writer]
-        while todo:  # strict ancestors of the writer
-            for name in nodes[todo.pop()].input:
-                j = producer.get(name)
-                if j is not None and j not in upstream:
-                    upstream.add(j)
-                    todo.append(j)
+        upstream = nx.ancestors(dag, writer)  # strict ancestors of the writer
         if all(r in upstream for r in reads):
             safe.add(state.input)
     return safe
