@@ -1,8 +1,9 @@
 """Verification: the SNN at T = 1 against the quantized ANN, in the same engine and level.
 
-Both models run in onnxruntime at the same graph-optimization level on the same inputs, the SNN as
-the runtime runs its first and only step at T = 1 (``runtime.session.step_variant``: initial
-states as constants, temporal wrappers bypassed, no reset). Per neuron
+Both models run in onnxruntime at the same graph-optimization level on the same inputs, the SNN
+through the runtime, as it runs the first and only step of T = 1 (``SNNSession.run_first_step``:
+static prologue, initial states as constants, temporal wrappers bypassed, no reset, fused neuron
+kernels where they build). Per neuron
 layer the quantization levels are compared exactly (ANN: k = rint(y / s_out); SNN: the emitted
 spike counts k); for the network outputs the max |difference| and the top-1 agreement are reported.
 
@@ -48,7 +49,7 @@ from onnx import TensorProto, helper
 from pmsm_compiler.errors import InputError
 from pmsm_compiler.limits import MAX_TENSOR_BYTES, format_bytes
 from pmsm_compiler.onnx_utils import downstream, node_dag, tensor_flow, with_outputs
-from pmsm_compiler.runtime.step_graphs import step_variant
+from pmsm_compiler.runtime import SNNSession
 from pmsm_compiler.sessions import declared_batch, make_session, onnxruntime_errors, padded_batches
 from pmsm_compiler.snn_format import SNNInfo
 
@@ -217,11 +218,10 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                                                           for n in given.graph.node) else None)
     ann_sess = make_session(with_outputs(ann, [l.ann_output for l in layers]), opt_level, qdq_fusion=False)
     tail_sess = make_session(teacher_forced_tail(ann, layers), opt_level, qdq_fusion=False)
-    t1_step = step_variant(compiled.model, info, first=True, last=True)
-    snn_sess = make_session(with_outputs(t1_step, [l.spike_tensor for l in layers]), opt_level, qdq_fusion=False)
-    snn_inputs = {i.name for i in snn_sess.get_inputs()}
+    # the SNN as the runtime runs the one step of T = 1 (static prologue, fused kernels, ...)
+    runtime = SNNSession(compiled.model, opt_level=opt_level)
+    spikes = [l.spike_tensor for l in layers]
     ann_names = [o.name for o in ann_sess.get_outputs()]
-    snn_names = [o.name for o in snn_sess.get_outputs()]
     tail_inputs = {i.name for i in tail_sess.get_inputs()}
     agree = np.zeros(len(layers), np.int64)
     total = np.zeros(len(layers), np.int64)
@@ -233,11 +233,8 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     deployed_same, deployed_diff = 0, 0.0
     batch = declared_batch(info.inputs[0].shape) or batch_size
     for xb, n in padded_batches(x, batch):
-        feeds = {input_name: xb}
-        if info.time_input in snn_inputs:
-            feeds[info.time_input] = np.ones([1], np.float32)
         a = dict(zip(ann_names, ann_sess.run(None, {input_name: xb})))
-        s = dict(zip(snn_names, snn_sess.run(None, feeds)))
+        s = runtime.run_first_step(xb, spikes)
         tail_feeds = {l.ann_output: emitted_values(l, s[l.spike_tensor]) for l in layers}
         if input_name in tail_inputs:
             tail_feeds[input_name] = xb

@@ -36,6 +36,7 @@ import onnx
 
 from pmsm_compiler.errors import InputError
 from pmsm_compiler.limits import check_timesteps
+from pmsm_compiler.onnx_utils import with_outputs
 from pmsm_compiler.sessions import declared_batch, make_session, padded_batches
 from pmsm_compiler.snn_format import DataInput, read_snn_info
 
@@ -103,7 +104,7 @@ class SNNSession:
         self.unfused_notes: list[str] = []
         self._step_model, self._opt_level, self._threads = step, opt_level, threads
         self.step = self._make_step_session(step)
-        self._variants = {(False, False): self.step}
+        self._variants = {(False, False, ()): self.step}
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
         # the graph's own input type (not the metadata's): what onnxruntime will accept
         reader = self.prologue if self.prologue is not None else self.step
@@ -165,12 +166,35 @@ class SNNSession:
         return make_session(model, self._opt_level, self.providers, self._threads, shared_arena=True, qdq_fusion=False,
                             priority_order=self.priority_order, custom_ops_library=self.kernels)
 
-    def session_for(self, first: bool, last: bool):
-        """The onnxruntime session for a step at this position in time (created on first use)."""
-        key = (first, last)
+    def session_for(self, first: bool, last: bool, extra_outputs: tuple = ()):
+        """The onnxruntime session for a step at this position in time (created on first use);
+        ``extra_outputs``: intermediate tensors it also outputs (e.g. the layers' spikes)."""
+        key = (first, last, tuple(extra_outputs))
         if key not in self._variants:
-            self._variants[key] = self._make_step_session(step_variant(self._step_model, self.info, first, last))
+            variant = step_variant(self._step_model, self.info, first, last)
+            if extra_outputs:
+                variant = with_outputs(variant, extra_outputs)
+            self._variants[key] = self._make_step_session(variant)
         return self._variants[key]
+
+    def run_first_step(self, x: np.ndarray, extra_outputs=()) -> dict:
+        """The one step of a T = 1 run (``session_for(first=True, last=True)``, as ``run_batch(x, 1)``
+        runs it: static prologue, fused kernels and all) on one batch of the model's batch size:
+        {name: array} for the network outputs and ``extra_outputs``. What the verification compares
+        with the ANN."""
+        self.check_input(x)
+        feeds = {}
+        if self.prologue is not None:
+            names = [o.name for o in self.prologue.get_outputs()]
+            feeds.update(zip(names, self.prologue.run(None, {self.input_name: x})))
+        session = self.session_for(True, True, tuple(extra_outputs))
+        inputs = {i.name for i in session.get_inputs()}
+        if self.input_name in inputs:
+            feeds[self.input_name] = x
+        if self.info.time_input in inputs:
+            feeds[self.info.time_input] = np.ones([1], np.float32)
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in inputs})))
 
     def _ortvalue(self, array):
         import onnxruntime as ort

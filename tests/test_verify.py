@@ -227,3 +227,26 @@ def test_levels_after_a_lossy_if_layer_are_not_held_to_the_policy(mode):
     assert pqa["mismatches"] > 0  # the IF layer's 1-bit code moved them
     assert pqa["in_policy"] is False and pqa["after_lossy_layer"] is True
     assert result["tail_max_abs_diff"] <= result["tail_bound"]
+
+
+@pytest.mark.parametrize("mode", ["exact", "folded"])
+def test_verification_runs_the_snn_through_the_runtime(monkeypatch, mode):
+    """The SNN side of the verification is the runtime's T = 1 step (SNNSession.run_first_step, the
+    same session run_batch(x, 1) uses): a level the runtime gets wrong fails the verification."""
+    ann = conv_pqa_fc("N")
+    compiled = compile_model(ann, mode=mode)
+    x = random_inputs(compiled.info, 16, 0)
+    assert verify(ann, compiled, x, mode=mode)["passed"]
+    session = SNNSession(compiled.model)
+    np.testing.assert_array_equal(session.run_first_step(x)["y"], session.run_batch(x, 1).mean_outputs)
+    first_step = SNNSession.run_first_step
+    spikes = compiled.info.layers[0].spike_tensor
+
+    def one_level_off(self, xb, extra_outputs=()):
+        out = first_step(self, xb, extra_outputs)
+        out[spikes] = out[spikes] + np.float32(1)
+        return out
+
+    monkeypatch.setattr(SNNSession, "run_first_step", one_level_off)
+    report = verify(ann, compiled, x, mode=mode)
+    assert not report["passed"] and report["layers"][0]["mismatches"] == report["layers"][0]["compared"]
