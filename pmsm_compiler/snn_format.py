@@ -43,8 +43,6 @@ TIME_INPUT = "pmsm_t"
 #: Initial value of a temporal wrapper's states (running input sum, previous cumulative output).
 WRAPPER_INITIAL_STATE = 0.0
 STATE_KINDS = ("membrane", "input_sum", "cumulative_output")
-#: How a layer's counts are summed: in float32 (exact below 2^24) or in int64.
-COUNT_DTYPES = ("float32-exact", "int64")
 
 
 class _Record:
@@ -153,6 +151,13 @@ class State(_Record):
     _REQUIRED: ClassVar[tuple] = ("input", "output", "init", "kind")
 
     @classmethod
+    def _convert(cls, known: dict, where: str) -> dict:
+        if known["kind"] not in STATE_KINDS:
+            raise InputError(f"compiled-model metadata: {where} has kind {known['kind']!r}, not one of "
+                             f"{', '.join(STATE_KINDS)}")
+        return known
+
+    @classmethod
     def membrane(cls, layer: str, op: str, input: str, output: str) -> "State":
         """A neuron's membrane: its initial value is the neuron op's (``ops.neurons.INITIAL_MEMBRANES``)."""
         return cls(input=input, output=output, init=INITIAL_MEMBRANES[op], kind="membrane", layer=layer)
@@ -207,9 +212,9 @@ class NeuronLayer(_Record):
     # set by count_spikes
     shape: list | None = None
     neurons: int | None = None
-    count_dtype: str | None = None  # COUNT_DTYPES
+    count_dtype: str | None = None  # float32-exact (exact below 2^24) or int64
     count_index: int | None = None
-    counters_dtype: str | None = None  # COUNT_DTYPES; None: compiled before the counters
+    counters_dtype: str | None = None  # as count_dtype; None: compiled before the counters
     # set by the compiler
     fan_out: float | None = None  # mean synapses driven per spike
     extra: dict = field(default_factory=dict, repr=False, compare=False)
@@ -270,21 +275,6 @@ class SNNInfo(_Record):
     def from_json(cls, data, where: str = "'pmsm.snn'") -> "SNNInfo":
         return super().from_json(data, where)
 
-    # what the passes and the readers look up
-    def layer(self, name: str) -> NeuronLayer:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
-
-    @property
-    def state_inputs(self) -> set:
-        return {s.input for s in self.states}
-
-    @property
-    def state_outputs(self) -> set:
-        return {s.output for s in self.states}
-
 
 def read_snn_info(model: onnx.ModelProto) -> SNNInfo | None:
     """The record of a compiled SNN; None for a model without one (an ANN). InputError (one line)
@@ -305,4 +295,4 @@ def documented_keys() -> dict[str, set]:
 
 __all__ = ["SNNInfo", "NeuronLayer", "State", "Wrapper", "DataInput", "read_snn_info", "write_snn_info",
            "SNN_METADATA_KEY", "EXPORT_METADATA_KEY", "FORMAT", "FORMAT_VERSION", "MODES", "COUNTS_OUTPUT",
-           "COUNTERS_OUTPUT", "TIME_INPUT", "WRAPPER_INITIAL_STATE", "STATE_KINDS", "COUNT_DTYPES"]
+           "COUNTERS_OUTPUT", "TIME_INPUT", "WRAPPER_INITIAL_STATE", "STATE_KINDS"]

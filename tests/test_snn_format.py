@@ -169,6 +169,7 @@ def test_unknown_keys_survive_a_round_trip():
     (lambda r: r["states"].append(3), r"states\[3\] is int"),
     (lambda r: r["states"][0].pop("init"), r"states\[0\] lacks 'init'"),
     (lambda r: r.update(inputs=[]), "no data input"),
+    (lambda r: r["states"][1].update(kind="velocity"), r"states\[1\] has kind 'velocity'"),
 ])
 def test_a_record_this_version_cannot_read_is_refused_in_one_line(edit, message):
     record = json.loads(json.dumps(OLD_RECORD))
