@@ -214,8 +214,14 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     ann = getattr(compiled, "reference", None) or given  # constants evaluated as in the SNN
     # What a deployment of the quantized ANN computes (onnxruntime's default: Q/DQ fused into
     # integer kernels), compared for information only.
-    deployed_sess = (make_session(given, opt_level) if any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                                                          for n in given.graph.node) else None)
+    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in given.graph.node)
+    deployed_sess, deployed_unavailable = None, None
+    if has_qdq:
+        try:
+            with onnxruntime_errors("the input model with Q/DQ fused"):
+                deployed_sess = make_session(given, opt_level)
+        except InputError as exc:  # information only: onnxruntime's own QDQ rewrite failing says nothing of the SNN
+            deployed_unavailable = str(exc)
     ann_sess = make_session(with_outputs(ann, [l.ann_output for l in layers]), opt_level, qdq_fusion=False)
     tail_sess = make_session(teacher_forced_tail(ann, layers), opt_level, qdq_fusion=False)
     # the SNN as the runtime runs the one step of T = 1 (static prologue, fused kernels, ...)
@@ -265,7 +271,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
             if d[first].ndim == 2:
                 deployed_same += int((d[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
     onnx_reference = _cross_check_onnx_reference(ann, ann_sess, x, input_name, outputs[0], batch) \
-        if deployed_sess is not None else None
+        if has_qdq else None
     per_layer = []
     for j, layer in enumerate(layers):
         rate = float(agree[j] / total[j]) if total[j] else 1.0
@@ -310,9 +316,10 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         "reference": ("the input model with its computed constants evaluated" if ann is not given
                       else "the input model"),
         "onnx_reference": onnx_reference,
-        "deployed_ann": None if deployed_sess is None else {
+        "deployed_ann": None if not has_qdq else {
             "what": "the input model in onnxruntime with Q/DQ fused into integer kernels (information only)",
-            "top1_agreement": deployed_same / top1_compared if top1_compared else None,
-            "max_abs_diff": deployed_diff},
+            "top1_agreement": deployed_same / top1_compared if top1_compared and deployed_sess else None,
+            "max_abs_diff": deployed_diff if deployed_sess else None,
+            **({"unavailable": deployed_unavailable} if deployed_unavailable else {})},
         "lossy_layers_excluded": has_if, "layers": per_layer,
     }
