@@ -135,8 +135,8 @@ def main(onnx_path, card, data_path, calibration_images, out_path, threads):
     import torch
 
     from pmsm_compiler.cli.train import load_training_data
+    from pmsm_compiler.sessions import make_session
     from pmsm_compiler.training.trainer import evaluate
-    from pmsm_compiler.verify import make_session
 
     if threads:
         torch.set_num_threads(threads)

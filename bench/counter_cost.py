@@ -6,7 +6,7 @@
 One process compiles the model once; "with" is the compiled model, "without" the same model with
 the counters taken out (``compiler.strip_counters``: the model as compiled before they existed,
 so its neurons fuse with their Σ|k| count only). Both run in ``SNNSession`` (fused neuron kernels
-on by default; every session with ``session.intra_op.allow_spinning = 0``, ``verify.make_session``;
+on by default; every session with ``session.intra_op.allow_spinning = 0``, ``sessions.make_session``;
 ``OMP_WAIT_POLICY=PASSIVE`` set before anything is imported) on the same batch of bundled CIFAR-10
 images. Each round times, for both models in an order that alternates between rounds,
 ``run_batch(x, 1)`` (T = 1) and ``run_batch(x, T) / T`` (per step at T); after warm-up rounds the

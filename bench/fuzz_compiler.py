@@ -117,7 +117,7 @@ def main(argv=None):
     ap.add_argument("--verbose", action="store_true", help="print every failing check")
     args = ap.parse_args(argv)
 
-    from pmsm_compiler.verify import OPT_LEVELS
+    from pmsm_compiler.sessions import OPT_LEVELS
 
     modes = [m for m in args.modes.split(",") if m]
     levels = [lv for lv in args.opt_levels.split(",") if lv]

@@ -57,7 +57,7 @@ def images(dataset, mean, std):
 
 def accuracy(session, x, y, batch_size=250):
     """Top-1 accuracy of an onnxruntime session (a fixed batch is fed as declared)."""
-    from pmsm_compiler.verify import run_declared_batches
+    from pmsm_compiler.sessions import run_declared_batches
 
     correct = 0
     for i in range(0, len(x), batch_size):
@@ -98,7 +98,8 @@ def measure(path, test, mean, std, *, modes=("exact", "folded"), max_t=4, batch_
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.loading import load_model
     from pmsm_compiler.runtime import SNNSession, run_dataset
-    from pmsm_compiler.verify import make_session, verify
+    from pmsm_compiler.sessions import make_session
+    from pmsm_compiler.verify import verify
 
     ann = load_model(path)
     x = images(test, mean, std)

@@ -42,7 +42,7 @@ def run_model(path, mode, dataset, max_t, batch_size):
     from pmsm_compiler.data.prepare import resolve_normalization
     from pmsm_compiler.pipeline import compile_and_verify
     from pmsm_compiler.runtime import SNNSession, run_dataset
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.sessions import make_session
 
     compiled = compile_and_verify(path, mode, samples=32)  # the chain pmsm-compile and pmsm-demo run
     compiled.raise_if_failed(os.path.basename(path))

@@ -18,7 +18,7 @@ SNN / ANN. Peak memory (RSS high-water mark, ``resource.getrusage``) is measured
 subprocesses — ANN only, SNN only (T = 8), and an idle baseline that imports the same modules
 and loads the same data — so the figures are comparable.
 
-All sessions use ``session.intra_op.allow_spinning = 0`` (``verify.make_session``) and
+All sessions use ``session.intra_op.allow_spinning = 0`` (``sessions.make_session``) and
 ``OMP_WAIT_POLICY=PASSIVE`` is set before anything is imported, so idle threads of one session do
 not steal the cores of the next. Machine noise on ResNet-20 is about ±10%: ratios under ~1.15 are
 not significant from one run (shared/notes/onnx-findings.md).
@@ -85,7 +85,7 @@ def _timer(fn):
 def measure_times(paths: dict, batch: int, repeats: int, warmup: int, threads: int) -> dict:
     from pmsm_compiler.loading import load_model
     from pmsm_compiler.runtime import SNNSession
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.sessions import make_session
 
     x = images(batch)
     ann_model = load_model(paths["ann"])
@@ -138,7 +138,7 @@ def memory_child(kind: str, path: str, batch: int, threads: int) -> None:
     """Runs in a subprocess: print the RSS high-water mark (MiB) after the workload."""
     from pmsm_compiler.loading import load_model
     from pmsm_compiler.runtime import SNNSession
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.sessions import make_session
 
     x = images(batch)
     if kind == "ann":
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
 
             from pmsm_compiler.loading import load_model  # noqa: F401
             from pmsm_compiler.runtime import SNNSession  # noqa: F401
-            from pmsm_compiler.verify import make_session  # noqa: F401
+            from pmsm_compiler.sessions import make_session  # noqa: F401
 
             images(args.batch)
             print(json.dumps(_peak()))

@@ -89,10 +89,10 @@ def main(argv=None):
 
     from pmsm_compiler.training.activations import ActivationSpec
     from pmsm_compiler.data import NORMALIZATIONS, load_npz, normalize
+    from pmsm_compiler.sessions import make_session
     from pmsm_compiler.training.export import export_onnx
-    from pmsm_compiler.training.zoo import build_model
     from pmsm_compiler.training.trainer import read_train_log
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.training.zoo import build_model
 
     state = torch.load(os.path.join(args.run, "checkpoint.pt"), map_location="cpu", weights_only=False)
     cfg = state["config"]

@@ -36,19 +36,9 @@ import onnx_graphsurgeon as gs
 
 from pmsm_compiler.ops import DOMAIN
 from pmsm_compiler.ops.neurons import NEURON_OPS
-from pmsm_compiler.ops.temporal import HOMOGENEOUS_OPS
+from pmsm_compiler.ops.supported import AFFINE_REAL, METADATA_OPS, TRANSPARENT_ALL, TRANSPARENT_FIRST
 
 from .graph_utils import PassRefusal, const_value, fresh, make_const
-
-TRANSPARENT_ALL = {"Add", "Sub", "Concat", "Sum", "Mean"}
-TRANSPARENT_FIRST = {"AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-                     "Slice", "Split", "ReduceSum", "ReduceMean", "Identity", "Pad", "DepthToSpace", "SpaceToDepth",
-                     "Tile", "Expand", "Gather", "Neg", "Resize"} | HOMOGENEOUS_OPS
-# Read only the shape of their input, never its values: their outputs do not change over time.
-METADATA_OPS = {"Shape", "Size"}
-# Affine in the first input with parameters that read real values (BN(x) = a·x + b): linear under rate
-# coding, but not scale-transparent (the bias), so folded mode feeds it real values.
-AFFINE_REAL = {"BatchNormalization"}
 
 
 def _close(a, b):
@@ -200,8 +190,8 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
     if ctx.mode != "folded":
         return graph
     graph.toposort()
-    layer_of = {id(layer["_node"]): layer for layer in ctx.layers}
-    state_inputs = {s["input"] for s in ctx.states}
+    layer_of = {id(ctx.neuron_nodes[layer.name]): layer for layer in ctx.layers}
+    state_inputs = {s.input for s in ctx.states}
     nodes = list(graph.nodes)
 
     # 1. What scale do the consumers of each tensor want? (None: any)
@@ -256,8 +246,8 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
         if cls == "neuron":
             layer = layer_of[id(node)]
             x = node.inputs[0]
-            node.inputs[0] = rescale(x, scale_of(x) / layer["theta_in"], label)
-            carried[node.outputs[0].name] = layer["theta_out"]
+            node.inputs[0] = rescale(x, scale_of(x) / layer.theta_in, label)
+            carried[node.outputs[0].name] = layer.theta_out
             continue
         if cls == "weighted":
             x_index, *bias_index = _data_inputs(node, cls)
@@ -294,7 +284,7 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
 
     # 3. Graph outputs in real units, under their original names.
     for j, t in enumerate(list(graph.outputs)):
-        if t.name in {s["output"] for s in ctx.states}:
+        if t.name in {s.output for s in ctx.states}:
             continue
         c = scale_of(t)
         if _close(c, 1.0):
@@ -310,8 +300,8 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
                                    inputs=[stored, make_const(graph, f"{t.name}.scale", np.float32(c))],
                                    outputs=[t]))
         for layer in ctx.layers:  # a neuron's output that is a graph output: its spikes are now `stored`
-            if layer["spike_tensor"] == t.name:
-                layer["spike_tensor"] = stored.name
+            if layer.spike_tensor == t.name:
+                layer.spike_tensor = stored.name
     ctx.notes.append(f"absorb_threshold_scale: {len(rescaled)} synapse scale node(s) inserted")
     return graph
 

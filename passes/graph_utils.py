@@ -5,29 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from pmsm_compiler.onnx_utils import const_value  # noqa: F401 - the passes import it from here
+
 INTERNAL_DOMAIN = "pmsm.internal"
 
 
 class PassRefusal(Exception):
     """A pass cannot transform the graph; the message says why (one line)."""
-
-
-def const_value(tensor) -> np.ndarray | None:
-    """The value of a constant tensor (initializer or Constant node output), else None."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        node = tensor.inputs[0]
-        value = node.attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-        for key in ("value_float", "value_int"):
-            if key in node.attrs:
-                return np.asarray(node.attrs[key])
-        for key in ("value_floats", "value_ints"):
-            if key in node.attrs:
-                return np.asarray(node.attrs[key])
-    return None
 
 
 def scalar_value(tensor) -> float | None:

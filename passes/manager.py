@@ -12,17 +12,21 @@ from .graph_utils import PassRefusal
 
 @dataclass
 class PassContext:
-    """What passes share: options, the neuron layers found, and notes for the report."""
+    """What passes share: options, the records of the compiled model's format
+    (``pmsm_compiler.snn_format``: neuron layers, states, wrappers) as they are built, the graph
+    nodes behind them, and notes for the report."""
 
     mode: str = "folded"  # "folded" or "exact"
-    layers: list = field(default_factory=list)  # filled by recognize_pqa / pqa_to_aif
-    wrappers: list = field(default_factory=list)
+    layers: list = field(default_factory=list)  # [snn_format.NeuronLayer], filled by pqa_to_aif
+    # the live neuron node of each layer (by layer name): a graph reference, never in the record
+    neuron_nodes: dict = field(default_factory=dict)
+    wrappers: list = field(default_factory=list)  # [snn_format.Wrapper]
     # exact mode's output ops of the neurons (k → y, e.g. Cast → DequantizeLinear): linear in k
     # although built from ops that are not (the Cast of an integer level is exact)
     psp_nodes: list = field(default_factory=list)
     # set when a pass replaced a computed constant (a quantized weight, a shape chain) by its value
     constants_evaluated: bool = False
-    states: list = field(default_factory=list)
+    states: list = field(default_factory=list)  # [snn_format.State]
     notes: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     time_input: str | None = None

@@ -20,7 +20,8 @@ import onnx_graphsurgeon as gs
 from onnx import helper as onnx_helper
 
 from pmsm_compiler.ops import DOMAIN
-from pmsm_compiler.ops.neurons import AIF_OP_FOR_ROUNDING, INITIAL_MEMBRANES
+from pmsm_compiler.ops.neurons import AIF_OP_FOR_ROUNDING
+from pmsm_compiler.snn_format import NeuronLayer, State
 
 from .graph_utils import INTERNAL_DOMAIN, PassRefusal, fresh, make_const
 
@@ -87,18 +88,17 @@ def pqa_to_aif(graph: gs.Graph, ctx) -> gs.Graph:
         graph.nodes.append(node)
         graph.inputs.append(u_in)
         graph.outputs.append(u_out)
-        ctx.states.append({"input": u_in.name, "output": u_out.name, "init": INITIAL_MEMBRANES[op], "kind": "membrane",
-                           "layer": name})
-        ctx.layers.append({
-            "name": name, "kind": a["kind"], "neuron": neuron, "op": op, "rounding": a["rounding"],
-            "s_min": int(s_min), "s_max": int(s_max),
-            "levels": int(a["levels"]), "lam": float(a["lam"]), "theta": float(theta_in),
-            "theta_in": float(theta_in), "theta_out": float(theta_out), "source": a["source"],
-            "ann_output": y.name, "ann_post_scale": _scale(a["post_op"], a["post_value"], False),
-            "ann_post_op": a["post_op"], "ann_post_value": float(a["post_value"]),
-            "spike_tensor": spikes.name, "state_in": u_in.name, "state_out": u_out.name,
-            "lossless_at_t1": neuron == "AIF", "_node": node,
-        })
+        ctx.states.append(State.membrane(name, op, u_in.name, u_out.name))
+        ctx.layers.append(NeuronLayer(
+            name=name, kind=a["kind"], neuron=neuron, op=op, rounding=a["rounding"],
+            s_min=int(s_min), s_max=int(s_max),
+            levels=int(a["levels"]), lam=float(a["lam"]), theta=float(theta_in),
+            theta_in=float(theta_in), theta_out=float(theta_out), source=a["source"],
+            ann_output=y.name, ann_post_scale=_scale(a["post_op"], a["post_value"], False),
+            ann_post_op=a["post_op"], ann_post_value=float(a["post_value"]),
+            spike_tensor=spikes.name, state_in=u_in.name, state_out=u_out.name,
+            lossless_at_t1=neuron == "AIF"))
+        ctx.neuron_nodes[name] = node
     return graph
 
 

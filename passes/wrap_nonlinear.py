@@ -21,12 +21,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from pmsm_compiler.ops import DOMAIN
+from pmsm_compiler.onnx_utils import downstream, tensor_flow
 from pmsm_compiler.ops.temporal import GENERAL_OPS, HOMOGENEOUS_OPS
+from pmsm_compiler.snn_format import TIME_INPUT, WRAPPER_INITIAL_STATE, State, Wrapper
 
 from .absorb_threshold_scale import classify, linear_inputs
 from .graph_utils import PassRefusal, fresh
 
-TIME_INPUT = "pmsm_t"
 LINEAR_CLASSES = {"weighted", "affine_add", "transparent_all", "transparent_first", "select", "affine_real",
                   "neuron"}
 
@@ -34,18 +35,12 @@ LINEAR_CLASSES = {"weighted", "affine_add", "transparent_all", "transparent_firs
 def dynamic_tensors(graph, state_inputs):
     """Tensors that depend on some state, i.e. change over time. Shape and Size read only the shape
     of their input, which is the same at every step: their outputs are not time-varying."""
-    dynamic = set(state_inputs)
-    for node in graph.nodes:
-        if classify(node) == "metadata":
-            continue
-        if any(t.name in dynamic for t in node.inputs):
-            dynamic.update(t.name for t in node.outputs)
-    return dynamic
+    return downstream(tensor_flow(graph.nodes, skip=lambda node: classify(node) == "metadata"), state_inputs)
 
 
 def wrap_nonlinear(graph: gs.Graph, ctx) -> gs.Graph:
     graph.toposort()
-    dynamic = dynamic_tensors(graph, {s["input"] for s in ctx.states})
+    dynamic = dynamic_tensors(graph, {s.input for s in ctx.states})
     time_input = None
     psp = {id(n) for n in ctx.psp_nodes}
     for node in list(graph.nodes):
@@ -94,9 +89,9 @@ def _state(graph, base, like):
 def _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input):
     label = node.name or fresh(graph, node.op)
     out = node.outputs[0]
-    record = {"name": label, "op": node.op, "homogeneous": homogeneous, "states": [],
-              # what the runtime's first-step variant needs to bypass the wrapper (S_1 = x, F_1 = f(x))
-              "input_index": list(dyn_idx), "inputs": [node.inputs[i].name for i in dyn_idx]}
+    record = Wrapper(name=label, op=node.op, homogeneous=homogeneous, states=[],
+                     # what the runtime's first-step variant needs to bypass the wrapper (S_1 = x, F_1 = f(x))
+                     input_index=list(dyn_idx), inputs=[node.inputs[i].name for i in dyn_idx])
     for i in dyn_idx:
         x = node.inputs[i]
         s_in = _state(graph, f"{label}.sum{i}", x)
@@ -111,12 +106,11 @@ def _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input):
         node.inputs[i] = avg
         graph.inputs.append(s_in)
         graph.outputs.append(s_out)
-        ctx.states.append({"input": s_in.name, "output": s_out.name, "init": 0.0, "kind": "input_sum",
-                           "wrapper": label})
-        record["states"].append(s_in.name)
+        ctx.states.append(State(s_in.name, s_out.name, WRAPPER_INITIAL_STATE, "input_sum", wrapper=label))
+        record.states.append(s_in.name)
     value = gs.Variable(fresh(graph, f"{label}.value"), dtype=np.float32, shape=out.shape)
     node.outputs = [value]
-    record["value"], record["output"] = value.name, out.name
+    record.value, record.output = value.name, out.name
     cumulative = value
     if not homogeneous:
         cumulative = gs.Variable(fresh(graph, f"{label}.cumulative"), dtype=np.float32, shape=out.shape)
@@ -127,8 +121,7 @@ def _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input):
                                outputs=[out]))
     graph.inputs.append(prev)
     graph.outputs.append(cumulative)
-    ctx.states.append({"input": prev.name, "output": cumulative.name, "init": 0.0, "kind": "cumulative_output",
-                       "wrapper": label})
-    record["states"].append(prev.name)
+    ctx.states.append(State(prev.name, cumulative.name, WRAPPER_INITIAL_STATE, "cumulative_output", wrapper=label))
+    record.states.append(prev.name)
     ctx.wrappers.append(record)
 

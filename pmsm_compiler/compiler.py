@@ -1,7 +1,7 @@
 """Compile a quantized ANN (ONNX) into a stateful single-timestep SNN (ONNX).
 
 The compiled model runs ONE timestep per call in stock onnxruntime. Its contract (also recorded
-as JSON in ``metadata_props["pmsm.snn"]``):
+as JSON in ``metadata_props["pmsm.snn"]``: ``pmsm_compiler.snn_format.SNNInfo``):
 
 - inputs: the ANN's input(s); one state input per neuron layer (membrane, initial ½) and per
   temporal wrapper (initial 0), declared rank-only so that a broadcast [1, …, 1] initial tensor
@@ -22,17 +22,16 @@ import onnx_graphsurgeon as gs
 
 from pmsm_compiler import __version__
 from pmsm_compiler.errors import UnsupportedModelError
-from pmsm_compiler.metadata import get_metadata, set_metadata
+from pmsm_compiler.metadata import get_metadata
+from pmsm_compiler.onnx_utils import downstream, tensor_flow
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.counters import COUNTERS, counter_functions
 from pmsm_compiler.ops.neurons import NEURON_OPS, neuron_functions
 from pmsm_compiler.passes import FRONT, PIPELINE, PassContext, PassManager, PassRefusal
 from pmsm_compiler.passes.absorb_threshold_scale import classify
 from pmsm_compiler.passes.graph_utils import numel, static_shape
-
-SNN_METADATA_KEY = "pmsm.snn"
-FORMAT_VERSION = 1
-MODES = ("folded", "exact")
+from pmsm_compiler.snn_format import (EXPORT_METADATA_KEY, MODES, SNN_METADATA_KEY, DataInput, SNNInfo, read_snn_info,
+                                      write_snn_info)
 
 
 class CompiledModel:
@@ -46,14 +45,14 @@ class CompiledModel:
     differences on Brevitas exports), and the SNN's weights are constants.
     """
 
-    def __init__(self, model: onnx.ModelProto, info: dict, reference: onnx.ModelProto | None = None):
+    def __init__(self, model: onnx.ModelProto, info: SNNInfo, reference: onnx.ModelProto | None = None):
         self.model = model
         self.info = info
         self.reference = reference
 
     @property
     def layers(self):
-        return self.info["layers"]
+        return self.info.layers
 
 
 def _macs(node) -> int | None:
@@ -73,33 +72,31 @@ def _macs(node) -> int | None:
     return None
 
 
-def _fan_out(graph, layer, tensors) -> float | None:
+def _synapse(node) -> bool:
+    """Where spike traffic ends: a weighted op (its synapses) or a pmsm node (a neuron reads it as
+    its current; a SpikeCounters only counts it)."""
+    return node.domain == DOMAIN or (node.op in ("Conv", "Gemm", "MatMul") and classify(node) == "weighted")
+
+
+def _fan_out(layer, tensors, flow) -> float | None:
     """Mean synapses driven per spike: Σ MACs of the weighted ops the layer feeds (through
-    reshapes, pooling, residual adds and synaptic scales) / neurons, plus 1 per neuron for every
-    direct (identity) path into another neuron layer."""
-    neurons = layer.get("neurons")
+    reshapes, pooling, residual adds and synaptic scales: ``flow``, the tensor flow that stops at
+    ``_synapse`` nodes) / neurons, plus 1 per neuron for every direct (identity) path into another
+    neuron layer."""
+    neurons = layer.neurons
     if not neurons:
         return None
     # From the spikes, not from the ANN tensor: in folded mode a neuron output that is also a graph
     # output is renamed (its consumers read the spikes, the output name gets k·θ).
-    start = tensors[layer["spike_tensor"]]
-    total, seen, stack = 0.0, set(), [start]
-    while stack:
-        t = stack.pop()
-        for node in t.outputs:
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.domain == DOMAIN:
-                if node.op in NEURON_OPS:  # not SpikeCounters: counting spikes drives no synapse
-                    shape = static_shape(node.inputs[0])
-                    total += numel(shape) if shape else 0
-                continue
-            cls = classify(node)
-            if cls == "weighted" and node.op in ("Conv", "Gemm", "MatMul"):
-                total += _macs(node) or 0
-                continue
-            stack.extend(node.outputs)  # reshapes, pooling, residual adds, synaptic scales
+    reached = downstream(flow, [layer.spike_tensor])
+    targets = {id(node): node for name in reached for node in tensors[name].outputs if _synapse(node)}
+    total = 0.0
+    for node in targets.values():
+        if node.domain != DOMAIN:
+            total += _macs(node) or 0
+        elif node.op in NEURON_OPS:  # not SpikeCounters: counting spikes drives no synapse
+            shape = static_shape(node.inputs[0])
+            total += numel(shape) if shape else 0
     return total / neurons
 
 
@@ -123,8 +120,9 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     for node in graph.nodes:
         if node.op in ("Conv", "Gemm", "MatMul") and classify(node) == "weighted":
             ann_macs += _macs(node) or 0
+    flow = tensor_flow(graph.nodes, skip=_synapse)
     for layer in ctx.layers:
-        layer["fan_out"] = _fan_out(graph, layer, tensors)
+        layer.fan_out = _fan_out(layer, tensors, flow)
     used_ops = {n.op for n in graph.nodes if n.domain == DOMAIN}
     snn = gs.export_onnx(graph)
     keep = [f for f in snn.functions if f.domain != DOMAIN]
@@ -134,31 +132,29 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     snn.ir_version = model.ir_version
     snn.producer_name = "pmsm-compiler"
     snn.producer_version = __version__
-    input_names = [t.name for t in graph.inputs if t.name not in {s["input"] for s in ctx.states}
+    input_names = [t.name for t in graph.inputs if t.name not in {s.input for s in ctx.states}
                    and t.name != ctx.time_input]
-    state_out = {s["output"] for s in ctx.states}
+    state_out = {s.output for s in ctx.states}
     outputs = [t.name for t in graph.outputs
                if t.name not in state_out and t.name not in (ctx.spike_counts_output, ctx.counters_output)]
-    layers = [{k: v for k, v in layer.items() if not k.startswith("_")} for layer in ctx.layers]
-    info = {
-        "format": "pmsm-snn", "format_version": FORMAT_VERSION, "compiler_version": __version__, "mode": mode,
-        "inputs": [{"name": n, "shape": _shape_of(graph, n), "dtype": _elem_type_of(model, n)} for n in input_names],
-        "outputs": outputs, "spike_counts_output": ctx.spike_counts_output, "time_input": ctx.time_input,
-        "counters_output": ctx.counters_output, "counters": list(COUNTERS) if ctx.counters_output else None,
-        "states": ctx.states, "layers": layers, "wrappers": ctx.wrappers, "ann_macs": int(ann_macs),
-        "notes": ctx.notes, "pass_seconds": ctx.timings,
-    }
-    exported = get_metadata(model, "pmsm.export", {})
+    info = SNNInfo(
+        compiler_version=__version__, mode=mode,
+        inputs=[DataInput(n, _shape_of(graph, n), _elem_type_of(model, n)) for n in input_names],
+        outputs=outputs, spike_counts_output=ctx.spike_counts_output, time_input=ctx.time_input,
+        counters_output=ctx.counters_output, counters=list(COUNTERS) if ctx.counters_output else None,
+        states=ctx.states, layers=ctx.layers, wrappers=ctx.wrappers, ann_macs=int(ann_macs),
+        notes=ctx.notes, pass_seconds=ctx.timings)
+    exported = get_metadata(model, EXPORT_METADATA_KEY, {})
     if isinstance(exported, dict) and "normalization" in exported:
-        info["normalization"] = exported["normalization"]
+        info.normalization = exported["normalization"]
     _copy_metadata(model, snn)
     try:
         onnx.checker.check_model(snn, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise UnsupportedModelError(f"internal error: the compiled model fails the ONNX checker: "
                                     f"{' '.join(str(exc).split())[:300]}") from None
-    info["compile_seconds"] = round(time.perf_counter() - start, 3)
-    set_metadata(snn, SNN_METADATA_KEY, info)
+    info.compile_seconds = round(time.perf_counter() - start, 3)
+    write_snn_info(snn, info)
     return CompiledModel(snn, info, reference)
 
 
@@ -194,10 +190,6 @@ def _copy_metadata(src, dst):
             dst.metadata_props.add(key=prop.key, value=prop.value)
 
 
-def read_snn_info(model: onnx.ModelProto) -> dict | None:
-    return get_metadata(model, SNN_METADATA_KEY)
-
-
 def strip_counters(model: onnx.ModelProto) -> onnx.ModelProto:
     """A compiled SNN as compiled before the counters existed: without the ``pmsm_spike_counters``
     output, the nodes that only fed it, the ``SpikeCounters`` function and the metadata keys
@@ -207,7 +199,7 @@ def strip_counters(model: onnx.ModelProto) -> onnx.ModelProto:
     if info is None:
         raise ValueError("not a compiled SNN")
     graph = gs.import_onnx(model)
-    graph.outputs = [t for t in graph.outputs if t.name != info.get("counters_output")]
+    graph.outputs = [t for t in graph.outputs if t.name != info.counters_output]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
@@ -215,9 +207,8 @@ def strip_counters(model: onnx.ModelProto) -> onnx.ModelProto:
     out.functions.extend(f for f in model.functions if not (f.domain == DOMAIN and f.name == "SpikeCounters"))
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
-    for key in ("counters_output", "counters"):
-        info.pop(key, None)
-    for layer in info["layers"]:
-        layer.pop("counters_dtype", None)
-    set_metadata(out, SNN_METADATA_KEY, info)
+    info.counters_output = info.counters = None
+    for layer in info.layers:
+        layer.counters_dtype = None
+    write_snn_info(out, info)
     return out

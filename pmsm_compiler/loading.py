@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -32,6 +32,7 @@ from pmsm_compiler.errors import InputError, UnsupportedModelError, one_line
 from pmsm_compiler.limits import MAX_TENSOR_BYTES, format_bytes, supported_opsets
 from pmsm_compiler.ops import DOMAIN as PMSM_DOMAIN
 from pmsm_compiler.ops import DOMAIN_VERSION as PMSM_DOMAIN_VERSION
+from pmsm_compiler.ops.supported import SUPPORTED_OPS
 
 __all__ = [
     "DEFAULT_ALLOWED_OPS",
@@ -48,6 +49,7 @@ __all__ = [
     "check_tensor_sizes",
     "load_model",
     "save_bytes_atomic",
+    "write_atomic",
     "save_model_atomic",
     "save_text_atomic",
 ]
@@ -57,21 +59,9 @@ PROTOBUF_LIMIT = 2**31
 #: Default upper bound for a model file (and for the model plus its external data).
 MAX_MODEL_BYTES = PROTOBUF_LIMIT - 1
 
-#: Standard-domain ops the compiler accepts (domain "" == "ai.onnx").
-DEFAULT_ALLOWED_OPS: frozenset[tuple[str, str]] = frozenset(
-    ("", op)
-    for op in (
-        "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Floor", "Round",
-        "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
-        "Transpose", "Concat", "Identity", "Constant", "Squeeze", "Unsqueeze", "QuantizeLinear",
-        "DequantizeLinear", "Shape", "Gather", "Slice", "Cast", "Softmax", "LayerNormalization",
-        "ReduceMean", "Sqrt", "Pow", "Erf", "Tanh", "Sigmoid", "Split", "Expand",
-        "ConstantOfShape", "Abs", "Neg", "Max", "Min", "Less", "Greater", "Where", "Equal",
-        # also emitted by the compiler (spike counting, temporal wrappers) or common in exports
-        "ReduceL1", "ReduceSum", "ReduceMax", "GlobalMaxPool", "LeakyRelu", "Pad", "Sum", "Gelu",
-        "Exp", "Log", "Reciprocal", "GreaterOrEqual", "CastLike", "Dropout",
-    )
-)  # fmt: skip
+#: Standard-domain ops the compiler accepts (domain "" == "ai.onnx"): those some pass handles
+#: (``ops.supported``, the one table).
+DEFAULT_ALLOWED_OPS: frozenset[tuple[str, str]] = frozenset(("", op) for op in SUPPORTED_OPS)
 
 #: The PQA activations. Like every ``pmsm::*`` op they are accepted when the model carries a
 #: model-local FunctionProto for them (stock onnxruntime cannot run them otherwise, and shape
@@ -870,12 +860,14 @@ def _default_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def save_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
-    """Write ``data`` to ``path`` atomically: the file is either the old one or complete.
+def write_atomic(path: str | os.PathLike[str], write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """The package's one atomic writer: ``path`` is either the old file or the complete new one.
 
-    Writes a temporary file in the destination directory, fsyncs it and ``os.replace``s it over
-    ``path``; on any exception (KeyboardInterrupt included) the temporary file is removed and the
-    exception re-raised. An existing file's permission bits are kept.
+    ``write(tmp)`` fills a temporary file in the destination directory (named ``.<name>.*<suffix>``:
+    a writer that chooses the format by extension, or a loader, gets the one it needs); it is then
+    fsynced, given the permission bits of the file it replaces (or the default ones), and
+    ``os.replace``d over ``path``. On any exception (KeyboardInterrupt included) the temporary file is
+    removed and the exception re-raised.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -883,30 +875,24 @@ def save_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
         mode = _default_file_mode()
-    tmp_name: str | None = None
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=suffix)
+    os.close(fd)
     try:
-        with tempfile.NamedTemporaryFile(
-            mode="wb",
-            dir=directory,
-            prefix=f".{os.path.basename(path)}.",
-            suffix=".tmp",
-            delete=False,
-        ) as tmp:
-            tmp_name = tmp.name
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-            if hasattr(os, "fchmod"):
-                os.fchmod(tmp.fileno(), mode)
+        write(tmp_name)
+        fd = os.open(tmp_name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
         tmp_name = None
-    except BaseException:
+    finally:
         if tmp_name is not None:
             try:
                 os.unlink(tmp_name)
             except OSError:
                 pass
-        raise
     try:  # make the rename durable; not possible everywhere (e.g. Windows)
         dir_fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -917,6 +903,16 @@ def save_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def save_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> None:
+    """Write ``data`` to ``path`` atomically (``write_atomic``)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    write_atomic(path, write)
 
 
 def save_text_atomic(text: str, path: str | os.PathLike[str], encoding: str = "utf-8") -> None:

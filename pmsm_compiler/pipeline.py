@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from pmsm_compiler.errors import InputError, VerificationError
+from pmsm_compiler.snn_format import SNNInfo
 
 #: the verification's defaults, one definition for the CLI's flags and the API
 DEFAULT_SAMPLES = 64
@@ -56,7 +57,7 @@ class PipelineResult:
         return self.compiled.model
 
     @property
-    def info(self) -> dict:
+    def info(self) -> SNNInfo:
         return self.compiled.info
 
     @property
@@ -79,7 +80,7 @@ def load_ann(path: str | os.PathLike[str], *, max_bytes: int | None = None,
              input_shapes: dict | None = None) -> onnx.ModelProto:
     """Load an untrusted ANN for compilation (``loading.load_model``) and refuse, in one line, a
     compiled SNN, a model with more than one data input and dynamic non-batch dimensions."""
-    from pmsm_compiler.compiler import read_snn_info
+    from pmsm_compiler.snn_format import read_snn_info
     from pmsm_compiler.loading import MAX_MODEL_BYTES, check_single_input, check_static_shapes, load_model
 
     ann = load_model(path, max_bytes=max_bytes or MAX_MODEL_BYTES, static_inputs=False, input_shapes=input_shapes)
@@ -98,12 +99,12 @@ def check_sampling(samples: int, seed: int) -> None:
         raise InputError(f"--seed must be >= 0, got {seed}")
 
 
-def verification_inputs(info: dict, *, data: str | None = None, samples: int = DEFAULT_SAMPLES,
+def verification_inputs(info: SNNInfo, *, data: str | None = None, samples: int = DEFAULT_SAMPLES,
                         seed: int = DEFAULT_SEED, normalization: str = "auto") -> tuple[np.ndarray, str]:
     """(inputs, label) for the verification of a compiled model with record ``info``: the first
     ``samples`` of data set ``data`` (a path, or "bundled"; uint8 images normalized by
     ``normalization``), or, without ``data``, ``samples`` seeded random inputs."""
-    from pmsm_compiler.verify import input_dtype, random_inputs
+    from pmsm_compiler.verify import random_inputs
 
     check_sampling(samples, seed)
     if data:
@@ -112,9 +113,9 @@ def verification_inputs(info: dict, *, data: str | None = None, samples: int = D
 
         ds = load_dataset(None if data == "bundled" else data)
         mean, std = resolve_normalization(normalization, info)
-        spec = info["inputs"][0]
-        x, _ = model_inputs(ds, spec["shape"], mean, std, limit=samples, input_dtype=input_dtype(spec),
-                            input_name=spec["name"])
+        spec = info.inputs[0]
+        x, _ = model_inputs(ds, spec.shape, mean, std, limit=samples, input_dtype=spec.numpy_dtype(),
+                            input_name=spec.name)
         return x, f"{ds.name} ({len(x)} samples)"
     x = random_inputs(info, samples, seed)
     kind = "normal" if x.dtype.kind == "f" else f"uniform {x.dtype}"
@@ -144,7 +145,7 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     info = compiled.info
     if check:  # the inputs first: their refusals (size, type) are cheaper than a run
         x, label = verification_inputs(info, data=data, samples=samples, seed=seed, normalization=normalization)
-    batch = info["inputs"][0]["shape"][0]  # one sample, or the batch the model declares
+    batch = info.inputs[0].shape[0]  # one sample, or the batch the model declares
     check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
                what=what)
     verification = dict(SKIPPED)

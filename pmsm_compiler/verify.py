@@ -1,8 +1,9 @@
 """Verification: the SNN at T = 1 against the quantized ANN, in the same engine and level.
 
-Both models run in onnxruntime at the same graph-optimization level on the same inputs, the SNN as
-the runtime runs its first and only step at T = 1 (``runtime.session.step_variant``: initial
-states as constants, temporal wrappers bypassed, no reset). Per neuron
+Both models run in onnxruntime at the same graph-optimization level on the same inputs, the SNN
+through the runtime, as it runs the first and only step of T = 1 (``SNNSession.run_first_step``:
+static prologue, initial states as constants, temporal wrappers bypassed, no reset, fused neuron
+kernels where they build). Per neuron
 layer the quantization levels are compared exactly (ANN: k = rint(y / s_out); SNN: the emitted
 spike counts k); for the network outputs the max |difference| and the top-1 agreement are reported.
 
@@ -38,18 +39,19 @@ of exactly B (the last one padded, its padding discarded); a dynamic batch uses 
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import asdict, dataclass
 
+import networkx as nx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from pmsm_compiler.errors import InputError
 from pmsm_compiler.limits import MAX_TENSOR_BYTES, format_bytes
-
-OPT_LEVELS = ("disable", "basic", "extended", "all")
+from pmsm_compiler.onnx_utils import downstream, node_dag, tensor_flow, with_outputs
+from pmsm_compiler.runtime import SNNSession
+from pmsm_compiler.sessions import declared_batch, make_session, onnxruntime_errors, padded_batches
+from pmsm_compiler.snn_format import SNNInfo
 
 
 @dataclass
@@ -57,89 +59,6 @@ class VerificationPolicy:
     max_level_mismatch: float = 1e-2
     min_top1_agreement: float = 0.98
     output_rtol: float = 1e-4
-
-
-_SHARED_ARENA = {"registered": False}
-
-
-def _register_shared_cpu_arena() -> bool:
-    """One CPU memory arena for every session that asks for it (the SNN's step variants), instead
-    of one arena each: the same speed at about half the peak memory (docs/benchmarks.md)."""
-    import onnxruntime as ort
-
-    if not _SHARED_ARENA["registered"]:
-        try:
-            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
-            _SHARED_ARENA["registered"] = True
-        except Exception:  # noqa: BLE001 - an older onnxruntime without env allocators: keep per-session arenas
-            return False
-    return True
-
-
-def make_session(model, opt_level: str = "all", providers=None, threads: int = 0, shared_arena: bool = False,
-                 priority_order: bool = False, custom_ops_library: str | None = None, qdq_fusion: bool = True):
-    """An onnxruntime session without thread spinning.
-
-    priority_order: execute in onnxruntime's priority-based topological order (Kahn's algorithm,
-    lowest node index first) instead of its default reverse depth-first order. For an SNN step the
-    default runs every neuron's reset and spike count after the whole forward chain, so each layer's
-    membrane and spikes are read back from main memory at the end; the priority order runs them
-    right after the layer's firing, while the tensors are still in cache. Same kernels, same
-    results; the execution order changes no arithmetic.
-
-    custom_ops_library: a custom-op library to register (the fused neuron kernels,
-    ``pmsm_compiler.kernels``).
-
-    qdq_fusion: False keeps QuantizeLinear/DequantizeLinear as float-simulation ops (the model's
-    ONNX semantics) instead of letting onnxruntime fuse them into integer kernels.
-    """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if priority_order:
-        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    cpu = (providers or ["CPUExecutionProvider"])[0] == "CPUExecutionProvider"
-    if shared_arena and cpu and _register_shared_cpu_arena():
-        so.add_session_config_entry("session.use_env_allocators", "1")
-    so.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[opt_level]
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not qdq_fusion:
-        so.add_session_config_entry("session.disable_quant_qdq", "1")
-    if threads:
-        so.intra_op_num_threads = threads
-    so.log_severity_level = 4  # fatal only: a failure raises, and the tools print it as their one error line
-    if custom_ops_library:
-        so.register_custom_ops_library(custom_ops_library)
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
-
-
-@contextlib.contextmanager
-def onnxruntime_errors(what: str):
-    """Turn an onnxruntime failure inside the block into InputError("onnxruntime cannot run
-    <what>: <its message>"), one line."""
-    import onnxruntime
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    failures = tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
-    package = os.path.dirname(onnxruntime.__file__)
-    try:
-        yield
-    except (*failures, RuntimeError) as exc:
-        tb = exc.__traceback__
-        while tb.tb_next is not None:
-            tb = tb.tb_next
-        # run_with_iobinding reports a failed run as a plain RuntimeError: only those raised in onnxruntime
-        if not isinstance(exc, failures) and not tb.tb_frame.f_code.co_filename.startswith(package):
-            raise
-        message = " ".join(str(exc).split())
-        raise InputError(f"onnxruntime cannot run {what}: {message[:300]}") from None
 
 
 def check_runs(model: onnx.ModelProto, x: np.ndarray, opt_level: str = "all", what: str = "the model") -> None:
@@ -151,60 +70,16 @@ def check_runs(model: onnx.ModelProto, x: np.ndarray, opt_level: str = "all", wh
         session.run(None, {session.get_inputs()[0].name: x})
 
 
-def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the given intermediate tensors."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    present = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in present:
-            m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-            present.add(name)
-    return m
-
-
-def declared_batch(shape) -> int | None:
-    """The fixed batch size of an input shape ([B, ...] with an integer B), or None if dynamic."""
-    if shape and isinstance(shape[0], (int, np.integer)) and shape[0] > 0:
-        return int(shape[0])
-    return None
-
-
-def padded_batches(x: np.ndarray, batch: int):
-    """Yield (batch array of exactly ``batch`` rows, number of real rows): the last batch is padded
-    with copies of its last row, for models declared with a fixed batch size."""
-    for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
-        n = len(xb)
-        if n < batch:
-            xb = np.concatenate([xb, np.repeat(xb[-1:], batch - n, axis=0)])
-        yield xb, n
-
-
-def run_declared_batches(session, x: np.ndarray, output: int = 0) -> np.ndarray:
-    """One output of a one-input onnxruntime session on ``x``, in batches of the input's declared
-    batch size when it has a fixed one (padding dropped), else in one run."""
-    arg = session.get_inputs()[0]
-    batch = declared_batch(arg.shape)
-    if batch is None or len(x) == batch:
-        return session.run(None, {arg.name: x})[output]
-    return np.concatenate([session.run(None, {arg.name: xb})[output][:n] for xb, n in padded_batches(x, batch)])
-
-
 def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
-    """The ANN with every quantizer output (``layer["ann_output"]``) cut out and made a graph
+    """The ANN with every quantizer output (``layer.ann_output``) cut out and made a graph
     input: it computes the network outputs from given activation levels. Nodes that only fed the
     cut tensors are dropped; the network inputs stay (a path may bypass every quantizer)."""
     g = ann.graph
-    cut = {layer["ann_output"] for layer in layers}
+    cut = {layer.ann_output for layer in layers}
     producer = {out: i for i, n in enumerate(g.node) for out in n.output if out}
-    keep, todo = set(), [o.name for o in g.output]
-    while todo:
-        name = todo.pop()
-        if name in cut or name not in producer or producer[name] in keep:
-            continue
-        keep.add(producer[name])
-        todo.extend(i for i in g.node[producer[name]].input if i)
+    dag = node_dag(g.node, cut=cut)
+    keep = {producer[o.name] for o in g.output if o.name in producer and o.name not in cut}
+    keep |= {j for i in keep for j in nx.ancestors(dag, i)}
     known = {v.name: v for v in list(g.value_info) + list(g.output)}
     m = onnx.ModelProto()
     m.CopyFrom(ann)
@@ -219,7 +94,7 @@ def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
     del m.graph.input[:]
     m.graph.input.extend(kept_inputs)
     for layer in layers:
-        name = layer["ann_output"]
+        name = layer.ann_output
         if name in known:
             vi = onnx.ValueInfoProto()
             vi.CopyFrom(known[name])
@@ -233,13 +108,11 @@ def downstream_of_lossy(ann: onnx.ModelProto, layers) -> set[str]:
     """Names of the AIF layers whose input depends on an IF (QCFS) layer's output: at T = 1 an IF
     layer emits a 1-bit code instead of its ANN level, so the levels after it cannot agree with
     the ANN's and are not held to the level policy (the tail check still covers them)."""
-    reached = {l["ann_output"] for l in layers if l["neuron"] == "IF"}
-    if not reached:
+    lossy = {l.ann_output for l in layers if l.neuron == "IF"}
+    if not lossy:
         return set()
-    for node in ann.graph.node:  # the loader checked that the graph is topologically sorted
-        if any(i in reached for i in node.input):
-            reached.update(o for o in node.output if o)
-    return {l["name"] for l in layers if l["neuron"] != "IF" and l["ann_output"] in reached}
+    reached = downstream(tensor_flow(ann.graph.node), lossy)
+    return {l.name for l in layers if l.neuron != "IF" and l.ann_output in reached}
 
 
 def emitted_values(layer: dict, k: np.ndarray) -> np.ndarray:
@@ -247,9 +120,9 @@ def emitted_values(layer: dict, k: np.ndarray) -> np.ndarray:
     source's own output op (Mul or Div by its scale; none for a bare level) applied to k, in
     float32 as onnxruntime computes it. An IF neuron's spike stands for θ_out = λ."""
     k = k.astype(np.float32, copy=False)
-    if layer["neuron"] == "IF":
-        return k * np.float32(layer["theta_out"])
-    op, value = layer["ann_post_op"], np.float32(layer["ann_post_value"])
+    if layer.neuron == "IF":
+        return k * np.float32(layer.theta_out)
+    op, value = layer.ann_post_op, np.float32(layer.ann_post_value)
     if op == "Div":
         return k / value
     if op in ("Mul", "DequantizeLinear"):  # DequantizeLinear: (q − zp)·s = k·s
@@ -257,37 +130,23 @@ def emitted_values(layer: dict, k: np.ndarray) -> np.ndarray:
     return k.copy()
 
 
-def initial_state_feeds(info: dict, session) -> dict:
+def initial_state_feeds(info: SNNInfo, session) -> dict:
     ranks = {i.name: len(i.shape) for i in session.get_inputs()}
-    return {s["input"]: np.full([1] * ranks[s["input"]], s["init"], np.float32) for s in info["states"]}
+    return {s.input: np.full([1] * ranks[s.input], s.init, np.float32) for s in info.states}
 
 
-def input_dtype(spec: dict) -> np.dtype:
-    """The numpy dtype of a compiled model's data input (``info["inputs"][i]``); InputError for an
-    element type numpy has no native type for (e.g. bfloat16)."""
-    name = spec.get("dtype") or "float"  # models compiled before the dtype was recorded: float
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(TensorProto.DataType.Value(name.upper())))
-    except (KeyError, TypeError, ValueError):
-        dtype = None
-    if dtype is None or dtype.kind not in "fiub":
-        raise InputError(f"the model's input '{spec['name']}' has element type {name}; the tools feed "
-                         f"float16/32/64, integer or bool inputs")
-    return dtype
-
-
-def random_inputs(info: dict, samples: int, seed: int = 0) -> np.ndarray:
+def random_inputs(info: SNNInfo, samples: int, seed: int = 0) -> np.ndarray:
     """Seeded random inputs of the model input's element type: floats standard normal (float64
     draws rounded to the type), integers uniform over the type's whole range, bools fair coins.
 
     Refused before allocating, in one line: an input without a static per-sample shape, an
     element type without a numpy type, and an array over ``limits.MAX_TENSOR_BYTES``.
     """
-    spec = info["inputs"][0]
-    shape = spec["shape"]
+    spec = info.inputs[0]
+    shape = spec.shape
     if shape is None or any(not isinstance(d, int) for d in shape[1:]):
         raise InputError("the model input has no static per-sample shape; give --calibration-data")
-    dtype = input_dtype(spec)
+    dtype = spec.numpy_dtype()
     dims = tuple(shape[1:])
     nbytes = samples * int(np.prod(dims, dtype=object)) * dtype.itemsize
     if nbytes > MAX_TENSOR_BYTES:
@@ -346,26 +205,29 @@ def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, batch) -> 
 def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all", mode: str | None = None,
            policy: VerificationPolicy | None = None, batch_size: int = 32, data_label: str = "random") -> dict:
     info = compiled.info
-    mode = mode or info["mode"]
+    mode = mode or info.mode
     policy = policy or VerificationPolicy()
-    layers = info["layers"]
-    outputs = info["outputs"]
-    input_name = info["inputs"][0]["name"]
+    layers = info.layers
+    outputs = info.outputs
+    input_name = info.inputs[0].name
     given = ann
     ann = getattr(compiled, "reference", None) or given  # constants evaluated as in the SNN
     # What a deployment of the quantized ANN computes (onnxruntime's default: Q/DQ fused into
     # integer kernels), compared for information only.
-    deployed_sess = (make_session(given, opt_level) if any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                                                          for n in given.graph.node) else None)
-    ann_sess = make_session(with_outputs(ann, [l["ann_output"] for l in layers]), opt_level, qdq_fusion=False)
+    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in given.graph.node)
+    deployed_sess, deployed_unavailable = None, None
+    if has_qdq:
+        try:
+            with onnxruntime_errors("the input model with Q/DQ fused"):
+                deployed_sess = make_session(given, opt_level)
+        except InputError as exc:  # information only: onnxruntime's own QDQ rewrite failing says nothing of the SNN
+            deployed_unavailable = str(exc)
+    ann_sess = make_session(with_outputs(ann, [l.ann_output for l in layers]), opt_level, qdq_fusion=False)
     tail_sess = make_session(teacher_forced_tail(ann, layers), opt_level, qdq_fusion=False)
-    from pmsm_compiler.runtime.session import step_variant  # the runtime's own T = 1 step
-
-    t1_step = step_variant(compiled.model, info, first=True, last=True)
-    snn_sess = make_session(with_outputs(t1_step, [l["spike_tensor"] for l in layers]), opt_level, qdq_fusion=False)
-    snn_inputs = {i.name for i in snn_sess.get_inputs()}
+    # the SNN as the runtime runs the one step of T = 1 (static prologue, fused kernels, ...)
+    runtime = SNNSession(compiled.model, opt_level=opt_level)
+    spikes = [l.spike_tensor for l in layers]
     ann_names = [o.name for o in ann_sess.get_outputs()]
-    snn_names = [o.name for o in snn_sess.get_outputs()]
     tail_inputs = {i.name for i in tail_sess.get_inputs()}
     agree = np.zeros(len(layers), np.int64)
     total = np.zeros(len(layers), np.int64)
@@ -375,25 +237,22 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     top1_same = 0
     top1_compared = 0  # top-1 applies only to a [batch, classes] first output
     deployed_same, deployed_diff = 0, 0.0
-    batch = declared_batch(info["inputs"][0]["shape"]) or batch_size
+    batch = declared_batch(info.inputs[0].shape) or batch_size
     for xb, n in padded_batches(x, batch):
-        feeds = {input_name: xb}
-        if info.get("time_input") in snn_inputs:
-            feeds[info["time_input"]] = np.ones([1], np.float32)
         a = dict(zip(ann_names, ann_sess.run(None, {input_name: xb})))
-        s = dict(zip(snn_names, snn_sess.run(None, feeds)))
-        tail_feeds = {l["ann_output"]: emitted_values(l, s[l["spike_tensor"]]) for l in layers}
+        s = runtime.run_first_step(xb, spikes)
+        tail_feeds = {l.ann_output: emitted_values(l, s[l.spike_tensor]) for l in layers}
         if input_name in tail_inputs:
             tail_feeds[input_name] = xb
         r = dict(zip(outputs, tail_sess.run(outputs, tail_feeds)))
         for j, layer in enumerate(layers):
-            y = a[layer["ann_output"]][:n]
-            k = s[layer["spike_tensor"]][:n]
-            if layer["neuron"] == "AIF":
-                k_ann = np.rint(y / np.float32(layer["ann_post_scale"]))
+            y = a[layer.ann_output][:n]
+            k = s[layer.spike_tensor][:n]
+            if layer.neuron == "AIF":
+                k_ann = np.rint(y / np.float32(layer.ann_post_scale))
                 same = k_ann == k
             else:  # IF: compare the real outputs, informational only
-                same = np.abs(y - k * np.float32(layer["theta_out"])) <= 1e-6 * max(1.0, layer["theta_out"])
+                same = np.abs(y - k * np.float32(layer.theta_out)) <= 1e-6 * max(1.0, layer.theta_out)
             agree[j] += int(same.sum())
             total[j] += same.size
         for name in outputs:
@@ -412,15 +271,15 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
             if d[first].ndim == 2:
                 deployed_same += int((d[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
     onnx_reference = _cross_check_onnx_reference(ann, ann_sess, x, input_name, outputs[0], batch) \
-        if deployed_sess is not None else None
+        if has_qdq else None
     per_layer = []
     for j, layer in enumerate(layers):
         rate = float(agree[j] / total[j]) if total[j] else 1.0
-        per_layer.append({"name": layer["name"], "neuron": layer["neuron"], "level_agreement": rate,
+        per_layer.append({"name": layer.name, "neuron": layer.neuron, "level_agreement": rate,
                           "mismatches": int(total[j] - agree[j]), "compared": int(total[j]),
-                          "in_policy": layer["neuron"] == "AIF"})
+                          "in_policy": layer.neuron == "AIF"})
     top1 = top1_same / top1_compared if top1_compared else None
-    has_if = any(l["neuron"] == "IF" for l in layers)
+    has_if = any(l.neuron == "IF" for l in layers)
     after_lossy = downstream_of_lossy(ann, layers)
     for p in per_layer:
         if p["name"] in after_lossy:
@@ -457,9 +316,10 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         "reference": ("the input model with its computed constants evaluated" if ann is not given
                       else "the input model"),
         "onnx_reference": onnx_reference,
-        "deployed_ann": None if deployed_sess is None else {
+        "deployed_ann": None if not has_qdq else {
             "what": "the input model in onnxruntime with Q/DQ fused into integer kernels (information only)",
-            "top1_agreement": deployed_same / top1_compared if top1_compared else None,
-            "max_abs_diff": deployed_diff},
+            "top1_agreement": deployed_same / top1_compared if top1_compared and deployed_sess else None,
+            "max_abs_diff": deployed_diff if deployed_sess else None,
+            **({"unavailable": deployed_unavailable} if deployed_unavailable else {})},
         "lossy_layers_excluded": has_if, "layers": per_layer,
     }

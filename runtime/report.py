@@ -60,6 +60,7 @@ import os
 import numpy as np
 
 from pmsm_compiler.ops.counters import COUNTER_LABELS, COUNTERS
+from pmsm_compiler.snn_format import SNNInfo
 
 SCHEMA_VERSION = 2
 TOOL = "pmsm-run"
@@ -93,7 +94,7 @@ def _frac(count, total):
     return None if count is None or not total else float(count) / float(total)
 
 
-def summarize(info: dict, spikes_sum_by_t_layer, samples: int, timesteps: int, correct_by_t=None,
+def summarize(info: SNNInfo, spikes_sum_by_t_layer, samples: int, timesteps: int, correct_by_t=None,
               ann_correct=None, t1_agree=None, labels_present: bool | None = None, *, model: str | None = None,
               extra: dict | None = None, counters_sum_by_t_layer=None, counter_names=None) -> dict:
     """Build the JSON report (schema_version 2) from accumulated integer counts.
@@ -112,7 +113,7 @@ def summarize(info: dict, spikes_sum_by_t_layer, samples: int, timesteps: int, c
     samples = int(samples)
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-    layers = info["layers"]
+    layers = info.layers
     counts = _int64(spikes_sum_by_t_layer, "spike counts")
     if counts.shape != (timesteps, len(layers)):
         raise ValueError(f"spike counts have shape {counts.shape}, expected ({timesteps}, {len(layers)})")
@@ -130,12 +131,12 @@ def summarize(info: dict, spikes_sum_by_t_layer, samples: int, timesteps: int, c
     sops_by_t = np.zeros(timesteps)  # per image, at each step, all layers
     event_sops_by_t = np.zeros(timesteps)
     for j, layer in enumerate(layers):
-        col_index = int(layer.get("count_index", j))
+        col_index = j if layer.count_index is None else int(layer.count_index)
         col = counts[:, col_index]
         total = int(col.sum())  # Python int: exact at any size
         per_image = total / n
-        neurons = layer.get("neurons")
-        fan_out = layer.get("fan_out")
+        neurons = layer.neurons
+        fan_out = layer.fan_out
         sops = None if fan_out is None else per_image * float(fan_out)
         if sops is None:
             sops_known = False
@@ -143,7 +144,7 @@ def summarize(info: dict, spikes_sum_by_t_layer, samples: int, timesteps: int, c
             sops_total += sops
             sops_by_t += col / n * float(fan_out)
         row = {
-            "name": layer["name"], "neuron": layer.get("neuron"), "neurons": neurons,
+            "name": layer.name, "neuron": layer.neuron, "neurons": neurons,
             "spikes_by_t": [int(c) / n for c in col], "spikes": per_image, "spikes_total": total,
             "firing_rate": (per_image / (neurons * timesteps)) if neurons else None,
             "fan_out": None if fan_out is None else float(fan_out), "sops": sops,
@@ -159,7 +160,7 @@ def summarize(info: dict, spikes_sum_by_t_layer, samples: int, timesteps: int, c
     spikes_per_image = spikes_total / n
     spikes_pj = spikes_per_image * E_SPIKE_PJ
     power_mw = eq11_power_mw(spikes_per_image, timesteps)
-    ann_macs = info.get("ann_macs")
+    ann_macs = info.ann_macs
     sop_pj = sops_total * E_AC_PJ if sops_known else None
     event_pj = event_sops_total * E_AC_PJ if (sops_known and counters is not None) else None
     ann_pj = None if ann_macs is None else float(ann_macs) * E_MAC_PJ
@@ -198,7 +199,7 @@ def summarize(info: dict, spikes_sum_by_t_layer, samples: int, timesteps: int, c
         "schema_version": SCHEMA_VERSION,
         "tool": TOOL,
         "model": model,
-        "mode": info.get("mode"),
+        "mode": info.mode,
         "timesteps": timesteps,
         "samples": samples,
         "labels": bool(labels_present),

@@ -18,7 +18,7 @@ import numpy as np
 from pmsm_compiler.data.prepare import raw_pixels
 from pmsm_compiler.errors import InputError
 from pmsm_compiler.limits import check_timesteps
-from pmsm_compiler.verify import run_declared_batches
+from pmsm_compiler.sessions import run_declared_batches
 
 from .report import summarize
 
@@ -50,7 +50,7 @@ def _classes(session):
 def check_compatible(session, dataset, ann_session=None) -> bool:
     """InputError (one line) if the data or the ANN do not fit the SNN's input, or the labels the
     SNN's classes. Returns whether the data feed the model raw (uint8 pixels, not normalized)."""
-    names = [i["name"] for i in session.info["inputs"]]
+    names = [i.name for i in session.info.inputs]
     if len(names) != 1:
         raise InputError(f"the model has {len(names)} data inputs ({', '.join(repr(n) for n in names)}); pmsm-run "
                          f"feeds one")

@@ -25,7 +25,8 @@ from onnx import numpy_helper
 from pmsm_compiler.compiler import compile_model
 from pmsm_compiler.loading import load_model
 from pmsm_compiler.runtime import SNNSession
-from pmsm_compiler.verify import make_session, run_declared_batches, verify
+from pmsm_compiler.sessions import make_session, run_declared_batches
+from pmsm_compiler.verify import verify
 
 RANGES = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255),
           onnx.TensorProto.INT16: (-32768, 32767), onnx.TensorProto.UINT16: (0, 65535)}

@@ -69,8 +69,8 @@ def test_ptq_resnet20_reads_a_pmsm_train_checkpoint(tmp_path):
     import torch
 
     from pmsm_compiler.data import CIFAR10_MEAN, CIFAR10_STD
+    from pmsm_compiler.sessions import make_session
     from pmsm_compiler.training.zoo import build_model
-    from pmsm_compiler.verify import make_session
 
     torch.manual_seed(0)
     net = build_model("resnet20", act="relu").eval()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from pmsm_compiler.sessions import make_session
 from pmsm_compiler.training.activations import ActivationSpec
 from pmsm_compiler.training.export import export_onnx
 from pmsm_compiler.training.zoo import build_model
-from pmsm_compiler.verify import make_session
 
 from bench_scripts import load_bench_script
 

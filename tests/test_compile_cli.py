@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from pmsm_compiler.cli.compile import REPORT_SCHEMA_VERSION, main
-from pmsm_compiler.compiler import SNN_METADATA_KEY, read_snn_info
+from pmsm_compiler.snn_format import SNN_METADATA_KEY, read_snn_info
 
 torch = pytest.importorskip("torch")
 

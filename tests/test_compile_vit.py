@@ -11,7 +11,8 @@ from pmsm_compiler.training.export import export_onnx  # noqa: E402
 from pmsm_compiler.loading import load_model  # noqa: E402
 from pmsm_compiler.training.zoo import build_model  # noqa: E402
 from pmsm_compiler.runtime import SNNSession  # noqa: E402
-from pmsm_compiler.verify import make_session, random_inputs, verify  # noqa: E402
+from pmsm_compiler.sessions import make_session  # noqa: E402
+from pmsm_compiler.verify import random_inputs, verify  # noqa: E402
 
 
 @pytest.fixture(scope="module")

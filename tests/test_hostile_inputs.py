@@ -29,9 +29,10 @@ from onnx import TensorProto
 
 from pmsm_compiler.cli.compile import main as compile_main
 from pmsm_compiler.cli.run import main as run_main
-from pmsm_compiler.compiler import compile_model, read_snn_info
+from pmsm_compiler.compiler import compile_model
 from pmsm_compiler.errors import InputError
 from pmsm_compiler.loading import load_model, unique_node_names
+from pmsm_compiler.snn_format import DataInput, SNNInfo, read_snn_info
 
 MAINS = {"compile": compile_main, "run": run_main}
 LAUNCHERS = {"compile": "compile_main", "run": "run_main"}
@@ -250,7 +251,7 @@ def test_random_inputs_follow_the_input_type():
     from pmsm_compiler.verify import random_inputs
 
     def info(dtype, shape=("N", 3, 5, 7)):
-        return {"inputs": [{"name": "x", "shape": list(shape), **({"dtype": dtype} if dtype else {})}]}
+        return SNNInfo(inputs=[DataInput("x", list(shape), dtype)])
 
     # float32 (and models compiled before the dtype was recorded): the same stream as before
     expected = np.random.default_rng(3).standard_normal((17, 3, 5, 7)).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import zipfile
 
 import numpy as np
@@ -20,6 +21,7 @@ from pmsm_compiler.loading import (
     save_bytes_atomic,
     save_model_atomic,
     save_text_atomic,
+    write_atomic,
 )
 
 OPSET = 20
@@ -172,10 +174,10 @@ def test_default_allowlist_contents():
 
 
 def test_custom_allowlist_admits_op(tmp_path):
-    lstm_free = conv_relu(extra_nodes=[helper.make_node("Softplus", ["r"], ["s"], name="sp")])
+    lstm_free = conv_relu(extra_nodes=[helper.make_node("Selu", ["r"], ["s"], name="sp")])
     path = write(tmp_path / "m.onnx", lstm_free)
-    expect_error(path, "Softplus", UnsupportedModelError)
-    load_model(path, allowed_ops=DEFAULT_ALLOWED_OPS | {("ai.onnx", "Softplus")})
+    expect_error(path, "Selu", UnsupportedModelError)
+    load_model(path, allowed_ops=DEFAULT_ALLOWED_OPS | {("ai.onnx", "Selu")})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,13 +295,13 @@ def test_pmsm_op_without_function_body(tmp_path):
 
 def test_standard_ops_not_in_allowlist_all_named_in_one_line(tmp_path):
     nodes = [
-        helper.make_node("Softplus", ["r"], ["s"], name="soft_0"),
-        helper.make_node("HardSwish", ["s"], ["h"], name="hs_1"),
+        helper.make_node("Selu", ["r"], ["s"], name="selu_0"),
+        helper.make_node("Elu", ["s"], ["h"], name="elu_1"),
     ]
     path = write(tmp_path / "m.onnx", conv_relu(extra_nodes=nodes))
-    msg = expect_error(path, ("Softplus (node 'soft_0', #2)", "HardSwish (node 'hs_1', #3)"),
+    msg = expect_error(path, ("Selu (node 'selu_0', #2)", "Elu (node 'elu_1', #3)"),
                        UnsupportedModelError)  # fmt: skip
-    assert msg.index("Softplus") < msg.index("HardSwish") < msg.index("supported:")
+    assert msg.index("Selu") < msg.index("Elu (") < msg.index("supported:")
 
 
 def test_lstm_is_unsupported(tmp_path):
@@ -476,6 +478,26 @@ def test_save_bytes_atomic_onto_directory_cleans_up(tmp_path):
     with pytest.raises(OSError):
         save_bytes_atomic(b"data", tmp_path / "d")
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_write_atomic_failing_writer_keeps_old_file_and_mode(tmp_path, exc):
+    """The one atomic writer (checkpoints, plots, the kernel cache use it with their own writers)."""
+    target = tmp_path / "checkpoint.pt"
+    target.write_text("old")
+    os.chmod(target, 0o640)
+
+    def half_written(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("half")
+        raise exc("writer failed")
+
+    with pytest.raises(exc):
+        write_atomic(target, half_written, suffix=".pt")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    write_atomic(target, lambda tmp: open(tmp, "w").write("new"), suffix=".pt")
+    assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
 
 
 def test_save_text_atomic_replaces_and_keeps_mode(tmp_path):

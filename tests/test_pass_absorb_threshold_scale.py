@@ -25,7 +25,9 @@ from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
 from pmsm_compiler.passes import (PassContext, PassManager, absorb_threshold_scale, canonicalize, pqa_to_aif,
                                   recognize_pqa)
-from pmsm_compiler.verify import initial_state_feeds, make_session, verify, with_outputs
+from pmsm_compiler.onnx_utils import with_outputs
+from pmsm_compiler.sessions import make_session
+from pmsm_compiler.verify import initial_state_feeds, verify
 
 OPSET = 20
 C, HW, NCLS, L = 4, 6, 6, 8

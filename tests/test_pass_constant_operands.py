@@ -23,9 +23,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pmsm_compiler.compiler import compile_model
+from pmsm_compiler.onnx_utils import with_outputs
 from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
-from pmsm_compiler.verify import initial_state_feeds, make_session, with_outputs
+from pmsm_compiler.sessions import make_session
+from pmsm_compiler.verify import initial_state_feeds
 
 OPSET = 20
 F, L, LAM = 6, 4, 2.3  # PQA levels −1..4, θ = 0.575

@@ -17,10 +17,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pmsm_compiler.compiler import compile_model
+from pmsm_compiler.onnx_utils import with_outputs
 from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
 from pmsm_compiler.passes import COUNTS_OUTPUT
-from pmsm_compiler.verify import initial_state_feeds, make_session, with_outputs
+from pmsm_compiler.sessions import make_session
+from pmsm_compiler.verify import initial_state_feeds
 
 # the module, not the function of the same name that pmsm_compiler.passes re-exports
 count_spikes_module = importlib.import_module("pmsm_compiler.passes.count_spikes")

@@ -21,7 +21,8 @@ from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
 from pmsm_compiler.passes import FRONT, PassContext, PassManager, drop_implied_clamps, recognize_pqa
 from pmsm_compiler.passes.drop_implied_clamps import quantizer_level
-from pmsm_compiler.verify import make_session, verify
+from pmsm_compiler.sessions import make_session
+from pmsm_compiler.verify import verify
 
 OPSET = 20
 SHAPE = [1, 64]

@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pmsm_compiler.passes import PassContext, PassManager, canonicalize, fold_batchnorm
-from pmsm_compiler.verify import make_session
+from pmsm_compiler.sessions import make_session
 
 OPSET = 20
 RTOL = 1e-5

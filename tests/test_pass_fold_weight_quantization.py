@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pmsm_compiler.passes import PassContext, PassManager, fold_weight_quantization
-from pmsm_compiler.verify import make_session
+from pmsm_compiler.sessions import make_session
 
 OPSET = 20
 

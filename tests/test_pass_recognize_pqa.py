@@ -22,7 +22,8 @@ from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
 from pmsm_compiler.passes import PassContext, PassManager, PassRefusal, canonicalize, recognize_pqa
 from pmsm_compiler.passes.graph_utils import INTERNAL_DOMAIN
-from pmsm_compiler.verify import initial_state_feeds, make_session, verify
+from pmsm_compiler.sessions import make_session
+from pmsm_compiler.verify import initial_state_feeds, verify
 
 OPSET = 20
 C_IN, C, HW = 3, 4, 6

@@ -17,12 +17,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pmsm_compiler.compiler import compile_model
 from pmsm_compiler.errors import UnsupportedModelError
+from pmsm_compiler.onnx_utils import with_outputs
 from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
 from pmsm_compiler.ops.temporal import TemporalWrapper
 from pmsm_compiler.passes import TIME_INPUT, PassContext, PassRefusal, wrap_nonlinear
 from pmsm_compiler.passes.wrap_nonlinear import dynamic_tensors
-from pmsm_compiler.verify import initial_state_feeds, make_session, with_outputs
+from pmsm_compiler.sessions import make_session
+from pmsm_compiler.snn_format import State
+from pmsm_compiler.verify import initial_state_feeds
 
 STEPS = 6
 FLOAT_RTOL = 1e-5
@@ -288,7 +291,7 @@ def _one_state_graph(op, state_dtype, state_shape, inputs, attrs=None):
     graph = gs.Graph(nodes=[gs.Node(op, name="op", attrs=attrs or {}, inputs=node_inputs, outputs=[y])],
                      inputs=[x, state], outputs=[y])
     ctx = PassContext(mode="exact")
-    ctx.states.append({"input": "state", "output": "state_next", "init": 0.0, "kind": "membrane"})
+    ctx.states.append(State("state", "state_next", 0.0, "membrane"))
     return graph, ctx
 
 

@@ -33,8 +33,9 @@ from producers import check_both_modes  # noqa: E402
 from pmsm_compiler.compiler import compile_model  # noqa: E402
 from pmsm_compiler.loading import load_model  # noqa: E402
 from pmsm_compiler.runtime import SNNSession  # noqa: E402
+from pmsm_compiler.sessions import make_session  # noqa: E402
 from pmsm_compiler.testing.reference import run_reference  # noqa: E402
-from pmsm_compiler.verify import emitted_values, make_session, teacher_forced_tail  # noqa: E402
+from pmsm_compiler.verify import emitted_values, teacher_forced_tail  # noqa: E402
 
 T = 4
 

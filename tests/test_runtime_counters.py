@@ -20,13 +20,14 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from pmsm_compiler import kernels
-from pmsm_compiler.compiler import compile_model, read_snn_info, strip_counters
+from pmsm_compiler.compiler import compile_model, strip_counters
 from pmsm_compiler.data import CIFAR10_MEAN, CIFAR10_STD, Dataset, load_bundled_sample, normalize
 from pmsm_compiler.training.export import export_onnx
 from pmsm_compiler.loading import load_model
 from pmsm_compiler.training.zoo import build_model
 from pmsm_compiler.ops.counters import COUNTERS, spike_counters
 from pmsm_compiler.runtime import SNNSession, run_dataset
+from pmsm_compiler.snn_format import read_snn_info
 from pmsm_compiler.testing.reference import run_reference
 from pmsm_compiler.training.verify_export import randomize_for_check
 

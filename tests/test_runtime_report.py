@@ -13,13 +13,14 @@ import pytest
 from pmsm_compiler.data import Dataset
 from pmsm_compiler.runtime import BatchResult, run_dataset, summarize
 from pmsm_compiler.runtime import report as rep
+from pmsm_compiler.snn_format import DataInput, NeuronLayer, SNNInfo
 
 
-def two_layer_info(reverse_columns: bool = False) -> dict:
+def two_layer_info(reverse_columns: bool = False) -> SNNInfo:
     # layer A: 100 neurons, fan-out 9; layer B: 50 neurons, fan-out 2.5; the ANN does 1000 MACs
-    a = {"name": "A", "neuron": "AIF", "neurons": 100, "fan_out": 9.0, "count_index": 1 if reverse_columns else 0}
-    b = {"name": "B", "neuron": "AIF", "neurons": 50, "fan_out": 2.5, "count_index": 0 if reverse_columns else 1}
-    return {"mode": "exact", "ann_macs": 1000, "layers": [a, b]}
+    a = NeuronLayer("A", neuron="AIF", neurons=100, fan_out=9.0, count_index=1 if reverse_columns else 0)
+    b = NeuronLayer("B", neuron="AIF", neurons=50, fan_out=2.5, count_index=0 if reverse_columns else 1)
+    return SNNInfo(mode="exact", ann_macs=1000, layers=[a, b])
 
 
 # spikes summed over N = 4 samples, [T = 2, layers]: A emits 40 then 60, B emits 20 then 10
@@ -167,7 +168,7 @@ def curve_report(correct, spikes_per_step=10, ann_correct=None):
     """A one-layer report (fan-out 2, 1000 neurons) whose accuracy at t is correct[t-1] / 100 and
     which fires ``spikes_per_step`` spikes and half as many events per image every step."""
     T = len(correct)
-    info = {"mode": "folded", "ann_macs": 1000, "layers": [{"name": "L", "neurons": 1000, "fan_out": 2.0}]}
+    info = SNNInfo(mode="folded", ann_macs=1000, layers=[NeuronLayer("L", neurons=1000, fan_out=2.0)])
     spikes = np.full((T, 1), 100 * spikes_per_step, np.int64)
     events = spikes // 2
     counters = np.zeros((T, 1, len(NAMES)), np.int64)
@@ -254,7 +255,7 @@ def test_nulls_without_labels_or_ann():
 
 def test_paper_table3_power():
     # QCFS VGG-16, CIFAR-10 (equations.md §6): 3.08e5 spikes per image at T = 1 → 0.277 mW
-    info = {"mode": "exact", "ann_macs": None, "layers": [{"name": "all", "neurons": None, "fan_out": None}]}
+    info = SNNInfo(mode="exact", ann_macs=None, layers=[NeuronLayer("all", neurons=None, fan_out=None)])
     r = summarize(info, np.array([[308_000]], np.int64), samples=1, timesteps=1)
     assert round(r["energy"]["power_mw"], 3) == 0.277
     # 6.44e5 spikes per image over T = 2 (here 10 images) → 0.290 mW
@@ -286,10 +287,10 @@ class FakeSession:
     predicts class t-1 at step t."""
 
     def __init__(self, per_sample: int, layers: int = 2):
-        self.info = {"mode": "exact", "ann_macs": 10, "inputs": [{"name": "input", "shape": ["batch", 3, 4, 4]}],
-                     "layers": [{"name": f"L{i}", "neuron": "AIF", "neurons": 8, "fan_out": 1.0, "count_index": i}
-                                for i in range(layers)]}
-        self.layers = self.info["layers"]
+        self.info = SNNInfo(mode="exact", ann_macs=10, inputs=[DataInput("input", ["batch", 3, 4, 4])],
+                            layers=[NeuronLayer(f"L{i}", neuron="AIF", neurons=8, fan_out=1.0, count_index=i)
+                                    for i in range(layers)])
+        self.layers = self.info.layers
         self.input_name = "input"
         self.input_shape = ["batch", 3, 4, 4]
         self.input_dtype = np.dtype(np.float32)

@@ -25,11 +25,14 @@ from pmsm_compiler.compiler import compile_model
 from pmsm_compiler.data import CIFAR10_MEAN, CIFAR10_STD, load_bundled_sample, normalize
 from pmsm_compiler.training.export import export_onnx
 from pmsm_compiler.loading import load_model
-from pmsm_compiler.training.zoo import build_model
+from pmsm_compiler.onnx_utils import with_outputs
 from pmsm_compiler.ops.neurons import AIFNeuron, IFNeuron
 from pmsm_compiler.runtime import SNNSession, split_static_prologue
-from pmsm_compiler.verify import initial_state_feeds, make_session, with_outputs
+from pmsm_compiler.sessions import make_session
+from pmsm_compiler.snn_format import SNNInfo, State
 from pmsm_compiler.training.verify_export import randomize_for_check
+from pmsm_compiler.training.zoo import build_model
+from pmsm_compiler.verify import initial_state_feeds
 
 OPT_LEVELS = ["all", "basic"]
 
@@ -371,7 +374,7 @@ def _state_graph(body: str) -> onnx.ModelProto:
 def test_states_safe_in_place_refuses_hazards():
     from pmsm_compiler.runtime.session import states_safe_in_place
 
-    info = {"states": [{"input": "u", "output": "u_next", "init": 0.5}]}
+    info = SNNInfo(states=[State("u", "u_next", 0.5, "membrane")])
     # the neuron pattern: u is read only upstream of the node that writes u_next
     neuron = _state_graph("m = Add (u, i)\n y = Floor (m)\n u_next = Sub (m, y)")
     assert states_safe_in_place(neuron, info) == {"u"}

@@ -12,7 +12,7 @@ from pmsm_compiler.data import load_bundled_sample, normalize
 from pmsm_compiler.data.prepare import resolve_normalization
 from pmsm_compiler.loading import load_model
 from pmsm_compiler.runtime import SNNSession
-from pmsm_compiler.verify import make_session
+from pmsm_compiler.sessions import make_session
 
 SHIPPED = sorted(p.name for p in resources.files("pmsm_compiler.models").iterdir() if p.name.endswith(".onnx"))
 

@@ -30,11 +30,11 @@ def layer_table(layers, verification=None) -> str:
         head += f" {'level agreement':>16}"
     lines = [head, "-" * len(head)]
     for layer in layers:
-        fan = f"{layer['fan_out']:.1f}" if layer.get("fan_out") is not None else "?"
-        row = (f"{layer['name'][:24]:<24} {layer['neuron']:<6} {layer.get('neurons') or 0:>8} "
-               f"{layer['theta']:>9.4g} {layer['s_min']:>5} {layer['s_max']:>5} {fan:>8}")
-        if verification and layer["name"] in by_name:
-            p = by_name[layer["name"]]
+        fan = f"{layer.fan_out:.1f}" if layer.fan_out is not None else "?"
+        row = (f"{layer.name[:24]:<24} {layer.neuron:<6} {layer.neurons or 0:>8} "
+               f"{layer.theta:>9.4g} {layer.s_min:>5} {layer.s_max:>5} {fan:>8}")
+        if verification and layer.name in by_name:
+            p = by_name[layer.name]
             mark = "" if p["in_policy"] else (" (after an IF layer)" if p.get("after_lossy_layer") else " (lossy: IF)")
             row += f" {p['level_agreement']:>16.6f}{mark}"
         lines.append(row)
@@ -104,10 +104,11 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     elapsed = time.perf_counter() - start
     report = {
         "schema_version": REPORT_SCHEMA_VERSION, "tool": "pmsm-compile", "compiler_version": __version__,
-        "input": os.path.abspath(model), "output": None, "mode": mode, "compile_seconds": info["compile_seconds"],
-        "total_seconds": round(elapsed, 3), "ann_macs": info["ann_macs"], "time_input": info["time_input"],
+        "input": os.path.abspath(model), "output": None, "mode": mode, "compile_seconds": info.compile_seconds,
+        "total_seconds": round(elapsed, 3), "ann_macs": info.ann_macs, "time_input": info.time_input,
         "verification": {k: v for k, v in verification.items() if k != "layers"},
-        "layers": _report_layers(info, verification), "wrappers": info["wrappers"], "notes": info["notes"],
+        "layers": _report_layers(info, verification), "wrappers": [w.to_json() for w in info.wrappers],
+        "notes": info.notes,
     }
     passed = result.passed
     if passed:
@@ -116,9 +117,9 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     if json_path:
         save_text_atomic(json.dumps(report, indent=1) + "\n", json_path)
     if verbosity >= NORMAL:
-        click.echo(f"pmsm-compile {__version__}: {model} ({mode} mode, {len(info['layers'])} neuron layers, "
-                   f"{len(info['wrappers'])} temporal wrappers)")
-        click.echo(layer_table(info["layers"], verification if check else None))
+        click.echo(f"pmsm-compile {__version__}: {model} ({mode} mode, {len(info.layers)} neuron layers, "
+                   f"{len(info.wrappers)} temporal wrappers)")
+        click.echo(layer_table(info.layers, verification if check else None))
         if check:
             v = verification
             la = "n/a" if v["level_agreement"] is None else f"{v['level_agreement']:.6f}"
@@ -127,8 +128,8 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
                        f"{la}, top-1 agreement {t1}, max |diff| {v['max_abs_diff']:.3g}"
                        + (" [QCFS layers are lossy at T=1 by design; excluded]" if v["lossy_layers_excluded"] else ""))
     if verbosity >= VERBOSE:
-        click.echo("passes: " + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in info["pass_seconds"].items()))
-        for note in info["notes"]:
+        click.echo("passes: " + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in info.pass_seconds.items()))
+        for note in info.notes:
             click.echo(f"note: {note}")
     if not passed:
         raise VerificationError("verification failed: " + "; ".join(verification["failures"][:3])
@@ -144,10 +145,10 @@ def _report_layers(info, verification):
     keys = ("name", "kind", "neuron", "neurons", "shape", "theta", "theta_out", "s_min", "s_max", "fan_out",
             "state_in", "state_out", "count_index", "source")
     out = []
-    for layer in info["layers"]:
-        row = {k: layer.get(k) for k in keys}
-        if layer["name"] in by_name:
-            p = by_name[layer["name"]]
+    for layer in info.layers:
+        row = {k: getattr(layer, k) for k in keys}
+        if layer.name in by_name:
+            p = by_name[layer.name]
             row.update(level_agreement=p["level_agreement"], mismatches=p["mismatches"])
         out.append(row)
     return out

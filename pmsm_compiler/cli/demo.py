@@ -36,7 +36,7 @@ def _convert_and_run(path, mode, dataset, timesteps, batch_size, progress, provi
     from pmsm_compiler.data.prepare import resolve_normalization
     from pmsm_compiler.pipeline import compile_and_verify
     from pmsm_compiler.runtime import SNNSession, run_dataset
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.sessions import make_session
 
     result = compile_and_verify(path, mode, samples=32, opt_level=opt_level)
     result.raise_if_failed(os.path.basename(path))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 
 import click
 
@@ -21,7 +20,7 @@ from pmsm_compiler import entropy as ent
 from pmsm_compiler.cli.options import NORMAL, VERBOSE, check_plot_dir, command, json_option, verbosity
 from pmsm_compiler.defaults import PQA_LAMBDA, PQA_LEVELS
 from pmsm_compiler.errors import InputError, PmsmError, cli_errors
-from pmsm_compiler.loading import check_output_path
+from pmsm_compiler.loading import check_output_path, write_atomic
 
 RELU_NOTE = (
     "the paper states H_ReLU/H_BN ~ 69%; a consistent computation of Eq. 19 gives 74.4% "
@@ -36,24 +35,12 @@ BEST_NOTE = (
 
 
 def _atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` for a temp file next to ``path``, then ``os.replace`` it."""
+    """``loading.write_atomic`` with this tool's one-line error for a path it cannot write."""
     path = check_output_path(path)
-    directory = os.path.dirname(path)
     try:
-        fd, tmp = tempfile.mkstemp(
-            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-        )
+        write_atomic(path, write, suffix=os.path.splitext(path)[1] or ".tmp")
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _fmt_point(p: dict) -> str:

@@ -93,13 +93,13 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
     provider_list = parse_providers(providers)
 
     from pmsm_compiler import __version__
-    from pmsm_compiler.compiler import read_snn_info
     from pmsm_compiler.data import load_dataset
     from pmsm_compiler.data.prepare import resolve_normalization
     from pmsm_compiler.loading import load_model, save_text_atomic
     from pmsm_compiler.runtime import SNNSession, run_dataset
     from pmsm_compiler.runtime.report import ann_equal_accuracy, format_tables, plot
-    from pmsm_compiler.verify import make_session, onnxruntime_errors
+    from pmsm_compiler.sessions import make_session, onnxruntime_errors
+    from pmsm_compiler.snn_format import read_snn_info
 
     snn_model = load_model(model, static_inputs=False)
     if read_snn_info(snn_model) is None:
@@ -149,7 +149,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
         except OSError as exc:
             raise InputError(f"cannot write the JSON report {json_path}: {exc.strerror or exc}") from None
     if verbosity >= NORMAL:
-        click.echo(f"pmsm-run {__version__}: {model} ({info.get('mode')} mode, {len(info['layers'])} neuron layers) "
+        click.echo(f"pmsm-run {__version__}: {model} ({info.mode} mode, {len(info.layers)} neuron layers) "
                    f"on {report['data']}, T={timesteps}, {report['samples']} samples, "
                    f"onnxruntime {', '.join(session.providers)} opt level {opt_level}, "
                    + (f"fused neuron kernels ({session.fused_layers} layers)" if session.kernels

@@ -1,7 +1,7 @@
 """Fused neuron kernels for onnxruntime's CPU execution provider, built on first use.
 
 ``neurons.c`` implements, for every neuron layer and timestep, integrate + fire + reset + spike
-count in one pass over memory (see its header comment and ``passes/fuse_neuron_kernels.py``).
+count in one pass over memory (see its header comment and ``runtime/fuse_neuron_kernels.py``).
 It is a custom-op library over onnxruntime's stable C API (version 17, onnxruntime >= 1.17); it
 links against nothing, so one build serves any onnxruntime wheel of that version or newer. The
 C API header it needs (``include/onnxruntime_c_api.h``, MIT licence, from onnxruntime 1.21.0)
@@ -90,33 +90,33 @@ def build(force: bool = False) -> Path:
         target = root / name
         if target.is_file() and not force and _loads(target):
             return target
-    error = None
-    for root in roots:
-        target = root / name
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=_suffix())
-            os.close(fd)
-            break
-        except OSError as exc:
-            error = error or f"cannot write the kernel cache {target.parent}: {exc.strerror or exc}"
-    else:
-        raise RuntimeError(error)
-    cmd = [cc, *FLAGS, f"-I{HEADER.parent}", str(SOURCE), "-o", tmp, "-lm"]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    from pmsm_compiler.loading import write_atomic
+
+    def compile_into(tmp: str) -> None:
+        res = subprocess.run([cc, *FLAGS, f"-I{HEADER.parent}", str(SOURCE), "-o", tmp, "-lm"], capture_output=True,
+                             text=True, timeout=300)
         if res.returncode != 0:
             first = (res.stderr.strip().splitlines() or ["(no message)"])[0]
             raise RuntimeError(f"compiling the fused kernels failed: {first}")
         if not _loads(Path(tmp)):
             raise RuntimeError("the compiled fused kernels do not load")
-        os.replace(tmp, target)  # atomic: concurrent builders leave one complete library
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeError(f"compiling the fused kernels failed: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+
+    error = None
+    for root in roots:
+        target = root / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(target.parent, os.W_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as exc:
+            error = error or f"cannot write the kernel cache {target.parent}: {exc.strerror or exc}"
+            continue
+        try:  # atomic: concurrent builders leave one complete library
+            write_atomic(target, compile_into, suffix=_suffix())
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise RuntimeError(f"compiling the fused kernels failed: {exc}") from None
+        return target
+    raise RuntimeError(error)
 
 
 def _loads(path: Path) -> bool:

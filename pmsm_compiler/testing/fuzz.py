@@ -437,8 +437,8 @@ def _b_unsqueeze(net: _Net, x: _T) -> _T:
 
 def _b_gate(net: _Net, x: _T) -> _T:
     """Squeeze-excitation style: x · g(reduce(x)) — a product of two activations."""
-    reduce = net.want("ReduceMean", "ReduceSum", "ReduceMax", "ReduceL1") or \
-        net.choice(["ReduceMean", "ReduceSum", "ReduceMax", "ReduceL1"])
+    reduce = net.want("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1") or \
+        net.choice(["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1"])
     axes = list(range(2, len(x.shape) + 1))
     r = net.op(reduce, [x.name, net.const(axes, dtype=np.int64, base="axes")], keepdims=1)
     gate = net.want("Sigmoid", "Tanh") or net.choice(["Sigmoid", "Tanh", "quant"])
@@ -510,12 +510,13 @@ def _b_product(net: _Net, x: _T) -> _T:
 # ops that combine x with constants (or are elementwise functions), with an optional quantizer
 _MIX = ["sub_cx", "sub_xc", "add_cx", "mul", "div", "neg", "pow", "max", "min", "clip", "relu", "leakyrelu",
         "abs", "tanh", "sigmoid", "erf", "gelu", "exp", "log", "sqrt", "reciprocal", "softmax", "cast", "castlike",
-        "identity", "dropout", "round"]
+        "identity", "dropout", "round", "hardsigmoid", "hardswish", "softplus", "logsoftmax", "mean", "size"]
 _MIX_OP = {"sub_cx": "Sub", "sub_xc": "Sub", "add_cx": "Add", "mul": "Mul", "div": "Div", "neg": "Neg", "pow": "Pow",
            "max": "Max", "min": "Min", "clip": "Clip", "relu": "Relu", "leakyrelu": "LeakyRelu", "abs": "Abs",
            "tanh": "Tanh", "sigmoid": "Sigmoid", "erf": "Erf", "gelu": "Gelu", "exp": "Exp", "log": "Log",
            "sqrt": "Sqrt", "reciprocal": "Reciprocal", "softmax": "Softmax", "cast": "Cast", "castlike": "CastLike",
-           "identity": "Identity", "dropout": "Dropout", "round": "Round"}
+           "identity": "Identity", "dropout": "Dropout", "round": "Round", "hardsigmoid": "HardSigmoid",
+           "hardswish": "HardSwish", "softplus": "Softplus", "logsoftmax": "LogSoftmax", "mean": "Mean", "size": "Size"}
 _LINEAR_MIX = ["sub_cx", "sub_xc", "add_cx", "mul", "div", "neg", "identity", "cast", "dropout"]
 
 
@@ -568,7 +569,7 @@ def _mix_op(net: _Net, x: _T, linear_only: bool = False) -> _T:
         y = net.op("Relu", [x.name])
     elif kind == "leakyrelu":
         y = net.op("LeakyRelu", [x.name], alpha=float(rng.uniform(0.01, 0.3)))
-    elif kind in ("abs", "tanh", "sigmoid", "erf"):
+    elif kind in ("abs", "tanh", "sigmoid", "erf", "hardswish", "softplus"):
         y = net.op(_MIX_OP[kind], [x.name])
     elif kind == "gelu":
         y = net.op("Gelu", [x.name], approximate=net.choice(["none", "tanh"]))
@@ -582,6 +583,14 @@ def _mix_op(net: _Net, x: _T, linear_only: bool = False) -> _T:
         y = net.op("Reciprocal", [shifted_abs()])
     elif kind == "softmax":
         y = net.op("Softmax", [x.name], axis=net.choice([1, -1]))
+    elif kind == "logsoftmax":
+        y = net.op("LogSoftmax", [x.name], axis=net.choice([1, -1]))
+    elif kind == "hardsigmoid":
+        y = net.op("HardSigmoid", [x.name], alpha=float(rng.uniform(0.1, 0.5)))
+    elif kind == "mean":
+        y = net.op("Mean", [x.name, bconst()])
+    elif kind == "size":  # x / (number of its elements): a divisor that is the input's metadata
+        y = net.op("Div", [x.name, net.op("Cast", [net.op("Size", [x.name])], to=TensorProto.FLOAT)])
     elif kind == "cast":
         y = net.op("Cast", [x.name], to=TensorProto.FLOAT)
     elif kind == "castlike":
@@ -594,6 +603,29 @@ def _mix_op(net: _Net, x: _T, linear_only: bool = False) -> _T:
         y = net.op("Round", [x.name])
     net.note(kind)
     return _T(y, shape, x.spiking)
+
+
+def _b_spatial(net: _Net, x: _T) -> _T:
+    """Rearrangements of a feature map: Tile, DepthToSpace, SpaceToDepth, Resize (nearest or linear)."""
+    c, h, w = x.shape
+    options = ["Tile", "Resize"] + (["DepthToSpace"] if c % 4 == 0 else []) + \
+        (["SpaceToDepth"] if h % 2 == 0 and w % 2 == 0 else [])
+    forced = net.want("Tile", "DepthToSpace", "SpaceToDepth", "Resize")
+    kind = forced if forced in options else net.choice(options)
+    if kind == "Tile":
+        y, shape = net.op("Tile", [x.name, net.const([1, 1, 2, 1], dtype=np.int64, base="repeats")]), (c, 2 * h, w)
+    elif kind == "DepthToSpace":
+        y = net.op("DepthToSpace", [x.name], blocksize=2, mode=net.choice(["DCR", "CRD"]))
+        shape = (c // 4, 2 * h, 2 * w)
+    elif kind == "SpaceToDepth":
+        y, shape = net.op("SpaceToDepth", [x.name], blocksize=2), (4 * c, h // 2, w // 2)
+    else:
+        mode = net.choice(["nearest", "linear"])
+        y = net.op("Resize", [x.name, "", net.const([1.0, 1.0, 2.0, 2.0], base="scales")], mode=mode)
+        shape = (c, 2 * h, 2 * w)
+        kind = f"Resize-{mode}"
+    net.note(kind.lower())
+    return net.maybe_quant(_T(y, shape, x.spiking), 0.4)
 
 
 def _b_mix(net: _Net, x: _T) -> _T:
@@ -707,10 +739,11 @@ _BLOCKS = [
     ("concat", _b_concat, {3}, {"Concat"}, 1.0),
     ("pool", _b_pool, {3}, {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}, 1.5),
     ("pad", _b_pad, {3}, {"Pad"}, 0.4),
+    ("spatial", _b_spatial, {3}, {"Tile", "DepthToSpace", "SpaceToDepth", "Resize"}, 0.4),
     ("split_concat", _b_split_concat, {3}, {"Split"}, 0.5),
     ("transpose", _b_transpose, {3}, {"Transpose"}, 0.4),
     ("unsqueeze", _b_unsqueeze, {1, 2, 3}, {"Unsqueeze", "Squeeze"}, 0.3),
-    ("gate", _b_gate, {2, 3}, {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceL1"}, 0.6),
+    ("gate", _b_gate, {2, 3}, {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1"}, 0.6),
     ("expand", _b_expand, {1, 2, 3}, {"Expand", "ConstantOfShape", "Shape"}, 0.4),
     ("where", _b_where, {1, 2, 3}, {"Where", "Less", "Greater", "Equal", "GreaterOrEqual"}, 0.5),
     ("sum", _b_sum, {1, 2, 3}, {"Sum"}, 0.4),
@@ -924,7 +957,8 @@ def _calibrate(net: _Net, model: onnx.ModelProto) -> None:
     """Set every quantizer's step s (and so λ = s·L), in network order, from the signal it sees on
     the fuzz inputs with the earlier quantizers already set: s = m·factor / k_max, m the signal's
     scale; 'tiny' and 'huge' scales put nearly every level at a bound or at 0."""
-    from pmsm_compiler.verify import make_session, with_outputs
+    from pmsm_compiler.onnx_utils import with_outputs
+    from pmsm_compiler.sessions import make_session
 
     x = fuzz_inputs(model)
     probes = [q["input"] for q in net.quantizers if q["input"] != "input"]
@@ -950,7 +984,7 @@ def _calibrate(net: _Net, model: onnx.ModelProto) -> None:
 def _finalize(net: _Net, model: onnx.ModelProto) -> onnx.ModelProto:
     """Scales become initializers; some constants become Constant nodes; the model is checked
     (checker, strict shape inference) and run once in onnxruntime."""
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.sessions import make_session
 
     params = set(net.params)
     graph = model.graph
@@ -1301,8 +1335,10 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.errors import InputError
     from pmsm_compiler.loading import load_model
+    from pmsm_compiler.onnx_utils import with_outputs
+    from pmsm_compiler.sessions import OPT_LEVELS, make_session
     from pmsm_compiler.testing.reference import run_rate_coded_ann, run_reference
-    from pmsm_compiler.verify import OPT_LEVELS, make_session, verify, with_outputs
+    from pmsm_compiler.verify import verify
 
     opt_levels = list(opt_levels or OPT_LEVELS)
     verify_levels = list(opt_levels[:1] if verify_levels is None else verify_levels)
@@ -1501,7 +1537,7 @@ def _check_cli(path, mode, workdir, api_state, parity_ok) -> CheckResult:
         return CheckResult("cli", mode, "all", "fail", "cli-disagrees", f"the API refuses, the CLI exits {code}",
                            details)
     if api_state == "compiled" and code == 2:
-        from pmsm_compiler.verify import make_session
+        from pmsm_compiler.sessions import make_session
 
         try:  # the CLI verifies at level all: a model onnxruntime cannot run there is rightly refused
             make_session(onnx.load(path), "all")
@@ -1532,7 +1568,7 @@ def run_graph(seed: int, modes=MODES, opt_levels=None, max_timesteps: int = 8, c
     a failure of category ``generator``)."""
     import time
 
-    from pmsm_compiler.verify import OPT_LEVELS
+    from pmsm_compiler.sessions import OPT_LEVELS
 
     start = time.perf_counter()
     opt_levels = list(opt_levels or OPT_LEVELS)

@@ -35,9 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from pmsm_compiler.compiler import read_snn_info
+from pmsm_compiler.metadata import get_metadata
+from pmsm_compiler.onnx_utils import with_outputs
 from pmsm_compiler.ops.neurons import INITIAL_MEMBRANES
-from pmsm_compiler.verify import make_session, with_outputs
+from pmsm_compiler.sessions import make_session
+from pmsm_compiler.snn_format import SNN_METADATA_KEY
 
 #: Initial value of each kind of wrapper state, from the compiled-model format (docs/snn-format.md);
 #: a membrane starts at its neuron op's value (½ for AIF and IF, 0 for AIFHalfEven).
@@ -58,11 +60,13 @@ class ReferenceResult:
 
 
 def _info_and_model(model):
+    """(model, its record as the JSON documented in docs/snn-format.md): the reference reads the
+    file's contract, not the compiler's types."""
     if hasattr(model, "info") and hasattr(model, "model"):  # a CompiledModel
-        return model.model, model.info
+        return model.model, model.info.to_json()
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"expected an onnx.ModelProto or a CompiledModel, got {type(model).__name__}")
-    info = read_snn_info(model)
+    info = get_metadata(model, SNN_METADATA_KEY)
     if info is None:
         raise ValueError("not a compiled SNN model (no 'pmsm.snn' metadata)")
     return model, info
@@ -234,7 +238,7 @@ def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray,
     This is the semantics, not the compiled arithmetic: its float rounding differs (t·G(ā) − (t−1)·G(ā′)
     against per-step linear ops), so a comparison must tolerate rare level flips.
     """
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.sessions import make_session
 
     cut = _cut_at_quantizers(ann, neurons)
     session = make_session(cut, opt_level, threads=1, qdq_fusion=False)

@@ -36,8 +36,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
 from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
+from pmsm_compiler.loading import save_text_atomic, write_atomic
+from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
 
 
 LOG_COMMAND = "command: "
@@ -373,17 +374,14 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
             log(json.dumps({k: v for k, v in entry.items() if k != "lambdas"}))
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                      "history": history, "config": asdict(cfg), "wall_s": wall}
-            tmp = ckpt_path + ".tmp"
-            torch.save(state, tmp)
-            os.replace(tmp, ckpt_path)
+            write_atomic(ckpt_path, lambda tmp: torch.save(state, tmp))
         if step_limit:
             break
     summary = {"config": asdict(cfg), "history": history, "wall_s": round(wall, 1),
                "epochs_done": history[-1]["epoch"] if history else start_epoch,
                "final_test_acc": history[-1].get("test_acc") if history else None}
     if is_main:
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        save_text_atomic(json.dumps(summary, indent=1), os.path.join(out_dir, "summary.json"))
     if distributed:
         import torch.distributed as dist
 

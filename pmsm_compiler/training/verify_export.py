@@ -133,15 +133,11 @@ def _initializer(model: onnx.ModelProto, name: str) -> np.ndarray:
 
 
 def make_session(model: onnx.ModelProto, level=None, threads: int = 1):
-    """An onnxruntime CPU session at the given graph optimization level (default ORT_ENABLE_ALL)."""
-    import onnxruntime as ort
+    """``sessions.make_session`` on the CPU with one thread by default, at the given level (a name
+    of ``sessions.OPT_LEVELS`` or an ``onnxruntime.GraphOptimizationLevel``; default all)."""
+    from pmsm_compiler.sessions import make_session as session_factory
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level is None else level
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return session_factory(model, "all" if level is None else level, threads=threads)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 from pmsm_compiler import kernels
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.neurons import final_step_functions, neuron_functions
-from pmsm_compiler.passes.fuse_neuron_kernels import KERNEL_DOMAIN, fuse_model
+from pmsm_compiler.runtime.fuse_neuron_kernels import KERNEL_DOMAIN, fuse_model
 
 SHAPE = [3, 4, 5, 6]
 

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .graph_utils import const_value
+from pmsm_compiler.onnx_utils import const_value
 
 KERNEL_DOMAIN = "pmsm.kernels"
 # neurons.c sums |k| over blocks of 2^20 neurons in 32-bit integers: exact for |k| <= 1024 (the

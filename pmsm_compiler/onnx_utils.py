@@ -1,0 +1,82 @@
+"""Helpers over ONNX graphs that the compiler passes, the verification and the runtime share; below
+all three (it imports none of them)."""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto, helper
+
+
+def const_value(tensor) -> np.ndarray | None:
+    """The value of a constant tensor (initializer or Constant node output), else None."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        node = tensor.inputs[0]
+        value = node.attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+        for key in ("value_float", "value_int"):
+            if key in node.attrs:
+                return np.asarray(node.attrs[key])
+        for key in ("value_floats", "value_ints"):
+            if key in node.attrs:
+                return np.asarray(node.attrs[key])
+    return None
+
+
+def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the given intermediate tensors."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    present = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in present:
+            m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+            present.add(name)
+    return m
+
+
+def _io(node) -> tuple[list[str], list[str]]:
+    """(input names, output names) of an onnx-graphsurgeon node or an ONNX NodeProto; empty names
+    (omitted optional inputs) left out."""
+    if isinstance(node, onnx.NodeProto):
+        return [n for n in node.input if n], [n for n in node.output if n]
+    return [t.name for t in node.inputs if t.name], [t.name for t in node.outputs if t.name]
+
+
+def tensor_flow(nodes, skip=None) -> nx.DiGraph:
+    """Data flow between tensors (by name): an edge from every input of a node to each of its
+    outputs, for every node but those ``skip(node)`` is true for (their outputs do not follow
+    their inputs: an op that reads only its input's shape, a consumer a walk stops at)."""
+    flow = nx.DiGraph()
+    for node in nodes:
+        if skip is not None and skip(node):
+            continue
+        inputs, outputs = _io(node)
+        flow.add_edges_from((i, o) for i in inputs for o in outputs)
+    return flow
+
+
+def downstream(flow: nx.DiGraph, sources) -> set[str]:
+    """``sources`` and every tensor computed from one of them in ``flow``."""
+    reached = set(sources)
+    for source in sources:
+        if source in flow:
+            reached |= nx.descendants(flow, source)
+    return reached
+
+
+def node_dag(nodes, cut=()) -> nx.DiGraph:
+    """Producer → consumer edges between the indices of ``nodes`` (ONNX NodeProtos or graphsurgeon
+    nodes), except through the tensors named in ``cut``."""
+    ios = [_io(n) for n in nodes]
+    producer = {out: i for i, (_, outputs) in enumerate(ios) for out in outputs}
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(len(ios)))
+    dag.add_edges_from((producer[name], j) for j, (inputs, _) in enumerate(ios) for name in inputs
+                       if name in producer and name not in cut)
+    return dag
