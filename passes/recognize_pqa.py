@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_LEVELS
+
 from .graph_utils import INTERNAL_DOMAIN, PassRefusal, const_operand, const_value, producer, scalar_value
 
 MAX_LEVEL = 2**24  # float32 represents every integer up to 2^24 exactly: beyond, levels and membranes round
@@ -103,14 +105,14 @@ def _recognize_nodes(graph, ctx):
         if lam is None:
             raise PassRefusal(f"{where}: λ must be a constant scalar")
         _positive_finite(lam, f"{where}: λ =")
-        levels = int(node.attrs.get("L", 8))
+        levels = int(node.attrs.get("L", PQA_LEVELS))
         if levels < 1:
             raise PassRefusal(f"{where}: L = {levels} must be >= 1 (the number of positive levels)")
         lam32 = np.float32(lam)
         step = float(lam32 / np.float32(levels))
         _positive_finite(step, f"{where}: θ = λ/L =")
         if node.op == "PQA":
-            alpha, beta = float(node.attrs.get("alpha", -0.25)), float(node.attrs.get("beta", 1.0))
+            alpha, beta = float(node.attrs.get("alpha", PQA_ALPHA)), float(node.attrs.get("beta", PQA_BETA))
             # the function body computes Round(α·L) in float32: accept only products that are integers
             # up to float32 rounding (α = −1/3, L = 3), refuse e.g. α·L = −2.4
             k_min = _integer(float(np.float32(alpha) * np.float32(levels)), f"{where}: α·L =")

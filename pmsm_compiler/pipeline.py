@@ -126,11 +126,12 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
                        check: bool = True, data: str | None = None, samples: int = DEFAULT_SAMPLES,
                        seed: int = DEFAULT_SEED, normalization: str = "auto", opt_level: str = "all",
                        policy=None, max_bytes: int | None = None, input_shapes: dict | None = None,
-                       what: str | None = None) -> PipelineResult:
+                       what: str | None = None, providers=None, threads: int = 0) -> PipelineResult:
     """Load (a path; a ModelProto is taken as loaded), compile in ``mode`` ("folded" or "exact")
     and, with ``check``, verify at T = 1 on ``verification_inputs(data, samples, seed,
     normalization)`` under ``policy`` (a ``verify.VerificationPolicy``; default: the policy's
-    defaults) at onnxruntime level ``opt_level``. Returns a :class:`PipelineResult`; a failed
+    defaults) at onnxruntime level ``opt_level`` with execution ``providers`` (default: CPU) and
+    ``threads`` intra-op threads (0: onnxruntime's default). Returns a :class:`PipelineResult`; a failed
     verification is in its report (``result.passed``), not raised."""
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.verify import VerificationPolicy, check_runs, random_inputs, verify
@@ -147,9 +148,10 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
         x, label = verification_inputs(info, data=data, samples=samples, seed=seed, normalization=normalization)
     batch = info.inputs[0].shape[0]  # one sample, or the batch the model declares
     check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
-               what=what)
+               what=what, providers=providers, threads=threads)
     verification = dict(SKIPPED)
     if check:
         verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode,
-                              policy=policy or VerificationPolicy(), data_label=label)
+                              policy=policy or VerificationPolicy(), data_label=label, providers=providers,
+                              threads=threads)
     return PipelineResult(ann, compiled, mode, verification, time.perf_counter() - start)

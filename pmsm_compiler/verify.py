@@ -61,12 +61,13 @@ class VerificationPolicy:
     output_rtol: float = 1e-4
 
 
-def check_runs(model: onnx.ModelProto, x: np.ndarray, opt_level: str = "all", what: str = "the model") -> None:
+def check_runs(model: onnx.ModelProto, x: np.ndarray, opt_level: str = "all", what: str = "the model",
+               providers=None, threads: int = 0) -> None:
     """InputError (one line) unless onnxruntime runs ``model`` on ``x``. The ONNX checker and
     shape inference accept some models onnxruntime refuses at run time (a Conv kernel_shape that
     contradicts its weight, a pooling window larger than its input)."""
     with onnxruntime_errors(what):
-        session = make_session(model, opt_level)
+        session = make_session(model, opt_level, providers, threads)
         session.run(None, {session.get_inputs()[0].name: x})
 
 
@@ -203,7 +204,8 @@ def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, batch) -> 
 
 
 def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all", mode: str | None = None,
-           policy: VerificationPolicy | None = None, batch_size: int = 32, data_label: str = "random") -> dict:
+           policy: VerificationPolicy | None = None, batch_size: int = 32, data_label: str = "random",
+           providers=None, threads: int = 0) -> dict:
     info = compiled.info
     mode = mode or info.mode
     policy = policy or VerificationPolicy()
@@ -219,13 +221,14 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     if has_qdq:
         try:
             with onnxruntime_errors("the input model with Q/DQ fused"):
-                deployed_sess = make_session(given, opt_level)
+                deployed_sess = make_session(given, opt_level, providers, threads)
         except InputError as exc:  # information only: onnxruntime's own QDQ rewrite failing says nothing of the SNN
             deployed_unavailable = str(exc)
-    ann_sess = make_session(with_outputs(ann, [l.ann_output for l in layers]), opt_level, qdq_fusion=False)
-    tail_sess = make_session(teacher_forced_tail(ann, layers), opt_level, qdq_fusion=False)
+    ann_sess = make_session(with_outputs(ann, [l.ann_output for l in layers]), opt_level, providers, threads,
+                            qdq_fusion=False)
+    tail_sess = make_session(teacher_forced_tail(ann, layers), opt_level, providers, threads, qdq_fusion=False)
     # the SNN as the runtime runs the one step of T = 1 (static prologue, fused kernels, ...)
-    runtime = SNNSession(compiled.model, opt_level=opt_level)
+    runtime = SNNSession(compiled.model, opt_level=opt_level, providers=providers, threads=threads)
     spikes = [l.spike_tensor for l in layers]
     ann_names = [o.name for o in ann_sess.get_outputs()]
     tail_inputs = {i.name for i in tail_sess.get_inputs()}

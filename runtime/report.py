@@ -59,6 +59,7 @@ import os
 
 import numpy as np
 
+from pmsm_compiler.limits import check_timesteps
 from pmsm_compiler.ops.counters import COUNTER_LABELS, COUNTERS
 from pmsm_compiler.snn_format import SNNInfo
 
@@ -109,10 +110,8 @@ def summarize(info: SNNInfo, spikes_sum_by_t_layer, samples: int, timesteps: int
     counting rule summed over all samples; None for a model compiled without the counters (their
     report entries are then null).
     """
-    timesteps = int(timesteps)
+    timesteps = check_timesteps(timesteps)
     samples = int(samples)
-    if timesteps < 1:
-        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
     layers = info.layers
     counts = _int64(spikes_sum_by_t_layer, "spike counts")
     if counts.shape != (timesteps, len(layers)):

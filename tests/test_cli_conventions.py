@@ -16,7 +16,7 @@ from pmsm_compiler.cli.options import DEBUG, NORMAL, QUIET, VERBOSE, show_progre
 from pmsm_compiler.models import shipped_model_path
 
 COMMANDS = ["compile", "run", "demo", "entropy", "train", "export"]
-SESSION_COMMANDS = ["run", "demo"]  # build onnxruntime sessions of their own choosing
+SESSION_COMMANDS = ("compile", "run", "demo")  # every command that runs onnxruntime sessions
 PQA = str(shipped_model_path("resnet20_pqa_cifar10.onnx"))
 QCFS = str(shipped_model_path("resnet20_qcfs_cifar10.onnx"))
 
@@ -170,3 +170,14 @@ def test_train_quiet_prints_only_its_summary_and_json_writes_it(tmp_path):
     assert len(lines) == 1 and json.loads(lines[0])["epochs_done"] == 1
     assert json.loads(out.read_text())["config"]["model"] == "resnet_tiny"
     assert "command:" in (tmp_path / "run" / "train.log").read_text()  # the log still gets every line
+
+
+def test_compile_verifies_with_the_session_flags(tmp_path):
+    """pmsm-compile's verification sessions take --providers/--threads as run's and demo's do."""
+    out = tmp_path / "m.snn.onnx"
+    result = _invoke("compile", [PQA, "-o", out, "--exact", "--threads", 1, "--providers", "cpu",
+                                 "--opt-level", "disable", "--samples", 4, "-q"])
+    assert result.exit_code == 0, result.output
+    assert out.exists()
+    bad = _invoke("compile", [PQA, "-o", tmp_path / "n.snn.onnx", "--providers", "nosuch", "-q"])
+    assert bad.exit_code == 2 and not (tmp_path / "n.snn.onnx").exists()

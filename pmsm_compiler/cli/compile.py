@@ -10,8 +10,8 @@ import time
 import click
 
 from pmsm_compiler import __version__
-from pmsm_compiler.cli.options import (NORMAL, OPT_LEVELS, VERBOSE, command, json_option, mode_options, resolve_mode,
-                                       verbosity)
+from pmsm_compiler.cli.options import (NORMAL, VERBOSE, check_threads, command, json_option, mode_options,
+                                       parse_providers, resolve_mode, session_options, verbosity)
 from pmsm_compiler.errors import VerificationError, cli_errors
 from pmsm_compiler.limits import MAX_OPSET, MAX_TENSOR_BYTES, MIN_OPSET, format_bytes
 
@@ -61,8 +61,7 @@ counted as 1).
 @click.option("--normalization", default="auto", show_default=True,
               help="For uint8 calibration images: auto (model metadata, else cifar10), cifar10, cifar100, "
                    "imagenet, none.")
-@click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="all",
-              show_default=True, help="onnxruntime optimization level for both models in the verification.")
+@session_options
 @click.option("--max-level-mismatch", default=1e-2, show_default=True,
               help="Folded mode: largest accepted level-mismatch rate over all AIF layers.")
 @click.option("--min-top1-agreement", default=0.98, show_default=True,
@@ -78,8 +77,8 @@ counted as 1).
 @verbosity(verbose_help="Also the time of every pass and the compiler's notes; -vv also lets the libraries' own "
                         "warnings through.")
 @cli_errors
-def main(model, output, mode, exact, check, calibration_data, samples, seed, normalization, opt_level,
-         max_level_mismatch, min_top1_agreement, output_rtol, json_path, max_bytes, input_shape, verbosity):
+def main(model, output, mode, exact, check, calibration_data, samples, seed, normalization, providers, opt_level,
+         threads, max_level_mismatch, min_top1_agreement, output_rtol, json_path, max_bytes, input_shape, verbosity):
     """See HELP."""
     from pmsm_compiler.errors import InputError
     from pmsm_compiler.loading import check_output_path, parse_input_shape, save_model_atomic, save_text_atomic
@@ -87,6 +86,8 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     from pmsm_compiler.verify import VerificationPolicy
 
     check_sampling(samples, seed)
+    check_threads(threads)
+    provider_list = parse_providers(providers)
     mode = resolve_mode(mode, exact)
     output = output or default_output(model)
     if os.path.abspath(output) == os.path.abspath(model):
@@ -99,7 +100,7 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     result = compile_and_verify(model, mode, check=check, data=calibration_data, samples=samples, seed=seed,
                                 normalization=normalization, opt_level=opt_level,
                                 policy=VerificationPolicy(max_level_mismatch, min_top1_agreement, output_rtol),
-                                max_bytes=max_bytes, input_shapes=shapes)
+                                max_bytes=max_bytes, input_shapes=shapes, providers=provider_list, threads=threads)
     compiled, info, verification = result.compiled, result.info, result.verification
     elapsed = time.perf_counter() - start
     report = {
