@@ -64,15 +64,20 @@ class SpikeCost(torch.autograd.Function):
         return grad_x, grad_lam, None, None, None, None
 
 
+def _costed_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules that can record a spike cost: PQA / QCFS (they have the ``spike_cost`` slot).
+    Found by that slot, not by class, so that the activations may import this module and not
+    the other way round."""
+    return [m for m in model.modules() if hasattr(m, "spike_cost") and hasattr(m, "last_neurons")]
+
+
 def set_spike_cost(model: torch.nn.Module, rule: str | None) -> int:
     """Make every PQA / QCFS of ``model`` record its spike cost under ``rule`` (None: stop).
     Returns the number of layers."""
-    from pmsm_compiler.training.activations import quantized_activations
-
     if rule is not None and rule not in RULES:
         raise ValueError(f"spike cost rule must be one of {', '.join(RULES)}, got {rule!r}")
-    layers = quantized_activations(model)
-    for _, m in layers:
+    layers = _costed_layers(model)
+    for m in layers:
         m.spike_cost = rule
         m.last_cost = None
     return len(layers)
@@ -80,10 +85,8 @@ def set_spike_cost(model: torch.nn.Module, rule: str | None) -> int:
 
 def collect_spike_cost(model: torch.nn.Module) -> tuple[torch.Tensor | None, int]:
     """(Σ of the layers' last costs, Σ of their neurons per image) from the last forward pass."""
-    from pmsm_compiler.training.activations import quantized_activations
-
     total, neurons = None, 0
-    for _, m in quantized_activations(model):
+    for m in _costed_layers(model):
         if getattr(m, "last_cost", None) is None:
             continue
         total = m.last_cost if total is None else total + m.last_cost
