@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     results["loadavg_after"] = os.getloadavg()
     print(format_report(results))
     if args.json:
-        from pmsm_compiler.loading import save_text_atomic
+        from pmsm_compiler.files import save_text_atomic
 
         save_text_atomic(json.dumps(results, indent=1) + "\n", args.json)
     return 0

@@ -517,7 +517,7 @@ def format_equal_accuracy(eq: dict) -> list[str]:
 def _save_png(fig, path):
     import io
 
-    from pmsm_compiler.loading import save_bytes_atomic
+    from pmsm_compiler.files import save_bytes_atomic
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")

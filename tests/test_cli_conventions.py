@@ -181,3 +181,16 @@ def test_compile_verifies_with_the_session_flags(tmp_path):
     assert out.exists()
     bad = _invoke("compile", [PQA, "-o", tmp_path / "n.snn.onnx", "--providers", "nosuch", "-q"])
     assert bad.exit_code == 2 and not (tmp_path / "n.snn.onnx").exists()
+
+
+def test_help_and_argument_checks_do_not_import_onnx(tmp_path):
+    """onnx pulls in ml_dtypes (about a second on a small machine): no tool's --help needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from pmsm_compiler.cli import compile, demo, entropy, export, run, train\n"
+            "heavy = [m for m in ('onnx', 'onnxruntime', 'torch', 'onnx_graphsurgeon') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    # cwd outside the checkout: the installed package, not the source folder
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)

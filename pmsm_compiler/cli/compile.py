@@ -81,7 +81,8 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
          threads, max_level_mismatch, min_top1_agreement, output_rtol, json_path, max_bytes, input_shape, verbosity):
     """See HELP."""
     from pmsm_compiler.errors import InputError
-    from pmsm_compiler.loading import check_output_path, parse_input_shape, save_model_atomic, save_text_atomic
+    from pmsm_compiler.files import check_output_path, save_text_atomic
+    from pmsm_compiler.loading import parse_input_shape, save_model_atomic
     from pmsm_compiler.pipeline import check_sampling, compile_and_verify
     from pmsm_compiler.verify import VerificationPolicy
 

@@ -16,7 +16,7 @@ from pmsm_compiler.cli.options import (NORMAL, VERBOSE, check_threads, command, 
                                        verbosity)
 from pmsm_compiler.errors import InputError, cli_errors
 from pmsm_compiler.limits import parse_timesteps
-from pmsm_compiler.loading import check_output_path
+from pmsm_compiler.files import check_output_path
 
 PQA_MODEL = "resnet20_pqa_cifar10.onnx"
 QCFS_MODEL = "resnet20_qcfs_cifar10.onnx"
@@ -106,7 +106,7 @@ def main(model, qcfs_model, data, timesteps, mode, exact, batch_size, target_acc
     """Compile + run the bundled PQA ResNet-20 (and the QCFS baseline) on the bundled images."""
     from pmsm_compiler.cli.run import parse_accuracy
     from pmsm_compiler.data import load_dataset
-    from pmsm_compiler.loading import save_text_atomic
+    from pmsm_compiler.files import save_text_atomic
     from pmsm_compiler.runtime.report import (ann_equal_accuracy, cost_at, equal_accuracy, format_ann_equal_accuracy,
                                               format_equal_accuracy)
 

@@ -20,7 +20,7 @@ from pmsm_compiler import entropy as ent
 from pmsm_compiler.cli.options import NORMAL, VERBOSE, check_plot_dir, command, json_option, verbosity
 from pmsm_compiler.defaults import PQA_LAMBDA, PQA_LEVELS
 from pmsm_compiler.errors import InputError, PmsmError, cli_errors
-from pmsm_compiler.loading import check_output_path, write_atomic
+from pmsm_compiler.files import check_output_path, write_atomic
 
 RELU_NOTE = (
     "the paper states H_ReLU/H_BN ~ 69%; a consistent computation of Eq. 19 gives 74.4% "

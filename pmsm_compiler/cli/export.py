@@ -57,7 +57,7 @@ def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, seed
             net = build_model(model, num_classes=num_classes, act=act)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-    from pmsm_compiler.loading import check_output_path
+    from pmsm_compiler.files import check_output_path
 
     if json_path:
         json_path = check_output_path(json_path, "the JSON report")
@@ -71,7 +71,7 @@ def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, seed
         import json
         import os
 
-        from pmsm_compiler.loading import save_text_atomic
+        from pmsm_compiler.files import save_text_atomic
 
         cfg = metadata["training"]["config"] if checkpoint else {"model": model, "act": act}
         report = {"tool": "pmsm-export", "output": os.path.abspath(output), "model": cfg["model"],

@@ -18,13 +18,12 @@ import os
 import sys
 
 import click
-import numpy as np
 
 from pmsm_compiler.cli.options import (NORMAL, VERBOSE, check_plot_dir, check_threads, command, json_option,
                                        parse_providers, progress_option, session_options, show_progress, verbosity)
 from pmsm_compiler.errors import InputError, cli_errors
+from pmsm_compiler.files import check_output_path
 from pmsm_compiler.limits import MAX_TIMESTEPS, check_timesteps
-from pmsm_compiler.loading import check_output_path
 
 
 def parse_accuracy(value: str | None, flag: str = "--target-accuracy") -> float | None:
@@ -82,6 +81,9 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
         raise InputError(f"--limit must be >= 1, got {limit}")
     check_threads(threads)
     target = parse_accuracy(target_accuracy)
+    # numpy and onnx (with its ml_dtypes, about 1 s here) only once there is work to do
+    import numpy as np
+
     if json_path:
         json_path = check_output_path(json_path, "the JSON report")
     if plot_dir:
@@ -95,7 +97,8 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
     from pmsm_compiler import __version__
     from pmsm_compiler.data import load_dataset
     from pmsm_compiler.data.prepare import resolve_normalization
-    from pmsm_compiler.loading import load_model, save_text_atomic
+    from pmsm_compiler.files import save_text_atomic
+    from pmsm_compiler.loading import load_model
     from pmsm_compiler.runtime import SNNSession, run_dataset
     from pmsm_compiler.runtime.report import ann_equal_accuracy, format_tables, plot
     from pmsm_compiler.sessions import make_session, onnxruntime_errors

@@ -149,7 +149,7 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
                               "training": {k: v for k, v in summary.items() if k != "history"}})
         log(f"exported {onnx_path}")
     if json_path and is_main:
-        from pmsm_compiler.loading import save_text_atomic
+        from pmsm_compiler.files import save_text_atomic
 
         save_text_atomic(json.dumps(summary, indent=1) + "\n", json_path)
     log(json.dumps({"epochs_done": summary["epochs_done"], "final_test_acc": summary["final_test_acc"],

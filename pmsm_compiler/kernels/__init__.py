@@ -90,7 +90,7 @@ def build(force: bool = False) -> Path:
         target = root / name
         if target.is_file() and not force and _loads(target):
             return target
-    from pmsm_compiler.loading import write_atomic
+    from pmsm_compiler.files import write_atomic
 
     def compile_into(tmp: str) -> None:
         res = subprocess.run([cc, *FLAGS, f"-I{HEADER.parent}", str(SOURCE), "-o", tmp, "-lm"], capture_output=True,

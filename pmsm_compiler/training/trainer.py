@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
-from pmsm_compiler.loading import save_text_atomic, write_atomic
+from pmsm_compiler.files import save_text_atomic, write_atomic
 from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
 
 
