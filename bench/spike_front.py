@@ -114,10 +114,10 @@ def plot(points: list[dict], path: str, title: str):
         front = sorted((p for p, on in zip(lossless, pareto(lossless, key)) if on), key=lambda p: p[key])
         ax.plot([p[key] for p in front], [100 * p["accuracy"] for p in front], "k--", linewidth=1,
                 label="Pareto front (lossless at T = 1)")
-        for j, p in enumerate(sorted(lossless, key=lambda p: p[key])):
-            ax.plot(p[key], 100 * p["accuracy"], "bo", markersize=6)
-            ax.annotate(p["label"], (p[key], 100 * p["accuracy"]), fontsize=7,
-                        xytext=(-10, 8 if j % 2 else -14), textcoords="offset points")
+        markers = "osD^vP*Xhp<>"
+        for j, p in enumerate(lossless):  # a marker and legend entry each: labels next to close points collide
+            ax.plot(p[key], 100 * p["accuracy"], markers[j % len(markers)], color=f"C{j % 10}", markersize=7,
+                    linestyle="none", label=p["label"])
         for p in lossy:
             ax.axvline(p[key], color="r", linestyle=":", linewidth=1.2,
                        label=f"{p['label']}: {100 * p['accuracy']:.1f} % at T = 1 (lossy, off the axis)")
@@ -128,7 +128,7 @@ def plot(points: list[dict], path: str, title: str):
         ax.set_xlabel(name)
         ax.set_ylabel("test accuracy at T = 1 (%)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6.5, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
