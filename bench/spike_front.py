@@ -60,23 +60,23 @@ def describe_model(spec: str) -> dict:
 
 
 def measure(path: str, dataset, batch_size: int) -> dict:
-    """Compile exact, run T = 1 beside the ANN; the figures of one point of the front."""
-    from pmsm_compiler.compiler import compile_model
+    """Compile exact (and verify at T = 1, as pmsm-compile does), run T = 1 beside the ANN; the
+    figures of one point of the front."""
     from pmsm_compiler.data.prepare import resolve_normalization
-    from pmsm_compiler.loading import load_model
+    from pmsm_compiler.pipeline import compile_and_verify
     from pmsm_compiler.runtime import SNNSession, run_dataset
     from pmsm_compiler.runtime.report import cost_at
-    from pmsm_compiler.verify import make_session
+    from pmsm_compiler.sessions import make_session
 
-    ann = load_model(path)
-    compiled = compile_model(ann, mode="exact")
-    mean, std = resolve_normalization("auto", compiled.info)
+    result = compile_and_verify(path, "exact")
+    mean, std = resolve_normalization("auto", result.info)
     started = time.perf_counter()
-    report = run_dataset(SNNSession(compiled.model), dataset, 1, batch_size, mean, std,
-                         ann_session=make_session(ann), progress=False, model=os.path.basename(path))
+    report = run_dataset(SNNSession(result.model), dataset, 1, batch_size, mean, std,
+                         ann_session=make_session(result.ann), progress=False, model=os.path.basename(path))
     cost = cost_at(report, 1)
     neurons = sum(layer["neurons"] for layer in report["layers"])
     return {"accuracy": cost["accuracy"], "ann_accuracy": report["ann_accuracy"],
+            "verification_passed": result.verification["passed"],
             "t1_prediction_agreement": report["t1_prediction_agreement"],
             "spikes_per_image": cost["spikes_per_image"], "events_per_image": cost["events_per_image"],
             "spikes_per_neuron": cost["spikes_per_image"] / neurons,
@@ -84,6 +84,31 @@ def measure(path: str, dataset, batch_size: int) -> dict:
             "energy_per_image_uj": cost["energy_per_image_uj"], "neurons": neurons,
             "negative_spikes_per_image": report.get("negative_spikes_per_image"),
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+def against_baseline(points: list[dict], baseline: dict, name: str) -> list[str]:
+    """Markdown rows: for each lossless point, the smallest T at which ``baseline`` (a pmsm-run
+    report over T = 1..max, e.g. QCFS in docs/results.json) reaches the point's accuracy, and the
+    energy per image each spends there (the point at T = 1)."""
+    from pmsm_compiler.runtime.report import cost_at, first_t_reaching
+
+    acc = baseline["accuracy_by_t"]
+    lines = [f"| PMSM model (T = 1) | accuracy | µJ / image, spikes / events rule | {name} reaches it at | "
+             f"{name} µJ / image, spikes / events rule | {name} / PMSM energy, spikes / events rule |",
+             "|---|---|---|---|---|---|"]
+    for p in points:
+        if p["t1_prediction_agreement"] != 1.0:
+            continue
+        e = p["energy_per_image_uj"]
+        t = first_t_reaching(acc, p["accuracy"])
+        head = f"| {p['label']} | {100 * p['accuracy']:.2f} % | {e['spikes']:.1f} / {e['events']:.1f} |"
+        if t is None:
+            lines.append(f"{head} not within T ≤ {len(acc)} (best {100 * max(acc):.2f} %) | – | – |")
+            continue
+        b = cost_at(baseline, t)["energy_per_image_uj"]
+        lines.append(f"{head} T = {t} ({100 * acc[t - 1]:.2f} %) | {b['spikes']:.1f} / {b['events']:.1f} | "
+                     f"{b['spikes'] / e['spikes']:.2f}× / {b['events'] / e['events']:.2f}× |")
+    return lines
 
 
 def pareto(points: list[dict], cost_key: str) -> list[bool]:
@@ -144,6 +169,9 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="write the markdown section here")
     ap.add_argument("--figure", default=None, help="write the PNG here")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--baseline", default=None, metavar="REPORTS_JSON:KEY",
+                    help="compare each point with a model run over T = 1..max at equal accuracy, e.g. "
+                         "docs/results.json:QCFS/folded (bench/reproduce_paper.py's reports)")
     args = ap.parse_args(argv)
     if not args.model and not args.run:
         ap.error("give at least one --model or --run")
@@ -187,6 +215,13 @@ def main(argv=None):
             f"{p['spikes_per_image']:.3g} | {p['events_per_image']:.3g} | {p['spikes_per_neuron']:.3f} | "
             f"{e['spikes']:.1f} / {e['events']:.1f} | {'yes' if p['front_spikes'] else 'no'} / "
             f"{'yes' if p['front_events'] else 'no'} |")
+    if args.baseline:
+        file, _, key = args.baseline.partition(":")
+        with open(file) as f:
+            baseline = json.load(f)[key]
+        name = key.split("/")[0]
+        lines += ["", f"At equal accuracy against {name} ({args.baseline}: {len(baseline['accuracy_by_t'])} timesteps, "
+                      f"{baseline['samples']} test images):", ""] + against_baseline(points, baseline, name)
     lines += ["", "Commands that made the models:", ""]
     for p in points:
         for c in p["commands"] or ["(no training record)"]:

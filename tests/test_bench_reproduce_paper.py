@@ -16,24 +16,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bench_scripts import load_bench_script  # noqa: E402
+from tiny_models import export_tiny_pair  # noqa: E402
 
-from pmsm_compiler.training.activations import quantized_activations  # noqa: E402
 from pmsm_compiler.data import load_bundled_sample  # noqa: E402
-from pmsm_compiler.training.export import export_onnx  # noqa: E402
-from pmsm_compiler.training.zoo import build_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("reproduce")
-    paths = {}
-    for act in ("pqa", "qcfs"):
-        torch.manual_seed(0)
-        net = build_model("resnet_tiny", act=act)
-        for _, q in quantized_activations(net):
-            q.lam.data.fill_(4.0)
-        paths[act] = str(d / f"{act}.onnx")
-        export_onnx(net.eval(), paths[act])
+    paths = export_tiny_pair(d)
     sample = load_bundled_sample()
     (d / "data").mkdir()
     np.savez(d / "data" / "test.npz", x=sample.x, y=sample.y)

@@ -25,6 +25,24 @@ def test_pareto_definition():
     assert front.pareto(pts, "c") == [True, True, False, False, True]
 
 
+def test_against_baseline_finds_the_first_t_and_its_energy():
+    front = load_bench_script("spike_front")
+    by_t = [0.40, 0.70, 0.86, 0.90]
+    baseline = {"accuracy_by_t": by_t, "spikes_per_image_by_t": [10, 10, 10, 10],
+                "events_per_image_by_t": [10, 10, 10, 10],
+                "energy": {"per_image_uj_by_t": {"spikes": [1.0, 2.0, 3.0, 4.0], "events": [1.0, 2.0, 3.0, 4.0]}}}
+    pts = [{"label": "a", "accuracy": 0.85, "t1_prediction_agreement": 1.0,
+            "energy_per_image_uj": {"spikes": 1.5, "events": 0.75}},
+           {"label": "b", "accuracy": 0.95, "t1_prediction_agreement": 1.0,
+            "energy_per_image_uj": {"spikes": 1.0, "events": 1.0}},
+           {"label": "lossy", "accuracy": 0.5, "t1_prediction_agreement": 0.6,
+            "energy_per_image_uj": {"spikes": 1.0, "events": 1.0}}]
+    rows = front.against_baseline(pts, baseline, "QCFS")
+    assert len(rows) == 4  # header, rule, a, b: the lossy point is not compared
+    assert rows[2] == "| a | 85.00 % | 1.5 / 0.8 | T = 3 (86.00 %) | 3.0 / 3.0 | 2.00× / 4.00× |"
+    assert rows[3] == "| b | 95.00 % | 1.0 / 1.0 | not within T ≤ 4 (best 90.00 %) | – | – |"
+
+
 def test_front_on_the_bundled_images(tmp_path, capsys):
     front = load_bench_script("spike_front")
     out, js, fig = tmp_path / "front.md", tmp_path / "front.json", tmp_path / "front.png"
@@ -33,6 +51,7 @@ def test_front_on_the_bundled_images(tmp_path, capsys):
     points = {p["label"]: p for p in json.loads(js.read_text())["points"]}
     dense, qcfs = points["dense"], points["qcfs"]
     assert dense["t1_prediction_agreement"] == 1.0 and dense["accuracy"] == dense["ann_accuracy"]
+    assert dense["verification_passed"] is True
     for p in (dense, qcfs):
         assert p["events_per_image"] <= p["spikes_per_image"]
         assert p["spikes_per_neuron"] == pytest.approx(p["spikes_per_image"] / p["neurons"])

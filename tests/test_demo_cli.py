@@ -7,25 +7,14 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from pmsm_compiler.training.activations import quantized_activations  # noqa: E402
+from tiny_models import export_tiny_pair  # noqa: E402
+
 from pmsm_compiler.cli.demo import main  # noqa: E402
-from pmsm_compiler.training.export import export_onnx  # noqa: E402
-from pmsm_compiler.training.zoo import build_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("demo")
-    paths = {}
-    for act in ("pqa", "qcfs"):
-        torch.manual_seed(0)
-        net = build_model("resnet_tiny", act=act)
-        for _, q in quantized_activations(net):
-            q.lam.data.fill_(4.0)
-        net.eval()
-        paths[act] = str(d / f"{act}.onnx")
-        export_onnx(net, paths[act])
-    return paths
+    return export_tiny_pair(tmp_path_factory.mktemp("demo"))
 
 
 def test_demo_prints_both_tables(models, tmp_path):
