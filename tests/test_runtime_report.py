@@ -364,3 +364,11 @@ def test_format_tables_and_plot(tmp_path):
     no_labels = summarize(two_layer_info(), COUNTS, 4, 2)
     assert "no labels" in rep.format_tables(no_labels)
     assert [p.rsplit("/", 1)[-1] for p in rep.plot(no_labels, tmp_path / "p2")] == ["spikes_per_layer.png"]
+
+
+@pytest.mark.parametrize("timesteps", [0, -1, 10**9])
+def test_summarize_checks_timesteps_as_every_tool_does(timesteps):
+    from pmsm_compiler.errors import InputError
+
+    with pytest.raises(InputError, match="timesteps"):
+        summarize(two_layer_info(), COUNTS, samples=4, timesteps=timesteps)
