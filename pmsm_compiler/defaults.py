@@ -6,6 +6,9 @@ configuration, the CLI flags and the entropy analysis. Torch- and onnx-free, so 
 - ``PQA_LAMBDA`` λ0 = 8: the initial clipping range λ (learned per layer in training).
 - ``PQA_ALPHA`` α = −0.25, ``PQA_BETA`` β = 1: the bounds as fractions of λ, so levels
   αL..βL = −2..8 (αL and βL must be integers).
+- ``DISTILL_WEIGHT`` w = 0.5 and ``DISTILL_TEMPERATURE`` τ = 4: knowledge distillation's share of
+  the loss and softmax temperature (Hinton et al. 2015's usual choices), for ``pmsm-train
+  --distill-from``.
 """
 
 PQA_LEVELS = 8
@@ -13,3 +16,6 @@ PQA_LAMBDA = 8.0
 PQA_ALPHA = -0.25
 PQA_BETA = 1.0
 PQA_DEFAULTS = dict(levels=PQA_LEVELS, lam=PQA_LAMBDA, alpha=PQA_ALPHA, beta=PQA_BETA)
+
+DISTILL_WEIGHT = 0.5
+DISTILL_TEMPERATURE = 4.0

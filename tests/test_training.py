@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import shlex
 
 import numpy as np
@@ -240,6 +241,71 @@ def test_init_from_refuses_what_does_not_fit(sample, tmp_path):
         load_init_weights(build_model("resnet_tiny", num_classes=10, act="pqa"), str(tmp_path / "junk.pt"))
 
 
+def test_distillation_loss_is_hintons_mix_of_hard_and_soft_targets():
+    from pmsm_compiler.training.trainer import distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
+    ce = F.cross_entropy(student, torch.arange(8) % 10)
+    assert torch.equal(distillation_loss(ce, student, teacher, 0.0, 4.0), ce)
+    # a student that already matches its teacher pays only its share of the hard loss
+    assert torch.allclose(distillation_loss(ce, teacher, teacher, 0.5, 4.0), 0.5 * ce, atol=1e-7)
+    tau = 3.0
+    p = F.softmax(teacher / tau, dim=1)
+    kl = (p * (p.log() - F.log_softmax(student / tau, dim=1))).sum(1).mean()
+    assert torch.allclose(distillation_loss(ce, student, teacher, 1.0, tau), tau * tau * kl, rtol=1e-5)
+
+
+def test_distill_from_a_teacher_checkpoint_pulls_the_student_towards_it(sample, tmp_path):
+    """The teacher is the checkpoint's model with its own activation (L = 4 here, the student
+    L = 8); a student trained with w = 1 learns from the teacher's soft targets only: given labels
+    that contradict the teacher's, its logits still move towards the teacher's."""
+    from pmsm_compiler.training.trainer import load_teacher
+
+    x, y = sample[0][:64], sample[1][:64]
+    teach_cfg = TrainConfig(model="resnet_tiny", levels=4, lam=2.0, batch_size=32, epochs=15, seed=5, threads=1)
+    train(teach_cfg, x, y, None, None, str(tmp_path / "teacher"), MEAN, STD, progress=False, log=quiet)
+    ckpt = str(tmp_path / "teacher" / "checkpoint.pt")
+    teacher = load_teacher(TrainConfig(model="resnet_tiny"), ckpt, torch.device("cpu"), torch.contiguous_format)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert {m.levels for _, m in quantized_activations(teacher)} == {4}
+
+    xb = Normalizer(MEAN, STD)(torch.from_numpy(x))
+
+    with torch.no_grad():
+        teacher_logits = teacher(xb)
+
+    def distance(model):
+        """KL from the teacher's soft targets, and agreement with its predictions."""
+        with torch.no_grad():
+            logits = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).eval()(xb)
+        kl = F.kl_div(F.log_softmax(logits / 4, dim=1), F.log_softmax(teacher_logits / 4, dim=1),
+                      reduction="batchmean", log_target=True).item()
+        return kl, (logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
+
+    lines = []
+    cfg = TrainConfig(model="resnet_tiny", batch_size=32, epochs=1, max_steps=0, seed=3, threads=1, lr=0.05,
+                      distill_from=ckpt, distill_weight=1.0)
+    torch.manual_seed(cfg.seed)
+    start = build_model("resnet_tiny", num_classes=10, act=cfg.act_spec())  # as train() builds the student
+    wrong = (y + 1) % 10  # labels the teacher never saw; w = 1 must ignore them
+    student = train(dataclasses.replace(cfg, epochs=6), x, wrong, None, None, str(tmp_path / "student"), MEAN,
+                    STD, progress=False, log=lines.append)
+    assert any(line.startswith(f"distilling from {ckpt} (w=1.0") for line in lines)
+    (kl_start, agree_start), (kl, agree) = distance(start), distance(student["model"])
+    assert kl < 0.6 * kl_start
+    # the wrong labels alone would teach it never to agree (measured: 0 of 64); the teacher: 20 of 64
+    assert agree_start <= 0.05 and agree >= 0.2
+    with pytest.raises(ValueError, match=r"distill_weight=1.0.*--no-resume"):
+        train(dataclasses.replace(cfg, epochs=6, distill_weight=0.5), x, wrong, None, None, str(tmp_path / "student"),
+              MEAN, STD, progress=False, log=quiet)
+    other = build_model("vgg_tiny", num_classes=10, act="relu")
+    torch.save({"model": other.state_dict()}, tmp_path / "vgg.pt")
+    with pytest.raises(ValueError, match=r"--distill-from: .*does not fit this model"):
+        load_teacher(TrainConfig(model="resnet_tiny"), str(tmp_path / "vgg.pt"), torch.device("cpu"),
+                     torch.contiguous_format)
+
+
 # ------------------------------------------------------------------------------------------------
 # pmsm-train CLI
 # ------------------------------------------------------------------------------------------------
@@ -345,6 +411,19 @@ def test_cli_init_from_missing_file(npz_folder, tmp_path):
                      tmp_path / "nope.pt", "--no-progress"])
     assert result.exit_code == 2
     assert "--init-from" in _one_error_line(result) and "nope.pt" in result.output
+    assert not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--distill-from", "nope.pt"], "--distill-from: no such file"),
+    (["--distill-weight", "1.5"], r"--distill-weight must be in \[0, 1\]"),
+    (["--distill-temperature", "0"], "--distill-temperature must be a finite number > 0"),
+])
+def test_cli_bad_distillation_options(npz_folder, tmp_path, args, match):
+    out = tmp_path / "run"
+    result = invoke(["--data", npz_folder, "--out", out, "--model", "resnet_tiny", "--no-progress", *args])
+    assert result.exit_code == 2
+    assert re.search(match, _one_error_line(result))
     assert not (out / "checkpoint.pt").exists()
 
 

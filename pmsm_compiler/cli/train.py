@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from pmsm_compiler.cli.options import NORMAL, VERBOSE, command, json_option, progress_option, show_progress, verbosity
-from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
+from pmsm_compiler.defaults import DISTILL_TEMPERATURE, DISTILL_WEIGHT, PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
 from pmsm_compiler.errors import InputError, cli_errors
 
 
@@ -65,6 +65,13 @@ def load_training_data(path: str, dataset: str):
 @click.option("--penalty-rule", type=click.Choice(["spikes", "events"]), default="spikes", show_default=True,
               help="What the penalty counts: spikes = Σ|k| (Eq. 11), events = Σ 1[k ≠ 0] (one packet per "
                    "firing neuron).")
+@click.option("--distill-from", "distill_from", default="", type=click.Path(),
+              help="Knowledge distillation: this checkpoint's model (same architecture, e.g. the dense network "
+                   "a sparse fine-tune starts from) teaches the student through its soft logits.")
+@click.option("--distill-weight", default=DISTILL_WEIGHT, show_default=True,
+              help="w in (1 − w)·CE + w·τ²·KL(teacher ‖ student), in [0, 1].")
+@click.option("--distill-temperature", default=DISTILL_TEMPERATURE, show_default=True,
+              help="τ, the softmax temperature of the distillation term.")
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet"]), default="cifar10",
               show_default=True, help="Sets the normalization and the number of classes.")
 @click.option("--threads", default=0, help="torch CPU threads (0: torch's default).")
@@ -83,7 +90,8 @@ def load_training_data(path: str, dataset: str):
            verbose_help="Also the full training configuration at the start.")
 @cli_errors
 def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr, momentum, weight_decay,
-         warmup_epochs, seed, init_from, spike_penalty, penalty_rule, dataset, threads, max_steps, eval_every,
+         warmup_epochs, seed, init_from, spike_penalty, penalty_rule, distill_from, distill_weight,
+         distill_temperature, dataset, threads, max_steps, eval_every,
          out_dir, resume, export, json_path, progress, verbosity):
     """Train MODEL on CIFAR-style data with a quantized activation; checkpoint every epoch."""
     try:
@@ -97,6 +105,12 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
         raise InputError(f"data path not found: {data_path}")
     if init_from and not os.path.isfile(init_from):
         raise InputError(f"--init-from: no such file: {init_from}")
+    if distill_from and not os.path.isfile(distill_from):
+        raise InputError(f"--distill-from: no such file: {distill_from}")
+    if not 0 <= distill_weight <= 1:
+        raise InputError(f"--distill-weight must be in [0, 1], got {distill_weight}")
+    if not 0 < distill_temperature < float("inf"):
+        raise InputError(f"--distill-temperature must be a finite number > 0, got {distill_temperature}")
     if eval_every < 1:
         raise InputError(f"--eval-every must be >= 1, got {eval_every}")
     if not spike_penalty >= 0 or spike_penalty == float("inf"):
@@ -113,7 +127,9 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
                       warmup_epochs=warmup_epochs, seed=seed, num_classes=num_classes, dataset=dataset,
                       threads=threads, max_steps=max_steps, eval_every=eval_every,
                       init_from=os.path.abspath(init_from) if init_from else "", spike_penalty=spike_penalty,
-                      penalty_rule=penalty_rule)
+                      penalty_rule=penalty_rule,
+                      distill_from=os.path.abspath(distill_from) if distill_from else "",
+                      distill_weight=distill_weight, distill_temperature=distill_temperature)
     try:
         cfg.act_spec().make()
     except ValueError as exc:

@@ -18,6 +18,15 @@ trails a PQA network trained from scratch. A float pre-training with PQA's own r
 λ is handed over with the weights, and quantizing it only rounds to steps of λ/L. On ResNet-20 at
 a 41-epoch budget (26 float + 15 fine-tuning) it did not beat PQA from scratch (docs/training.md).
 
+Distillation: ``distill_from`` names a trained checkpoint (for instance the dense model a sparse
+fine-tune starts from) whose logits teach the student (Hinton et al. 2015): the loss becomes
+(1 − w)·CE(student, labels) + w·τ²·KL(softmax(teacher/τ) ‖ softmax(student/τ)), with
+w = ``distill_weight`` and τ = ``distill_temperature``. The teacher is the same zoo model, with the
+activation of its checkpoint's config (PQA defaults when the checkpoint has none, as one rebuilt from
+ONNX by bench/checkpoint_from_onnx.py), run in eval mode without gradients; it costs one forward
+pass per step. A spike-penalized fine-tune loses accuracy mostly to the penalty pulling levels off
+where the dense network had them; the teacher's soft targets keep the function close.
+
 Memory format: channels_last (faster on a CPU), except for a model with a layer that torch 2.13's
 oneDNN cannot differentiate in that format (``channels_last_hazard``), which trains in NCHW.
 """
@@ -36,7 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
+from pmsm_compiler.defaults import (DISTILL_TEMPERATURE, DISTILL_WEIGHT, PQA_ALPHA, PQA_BETA, PQA_LAMBDA,
+                                    PQA_LEVELS)
 from pmsm_compiler.files import save_text_atomic, write_atomic
 from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
 
@@ -92,6 +102,9 @@ class TrainConfig:
     init_from: str = ""  # checkpoint whose weights start the run (fine-tuning); "" = from scratch
     spike_penalty: float = 0.0  # weight of the mean spike cost per neuron and image (spike_cost.py)
     penalty_rule: str = "spikes"  # "spikes" (Σ|k|) or "events" (Σ 1[k ≠ 0])
+    distill_from: str = ""  # teacher checkpoint for knowledge distillation; "" = none
+    distill_weight: float = DISTILL_WEIGHT  # w: share of the distillation term in the loss
+    distill_temperature: float = DISTILL_TEMPERATURE  # τ: softmax temperature of both logits
     extra: dict = field(default_factory=dict)
 
     def act_spec(self) -> ActivationSpec:
@@ -188,6 +201,45 @@ def load_init_weights(model: nn.Module, path: str) -> dict:
     return {"loaded": len(source), "kept_initial": kept}
 
 
+def load_teacher(cfg: "TrainConfig", path: str, device, memory_format) -> nn.Module:
+    """The distillation teacher: ``cfg.model`` with the activation its checkpoint was trained with.
+
+    A checkpoint without a config (a plain state dict, or one rebuilt from ONNX) gets the PQA
+    defaults; its λ come from the checkpoint. Frozen, in eval mode.
+    """
+    from pmsm_compiler.training.zoo import build_model
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--distill-from: no such file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(f"--distill-from: {path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    saved = state.get("config") if isinstance(state, dict) else None
+    spec = (ActivationSpec(saved["act"], saved["levels"], saved["lam"], saved["alpha"], saved["beta"])
+            if isinstance(saved, dict) else ActivationSpec("pqa", PQA_LEVELS, PQA_LAMBDA, PQA_ALPHA, PQA_BETA))
+    teacher = build_model(cfg.model, num_classes=cfg.num_classes, act=spec)
+    try:
+        load_init_weights(teacher, path)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("--init-from", "--distill-from")) from None
+    teacher = teacher.to(device, memory_format=memory_format).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def distillation_loss(ce: torch.Tensor, logits: torch.Tensor, teacher_logits: torch.Tensor, weight: float,
+                      temperature: float) -> torch.Tensor:
+    """(1 − w)·CE + w·τ²·KL(softmax(teacher/τ) ‖ softmax(student/τ)) (Hinton et al. 2015).
+
+    τ² keeps the soft term's gradient on the scale of the hard one as τ changes.
+    """
+    kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature, dim=1),
+                  reduction="batchmean", log_target=True)
+    return (1.0 - weight) * ce + weight * temperature * temperature * kl
+
+
 # ------------------------------------------------------------------------------------------------
 
 def channels_last_hazard(model: nn.Module) -> str:
@@ -275,7 +327,8 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         # Everything that shapes the trajectory must match; threads, max_steps and eval_every may change.
         for key in ("model", "act", "levels", "lam", "alpha", "beta", "epochs", "batch_size", "lr", "momentum",
                     "weight_decay", "warmup_epochs", "seed", "num_classes", "dataset", "channels_last",
-                    "init_from", "spike_penalty", "penalty_rule"):
+                    "init_from", "spike_penalty", "penalty_rule", "distill_from", "distill_weight",
+                    "distill_temperature"):
             if saved_cfg.get(key, getattr(TrainConfig(), key)) != getattr(cfg, key):
                 raise ValueError(f"checkpoint {ckpt_path} was made with {key}={saved_cfg.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}; use another --out or --no-resume")
@@ -304,6 +357,11 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
 
         if not set_spike_cost(model, cfg.penalty_rule):
             raise ValueError("--spike-penalty needs a model with quantized activations (pqa or qcfs)")
+    teacher = None
+    if cfg.distill_from:
+        teacher = load_teacher(cfg, cfg.distill_from, device, memory_format)
+        if is_main:
+            log(f"distilling from {cfg.distill_from} (w={cfg.distill_weight}, τ={cfg.distill_temperature})")
     net = model
     if distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -340,6 +398,10 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
                 group["lr"] = lr
             logits = net(xb)
             loss = F.cross_entropy(logits, yb)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(xb)
+                loss = distillation_loss(loss, logits, teacher_logits, cfg.distill_weight, cfg.distill_temperature)
             if penalized:  # the mean spike cost per neuron and image, weighted
                 cost, neurons = collect_spike_cost(model)
                 mean_cost = cost / (len(yb) * neurons)
