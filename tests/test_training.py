@@ -306,6 +306,89 @@ def test_distill_from_a_teacher_checkpoint_pulls_the_student_towards_it(sample, 
                      torch.contiguous_format)
 
 
+def test_mixup_blends_two_images_and_their_labels_by_the_same_share():
+    from pmsm_compiler.training.trainer import BatchMixer
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 8, 8, generator=g), torch.arange(16)
+    xm, ya, yb, m = BatchMixer(mixup=0.8, cutmix=0.0)(x, y, np.random.default_rng(1))
+    assert torch.equal(ya, y) and sorted(yb.tolist()) == list(range(16)) and 0 < m < 1
+    other = x[yb]  # labels are the indices here, so they name the partner image
+    assert torch.allclose(xm, m * x + (1 - m) * other, atol=1e-6)
+
+
+def test_cutmix_pastes_one_box_whose_area_is_the_label_share():
+    from pmsm_compiler.training.trainer import BatchMixer
+
+    x, y = torch.zeros(8, 3, 16, 16), torch.arange(8)
+    x += y[:, None, None, None].float()  # image i is the constant i
+    for seed in range(20):
+        xm, ya, yb, m = BatchMixer(mixup=0.0, cutmix=1.0)(x, y, np.random.default_rng(seed))
+        pasted = xm[:, 0] != x[:, 0]
+        for i in range(8):
+            if ya[i] != yb[i]:
+                assert pasted[i].float().mean().item() == pytest.approx(1 - m, abs=1e-9)
+                assert torch.all(xm[i, :, pasted[i]] == float(yb[i]))
+        rows, cols = pasted.any(0).any(1).nonzero(), pasted.any(0).any(0).nonzero()
+        if len(rows):  # one axis-aligned box, the same for every image
+            box = pasted.any(0)
+            assert box[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+
+
+def test_both_mixers_on_choose_one_per_batch():
+    from pmsm_compiler.training.trainer import BatchMixer
+
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8)
+    kinds = set()
+    for seed in range(20):
+        xm, _, yb, m = BatchMixer(mixup=0.8, cutmix=1.0)(x, y, np.random.default_rng(seed))
+        kinds.add("mixup" if torch.allclose(xm, m * x + (1 - m) * x[yb], atol=1e-6) else "cutmix")
+    assert kinds == {"mixup", "cutmix"}
+
+
+def test_adamw_decays_weight_matrices_only():
+    from pmsm_compiler.training.trainer import build_optimizer
+
+    model = build_model("vit_tiny", num_classes=10, act="pqa")
+    opt = build_optimizer(model, TrainConfig(model="vit_tiny", optimizer="adamw", lr=1e-3, weight_decay=0.05))
+    assert isinstance(opt, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in opt.param_groups[0]["params"]}
+    kept = {names[id(p)] for p in opt.param_groups[1]["params"]}
+    assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[1]["weight_decay"] == 0.0
+    assert decayed | kept == set(names.values()) and not decayed & kept
+    assert "blocks.0.attn.qkv.weight" in decayed and "head.weight" in decayed
+    assert {"pos_embed", "cls_token", "blocks.0.norm1.weight", "head.bias"} <= kept
+    assert all(n in kept for n in names.values() if n.endswith(".lam"))
+    sgd = build_optimizer(model, TrainConfig())
+    assert isinstance(sgd, torch.optim.SGD) and len(sgd.param_groups) == 1
+
+
+def test_vit_recipe_trains_and_resumes_exactly(sample, tmp_path):
+    """AdamW, label smoothing, MixUp and CutMix on a ViT: an interrupted
+    run ends bit for bit where the uninterrupted one did (the mixing draws are seeded per epoch)."""
+    x, y = sample[0][:64], sample[1][:64]
+    cfg = TrainConfig(model="vit_tiny", batch_size=32, epochs=2, seed=5, threads=1, optimizer="adamw", lr=2e-3,
+                      weight_decay=0.05, label_smoothing=0.1, mixup=0.8, cutmix=1.0)
+    full = train(cfg, x, y, None, None, str(tmp_path / "full"), MEAN, STD, progress=False, log=quiet)
+    out = str(tmp_path / "resumed")
+    train(dataclasses.replace(cfg, max_steps=2), x, y, None, None, out, MEAN, STD, progress=False, log=quiet)
+    second = train(cfg, x, y, None, None, out, MEAN, STD, progress=False, log=quiet)
+    for k, v in _state(second["model"]).items():
+        assert torch.equal(v, _state(full["model"])[k]), k
+    for change, field in [(dict(mixup=0.2), "mixup"), (dict(optimizer="sgd"), "optimizer"),
+                          (dict(label_smoothing=0.0), "label_smoothing"), (dict(cutmix=0.0), "cutmix")]:
+        with pytest.raises(ValueError, match=rf"{field}=.*--no-resume"):
+            train(dataclasses.replace(cfg, **change), x, y, None, None, out, MEAN, STD, progress=False, log=quiet)
+
+
+def test_vit_cifar_is_the_documented_size():
+    model = build_model("vit_cifar", num_classes=10, act="pqa")
+    assert (model.dim, model.depth, model.num_heads, model.patch_size) == (192, 6, 3, 4)
+    assert 1.7e6 < sum(p.numel() for p in model.parameters()) < 1.9e6
+    assert len(list(quantized_activations(model))) == 10 * 6 + 2
+
+
 # ------------------------------------------------------------------------------------------------
 # pmsm-train CLI
 # ------------------------------------------------------------------------------------------------
@@ -418,6 +501,9 @@ def test_cli_init_from_missing_file(npz_folder, tmp_path):
     (["--distill-from", "nope.pt"], "--distill-from: no such file"),
     (["--distill-weight", "1.5"], r"--distill-weight must be in \[0, 1\]"),
     (["--distill-temperature", "0"], "--distill-temperature must be a finite number > 0"),
+    (["--label-smoothing", "1"], r"--label-smoothing must be in \[0, 1\)"),
+    (["--mixup", "-1"], "--mixup must be a finite number >= 0"),
+    (["--cutmix", "inf"], "--cutmix must be a finite number >= 0"),
 ])
 def test_cli_bad_distillation_options(npz_folder, tmp_path, args, match):
     out = tmp_path / "run"

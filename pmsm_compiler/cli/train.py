@@ -72,6 +72,13 @@ def load_training_data(path: str, dataset: str):
               help="w in (1 − w)·CE + w·τ²·KL(teacher ‖ student), in [0, 1].")
 @click.option("--distill-temperature", default=DISTILL_TEMPERATURE, show_default=True,
               help="τ, the softmax temperature of the distillation term.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True,
+              help="sgd: momentum, decay on every parameter (the paper's); adamw: decay on weight matrices only "
+                   "(ViTs from scratch, with e.g. --lr 1e-3 --weight-decay 0.05 --warmup-epochs 5).")
+@click.option("--label-smoothing", default=0.0, show_default=True, help="Cross-entropy label smoothing, in [0, 1).")
+@click.option("--mixup", default=0.0, show_default=True,
+              help="MixUp with Beta(a, a), a > 0 (0: off); with --cutmix too, one of the two per batch.")
+@click.option("--cutmix", default=0.0, show_default=True, help="CutMix with Beta(a, a), a > 0 (0: off).")
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet"]), default="cifar10",
               show_default=True, help="Sets the normalization and the number of classes.")
 @click.option("--threads", default=0, help="torch CPU threads (0: torch's default).")
@@ -91,7 +98,7 @@ def load_training_data(path: str, dataset: str):
 @cli_errors
 def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr, momentum, weight_decay,
          warmup_epochs, seed, init_from, spike_penalty, penalty_rule, distill_from, distill_weight,
-         distill_temperature, dataset, threads, max_steps, eval_every,
+         distill_temperature, optimizer, label_smoothing, mixup, cutmix, dataset, threads, max_steps, eval_every,
          out_dir, resume, export, json_path, progress, verbosity):
     """Train MODEL on CIFAR-style data with a quantized activation; checkpoint every epoch."""
     try:
@@ -111,6 +118,11 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
         raise InputError(f"--distill-weight must be in [0, 1], got {distill_weight}")
     if not 0 < distill_temperature < float("inf"):
         raise InputError(f"--distill-temperature must be a finite number > 0, got {distill_temperature}")
+    if not 0 <= label_smoothing < 1:
+        raise InputError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
+    for flag, value in (("--mixup", mixup), ("--cutmix", cutmix)):
+        if not 0 <= value < float("inf"):
+            raise InputError(f"{flag} must be a finite number >= 0 (the Beta parameter; 0 = off), got {value}")
     if eval_every < 1:
         raise InputError(f"--eval-every must be >= 1, got {eval_every}")
     if not spike_penalty >= 0 or spike_penalty == float("inf"):
@@ -129,7 +141,8 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
                       init_from=os.path.abspath(init_from) if init_from else "", spike_penalty=spike_penalty,
                       penalty_rule=penalty_rule,
                       distill_from=os.path.abspath(distill_from) if distill_from else "",
-                      distill_weight=distill_weight, distill_temperature=distill_temperature)
+                      distill_weight=distill_weight, distill_temperature=distill_temperature,
+                      optimizer=optimizer, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix)
     try:
         cfg.act_spec().make()
     except ValueError as exc:

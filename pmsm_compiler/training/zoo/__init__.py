@@ -1,4 +1,4 @@
-"""Model zoo (PyTorch): ResNet-20, VGG-16, ViT-S and tiny variants, each with a quantized activation.
+"""Model zoo (PyTorch): ResNet-20, VGG-16, ViT-S, a CIFAR ViT and tiny variants, each with a quantized activation.
 
 >>> from pmsm_compiler.training.zoo import build_model
 >>> net = build_model("resnet20", num_classes=10, act="pqa")     # doctest: +SKIP
@@ -15,6 +15,7 @@ ZOO = {
     "vgg16": ("vgg", "vgg16"),
     "vgg_tiny": ("vgg", "vgg_tiny"),
     "vit_s": ("vit", "vit_small"),
+    "vit_cifar": ("vit", "vit_cifar"),
     "vit_tiny": ("vit", "vit_tiny"),
 }
 
