@@ -352,6 +352,41 @@ def test_driver_is_the_runtime_loop(case):
     np.testing.assert_array_equal(ran, np.stack(driven))
 
 
+# (dense ops, bookkeeping ops) per sample and step of each wrapper, by hand from the module docstring of
+# ops.temporal: n = input elements, n_out = output elements; bookkeeping (n_in + n_out) for the homogeneous
+# form, 2·(Σ n_in + n_out) for the general one
+UNARY = (2 * 3, 2 * (6 + 6))  # (2, 3): 1 op per element; 24
+DENSE = {
+    "Relu": (6, 12), "LeakyRelu(alpha=0.1)": (2 * 6, 12),
+    "MaxPool": (8 * 3, 32 + 8),  # (2, 4, 4) → (2, 2, 2): 3 comparisons per output
+    "GlobalMaxPool": (32 - 2, 32 + 2), "ReduceMax": (15 - 3, 15 + 3), "ReduceMin": (15 - 3, 15 + 3),
+    "Abs": UNARY, "Sigmoid": (3 * 6, 24), "Tanh": UNARY, "Erf": UNARY, "Gelu": (5 * 6, 24),
+    "Gelu(approximate=tanh)": (9 * 6, 24), "Exp": UNARY, "Softplus": (3 * 6, 24),
+    "HardSigmoid(alpha=0.2, beta=0.5)": (4 * 6, 24), "HardSwish": (5 * 6, 24), "Sqrt": UNARY, "Log": UNARY,
+    "Reciprocal": UNARY, "Clip": (2 * 6, 24), "Pow(a, 2)": UNARY, "Max(a, c)": UNARY, "Min(a, c)": UNARY,
+    "Div(c, a)": UNARY,
+    "Softmax": (5 * 15, 2 * (15 + 15)), "LogSoftmax": (5 * 15 + 3, 60),
+    "LayerNormalization": (7 * 24 + 5 * 3, 2 * (24 + 24)),  # 3 rows of 8, with a bias
+    "Mul(a, b)": (6, 2 * (6 + 6 + 6)), "Div(a, b)": (6, 36), "Max(a, b)": (6, 36), "Min(a, b)": (6, 36),
+    "Pow(a, b)": (6, 36),
+    "MatMul(a, b^T)": (9 * 4, 2 * (12 + 12 + 9)),  # [3, 4] × [4, 3]: 9 outputs × K = 4 MACs
+}
+
+
+def test_every_case_has_its_dense_ops():
+    wrapped = [case.name for case in CASES if len(case.ops) == 1]
+    assert sorted(DENSE) == sorted(wrapped)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.ops], ids=lambda c: c.name)
+def test_dense_ops_of_each_wrapper(case):
+    """The compiler records what each wrapper computes every step, as the formulas say."""
+    expected = [DENSE[case.name]] if len(case.ops) == 1 else [(6, 24), (6, 36)]  # GELU as Erf: Erf, a·erf
+    for mode in ("folded", "exact"):
+        got = [(w.dense_ops, w.bookkeeping_ops) for w in compiled(case, mode).info.wrappers]
+        assert got == expected, mode
+
+
 # ------------------------------------------------------------------------------------------
 # the check fails on a broken wrapper
 # ------------------------------------------------------------------------------------------
