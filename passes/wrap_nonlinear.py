@@ -22,11 +22,11 @@ import onnx_graphsurgeon as gs
 
 from pmsm_compiler.ops import DOMAIN
 from pmsm_compiler.onnx_utils import downstream, tensor_flow
-from pmsm_compiler.ops.temporal import GENERAL_OPS, HOMOGENEOUS_OPS
+from pmsm_compiler.ops.temporal import GENERAL_OPS, HOMOGENEOUS_OPS, bookkeeping_ops, dense_ops
 from pmsm_compiler.snn_format import TIME_INPUT, WRAPPER_INITIAL_STATE, State, Wrapper
 
 from .absorb_threshold_scale import classify, linear_inputs
-from .graph_utils import PassRefusal, fresh
+from .graph_utils import PassRefusal, fresh, numel, static_shape
 
 LINEAR_CLASSES = {"weighted", "affine_add", "transparent_all", "transparent_first", "select", "affine_real",
                   "neuron"}
@@ -86,12 +86,23 @@ def _state(graph, base, like):
     return gs.Variable(name, dtype=np.float32, shape=[f"{name}:{i}" for i in range(rank)])
 
 
+def _count_dense_ops(record, node, dyn_idx):
+    """What the wrapper computes every step, from the static shapes (``ops.temporal.dense_ops``)."""
+    out = node.outputs[0]
+    record.dense_ops = dense_ops(node.op, node.attrs, node.inputs[0].shape, out.shape,
+                                 [bool(t.name) for t in node.inputs])
+    sizes = [static_shape(node.inputs[i]) for i in dyn_idx] + [static_shape(out)]
+    if all(s is not None for s in sizes):
+        record.bookkeeping_ops = bookkeeping_ops(record.homogeneous, [numel(s) for s in sizes[:-1]], numel(sizes[-1]))
+
+
 def _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input):
     label = node.name or fresh(graph, node.op)
     out = node.outputs[0]
     record = Wrapper(name=label, op=node.op, homogeneous=homogeneous, states=[],
                      # what the runtime's first-step variant needs to bypass the wrapper (S_1 = x, F_1 = f(x))
                      input_index=list(dyn_idx), inputs=[node.inputs[i].name for i in dyn_idx])
+    _count_dense_ops(record, node, dyn_idx)
     for i in dyn_idx:
         x = node.inputs[i]
         s_in = _state(graph, f"{label}.sum{i}", x)

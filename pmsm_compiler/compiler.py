@@ -30,6 +30,7 @@ from pmsm_compiler.ops.neurons import NEURON_OPS, neuron_functions
 from pmsm_compiler.passes import FRONT, PIPELINE, PassContext, PassManager, PassRefusal
 from pmsm_compiler.passes.absorb_threshold_scale import classify
 from pmsm_compiler.passes.graph_utils import numel, static_shape
+from pmsm_compiler.passes.wrap_nonlinear import dynamic_tensors
 from pmsm_compiler.snn_format import (EXPORT_METADATA_KEY, MODES, SNN_METADATA_KEY, DataInput, SNNInfo, read_snn_info,
                                       write_snn_info)
 
@@ -116,10 +117,14 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     except PassRefusal as exc:
         raise UnsupportedModelError(str(exc)) from None
     tensors = graph.tensors()
-    ann_macs = 0
+    ann_macs, static_macs = 0, 0
+    dynamic = dynamic_tensors(graph, {s.input for s in ctx.states})
     for node in graph.nodes:
         if node.op in ("Conv", "Gemm", "MatMul") and classify(node) == "weighted":
-            ann_macs += _macs(node) or 0
+            macs = _macs(node) or 0
+            ann_macs += macs
+            if not any(t.name in dynamic for t in node.inputs):  # reads the network input alone: no spikes
+                static_macs += macs
     flow = tensor_flow(graph.nodes, skip=_synapse)
     for layer in ctx.layers:
         layer.fan_out = _fan_out(layer, tensors, flow)
@@ -143,7 +148,7 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
         outputs=outputs, spike_counts_output=ctx.spike_counts_output, time_input=ctx.time_input,
         counters_output=ctx.counters_output, counters=list(COUNTERS) if ctx.counters_output else None,
         states=ctx.states, layers=ctx.layers, wrappers=ctx.wrappers, ann_macs=int(ann_macs),
-        notes=ctx.notes, pass_seconds=ctx.timings)
+        static_macs=int(static_macs), notes=ctx.notes, pass_seconds=ctx.timings)
     exported = get_metadata(model, EXPORT_METADATA_KEY, {})
     if isinstance(exported, dict) and "normalization" in exported:
         info.normalization = exported["normalization"]

@@ -167,7 +167,10 @@ class State(_Record):
 class Wrapper(_Record):
     """A temporal wrapper of a non-linear op. ``input_index``/``inputs`` (which op inputs carry
     spike traffic), ``value`` (the op's own output) and ``output`` (the wrapper's) are what the
-    runtime's first step needs to bypass it; None in models compiled before they were recorded."""
+    runtime's first step needs to bypass it; None in models compiled before they were recorded.
+    ``dense_ops``/``bookkeeping_ops``: the dense operations per sample and step of the op and of the
+    wrapper around it (``ops.temporal.dense_ops``, ``bookkeeping_ops``), None where a shape is not
+    static and in models compiled before they were recorded."""
 
     name: str
     op: str
@@ -177,9 +180,12 @@ class Wrapper(_Record):
     inputs: list | None = None
     value: str | None = None
     output: str | None = None
+    dense_ops: int | None = None
+    bookkeeping_ops: int | None = None
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
-    _OPTIONAL: ClassVar[frozenset] = frozenset({"input_index", "inputs", "value", "output"})
+    _OPTIONAL: ClassVar[frozenset] = frozenset({"input_index", "inputs", "value", "output", "dense_ops",
+                                                "bookkeeping_ops"})
     _REQUIRED: ClassVar[tuple] = ("name", "op", "homogeneous", "states")
 
 
@@ -244,13 +250,14 @@ class SNNInfo(_Record):
     layers: list = field(default_factory=list)  # [NeuronLayer]
     wrappers: list = field(default_factory=list)  # [Wrapper]
     ann_macs: int | None = None
+    static_macs: int | None = None  # of ann_macs, those on the network input alone (once per sample)
     notes: list = field(default_factory=list)
     pass_seconds: dict = field(default_factory=dict)
     normalization: dict | None = None  # {mean, std} of the input, when the exporter recorded it
     compile_seconds: float | None = None
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
-    _OPTIONAL: ClassVar[frozenset] = frozenset({"counters_output", "counters", "normalization"})
+    _OPTIONAL: ClassVar[frozenset] = frozenset({"counters_output", "counters", "normalization", "static_macs"})
     _REQUIRED: ClassVar[tuple] = ("format", "format_version", "inputs", "outputs", "states", "layers")
 
     @classmethod

@@ -43,6 +43,21 @@ used by SpikeZIP-TF and most SNN papers):
                     ``energy.per_image_uj_by_t[rule][t-1]`` the energy per image of a run of t
                     steps (Σ over steps 1..t), which is what equal-accuracy comparisons read.
 
+Work (``work``, ``wrappers``): what a chip would have to compute per image, split into the
+synaptic operations that spikes drive as accumulations (the SOPs above, neuromorphic) and the
+dense operations. Dense are the temporal wrappers' (MatMul of two activations, Softmax, LayerNorm,
+MaxPool, ...: every step, whatever the spikes; per sample and step ``Wrapper.dense_ops`` for the op
+and ``Wrapper.bookkeeping_ops`` for the wrapper around it, from the compiler, formulas in
+``pmsm_compiler.ops.temporal``) and the MACs of the layers that read the network input alone
+(``static_macs``, once per image under rate coding). With D_w and B_w those counts of wrapper w:
+
+    dense_ops[w]           = T·D_w + (T − 1)·B_w             (t = 1 is f alone: S_1 = x, F_0 = 0)
+    dense_ops              = Σ_w dense_ops[w]
+    neuromorphic_share     = sops / (sops + dense_ops + static_macs)      (events rule: event_sops)
+
+One operation is one accumulate, one MAC or one elementwise op: counts, not energy. Not counted in
+either: the neurons' own updates (integrate, fire, reset), biases, and scale and residual ops.
+
 Accuracy: ``accuracy_by_t[t-1]`` = fraction of samples whose argmax of the network output
 averaged over steps 1..t equals the label; ``t1_prediction_agreement`` = fraction of samples for
 which the ANN's argmax equals the SNN's at T = 1 (exactly 1.0 for an exact-mode compile).
@@ -61,9 +76,10 @@ import numpy as np
 
 from pmsm_compiler.limits import check_timesteps
 from pmsm_compiler.ops.counters import COUNTER_LABELS, COUNTERS
+from pmsm_compiler.ops.temporal import wrapper_ops
 from pmsm_compiler.snn_format import SNNInfo
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TOOL = "pmsm-run"
 RULES = ("spikes", "events")  # the counting rules energy is given under
 #: T range of the default equal-accuracy target: the best accuracy both models reach within it
@@ -81,6 +97,11 @@ NOTE_SOPS = ("common SNN convention: SOPs = sum over layers of spikes x fan-out,
              "at E_AC = 0.9 pJ; the first layer's real-valued input MACs (same as the ANN's) are not "
              "included in the SOPs")
 NOTE_ANN = "ANN: every multiply-accumulate of the weighted layers (ann_macs) at E_MAC = 4.6 pJ"
+NOTE_WORK = ("per image, as counts (not energy): SOPs = accumulations driven by spikes (neuromorphic); dense = "
+             "the temporal wrappers' operations every step (a MAC or an elementwise op each; at t = 1 the op "
+             "alone, after it also the wrapper's running sums and differences) and the MACs of the layers "
+             "that read the network input alone (once per image); neuron updates, biases and scale ops are "
+             "in neither")
 NOTE_EVENTS = ("events rule: event SOPs = sum over layers of events x fan-out, events = firing neurons per step "
                "(one packet carrying polarity and count reaches each synapse once), each an accumulate at "
                "E_AC = 0.9 pJ; first layer's input MACs not included")
@@ -98,7 +119,7 @@ def _frac(count, total):
 def summarize(info: SNNInfo, spikes_sum_by_t_layer, samples: int, timesteps: int, correct_by_t=None,
               ann_correct=None, t1_agree=None, labels_present: bool | None = None, *, model: str | None = None,
               extra: dict | None = None, counters_sum_by_t_layer=None, counter_names=None) -> dict:
-    """Build the JSON report (schema_version 2) from accumulated integer counts.
+    """Build the JSON report (schema_version 3) from accumulated integer counts.
 
     ``spikes_sum_by_t_layer``: int [T, layers], spikes summed over all samples, column j = the
     layer with ``count_index`` j. ``correct_by_t``: int [T], samples whose averaged output up to
@@ -210,10 +231,52 @@ def summarize(info: SNNInfo, spikes_sum_by_t_layer, samples: int, timesteps: int
         "spikes_total": spikes_total,
     }
     report.update(_total_counter_rows(counters, n))
-    report.update({"energy": energy, "layers": layer_rows})
+    wrapper_rows = [_wrapper_row(w, timesteps) for w in info.wrappers]
+    report.update({"energy": energy, "work": _work(info, wrapper_rows, energy), "layers": layer_rows,
+                   "wrappers": wrapper_rows})
     if extra:
         report.update(extra)
     return report
+
+
+def _wrapper_row(wrapper, timesteps: int) -> dict:
+    """One temporal wrapper's dense operations per image: per step (the op, the wrapper's
+    bookkeeping from t = 2 on) and over the T steps."""
+    dense, bookkeeping = wrapper.dense_ops, wrapper.bookkeeping_ops
+    known = dense is not None and bookkeeping is not None
+    return {
+        "name": wrapper.name, "op": wrapper.op, "homogeneous": wrapper.homogeneous,
+        "dense_ops_per_step": dense, "bookkeeping_ops_per_step": bookkeeping,
+        "dense_ops": wrapper_ops(timesteps, dense, bookkeeping) if known else None,
+    }
+
+
+def _work(info: SNNInfo, wrapper_rows: list, energy: dict) -> dict:
+    """Per image: synaptic operations (neuromorphic) against dense operations, and their shares."""
+    unknown = [r["name"] for r in wrapper_rows if r["dense_ops"] is None]
+    dense = None if unknown else sum(r["dense_ops"] for r in wrapper_rows)
+    static = info.static_macs
+    first = None if unknown else sum(r["dense_ops_per_step"] for r in wrapper_rows)
+    later = None if unknown else first + sum(r["bookkeeping_ops_per_step"] for r in wrapper_rows)
+
+    def share(sops):
+        if sops is None or dense is None or static is None or not (sops + dense + static):
+            return None
+        return sops / (sops + dense + static)
+
+    note = NOTE_WORK
+    if unknown:
+        note += f"; dense operations unknown for {', '.join(unknown)} (no static shape, or compiled before they " \
+                "were counted: recompile)"
+    if static is None:
+        note += "; static MACs unknown (compiled before they were counted: recompile)"
+    return {
+        "sops": energy["sops"], "event_sops": energy["event_sops"],
+        "dense_ops": dense, "dense_ops_step_1": first, "dense_ops_per_later_step": later,
+        "static_macs": static,
+        "neuromorphic_share": {"spikes": share(energy["sops"]), "events": share(energy["event_sops"])},
+        "note": note,
+    }
 
 
 def _int64(values, what: str) -> np.ndarray:
@@ -426,6 +489,7 @@ def format_tables(report: dict) -> str:
                f"{_num(report['energy']['sops'], '.5g'):>12}")
     out.append("")
     out += _counting_rules_table(report)
+    out += _work_table(report)
 
     e = report["energy"]
     out.append("energy per image")
@@ -475,6 +539,39 @@ def _counting_rules_table(report: dict) -> list[str]:
                    f"{_pct(r['upper_cap_fraction']):>13} {_pct(r['zero_fraction']):>8} "
                    f"{_num(r['event_sops'], '.5g'):>17}")
     return out + [""]
+
+
+def _work_table(report: dict) -> list[str]:
+    """The temporal wrappers' dense operations and the work per image, synaptic against dense."""
+    T, work, rows = report["timesteps"], report.get("work"), report.get("wrappers") or []
+    if work is None:  # a report of schema 2 or older
+        return []
+    out = []
+    if rows:
+        head = f"{'wrapper':<24} {'op':<18} {'op ops/step':>12} {'+wrapper/step':>14} {'dense ops/image':>16}"
+        out += [f"dense operations per temporal wrapper (per image, total over T={T} steps; op ops/step: every step, "
+                "whatever the spikes; +wrapper/step: its running sums and differences, from t=2 on)",
+                head, "-" * len(head)]
+        for r in rows:
+            out.append(f"{r['name'][:24]:<24} {r['op'][:18]:<18} {_num(r['dense_ops_per_step'], ',d'):>12} "
+                       f"{_num(r['bookkeeping_ops_per_step'], ',d'):>14} {_num(r['dense_ops'], ',.0f'):>16}")
+        out.append(f"{'total':<24} {'':<18} {_num(work['dense_ops_step_1'], ',d'):>12} "
+                   f"{_num(_diff(work['dense_ops_per_later_step'], work['dense_ops_step_1']), ',d'):>14} "
+                   f"{_num(work['dense_ops'], ',.0f'):>16}")
+        out.append("")
+    share = work["neuromorphic_share"]
+    out += [f"work per image over T={T} steps (counts, not energy: one accumulate, MAC or elementwise op each)",
+            f"{'synaptic operations, spikes rule (neuromorphic)':<52} {_num(work['sops'], ',.0f'):>16}",
+            f"{'synaptic operations, events rule (neuromorphic)':<52} {_num(work['event_sops'], ',.0f'):>16}",
+            f"{'dense: temporal wrappers (every step)':<52} {_num(work['dense_ops'], ',.0f'):>16}",
+            f"{'dense: MACs on the network input (once per image)':<52} {_num(work['static_macs'], ',d'):>16}",
+            f"neuromorphic share of the work: {_pct(share['spikes'])} (spikes rule), {_pct(share['events'])} "
+            "(events rule); neuron updates, biases and scale ops are in neither", ""]
+    return out
+
+
+def _diff(a, b):
+    return None if a is None or b is None else a - b
 
 
 def _energy_pair(energy: dict) -> str:

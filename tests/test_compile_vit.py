@@ -12,6 +12,7 @@ from pmsm_compiler.loading import load_model  # noqa: E402
 from pmsm_compiler.training.zoo import build_model  # noqa: E402
 from pmsm_compiler.runtime import SNNSession  # noqa: E402
 from pmsm_compiler.sessions import make_session  # noqa: E402
+from pmsm_compiler.snn_format import read_snn_info  # noqa: E402
 from pmsm_compiler.verify import random_inputs, verify  # noqa: E402
 
 
@@ -48,3 +49,54 @@ def test_vit_folded_runs_over_time(vit_path):
     res = SNNSession(compiled.model).run_batch(x, 4)
     assert res.spikes.dtype == np.int64 and res.spikes.shape == (4, 4, len(compiled.layers))
     assert np.isfinite(res.mean_outputs).all()
+
+
+def test_vit_dense_operations_match_the_formulas(vit_path, tmp_path):
+    """What a chip would compute besides the spikes (issue 19, item 5): the dense operations the
+    compiler records for each wrapper equal the formulas (ops.temporal, docs/report-schema.md) worked
+    out by hand for vit_tiny's shapes, and pmsm-run reports them per wrapper, in total and as a share."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pmsm_compiler.cli.compile import main as compile_main
+    from pmsm_compiler.cli.run import main as run_main
+
+    # vit_tiny: 32 px, patch 8 → 16 patches + the class token = 17 tokens of dim 32, 2 heads of 16, depth 2
+    n, dim, heads, hd = 17, 32, 2, 16
+    tokens, scores, head_out = n * dim, heads * n * n, heads * n * hd  # elements per sample
+    layer_norm = (n * (7 * dim + 5), 2 * (tokens + tokens))  # 7 per element with γ and β, 5 per row of 32
+    q_kt = (heads * n * hd * n, 2 * (head_out + head_out + scores))  # q [2, 17, 16] · kᵀ [2, 16, 17]: MACs
+    softmax = (5 * scores, 2 * (scores + scores))
+    attn_v = (heads * n * n * hd, 2 * (scores + head_out + head_out))  # [2, 17, 17] · v [2, 17, 16]
+    block = [("LayerNormalization", layer_norm), ("MatMul", q_kt), ("Softmax", softmax), ("MatMul", attn_v),
+             ("LayerNormalization", layer_norm)]
+    final = ("LayerNormalization", (7 * dim + 5, 2 * (dim + dim)))  # on the class token alone
+    expected = block * 2 + [final]
+    assert q_kt[0] == attn_v[0] == 9248 and layer_norm[0] == 3893
+
+    snn = tmp_path / "vit.snn.onnx"
+    r = CliRunner().invoke(compile_main, [vit_path, "-o", str(snn), "-q"])
+    assert r.exit_code == 0, r.output
+    info = read_snn_info(load_model(str(snn), static_inputs=False))
+    assert [(w.op, (w.dense_ops, w.bookkeeping_ops)) for w in info.wrappers] == expected
+    assert info.static_macs == 16 * dim * 3 * 8 * 8  # the patch embedding: 16 patches × 32 outputs × 3·8·8
+
+    out = tmp_path / "run.json"
+    T = 3
+    r = CliRunner().invoke(run_main, [str(snn), "-T", str(T), "--limit", "4", "--json", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "dense operations per temporal wrapper" in r.output and "neuromorphic share of the work" in r.output
+    rep = json.loads(out.read_text())
+    assert rep["schema_version"] == 3
+    rows = rep["wrappers"]
+    assert [(w["op"], (w["dense_ops_per_step"], w["bookkeeping_ops_per_step"])) for w in rows] == expected
+    assert [w["dense_ops"] for w in rows] == [T * d + (T - 1) * b for _, (d, b) in expected]
+    work = rep["work"]
+    dense = sum(T * d + (T - 1) * b for _, (d, b) in expected)
+    assert work["dense_ops"] == dense and work["static_macs"] == info.static_macs
+    assert work["dense_ops_step_1"] == sum(d for _, (d, _) in expected) == 58573
+    assert work["dense_ops_per_later_step"] == sum(d + b for _, (d, b) in expected)
+    sops = sum(layer["sops"] for layer in rep["layers"])
+    assert work["sops"] == pytest.approx(sops) and sops > 0
+    assert work["neuromorphic_share"]["spikes"] == pytest.approx(sops / (sops + dense + info.static_macs))

@@ -49,7 +49,7 @@ def test_run_with_ann_json_and_plots(models, tmp_path):
              "spikes_per_image_by_t": list, "spikes_per_image": float, "energy": dict, "layers": list}
     for key, typ in types.items():
         assert isinstance(rep[key], typ), (key, rep[key])
-    assert rep["schema_version"] == 2 and rep["tool"] == "pmsm-run" and rep["mode"] == "exact"
+    assert rep["schema_version"] == 3 and rep["tool"] == "pmsm-run" and rep["mode"] == "exact"
     assert rep["timesteps"] == 2 and rep["samples"] == 64
     assert len(rep["accuracy_by_t"]) == 2 and all(isinstance(a, float) for a in rep["accuracy_by_t"])
     assert len(rep["spikes_per_image_by_t"]) == 2

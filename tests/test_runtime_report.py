@@ -13,7 +13,7 @@ import pytest
 from pmsm_compiler.data import Dataset
 from pmsm_compiler.runtime import BatchResult, run_dataset, summarize
 from pmsm_compiler.runtime import report as rep
-from pmsm_compiler.snn_format import DataInput, NeuronLayer, SNNInfo
+from pmsm_compiler.snn_format import DataInput, NeuronLayer, SNNInfo, Wrapper
 
 
 def two_layer_info(reverse_columns: bool = False) -> SNNInfo:
@@ -28,7 +28,7 @@ COUNTS = np.array([[40, 20], [60, 10]], np.int64)
 
 
 def check_hand_example(r):
-    assert r["schema_version"] == 2 and r["tool"] == "pmsm-run" and r["mode"] == "exact"
+    assert r["schema_version"] == 3 and r["tool"] == "pmsm-run" and r["mode"] == "exact"
     assert r["timesteps"] == 2 and r["samples"] == 4
     a, b = r["layers"]
     # per image at each step: A 40/4 = 10, 60/4 = 15; B 20/4 = 5, 10/4 = 2.5
@@ -364,6 +364,59 @@ def test_format_tables_and_plot(tmp_path):
     no_labels = summarize(two_layer_info(), COUNTS, 4, 2)
     assert "no labels" in rep.format_tables(no_labels)
     assert [p.rsplit("/", 1)[-1] for p in rep.plot(no_labels, tmp_path / "p2")] == ["spikes_per_layer.png"]
+
+
+def wrapped_info(dense=(40, 6), bookkeeping=(12, 4)) -> SNNInfo:
+    # the two layers above, plus a MatMul of two activations (40 MACs per step, 12 bookkeeping ops from
+    # t = 2 on) and a MaxPool (6 comparisons, 4 bookkeeping ops), and 100 MACs on the network input
+    info = two_layer_info()
+    info.static_macs = 100
+    info.wrappers = [Wrapper("mm", "MatMul", False, dense_ops=dense[0], bookkeeping_ops=bookkeeping[0]),
+                     Wrapper("pool", "MaxPool", True, dense_ops=dense[1], bookkeeping_ops=bookkeeping[1])]
+    return info
+
+
+def test_hand_computed_work():
+    r = summarize(wrapped_info(), COUNTS, 4, 2, counters_sum_by_t_layer=COUNTERS, counter_names=NAMES)
+    check_hand_example(r)  # nothing else changes
+    mm, pool = r["wrappers"]
+    assert (mm["name"], mm["op"], mm["homogeneous"], pool["homogeneous"]) == ("mm", "MatMul", False, True)
+    assert (mm["dense_ops_per_step"], mm["bookkeeping_ops_per_step"]) == (40, 12)
+    # over T = 2: the op at both steps, the bookkeeping at t = 2 only: 2·40 + 12 = 92; 2·6 + 4 = 16
+    assert mm["dense_ops"] == 92 and pool["dense_ops"] == 16
+    w = r["work"]
+    assert w["dense_ops"] == 108 and w["dense_ops_step_1"] == 46 and w["dense_ops_per_later_step"] == 62
+    assert w["static_macs"] == 100
+    # spikes rule: 243.75 SOPs (above) of 243.75 + 108 + 100 = 451.75; events rule: 176.25 of 384.25
+    assert w["sops"] == pytest.approx(243.75) and w["event_sops"] == pytest.approx(176.25)
+    assert w["neuromorphic_share"]["spikes"] == pytest.approx(243.75 / 451.75)
+    assert w["neuromorphic_share"]["events"] == pytest.approx(176.25 / 384.25)
+    assert "recompile" not in w["note"] and json.loads(json.dumps(r)) == r
+    # T = 3 (a silent third step): 3·40 + 2·12 = 144 and 3·6 + 2·4 = 26
+    three = summarize(wrapped_info(), np.vstack([COUNTS, [[0, 0]]]), 4, 3)
+    assert [row["dense_ops"] for row in three["wrappers"]] == [144, 26] and three["work"]["dense_ops"] == 170
+    text = rep.format_tables(r)
+    assert "dense operations per temporal wrapper" in text
+    lines = text.splitlines()
+    assert next(line for line in lines if line.startswith("mm ")).split() == ["mm", "MatMul", "40", "12", "92"]
+    assert next(line for line in lines if line.startswith("total ") and "%" not in line and line.split()[-1] ==
+                "108").split() == ["total", "46", "16", "108"]
+    assert "neuromorphic share of the work: 53.96% (spikes rule), 45.87% (events rule)" in text
+
+
+def test_work_of_a_model_compiled_before_the_counts():
+    """A record without the dense counts or the static MACs: the counts and shares are null, the note
+    says why; a model without wrappers has no dense wrapper work."""
+    r = summarize(wrapped_info(dense=(None, 6), bookkeeping=(None, 4)), COUNTS, 4, 2)
+    assert r["wrappers"][0]["dense_ops"] is None and r["wrappers"][1]["dense_ops"] == 16
+    w = r["work"]
+    assert w["dense_ops"] is None and w["neuromorphic_share"] == {"spikes": None, "events": None}
+    assert "unknown for mm" in w["note"] and "recompile" in w["note"]
+    assert "n/a" in rep.format_tables(r)
+    plain = summarize(two_layer_info(), COUNTS, 4, 2)  # no wrappers, no static_macs recorded
+    assert plain["wrappers"] == [] and plain["work"]["dense_ops"] == 0
+    assert plain["work"]["neuromorphic_share"]["spikes"] is None and "static MACs unknown" in plain["work"]["note"]
+    assert "dense operations per temporal wrapper" not in rep.format_tables(plain)
 
 
 @pytest.mark.parametrize("timesteps", [0, -1, 10**9])
