@@ -1,0 +1,172 @@
+"""A trained PQA ViT's figures on the test set (issue 19) → a Markdown section for docs/results.md.
+
+    python bench/vit_results.py --model models/vit_cifar_pqa_cifar10.onnx --data ../shared/data/cifar10 \
+        [--max-t 16] [--limit N] [--batch-size 100] [--out docs/results_vit.md] [--figure docs/figures/vit_accuracy_vs_t.png] \
+        [--json vit_results.json]
+
+The sibling of bench/reproduce_paper.py for a transformer. For the model, compiled in exact and in
+folded mode through the pipeline `pmsm-compile` runs (each verified at T = 1), and run by the
+runtime over T = 1..max_t (input repeated each step, outputs averaged), beside its quantized ANN:
+
+- accuracy against T for the ANN and both compiles, table and plot;
+- T = 1: the prediction agreement with the ANN (exact mode: the lossless claim, every image) and
+  folded mode's flip rate (images whose prediction changes);
+- the drift: how far each compile's accuracy is from the ANN's at each T, and the largest;
+- the work per image, synaptic operations against the temporal wrappers' dense operations
+  (report key ``work``), at T = 1 and at max_t.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MODES = ("exact", "folded")
+
+
+def run_mode(path: str, mode: str, dataset, max_t: int, batch_size: int) -> dict:
+    from pmsm_compiler.data.prepare import resolve_normalization
+    from pmsm_compiler.pipeline import compile_and_verify
+    from pmsm_compiler.runtime import SNNSession, run_dataset
+    from pmsm_compiler.sessions import make_session
+
+    start = time.perf_counter()
+    compiled = compile_and_verify(path, mode, samples=32)
+    compiled.raise_if_failed(os.path.basename(path))
+    mean, std = resolve_normalization("auto", compiled.info)
+    report = run_dataset(SNNSession(compiled.model), dataset, max_t, batch_size, mean, std,
+                         ann_session=make_session(compiled.ann), progress=sys.stderr.isatty(),
+                         model=os.path.basename(path))
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    return report
+
+
+def pct(x):
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def count(x):
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def summarize(reports: dict, max_t: int) -> dict:
+    exact = reports["exact"]
+    ann = exact["ann_accuracy"]
+    drift = {mode: [a - ann for a in r["accuracy_by_t"]] for mode, r in reports.items()}
+    return {
+        "ann_accuracy": ann,
+        "samples": exact["samples"],
+        "accuracy_by_t": {mode: r["accuracy_by_t"] for mode, r in reports.items()},
+        "t1_agreement": {mode: r["t1_prediction_agreement"] for mode, r in reports.items()},
+        "folded_t1_flip_rate": 1.0 - reports["folded"]["t1_prediction_agreement"],
+        "drift_by_t": drift,
+        "largest_drift": {mode: max(d, key=abs) for mode, d in drift.items()},
+        "work": {mode: r.get("work") for mode, r in reports.items()},
+        "spikes_per_image_t1": {mode: r["spikes_per_image_by_t"][0] for mode, r in reports.items()},
+        "max_t": max_t,
+        "wall_s": {mode: r["wall_s"] for mode, r in reports.items()},
+    }
+
+
+def markdown(summary: dict, model: str, command: str, figure: str | None) -> str:
+    acc, agree = summary["accuracy_by_t"], summary["t1_agreement"]
+    lines = [f"## A PQA ViT on CIFAR-10 ({os.path.basename(model)})", "",
+             f"Produced by `{command}` on {datetime.date.today().isoformat()}: {summary['samples']} test images, "
+             f"T = 1..{summary['max_t']} (input repeated each step, outputs averaged).", "",
+             f"- ANN (onnxruntime): {pct(summary['ann_accuracy'])} %.",
+             f"- T = 1, exact mode: {pct(acc['exact'][0])} %, the ANN's prediction on {pct(agree['exact'])} % of the "
+             "images (the lossless claim).",
+             f"- T = 1, folded mode: {pct(acc['folded'][0])} %, flip rate {pct(summary['folded_t1_flip_rate'])} % "
+             "of the images.",
+             f"- Largest gap to the ANN over T: exact {100 * summary['largest_drift']['exact']:+.2f} points, folded "
+             f"{100 * summary['largest_drift']['folded']:+.2f} points.", ""]
+    if figure:
+        lines += [f"![accuracy vs T]({os.path.relpath(figure, os.path.join(ROOT, 'docs'))})", ""]
+    lines += ["| T | ANN (%) | SNN exact (%) | SNN folded (%) |", "|---|---|---|---|"]
+    for t in range(1, summary["max_t"] + 1):
+        lines.append(f"| {t} | {pct(summary['ann_accuracy'])} | {pct(acc['exact'][t - 1])} | "
+                     f"{pct(acc['folded'][t - 1])} |")
+    work = summary["work"]["exact"]
+    if work:
+        share = work["neuromorphic_share"]
+        lines += ["", f"Work per image over T = {summary['max_t']} (exact compile; `pmsm-run --json` key `work`):", "",
+                  "| kind | operations / image |", "|---|---|",
+                  f"| synaptic, spikes rule (neuromorphic) | {count(work['sops'])} |",
+                  f"| synaptic, events rule (neuromorphic) | {count(work['event_sops'])} |",
+                  f"| dense: temporal wrappers (LayerNorm, Softmax, MatMul of two activations) | "
+                  f"{count(work['dense_ops'])} |",
+                  f"| dense: MACs on the network input | {count(work['static_macs'])} |",
+                  f"| neuromorphic share (spikes / events rule) | {pct(share['spikes'])} % / {pct(share['events'])} % |"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts = list(range(1, summary["max_t"] + 1))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.axhline(100 * summary["ann_accuracy"], color="k", ls="--", label="ANN")
+    for mode, marker in (("exact", "o-"), ("folded", "s-")):
+        ax.plot(ts, [100 * a for a in summary["accuracy_by_t"][mode]], marker, label=f"SNN, {mode} mode")
+    ax.set_xlabel("timesteps T")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    from pmsm_compiler.runtime.report import _save_png
+
+    _save_png(fig, path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="the PQA ViT (ONNX)")
+    ap.add_argument("--data", required=True, help="folder with test.npz (or anything pmsm-run --data takes)")
+    ap.add_argument("--max-t", type=int, default=16)
+    ap.add_argument("--limit", type=int, default=None, help="N evenly spaced test images only (quick check)")
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--out", help="write the Markdown section here")
+    ap.add_argument("--figure", help="write the accuracy-vs-T plot here (PNG)")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    if args.max_t < 1:
+        ap.error("--max-t must be >= 1")
+    if not os.path.isfile(args.model):
+        ap.error(f"no such model: {args.model}")
+    from pmsm_compiler.data import load_dataset
+
+    test_npz = os.path.join(args.data, "test.npz")
+    dataset = load_dataset(test_npz if os.path.isfile(test_npz) else args.data)
+    if args.limit:  # CIFAR's test set is sorted by class: an evenly spaced subset, not the first N
+        import numpy as np
+
+        idx = np.linspace(0, len(dataset) - 1, args.limit).round().astype(int)
+        dataset.x, dataset.y = dataset.x[idx], dataset.y[idx]
+    reports = {mode: run_mode(args.model, mode, dataset, args.max_t, args.batch_size) for mode in MODES}
+    summary = summarize(reports, args.max_t)
+    command = "python bench/vit_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.figure:
+        plot(summary, args.figure)
+    text = markdown(summary, args.model, command, args.figure)
+    print(text)
+    if args.out:
+        from pmsm_compiler.files import save_text_atomic
+
+        save_text_atomic(text, args.out)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"summary": summary, "reports": reports}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

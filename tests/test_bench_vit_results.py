@@ -1,0 +1,58 @@
+"""bench/vit_results.py on a tiny PQA ViT (random weights, λ calibrated on images) and 20 bundled
+images: both compiles run, exact mode agrees with the ANN on every image at T = 1, and every figure
+of the Markdown section comes from the summary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench_scripts import load_bench_script
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    from pmsm_compiler.data import NORMALIZATIONS, load_bundled_sample
+    from pmsm_compiler.training.export import export_onnx
+    from pmsm_compiler.training.trainer import Normalizer
+    from pmsm_compiler.training.zoo import build_model
+    from pmsm_compiler.training.zoo.vit import calibrate_lambdas
+
+    torch.manual_seed(0)
+    net = build_model("vit_tiny", act="pqa").eval()
+    x = Normalizer(*NORMALIZATIONS["cifar10"])(torch.from_numpy(load_bundled_sample().x[:32]))
+    calibrate_lambdas(net, x)
+    path = str(tmp_path_factory.mktemp("vit") / "vit_tiny.onnx")
+    export_onnx(net, path)
+    return path
+
+
+def test_vit_results_small(tiny_vit, tmp_path):
+    bench = load_bench_script("vit_results")
+    out, js, fig = tmp_path / "vit.md", tmp_path / "vit.json", tmp_path / "vit.png"
+    assert bench.main(["--model", tiny_vit, "--data", "bundled", "--limit", "20", "--max-t", "3",
+                       "--batch-size", "10", "--out", str(out), "--json", str(js), "--figure", str(fig)]) == 0
+    summary = json.loads(js.read_text())["summary"]
+    assert summary["samples"] == 20 and summary["max_t"] == 3
+    assert summary["t1_agreement"]["exact"] == 1.0  # the lossless claim, checked exactly
+    assert summary["accuracy_by_t"]["exact"][0] == summary["ann_accuracy"]
+    assert summary["folded_t1_flip_rate"] == pytest.approx(1 - summary["t1_agreement"]["folded"])
+    for mode in ("exact", "folded"):
+        assert len(summary["accuracy_by_t"][mode]) == 3
+        assert summary["drift_by_t"][mode] == pytest.approx([a - summary["ann_accuracy"]
+                                                             for a in summary["accuracy_by_t"][mode]])
+    work = summary["work"]["exact"]
+    assert work["dense_ops"] > 0 and work["sops"] > 0  # LayerNorm/Softmax/MatMul wrappers and spikes
+    text = out.read_text()
+    assert f"{100 * summary['ann_accuracy']:.2f} %" in text and text.count("\n| ") >= 3 + 6
+    assert fig.stat().st_size > 0
+
+
+def test_vit_results_refuses_a_missing_model(tmp_path):
+    bench = load_bench_script("vit_results")
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--model", str(tmp_path / "nope.onnx"), "--data", "bundled"])
+    assert exc.value.code == 2
