@@ -75,18 +75,31 @@ def numel(shape) -> int:
     return n
 
 
-_counter = {"n": 0}
+_TAKEN = "_pmsm_taken_names"
+
+
+def forget_names(graph) -> None:
+    """Drop the name set ``fresh`` keeps on ``graph`` (the pass manager does, before every pass)."""
+    vars(graph).pop(_TAKEN, None)  # vars(): gs.Graph's __getattr__ logs an error for a missing attribute
 
 
 def fresh(graph, base: str) -> str:
-    """A tensor/node name not used in the graph."""
-    names = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
-    if base not in names:
-        return base
-    i = 1
-    while f"{base}_{i}" in names:
+    """A tensor/node name not used in the graph: ``base``, else ``base_1``, ``base_2``, ...
+
+    The graph's tensor and node names are collected once per pass and kept on the graph, with
+    every name handed out since added: one walk over the graph per pass instead of one per call
+    (quadratic in the nodes: 8 of 9.7 s of a ViT-S compile). A name a pass frees stays taken until
+    the next pass, which can only skip a free name, never hand out a used one.
+    """
+    names = vars(graph).get(_TAKEN)
+    if names is None:
+        names = vars(graph)[_TAKEN] = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+    name, i = base, 0
+    while name in names:
         i += 1
-    return f"{base}_{i}"
+        name = f"{base}_{i}"
+    names.add(name)
+    return name
 
 
 def make_const(graph, base: str, value, dtype=np.float32) -> gs.Constant:
