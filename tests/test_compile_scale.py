@@ -81,3 +81,58 @@ def test_passes_walk_the_graph_a_fixed_number_of_times(monkeypatch, tmp_path):
         assert len(compile_model(model, mode="folded").info.layers) == blocks
         counts[blocks] = len(walks)
     assert counts[8] == counts[2], counts
+
+
+# ---------------------------------------------------------------------------------------------
+# the checker and shape inference on a weight-free skeleton (pmsm_compiler.weights)
+
+
+def _weight_bytes(model) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def test_skeleton_infers_what_the_whole_model_infers(tmp_path):
+    from pmsm_compiler import weights
+    from pmsm_compiler.loading import load_model
+
+    model = chain_model(3, channels=16)
+    skel = weights.skeleton(model)
+    assert _weight_bytes(skel) < weights.STRIP_BYTES * 4 < _weight_bytes(model) / 4
+    stripped = [t.name for t in model.graph.initializer if weights.strippable(t)]
+    assert stripped == ["w0", "w1", "w2"]  # 1,728 and 9,216 bytes; the λ and fc.w (640 bytes) stay
+    onnx.save(model, tmp_path / "m.onnx")
+    loaded = load_model(tmp_path / "m.onnx")
+    whole = onnx.shape_inference.infer_shapes(onnx.load(tmp_path / "m.onnx"), check_type=True, strict_mode=True,
+                                              data_prop=True)
+    assert loaded.SerializeToString() == whole.SerializeToString()
+
+
+def test_the_checker_and_shape_inference_never_see_the_weights(tmp_path, monkeypatch):
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.loading import load_model
+
+    model = chain_model(4, channels=32)
+    onnx.save(model, tmp_path / "m.onnx")
+    seen = []
+    check, infer = onnx.checker.check_model, onnx.shape_inference.infer_shapes
+    monkeypatch.setattr(onnx.checker, "check_model", lambda m, *a, **k: seen.append(m.ByteSize()) or check(m, *a, **k))
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes",
+                        lambda m, *a, **k: seen.append(m.ByteSize()) or infer(m, *a, **k))
+    compile_model(load_model(tmp_path / "m.onnx"), mode="folded")
+    assert len(seen) >= 3 and max(seen) < _weight_bytes(model) / 4, seen
+
+
+@pytest.mark.parametrize("delta", [-4, 4])
+def test_a_large_weight_of_the_wrong_size_is_refused_in_one_line(tmp_path, delta):
+    from pmsm_compiler.errors import InputError
+    from pmsm_compiler.loading import load_model
+
+    model = chain_model(2, channels=16)
+    w = model.graph.initializer[2]
+    assert w.name == "w1"
+    w.raw_data = bytes(len(w.raw_data) + delta)
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(InputError, match=r"^invalid ONNX model .*: ONNX checker: TensorProto \(tensor name: w1\) raw_data "
+                                         rf"size \({9216 + delta} bytes\) does not match the declared shape and type "
+                                         r"\(9216 bytes required\)$"):
+        load_model(tmp_path / "m.onnx")
