@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from pmsm_compiler import __version__
+from pmsm_compiler import __version__, weights
 from pmsm_compiler.errors import UnsupportedModelError
 from pmsm_compiler.metadata import get_metadata
 from pmsm_compiler.onnx_utils import downstream, tensor_flow
@@ -149,7 +149,7 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
         info.normalization = exported["normalization"]
     _copy_metadata(model, snn)
     try:
-        onnx.checker.check_model(snn, full_check=True)
+        weights.checked_and_inferred(snn, infer=False)  # without the weights: see pmsm_compiler.weights
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise UnsupportedModelError(f"internal error: the compiled model fails the ONNX checker: "
                                     f"{' '.join(str(exc).split())[:300]}") from None
