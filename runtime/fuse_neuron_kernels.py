@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from pmsm_compiler.onnx_utils import const_value
+from pmsm_compiler.onnx_utils import const_value, import_graph
 
 KERNEL_DOMAIN = "pmsm.kernels"
 # neurons.c sums |k| over blocks of 2^20 neurons in 32-bit integers: exact for |k| <= 1024 (the
@@ -157,7 +157,7 @@ def fuse_neuron_kernels(graph: gs.Graph, domain: str = "pmsm") -> tuple[gs.Graph
 
 def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[str]]:
     """``fuse_neuron_kernels`` on a ModelProto: (new model, fused layers, notes)."""
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     graph, notes = fuse_neuron_kernels(graph)
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version

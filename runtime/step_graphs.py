@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from pmsm_compiler.onnx_utils import downstream, node_dag, tensor_flow
+from pmsm_compiler.onnx_utils import downstream, import_graph, node_dag, tensor_flow
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.neurons import FINAL_STEP_OPS, final_step_functions
 from pmsm_compiler.snn_format import SNNInfo
@@ -37,7 +37,7 @@ def split_static_prologue(model: onnx.ModelProto, info: SNNInfo):
     The prologue maps the network input to the *boundary* tensors: static tensors read by
     state-dependent nodes. The step model reads those instead of recomputing them.
     """
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     input_names = {i.name for i in info.inputs}
     dynamic = {s.input for s in info.states}
     if info.time_input:
@@ -105,7 +105,7 @@ def split_static_prologue(model: onnx.ModelProto, info: SNNInfo):
 
 def without_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     """``model`` without graph output ``name`` and the nodes that only fed it."""
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     graph.outputs = [t for t in graph.outputs if t.name != name]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     out = gs.export_onnx(graph)
@@ -130,7 +130,7 @@ def step_variant(step: onnx.ModelProto, info: SNNInfo, first: bool, last: bool) 
     ``*Final`` functions without the reset (onnxruntime inlines a function's whole body, so an
     unused output would still be computed). At T = 1 the single step is both first and last.
     """
-    graph = gs.import_onnx(step)
+    graph = import_graph(step)
     if first:
         tensors = graph.tensors()
         for state in info.states:

@@ -136,3 +136,20 @@ def test_a_large_weight_of_the_wrong_size_is_refused_in_one_line(tmp_path, delta
                                          rf"size \({9216 + delta} bytes\) does not match the declared shape and type "
                                          r"\(9216 bytes required\)$"):
         load_model(tmp_path / "m.onnx")
+
+
+def test_compiling_and_verifying_change_neither_the_ann_nor_the_snn(tmp_path):
+    """onnx-graphsurgeon's exporter appended new domains to the opset_import of the model a graph
+    was imported from: compile_model added 'pmsm' to a Q/DQ ANN, and the verification's fused
+    kernels added 'pmsm.kernels' to the SNN it verified, which was then written."""
+    from hostile_corpus import qdq_model
+
+    from pmsm_compiler.pipeline import compile_and_verify, load_ann
+
+    onnx.save(qdq_model(), tmp_path / "q.onnx")
+    ann = load_ann(tmp_path / "q.onnx")
+    before = ann.SerializeToString()
+    unchecked = compile_and_verify(ann, "folded", check=False).model
+    snn = compile_and_verify(ann, "folded")
+    assert snn.passed and ann.SerializeToString() == before
+    assert [o.domain for o in snn.model.opset_import] == [o.domain for o in unchecked.opset_import] == ["", "pmsm"]
