@@ -75,11 +75,16 @@ def tensor_flow(nodes, skip=None) -> nx.DiGraph:
 
 
 def downstream(flow: nx.DiGraph, sources) -> set[str]:
-    """``sources`` and every tensor computed from one of them in ``flow``."""
+    """``sources`` and every tensor computed from one of them in ``flow``: one walk from all the
+    sources together, each tensor visited once (a walk per source was quadratic: the SNN's
+    states are sources, one per neuron layer)."""
     reached = set(sources)
-    for source in sources:
-        if source in flow:
-            reached |= nx.descendants(flow, source)
+    stack = [s for s in reached if s in flow]
+    while stack:
+        for succ in flow.successors(stack.pop()):
+            if succ not in reached:
+                reached.add(succ)
+                stack.append(succ)
     return reached
 
 
