@@ -34,7 +34,9 @@ session at every optimization level, since an integer kernel rounds its accumula
 and would make a correct SNN fail from the "extended" level on.
 
 Batches follow the model's declared batch: a model with a fixed batch dimension B is fed batches
-of exactly B (the last one padded, its padding discarded); a dynamic batch uses ``batch_size``.
+of exactly B (the last one padded, its padding discarded); a dynamic batch uses ``batch_size`` or
+fewer samples, so that one batch's layer outputs stay within ``BATCH_BYTES``
+(``verification_batch``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,23 @@ from pmsm_compiler.onnx_utils import downstream, node_dag, tensor_flow, with_out
 from pmsm_compiler.runtime import SNNSession
 from pmsm_compiler.sessions import declared_batch, make_session, onnxruntime_errors, padded_batches
 from pmsm_compiler.snn_format import SNNInfo
+
+
+#: The most bytes of neuron-layer outputs a batch of a model with a dynamic batch may have. The
+#: verification holds several copies of them at once (the ANN's levels, the SNN's spikes, the values
+#: fed to the tail, onnxruntime's buffers): at 32 samples, ViT-S's 15 MB per sample peaked at 4.5 GiB.
+BATCH_BYTES = 64 * 2**20
+
+
+def verification_batch(info: SNNInfo, batch_size: int = 32) -> int:
+    """The batch the verification runs: the model's declared batch when it is fixed, else
+    ``batch_size`` samples or as many fewer (at least 1) as keep the float32 outputs of all its
+    neuron layers within ``BATCH_BYTES`` (ResNet-20, VGG-16: 32; ViT-S: 4)."""
+    fixed = declared_batch(info.inputs[0].shape)
+    if fixed:
+        return fixed
+    per_sample = 4 * sum(layer.neurons or 0 for layer in info.layers)
+    return max(1, min(batch_size, BATCH_BYTES // per_sample if per_sample else batch_size))
 
 
 @dataclass
@@ -170,7 +189,7 @@ def random_inputs(info: SNNInfo, samples: int, seed: int = 0) -> np.ndarray:
 ONNX_REFERENCE_SAMPLES = 2
 
 
-def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, batch) -> dict:
+def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, fixed_batch) -> dict:
     """The reference ANN in ``onnx.reference`` (the ONNX specification's own evaluator, numpy)
     against onnxruntime's float simulation of it, on a few samples: that the engine the
     verification trusts computes the model's ONNX semantics. Information only: the two engines
@@ -179,7 +198,7 @@ def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, batch) -> 
     from onnx.reference import ReferenceEvaluator
 
     xs = x[:ONNX_REFERENCE_SAMPLES]
-    xb, n = next(padded_batches(xs, batch)) if batch != 32 or len(xs) > batch else (xs, len(xs))
+    xb, n = next(padded_batches(xs, fixed_batch)) if fixed_batch else (xs, len(xs))
     ort_out = dict(zip([o.name for o in ann_sess.get_outputs()], ann_sess.run(None, {input_name: xb})))[output][:n]
     record = {"what": "onnx.reference on the reference ANN vs onnxruntime's float simulation (information only)",
               "samples": int(n)}
@@ -240,7 +259,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     top1_same = 0
     top1_compared = 0  # top-1 applies only to a [batch, classes] first output
     deployed_same, deployed_diff = 0, 0.0
-    batch = declared_batch(info.inputs[0].shape) or batch_size
+    batch = verification_batch(info, batch_size)
     for xb, n in padded_batches(x, batch):
         a = dict(zip(ann_names, ann_sess.run(None, {input_name: xb})))
         s = runtime.run_first_step(xb, spikes)
@@ -273,7 +292,8 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
             deployed_diff = max(deployed_diff, float(np.abs(d[first][:n].astype(np.float64) - s[first][:n]).max()))
             if d[first].ndim == 2:
                 deployed_same += int((d[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
-    onnx_reference = _cross_check_onnx_reference(ann, ann_sess, x, input_name, outputs[0], batch) \
+    onnx_reference = _cross_check_onnx_reference(ann, ann_sess, x, input_name, outputs[0],
+                                                 declared_batch(info.inputs[0].shape)) \
         if has_qdq else None
     per_layer = []
     for j, layer in enumerate(layers):

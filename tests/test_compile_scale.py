@@ -153,3 +153,47 @@ def test_compiling_and_verifying_change_neither_the_ann_nor_the_snn(tmp_path):
     snn = compile_and_verify(ann, "folded")
     assert snn.passed and ann.SerializeToString() == before
     assert [o.domain for o in snn.model.opset_import] == [o.domain for o in unchecked.opset_import] == ["", "pmsm"]
+
+
+# ---------------------------------------------------------------------------------------------
+# verification: batches sized by memory, only the sessions it needs
+
+
+def _compiled(tmp_path, blocks=2, channels=8, mode="folded"):
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.loading import load_model
+
+    onnx.save(chain_model(blocks, channels=channels), tmp_path / "m.onnx")
+    ann = load_model(tmp_path / "m.onnx")
+    return ann, compile_model(ann, mode=mode)
+
+
+def test_verification_batch_keeps_the_layer_outputs_within_the_budget(tmp_path, monkeypatch):
+    from pmsm_compiler import verify
+
+    _, compiled = _compiled(tmp_path)
+    info = compiled.info
+    per_sample = 4 * sum(layer.neurons for layer in info.layers)  # 2 layers of 8x8x8 floats: 4 KiB
+    assert per_sample == 4096
+    assert verify.verification_batch(info) == 32
+    monkeypatch.setattr(verify, "BATCH_BYTES", 3 * per_sample + 1)
+    assert verify.verification_batch(info) == 3
+    monkeypatch.setattr(verify, "BATCH_BYTES", 1)
+    assert verify.verification_batch(info) == 1
+    info.inputs[0].shape = [5, *info.inputs[0].shape[1:]]
+    assert verify.verification_batch(info) == 5  # a declared batch is the batch
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_the_verification_report_does_not_depend_on_the_batch(tmp_path, monkeypatch, mode):
+    from pmsm_compiler import verify
+
+    ann, compiled = _compiled(tmp_path, mode=mode)
+    x = verify.random_inputs(compiled.info, 13, 0)
+    whole = verify.verify(ann, compiled, x, mode=mode)
+    monkeypatch.setattr(verify, "BATCH_BYTES", 3 * 4096)
+    small = verify.verify(ann, compiled, x, mode=mode)
+    assert (whole["batch"], small["batch"]) == (32, 3)
+    whole.pop("batch"), small.pop("batch")
+    assert small == whole and whole["passed"]
+
