@@ -182,7 +182,9 @@ def states_safe_in_place(step: onnx.ModelProto, info: SNNInfo) -> set[str]:
     """
     from onnx import inliner
 
-    graph = inliner.inline_local_functions(step).graph
+    from pmsm_compiler.weights import skeleton
+
+    graph = inliner.inline_local_functions(skeleton(step)).graph  # the nodes only: no copy of the weights
     nodes = list(graph.node)
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute):
         return set()

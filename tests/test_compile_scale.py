@@ -138,23 +138,6 @@ def test_a_large_weight_of_the_wrong_size_is_refused_in_one_line(tmp_path, delta
         load_model(tmp_path / "m.onnx")
 
 
-def test_compiling_and_verifying_change_neither_the_ann_nor_the_snn(tmp_path):
-    """onnx-graphsurgeon's exporter appended new domains to the opset_import of the model a graph
-    was imported from: compile_model added 'pmsm' to a Q/DQ ANN, and the verification's fused
-    kernels added 'pmsm.kernels' to the SNN it verified, which was then written."""
-    from hostile_corpus import qdq_model
-
-    from pmsm_compiler.pipeline import compile_and_verify, load_ann
-
-    onnx.save(qdq_model(), tmp_path / "q.onnx")
-    ann = load_ann(tmp_path / "q.onnx")
-    before = ann.SerializeToString()
-    unchecked = compile_and_verify(ann, "folded", check=False).model
-    snn = compile_and_verify(ann, "folded")
-    assert snn.passed and ann.SerializeToString() == before
-    assert [o.domain for o in snn.model.opset_import] == [o.domain for o in unchecked.opset_import] == ["", "pmsm"]
-
-
 # ---------------------------------------------------------------------------------------------
 # verification: batches sized by memory, only the sessions it needs
 
@@ -197,3 +180,39 @@ def test_the_verification_report_does_not_depend_on_the_batch(tmp_path, monkeypa
     whole.pop("batch"), small.pop("batch")
     assert small == whole and whole["passed"]
 
+
+def test_a_first_step_run_builds_only_the_sessions_it_runs(tmp_path, monkeypatch):
+    """SNNSession built every middle-step session (a copy of the weights in onnxruntime) and the
+    in-place analysis at construction; the verification's T = 1 step needs neither."""
+    from pmsm_compiler.runtime import SNNSession
+    from pmsm_compiler.runtime import session as session_module
+
+    _, compiled = _compiled(tmp_path)
+    built, analysed = [], []
+    make = session_module.make_session
+    monkeypatch.setattr(session_module, "make_session", lambda m, *a, **k: built.append(1) or make(m, *a, **k))
+    analyse = session_module.states_safe_in_place
+    monkeypatch.setattr(session_module, "states_safe_in_place", lambda *a: analysed.append(1) or analyse(*a))
+    snn = SNNSession(compiled.model)
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    first = snn.run_first_step(x, [layer.spike_tensor for layer in compiled.info.layers])
+    assert len(built) == 1 + (snn.prologue is not None) and not analysed
+    three = snn.run_batch(x, 3)  # a longer run builds what it needs then
+    assert analysed and np.array_equal(three.predictions_by_t[0], first[compiled.info.outputs[0]].argmax(1))
+
+
+def test_compiling_and_verifying_change_neither_the_ann_nor_the_snn(tmp_path):
+    """onnx-graphsurgeon's exporter appended new domains to the opset_import of the model a graph
+    was imported from: compile_model added 'pmsm' to a Q/DQ ANN, and the verification's fused
+    kernels added 'pmsm.kernels' to the SNN it verified, which was then written."""
+    from hostile_corpus import qdq_model
+
+    from pmsm_compiler.pipeline import compile_and_verify, load_ann
+
+    onnx.save(qdq_model(), tmp_path / "q.onnx")
+    ann = load_ann(tmp_path / "q.onnx")
+    before = ann.SerializeToString()
+    unchecked = compile_and_verify(ann, "folded", check=False).model
+    snn = compile_and_verify(ann, "folded")
+    assert snn.passed and ann.SerializeToString() == before
+    assert [o.domain for o in snn.model.opset_import] == [o.domain for o in unchecked.opset_import] == ["", "pmsm"]
