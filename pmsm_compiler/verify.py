@@ -90,6 +90,19 @@ def check_runs(model: onnx.ModelProto, x: np.ndarray, opt_level: str = "all", wh
         session.run(None, {session.get_inputs()[0].name: x})
 
 
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """Whether the main graph quantizes with QuantizeLinear/DequantizeLinear (which onnxruntime
+    fuses into integer kernels unless told not to)."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def reference_session(compiled, opt_level: str = "all", providers=None, threads: int = 0):
+    """The verification's ANN session: the reference ANN (``compiled.reference``) with every
+    quantizer output also a graph output, Q/DQ as float simulation."""
+    return make_session(with_outputs(compiled.reference, [l.ann_output for l in compiled.info.layers]), opt_level,
+                        providers, threads, qdq_fusion=False)
+
+
 def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
     """The ANN with every quantizer output (``layer.ann_output``) cut out and made a graph
     input: it computes the network outputs from given activation levels. Nodes that only fed the
@@ -224,7 +237,10 @@ def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, fixed_batc
 
 def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all", mode: str | None = None,
            policy: VerificationPolicy | None = None, batch_size: int = 32, data_label: str = "random",
-           providers=None, threads: int = 0) -> dict:
+           providers=None, threads: int = 0, ann_session=None) -> dict:
+    """The T = 1 verification report (see the module docstring). ``ann_session``: the
+    ``reference_session`` when the caller built it already (``pipeline`` does, to run its check on
+    it instead of building a session of the ANN for that alone)."""
     info = compiled.info
     mode = mode or info.mode
     policy = policy or VerificationPolicy()
@@ -235,16 +251,16 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     ann = getattr(compiled, "reference", None) or given  # constants evaluated as in the SNN
     # What a deployment of the quantized ANN computes (onnxruntime's default: Q/DQ fused into
     # integer kernels), compared for information only.
-    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in given.graph.node)
+    quantized = has_qdq(given)
     deployed_sess, deployed_unavailable = None, None
-    if has_qdq:
+    if quantized:
         try:
             with onnxruntime_errors("the input model with Q/DQ fused"):
                 deployed_sess = make_session(given, opt_level, providers, threads)
         except InputError as exc:  # information only: onnxruntime's own QDQ rewrite failing says nothing of the SNN
             deployed_unavailable = str(exc)
-    ann_sess = make_session(with_outputs(ann, [l.ann_output for l in layers]), opt_level, providers, threads,
-                            qdq_fusion=False)
+    ann_sess = ann_session or make_session(with_outputs(ann, [l.ann_output for l in layers]), opt_level, providers,
+                                           threads, qdq_fusion=False)
     tail_sess = make_session(teacher_forced_tail(ann, layers), opt_level, providers, threads, qdq_fusion=False)
     # the SNN as the runtime runs the one step of T = 1 (static prologue, fused kernels, ...)
     runtime = SNNSession(compiled.model, opt_level=opt_level, providers=providers, threads=threads)
@@ -294,7 +310,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                 deployed_same += int((d[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
     onnx_reference = _cross_check_onnx_reference(ann, ann_sess, x, input_name, outputs[0],
                                                  declared_batch(info.inputs[0].shape)) \
-        if has_qdq else None
+        if quantized else None
     per_layer = []
     for j, layer in enumerate(layers):
         rate = float(agree[j] / total[j]) if total[j] else 1.0
@@ -339,7 +355,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         "reference": ("the input model with its computed constants evaluated" if ann is not given
                       else "the input model"),
         "onnx_reference": onnx_reference,
-        "deployed_ann": None if not has_qdq else {
+        "deployed_ann": None if not quantized else {
             "what": "the input model in onnxruntime with Q/DQ fused into integer kernels (information only)",
             "top1_agreement": deployed_same / top1_compared if top1_compared and deployed_sess else None,
             "max_abs_diff": deployed_diff if deployed_sess else None,

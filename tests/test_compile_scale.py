@@ -216,3 +216,18 @@ def test_compiling_and_verifying_change_neither_the_ann_nor_the_snn(tmp_path):
     snn = compile_and_verify(ann, "folded")
     assert snn.passed and ann.SerializeToString() == before
     assert [o.domain for o in snn.model.opset_import] == [o.domain for o in unchecked.opset_import] == ["", "pmsm"]
+
+
+def test_the_check_runs_on_the_verifications_own_ann_session(tmp_path, monkeypatch):
+    """The check that onnxruntime runs the ANN built a session of the ANN for one sample, then the
+    verification built its own: one onnxruntime copy of the weights too many."""
+    from pmsm_compiler import verify
+    from pmsm_compiler.pipeline import compile_and_verify
+
+    onnx.save(chain_model(2), tmp_path / "m.onnx")
+    built = []
+    make = verify.make_session
+    monkeypatch.setattr(verify, "make_session", lambda m, *a, **k: built.append(len(m.graph.output)) or make(m, *a, **k))
+    result = compile_and_verify(tmp_path / "m.onnx", "folded")
+    assert result.passed
+    assert sorted(built) == [1, 3]  # the tail (the logits) and the ANN with its 2 quantizer outputs
