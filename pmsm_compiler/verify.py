@@ -57,15 +57,17 @@ from pmsm_compiler.snn_format import SNNInfo
 
 
 #: The most bytes of neuron-layer outputs a batch of a model with a dynamic batch may have. The
-#: verification holds several copies of them at once (the ANN's levels, the SNN's spikes, the values
-#: fed to the tail, onnxruntime's buffers): at 32 samples, ViT-S's 15 MB per sample peaked at 4.5 GiB.
-BATCH_BYTES = 64 * 2**20
+#: verification holds about eight copies of them at once (the ANN's levels and the SNN's spikes in
+#: onnxruntime's arenas and as arrays, the values fed to the tail, temporaries): at 32 samples,
+#: ViT-S's 15 MB per sample peaked at 4.5 GiB; each sample of a batch costs it ~120 MB. Smaller
+#: batches cost no measurable time here (ViT-S, ANN and SNN at batch 1 and 4: the same CPU time).
+BATCH_BYTES = 16 * 2**20
 
 
 def verification_batch(info: SNNInfo, batch_size: int = 32) -> int:
     """The batch the verification runs: the model's declared batch when it is fixed, else
     ``batch_size`` samples or as many fewer (at least 1) as keep the float32 outputs of all its
-    neuron layers within ``BATCH_BYTES`` (ResNet-20, VGG-16: 32; ViT-S: 4)."""
+    neuron layers within ``BATCH_BYTES`` (ResNet-20: 22, VGG-16: 14, ViT-S: 1)."""
     fixed = declared_batch(info.inputs[0].shape)
     if fixed:
         return fixed
