@@ -231,3 +231,20 @@ def test_the_check_runs_on_the_verifications_own_ann_session(tmp_path, monkeypat
     result = compile_and_verify(tmp_path / "m.onnx", "folded")
     assert result.passed
     assert sorted(built) == [1, 3]  # the tail (the logits) and the ANN with its 2 quantizer outputs
+
+
+@pytest.mark.parametrize("shape,factor_shape", [((300, 40, 3, 3), ()), ((300, 40, 3, 3), (300, 1, 1, 1)),
+                                                ((500, 300), (1, 300)), ((500, 300), (500, 1)), ((7,), ()),
+                                                ((3, 4), (2, 3, 4))])
+@pytest.mark.parametrize("reciprocal", [False, True])
+def test_times_in_float64_rounds_as_one_float64_product(shape, factor_shape, reciprocal):
+    """The weight folding computes in float64 by blocks of rows: bit for bit the whole product."""
+    from pmsm_compiler.passes.graph_utils import times_in_float64
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(shape).astype(np.float32)
+    factor = rng.uniform(0.1, 3.0, factor_shape) if factor_shape else 0.7310585786300049
+    v = w.astype(np.float64)
+    expected = (((1.0 / v) if reciprocal else v) * factor).astype(np.float32)
+    got = times_in_float64(w, factor, reciprocal=reciprocal)
+    assert got.shape == expected.shape and got.dtype == np.float32 and got.tobytes() == expected.tobytes()
