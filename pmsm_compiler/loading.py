@@ -809,11 +809,16 @@ def load_model(
         set_input_shapes(model, input_shapes)
 
     if external_bytes:
+        external = [t for t, _ in _all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
         try:
+            # each tensor's bytes read once, straight into its raw_data
             onnx.load_external_data_for_model(model, base_dir)
         except (onnx.checker.ValidationError, ValueError, OSError) as exc:
             message = _validation_message(exc)
             raise _fail(f"cannot load external data of {path}: {message}") from None
+        for t in external:  # as the inline model has it: no explicit DEFAULT location
+            t.ClearField("data_location")
+        del external
         if model.ByteSize() >= PROTOBUF_LIMIT:
             raise _fail(
                 f"model {path} with its external data is {format_bytes(model.ByteSize())}; models "

@@ -3,6 +3,8 @@ and no step holds a second copy of the weights it does not need."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -248,3 +250,61 @@ def test_times_in_float64_rounds_as_one_float64_product(shape, factor_shape, rec
     expected = (((1.0 / v) if reciprocal else v) * factor).astype(np.float32)
     got = times_in_float64(w, factor, reciprocal=reciprocal)
     assert got.shape == expected.shape and got.dtype == np.float32 and got.tobytes() == expected.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# external data
+
+
+def _without_times(model) -> bytes:
+    import json
+
+    from pmsm_compiler.snn_format import SNN_METADATA_KEY
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for prop in out.metadata_props:
+        if prop.key == SNN_METADATA_KEY:
+            record = json.loads(prop.value)
+            record["pass_seconds"], record["compile_seconds"] = {}, 0
+            prop.value = json.dumps(record)
+    return out.SerializeToString()
+
+
+def _read_bytes() -> int:
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_a_model_with_external_data_compiles_to_the_inline_models_snn(tmp_path, mode):
+    from pmsm_compiler.pipeline import compile_and_verify
+
+    model = chain_model(3, channels=16)
+    onnx.save(model, tmp_path / "inline.onnx")
+    (tmp_path / "ext").mkdir()
+    onnx.save(model, tmp_path / "ext" / "m.onnx", save_as_external_data=True, location="m.onnx.data",
+              size_threshold=1024)
+    assert (tmp_path / "ext" / "m.onnx").stat().st_size < 4096  # the weights are in m.onnx.data
+    inline = compile_and_verify(tmp_path / "inline.onnx", mode)
+    external = compile_and_verify(tmp_path / "ext" / "m.onnx", mode)
+    assert external.ann.SerializeToString() == inline.ann.SerializeToString()
+    assert _without_times(external.model) == _without_times(inline.model)
+    assert external.verification == inline.verification and external.passed
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts the bytes read in /proc/self/io (Linux)")
+def test_external_weights_are_read_once(tmp_path):
+    """The bytes the process reads while it loads, compiles and verifies a model whose weights are
+    external: the weights once, and nothing of the size of the weights a second time."""
+    from pmsm_compiler.pipeline import compile_and_verify
+
+    model = chain_model(3, channels=96)
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=1024)
+    data = (tmp_path / "m.onnx.data").stat().st_size
+    assert data > 600_000
+    compile_and_verify(tmp_path / "m.onnx", "folded")  # the first compile also builds the fused kernels
+    before = _read_bytes()
+    assert compile_and_verify(tmp_path / "m.onnx", "folded").passed
+    read = _read_bytes() - before
+    assert data <= read < data + 200_000, (read, data)
