@@ -44,7 +44,8 @@ class PipelineResult:
 
     ``ann``: the loaded source model; ``compiled``: the ``compiler.CompiledModel`` (``.model`` the
     SNN's ONNX, ``.info`` its record); ``verification``: the T = 1 report of ``verify.verify``
-    (``{"passed": None, "skipped": True}`` without a check); ``seconds``: wall time of the chain.
+    (``{"passed": None, "skipped": True}`` without a check); ``seconds``: wall time of the chain,
+    ``phase_seconds`` of its steps.
     """
 
     ann: onnx.ModelProto
@@ -52,6 +53,10 @@ class PipelineResult:
     mode: str
     verification: dict = field(default_factory=lambda: dict(SKIPPED))
     seconds: float = 0.0
+    #: wall seconds of each step: "load" (reading, checks, shape inference), "compile" (the passes,
+    #: export and check of the SNN), "verify" (the check that onnxruntime runs the ANN and the T = 1
+    #: verification, sessions included)
+    phase_seconds: dict = field(default_factory=dict)
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -145,7 +150,9 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
         ann, what = model, what or "the model"
     else:
         ann, what = load_ann(model, max_bytes=max_bytes, input_shapes=input_shapes), what or os.fspath(model)
+    loaded = time.perf_counter()
     compiled = compile_model(ann, mode=mode)
+    compiled_at = time.perf_counter()
     info = compiled.info
     if check:  # the inputs first: their refusals (size, type) are cheaper than a run
         x, label = verification_inputs(info, data=data, samples=samples, seed=seed, normalization=normalization)
@@ -166,4 +173,7 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
         verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode,
                               policy=policy or VerificationPolicy(), data_label=label, providers=providers,
                               threads=threads, ann_session=ann_session)
-    return PipelineResult(ann, compiled, mode, verification, time.perf_counter() - start)
+    end = time.perf_counter()
+    phases = {"load": round(loaded - start, 3), "compile": round(compiled_at - loaded, 3),
+              "verify": round(end - compiled_at, 3)}
+    return PipelineResult(ann, compiled, mode, verification, end - start, phases)
