@@ -9,34 +9,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from pmsm_compiler.ops import add_functions
-from pmsm_compiler.ops.quantizers import quantizer_functions
 from pmsm_compiler.passes.graph_utils import forget_names, fresh
-
-
-def chain_model(blocks: int, channels: int = 8, side: int = 8, seed: int = 0) -> onnx.ModelProto:
-    """x [N, 3, side, side] → (Conv 3x3 → pmsm::PQA) × blocks → GlobalAveragePool → Flatten → Gemm(10)."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, src, cin = [], [], "x", 3
-    for b in range(blocks):
-        w = (rng.standard_normal((channels, cin, 3, 3)) / np.sqrt(9 * cin)).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"w{b}"), numpy_helper.from_array(np.float32(2 + b % 3), f"lam{b}")]
-        nodes += [helper.make_node("Conv", [src, f"w{b}"], [f"c{b}"], name=f"conv{b}", pads=[1, 1, 1, 1]),
-                  helper.make_node("PQA", [f"c{b}", f"lam{b}"], [f"q{b}"], name=f"act{b}", domain="pmsm", L=8,
-                                   alpha=-0.25, beta=1.0)]
-        src, cin = f"q{b}", channels
-    inits.append(numpy_helper.from_array(rng.standard_normal((10, channels)).astype(np.float32), "fc.w"))
-    nodes += [helper.make_node("GlobalAveragePool", [src], ["p"], name="gap"),
-              helper.make_node("Flatten", ["p"], ["f"], name="flat"),
-              helper.make_node("Gemm", ["f", "fc.w"], ["y"], name="fc", transB=1)]
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, side, side])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-    model.ir_version = 10
-    add_functions(model, quantizer_functions())
-    return model
+from tiny_models import chain_model
 
 
 def _graph():
@@ -134,9 +109,9 @@ def test_a_large_weight_of_the_wrong_size_is_refused_in_one_line(tmp_path, delta
     assert w.name == "w1"
     w.raw_data = bytes(len(w.raw_data) + delta)
     onnx.save(model, tmp_path / "m.onnx")
-    with pytest.raises(InputError, match=r"^invalid ONNX model .*: ONNX checker: TensorProto \(tensor name: w1\) raw_data "
-                                         rf"size \({9216 + delta} bytes\) does not match the declared shape and type "
-                                         r"\(9216 bytes required\)$"):
+    message = (r"^invalid ONNX model .*: ONNX checker: TensorProto \(tensor name: w1\) raw_data "
+               rf"size \({9216 + delta} bytes\) does not match the declared shape and type \(9216 bytes required\)$")
+    with pytest.raises(InputError, match=message):
         load_model(tmp_path / "m.onnx")
 
 
@@ -229,7 +204,8 @@ def test_the_check_runs_on_the_verifications_own_ann_session(tmp_path, monkeypat
     onnx.save(chain_model(2), tmp_path / "m.onnx")
     built = []
     make = verify.make_session
-    monkeypatch.setattr(verify, "make_session", lambda m, *a, **k: built.append(len(m.graph.output)) or make(m, *a, **k))
+    monkeypatch.setattr(verify, "make_session",
+                        lambda m, *a, **k: built.append(len(m.graph.output)) or make(m, *a, **k))
     result = compile_and_verify(tmp_path / "m.onnx", "folded")
     assert result.passed
     assert sorted(built) == [1, 3]  # the tail (the logits) and the ANN with its 2 quantizer outputs
