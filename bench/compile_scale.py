@@ -3,7 +3,7 @@ ViT depth and width sweep, each compile in its own process.
 
     python bench/compile_scale.py [--models resnet20,vgg16,vit_s] [--depths 3,6,12,24 --dim 384]
         [--widths 192,384,768 --depth 12] [--mode folded] [--samples 64] [--repeats 1]
-        [--models-dir DIR] [--json PATH]
+        [--models-dir DIR] [--python PYTHON] [--json PATH]
 
 Every model is a zoo model with PQA activations and random λ in [2, 10] (seed 0), exported to ONNX
 by ``pmsm_compiler.training.export.export_onnx`` in a process of its own (``--models-dir`` keeps the
@@ -105,18 +105,20 @@ def _exported(config: dict, models_dir: str) -> tuple[str, dict]:
         return path, json.load(f)
 
 
-def compile_once(path: str, out_dir: str, mode: str, samples: int) -> dict:
-    """One ``pmsm-compile`` in a fresh process: wall, CPU and peak memory from the outside, its
-    report's phases."""
+def compile_once(path: str, out_dir: str, mode: str, samples: int, python: str | None = None) -> dict:
+    """One ``pmsm-compile`` in a fresh process of ``python`` (default: this interpreter): wall, CPU
+    and peak memory from the outside, its report's phases (an older pmsm-compile without
+    ``phase_seconds``: "total", its load + compile + verify)."""
     report_path = os.path.join(out_dir, "report.json")
     out = os.path.join(out_dir, "model.snn.onnx")
     for p in (report_path, out):
         if os.path.exists(p):
             os.remove(p)
-    cmd = [sys.executable, "-c", "from pmsm_compiler.cli import compile_main; compile_main()", path, "-o", out,
-           "--mode", mode, "--samples", str(samples), "--json", report_path, "-q"]
+    cmd = [python or sys.executable, "-c", "from pmsm_compiler.cli import compile_main; compile_main()",
+           os.path.abspath(path), "-o", out, "--mode", mode, "--samples", str(samples), "--json", report_path, "-q"]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # cwd: in a checkout's own folder, ``python -c`` would import that checkout's pmsm_compiler/
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=out_dir)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -126,7 +128,7 @@ def compile_once(path: str, out_dir: str, mode: str, samples: int) -> dict:
         raise RuntimeError(f"pmsm-compile {path} exited {proc.returncode}: {err[-500:]}")
     with open(report_path) as f:
         report = json.load(f)
-    phases = report["phase_seconds"]
+    phases = report.get("phase_seconds") or {"total": report["total_seconds"]}
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_bytes": usage.ru_maxrss * 1024,
             "phases": {**phases, "startup": max(0.0, wall - sum(phases.values()))},
             "verification_passed": report["verification"]["passed"], "batch": report["verification"].get("batch")}
@@ -175,10 +177,11 @@ def table(rows: list[dict]) -> str:
     lines = [head]
     for r in rows:
         p = r["phases"]
+        steps = " ".join(f"{p[k]:>{w}.2f}" if k in p else f"{'-':>{w}}"
+                         for k, w in (("startup", 7), ("load", 5), ("compile", 7), ("verify", 6), ("save", 5)))
         lines.append(f"{r['label']:<16} {r['file_bytes'] / 2**20:>8.1f} {r['nodes']:>6} {r['wall_s']:>7.2f} "
-                     f"{r['cpu_s']:>6.2f} {p['startup']:>7.2f} {p['load']:>5.2f} {p['compile']:>7.2f} "
-                     f"{p['verify']:>6.2f} {p.get('save', 0.0):>5.2f} {r['peak_bytes'] / 2**20:>8.0f} "
-                     f"{r['peak_over_file']:>9.1f}  {_target(r)}")
+                     f"{r['cpu_s']:>6.2f} {steps} {r['peak_bytes'] / 2**20:>8.0f} {r['peak_over_file']:>9.1f}  "
+                     f"{_target(r)}")
     return "\n".join(lines)
 
 
@@ -207,6 +210,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=64, help="verification samples (pmsm-compile's default)")
     ap.add_argument("--repeats", type=int, default=1, help="compiles per model; the one of median wall time is kept")
     ap.add_argument("--models-dir", help="where the exported models are kept (default: a temporary folder)")
+    ap.add_argument("--python", help="the Python that runs pmsm-compile (default: this one), e.g. the environment of "
+                                     "another checkout, for a before/after comparison")
     ap.add_argument("--json")
     ap.add_argument("--export", nargs=3, metavar=("KIND", "KWARGS", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -219,12 +224,12 @@ def main(argv=None) -> int:
     if args.repeats < 1 or args.samples < 1:
         ap.error("--repeats and --samples must be >= 1")
     with tempfile.TemporaryDirectory() as tmp:
-        models_dir = args.models_dir or os.path.join(tmp, "models")
+        models_dir = os.path.abspath(args.models_dir or os.path.join(tmp, "models"))
         os.makedirs(models_dir, exist_ok=True)
         rows = []
         for config in configurations(args):
             path, facts = _exported(config, models_dir)
-            runs = sorted((compile_once(path, tmp, args.mode, args.samples) for _ in range(args.repeats)),
+            runs = sorted((compile_once(path, tmp, args.mode, args.samples, args.python) for _ in range(args.repeats)),
                           key=lambda r: r["wall_s"])
             run = runs[len(runs) // 2]
             row = {"label": config["label"], "sweeps": config["sweeps"], **config["kwargs"], **facts, **run,
@@ -233,13 +238,14 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{row['label']}: {row['wall_s']:.2f} s, peak {row['peak_bytes'] / 2**20:.0f} MiB", file=sys.stderr)
     lin = linearity(rows)
-    print(f"pmsm-compile ({args.mode}, {args.samples} verification samples), one process per compile, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(f"pmsm-compile ({args.mode}, {args.samples} verification samples) of {args.python or sys.executable}, "
+          f"one process per compile, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     print(table(rows))
     print(linearity_text(lin))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"mode": args.mode, "samples": args.samples, "cpus": os.cpu_count(), "rows": rows,
+            json.dump({"mode": args.mode, "samples": args.samples, "python": args.python or sys.executable,
+                       "cpus": os.cpu_count(), "load_average": os.getloadavg(), "rows": rows,
                        "linearity": lin, "targets": TARGETS}, f, indent=1)
     return 0
 
