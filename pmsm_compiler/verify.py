@@ -101,8 +101,9 @@ def has_qdq(model: onnx.ModelProto) -> bool:
 def reference_session(compiled, opt_level: str = "all", providers=None, threads: int = 0):
     """The verification's ANN session: the reference ANN (``compiled.reference``) with every
     quantizer output also a graph output, Q/DQ as float simulation."""
-    return make_session(with_outputs(compiled.reference, [l.ann_output for l in compiled.info.layers]), opt_level,
-                        providers, threads, qdq_fusion=False)
+    # serialized before the session is built: the model copy is freed while onnxruntime builds
+    data = with_outputs(compiled.reference, [l.ann_output for l in compiled.info.layers]).SerializeToString()
+    return make_session(data, opt_level, providers, threads, qdq_fusion=False)
 
 
 def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
@@ -261,9 +262,11 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                 deployed_sess = make_session(given, opt_level, providers, threads)
         except InputError as exc:  # information only: onnxruntime's own QDQ rewrite failing says nothing of the SNN
             deployed_unavailable = str(exc)
-    ann_sess = ann_session or make_session(with_outputs(ann, [l.ann_output for l in layers]), opt_level, providers,
-                                           threads, qdq_fusion=False)
-    tail_sess = make_session(teacher_forced_tail(ann, layers), opt_level, providers, threads, qdq_fusion=False)
+    # each model serialized before its session is built: its copy is freed while onnxruntime builds
+    ann_sess = ann_session or make_session(with_outputs(ann, [l.ann_output for l in layers]).SerializeToString(),
+                                           opt_level, providers, threads, qdq_fusion=False)
+    tail_sess = make_session(teacher_forced_tail(ann, layers).SerializeToString(), opt_level, providers, threads,
+                             qdq_fusion=False)
     # the SNN as the runtime runs the one step of T = 1 (static prologue, fused kernels, ...)
     runtime = SNNSession(compiled.model, opt_level=opt_level, providers=providers, threads=threads)
     spikes = [l.spike_tensor for l in layers]

@@ -186,17 +186,21 @@ class SNNSession:
         return {"used": bool(self.kernels), "layers_fused": self.fused_layers, "reason": reason,
                 "unfused": list(self.unfused_notes)}
 
-    def _make_step_session(self, model: onnx.ModelProto):
+    def _step_bytes(self, model: onnx.ModelProto) -> bytes:
+        """The serialized step model that a step session runs: with the fused neuron kernels."""
         if self.kernels:
             from .fuse_neuron_kernels import fuse_model
 
             model, fused, notes = fuse_model(model)
             self._fused_layers = max(self._fused_layers, fused)
             self._unfused_notes = sorted(set(self._unfused_notes) | set(notes))
+        return model.SerializeToString()
+
+    def _make_step_session(self, data: bytes):
         # qdq_fusion off: an SNN's DequantizeLinear (exact mode's output op of a Q/DQ neuron) stands
         # for k·s; integer-kernel fusion has nothing to gain there, and can fail on it (onnxruntime
         # 1.32 at opset 21: QuantizeLinear(int8) → DQ → Reshape)
-        return make_session(model, self._opt_level, self.providers, self._threads, shared_arena=True, qdq_fusion=False,
+        return make_session(data, self._opt_level, self.providers, self._threads, shared_arena=True, qdq_fusion=False,
                             priority_order=self.priority_order, custom_ops_library=self.kernels)
 
     def session_for(self, first: bool, last: bool, extra_outputs: tuple = ()):
@@ -208,7 +212,9 @@ class SNNSession:
             variant = self._step_model if plain else step_variant(self._step_model, self.info, first, last)
             if extra_outputs:
                 variant = with_outputs(variant, extra_outputs)
-            self._variants[key] = self._make_step_session(variant)
+            data = self._step_bytes(variant)
+            del variant  # onnxruntime builds the session from the bytes alone: one copy of the weights fewer
+            self._variants[key] = self._make_step_session(data)
         return self._variants[key]
 
     def run_first_step(self, x: np.ndarray, extra_outputs=()) -> dict:
