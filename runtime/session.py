@@ -36,11 +36,10 @@ import onnx
 
 from pmsm_compiler.errors import InputError
 from pmsm_compiler.limits import check_timesteps
-from pmsm_compiler.onnx_utils import with_outputs
 from pmsm_compiler.sessions import declared_batch, make_session, padded_batches
 from pmsm_compiler.snn_format import DataInput, read_snn_info
 
-from .step_graphs import split_static_prologue, states_safe_in_place, step_variant, without_output
+from .step_graphs import export_variant, split_static_prologue, states_safe_in_place, variant_graph, without_output
 
 
 @dataclass
@@ -186,15 +185,41 @@ class SNNSession:
         return {"used": bool(self.kernels), "layers_fused": self.fused_layers, "reason": reason,
                 "unfused": list(self.unfused_notes)}
 
+    def _note_fusion(self, fused: int, notes: list[str]) -> None:
+        self._fused_layers = max(self._fused_layers, fused)
+        self._unfused_notes = sorted(set(self._unfused_notes) | set(notes))
+
     def _step_bytes(self, model: onnx.ModelProto) -> bytes:
-        """The serialized step model that a step session runs: with the fused neuron kernels."""
+        """The serialized middle-step model that its session runs: with the fused neuron kernels."""
         if self.kernels:
             from .fuse_neuron_kernels import fuse_model
 
             model, fused, notes = fuse_model(model)
-            self._fused_layers = max(self._fused_layers, fused)
-            self._unfused_notes = sorted(set(self._unfused_notes) | set(notes))
+            self._note_fusion(fused, notes)
         return model.SerializeToString()
+
+    def _variant_bytes(self, first: bool, last: bool, extra_outputs: tuple) -> bytes:
+        """The serialized step variant (``step_variant``) with ``extra_outputs`` also outputs and the
+        fused neuron kernels: every rewrite on one imported graph, exported once."""
+        graph = variant_graph(self._step_model, self.info, first, last)
+        if extra_outputs:  # as onnx_utils.with_outputs adds them: float32 unless the graph knows better
+            tensors = graph.tensors()
+            present = {t.name for t in graph.outputs}
+            for name in dict.fromkeys(extra_outputs):
+                if name not in present:
+                    if tensors[name].dtype is None:
+                        tensors[name].dtype = np.float32
+                    graph.outputs.append(tensors[name])
+        fused = 0
+        if self.kernels:
+            from .fuse_neuron_kernels import fuse_neuron_kernels, fused_layers
+
+            graph, notes = fuse_neuron_kernels(graph)
+            fused = fused_layers(graph)
+            self._note_fusion(fused, notes)
+        from .fuse_neuron_kernels import with_kernel_domain
+
+        return with_kernel_domain(export_variant(graph, self._step_model, last), fused).SerializeToString()
 
     def _make_step_session(self, data: bytes):
         # qdq_fusion off: an SNN's DequantizeLinear (exact mode's output op of a Q/DQ neuron) stands
@@ -209,11 +234,8 @@ class SNNSession:
         key = (first, last, tuple(extra_outputs))
         if key not in self._variants:
             plain = not (first or last or extra_outputs)
-            variant = self._step_model if plain else step_variant(self._step_model, self.info, first, last)
-            if extra_outputs:
-                variant = with_outputs(variant, extra_outputs)
-            data = self._step_bytes(variant)
-            del variant  # onnxruntime builds the session from the bytes alone: one copy of the weights fewer
+            # the model copies are freed before onnxruntime builds the session from the bytes
+            data = self._step_bytes(self._step_model) if plain else self._variant_bytes(first, last, extra_outputs)
             self._variants[key] = self._make_step_session(data)
         return self._variants[key]
 

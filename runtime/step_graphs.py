@@ -114,7 +114,22 @@ def without_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 
 def step_variant(step: onnx.ModelProto, info: SNNInfo, first: bool, last: bool) -> onnx.ModelProto:
-    """The step model specialised for where it runs in time.
+    """The step model specialised for where it runs in time (``variant_graph``, exported)."""
+    return export_variant(variant_graph(step, info, first, last), step, last)
+
+
+def export_variant(graph: gs.Graph, step: onnx.ModelProto, last: bool) -> onnx.ModelProto:
+    """A ``variant_graph`` of ``step`` (rewritten further or not) as a model."""
+    model = gs.export_onnx(graph)
+    model.ir_version = step.ir_version
+    if last:
+        add_functions(model, final_step_functions())
+    del model.metadata_props[:]
+    return model
+
+
+def variant_graph(step: onnx.ModelProto, info: SNNInfo, first: bool, last: bool) -> gs.Graph:
+    """The step graph specialised for where it runs in time.
 
     first: every state still holds its initial value, so the state inputs become constant
     scalars (½ for membranes, 0 for wrapper sums) — the same values the broadcast initial
@@ -149,12 +164,7 @@ def step_variant(step: onnx.ModelProto, info: SNNInfo, first: bool, last: bool) 
                 node.op = FINAL_STEP_OPS[node.op]
                 node.outputs = node.outputs[:1]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    model = gs.export_onnx(graph)
-    model.ir_version = step.ir_version
-    if last:
-        add_functions(model, final_step_functions())
-    del model.metadata_props[:]
-    return model
+    return graph
 
 
 def _bypass_wrappers(graph, info: SNNInfo) -> None:
