@@ -153,12 +153,15 @@ def linearity(rows: list[dict]) -> dict | None:
     nodes = [r["nodes"] for r in sweep]
     mb = [r["weight_bytes"] / 2**20 for r in sweep]
     time_fit = linear_fit(nodes, [r["wall_s"] for r in sweep])
+    cpu_fit = linear_fit(nodes, [r["cpu_s"] for r in sweep])
     memory_fit = linear_fit(mb, [r["peak_bytes"] / 2**20 for r in sweep])
     points = [{"label": r["label"], "nodes": r["nodes"], "weight_mb": m,
                "ms_per_node": 1000 * (r["wall_s"] - time_fit["fixed"]) / r["nodes"],
+               "cpu_ms_per_node": 1000 * (r["cpu_s"] - cpu_fit["fixed"]) / r["nodes"],
                "mib_per_weight_mb": (r["peak_bytes"] / 2**20 - memory_fit["fixed"]) / m}
               for r, m in zip(sweep, mb)]
-    return {"time_vs_nodes": time_fit, "peak_mib_vs_weight_mb": memory_fit, "points": points}
+    return {"time_vs_nodes": time_fit, "cpu_vs_nodes": cpu_fit, "peak_mib_vs_weight_mb": memory_fit,
+            "points": points}
 
 
 def _target(row) -> str:
@@ -188,13 +191,17 @@ def table(rows: list[dict]) -> str:
 def linearity_text(lin: dict | None) -> str:
     if lin is None:
         return "linearity: fewer than two depths"
-    t, m = lin["time_vs_nodes"], lin["peak_mib_vs_weight_mb"]
-    lines = [f"linearity over the depths: wall = {t['fixed']:.2f} s + {1000 * t['per_unit']:.2f} ms/node "
-             f"(worst residual {100 * t['worst_residual']:.1f} %); peak = {m['fixed']:.0f} MiB + "
-             f"{m['per_unit']:.2f} MiB per MB of weights (worst residual {100 * m['worst_residual']:.1f} %)"]
+    t, c, m = lin["time_vs_nodes"], lin["cpu_vs_nodes"], lin["peak_mib_vs_weight_mb"]
+    lines = ["linearity over the depths (least squares; residual: worst |point - fit| / point):",
+             f"  wall = {t['fixed']:.2f} s + {1000 * t['per_unit']:.2f} ms/node (residual "
+             f"{100 * t['worst_residual']:.1f} %); cpu = {c['fixed']:.2f} s + {1000 * c['per_unit']:.2f} ms/node "
+             f"(residual {100 * c['worst_residual']:.1f} %)",
+             f"  peak = {m['fixed']:.0f} MiB + {m['per_unit']:.2f} MiB per MB of weights (residual "
+             f"{100 * m['worst_residual']:.1f} %)"]
     for p in lin["points"]:
-        lines.append(f"  {p['label']:<16} {p['nodes']:>6} nodes {p['weight_mb']:>7.1f} MB: "
-                     f"{p['ms_per_node']:.2f} ms/node, {p['mib_per_weight_mb']:.2f} MiB/MB beyond the fixed cost")
+        lines.append(f"  {p['label']:<16} {p['nodes']:>6} nodes {p['weight_mb']:>7.1f} MB: beyond the fixed costs "
+                     f"{p['ms_per_node']:.1f} ms/node wall, {p['cpu_ms_per_node']:.1f} ms/node cpu, "
+                     f"{p['mib_per_weight_mb']:.2f} MiB per MB")
     return "\n".join(lines)
 
 
