@@ -38,7 +38,7 @@ from pmsm_compiler.ops import DOMAIN
 from pmsm_compiler.ops.neurons import NEURON_OPS
 from pmsm_compiler.ops.supported import AFFINE_REAL, METADATA_OPS, TRANSPARENT_ALL, TRANSPARENT_FIRST
 
-from .graph_utils import PassRefusal, const_value, fresh, make_const
+from .graph_utils import PassRefusal, const_value, fresh, make_const, times_in_float64
 
 
 def _close(a, b):
@@ -312,9 +312,7 @@ def _rewrite_weights(graph, node, w_factor: float, b_factor: float):
     w = const_value(node.inputs[wi])
     if op == "Div":
         node.op = "Mul"
-        new_w = (1.0 / w.astype(np.float64)) * w_factor
-    else:
-        new_w = w.astype(np.float64) * w_factor
+    new_w = times_in_float64(w, w_factor, reciprocal=op == "Div")
     node.inputs[wi] = make_const(graph, f"{node.inputs[wi].name}_folded", new_w, dtype=w.dtype)
     # Gemm's alpha scales A·B and beta scales C: both commute with the factors above.
     if op in ("Conv", "Gemm") and _present(node, 2) and const_value(node.inputs[2]) is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import const_value, fresh, is_weight_shared, make_const, producer
+from .graph_utils import const_value, fresh, is_weight_shared, make_const, producer, times_in_float64
 
 
 def _bn_factors(bn):
@@ -63,16 +63,16 @@ def _try_fold(graph, bn) -> str | None:
     if lin.op == "Conv":
         if w.shape[0] != a.size:
             return "channel count mismatch"
-        w2 = w.astype(np.float64) * a.reshape((-1,) + (1,) * (w.ndim - 1))
+        w2 = times_in_float64(w, a.reshape((-1,) + (1,) * (w.ndim - 1)))
     elif lin.op == "Gemm":
         if lin.attrs.get("transA", 0) or float(lin.attrs.get("alpha", 1.0)) != 1.0 or \
                 float(lin.attrs.get("beta", 1.0)) != 1.0:
             return "Gemm with transA/alpha/beta is not folded"
-        w2 = w.astype(np.float64) * (a[:, None] if lin.attrs.get("transB", 0) else a[None, :])
+        w2 = times_in_float64(w, a[:, None] if lin.attrs.get("transB", 0) else a[None, :])
     else:
         if w.ndim != 2 or bn.inputs[0].shape is None or len(bn.inputs[0].shape) != 2:
             return "MatMul is folded only for 2-D activations"
-        w2 = w.astype(np.float64) * a[None, :]
+        w2 = times_in_float64(w, a[None, :])
     b2 = a * bias + shift
     lin.inputs[1] = make_const(graph, lin.inputs[1].name + "_bn", w2, dtype=w.dtype)
     new_bias = make_const(graph, (bias_t.name if bias_t is not None else lin.name + ".bias") + "_bn", b2,

@@ -75,18 +75,60 @@ def numel(shape) -> int:
     return n
 
 
-_counter = {"n": 0}
+_TAKEN = "_pmsm_taken_names"
+
+
+def forget_names(graph) -> None:
+    """Drop the name set ``fresh`` keeps on ``graph`` (the pass manager does, before every pass)."""
+    vars(graph).pop(_TAKEN, None)  # vars(): gs.Graph's __getattr__ logs an error for a missing attribute
 
 
 def fresh(graph, base: str) -> str:
-    """A tensor/node name not used in the graph."""
-    names = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
-    if base not in names:
-        return base
-    i = 1
-    while f"{base}_{i}" in names:
+    """A tensor/node name not used in the graph: ``base``, else ``base_1``, ``base_2``, ...
+
+    The graph's tensor and node names are collected once per pass and kept on the graph, with
+    every name handed out since added: one walk over the graph per pass instead of one per call
+    (quadratic in the nodes: 8 of 9.7 s of a ViT-S compile). A name a pass frees stays taken until
+    the next pass, which can only skip a free name, never hand out a used one.
+    """
+    names = vars(graph).get(_TAKEN)
+    if names is None:
+        names = vars(graph)[_TAKEN] = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+    name, i = base, 0
+    while name in names:
         i += 1
-    return f"{base}_{i}"
+        name = f"{base}_{i}"
+    names.add(name)
+    return name
+
+
+#: elements per block of ``times_in_float64``
+_BLOCK = 1 << 16
+
+
+def times_in_float64(w: np.ndarray, factor, *, reciprocal: bool = False, dtype=None) -> np.ndarray:
+    """``w · factor`` (``(1 / w) · factor`` with ``reciprocal``) computed in float64 and rounded to
+    ``dtype`` (default ``w``'s): the same elementwise operations as
+    ``(w.astype(np.float64) * factor).astype(dtype)``, a block of rows of ``w`` at a time. The
+    float64 intermediates of a whole weight are four times its size in fresh memory: folding VGG-16's
+    128 MB of weights spent most of its time in the page faults of them.
+
+    ``factor``: a scalar or an array that broadcasts to ``w``'s shape (e.g. one value per output
+    channel, [C, 1, 1, 1])."""
+    w = np.asarray(w)
+    factor = np.asarray(factor, dtype=np.float64)
+    if w.ndim == 0 or w.size <= _BLOCK or np.broadcast_shapes(w.shape, factor.shape) != w.shape:
+        v = w.astype(np.float64)
+        return (((1.0 / v) if reciprocal else v) * factor).astype(dtype or w.dtype)
+    out = np.empty(w.shape, dtype or w.dtype)
+    f = np.broadcast_to(factor, w.shape) if factor.ndim else factor
+    rows = max(1, _BLOCK // max(1, w[0].size))
+    for i in range(0, w.shape[0], rows):
+        v = w[i:i + rows].astype(np.float64)
+        if reciprocal:
+            np.divide(1.0, v, out=v)
+        out[i:i + rows] = v * (f[i:i + rows] if f.ndim else f)
+    return out
 
 
 def make_const(graph, base: str, value, dtype=np.float32) -> gs.Constant:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
-from .graph_utils import PassRefusal
+from .graph_utils import PassRefusal, forget_names
 
 
 @dataclass
@@ -60,6 +60,7 @@ class PassManager:
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         for p in self.passes:
             start = time.perf_counter()
+            forget_names(graph)  # names the last pass freed are free again
             graph = p(graph, ctx) or graph
             graph.cleanup(remove_unused_graph_inputs=False).toposort()
             check_graph(graph, p.__name__)

@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from pmsm_compiler import __version__
+from pmsm_compiler import __version__, weights
 from pmsm_compiler.errors import UnsupportedModelError
 from pmsm_compiler.metadata import get_metadata
-from pmsm_compiler.onnx_utils import downstream, tensor_flow
+from pmsm_compiler.onnx_utils import downstream, import_graph, tensor_flow
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.counters import COUNTERS, counter_functions
 from pmsm_compiler.ops.neurons import NEURON_OPS, neuron_functions
@@ -106,7 +106,7 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     start = time.perf_counter()
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     ctx = PassContext(mode=mode)
     reference = model
     try:
@@ -154,7 +154,7 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
         info.normalization = exported["normalization"]
     _copy_metadata(model, snn)
     try:
-        onnx.checker.check_model(snn, full_check=True)
+        weights.checked_and_inferred(snn, infer=False)  # without the weights: see pmsm_compiler.weights
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise UnsupportedModelError(f"internal error: the compiled model fails the ONNX checker: "
                                     f"{' '.join(str(exc).split())[:300]}") from None
@@ -203,7 +203,7 @@ def strip_counters(model: onnx.ModelProto) -> onnx.ModelProto:
     info = read_snn_info(model)
     if info is None:
         raise ValueError("not a compiled SNN")
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     graph.outputs = [t for t in graph.outputs if t.name != info.counters_output]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     out = gs.export_onnx(graph)

@@ -27,6 +27,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
+from pmsm_compiler import weights
 from pmsm_compiler.errors import InputError, UnsupportedModelError, one_line
 from pmsm_compiler.files import (check_output_path, save_bytes_atomic, save_text_atomic,  # noqa: F401 - re-exported
                                  write_atomic)
@@ -713,7 +714,8 @@ def check_tensor_sizes(model: ModelProto, where: str = "") -> None:
 
 
 def _inline_functions(model: ModelProto, path: str) -> ModelProto:
-    """``model`` with its local functions inlined and shape-inferred, for ``check_tensor_sizes``."""
+    """``model`` (a skeleton: ``weights.skeleton``) with its local functions inlined and
+    shape-inferred, for ``check_tensor_sizes``."""
     from onnx import inliner
 
     try:
@@ -807,36 +809,43 @@ def load_model(
         set_input_shapes(model, input_shapes)
 
     if external_bytes:
+        external = [t for t, _ in _all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
         try:
+            # each tensor's bytes read once, straight into its raw_data
             onnx.load_external_data_for_model(model, base_dir)
         except (onnx.checker.ValidationError, ValueError, OSError) as exc:
             message = _validation_message(exc)
             raise _fail(f"cannot load external data of {path}: {message}") from None
+        for t in external:  # as the inline model has it: no explicit DEFAULT location
+            t.ClearField("data_location")
+        del external
         if model.ByteSize() >= PROTOBUF_LIMIT:
             raise _fail(
                 f"model {path} with its external data is {format_bytes(model.ByteSize())}; models "
                 f"over 2 GiB in total are not supported"
             )
 
+    # The checker and shape inference see the model without its large weights (``weights``):
+    # given the whole model, each serialized it again (VGG-16: 2.4 s and a peak of 6x its size).
     try:
-        onnx.checker.check_model(model, full_check=True)
+        weights.checked_and_inferred(model, infer=False)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
             ValueError, RuntimeError) as exc:  # fmt: skip
         message = _validation_message(exc)
         raise _fail(f"invalid ONNX model {path}: ONNX checker: {message}") from None
     try:
-        model = onnx.shape_inference.infer_shapes(
-            model, check_type=True, strict_mode=True, data_prop=True
-        )
+        inferred = weights.checked_and_inferred(model, check=False)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
             ValueError, RuntimeError) as exc:  # fmt: skip
         raise _fail(
             f"invalid ONNX model {path}: shape inference: {_validation_message(exc)}"
         ) from None
+    weights.merge_inferred(model, inferred)
 
     check_tensor_sizes(model)
     if model.functions:  # the bodies of function ops (pmsm::PQA) run in onnxruntime too
-        check_tensor_sizes(_inline_functions(model, path), " in an inlined function body")
+        check_tensor_sizes(_inline_functions(inferred, path), " in an inlined function body")
+    del inferred
     if static_inputs:
         check_static_shapes(model)
     unique_node_names(model)

@@ -28,6 +28,19 @@ def const_value(tensor) -> np.ndarray | None:
     return None
 
 
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """``gs.import_onnx(model)``, detached from ``model``. onnx-graphsurgeon keeps the model's own
+    ``opset_import`` (and each function's) as the graph's ``import_domains``, and its exporter
+    appends every domain the graph's nodes use there: exporting a rewritten graph added the new
+    domains to the model it was imported from (the verification's fused kernels wrote an import
+    of 'pmsm.kernels' into the compiled SNN it verified, and so into the file written)."""
+    graph = gs.import_onnx(model)
+    for g in [graph, *graph.functions]:
+        if g.import_domains is not None:
+            g.import_domains = [helper.make_opsetid(o.domain, o.version) for o in g.import_domains]
+    return graph
+
+
 def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs the given intermediate tensors."""
     m = onnx.ModelProto()
@@ -62,11 +75,16 @@ def tensor_flow(nodes, skip=None) -> nx.DiGraph:
 
 
 def downstream(flow: nx.DiGraph, sources) -> set[str]:
-    """``sources`` and every tensor computed from one of them in ``flow``."""
+    """``sources`` and every tensor computed from one of them in ``flow``: one walk from all the
+    sources together, each tensor visited once (a walk per source was quadratic: the SNN's
+    states are sources, one per neuron layer)."""
     reached = set(sources)
-    for source in sources:
-        if source in flow:
-            reached |= nx.descendants(flow, source)
+    stack = [s for s in reached if s in flow]
+    while stack:
+        for succ in flow.successors(stack.pop()):
+            if succ not in reached:
+                reached.add(succ)
+                stack.append(succ)
     return reached
 
 

@@ -13,7 +13,8 @@ Steps, each refusing with a one-line error (``InputError`` / ``UnsupportedModelE
    model's training data), or seeded random inputs of the input's element type. They are made
    before any onnxruntime run, so that a refused input size costs no run.
 4. ``verify.check_runs``: onnxruntime runs the ANN at all (the checker accepts some models the
-   engine refuses), on one sample or the batch the model declares.
+   engine refuses), on one sample or the batch the model declares; on the verification's own ANN
+   session when it will run the same model.
 5. ``verify.verify`` at T = 1 under ``VerificationPolicy``. A failed verification does not raise
    here: the report says why, and ``raise_if_failed`` (or the caller) turns it into
    ``VerificationError`` (exit 1).
@@ -43,7 +44,8 @@ class PipelineResult:
 
     ``ann``: the loaded source model; ``compiled``: the ``compiler.CompiledModel`` (``.model`` the
     SNN's ONNX, ``.info`` its record); ``verification``: the T = 1 report of ``verify.verify``
-    (``{"passed": None, "skipped": True}`` without a check); ``seconds``: wall time of the chain.
+    (``{"passed": None, "skipped": True}`` without a check); ``seconds``: wall time of the chain,
+    ``phase_seconds`` of its steps.
     """
 
     ann: onnx.ModelProto
@@ -51,6 +53,10 @@ class PipelineResult:
     mode: str
     verification: dict = field(default_factory=lambda: dict(SKIPPED))
     seconds: float = 0.0
+    #: wall seconds of each step: "load" (reading, checks, shape inference), "compile" (the passes,
+    #: export and check of the SNN), "verify" (the check that onnxruntime runs the ANN and the T = 1
+    #: verification, sessions included)
+    phase_seconds: dict = field(default_factory=dict)
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -134,7 +140,9 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     ``threads`` intra-op threads (0: onnxruntime's default). Returns a :class:`PipelineResult`; a failed
     verification is in its report (``result.passed``), not raised."""
     from pmsm_compiler.compiler import compile_model
-    from pmsm_compiler.verify import VerificationPolicy, check_runs, random_inputs, verify
+    from pmsm_compiler.sessions import onnxruntime_errors
+    from pmsm_compiler.verify import (VerificationPolicy, check_runs, has_qdq, random_inputs, reference_session,
+                                      verify)
 
     start = time.perf_counter()
     check_sampling(samples, seed)  # before the load: bad arguments cost nothing
@@ -142,16 +150,30 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
         ann, what = model, what or "the model"
     else:
         ann, what = load_ann(model, max_bytes=max_bytes, input_shapes=input_shapes), what or os.fspath(model)
+    loaded = time.perf_counter()
     compiled = compile_model(ann, mode=mode)
+    compiled_at = time.perf_counter()
     info = compiled.info
     if check:  # the inputs first: their refusals (size, type) are cheaper than a run
         x, label = verification_inputs(info, data=data, samples=samples, seed=seed, normalization=normalization)
     batch = info.inputs[0].shape[0]  # one sample, or the batch the model declares
-    check_runs(ann, random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed), opt_level,
-               what=what, providers=providers, threads=threads)
+    probe = random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed)
+    ann_session = None
+    if check and compiled.reference is ann and not has_qdq(ann):
+        # The verification's own ANN session (the same model, its quantizer outputs also outputs)
+        # runs the check: one onnxruntime copy of the weights fewer to build. With Q/DQ nodes the
+        # check runs the model as deployed (Q/DQ fused), which the verification's session does not.
+        with onnxruntime_errors(what):
+            ann_session = reference_session(compiled, opt_level, providers, threads)
+            ann_session.run(None, {ann_session.get_inputs()[0].name: probe})
+    else:
+        check_runs(ann, probe, opt_level, what=what, providers=providers, threads=threads)
     verification = dict(SKIPPED)
     if check:
         verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode,
                               policy=policy or VerificationPolicy(), data_label=label, providers=providers,
-                              threads=threads)
-    return PipelineResult(ann, compiled, mode, verification, time.perf_counter() - start)
+                              threads=threads, ann_session=ann_session)
+    end = time.perf_counter()
+    phases = {"load": round(loaded - start, 3), "compile": round(compiled_at - loaded, 3),
+              "verify": round(end - compiled_at, 3)}
+    return PipelineResult(ann, compiled, mode, verification, end - start, phases)

@@ -34,7 +34,9 @@ session at every optimization level, since an integer kernel rounds its accumula
 and would make a correct SNN fail from the "extended" level on.
 
 Batches follow the model's declared batch: a model with a fixed batch dimension B is fed batches
-of exactly B (the last one padded, its padding discarded); a dynamic batch uses ``batch_size``.
+of exactly B (the last one padded, its padding discarded); a dynamic batch uses ``batch_size`` or
+fewer samples, so that one batch's layer outputs stay within ``BATCH_BYTES``
+(``verification_batch``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,25 @@ from pmsm_compiler.sessions import declared_batch, make_session, onnxruntime_err
 from pmsm_compiler.snn_format import SNNInfo
 
 
+#: The most bytes of neuron-layer outputs a batch of a model with a dynamic batch may have. The
+#: verification holds about eight copies of them at once (the ANN's levels and the SNN's spikes in
+#: onnxruntime's arenas and as arrays, the values fed to the tail, temporaries): at 32 samples,
+#: ViT-S's 15 MB per sample peaked at 4.5 GiB; each sample of a batch costs it ~120 MB. Smaller
+#: batches cost no measurable time here (ViT-S, ANN and SNN at batch 1 and 4: the same CPU time).
+BATCH_BYTES = 16 * 2**20
+
+
+def verification_batch(info: SNNInfo, batch_size: int = 32) -> int:
+    """The batch the verification runs: the model's declared batch when it is fixed, else
+    ``batch_size`` samples or as many fewer (at least 1) as keep the float32 outputs of all its
+    neuron layers within ``BATCH_BYTES`` (ResNet-20: 22, VGG-16: 14, ViT-S: 1)."""
+    fixed = declared_batch(info.inputs[0].shape)
+    if fixed:
+        return fixed
+    per_sample = 4 * sum(layer.neurons or 0 for layer in info.layers)
+    return max(1, min(batch_size, BATCH_BYTES // per_sample if per_sample else batch_size))
+
+
 @dataclass
 class VerificationPolicy:
     max_level_mismatch: float = 1e-2
@@ -69,6 +90,20 @@ def check_runs(model: onnx.ModelProto, x: np.ndarray, opt_level: str = "all", wh
     with onnxruntime_errors(what):
         session = make_session(model, opt_level, providers, threads)
         session.run(None, {session.get_inputs()[0].name: x})
+
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """Whether the main graph quantizes with QuantizeLinear/DequantizeLinear (which onnxruntime
+    fuses into integer kernels unless told not to)."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def reference_session(compiled, opt_level: str = "all", providers=None, threads: int = 0):
+    """The verification's ANN session: the reference ANN (``compiled.reference``) with every
+    quantizer output also a graph output, Q/DQ as float simulation."""
+    # serialized before the session is built: the model copy is freed while onnxruntime builds
+    data = with_outputs(compiled.reference, [l.ann_output for l in compiled.info.layers]).SerializeToString()
+    return make_session(data, opt_level, providers, threads, qdq_fusion=False)
 
 
 def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
@@ -170,7 +205,7 @@ def random_inputs(info: SNNInfo, samples: int, seed: int = 0) -> np.ndarray:
 ONNX_REFERENCE_SAMPLES = 2
 
 
-def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, batch) -> dict:
+def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, fixed_batch) -> dict:
     """The reference ANN in ``onnx.reference`` (the ONNX specification's own evaluator, numpy)
     against onnxruntime's float simulation of it, on a few samples: that the engine the
     verification trusts computes the model's ONNX semantics. Information only: the two engines
@@ -179,7 +214,7 @@ def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, batch) -> 
     from onnx.reference import ReferenceEvaluator
 
     xs = x[:ONNX_REFERENCE_SAMPLES]
-    xb, n = next(padded_batches(xs, batch)) if batch != 32 or len(xs) > batch else (xs, len(xs))
+    xb, n = next(padded_batches(xs, fixed_batch)) if fixed_batch else (xs, len(xs))
     ort_out = dict(zip([o.name for o in ann_sess.get_outputs()], ann_sess.run(None, {input_name: xb})))[output][:n]
     record = {"what": "onnx.reference on the reference ANN vs onnxruntime's float simulation (information only)",
               "samples": int(n)}
@@ -205,7 +240,10 @@ def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, batch) -> 
 
 def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all", mode: str | None = None,
            policy: VerificationPolicy | None = None, batch_size: int = 32, data_label: str = "random",
-           providers=None, threads: int = 0) -> dict:
+           providers=None, threads: int = 0, ann_session=None) -> dict:
+    """The T = 1 verification report (see the module docstring). ``ann_session``: the
+    ``reference_session`` when the caller built it already (``pipeline`` does, to run its check on
+    it instead of building a session of the ANN for that alone)."""
     info = compiled.info
     mode = mode or info.mode
     policy = policy or VerificationPolicy()
@@ -216,17 +254,19 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     ann = getattr(compiled, "reference", None) or given  # constants evaluated as in the SNN
     # What a deployment of the quantized ANN computes (onnxruntime's default: Q/DQ fused into
     # integer kernels), compared for information only.
-    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in given.graph.node)
+    quantized = has_qdq(given)
     deployed_sess, deployed_unavailable = None, None
-    if has_qdq:
+    if quantized:
         try:
             with onnxruntime_errors("the input model with Q/DQ fused"):
                 deployed_sess = make_session(given, opt_level, providers, threads)
         except InputError as exc:  # information only: onnxruntime's own QDQ rewrite failing says nothing of the SNN
             deployed_unavailable = str(exc)
-    ann_sess = make_session(with_outputs(ann, [l.ann_output for l in layers]), opt_level, providers, threads,
-                            qdq_fusion=False)
-    tail_sess = make_session(teacher_forced_tail(ann, layers), opt_level, providers, threads, qdq_fusion=False)
+    # each model serialized before its session is built: its copy is freed while onnxruntime builds
+    ann_sess = ann_session or make_session(with_outputs(ann, [l.ann_output for l in layers]).SerializeToString(),
+                                           opt_level, providers, threads, qdq_fusion=False)
+    tail_sess = make_session(teacher_forced_tail(ann, layers).SerializeToString(), opt_level, providers, threads,
+                             qdq_fusion=False)
     # the SNN as the runtime runs the one step of T = 1 (static prologue, fused kernels, ...)
     runtime = SNNSession(compiled.model, opt_level=opt_level, providers=providers, threads=threads)
     spikes = [l.spike_tensor for l in layers]
@@ -240,7 +280,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     top1_same = 0
     top1_compared = 0  # top-1 applies only to a [batch, classes] first output
     deployed_same, deployed_diff = 0, 0.0
-    batch = declared_batch(info.inputs[0].shape) or batch_size
+    batch = verification_batch(info, batch_size)
     for xb, n in padded_batches(x, batch):
         a = dict(zip(ann_names, ann_sess.run(None, {input_name: xb})))
         s = runtime.run_first_step(xb, spikes)
@@ -273,8 +313,9 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
             deployed_diff = max(deployed_diff, float(np.abs(d[first][:n].astype(np.float64) - s[first][:n]).max()))
             if d[first].ndim == 2:
                 deployed_same += int((d[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
-    onnx_reference = _cross_check_onnx_reference(ann, ann_sess, x, input_name, outputs[0], batch) \
-        if has_qdq else None
+    onnx_reference = _cross_check_onnx_reference(ann, ann_sess, x, input_name, outputs[0],
+                                                 declared_batch(info.inputs[0].shape)) \
+        if quantized else None
     per_layer = []
     for j, layer in enumerate(layers):
         rate = float(agree[j] / total[j]) if total[j] else 1.0
@@ -319,7 +360,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         "reference": ("the input model with its computed constants evaluated" if ann is not given
                       else "the input model"),
         "onnx_reference": onnx_reference,
-        "deployed_ann": None if not has_qdq else {
+        "deployed_ann": None if not quantized else {
             "what": "the input model in onnxruntime with Q/DQ fused into integer kernels (information only)",
             "top1_agreement": deployed_same / top1_compared if top1_compared and deployed_sess else None,
             "max_abs_diff": deployed_diff if deployed_sess else None,

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from pmsm_compiler.onnx_utils import const_value
+from pmsm_compiler.onnx_utils import const_value, import_graph
 
 KERNEL_DOMAIN = "pmsm.kernels"
 # neurons.c sums |k| over blocks of 2^20 neurons in 32-bit integers: exact for |k| <= 1024 (the
@@ -155,15 +155,26 @@ def fuse_neuron_kernels(graph: gs.Graph, domain: str = "pmsm") -> tuple[gs.Graph
     return graph, notes
 
 
+def fused_layers(graph: gs.Graph) -> int:
+    """The fused neuron kernels in ``graph``."""
+    return sum(1 for n in graph.nodes if n.domain == KERNEL_DOMAIN)
+
+
+def with_kernel_domain(model: onnx.ModelProto, fused: int) -> onnx.ModelProto:
+    """``model`` importing the kernels' domain when it has ``fused`` > 0 fused kernels."""
+    if fused and not any(o.domain == KERNEL_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(KERNEL_DOMAIN, 1))
+    return model
+
+
 def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[str]]:
     """``fuse_neuron_kernels`` on a ModelProto: (new model, fused layers, notes)."""
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     graph, notes = fuse_neuron_kernels(graph)
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
-    fused = sum(1 for n in graph.nodes if n.domain == KERNEL_DOMAIN)
-    if fused and not any(o.domain == KERNEL_DOMAIN for o in out.opset_import):
-        out.opset_import.append(onnx.helper.make_opsetid(KERNEL_DOMAIN, 1))
+    fused = fused_layers(graph)
+    with_kernel_domain(out, fused)
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
     return out, fused, notes

@@ -36,11 +36,10 @@ import onnx
 
 from pmsm_compiler.errors import InputError
 from pmsm_compiler.limits import check_timesteps
-from pmsm_compiler.onnx_utils import with_outputs
 from pmsm_compiler.sessions import declared_batch, make_session, padded_batches
 from pmsm_compiler.snn_format import DataInput, read_snn_info
 
-from .step_graphs import split_static_prologue, states_safe_in_place, step_variant, without_output
+from .step_graphs import export_variant, split_static_prologue, states_safe_in_place, variant_graph, without_output
 
 
 @dataclass
@@ -100,21 +99,27 @@ class SNNSession:
                                       qdq_fusion=False)
                          if prologue is not None else None)
         self.priority_order = priority_order
-        self.fused_layers = 0
-        self.unfused_notes: list[str] = []
+        self._fused_layers = 0
+        self._unfused_notes: list[str] = []
         self._step_model, self._opt_level, self._threads = step, opt_level, threads
-        self.step = self._make_step_session(step)
-        self._variants = {(False, False, ()): self.step}
-        self._step_inputs = {i.name: i for i in self.step.get_inputs()}
+        # Each step variant's session is built on first use (``session_for``): a T = 1 run (the
+        # verification's) needs only the first-and-last step, and every session holds its own copy
+        # of the weights (and onnxruntime's prepacked one).
+        self._variants = {}
+        initializers = {t.name for t in step.graph.initializer}
+        self._step_inputs = {i.name: i for i in step.graph.input if i.name not in initializers}
         # the graph's own input type (not the metadata's): what onnxruntime will accept
-        reader = self.prologue if self.prologue is not None else self.step
-        arg = next((a for a in reader.get_inputs() if a.name == self.input_name), None)
-        self.input_dtype = DataInput(self.input_name, dtype=arg.type[7:-1] if arg else None).numpy_dtype()
+        if self.prologue is not None:
+            arg = next((a for a in self.prologue.get_inputs() if a.name == self.input_name), None)
+            dtype = arg.type[7:-1] if arg else None
+        else:
+            value = self._step_inputs.get(self.input_name)
+            elem = value.type.tensor_type.elem_type if value is not None and value.type.HasField("tensor_type") else 0
+            dtype = onnx.TensorProto.DataType.Name(elem).lower() if elem else None
+        self.input_dtype = DataInput(self.input_name, dtype=dtype).numpy_dtype()
         self._prologue_outputs = [o.name for o in self.prologue.get_outputs()] if self.prologue else []
         self._states = info.states
-        # Decided on the unfused step: a fused neuron kernel reads each membrane element before it
-        # writes the next value to the same index, so fusing keeps a state safe to update in place.
-        self.in_place_states = states_safe_in_place(step, info) if in_place else set()
+        self._in_place, self._in_place_states = in_place, None
         # the step reads the network input itself when unsplit, or when a state-dependent node reads it
         self._step_reads_input = self.prologue is None or self.input_name in self._step_inputs
         expected = set(self._prologue_outputs) | ({self.input_name} if self._step_reads_input else set())
@@ -123,6 +128,33 @@ class SNNSession:
             expected.add(info.time_input)
         if set(self._step_inputs) != expected:
             raise InputError(f"compiled model inputs {sorted(self._step_inputs)} do not match its metadata")
+
+    @property
+    def step(self):
+        """The onnxruntime session of a middle step (neither first nor last), built on first use."""
+        return self.session_for(False, False)
+
+    @property
+    def fused_layers(self) -> int:
+        """Neuron layers that run as fused kernels (in the middle step's session)."""
+        self.step
+        return self._fused_layers
+
+    @property
+    def unfused_notes(self) -> list[str]:
+        """Why a neuron layer kept its ONNX body (in the step sessions built)."""
+        self.step
+        return self._unfused_notes
+
+    @property
+    def in_place_states(self) -> set[str]:
+        """The states updated in place (``states_safe_in_place``), decided on first use: only a
+        run of T >= 2 reads a state back. Decided on the unfused step: a fused neuron kernel reads
+        each membrane element before it writes the next value to the same index, so fusing keeps a
+        state safe to update in place."""
+        if self._in_place_states is None:
+            self._in_place_states = states_safe_in_place(self._step_model, self.info) if self._in_place else set()
+        return self._in_place_states
 
     def _kernel_library(self, kernels: str) -> str | None:
         if kernels not in ("auto", "on", "off"):
@@ -153,17 +185,47 @@ class SNNSession:
         return {"used": bool(self.kernels), "layers_fused": self.fused_layers, "reason": reason,
                 "unfused": list(self.unfused_notes)}
 
-    def _make_step_session(self, model: onnx.ModelProto):
+    def _note_fusion(self, fused: int, notes: list[str]) -> None:
+        self._fused_layers = max(self._fused_layers, fused)
+        self._unfused_notes = sorted(set(self._unfused_notes) | set(notes))
+
+    def _step_bytes(self, model: onnx.ModelProto) -> bytes:
+        """The serialized middle-step model that its session runs: with the fused neuron kernels."""
         if self.kernels:
             from .fuse_neuron_kernels import fuse_model
 
             model, fused, notes = fuse_model(model)
-            self.fused_layers = max(self.fused_layers, fused)
-            self.unfused_notes = sorted(set(self.unfused_notes) | set(notes))
+            self._note_fusion(fused, notes)
+        return model.SerializeToString()
+
+    def _variant_bytes(self, first: bool, last: bool, extra_outputs: tuple) -> bytes:
+        """The serialized step variant (``step_variant``) with ``extra_outputs`` also outputs and the
+        fused neuron kernels: every rewrite on one imported graph, exported once."""
+        graph = variant_graph(self._step_model, self.info, first, last)
+        if extra_outputs:  # as onnx_utils.with_outputs adds them: float32 unless the graph knows better
+            tensors = graph.tensors()
+            present = {t.name for t in graph.outputs}
+            for name in dict.fromkeys(extra_outputs):
+                if name not in present:
+                    if tensors[name].dtype is None:
+                        tensors[name].dtype = np.float32
+                    graph.outputs.append(tensors[name])
+        fused = 0
+        if self.kernels:
+            from .fuse_neuron_kernels import fuse_neuron_kernels, fused_layers
+
+            graph, notes = fuse_neuron_kernels(graph)
+            fused = fused_layers(graph)
+            self._note_fusion(fused, notes)
+        from .fuse_neuron_kernels import with_kernel_domain
+
+        return with_kernel_domain(export_variant(graph, self._step_model, last), fused).SerializeToString()
+
+    def _make_step_session(self, data: bytes):
         # qdq_fusion off: an SNN's DequantizeLinear (exact mode's output op of a Q/DQ neuron) stands
         # for k·s; integer-kernel fusion has nothing to gain there, and can fail on it (onnxruntime
         # 1.32 at opset 21: QuantizeLinear(int8) → DQ → Reshape)
-        return make_session(model, self._opt_level, self.providers, self._threads, shared_arena=True, qdq_fusion=False,
+        return make_session(data, self._opt_level, self.providers, self._threads, shared_arena=True, qdq_fusion=False,
                             priority_order=self.priority_order, custom_ops_library=self.kernels)
 
     def session_for(self, first: bool, last: bool, extra_outputs: tuple = ()):
@@ -171,10 +233,10 @@ class SNNSession:
         ``extra_outputs``: intermediate tensors it also outputs (e.g. the layers' spikes)."""
         key = (first, last, tuple(extra_outputs))
         if key not in self._variants:
-            variant = step_variant(self._step_model, self.info, first, last)
-            if extra_outputs:
-                variant = with_outputs(variant, extra_outputs)
-            self._variants[key] = self._make_step_session(variant)
+            plain = not (first or last or extra_outputs)
+            # the model copies are freed before onnxruntime builds the session from the bytes
+            data = self._step_bytes(self._step_model) if plain else self._variant_bytes(first, last, extra_outputs)
+            self._variants[key] = self._make_step_session(data)
         return self._variants[key]
 
     def run_first_step(self, x: np.ndarray, extra_outputs=()) -> dict:

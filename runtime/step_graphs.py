@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from pmsm_compiler.onnx_utils import downstream, node_dag, tensor_flow
+from pmsm_compiler.onnx_utils import downstream, import_graph, node_dag, tensor_flow
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.neurons import FINAL_STEP_OPS, final_step_functions
 from pmsm_compiler.snn_format import SNNInfo
@@ -37,7 +37,7 @@ def split_static_prologue(model: onnx.ModelProto, info: SNNInfo):
     The prologue maps the network input to the *boundary* tensors: static tensors read by
     state-dependent nodes. The step model reads those instead of recomputing them.
     """
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     input_names = {i.name for i in info.inputs}
     dynamic = {s.input for s in info.states}
     if info.time_input:
@@ -105,7 +105,7 @@ def split_static_prologue(model: onnx.ModelProto, info: SNNInfo):
 
 def without_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     """``model`` without graph output ``name`` and the nodes that only fed it."""
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     graph.outputs = [t for t in graph.outputs if t.name != name]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     out = gs.export_onnx(graph)
@@ -114,7 +114,22 @@ def without_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 
 def step_variant(step: onnx.ModelProto, info: SNNInfo, first: bool, last: bool) -> onnx.ModelProto:
-    """The step model specialised for where it runs in time.
+    """The step model specialised for where it runs in time (``variant_graph``, exported)."""
+    return export_variant(variant_graph(step, info, first, last), step, last)
+
+
+def export_variant(graph: gs.Graph, step: onnx.ModelProto, last: bool) -> onnx.ModelProto:
+    """A ``variant_graph`` of ``step`` (rewritten further or not) as a model."""
+    model = gs.export_onnx(graph)
+    model.ir_version = step.ir_version
+    if last:
+        add_functions(model, final_step_functions())
+    del model.metadata_props[:]
+    return model
+
+
+def variant_graph(step: onnx.ModelProto, info: SNNInfo, first: bool, last: bool) -> gs.Graph:
+    """The step graph specialised for where it runs in time.
 
     first: every state still holds its initial value, so the state inputs become constant
     scalars (½ for membranes, 0 for wrapper sums) — the same values the broadcast initial
@@ -130,7 +145,7 @@ def step_variant(step: onnx.ModelProto, info: SNNInfo, first: bool, last: bool) 
     ``*Final`` functions without the reset (onnxruntime inlines a function's whole body, so an
     unused output would still be computed). At T = 1 the single step is both first and last.
     """
-    graph = gs.import_onnx(step)
+    graph = import_graph(step)
     if first:
         tensors = graph.tensors()
         for state in info.states:
@@ -149,12 +164,7 @@ def step_variant(step: onnx.ModelProto, info: SNNInfo, first: bool, last: bool) 
                 node.op = FINAL_STEP_OPS[node.op]
                 node.outputs = node.outputs[:1]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    model = gs.export_onnx(graph)
-    model.ir_version = step.ir_version
-    if last:
-        add_functions(model, final_step_functions())
-    del model.metadata_props[:]
-    return model
+    return graph
 
 
 def _bypass_wrappers(graph, info: SNNInfo) -> None:
@@ -182,7 +192,9 @@ def states_safe_in_place(step: onnx.ModelProto, info: SNNInfo) -> set[str]:
     """
     from onnx import inliner
 
-    graph = inliner.inline_local_functions(step).graph
+    from pmsm_compiler.weights import skeleton
+
+    graph = inliner.inline_local_functions(skeleton(step)).graph  # the nodes only: no copy of the weights
     nodes = list(graph.node)
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute):
         return set()

@@ -26,7 +26,7 @@ from pmsm_compiler.snn_format import SNN_METADATA_KEY, read_snn_info
 torch = pytest.importorskip("torch")
 
 REPORT_KEYS = {"schema_version", "tool", "compiler_version", "input", "output", "mode", "compile_seconds",
-               "total_seconds", "ann_macs", "time_input", "verification", "layers", "wrappers", "notes"}
+               "total_seconds", "phase_seconds", "ann_macs", "time_input", "verification", "layers", "wrappers", "notes"}
 VERIFICATION_KEYS = {"passed", "skipped", "failures", "mode", "opt_level", "samples", "data", "policy",
                      "level_agreement", "top1_agreement", "max_abs_diff", "lossy_layers_excluded", "batch",
                      "tail_max_abs_diff", "tail_bound"}
@@ -98,6 +98,10 @@ def check_schema(report, mode):
     assert REPORT_KEYS <= set(report)
     assert report["schema_version"] == REPORT_SCHEMA_VERSION == 1
     assert report["tool"] == "pmsm-compile" and report["mode"] == mode
+    phases = report["phase_seconds"]
+    assert set(phases) == {"load", "compile", "verify"} | ({"save"} if report["output"] else set())
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases[p] for p in ("load", "compile", "verify")) <= report["total_seconds"] + 0.01
     v = report["verification"]
     assert VERIFICATION_KEYS <= set(v)
     assert isinstance(v["passed"], bool) and isinstance(v["max_abs_diff"], float)

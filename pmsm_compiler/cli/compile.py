@@ -107,15 +107,18 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     report = {
         "schema_version": REPORT_SCHEMA_VERSION, "tool": "pmsm-compile", "compiler_version": __version__,
         "input": os.path.abspath(model), "output": None, "mode": mode, "compile_seconds": info.compile_seconds,
-        "total_seconds": round(elapsed, 3), "ann_macs": info.ann_macs, "time_input": info.time_input,
+        "total_seconds": round(elapsed, 3), "phase_seconds": dict(result.phase_seconds),
+        "ann_macs": info.ann_macs, "time_input": info.time_input,
         "verification": {k: v for k, v in verification.items() if k != "layers"},
         "layers": _report_layers(info, verification), "wrappers": [w.to_json() for w in info.wrappers],
         "notes": info.notes,
     }
     passed = result.passed
     if passed:
+        saving = time.perf_counter()
         save_model_atomic(compiled.model, output)
         report["output"] = os.path.abspath(output)
+        report["phase_seconds"]["save"] = round(time.perf_counter() - saving, 3)
     if json_path:
         save_text_atomic(json.dumps(report, indent=1) + "\n", json_path)
     if verbosity >= NORMAL:

@@ -1,0 +1,128 @@
+"""The weights of a model, held once: weight-free copies of a ModelProto for the work that reads
+only its structure.
+
+The ONNX checker and shape inference take a ModelProto and serialize it to hand it to C++ (and
+shape inference parses the result back): each call made two or three transient copies of every
+weight, and they ran five times per compile. ``skeleton(model)`` is a copy without the data of
+the large initializers (every initializer of at least ``STRIP_BYTES`` stored in ``raw_data``):
+each becomes a graph input of the same type and shape, which is all the checker and shape
+inference need of it. Small initializers stay, with their values, since shape inference reads
+the values of shape-like tensors (a Reshape's shape, a Slice's starts).
+
+What the checker checks of an initializer's data (one value field, a raw_data of the size its
+type and shape declare) is checked here for the stripped ones (``check_stripped``), without the
+copy.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import ModelProto, TensorProto, helper
+
+#: initializers at least this large (declared bytes) are left out of a skeleton
+STRIP_BYTES = 1024
+
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def _repeated(fd) -> bool:
+    flag = getattr(fd, "is_repeated", None)  # protobuf >= 5; older ones have the label
+    return flag if flag is not None else fd.label == fd.LABEL_REPEATED
+
+
+def copy_except(src, dst, skip=()) -> None:
+    """Copy every field of message ``src`` into ``dst`` but those named in ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        target = getattr(dst, fd.name)
+        if _repeated(fd):
+            target.extend(value)
+        elif fd.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+#: bytes per element of the element types a skeleton strips (sub-byte, string and 8-bit float
+#: types stay in it: rare as large weights, and their sizes follow other rules)
+ITEM_BYTES = {TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2,
+              TensorProto.INT8: 1, TensorProto.UINT8: 1, TensorProto.INT16: 2, TensorProto.UINT16: 2,
+              TensorProto.INT32: 4, TensorProto.UINT32: 4, TensorProto.INT64: 8, TensorProto.UINT64: 8,
+              TensorProto.BOOL: 1}
+
+
+def declared_bytes(t: TensorProto) -> int | None:
+    """The bytes a tensor's type and shape declare, or None for a type outside ``ITEM_BYTES``."""
+    size = ITEM_BYTES.get(t.data_type)
+    if size is None:
+        return None
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    return n * size
+
+
+def strippable(t: TensorProto) -> bool:
+    """A large initializer stored inline in ``raw_data`` alone (the form every exporter writes)."""
+    if t.data_location == TensorProto.EXTERNAL or not t.HasField("raw_data"):
+        return False
+    if any(len(getattr(t, f)) for f in _TYPED_FIELDS):
+        return False  # two value fields: the checker's to refuse, with its message
+    size = declared_bytes(t)
+    return size is not None and size >= STRIP_BYTES and all(d >= 0 for d in t.dims)
+
+
+def check_stripped(model: ModelProto) -> str | None:
+    """What the ONNX checker would say of the initializers a skeleton leaves out, or None: each
+    one's ``raw_data`` must be exactly the size its type and shape declare (onnxruntime refuses
+    any other size; the checker only one that is too small)."""
+    for t in model.graph.initializer:
+        if strippable(t):
+            expected = declared_bytes(t)
+            stored = len(t.raw_data)  # a transient copy of this one tensor
+            if stored != expected:
+                return (f"TensorProto (tensor name: {t.name}) raw_data size ({stored} bytes) does not match the "
+                        f"declared shape and type ({expected} bytes required)")
+    return None
+
+
+def skeleton(model: ModelProto) -> ModelProto:
+    """A copy of ``model`` without the data of its large initializers (``strippable``): each one
+    becomes a graph input of its type and shape (unless the graph already lists it as an input,
+    as IR < 4 models do). Nodes, functions, metadata and small initializers are copied."""
+    out = ModelProto()
+    copy_except(model, out, skip=("graph",))
+    graph = model.graph
+    copy_except(graph, out.graph, skip=("initializer",))
+    listed = {v.name for v in graph.input}
+    for t in graph.initializer:
+        if not strippable(t):
+            out.graph.initializer.add().CopyFrom(t)
+        elif t.name not in listed:
+            out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return out
+
+
+def merge_inferred(model: ModelProto, inferred: ModelProto) -> None:
+    """Put what shape inference of ``model``'s skeleton found (value_info, the output types) into
+    ``model`` itself."""
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
+
+
+def checked_and_inferred(model: ModelProto, *, check: bool = True, infer: bool = True) -> ModelProto | None:
+    """Run the ONNX checker (``full_check``) and strict shape inference with data propagation on
+    ``model``'s skeleton; return the inferred skeleton (or None without ``infer``). Raises what
+    they raise (``onnx.checker.ValidationError``, ``onnx.shape_inference.InferenceError``)."""
+    problem = check_stripped(model) if check else None
+    if problem:
+        raise onnx.checker.ValidationError(problem)
+    skel = skeleton(model)
+    if check:
+        onnx.checker.check_model(skel, full_check=True)
+    if not infer:
+        return None
+    return onnx.shape_inference.infer_shapes(skel, check_type=True, strict_mode=True, data_prop=True)

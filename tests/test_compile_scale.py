@@ -1,0 +1,290 @@
+"""Compile at scale (issue 20): the work the compiler does grows with the model, not with its square,
+and no step holds a second copy of the weights it does not need."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+
+from pmsm_compiler.passes.graph_utils import forget_names, fresh
+from tiny_models import chain_model
+
+
+def _graph():
+    x = gs.Variable("x", dtype=np.float32, shape=[1, 4])
+    y = gs.Variable("y", dtype=np.float32, shape=[1, 4])
+    return gs.Graph(nodes=[gs.Node("Relu", name="relu", inputs=[x], outputs=[y])], inputs=[x], outputs=[y])
+
+
+def test_fresh_avoids_graph_names_and_the_names_it_handed_out():
+    graph = _graph()
+    assert fresh(graph, "z") == "z"
+    assert fresh(graph, "x") == "x_1"
+    assert fresh(graph, "relu") == "relu_1"
+    # a name handed out is taken even before the tensor that carries it joins the graph
+    assert fresh(graph, "z") == "z_1"
+    assert fresh(graph, "x") == "x_2"
+
+
+def test_fresh_sees_the_graph_again_after_forget_names():
+    graph = _graph()
+    assert fresh(graph, "z") == "z"
+    forget_names(graph)  # as the pass manager does between passes: "z" never joined the graph
+    assert fresh(graph, "z") == "z"
+    graph.nodes.append(gs.Node("Relu", name="n", inputs=[graph.outputs[0]],
+                               outputs=[gs.Variable("w", dtype=np.float32)]))
+    forget_names(graph)
+    assert fresh(graph, "w") == "w_1" and fresh(graph, "n") == "n_1"
+
+
+def test_passes_walk_the_graph_a_fixed_number_of_times(monkeypatch, tmp_path):
+    """fresh() walked the whole graph on every call: O(nodes²) per compile (8 of 9.7 s of ViT-S).
+    The walks over the graph (gs.Graph.tensors) do not grow with the number of layers."""
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.loading import load_model
+
+    original = gs.Graph.tensors
+    walks = []
+    monkeypatch.setattr(gs.Graph, "tensors", lambda self, *a, **k: walks.append(1) or original(self, *a, **k))
+    counts = {}
+    for blocks in (2, 8):
+        onnx.save(chain_model(blocks), tmp_path / f"chain{blocks}.onnx")
+        model = load_model(tmp_path / f"chain{blocks}.onnx")
+        walks.clear()
+        assert len(compile_model(model, mode="folded").info.layers) == blocks
+        counts[blocks] = len(walks)
+    assert counts[8] == counts[2], counts
+
+
+# ---------------------------------------------------------------------------------------------
+# the checker and shape inference on a weight-free skeleton (pmsm_compiler.weights)
+
+
+def _weight_bytes(model) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def test_skeleton_infers_what_the_whole_model_infers(tmp_path):
+    from pmsm_compiler import weights
+    from pmsm_compiler.loading import load_model
+
+    model = chain_model(3, channels=16)
+    skel = weights.skeleton(model)
+    assert _weight_bytes(skel) < weights.STRIP_BYTES * 4 < _weight_bytes(model) / 4
+    stripped = [t.name for t in model.graph.initializer if weights.strippable(t)]
+    assert stripped == ["w0", "w1", "w2"]  # 1,728 and 9,216 bytes; the λ and fc.w (640 bytes) stay
+    onnx.save(model, tmp_path / "m.onnx")
+    loaded = load_model(tmp_path / "m.onnx")
+    whole = onnx.shape_inference.infer_shapes(onnx.load(tmp_path / "m.onnx"), check_type=True, strict_mode=True,
+                                              data_prop=True)
+    assert loaded.SerializeToString() == whole.SerializeToString()
+
+
+def test_the_checker_and_shape_inference_never_see_the_weights(tmp_path, monkeypatch):
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.loading import load_model
+
+    model = chain_model(4, channels=32)
+    onnx.save(model, tmp_path / "m.onnx")
+    seen = []
+    check, infer = onnx.checker.check_model, onnx.shape_inference.infer_shapes
+    monkeypatch.setattr(onnx.checker, "check_model", lambda m, *a, **k: seen.append(m.ByteSize()) or check(m, *a, **k))
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes",
+                        lambda m, *a, **k: seen.append(m.ByteSize()) or infer(m, *a, **k))
+    compile_model(load_model(tmp_path / "m.onnx"), mode="folded")
+    assert len(seen) >= 3 and max(seen) < _weight_bytes(model) / 4, seen
+
+
+@pytest.mark.parametrize("delta", [-4, 4])
+def test_a_large_weight_of_the_wrong_size_is_refused_in_one_line(tmp_path, delta):
+    from pmsm_compiler.errors import InputError
+    from pmsm_compiler.loading import load_model
+
+    model = chain_model(2, channels=16)
+    w = model.graph.initializer[2]
+    assert w.name == "w1"
+    w.raw_data = bytes(len(w.raw_data) + delta)
+    onnx.save(model, tmp_path / "m.onnx")
+    message = (r"^invalid ONNX model .*: ONNX checker: TensorProto \(tensor name: w1\) raw_data "
+               rf"size \({9216 + delta} bytes\) does not match the declared shape and type \(9216 bytes required\)$")
+    with pytest.raises(InputError, match=message):
+        load_model(tmp_path / "m.onnx")
+
+
+# ---------------------------------------------------------------------------------------------
+# verification: batches sized by memory, only the sessions it needs
+
+
+def _compiled(tmp_path, blocks=2, channels=8, mode="folded"):
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.loading import load_model
+
+    onnx.save(chain_model(blocks, channels=channels), tmp_path / "m.onnx")
+    ann = load_model(tmp_path / "m.onnx")
+    return ann, compile_model(ann, mode=mode)
+
+
+def test_verification_batch_keeps_the_layer_outputs_within_the_budget(tmp_path, monkeypatch):
+    from pmsm_compiler import verify
+
+    _, compiled = _compiled(tmp_path)
+    info = compiled.info
+    per_sample = 4 * sum(layer.neurons for layer in info.layers)  # 2 layers of 8x8x8 floats: 4 KiB
+    assert per_sample == 4096
+    assert verify.verification_batch(info) == 32
+    monkeypatch.setattr(verify, "BATCH_BYTES", 3 * per_sample + 1)
+    assert verify.verification_batch(info) == 3
+    monkeypatch.setattr(verify, "BATCH_BYTES", 1)
+    assert verify.verification_batch(info) == 1
+    info.inputs[0].shape = [5, *info.inputs[0].shape[1:]]
+    assert verify.verification_batch(info) == 5  # a declared batch is the batch
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_the_verification_report_does_not_depend_on_the_batch(tmp_path, monkeypatch, mode):
+    from pmsm_compiler import verify
+
+    ann, compiled = _compiled(tmp_path, mode=mode)
+    x = verify.random_inputs(compiled.info, 13, 0)
+    whole = verify.verify(ann, compiled, x, mode=mode)
+    monkeypatch.setattr(verify, "BATCH_BYTES", 3 * 4096)
+    small = verify.verify(ann, compiled, x, mode=mode)
+    assert (whole["batch"], small["batch"]) == (32, 3)
+    whole.pop("batch"), small.pop("batch")
+    assert small == whole and whole["passed"]
+
+
+def test_a_first_step_run_builds_only_the_sessions_it_runs(tmp_path, monkeypatch):
+    """SNNSession built every middle-step session (a copy of the weights in onnxruntime) and the
+    in-place analysis at construction; the verification's T = 1 step needs neither."""
+    from pmsm_compiler.runtime import SNNSession
+    from pmsm_compiler.runtime import session as session_module
+
+    _, compiled = _compiled(tmp_path)
+    built, analysed = [], []
+    make = session_module.make_session
+    monkeypatch.setattr(session_module, "make_session", lambda m, *a, **k: built.append(1) or make(m, *a, **k))
+    analyse = session_module.states_safe_in_place
+    monkeypatch.setattr(session_module, "states_safe_in_place", lambda *a: analysed.append(1) or analyse(*a))
+    snn = SNNSession(compiled.model)
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    first = snn.run_first_step(x, [layer.spike_tensor for layer in compiled.info.layers])
+    assert len(built) == 1 + (snn.prologue is not None) and not analysed
+    three = snn.run_batch(x, 3)  # a longer run builds what it needs then
+    assert analysed and np.array_equal(three.predictions_by_t[0], first[compiled.info.outputs[0]].argmax(1))
+
+
+def test_compiling_and_verifying_change_neither_the_ann_nor_the_snn(tmp_path):
+    """onnx-graphsurgeon's exporter appended new domains to the opset_import of the model a graph
+    was imported from: compile_model added 'pmsm' to a Q/DQ ANN, and the verification's fused
+    kernels added 'pmsm.kernels' to the SNN it verified, which was then written."""
+    from hostile_corpus import qdq_model
+
+    from pmsm_compiler.pipeline import compile_and_verify, load_ann
+
+    onnx.save(qdq_model(), tmp_path / "q.onnx")
+    ann = load_ann(tmp_path / "q.onnx")
+    before = ann.SerializeToString()
+    unchecked = compile_and_verify(ann, "folded", check=False).model
+    snn = compile_and_verify(ann, "folded")
+    assert snn.passed and ann.SerializeToString() == before
+    assert [o.domain for o in snn.model.opset_import] == [o.domain for o in unchecked.opset_import] == ["", "pmsm"]
+
+
+def test_the_check_runs_on_the_verifications_own_ann_session(tmp_path, monkeypatch):
+    """The check that onnxruntime runs the ANN built a session of the ANN for one sample, then the
+    verification built its own: one onnxruntime copy of the weights too many."""
+    from pmsm_compiler import verify
+    from pmsm_compiler.pipeline import compile_and_verify
+
+    onnx.save(chain_model(2), tmp_path / "m.onnx")
+    built = []
+    make = verify.make_session
+
+    def counting(m, *a, **k):
+        built.append(len((onnx.load_from_string(m) if isinstance(m, bytes) else m).graph.output))
+        return make(m, *a, **k)
+
+    monkeypatch.setattr(verify, "make_session", counting)
+    result = compile_and_verify(tmp_path / "m.onnx", "folded")
+    assert result.passed
+    assert sorted(built) == [1, 3]  # the tail (the logits) and the ANN with its 2 quantizer outputs
+
+
+@pytest.mark.parametrize("shape,factor_shape", [((300, 40, 3, 3), ()), ((300, 40, 3, 3), (300, 1, 1, 1)),
+                                                ((500, 300), (1, 300)), ((500, 300), (500, 1)), ((7,), ()),
+                                                ((3, 4), (2, 3, 4))])
+@pytest.mark.parametrize("reciprocal", [False, True])
+def test_times_in_float64_rounds_as_one_float64_product(shape, factor_shape, reciprocal):
+    """The weight folding computes in float64 by blocks of rows: bit for bit the whole product."""
+    from pmsm_compiler.passes.graph_utils import times_in_float64
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(shape).astype(np.float32)
+    factor = rng.uniform(0.1, 3.0, factor_shape) if factor_shape else 0.7310585786300049
+    v = w.astype(np.float64)
+    expected = (((1.0 / v) if reciprocal else v) * factor).astype(np.float32)
+    got = times_in_float64(w, factor, reciprocal=reciprocal)
+    assert got.shape == expected.shape and got.dtype == np.float32 and got.tobytes() == expected.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# external data
+
+
+def _without_times(model) -> bytes:
+    import json
+
+    from pmsm_compiler.snn_format import SNN_METADATA_KEY
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for prop in out.metadata_props:
+        if prop.key == SNN_METADATA_KEY:
+            record = json.loads(prop.value)
+            record["pass_seconds"], record["compile_seconds"] = {}, 0
+            prop.value = json.dumps(record)
+    return out.SerializeToString()
+
+
+def _read_bytes() -> int:
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_a_model_with_external_data_compiles_to_the_inline_models_snn(tmp_path, mode):
+    from pmsm_compiler.pipeline import compile_and_verify
+
+    model = chain_model(3, channels=16)
+    onnx.save(model, tmp_path / "inline.onnx")
+    (tmp_path / "ext").mkdir()
+    onnx.save(model, tmp_path / "ext" / "m.onnx", save_as_external_data=True, location="m.onnx.data",
+              size_threshold=1024)
+    assert (tmp_path / "ext" / "m.onnx").stat().st_size < 4096  # the weights are in m.onnx.data
+    inline = compile_and_verify(tmp_path / "inline.onnx", mode)
+    external = compile_and_verify(tmp_path / "ext" / "m.onnx", mode)
+    assert external.ann.SerializeToString() == inline.ann.SerializeToString()
+    assert _without_times(external.model) == _without_times(inline.model)
+    assert external.verification == inline.verification and external.passed
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts the bytes read in /proc/self/io (Linux)")
+def test_external_weights_are_read_once(tmp_path):
+    """The bytes the process reads while it loads, compiles and verifies a model whose weights are
+    external: the weights once, and nothing of the size of the weights a second time."""
+    from pmsm_compiler.pipeline import compile_and_verify
+
+    model = chain_model(3, channels=96)
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=1024)
+    data = (tmp_path / "m.onnx.data").stat().st_size
+    assert data > 600_000
+    compile_and_verify(tmp_path / "m.onnx", "folded")  # the first compile also builds the fused kernels
+    before = _read_bytes()
+    assert compile_and_verify(tmp_path / "m.onnx", "folded").passed
+    read = _read_bytes() - before
+    assert data <= read < data + 200_000, (read, data)
