@@ -6,6 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from pmsm_compiler.onnx_utils import const_value  # noqa: F401 - the passes import it from here
+from pmsm_compiler.ops.temporal import per_sample_dims
 
 INTERNAL_DOMAIN = "pmsm.internal"
 
@@ -59,13 +60,7 @@ def node_label(node) -> str:
 
 def static_shape(tensor):
     """Per-sample shape (dims after the batch axis) as ints, or None if unknown."""
-    shape = tensor.shape
-    if shape is None or len(shape) == 0:
-        return None
-    dims = shape[1:]
-    if all(isinstance(d, (int, np.integer)) and d > 0 for d in dims):
-        return tuple(int(d) for d in dims)
-    return None
+    return per_sample_dims(tensor.shape)
 
 
 def numel(shape) -> int:

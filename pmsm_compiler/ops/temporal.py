@@ -98,8 +98,9 @@ LOG_SOFTMAX_OPS_PER_ELEMENT, LOG_SOFTMAX_OPS_PER_ROW = 5, 1  # max, subtract, ex
 LAYER_NORM_OPS_PER_ELEMENT, LAYER_NORM_OPS_PER_ROW = 6, 5  # (+1 per element with a bias)
 
 
-def _per_sample(shape) -> tuple | None:
-    """The dims after the batch axis as ints, or None when unknown."""
+def per_sample_dims(shape) -> tuple | None:
+    """The dims after the batch axis as ints, or None when unknown (the one definition; the passes'
+    ``graph_utils.static_shape`` reads a tensor's shape through it)."""
     if shape is None or len(shape) == 0:
         return None
     dims = shape[1:]
@@ -114,7 +115,7 @@ def dense_ops(op: str, attrs: dict, data_shape, out_shape, inputs_given: list) -
     ``data_shape``: the full shape (batch axis first) of the op's input 0; ``out_shape``: of its
     output; ``inputs_given``: which of its inputs are present (bias, bounds, operands). None when a
     shape it needs is not static, or for an op without a formula."""
-    out = _per_sample(out_shape)
+    out = per_sample_dims(out_shape)
     if out is None:
         return None
     n_out = int(np.prod(out, dtype=np.int64))
@@ -130,7 +131,7 @@ def dense_ops(op: str, attrs: dict, data_shape, out_shape, inputs_given: list) -
     if op == "MatMul":
         k = data_shape[-1] if data_shape else None
         return n_out * int(k) if isinstance(k, (int, np.integer)) and k > 0 else None
-    data = _per_sample(data_shape)
+    data = per_sample_dims(data_shape)
     if data is None:
         return None
     n = int(np.prod(data, dtype=np.int64))

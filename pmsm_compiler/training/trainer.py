@@ -222,6 +222,16 @@ def cosine_lr(base_lr: float, epoch_float: float, epochs: int, warmup: int = 0) 
 # Starting from another run's weights (fine-tuning)
 # ------------------------------------------------------------------------------------------------
 
+def read_checkpoint(path: str, flag: str):
+    """A checkpoint file's contents; a missing or unreadable file is a one-line error naming ``flag``."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{flag}: no such file: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(f"{flag}: {path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+
+
 def load_init_weights(model: nn.Module, path: str) -> dict:
     """Copy the weights of checkpoint ``path`` into ``model`` (fine-tuning from another run).
 
@@ -231,12 +241,7 @@ def load_init_weights(model: nn.Module, path: str) -> dict:
     ``model`` has no place for is an error too, so that a different architecture is refused
     rather than half-loaded. Returns {"loaded": n, "kept_initial": [λ names]}.
     """
-    if not os.path.isfile(path):
-        raise ValueError(f"--init-from: no such file: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f"--init-from: {path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    state = read_checkpoint(path, "--init-from")
     source = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(source, dict) or not all(isinstance(v, torch.Tensor) for v in source.values()):
         raise ValueError(f"--init-from: {path} holds no state dict (expected a pmsm-train checkpoint.pt)")
@@ -270,12 +275,7 @@ def load_teacher(cfg: "TrainConfig", path: str, device, memory_format) -> nn.Mod
     """
     from pmsm_compiler.training.zoo import build_model
 
-    if not os.path.isfile(path):
-        raise ValueError(f"--distill-from: no such file: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f"--distill-from: {path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    state = read_checkpoint(path, "--distill-from")
     saved = state.get("config") if isinstance(state, dict) else None
     spec = (ActivationSpec(saved["act"], saved["levels"], saved["lam"], saved["alpha"], saved["beta"])
             if isinstance(saved, dict) else ActivationSpec("pqa", PQA_LEVELS, PQA_LAMBDA, PQA_ALPHA, PQA_BETA))
