@@ -265,6 +265,22 @@ def _missing_weights():
         next(t for t in m.graph.initializer if t.name == "W")))
 
 
+def _weight_data_too_long():
+    """A 16-channel Conv weight (1,728 bytes: large enough that the checker sees the graph without
+    it, pmsm_compiler.weights) whose raw_data carries 4 bytes more than its shape declares."""
+    model = base_model()
+    rng = np.random.default_rng(1)
+    for i, t in enumerate(model.graph.initializer):
+        if t.name == "W":
+            w = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "W")
+            w.raw_data += bytes(4)
+            model.graph.initializer[i].CopyFrom(w)
+        elif t.name == "G":
+            model.graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(rng.standard_normal((CLASSES, 16)).astype(np.float32), "G"))
+    return model
+
+
 def _unsorted():
     def edit(m):
         nodes = list(m.graph.node)
@@ -499,6 +515,9 @@ CASES: list[Case] = [
     _model_case("custom_domain_op", _custom_op, r"unsupported ops: acme::Mystery"),
     _model_case("pmsm_op_without_body", _no_function_body, r"pmsm::PQA .*no model-local function body"),
     _model_case("missing_weights", _missing_weights, r"missing weights: .*'W'"),
+    _model_case("weight_data_too_long", _weight_data_too_long,
+                r"ONNX checker: TensorProto \(tensor name: W\) raw_data size \(1732 bytes\) does not match the "
+                r"declared shape and type \(1728 bytes required\)"),
     _model_case("unsorted_graph", _unsorted, r"not topologically sorted"),
     _model_case("dynamic_spatial", lambda: base_model(dims=("N", 3, "H", "W")),
                 r"dynamic dimension.*'H', 'W'.*--input-shape NAME:"),
