@@ -1,4 +1,4 @@
-"""Training-step time of ResNet-20 on a CPU: ReLU vs PQA vs QCFS, side by side in one run.
+"""Training-step time of a zoo model on a CPU (ResNet-20 by default): ReLU vs PQA vs QCFS, side by side.
 
 One SGD step (forward, cross-entropy, backward, update) on a random batch, channels_last, the
 variants interleaved round by round so that a busy machine slows them alike; the median over the
@@ -6,7 +6,7 @@ rounds is printed with its ratio to the ReLU step. ``pqa (where-mask backward)``
 PQA autograd function (boolean mask and ``torch.where`` in the backward pass), kept here as the
 reference the current one is measured against.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/train_step.py --threads 1 --batch-size 128 --rounds 12
+    OMP_WAIT_POLICY=PASSIVE python bench/train_step.py [--model resnet20] --threads 1 --batch-size 128 --rounds 12
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def quantize_function(fn):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet20", help="zoo model name (e.g. vit_cifar)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=12)
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     setups = []
     for name, act, fn in variants:
         torch.manual_seed(42)
-        model = build_model("resnet20", act=ActivationSpec(act, 8, 2.0, -0.25 if act == "pqa" else 0.0, 1.0))
+        model = build_model(args.model, act=ActivationSpec(act, 8, 2.0, -0.25 if act == "pqa" else 0.0, 1.0))
         model = model.to(memory_format=torch.channels_last).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         setups.append((name, model, opt, fn))
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
             if r >= args.warmup:
                 times[name].append(dt)
     relu = statistics.median(times["relu"])
-    print(f"ResNet-20 training step, batch {args.batch_size}, {args.threads} thread(s), channels_last, "
+    print(f"{args.model} training step, batch {args.batch_size}, {args.threads} thread(s), channels_last, "
           f"median of {args.rounds} interleaved rounds (torch {torch.__version__})")
     print(f"{'activation':<28} {'step (ms)':>10} {'/ relu':>8} {'s per 50k epoch':>16}")
     for name in times:

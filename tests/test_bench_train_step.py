@@ -37,13 +37,15 @@ def test_reference_function_gives_the_same_outputs_and_gradients(make):
     torch.testing.assert_close(gl_new, gl_old, rtol=1e-5, atol=1e-5)
 
 
-def test_script_prints_its_table(capsys):
+@pytest.mark.parametrize("model", ["resnet20", "vit_tiny"])
+def test_script_prints_its_table(capsys, model):
     threads = torch.get_num_threads()
     try:
-        assert _script().main(["--rounds", "1", "--warmup", "0", "--batch-size", "2"]) == 0
+        assert _script().main(["--model", model, "--rounds", "1", "--warmup", "0", "--batch-size", "2"]) == 0
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
+    assert out.startswith(f"{model} training step")
     for name in ("relu", "pqa", "pqa (where-mask backward)", "qcfs", "current / where-mask backward"):
         assert name in out
 

@@ -175,7 +175,7 @@ class BatchMixer:
             y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
             x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
             x = x.clone()
-            x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+            x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]  # only the box of the partners, not whole images
             m = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
         else:
             m = float(rng.beta(self.mixup, self.mixup))
