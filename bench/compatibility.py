@@ -225,8 +225,8 @@ def main(argv=None):
 
     started = time.perf_counter()
     train_set, test_set, source = producer_eval.cifar10(None if args.data == "bundled" else args.data)
-    train_set = producer_eval.evenly_spaced(train_set, args.train_images)
-    test_set = producer_eval.evenly_spaced(test_set, args.test_images)
+    train_set = train_set.evenly_spaced(args.train_images)
+    test_set = test_set.evenly_spaced(args.test_images)
     xtrain = producer_eval.images(train_set, CIFAR10_MEAN, CIFAR10_STD)
     ytrain = train_set.y.astype(np.int64)
     calibration = xtrain[np.random.default_rng(args.seed + 1).permutation(len(xtrain))[:args.calibration]]

@@ -37,17 +37,6 @@ def cifar10(data_dir):
     return bundled, bundled, "bundled 1,000 test images (train = test: a smoke run, not a measurement)"
 
 
-def evenly_spaced(dataset, n):
-    """``n`` evenly spaced samples (the re-decoded test set is sorted by class: not the first n)."""
-    from pmsm_compiler.data import Dataset
-
-    if n is None or n >= len(dataset):
-        return dataset
-    idx = np.linspace(0, len(dataset) - 1, n).round().astype(int)
-    return Dataset(dataset.x[idx], None if dataset.y is None else dataset.y[idx], dataset.classes,
-                   f"{dataset.name} ({n} evenly spaced)")
-
-
 def images(dataset, mean, std):
     """float32 NCHW, normalized."""
     from pmsm_compiler.data import normalize
@@ -108,7 +97,7 @@ def measure(path, test, mean, std, *, modes=("exact", "folded"), max_t=4, batch_
     if float_path:
         result["float_accuracy"] = accuracy(make_session(load_model(float_path)), x, y)
     result["deployed_ann_accuracy"] = accuracy(make_session(ann, "all"), x, y)
-    xv = x if verify_samples is None else images(evenly_spaced(test, verify_samples), mean, std)
+    xv = x if verify_samples is None else images(test.evenly_spaced(verify_samples), mean, std)
     for mode in modes:
         start = time.perf_counter()
         compiled = compile_model(ann, mode=mode)

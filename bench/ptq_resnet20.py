@@ -106,7 +106,7 @@ def main(argv=None):
 
     started = time.perf_counter()
     train_set, test_set, source = producer_eval.cifar10(None if args.data == "bundled" else args.data)
-    test_set = producer_eval.evenly_spaced(test_set, args.test_images)
+    test_set = test_set.evenly_spaced(args.test_images)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         float_path = float_onnx(args.float_model, tmp)

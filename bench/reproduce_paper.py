@@ -314,11 +314,7 @@ def main(argv=None):
     from pmsm_compiler.data import load_npz
 
     dataset = load_npz(os.path.join(args.data, "test.npz"))
-    if args.limit:  # the test set is sorted by class: take an evenly spaced subset, not the first N
-        import numpy as np
-
-        idx = np.linspace(0, len(dataset) - 1, args.limit).round().astype(int)
-        dataset.x, dataset.y = dataset.x[idx], dataset.y[idx]
+    dataset = dataset.evenly_spaced(args.limit)  # CIFAR's test set is sorted by class
     os.makedirs(args.figures, exist_ok=True)
     started = time.perf_counter()
     runs = {}

@@ -179,11 +179,7 @@ def main(argv=None):
     from pmsm_compiler.data import load_dataset, load_npz
 
     dataset = load_dataset("bundled") if args.data == "bundled" else load_npz(os.path.join(args.data, "test.npz"))
-    if args.limit:  # the test set is sorted by class: an evenly spaced subset, not the first N
-        import numpy as np
-
-        idx = np.linspace(0, len(dataset) - 1, args.limit).round().astype(int)
-        dataset.x, dataset.y = dataset.x[idx], dataset.y[idx]
+    dataset = dataset.evenly_spaced(args.limit)  # CIFAR's test set is sorted by class
     entries = [describe_model(m) for m in args.model] + [describe_run(r) for r in args.run]
     started = time.perf_counter()
     points = []

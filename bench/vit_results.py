@@ -146,11 +146,7 @@ def main(argv=None) -> int:
 
     test_npz = os.path.join(args.data, "test.npz")
     dataset = load_dataset(test_npz if os.path.isfile(test_npz) else args.data)
-    if args.limit:  # CIFAR's test set is sorted by class: an evenly spaced subset, not the first N
-        import numpy as np
-
-        idx = np.linspace(0, len(dataset) - 1, args.limit).round().astype(int)
-        dataset.x, dataset.y = dataset.x[idx], dataset.y[idx]
+    dataset = dataset.evenly_spaced(args.limit)  # CIFAR's test set is sorted by class
     reports = {mode: run_mode(args.model, mode, dataset, args.max_t, args.batch_size) for mode in MODES}
     summary = summarize(reports, args.max_t)
     command = "python bench/vit_results.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -637,3 +637,14 @@ def test_every_bad_input_is_a_one_line_input_error(bad_cases):
             failures.append(f"{name}: no error")
     assert not failures, "\n".join(failures)
     assert len(bad_cases) >= 35
+
+
+def test_evenly_spaced_takes_first_last_and_between():
+    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(3, axis=3)
+    ds = Dataset(x, np.arange(10) % 3, [str(i) for i in range(3)], "set")
+    four = ds.evenly_spaced(4)
+    assert four.x[:, 0, 0, 0].tolist() == [0, 3, 6, 9] and four.y.tolist() == [0, 0, 0, 0]
+    assert four.name == "set (4 evenly spaced)"
+    assert ds.evenly_spaced(None) is ds and ds.evenly_spaced(10) is ds
+    with pytest.raises(InputError, match="must be >= 1"):
+        ds.evenly_spaced(0)

@@ -63,6 +63,19 @@ class Dataset:
         )
 
 
+    def evenly_spaced(self, n: int | None) -> "Dataset":
+        """``n`` samples spread evenly over the set, first and last included (all of them when
+        ``n`` is None or not smaller): a quick check on a set sorted by class (CIFAR's test set)
+        must not take its first ``n``."""
+        if n is None or n >= len(self):
+            return self
+        if n < 1:
+            raise _err(f"subset size must be >= 1, got {n}")
+        idx = np.linspace(0, len(self) - 1, n).round().astype(int)
+        return Dataset(self.x[idx], None if self.y is None else self.y[idx], self.classes,
+                       f"{self.name} ({n} evenly spaced)", dict(self.meta))
+
+
 def _err(message: str) -> InputError:
     return InputError(one_line(message))
 
