@@ -71,3 +71,54 @@ def test_demo_bad_input(models, args):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def sparse_model(tmp_path_factory):
+    """A second PQA model (other weights, L = 4) standing in for the shipped sparse one."""
+    from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
+    from pmsm_compiler.training.export import export_onnx
+    from pmsm_compiler.training.zoo import build_model
+
+    torch.manual_seed(1)
+    net = build_model("resnet_tiny", act=ActivationSpec("pqa", 4, 4.0, -0.25, 1.0))
+    for _, q in quantized_activations(net):
+        q.lam.data.fill_(2.0)
+    path = str(tmp_path_factory.mktemp("sparse") / "sparse.onnx")
+    export_onnx(net.eval(), path)
+    return path
+
+
+def test_demo_three_models(models, sparse_model, tmp_path):
+    out = tmp_path / "demo.json"
+    result = CliRunner().invoke(main, ["--model", models["pqa"], "--sparse-model", sparse_model,
+                                       "--qcfs-model", models["qcfs"], "-T", "1,2", "--batch-size", "500",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    reports = json.loads(out.read_text())
+    labels = ["PMSM (PQA → AIF)", "PMSM sparse (PQA → AIF, spike-penalized)", "QCFS (→ IF)"]
+    assert list(reports) == labels + ["equal_accuracy"]
+    assert reports[labels[0]]["spikes_per_image"] != reports[labels[1]]["spikes_per_image"]  # two models, not one
+    for name in ("PMSM", "PMSM sparse"):
+        assert f"\n{name} vs QCFS at equal T (spikes per image" in result.output
+        assert f"\n{name} vs QCFS at equal T (energy per image" in result.output
+    assert "PMSM vs PMSM sparse vs QCFS at equal accuracy (target" in result.output
+    eq = reports["equal_accuracy"]
+    assert list(eq["models"]) == ["PMSM", "PMSM sparse", "QCFS"]
+    # default target: the best accuracy every model reaches within T <= 2, so each reaches it
+    assert eq["target"] == min(max(reports[label]["accuracy_by_t"]) for label in labels)
+    assert all(m["reached"] for m in eq["models"].values())
+
+
+def test_demo_shipped_sparse_model_only_beside_the_shipped_dense_one(models, sparse_model, monkeypatch):
+    from pmsm_compiler.cli import demo
+
+    shipped = {demo.PQA_MODEL: models["pqa"], demo.SPARSE_MODEL: sparse_model, demo.QCFS_MODEL: None}
+    monkeypatch.setattr(demo, "_shipped", shipped.get)
+    result = CliRunner().invoke(main, ["-T", "1", "--batch-size", "500"])
+    assert result.exit_code == 0, result.output
+    assert "PMSM sparse (PQA → AIF, spike-penalized): sparse.onnx" in result.output
+    assert "PMSM vs PMSM sparse at equal accuracy" in result.output
+    result = CliRunner().invoke(main, ["--model", models["qcfs"], "-T", "1", "--batch-size", "500"])
+    assert result.exit_code == 0, result.output
+    assert "PMSM sparse" not in result.output  # a user's own model is not compared with our sparse one

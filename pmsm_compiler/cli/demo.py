@@ -1,7 +1,8 @@
 """pmsm-demo: the main job on a fresh machine — compile the bundled PQA ResNet-20 and run it on
 the bundled 1,000 lossless CIFAR-10 test images; print ANN vs SNN accuracy at T = 1, 2, 4, 8,
-spikes, events and energy per image under both counting rules (and the QCFS baseline next to it
-when its model is shipped too, compared at equal T and at equal accuracy)."""
+spikes, events and energy per image under both counting rules (and next to it, when they are
+shipped too, the sparse PQA ResNet-20 and the QCFS baseline, each PMSM model compared with QCFS at
+equal T, and all of them at equal accuracy)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ from pmsm_compiler.limits import parse_timesteps
 from pmsm_compiler.files import check_output_path
 
 PQA_MODEL = "resnet20_pqa_cifar10.onnx"
+SPARSE_MODEL = "resnet20_pqa_sparse_cifar10.onnx"
 QCFS_MODEL = "resnet20_qcfs_cifar10.onnx"
+# label in the printout and the JSON report → short name in the comparisons
+LABELS = {"PMSM (PQA → AIF)": "PMSM", "PMSM sparse (PQA → AIF, spike-penalized)": "PMSM sparse",
+          "QCFS (→ IF)": "QCFS"}
 
 
 def _shipped(name):
@@ -81,6 +86,9 @@ def _at(report, t):
 
 @command("pmsm-demo")
 @click.option("--model", type=click.Path(dir_okay=False), help=f"PQA model (default: the shipped {PQA_MODEL}).")
+@click.option("--sparse-model", type=click.Path(dir_okay=False),
+              help=f"A second PMSM model, e.g. one fine-tuned to fire less (default: the shipped {SPARSE_MODEL}, if "
+                   "present and --model is not given).")
 @click.option("--qcfs-model", type=click.Path(dir_okay=False),
               help=f"QCFS baseline (default: the shipped {QCFS_MODEL}, if present).")
 @click.option("--data", default="bundled", show_default=True, help="Images (see pmsm-run --data).")
@@ -91,7 +99,7 @@ def _at(report, t):
 @click.option("--batch-size", default=250, show_default=True)
 @click.option("--target-accuracy", help="Accuracy to compare PMSM and QCFS at (0.88 or 88%). Default: the best "
               "accuracy both reach within the largest T (at most 32).")
-@json_option("Write both reports as JSON (keyed by label), with the comparison at equal accuracy "
+@json_option("Write the reports as JSON (keyed by label), with the comparison at equal accuracy "
              "(key equal_accuracy).")
 @session_options
 @click.option("--kernels", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
@@ -101,9 +109,9 @@ def _at(report, t):
            verbose_help="Also each model's verification at T=1 (level and top-1 agreement); -vv also lets the "
                         "libraries' own warnings through.")
 @cli_errors
-def main(model, qcfs_model, data, timesteps, mode, exact, batch_size, target_accuracy, json_path, providers,
+def main(model, sparse_model, qcfs_model, data, timesteps, mode, exact, batch_size, target_accuracy, json_path, providers,
          opt_level, threads, kernels, progress, verbosity):
-    """Compile + run the bundled PQA ResNet-20 (and the QCFS baseline) on the bundled images."""
+    """Compile + run the bundled PQA ResNet-20 (and the sparse one and the QCFS baseline) on the bundled images."""
     from pmsm_compiler.cli.run import parse_accuracy
     from pmsm_compiler.data import load_dataset
     from pmsm_compiler.files import save_text_atomic
@@ -118,15 +126,17 @@ def main(model, qcfs_model, data, timesteps, mode, exact, batch_size, target_acc
         json_path = check_output_path(json_path, "the JSON report")  # before the run, not after it
     provider_list = parse_providers(providers)
     say = click.echo if verbosity >= NORMAL else (lambda *args, **kwargs: None)
-    model = model or _shipped(PQA_MODEL)
     if model is None:
-        raise InputError(f"no bundled model {PQA_MODEL} in this installation; give --model")
+        model = _shipped(PQA_MODEL)
+        if model is None:
+            raise InputError(f"no bundled model {PQA_MODEL} in this installation; give --model")
+        sparse_model = sparse_model or _shipped(SPARSE_MODEL)  # shipped beside the shipped dense model only
     qcfs_model = qcfs_model or _shipped(QCFS_MODEL)
     dataset = load_dataset(None if data == "bundled" else data)
     start = time.perf_counter()
-    runs = {"PMSM (PQA → AIF)": model}
-    if qcfs_model:
-        runs["QCFS (→ IF)"] = qcfs_model
+    pmsm_label, sparse_label, qcfs_label = LABELS
+    runs = {pmsm_label: model, sparse_label: sparse_model, qcfs_label: qcfs_model}
+    runs = {label: path for label, path in runs.items() if path}
     reports = {}
     for label, path in runs.items():
         result, report = _convert_and_run(path, mode, dataset, ts[-1], batch_size, show_progress(progress, verbosity),
@@ -164,24 +174,31 @@ def main(model, qcfs_model, data, timesteps, mode, exact, batch_size, target_acc
             say(f"verification at T=1 ({v['data']}): level agreement {la}, top-1 agreement {t1}, "
                 f"max |diff| {v['max_abs_diff']:.3g}")
     compared = None
-    if len(reports) == 2:
-        (pl, pr), (ql, qr) = reports.items()
-        say("\nPMSM vs QCFS at equal T (spikes per image, paper Eq. 11 power):")
-        for t in ts[:2]:
-            pa, ps, pp = _at(pr, t)
-            qa, qs, qp = _at(qr, t)
-            say(f"  T={t}: accuracy {pa:.2%} vs {qa:.2%}; spikes {ps:,.0f} vs {qs:,.0f} "
-                f"(QCFS/PMSM {qs / ps:.2f}x); power {pp:.4f} vs {qp:.4f} mW (QCFS/PMSM {qp / pp:.2f}x)")
-        say(f"PMSM vs QCFS at equal T (energy per image, SOPs x {pr['energy']['e_ac_pj']:g} pJ, spikes rule | "
-            "events rule):")
-        for t in ts[:2]:
-            pe, qe = cost_at(pr, t)["energy_per_image_uj"], cost_at(qr, t)["energy_per_image_uj"]
-            say(f"  T={t}: {_uj(pe['spikes'])} vs {_uj(qe['spikes'])} | "
-                f"{_uj(pe['events'])} vs {_uj(qe['events'])}")
-        compared = equal_accuracy({"PMSM": pr, "QCFS": qr}, target)  # within T <= min(32, the largest T)
+    if qcfs_label in reports:
+        qr = reports[qcfs_label]
+        for label in (pmsm_label, sparse_label):
+            if label not in reports:
+                continue
+            name, pr = LABELS[label], reports[label]
+            say(f"\n{name} vs QCFS at equal T (spikes per image, paper Eq. 11 power):")
+            for t in ts[:2]:
+                pa, ps, pp = _at(pr, t)
+                qa, qs, qp = _at(qr, t)
+                say(f"  T={t}: accuracy {pa:.2%} vs {qa:.2%}; spikes {ps:,.0f} vs {qs:,.0f} "
+                    f"(QCFS/{name} {qs / ps:.2f}x); power {pp:.4f} vs {qp:.4f} mW (QCFS/{name} {qp / pp:.2f}x)")
+            say(f"{name} vs QCFS at equal T (energy per image, SOPs x {pr['energy']['e_ac_pj']:g} pJ, spikes rule | "
+                "events rule):")
+            for t in ts[:2]:
+                pe, qe = cost_at(pr, t)["energy_per_image_uj"], cost_at(qr, t)["energy_per_image_uj"]
+                say(f"  T={t}: {_uj(pe['spikes'])} vs {_uj(qe['spikes'])} | "
+                    f"{_uj(pe['events'])} vs {_uj(qe['events'])}")
+    if len(reports) > 1:
+        # within T <= min(32, the largest T); default target: the best accuracy every model reaches
+        compared = equal_accuracy({LABELS[label]: r for label, r in reports.items()}, target)
+        names = " vs ".join(LABELS[label] for label in reports)
         say("")
         for line in format_equal_accuracy(compared):
-            say(line.replace("at equal accuracy", "PMSM vs QCFS at equal accuracy", 1))
+            say(line.replace("at equal accuracy", f"{names} at equal accuracy", 1))
     if json_path:
         save_text_atomic(json.dumps({**reports, "equal_accuracy": compared}, indent=1) + "\n", json_path)
     click.echo(f"\ndone in {time.perf_counter() - start:.1f} s")
