@@ -1,7 +1,7 @@
 """Ship a trained model: export a pmsm-train checkpoint to models/<name>.onnx with a model card.
 
     python bench/ship_model.py --run /root/pmsm-runs/resnet20_pqa --name resnet20_pqa_cifar10 \
-        --data ../shared/data/cifar10
+        --data ../shared/data/cifar10 [--snn-t1]
 
 The card (models/<name>.json) records the data (and that it was re-decoded from JPEG), the exact
 training command (for a run resumed across sessions, the last session's, and each changed
@@ -10,7 +10,10 @@ the full test set, and the SHA-256 of the ONNX file. A run fine-tuned from anoth
 (``pmsm-train --init-from``) also records that run: its command, epochs, wall time and accuracy
 (read from the folder of the checkpoint it started from, or, for a checkpoint that
 bench/checkpoint_from_onnx.py made from a shipped model, from that model's card), and the total
-wall time of all stages.
+wall time of all stages. A fine-tune records its spike penalty and its teacher (``--spike-penalty``,
+``--distill-from``). With ``--snn-t1`` the card also holds the SNN's figures at T = 1 on the full test
+set (exact mode, with its ANN beside it: accuracy, prediction agreement, spikes and events per image,
+energy), measured as bench/spike_front.py measures a point of its front.
 """
 
 from __future__ import annotations
@@ -65,16 +68,41 @@ def pretraining_of(cfg) -> dict | None:
     act = {"activation": pcfg["act"]}
     if pcfg["act"] == "clip":  # the float pre-training's range, clip(x, αλ, βλ)
         act["clip_range"] = {"lam": pcfg["lam"], "alpha": pcfg["alpha"], "beta": pcfg["beta"]}
+    earlier = pretraining_of(pcfg)  # a chain of fine-tunes: each stage says what it started from
     return {"command": last_command(read_train_log(os.path.dirname(source))), **act, "seed": pcfg["seed"],
             "epochs_planned": pcfg["epochs"], "epochs_done": state["epoch"], "batch_size": pcfg["batch_size"],
             "lr": pcfg["lr"], "weight_decay": pcfg["weight_decay"], "warmup_epochs": pcfg.get("warmup_epochs", 0),
             "wall_time_s": round(state.get("wall_s", 0.0), 1),
-            "final_test_acc_pytorch": history[-1].get("test_acc") if history else None}
+            "final_test_acc_pytorch": history[-1].get("test_acc") if history else None, **fine_tuning_of(pcfg),
+            **({"pretraining": earlier} if earlier else {})}
+
+
+def fine_tuning_of(cfg) -> dict:
+    """The spike penalty and the teacher of a run, where it had them."""
+    keys = (("spike_penalty", "penalty_rule") if cfg.get("spike_penalty") else ()) + \
+        (("distill_from", "distill_weight", "distill_temperature") if cfg.get("distill_from") else ())
+    return {k: cfg[k] for k in keys}
 
 
 def _total_wall(stage: dict) -> float:
     """Wall time of a stage and of every stage before it."""
     return stage["wall_time_s"] + (_total_wall(stage["pretraining"]) if "pretraining" in stage else 0.0)
+
+
+def snn_t1(onnx_path: str, test) -> dict:
+    """The SNN at T = 1 on ``test`` (exact mode, beside its ANN), as a point of bench/spike_front.py."""
+    sys.path.insert(0, HERE)
+    from spike_front import measure
+
+    from pmsm_compiler.runtime.report import E_AC_PJ
+
+    m = measure(onnx_path, test, 500)
+    return {"mode": "exact", "timesteps": 1, "images": len(test.x),
+            **{k: m[k] for k in ("accuracy", "ann_accuracy", "t1_prediction_agreement", "spikes_per_image",
+                                 "events_per_image", "negative_spikes_per_image", "spikes_per_neuron",
+                                 "energy_per_image_uj")},
+            "counting": f"spikes = sum |k| (paper Eq. 11), events = sum 1[k != 0]; energy = SOPs x {E_AC_PJ} pJ",
+            "measured_by": "bench/ship_model.py --snn-t1 (bench/spike_front.py's measure)"}
 
 
 def main(argv=None):
@@ -83,6 +111,8 @@ def main(argv=None):
     ap.add_argument("--name", required=True)
     ap.add_argument("--data", required=True, help="folder with test.npz")
     ap.add_argument("--out-dir", default=MODELS)
+    ap.add_argument("--snn-t1", action="store_true",
+                    help="also compile in exact mode and record the SNN's figures at T = 1 on the test set")
     args = ap.parse_args(argv)
 
     import torch
@@ -132,12 +162,14 @@ def main(argv=None):
                      "epochs_done": state["epoch"], "batch_size": cfg["batch_size"], "lr": cfg["lr"],
                      "weight_decay": cfg["weight_decay"], "warmup_epochs": cfg.get("warmup_epochs", 0),
                      "schedule": "cosine over the planned epochs", "wall_time_s": round(state.get("wall_s", 0.0), 1),
-                     "hardware": "2 CPU cores", "final_test_acc_pytorch": history[-1].get("test_acc") if history else None},
+                     "hardware": "2 CPU cores", "final_test_acc_pytorch": history[-1].get("test_acc") if history else None,
+                     **fine_tuning_of(cfg)},
         **({"pretraining": pretraining,
             "total_wall_time_s": round(state.get("wall_s", 0.0) + _total_wall(pretraining), 1)}
            if pretraining else {}),
         "ann_accuracy_onnxruntime": acc,
         "ann_accuracy_measured_on": "the 10,000-image test set (JPEG re-decoded), onnxruntime ORT_ENABLE_ALL",
+        **({"snn_t1": snn_t1(onnx_path, test)} if args.snn_t1 else {}),
         "lambdas": lams,
         "created": datetime.date.today().isoformat(),
     }

@@ -137,3 +137,47 @@ def test_ship_model_lists_only_the_sessions_that_changed_the_command():
     assert [s["from_epoch"] for s in module.distinct_commands(sessions)] == [0, 55]
     assert module.last_command(sessions) == "pmsm-train --data ../b --eval-every 5"
     assert module.last_command([]) is None
+
+
+def test_ship_model_describes_a_chain_of_fine_tunes(tmp_path):
+    """A sparse model is fine-tuned in stages; its card names every stage back to the shipped model."""
+    module = load_bench_script("ship_model")
+    shipped = {"file": "m.onnx", "sha256": "ab", "ann_accuracy_onnxruntime": 0.88, "activation": {"kind": "pqa"},
+               "training": {"command": "pmsm-train ... --epochs 120", "epochs_done": 120, "wall_time_s": 1000.0}}
+    torch.save({"model": {}, "source_card": shipped}, tmp_path / "init.pt")
+    source = tmp_path / "init.pt"
+    base = {"act": "pqa", "seed": 42, "batch_size": 128, "lr": 0.003, "weight_decay": 5e-4, "epochs": 2,
+            "penalty_rule": "spikes", "distill_weight": 0.5, "distill_temperature": 4.0}
+    stages = [{"spike_penalty": 0.5, "distill_from": None}, {"spike_penalty": 0.3, "distill_from": str(source)}]
+    for i, extra in enumerate(stages):
+        run = tmp_path / f"stage{i}"
+        run.mkdir()
+        (run / "train.log").write_text(f"command: pmsm-train --stage {i}\n{{}}\n")
+        torch.save({"model": {}, "config": {**base, **extra, "init_from": str(source)}, "epoch": 2,
+                    "wall_s": 10.0 * (i + 1), "history": [{"test_acc": 0.85 + i / 100}]}, run / "checkpoint.pt")
+        source = run / "checkpoint.pt"
+    last = module.pretraining_of({"init_from": str(source)})
+    assert last["command"] == "pmsm-train --stage 1" and last["spike_penalty"] == 0.3
+    assert last["distill_from"].endswith("init.pt") and last["distill_weight"] == 0.5
+    first = last["pretraining"]
+    assert first["command"] == "pmsm-train --stage 0" and first["spike_penalty"] == 0.5
+    assert "distill_from" not in first and "distill_weight" not in first  # no teacher, no teacher's settings
+    assert first["pretraining"]["shipped_sha256"] == "ab"
+    assert module._total_wall(last) == 20.0 + 10.0 + 1000.0
+    assert module.fine_tuning_of({"spike_penalty": 0.0, "penalty_rule": "spikes", "distill_from": None}) == {}
+    json.dumps(last)
+
+
+def test_ship_model_snn_t1_is_lossless_on_a_tiny_model(tmp_path):
+    from tiny_models import export_tiny_pair
+
+    from pmsm_compiler.data import load_dataset
+
+    module = load_bench_script("ship_model")
+    path = export_tiny_pair(tmp_path)["pqa"]
+    test = load_dataset("bundled").evenly_spaced(40)
+    figures = module.snn_t1(path, test)
+    assert figures["images"] == 40 and figures["mode"] == "exact"
+    assert figures["t1_prediction_agreement"] == 1.0 and figures["accuracy"] == figures["ann_accuracy"]
+    assert 0 < figures["events_per_image"] <= figures["spikes_per_image"]
+    json.dumps(figures)
