@@ -37,7 +37,8 @@ def _register_shared_cpu_arena() -> bool:
 
 
 def make_session(model, opt_level: str = "all", providers=None, threads: int = 0, shared_arena: bool = False,
-                 priority_order: bool = False, custom_ops_library: str | None = None, qdq_fusion: bool = True):
+                 priority_order: bool = False, custom_ops_library: str | None = None, qdq_fusion: bool = True,
+                 profile_prefix: str | None = None):
     """An onnxruntime session without thread spinning, at ``opt_level`` (a name of ``OPT_LEVELS``, or
     an ``onnxruntime.GraphOptimizationLevel``).
 
@@ -53,6 +54,10 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
 
     qdq_fusion: False keeps QuantizeLinear/DequantizeLinear as float-simulation ops (the model's
     ONNX semantics) instead of letting onnxruntime fuse them into integer kernels.
+
+    profile_prefix: record onnxruntime's per-node trace (``SessionOptions.enable_profiling``) into a
+    JSON file whose path starts with this prefix; ``session.end_profiling()`` writes it and returns
+    the path.
     """
     import onnxruntime as ort
 
@@ -74,6 +79,9 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
         so.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         so.intra_op_num_threads = threads
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.log_severity_level = 4  # fatal only: a failure raises, and the tools print it as their one error line
     if custom_ops_library:
         so.register_custom_ops_library(custom_ops_library)

@@ -62,7 +62,8 @@ class SNNSession:
     """A compiled SNN ready to run: ``run_batch(x, timesteps)`` → :class:`BatchResult`."""
 
     def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
-                 priority_order: bool = True, in_place: bool = True, kernels: str = "auto", counters: bool = True):
+                 priority_order: bool = True, in_place: bool = True, kernels: str = "auto", counters: bool = True,
+                 profile_prefix: str | None = None):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -91,19 +92,22 @@ class SNNSession:
                 raise InputError(f"execution provider(s) not available: {', '.join(missing)}; "
                                  f"available: {', '.join(available)}")
         self.providers = list(providers or ["CPUExecutionProvider"])
+        #: onnxruntime's per-node trace of every session, into JSON files starting with this prefix
+        #: (``end_profiling``)
+        self.profile_prefix = profile_prefix
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.kernels = self._kernel_library(kernels)
         if info.counters_output and not counters:
             model = without_output(model, info.counters_output)
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True,
-                                      qdq_fusion=False)
+                                      qdq_fusion=False, profile_prefix=self._profile_name("prologue"))
                          if prologue is not None else None)
         self.priority_order = priority_order
         self.fused_layers = 0
         self.unfused_notes: list[str] = []
         self._step_model, self._opt_level, self._threads = step, opt_level, threads
-        self.step = self._make_step_session(step)
+        self.step = self._make_step_session(step, self._profile_name(_variant_label(False, False, ())))
         self._variants = {(False, False, ()): self.step}
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
         # the graph's own input type (not the metadata's): what onnxruntime will accept
@@ -153,7 +157,22 @@ class SNNSession:
         return {"used": bool(self.kernels), "layers_fused": self.fused_layers, "reason": reason,
                 "unfused": list(self.unfused_notes)}
 
-    def _make_step_session(self, model: onnx.ModelProto):
+    def _profile_name(self, label: str) -> str | None:
+        return f"{self.profile_prefix}_{label}" if self.profile_prefix else None
+
+    def end_profiling(self) -> dict[str, str]:
+        """Stop the per-node traces (``profile_prefix``): {session label: JSON file}, the labels
+        "prologue" and "step" (a middle step), "first", "last", "first+last" (``session_for``)."""
+        if not self.profile_prefix:
+            return {}
+        files = {}
+        if self.prologue is not None:
+            files["prologue"] = self.prologue.end_profiling()
+        for key, session in self._variants.items():
+            files[_variant_label(*key)] = session.end_profiling()
+        return files
+
+    def _make_step_session(self, model: onnx.ModelProto, profile_prefix: str | None = None):
         if self.kernels:
             from .fuse_neuron_kernels import fuse_model
 
@@ -164,7 +183,8 @@ class SNNSession:
         # for k·s; integer-kernel fusion has nothing to gain there, and can fail on it (onnxruntime
         # 1.32 at opset 21: QuantizeLinear(int8) → DQ → Reshape)
         return make_session(model, self._opt_level, self.providers, self._threads, shared_arena=True, qdq_fusion=False,
-                            priority_order=self.priority_order, custom_ops_library=self.kernels)
+                            priority_order=self.priority_order, custom_ops_library=self.kernels,
+                            profile_prefix=profile_prefix)
 
     def session_for(self, first: bool, last: bool, extra_outputs: tuple = ()):
         """The onnxruntime session for a step at this position in time (created on first use);
@@ -174,7 +194,7 @@ class SNNSession:
             variant = step_variant(self._step_model, self.info, first, last)
             if extra_outputs:
                 variant = with_outputs(variant, extra_outputs)
-            self._variants[key] = self._make_step_session(variant)
+            self._variants[key] = self._make_step_session(variant, self._profile_name(_variant_label(*key)))
         return self._variants[key]
 
     def run_first_step(self, x: np.ndarray, extra_outputs=()) -> dict:
@@ -311,3 +331,8 @@ class SNNSession:
         mean = (out_sum / timesteps).astype(np.float32)
         return BatchResult(mean, preds, spikes, np.stack(per_step) if keep_outputs else None,
                            counters if counted else None, by_sample if counted else None)
+
+
+def _variant_label(first: bool, last: bool, extra_outputs: tuple) -> str:
+    label = {(False, False): "step", (True, False): "first", (False, True): "last", (True, True): "first+last"}
+    return label[(first, last)] + (f"+{len(extra_outputs)}outputs" if extra_outputs else "")
