@@ -13,7 +13,10 @@ round, after warm-up rounds):
   activation (onnxruntime fuses Conv + Relu into one kernel): the floor for a dense simulator;
 * PQA ANN: one run of the quantized ANN as exported;
 * SNN step, folded and exact: ``SNNSession.run_batch(x, T) / T`` (T = --steps: prologue, first,
-  middle and last steps, state binding, result copies; what a run pays per step), and T = 1.
+  middle and last steps, state binding, result copies; what a run pays per step), and T = 1;
+* with --reference, the same SNN steps with ``rewrite_optimized=False``: the step graphs as
+  onnxruntime optimizes them, without the runtime's rewrite of them (absorbed neighbours, blocked
+  layout; runtime/optimized_step.py), to show what that rewrite does in the same run.
 
 It prints the medians and two ratios to the ReLU run: of the medians, and the median of the
 per-round ratios (each SNN measurement over the ReLU run of the same round), against issue 20's
@@ -89,7 +92,8 @@ def _timed(fn, per: int = 1) -> float:
     return (time.perf_counter() - start) / per
 
 
-def measure_times(paths: dict, batch: int, repeats: int, warmup: int, steps: int, threads: int) -> dict:
+def measure_times(paths: dict, batch: int, repeats: int, warmup: int, steps: int, threads: int,
+                  reference: bool = False) -> dict:
     from pmsm_compiler.loading import load_model
     from pmsm_compiler.runtime import SNNSession
     from pmsm_compiler.sessions import make_session
@@ -99,10 +103,16 @@ def measure_times(paths: dict, batch: int, repeats: int, warmup: int, steps: int
     pqa = make_session(load_model(paths["pqa"]), "all", None, threads)
     runs = [("ReLU ANN", lambda: _timed(lambda: relu.run(None, {"input": x}))),
             ("PQA ANN", lambda: _timed(lambda: pqa.run(None, {"input": x})))]
+    rewrites = {}
     for mode in MODES:
-        snn = SNNSession(load_model(paths[mode], static_inputs=False), opt_level="all", threads=threads)
+        model = load_model(paths[mode], static_inputs=False)
+        snn = SNNSession(model, opt_level="all", threads=threads)
+        rewrites[mode] = dict(snn.step_rewrites, fused_layers=snn.fused_layers)
         runs.append((f"SNN {mode}, per step (T={steps})", lambda s=snn: _timed(lambda: s.run_batch(x, steps), steps)))
         runs.append((f"SNN {mode}, T=1", lambda s=snn: _timed(lambda: s.run_batch(x, 1))))
+        if reference:
+            ref = SNNSession(model, opt_level="all", threads=threads, rewrite_optimized=False)
+            runs.append((f"SNN {mode}, per step, no rewrite", lambda s=ref: _timed(lambda: s.run_batch(x, steps), steps)))
     times = {label: [] for label, _ in runs}
     for rnd in range(warmup + repeats):
         shift = rnd % len(runs)  # rotate, so that no configuration always follows the same one
@@ -118,7 +128,7 @@ def measure_times(paths: dict, batch: int, repeats: int, warmup: int, steps: int
                      "min_ms": 1e3 * min(values), "max_ms": 1e3 * max(values),
                      "ratio_to_relu": statistics.median(values) / statistics.median(relu_times),
                      "paired_ratio_to_relu": statistics.median(paired)})
-    return {"batch": batch, "repeats": repeats, "steps": steps, "rows": rows}
+    return {"batch": batch, "repeats": repeats, "steps": steps, "rows": rows, "step_rewrites": rewrites}
 
 
 def aggregate_profile(path: str) -> dict:
@@ -143,9 +153,9 @@ def aggregate_profile(path: str) -> dict:
             "ops": ops, "slowest_nodes": nodes}
 
 
-def measure_profiles(paths: dict, batch: int, runs: int, threads: int, tmp: str) -> dict:
+def measure_profiles(paths: dict, batch: int, runs: int, threads: int, tmp: str, reference: bool = False) -> dict:
     """Per-op profiles: the ReLU ANN over ``runs`` runs, the SNN's middle-step session over ``runs``
-    middle steps (one run of T = runs + 2), folded and exact."""
+    middle steps (one run of T = runs + 2), folded and exact (and without the rewrite: ``reference``)."""
     from pmsm_compiler.loading import load_model
     from pmsm_compiler.runtime import SNNSession
     from pmsm_compiler.sessions import make_session
@@ -158,10 +168,12 @@ def measure_profiles(paths: dict, batch: int, runs: int, threads: int, tmp: str)
         relu.run(None, {"input": x})
     out["ReLU ANN"] = aggregate_profile(relu.end_profiling())
     for mode in MODES:
-        snn = SNNSession(load_model(paths[mode], static_inputs=False), opt_level="all", threads=threads,
-                         profile_prefix=os.path.join(tmp, f"snn_{mode}_b{batch}"))
-        snn.run_batch(x, runs + 2)  # first, `runs` middle steps, last
-        out[f"SNN {mode}, middle step"] = aggregate_profile(snn.end_profiling()["step"])
+        for rewrite in (True, False) if reference else (True,):
+            snn = SNNSession(load_model(paths[mode], static_inputs=False), opt_level="all", threads=threads,
+                             profile_prefix=os.path.join(tmp, f"snn_{mode}_{rewrite}_b{batch}"), rewrite_optimized=rewrite)
+            snn.run_batch(x, runs + 2)  # first, `runs` middle steps, last
+            label = f"SNN {mode}, middle step" + ("" if rewrite else ", no rewrite")
+            out[label] = aggregate_profile(snn.end_profiling()["step"])
     return out
 
 
@@ -180,6 +192,9 @@ def format_report(results: dict) -> str:
             verdict = b["target"]
             lines.append(f"folded step / ReLU run: {verdict['ratio']:.3f} (target {TARGET:.2f}: "
                          f"{'met' if verdict['met'] else 'not met'}); exact: {verdict['exact_ratio']:.3f}")
+            lines.append("step rewrites (middle step): " + "; ".join(
+                f"{mode} {r['absorbed_ops']} ops absorbed, {r['blocked_layers']}/{r['fused_layers']} neuron layers "
+                f"on the blocked layout" for mode, r in t["step_rewrites"].items()))
             for label, prof in b.get("profiles", {}).items():
                 lines.append(f"  profile, {label}: {prof['kernel_us']:.0f} µs kernel time per run "
                              f"(run {prof['run_us']:.0f} µs, {prof['runs']} runs traced)")
@@ -200,6 +215,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=8, help="T of the per-step timing")
     p.add_argument("--profile-runs", type=int, default=10, help="traced runs per profile (0: no profile)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
+    p.add_argument("--reference", action="store_true",
+                   help="also time the SNN steps without the runtime's rewrite of the optimized step graph")
     p.add_argument("--quick", action="store_true", help="ResNet-20 only, 3 rounds, T = 4, 3 traced runs")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
@@ -229,7 +246,8 @@ def main(argv=None) -> int:
             entry = {"layers": paths["layers"], "neurons": paths["neurons"], "batches": []}
             for batch in batches:
                 print(f"[{name}] batch {batch}: timing ...", file=sys.stderr, flush=True)
-                times = measure_times(paths, batch, args.repeats, args.warmup, args.steps, args.threads)
+                times = measure_times(paths, batch, args.repeats, args.warmup, args.steps, args.threads,
+                                      args.reference)
                 by = {row["config"]: row for row in times["rows"]}
                 folded = by[f"SNN folded, per step (T={args.steps})"]
                 exact = by[f"SNN exact, per step (T={args.steps})"]
@@ -239,7 +257,8 @@ def main(argv=None) -> int:
                                                 "exact_ratio": exact["ratio_to_relu"]}}
                 if args.profile_runs:
                     print(f"[{name}] batch {batch}: profiles ...", file=sys.stderr, flush=True)
-                    b["profiles"] = measure_profiles(paths, batch, args.profile_runs, args.threads, tmp)
+                    b["profiles"] = measure_profiles(paths, batch, args.profile_runs, args.threads, tmp,
+                                                     args.reference)
                 entry["batches"].append(b)
             results["models"][name] = entry
     results["loadavg_after"] = os.getloadavg()

@@ -38,7 +38,7 @@ def _register_shared_cpu_arena() -> bool:
 
 def make_session(model, opt_level: str = "all", providers=None, threads: int = 0, shared_arena: bool = False,
                  priority_order: bool = False, custom_ops_library: str | None = None, qdq_fusion: bool = True,
-                 profile_prefix: str | None = None):
+                 profile_prefix: str | None = None, optimized_model_path: str | None = None):
     """An onnxruntime session without thread spinning, at ``opt_level`` (a name of ``OPT_LEVELS``, or
     an ``onnxruntime.GraphOptimizationLevel``).
 
@@ -58,6 +58,8 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
     profile_prefix: record onnxruntime's per-node trace (``SessionOptions.enable_profiling``) into a
     JSON file whose path starts with this prefix; ``session.end_profiling()`` writes it and returns
     the path.
+
+    optimized_model_path: onnxruntime writes the graph it optimized there (what it will run).
     """
     import onnxruntime as ort
 
@@ -79,6 +81,8 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
         so.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         so.intra_op_num_threads = threads
+    if optimized_model_path:
+        so.optimized_model_filepath = optimized_model_path
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix

@@ -63,7 +63,7 @@ class SNNSession:
 
     def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
                  priority_order: bool = True, in_place: bool = True, kernels: str = "auto", counters: bool = True,
-                 profile_prefix: str | None = None):
+                 profile_prefix: str | None = None, rewrite_optimized: bool = True):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -107,6 +107,13 @@ class SNNSession:
         self.fused_layers = 0
         self.unfused_notes: list[str] = []
         self._step_model, self._opt_level, self._threads = step, opt_level, threads
+        # On the CPU with the fused kernels at level "all", the step sessions run onnxruntime's own
+        # optimized graph with the neurons' elementwise neighbours absorbed (runtime/optimized_step.py);
+        # what the middle step decides, every other variant follows (``_blocked_states``).
+        self._rewrite = bool(rewrite_optimized and self.kernels and opt_level in ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL))
+        self._blocked_states: dict | None = None
+        #: what the rewrite did to the middle step: {"absorbed_ops": n, "blocked_layers": n}
+        self.step_rewrites = {"absorbed_ops": 0, "blocked_layers": 0}
         self.step = self._make_step_session(step, self._profile_name(_variant_label(False, False, ())))
         self._variants = {(False, False, ()): self.step}
         self._step_inputs = {i.name: i for i in self.step.get_inputs()}
@@ -173,18 +180,39 @@ class SNNSession:
         return files
 
     def _make_step_session(self, model: onnx.ModelProto, profile_prefix: str | None = None):
+        shapes = None
         if self.kernels:
             from .fuse_neuron_kernels import fuse_model
 
+            if self._rewrite:
+                from .optimized_step import static_shapes
+
+                shapes = static_shapes(model)
             model, fused, notes = fuse_model(model)
             self.fused_layers = max(self.fused_layers, fused)
             self.unfused_notes = sorted(set(self.unfused_notes) | set(notes))
-        # qdq_fusion off: an SNN's DequantizeLinear (exact mode's output op of a Q/DQ neuron) stands
-        # for k·s; integer-kernel fusion has nothing to gain there, and can fail on it (onnxruntime
-        # 1.32 at opset 21: QuantizeLinear(int8) → DQ → Reshape)
-        return make_session(model, self._opt_level, self.providers, self._threads, shared_arena=True, qdq_fusion=False,
-                            priority_order=self.priority_order, custom_ops_library=self.kernels,
-                            profile_prefix=profile_prefix)
+
+        def make(m, opt_level, optimized_model_path=None, profile=True):
+            # qdq_fusion off: an SNN's DequantizeLinear (exact mode's output op of a Q/DQ neuron) stands
+            # for k·s; integer-kernel fusion has nothing to gain there, and can fail on it (onnxruntime
+            # 1.32 at opset 21: QuantizeLinear(int8) → DQ → Reshape)
+            return make_session(m, opt_level, self.providers, self._threads, shared_arena=True, qdq_fusion=False,
+                                priority_order=self.priority_order, custom_ops_library=self.kernels,
+                                profile_prefix=profile_prefix if profile else None,
+                                optimized_model_path=optimized_model_path)
+
+        if not self._rewrite:
+            return make(model, self._opt_level)
+        from .optimized_step import optimized_step_session
+
+        middle = self._blocked_states is None
+        session, decisions, rewrites = optimized_step_session(
+            model, shapes, [(s.input, s.output) for s in self.info.states], self._blocked_states, make,
+            profiling=profile_prefix is not None)
+        if middle:
+            self._blocked_states = decisions
+            self.step_rewrites = rewrites
+        return session
 
     def session_for(self, first: bool, last: bool, extra_outputs: tuple = ()):
         """The onnxruntime session for a step at this position in time (created on first use);
