@@ -2,10 +2,11 @@
 
 onnxruntime optimizes the step graph (level "all": constant folding, Conv fusions, the blocked
 NCHWc layout); the runtime then rewrites what that left around the fused neuron kernels
-(``absorb_neighbours``: elementwise neighbours into the neuron) and runs the rewritten graph with
-onnxruntime's optimizations off, so every other kernel is the one onnxruntime chose, on the same
-weights: only the neurons' neighbours change, into operations that are bit-identical. Where
-nothing is rewritten, the first session is the one used.
+(``absorb_neighbours``: elementwise neighbours into the neuron; ``blocked_layout``: no layout
+conversions around it) and runs the rewritten graph with onnxruntime's optimizations off, so every
+other kernel is the one onnxruntime chose, on the same weights: only the neurons' neighbours
+change, into operations that are bit-identical (see both modules). Where nothing is rewritten,
+the first session is the one used.
 
 The optimized graph comes from ``SessionOptions.optimized_model_filepath`` (onnxruntime writes
 it while it builds the session), into a temporary folder.
@@ -20,9 +21,38 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .absorb_neighbours import absorb_neighbours
+from .blocked_layout import NCHWC_DOMAIN, blocked_layout
 
+_BLOCK: dict = {}
 # protobuf cannot serialize a model of 2 GiB or more in one piece
 MAX_MODEL_BYTES = 1 << 30
+
+
+def nchwc_block() -> int | None:
+    """onnxruntime's NCHWc channel block on this CPU (the channels ``ReorderInput`` pads a
+    four-channel tensor to: it takes multiples of 4, the block is 8 or 16), or None when it has no
+    NCHWc kernels."""
+    if "block" not in _BLOCK:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(
+            [helper.make_node("ReorderInput", ["x"], ["y"], domain=NCHWC_DOMAIN, channels_last=0)], "block",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid(NCHWC_DOMAIN, 1)])
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 4
+        try:
+            sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            block = int(sess.run(None, {"x": np.ones([1, 4, 1, 1], np.float32)})[0].shape[1])
+        except Exception:  # noqa: BLE001 - no NCHWc kernels in this build or on this CPU
+            block = None
+        _BLOCK["block"] = block if block and block > 1 else None
+    return _BLOCK["block"]
 
 
 def static_shapes(model: onnx.ModelProto) -> dict:
@@ -59,7 +89,8 @@ def optimized_step_session(model: onnx.ModelProto, shapes: dict, states, require
         optimized = onnx.load(path)
     graph = gs.import_onnx(optimized)
     absorbed = absorb_neighbours(graph, shapes)
-    decisions, moved = {}, 0
+    block = nchwc_block()
+    decisions, moved = blocked_layout(graph, block, states, required, shapes) if block else ({}, 0)
     rewrites = {"absorbed_ops": absorbed, "blocked_layers": moved}
     if not absorbed and not moved:
         return (make(model, "all", profile=True) if profiling else first), decisions, rewrites

@@ -108,8 +108,9 @@ class SNNSession:
         self.unfused_notes: list[str] = []
         self._step_model, self._opt_level, self._threads = step, opt_level, threads
         # On the CPU with the fused kernels at level "all", the step sessions run onnxruntime's own
-        # optimized graph with the neurons' elementwise neighbours absorbed (runtime/optimized_step.py);
-        # what the middle step decides, every other variant follows (``_blocked_states``).
+        # optimized graph with the neurons' neighbours absorbed and no layout conversions around
+        # them (runtime/optimized_step.py); the middle step decides which membranes are stored in
+        # the blocked layout, and every other variant follows (``_blocked_states``).
         self._rewrite = bool(rewrite_optimized and self.kernels and opt_level in ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL))
         self._blocked_states: dict | None = None
         #: what the rewrite did to the middle step: {"absorbed_ops": n, "blocked_layers": n}

@@ -1,5 +1,5 @@
-"""The runtime's rewrite of onnxruntime's optimized step graph: absorbed neighbours change no
-result, bit for bit.
+"""The runtime's rewrite of onnxruntime's optimized step graph: absorbed neighbours and the blocked
+layout change no result, bit for bit.
 
 Two levels: hand-built graphs of one fused neuron with the stock Add / Mul / Div / Unsqueeze
 around it, run before and after ``absorb_neighbours`` (every operand order and value pattern the
@@ -22,6 +22,7 @@ from onnx import TensorProto, helper
 from pmsm_compiler import kernels
 from pmsm_compiler.runtime.absorb_neighbours import absorb_neighbours
 from pmsm_compiler.runtime.fuse_neuron_kernels import KERNEL_DOMAIN
+from pmsm_compiler.runtime.optimized_step import nchwc_block
 
 SHAPE = [3, 16, 5, 6]
 
@@ -256,7 +257,7 @@ def snn_models(tmp_path_factory):
         # stem 16, an identity block at 16, a strided block to 32: residual Adds and conv-fused sums
         "resnet_pqa": ResNetCifar((1, 1, 1), (16, 16, 32), act="pqa"),
         "resnet_qcfs": ResNetCifar((1, 1, 1), (16, 16, 32), act="qcfs"),
-        # a stateful MaxPool
+        # a 4-channel layer keeps its reorders (the channel block is 8 or 16: padded); a stateful MaxPool
         "vgg_maxpool": VGG((16, 4, "M", 16, "M", 32, "M"), act="pqa", hidden=32, image_size=16),
     }
     out = {}
@@ -281,6 +282,8 @@ def test_rewritten_steps_change_no_result(library, snn_models, name, mode):
     rewritten = SNNSession(model)
     assert plain.step_rewrites == {"absorbed_ops": 0, "blocked_layers": 0}
     assert rewritten.step_rewrites["absorbed_ops"] > 0
+    if nchwc_block() is not None:
+        assert rewritten.step_rewrites["blocked_layers"] > 0
     for batch, steps in ((1, 3), (3, 1), (9, 2), (2, 4)):
         x = _inputs(batch, seed=batch)
         a = plain.run_batch(x, steps, keep_outputs=True, sample_counters=True)
@@ -303,9 +306,110 @@ def test_the_first_step_with_spikes_as_outputs_is_unchanged(library, snn_models)
         np.testing.assert_array_equal(b[key], a[key], err_msg=key)
 
 
+def test_every_variant_keeps_the_middle_steps_membrane_layout(library, snn_models):
+    from pmsm_compiler.runtime import SNNSession
+
+    session = SNNSession(snn_models[("resnet_pqa", "folded")])
+    decided = dict(session._blocked_states)
+    for first, last in ((True, False), (False, True), (True, True)):
+        session.session_for(first, last)
+    assert session._blocked_states == decided
+    if nchwc_block() is not None:
+        assert decided and all(c % nchwc_block() == 0 for c in decided.values())
+
+
 def test_off_the_cpu_kernels_or_below_level_all_nothing_is_rewritten(snn_models):
     from pmsm_compiler.runtime import SNNSession
 
     model = snn_models[("resnet_pqa", "folded")]
     assert SNNSession(model, kernels="off").step_rewrites == {"absorbed_ops": 0, "blocked_layers": 0}
     assert SNNSession(model, opt_level="extended").step_rewrites == {"absorbed_ops": 0, "blocked_layers": 0}
+
+
+# --- blocked_layout on hand-built graphs in onnxruntime's NCHWc form --------------------------
+
+def nchwc_graph(block, neuron_input_blocked=True, channels=None):
+    """x → [ReorderInput → ReorderOutput] → fused neuron (state u) → ReorderInput → ReorderOutput → y:
+    the shape onnxruntime gives a neuron between two NCHWc convolutions (the convolutions left out)."""
+    channels = channels or block
+    shape = [2, channels, 3, 2]
+    nodes, cur = [], "x"
+    if neuron_input_blocked:
+        nodes += [helper.make_node("ReorderInput", ["x"], ["xb"], domain="com.microsoft.nchwc", channels_last=0),
+                  helper.make_node("ReorderOutput", ["xb"], ["xn"], domain="com.microsoft.nchwc", channels=channels,
+                                   channels_last=0)]
+        cur = "xn"
+    nodes += [helper.make_node("AIFCounters", [cur, "u"], ["k", "u_next", "count", "counters"], domain=KERNEL_DOMAIN,
+                               s_min=-2, s_max=8, count_float=1),
+              helper.make_node("ReorderInput", ["k"], ["kb"], domain="com.microsoft.nchwc", channels_last=0),
+              helper.make_node("ReorderOutput", ["kb"], ["y"], domain="com.microsoft.nchwc", channels=channels,
+                               channels_last=0)]
+    graph = helper.make_graph(nodes, "step", [_value("x", shape=shape), _value("u", shape=shape)],
+                              [_value("y"), _value("u_next"), _value("count"),
+                               _value("counters", TensorProto.INT64)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(KERNEL_DOMAIN, 1),
+                                                    helper.make_opsetid("com.microsoft.nchwc", 1)])
+    model.ir_version = 10
+    return model, shape
+
+
+def _to_blocked(a, block):
+    n, c, h, w = a.shape
+    return np.ascontiguousarray(a.reshape(n, c // block, block, h, w).transpose(0, 1, 3, 4, 2)).reshape(a.shape)
+
+
+def _laid_out(model, block, required, shapes=None):
+    from pmsm_compiler.runtime.blocked_layout import blocked_layout
+
+    graph = gs.import_onnx(model)
+    decisions, moved = blocked_layout(graph, block, [("u", "u_next")], required, shapes)
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    return out, decisions, moved
+
+
+@pytest.fixture(scope="module")
+def block():
+    b = nchwc_block()
+    if b is None:
+        pytest.skip("onnxruntime has no NCHWc kernels here")
+    assert b in (8, 16)
+    return b
+
+
+def test_the_middle_step_moves_a_neuron_between_reorders_and_stores_its_membrane_blocked(library, block):
+    model, shape = nchwc_graph(block)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 4
+    u = np.random.default_rng(1).random(shape).astype(np.float32)
+    expected = run(model, {"x": x, "u": u}, library)
+    out, decisions, moved = _laid_out(model, block, None)
+    assert (decisions, moved) == ({"u": block}, 1)
+    # the reorders around the neuron are gone: x's into the layout and y's out of it remain
+    assert [n.op_type for n in out.graph.node] == ["ReorderInput", "AIFCounters", "ReorderOutput"]
+    got = run(out, {"x": x, "u": _to_blocked(u, block)}, library)
+    np.testing.assert_array_equal(got["y"], expected["y"])
+    np.testing.assert_array_equal(got["u_next"], _to_blocked(expected["u_next"], block))
+    for name in ("count", "counters"):
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_variants_follow_the_middle_steps_decisions(library, block):
+    model, shape = nchwc_graph(block, neuron_input_blocked=False)
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32) * 4
+    u = np.random.default_rng(3).random(shape).astype(np.float32)
+    expected = run(model, {"x": x, "u": u}, library)
+    # the middle step keeps it NCHW: so does this variant, though it could move it
+    same, decisions, moved = _laid_out(model, block, {}, {"x": shape})
+    assert (decisions, moved) == ({}, 0)
+    # the middle step runs it blocked: this variant reorders its input in, and its membrane is blocked
+    out, decisions, moved = _laid_out(model, block, {"u": block})
+    assert (decisions, moved) == ({"u": block}, 1)
+    got = run(out, {"x": x, "u": _to_blocked(u, block)}, library)
+    np.testing.assert_array_equal(got["y"], expected["y"])
+    np.testing.assert_array_equal(got["u_next"], _to_blocked(expected["u_next"], block))
+
+
+def test_padded_channel_blocks_keep_their_reorders(library, block):
+    model, _ = nchwc_graph(block, channels=block + 4)
+    _, decisions, moved = _laid_out(model, block, None)
+    assert (decisions, moved) == ({}, 0)
