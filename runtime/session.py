@@ -245,6 +245,29 @@ class SNNSession:
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in inputs})))
 
+    def _middle_binding(self, session, static_values: dict, states: dict, like: list):
+        """(binding, arrays, keep) for the middle steps: the static inputs, every state bound in place
+        (as its own output), and the per-step outputs (network outputs, spike counts, counters:
+        shaped as ``like``, the previous step's) written into ``arrays``, which the loop reads after
+        each run. ``keep``: the OrtValues over those arrays, to hold while the binding is used."""
+        import onnxruntime as ort
+
+        b = session.io_binding()
+        for name, value in static_values.items():
+            b.bind_ortvalue_input(name, value)
+        for s in self._states:
+            b.bind_ortvalue_input(s.input, states[s.input])
+            b.bind_ortvalue_output(s.output, states[s.input])
+        keep = []
+        names = list(self.output_names) + [self.info.spike_counts_output]
+        if self.counters_output is not None:
+            names.append(self.counters_output)
+        arrays = [np.empty_like(a) for a in like]
+        for name, array in zip(names, arrays):
+            keep.append(ort.OrtValue.ortvalue_from_numpy(array))
+            b.bind_ortvalue_output(name, keep[-1])
+        return b, arrays, keep
+
     def _ortvalue(self, array):
         import onnxruntime as ort
 
@@ -309,53 +332,65 @@ class SNNSession:
         per_step = [] if keep_outputs else None
         time_name = self.info.time_input
         k = len(self.output_names)
+        # Middle steps when every state is updated in place (and no time input changes): one
+        # IOBinding, bound once, reused step after step; its per-step outputs land in numpy arrays of
+        # this loop (``reused``). At batch 1 rebinding every buffer and wrapping every output each
+        # step cost a sizeable part of a step.
+        reuse = self.device == "cpu" and not time_name and len(self.in_place_states) == len(self._states)
+        middle, reused, keep = None, None, None
         for t in range(1, timesteps + 1):
             first, last = t == 1, t == timesteps
             session = self.session_for(first, last)
-            b = session.io_binding()
-            for name, value in static_values.items():
-                b.bind_ortvalue_input(name, value)
-            if not first:
-                for s in self._states:
-                    b.bind_ortvalue_input(s.input, states[s.input])
-            if time_name:
-                b.bind_cpu_input(time_name, np.array([t], np.float32))
-            for name in self.output_names:
-                b.bind_output(name, "cpu")
-            b.bind_output(self.info.spike_counts_output, "cpu")
+            if reuse and not first and not last:
+                if middle is None:
+                    middle, reused, keep = self._middle_binding(session, static_values, states, step_outputs)
+                session.run_with_iobinding(middle)
+                step_outputs = reused
+            else:
+                b = session.io_binding()
+                for name, value in static_values.items():
+                    b.bind_ortvalue_input(name, value)
+                if not first:
+                    for s in self._states:
+                        b.bind_ortvalue_input(s.input, states[s.input])
+                if time_name:
+                    b.bind_cpu_input(time_name, np.array([t], np.float32))
+                for name in self.output_names:
+                    b.bind_output(name, "cpu")
+                b.bind_output(self.info.spike_counts_output, "cpu")
+                if counted:
+                    b.bind_output(self.counters_output, "cpu")
+                if not last:
+                    for s in self._states:
+                        if not first and s.input in self.in_place_states:
+                            target = states[s.input]  # one buffer, read then rewritten in place
+                        else:
+                            target = spare.get(s.input)
+                        if target is not None:
+                            b.bind_ortvalue_output(s.output, target)
+                        else:  # first step: onnxruntime allocates the full-size state
+                            b.bind_output(s.output, self.device)
+                session.run_with_iobinding(b)
+                outs = b.get_outputs()
+                first_state = k + 1 + counted
+                step_outputs = [v.numpy() for v in outs[:first_state]]
+                if not last:
+                    new_states = {s.input: v for s, v in zip(self._states, outs[first_state:])}
+                    if not first:
+                        # Ping-pong: the buffer this step read (full-size from t = 2 on) receives the
+                        # output of the step after.
+                        spare = {name: states[name] for name in states if name not in self.in_place_states}
+                    states = new_states
+            step_out = step_outputs[0]
+            spikes[t - 1] = step_outputs[k]
             if counted:
-                b.bind_output(self.counters_output, "cpu")
-            if not last:
-                for s in self._states:
-                    if not first and s.input in self.in_place_states:
-                        target = states[s.input]  # one buffer, read then rewritten in place
-                    else:
-                        target = spare.get(s.input)
-                    if target is not None:
-                        b.bind_ortvalue_output(s.output, target)
-                    else:  # first step: onnxruntime allocates the full-size state
-                        b.bind_output(s.output, self.device)
-            session.run_with_iobinding(b)
-            outs = b.get_outputs()
-            step_out = outs[0].numpy()
-            spikes[t - 1] = outs[k].numpy()
-            first_state = k + 1
-            if counted:
-                step_counters = outs[k + 1].numpy()
+                step_counters = step_outputs[k + 1]
                 counters[t - 1] = step_counters[:real].sum(axis=0)
                 if by_sample is not None:
                     by_sample[t - 1] = step_counters
-                first_state += 1
-            if not last:
-                new_states = {s.input: v for s, v in zip(self._states, outs[first_state:])}
-                if not first:
-                    # Ping-pong: the buffer this step read (full-size from t = 2 on) receives the
-                    # output of the step after.
-                    spare = {name: states[name] for name in states if name not in self.in_place_states}
-                states = new_states
             out_sum = step_out.astype(np.float64) if out_sum is None else out_sum + step_out
             if keep_outputs:
-                per_step.append(step_out)
+                per_step.append(step_out.copy())
             preds[t - 1] = (out_sum.reshape(n, -1)).argmax(1) if step_out.ndim >= 2 else 0
         mean = (out_sum / timesteps).astype(np.float32)
         return BatchResult(mean, preds, spikes, np.stack(per_step) if keep_outputs else None,
