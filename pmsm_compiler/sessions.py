@@ -59,7 +59,9 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
     JSON file whose path starts with this prefix; ``session.end_profiling()`` writes it and returns
     the path.
 
-    optimized_model_path: onnxruntime writes the graph it optimized there (what it will run).
+    optimized_model_path: onnxruntime writes the graph it optimized there (what it will run), its
+    initializers of 1 KiB or more in a data file beside it (``<name>.data``), so that the graph
+    loads without them.
     """
     import onnxruntime as ort
 
@@ -83,6 +85,9 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
         so.intra_op_num_threads = threads
     if optimized_model_path:
         so.optimized_model_filepath = optimized_model_path
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                    os.path.basename(optimized_model_path) + ".data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix

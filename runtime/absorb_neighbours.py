@@ -31,8 +31,8 @@ from .fuse_neuron_kernels import KERNEL_DOMAIN
 
 def _scalar(tensor) -> float | None:
     """The value of a one-element float32 constant, else None."""
-    if not isinstance(tensor, gs.Constant):
-        return None
+    if not isinstance(tensor, gs.Constant) or tensor.shape is None or int(np.prod(tensor.shape)) != 1:
+        return None  # (sized first: a large constant's values may live in a data file not loaded)
     value = tensor.values
     if value.dtype != np.float32 or value.size != 1 or value.ndim > 4:
         return None
@@ -127,7 +127,7 @@ def absorb_neighbours(graph: gs.Graph, shapes: dict) -> int:
             if len(counters.outputs) == 1 and counters not in graph.outputs:
                 unsqueeze = counters.outputs[0]
                 axes = unsqueeze.inputs[1] if len(unsqueeze.inputs) > 1 else None
-                if (unsqueeze.op == "Unsqueeze" and isinstance(axes, gs.Constant)
+                if (unsqueeze.op == "Unsqueeze" and isinstance(axes, gs.Constant) and list(axes.shape or []) == [1]
                         and list(np.asarray(axes.values).reshape(-1)) == [1]):
                     node.attrs["counters_row"] = 1
                     node.outputs[-1] = unsqueeze.outputs[0]

@@ -413,3 +413,31 @@ def test_padded_channel_blocks_keep_their_reorders(library, block):
     model, _ = nchwc_graph(block, channels=block + 4)
     _, decisions, moved = _laid_out(model, block, None)
     assert (decisions, moved) == ({}, 0)
+
+
+def test_static_shapes_read_no_weight_data(snn_models):
+    # the runtime infers shapes on the graph with its large weights reduced to type and dims
+    from pmsm_compiler.runtime.optimized_step import static_shapes
+
+    model = snn_models[("resnet_pqa", "exact")]
+    full = onnx.shape_inference.infer_shapes(model)
+    expected = {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                         for d in v.type.tensor_type.shape.dim]
+                for v in list(full.graph.value_info) + list(full.graph.input) + list(full.graph.output)
+                if v.type.tensor_type.HasField("shape")}
+    assert static_shapes(model) == expected
+    assert any(init.ByteSize() > 4096 for init in model.graph.initializer)  # some weights were left out
+
+
+def test_the_rewrite_leaves_no_files_behind(snn_models, tmp_path, monkeypatch):
+    import tempfile
+
+    from pmsm_compiler.runtime import SNNSession
+    from pmsm_compiler.runtime import optimized_step
+
+    monkeypatch.setattr(optimized_step, "_memory_folder", lambda: str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    session = SNNSession(snn_models[("resnet_pqa", "folded")])
+    session.run_batch(_inputs(2), 3)  # first, middle and last step sessions, all rewritten
+    assert session.step_rewrites["absorbed_ops"] > 0
+    assert list(tmp_path.iterdir()) == []
