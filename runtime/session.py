@@ -22,7 +22,15 @@ The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The s
   (``pmsm_compiler.kernels``, rewritten in by ``runtime.fuse_neuron_kernels``): the same float32
   operations in one pass over memory instead of six, bit-identical results. ``kernels="auto"``
   (default) uses them when the library builds, and falls back to the ONNX function bodies
-  otherwise; ``"on"`` requires them, ``"off"`` never uses them.
+  otherwise; ``"on"`` requires them, ``"off"`` never uses them;
+- with those kernels at level "all", runs onnxruntime's own optimized step graph rewritten around
+  them (``runtime.optimized_step``): the elementwise ops onnxruntime leaves beside a neuron
+  (residual Add, exact mode's Div and Mul by θ) run inside it, and the neurons read and write the
+  blocked NCHWc tensors of the convolutions, without the layout conversions around each of them;
+  bit-identical results (``rewrite_optimized=False`` runs the optimized graph as it is);
+- reuses one IOBinding for the middle steps when every state is updated in place.
+
+``profile_prefix`` records onnxruntime's per-node trace of every session (``end_profiling``).
 
 The same code runs on CPU and on the CUDA execution provider (buffers then live on the GPU).
 """
