@@ -90,15 +90,16 @@ def static_shapes(model: onnx.ModelProto) -> dict:
 
 
 def optimized_step_session(model: bytes | onnx.ModelProto, shapes: dict, states, required: dict | None, make,
-                           profiling: bool = False):
+                           optimize, profiling: bool = False):
     """(session, decisions, rewrites) for ``model`` (the step graph with fused neuron kernels,
     serialized or not).
 
-    make(model, opt_level, optimized_model_path=None, profile=False): builds a session with the
-    runtime's options (``profile``: with its per-node trace, when ``profiling``). ``shapes``:
-    ``static_shapes`` of the step before kernel fusion; ``states``, ``required``: as
-    ``blocked_layout``. decisions: {state input: channels} of the neurons that run blocked;
-    rewrites: {"absorbed_ops": n, "blocked_layers": n}.
+    make(model, opt_level, profile=False): builds the session that runs, with the runtime's options
+    (``profile``: with its per-node trace, when ``profiling``); optimize(model, path): writes
+    onnxruntime's optimized graph of ``model`` to ``path`` with the same options
+    (``pmsm_compiler.sessions.write_optimized_model``). ``shapes``: ``static_shapes`` of the step
+    before kernel fusion; ``states``, ``required``: as ``blocked_layout``. decisions: {state input:
+    channels} of the neurons that run blocked; rewrites: {"absorbed_ops": n, "blocked_layers": n}.
     """
     size = len(model) if isinstance(model, bytes) else model.ByteSize()
     if size > MAX_MODEL_BYTES:
@@ -107,16 +108,15 @@ def optimized_step_session(model: bytes | onnx.ModelProto, shapes: dict, states,
         return make(model, "all", profile=profiling), {}, {"absorbed_ops": 0, "blocked_layers": 0}
     with tempfile.TemporaryDirectory(prefix="pmsm_step_", dir=_memory_folder()) as tmp:
         path = os.path.join(tmp, "step.optimized.onnx")
-        first = make(model, "all", optimized_model_path=path)
+        optimize(model, path)
         optimized = onnx.load(path, load_external_data=False)
         graph = gs.import_onnx(optimized)
         absorbed = absorb_neighbours(graph, shapes)
         block = nchwc_block()
         decisions, moved = blocked_layout(graph, block, states, required, shapes) if block else ({}, 0)
         rewrites = {"absorbed_ops": absorbed, "blocked_layers": moved}
-        if not absorbed and not moved:
-            return (make(model, "all", profile=True) if profiling else first), decisions, rewrites
-        del first
+        if not absorbed and not moved:  # onnxruntime's own graph, as it optimizes it
+            return make(model, "all", profile=profiling), decisions, rewrites
         out = gs.export_onnx(graph)  # the weights stay references to the data file
         out.ir_version = optimized.ir_version
         rewritten = os.path.join(tmp, "step.rewritten.onnx")

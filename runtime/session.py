@@ -293,23 +293,29 @@ class SNNSession:
         ``required``: the blocked membranes it must keep (None: it decides, see ``session_for``)."""
         profile_prefix = self._profile_name(_variant_label(*key))
 
-        def make(m, opt_level, optimized_model_path=None, profile=True):
-            # qdq_fusion off: an SNN's DequantizeLinear (exact mode's output op of a Q/DQ neuron) stands
-            # for k·s; integer-kernel fusion has nothing to gain there, and can fail on it (onnxruntime
-            # 1.32 at opset 21: QuantizeLinear(int8) → DQ → Reshape)
-            return make_session(m, opt_level, self.providers, self._threads, shared_arena=True, qdq_fusion=False,
-                                priority_order=self.priority_order, custom_ops_library=self.kernels,
-                                profile_prefix=profile_prefix if profile else None,
-                                optimized_model_path=optimized_model_path)
+        # qdq_fusion off: an SNN's DequantizeLinear (exact mode's output op of a Q/DQ neuron) stands
+        # for k·s; integer-kernel fusion has nothing to gain there, and can fail on it (onnxruntime
+        # 1.32 at opset 21: QuantizeLinear(int8) → DQ → Reshape)
+        options = dict(threads=self._threads, shared_arena=True, qdq_fusion=False, priority_order=self.priority_order,
+                       custom_ops_library=self.kernels)
+
+        def make(m, opt_level, profile=True):
+            return make_session(m, opt_level, self.providers, **options,
+                                profile_prefix=profile_prefix if profile else None)
 
         if not self._rewrite:
             return make(data, self._opt_level)
+        from pmsm_compiler.sessions import write_optimized_model
+
         from .optimized_step import optimized_step_session
+
+        def optimize(m, path):
+            write_optimized_model(m, path, "all", self.providers, **options)
 
         first, last, _ = key
         session, decisions, rewrites = optimized_step_session(
             data, self._variant_shapes(first, last), [(s.input, s.output) for s in self.info.states], required,
-            make, profiling=profile_prefix is not None)
+            make, optimize, profiling=profile_prefix is not None)
         if key == _MIDDLE:
             self._blocked_states, self._step_rewrites = decisions, rewrites
         return session
