@@ -441,3 +441,125 @@ def test_the_rewrite_leaves_no_files_behind(snn_models, tmp_path, monkeypatch):
     session.run_batch(_inputs(2), 3)  # first, middle and last step sessions, all rewritten
     assert session.step_rewrites["absorbed_ops"] > 0
     assert list(tmp_path.iterdir()) == []
+
+
+# --- lazy step sessions: one decider of the membranes' layout, whatever is built first ----------
+
+_FIELDS = ("mean_outputs", "predictions_by_t", "spikes", "outputs_by_t", "counters", "counters_by_sample")
+
+
+def _run(session, x, steps):
+    return session.run_batch(x, steps, keep_outputs=True, sample_counters=True)
+
+
+@pytest.mark.parametrize("name,mode", [("resnet_pqa", "folded"), ("resnet_qcfs", "exact"), ("vgg_maxpool", "exact")])
+@pytest.mark.parametrize("order", [(1, 3, 2), (3, 1, 2), (2, 4, 1), (4, 2, 3)])
+def test_variants_built_in_any_order_give_a_fresh_sessions_results(library, snn_models, name, mode, order):
+    """The step sessions are built on first use, so which variant comes first depends on the runs
+    (T = 1: first+last alone; T = 2: first and last; T >= 3: the middle too). The membranes' layout
+    is the middle step's decision whatever came first: a variant that stored a state in another
+    layout than the next step reads it in would change the results."""
+    from pmsm_compiler.runtime import SNNSession
+
+    model = snn_models[(name, mode)]
+    x = _inputs(3, seed=7)
+    reference = {}
+    for steps in order:
+        fresh = SNNSession(model)
+        reference[steps] = (_run(fresh, x, steps), fresh.blocked_states)
+    session = SNNSession(model)
+    for steps in order:
+        got = _run(session, x, steps)
+        for field in _FIELDS:
+            np.testing.assert_array_equal(getattr(got, field), getattr(reference[steps][0], field),
+                                          err_msg=f"{field} T={steps} after {order}")
+    assert all(session.blocked_states == decided for _, decided in reference.values())
+
+
+def test_a_one_step_run_builds_no_middle_step_and_a_two_step_run_asks_it_the_layout(library, snn_models):
+    from pmsm_compiler.runtime import SNNSession
+
+    model = snn_models[("resnet_pqa", "folded")]
+    one = SNNSession(model)
+    _run(one, _inputs(2), 1)
+    assert list(one._variants) == [(True, True, ())]  # its one step reads and writes no state
+    two = SNNSession(model)
+    two.session_for(True, False)  # the first step writes the states: the middle step decides their layout
+    assert list(two._variants) == [(False, False, ()), (True, False, ())]
+    assert two.blocked_states == SNNSession(model).blocked_states
+    if nchwc_block() is not None:
+        assert two.blocked_states
+
+
+def test_a_variant_that_disagreed_on_the_layout_would_change_the_results(library, snn_models):
+    # what the order test above would catch: the first and last steps built as if no membrane were
+    # blocked, the middle step reading and writing them blocked
+    from pmsm_compiler.runtime import SNNSession
+
+    if nchwc_block() is None:
+        pytest.skip("no NCHWc kernels: no membrane is blocked")
+    model = snn_models[("resnet_pqa", "folded")]
+    x = _inputs(3, seed=7)
+    expected = _run(SNNSession(model), x, 3)
+    wrong = SNNSession(model)
+    assert wrong.blocked_states
+    wrong._blocked_states = {}
+    got = _run(wrong, x, 3)
+    assert not all(np.array_equal(getattr(got, f), getattr(expected, f)) for f in ("mean_outputs", "spikes"))
+
+
+@pytest.mark.parametrize("first,last", [(False, False), (True, False), (False, True), (True, True)])
+def test_variant_shapes_from_the_skeleton_are_the_full_variants(snn_models, first, last):
+    # the shapes absorb_neighbours and blocked_layout read, inferred without the weights' data
+    from pmsm_compiler.runtime import SNNSession
+    from pmsm_compiler.runtime.optimized_step import static_shapes
+    from pmsm_compiler.runtime.step_graphs import step_variant
+
+    for key in (("resnet_pqa", "exact"), ("vgg_maxpool", "folded")):
+        session = SNNSession(snn_models[key], kernels="off")
+        full = static_shapes(step_variant(session._step_model, session.info, first, last))
+        light = session._variant_shapes(first, last)
+        weights = {t.name for t in session._step_model.graph.initializer}
+        assert full and {k: v for k, v in light.items() if k in full} == full
+        assert set(light) - set(full) <= weights
+
+
+def _structure(model):
+    """The nodes of ``model`` as a sorted list, onnxruntime's generated tensor names (``*token*``)
+    replaced by what computes them: equal for isomorphic graphs whatever their names and order."""
+    import hashlib
+
+    producer = {o: (n, i) for n in model.graph.node for i, o in enumerate(n.output)}
+    memo = {}
+
+    def name(t):
+        if "token" not in t or t not in producer:
+            return t
+        if t not in memo:
+            n, i = producer[t]
+            signature = repr((n.op_type, n.domain, [a.SerializeToString() for a in n.attribute],
+                              [name(x) for x in n.input], i))
+            memo[t] = hashlib.sha1(signature.encode()).hexdigest()
+        return memo[t]
+
+    return sorted(repr((n.op_type, n.domain, [a.SerializeToString() for a in n.attribute], [name(x) for x in n.input],
+                        [name(x) for x in n.output])) for n in model.graph.node)
+
+
+def test_the_optimizer_writes_the_graph_a_running_session_optimizes(library, snn_models, tmp_path):
+    # write_optimized_model skips the prepacked weights: onnxruntime prepacks after it writes the graph
+    from pmsm_compiler.runtime import SNNSession
+    from pmsm_compiler.sessions import make_session, write_optimized_model
+
+    session = SNNSession(snn_models[("resnet_qcfs", "exact")])
+    options = dict(qdq_fusion=False, priority_order=True, custom_ops_library=session.kernels)
+    for first, last in ((False, False), (True, False), (True, True)):
+        data = session._variant_bytes(first, last, ())
+        running, alone = (tmp_path / f"{kind}{first}{last}" / "step.onnx" for kind in ("running", "alone"))
+        running.parent.mkdir(), alone.parent.mkdir()  # one name: the weights' data file is named after it
+        make_session(data, "all", optimized_model_path=str(running), **options)
+        write_optimized_model(data, str(alone), "all", **options)
+        a, b = onnx.load(running, load_external_data=False), onnx.load(alone, load_external_data=False)
+        assert _structure(a) == _structure(b) and len(a.graph.node) > 0
+        assert sorted(i.SerializeToString() for i in a.graph.initializer) == \
+            sorted(i.SerializeToString() for i in b.graph.initializer)
