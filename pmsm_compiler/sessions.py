@@ -37,7 +37,9 @@ def _register_shared_cpu_arena() -> bool:
 
 
 def make_session(model, opt_level: str = "all", providers=None, threads: int = 0, shared_arena: bool = False,
-                 priority_order: bool = False, custom_ops_library: str | None = None, qdq_fusion: bool = True):
+                 priority_order: bool = False, custom_ops_library: str | None = None, qdq_fusion: bool = True,
+                 profile_prefix: str | None = None, optimized_model_path: str | None = None,
+                 prepack: bool = True):
     """An onnxruntime session without thread spinning, at ``opt_level`` (a name of ``OPT_LEVELS``, or
     an ``onnxruntime.GraphOptimizationLevel``).
 
@@ -53,6 +55,17 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
 
     qdq_fusion: False keeps QuantizeLinear/DequantizeLinear as float-simulation ops (the model's
     ONNX semantics) instead of letting onnxruntime fuse them into integer kernels.
+
+    profile_prefix: record onnxruntime's per-node trace (``SessionOptions.enable_profiling``) into a
+    JSON file whose path starts with this prefix; ``session.end_profiling()`` writes it and returns
+    the path.
+
+    optimized_model_path: onnxruntime writes the graph it optimized there (what it will run), its
+    initializers of 1 KiB or more in a data file beside it (``<name>.data``), so that the graph
+    loads without them.
+
+    prepack: False leaves the weights as they are (``session.disable_prepacking``): no prepacked
+    copy, slower kernels; for a session built only for its ``optimized_model_path``.
     """
     import onnxruntime as ort
 
@@ -74,11 +87,30 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
         so.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         so.intra_op_num_threads = threads
+    if optimized_model_path:
+        so.optimized_model_filepath = optimized_model_path
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                    os.path.basename(optimized_model_path) + ".data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    if not prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.log_severity_level = 4  # fatal only: a failure raises, and the tools print it as their one error line
     if custom_ops_library:
         so.register_custom_ops_library(custom_ops_library)
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
+
+
+def write_optimized_model(model, path: str, opt_level: str = "all", providers=None, **options) -> None:
+    """onnxruntime's optimized graph of ``model`` written to ``path`` (``make_session``'s
+    ``optimized_model_path``, the weights in a data file beside it), by a session built for that
+    alone and freed at once: onnxruntime as a graph optimizer. ``options``: ``make_session``'s, as
+    the session that will run the graph gets them; the weights are not prepacked (prepacking comes
+    after the graph is optimized and written: it changes nothing written)."""
+    make_session(model, opt_level, providers, optimized_model_path=path, prepack=False, **options)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,15 @@ The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The s
   (``pmsm_compiler.kernels``, rewritten in by ``runtime.fuse_neuron_kernels``): the same float32
   operations in one pass over memory instead of six, bit-identical results. ``kernels="auto"``
   (default) uses them when the library builds, and falls back to the ONNX function bodies
-  otherwise; ``"on"`` requires them, ``"off"`` never uses them.
+  otherwise; ``"on"`` requires them, ``"off"`` never uses them;
+- with those kernels at level "all", runs onnxruntime's own optimized step graph rewritten around
+  them (``runtime.optimized_step``): the elementwise ops onnxruntime leaves beside a neuron
+  (residual Add, exact mode's Div and Mul by θ) run inside it, and the neurons read and write the
+  blocked NCHWc tensors of the convolutions, without the layout conversions around each of them;
+  bit-identical results (``rewrite_optimized=False`` runs the optimized graph as it is);
+- reuses one IOBinding for the middle steps when every state is updated in place.
+
+``profile_prefix`` records onnxruntime's per-node trace of every session (``end_profiling``).
 
 The same code runs on CPU and on the CUDA execution provider (buffers then live on the GPU).
 """
@@ -61,7 +69,8 @@ class SNNSession:
     """A compiled SNN ready to run: ``run_batch(x, timesteps)`` → :class:`BatchResult`."""
 
     def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
-                 priority_order: bool = True, in_place: bool = True, kernels: str = "auto", counters: bool = True):
+                 priority_order: bool = True, in_place: bool = True, kernels: str = "auto", counters: bool = True,
+                 profile_prefix: str | None = None, rewrite_optimized: bool = True):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -90,13 +99,16 @@ class SNNSession:
                 raise InputError(f"execution provider(s) not available: {', '.join(missing)}; "
                                  f"available: {', '.join(available)}")
         self.providers = list(providers or ["CPUExecutionProvider"])
+        #: onnxruntime's per-node trace of every session, into JSON files starting with this prefix
+        #: (``end_profiling``)
+        self.profile_prefix = profile_prefix
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.kernels = self._kernel_library(kernels)
         if info.counters_output and not counters:
             model = without_output(model, info.counters_output)
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True,
-                                      qdq_fusion=False)
+                                      qdq_fusion=False, profile_prefix=self._profile_name("prologue"))
                          if prologue is not None else None)
         self.priority_order = priority_order
         self._fused_layers = 0
@@ -108,6 +120,16 @@ class SNNSession:
         self._variants = {}
         initializers = {t.name for t in step.graph.initializer}
         self._step_inputs = {i.name: i for i in step.graph.input if i.name not in initializers}
+        # On the CPU with the fused kernels at level "all", the step sessions run onnxruntime's own
+        # optimized graph with the neurons' neighbours absorbed and no layout conversions around
+        # them (runtime/optimized_step.py). Which membranes are stored in the blocked layout is
+        # decided once, by the middle step, and every variant that reads or writes a state follows
+        # (``blocked_states``), whichever is built first.
+        self._rewrite = bool(rewrite_optimized and self.kernels
+                             and opt_level in ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL))
+        self._blocked_states: dict | None = None
+        self._step_rewrites = {"absorbed_ops": 0, "blocked_layers": 0}
+        self._skeleton = None  # the step model without its weights' data, for the variants' shapes
         # the graph's own input type (not the metadata's): what onnxruntime will accept
         if self.prologue is not None:
             arg = next((a for a in self.prologue.get_inputs() if a.name == self.input_name), None)
@@ -145,6 +167,23 @@ class SNNSession:
         """Why a neuron layer kept its ONNX body (in the step sessions built)."""
         self.step
         return self._unfused_notes
+
+    @property
+    def step_rewrites(self) -> dict:
+        """What the rewrite of the optimized graph did to the middle step (built on first use):
+        {"absorbed_ops": n, "blocked_layers": n}."""
+        self.step
+        return self._step_rewrites
+
+    @property
+    def blocked_states(self) -> dict:
+        """{state input: channels} of the membranes stored in onnxruntime's blocked NCHWc layout:
+        decided by the middle step's rewrite (``blocked_layout``, built on first use), which every
+        variant that reads or writes a state follows; empty without the rewrite."""
+        if not self._rewrite:
+            return {}
+        self.step
+        return self._blocked_states
 
     @property
     def in_place_states(self) -> set[str]:
@@ -189,6 +228,22 @@ class SNNSession:
         self._fused_layers = max(self._fused_layers, fused)
         self._unfused_notes = sorted(set(self._unfused_notes) | set(notes))
 
+    def _profile_name(self, label: str) -> str | None:
+        return f"{self.profile_prefix}_{label}" if self.profile_prefix else None
+
+    def end_profiling(self) -> dict[str, str]:
+        """Stop the per-node traces (``profile_prefix``): {session label: JSON file}, the labels
+        "prologue" and "step" (a middle step), "first", "last", "first+last" (``session_for``) of
+        the sessions built."""
+        if not self.profile_prefix:
+            return {}
+        files = {}
+        if self.prologue is not None:
+            files["prologue"] = self.prologue.end_profiling()
+        for key, session in self._variants.items():
+            files[_variant_label(*key)] = session.end_profiling()
+        return files
+
     def _step_bytes(self, model: onnx.ModelProto) -> bytes:
         """The serialized middle-step model that its session runs: with the fused neuron kernels."""
         if self.kernels:
@@ -221,12 +276,49 @@ class SNNSession:
 
         return with_kernel_domain(export_variant(graph, self._step_model, last), fused).SerializeToString()
 
-    def _make_step_session(self, data: bytes):
+    def _variant_shapes(self, first: bool, last: bool) -> dict:
+        """``static_shapes`` of a step variant before kernel fusion, inferred on the variant of the
+        step model's skeleton (``pmsm_compiler.weights``): the weights are not copied."""
+        from pmsm_compiler.weights import skeleton
+
+        from .optimized_step import static_shapes
+
+        if self._skeleton is None:
+            self._skeleton = skeleton(self._step_model)
+        return static_shapes(export_variant(variant_graph(self._skeleton, self.info, first, last),
+                                            self._skeleton, last))
+
+    def _make_step_session(self, data: bytes, key: tuple, required: dict | None):
+        """The session of step variant ``key`` from its serialized model ``data``; with the rewrite,
+        ``required``: the blocked membranes it must keep (None: it decides, see ``session_for``)."""
+        profile_prefix = self._profile_name(_variant_label(*key))
+
         # qdq_fusion off: an SNN's DequantizeLinear (exact mode's output op of a Q/DQ neuron) stands
         # for k·s; integer-kernel fusion has nothing to gain there, and can fail on it (onnxruntime
         # 1.32 at opset 21: QuantizeLinear(int8) → DQ → Reshape)
-        return make_session(data, self._opt_level, self.providers, self._threads, shared_arena=True, qdq_fusion=False,
-                            priority_order=self.priority_order, custom_ops_library=self.kernels)
+        options = dict(threads=self._threads, shared_arena=True, qdq_fusion=False, priority_order=self.priority_order,
+                       custom_ops_library=self.kernels)
+
+        def make(m, opt_level, profile=True):
+            return make_session(m, opt_level, self.providers, **options,
+                                profile_prefix=profile_prefix if profile else None)
+
+        if not self._rewrite:
+            return make(data, self._opt_level)
+        from pmsm_compiler.sessions import write_optimized_model
+
+        from .optimized_step import optimized_step_session
+
+        def optimize(m, path):
+            write_optimized_model(m, path, "all", self.providers, **options)
+
+        first, last, _ = key
+        session, decisions, rewrites = optimized_step_session(
+            data, self._variant_shapes(first, last), [(s.input, s.output) for s in self.info.states], required,
+            make, optimize, profiling=profile_prefix is not None)
+        if key == _MIDDLE:
+            self._blocked_states, self._step_rewrites = decisions, rewrites
+        return session
 
     def session_for(self, first: bool, last: bool, extra_outputs: tuple = ()):
         """The onnxruntime session for a step at this position in time (created on first use);
@@ -234,9 +326,13 @@ class SNNSession:
         key = (first, last, tuple(extra_outputs))
         if key not in self._variants:
             plain = not (first or last or extra_outputs)
+            # The layout of the membranes is the middle step's (built first if need be): states flow
+            # from one step's outputs into the next one's inputs. The one step of a T = 1 run reads
+            # and writes no state (``step_variant``), so its neurons' layouts are its own.
+            required = None if plain or (first and last) or not self._rewrite else self.blocked_states
             # the model copies are freed before onnxruntime builds the session from the bytes
             data = self._step_bytes(self._step_model) if plain else self._variant_bytes(first, last, extra_outputs)
-            self._variants[key] = self._make_step_session(data)
+            self._variants[key] = self._make_step_session(data, key, required)
         return self._variants[key]
 
     def run_first_step(self, x: np.ndarray, extra_outputs=()) -> dict:
@@ -257,6 +353,29 @@ class SNNSession:
             feeds[self.info.time_input] = np.ones([1], np.float32)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in inputs})))
+
+    def _middle_binding(self, session, static_values: dict, states: dict, like: list):
+        """(binding, arrays, keep) for the middle steps: the static inputs, every state bound in place
+        (as its own output), and the per-step outputs (network outputs, spike counts, counters:
+        shaped as ``like``, the previous step's) written into ``arrays``, which the loop reads after
+        each run. ``keep``: the OrtValues over those arrays, to hold while the binding is used."""
+        import onnxruntime as ort
+
+        b = session.io_binding()
+        for name, value in static_values.items():
+            b.bind_ortvalue_input(name, value)
+        for s in self._states:
+            b.bind_ortvalue_input(s.input, states[s.input])
+            b.bind_ortvalue_output(s.output, states[s.input])
+        keep = []
+        names = list(self.output_names) + [self.info.spike_counts_output]
+        if self.counters_output is not None:
+            names.append(self.counters_output)
+        arrays = [np.empty_like(a) for a in like]
+        for name, array in zip(names, arrays):
+            keep.append(ort.OrtValue.ortvalue_from_numpy(array))
+            b.bind_ortvalue_output(name, keep[-1])
+        return b, arrays, keep
 
     def _ortvalue(self, array):
         import onnxruntime as ort
@@ -322,54 +441,74 @@ class SNNSession:
         per_step = [] if keep_outputs else None
         time_name = self.info.time_input
         k = len(self.output_names)
+        # Middle steps when every state is updated in place (and no time input changes): one
+        # IOBinding, bound once, reused step after step; its per-step outputs land in numpy arrays of
+        # this loop (``reused``). At batch 1 rebinding every buffer and wrapping every output each
+        # step cost a sizeable part of a step.
+        reuse = self.device == "cpu" and not time_name and len(self.in_place_states) == len(self._states)
+        middle, reused, keep = None, None, None
         for t in range(1, timesteps + 1):
             first, last = t == 1, t == timesteps
             session = self.session_for(first, last)
-            b = session.io_binding()
-            for name, value in static_values.items():
-                b.bind_ortvalue_input(name, value)
-            if not first:
-                for s in self._states:
-                    b.bind_ortvalue_input(s.input, states[s.input])
-            if time_name:
-                b.bind_cpu_input(time_name, np.array([t], np.float32))
-            for name in self.output_names:
-                b.bind_output(name, "cpu")
-            b.bind_output(self.info.spike_counts_output, "cpu")
+            if reuse and not first and not last:
+                if middle is None:
+                    middle, reused, keep = self._middle_binding(session, static_values, states, step_outputs)
+                session.run_with_iobinding(middle)
+                step_outputs = reused
+            else:
+                b = session.io_binding()
+                for name, value in static_values.items():
+                    b.bind_ortvalue_input(name, value)
+                if not first:
+                    for s in self._states:
+                        b.bind_ortvalue_input(s.input, states[s.input])
+                if time_name:
+                    b.bind_cpu_input(time_name, np.array([t], np.float32))
+                for name in self.output_names:
+                    b.bind_output(name, "cpu")
+                b.bind_output(self.info.spike_counts_output, "cpu")
+                if counted:
+                    b.bind_output(self.counters_output, "cpu")
+                if not last:
+                    for s in self._states:
+                        if not first and s.input in self.in_place_states:
+                            target = states[s.input]  # one buffer, read then rewritten in place
+                        else:
+                            target = spare.get(s.input)
+                        if target is not None:
+                            b.bind_ortvalue_output(s.output, target)
+                        else:  # first step: onnxruntime allocates the full-size state
+                            b.bind_output(s.output, self.device)
+                session.run_with_iobinding(b)
+                outs = b.get_outputs()
+                first_state = k + 1 + counted
+                step_outputs = [v.numpy() for v in outs[:first_state]]
+                if not last:
+                    new_states = {s.input: v for s, v in zip(self._states, outs[first_state:])}
+                    if not first:
+                        # Ping-pong: the buffer this step read (full-size from t = 2 on) receives the
+                        # output of the step after.
+                        spare = {name: states[name] for name in states if name not in self.in_place_states}
+                    states = new_states
+            step_out = step_outputs[0]
+            spikes[t - 1] = step_outputs[k]
             if counted:
-                b.bind_output(self.counters_output, "cpu")
-            if not last:
-                for s in self._states:
-                    if not first and s.input in self.in_place_states:
-                        target = states[s.input]  # one buffer, read then rewritten in place
-                    else:
-                        target = spare.get(s.input)
-                    if target is not None:
-                        b.bind_ortvalue_output(s.output, target)
-                    else:  # first step: onnxruntime allocates the full-size state
-                        b.bind_output(s.output, self.device)
-            session.run_with_iobinding(b)
-            outs = b.get_outputs()
-            step_out = outs[0].numpy()
-            spikes[t - 1] = outs[k].numpy()
-            first_state = k + 1
-            if counted:
-                step_counters = outs[k + 1].numpy()
+                step_counters = step_outputs[k + 1]
                 counters[t - 1] = step_counters[:real].sum(axis=0)
                 if by_sample is not None:
                     by_sample[t - 1] = step_counters
-                first_state += 1
-            if not last:
-                new_states = {s.input: v for s, v in zip(self._states, outs[first_state:])}
-                if not first:
-                    # Ping-pong: the buffer this step read (full-size from t = 2 on) receives the
-                    # output of the step after.
-                    spare = {name: states[name] for name in states if name not in self.in_place_states}
-                states = new_states
             out_sum = step_out.astype(np.float64) if out_sum is None else out_sum + step_out
             if keep_outputs:
-                per_step.append(step_out)
+                per_step.append(step_out.copy())
             preds[t - 1] = (out_sum.reshape(n, -1)).argmax(1) if step_out.ndim >= 2 else 0
         mean = (out_sum / timesteps).astype(np.float32)
         return BatchResult(mean, preds, spikes, np.stack(per_step) if keep_outputs else None,
                            counters if counted else None, by_sample if counted else None)
+
+
+_MIDDLE = (False, False, ())
+
+
+def _variant_label(first: bool, last: bool, extra_outputs: tuple) -> str:
+    label = {(False, False): "step", (True, False): "first", (False, True): "last", (True, True): "first+last"}
+    return label[(first, last)] + (f"+{len(extra_outputs)}outputs" if extra_outputs else "")
