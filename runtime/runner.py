@@ -28,23 +28,11 @@ def _static_dims(shape):
     return dims if dims and all(isinstance(d, int) for d in dims) else None
 
 
-def _session_input(session):
-    """The onnxruntime NodeArg of the SNN's data input (prologue if split, else step)."""
-    sess = session.prologue if session.prologue is not None else session.step
-    for arg in sess.get_inputs():
-        if arg.name == session.input_name:
-            return arg
-    return None
-
-
 def _classes(session):
     """(name, number of classes) of the SNN's first output, when its per-sample size is static."""
     name = session.output_names[0]
-    for arg in session.step.get_outputs():
-        if arg.name == name:
-            dims = _static_dims(arg.shape)
-            return name, (int(np.prod(dims)) if dims else None)
-    return name, None
+    dims = _static_dims(session.output_dims(name))
+    return name, (int(np.prod(dims)) if dims else None)
 
 
 def check_compatible(session, dataset, ann_session=None) -> bool:
@@ -69,9 +57,8 @@ def check_compatible(session, dataset, ann_session=None) -> bool:
         ann_inputs = ann_session.get_inputs()
         if len(ann_inputs) != 1:
             raise InputError(f"the ANN has {len(ann_inputs)} inputs; pmsm-run supports one")
-        arg = _session_input(session)
-        if arg is not None and ann_inputs[0].type != arg.type:
-            raise InputError(f"the ANN's input is {ann_inputs[0].type}, the SNN's is {arg.type}")
+        if session.input_type is not None and ann_inputs[0].type != session.input_type:
+            raise InputError(f"the ANN's input is {ann_inputs[0].type}, the SNN's is {session.input_type}")
         ann_dims = _static_dims(ann_inputs[0].shape)
         if ann_dims and ann_dims != have:
             raise InputError(f"the ANN expects inputs of shape {ann_dims}, the data has {have}")

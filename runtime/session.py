@@ -139,6 +139,8 @@ class SNNSession:
             elem = value.type.tensor_type.elem_type if value is not None and value.type.HasField("tensor_type") else 0
             dtype = onnx.TensorProto.DataType.Name(elem).lower() if elem else None
         self.input_dtype = DataInput(self.input_name, dtype=dtype).numpy_dtype()
+        #: onnxruntime's name of the input's type (``NodeArg.type``), to compare with an ANN session's
+        self.input_type = f"tensor({dtype})" if dtype else None
         self._prologue_outputs = [o.name for o in self.prologue.get_outputs()] if self.prologue else []
         self._states = info.states
         self._in_place, self._in_place_states = in_place, None
@@ -158,15 +160,30 @@ class SNNSession:
 
     @property
     def fused_layers(self) -> int:
-        """Neuron layers that run as fused kernels (in the middle step's session)."""
-        self.step
+        """Neuron layers that run as fused kernels (in the step sessions built; the middle step's,
+        built for the answer, when none is yet)."""
+        self._some_step()
         return self._fused_layers
 
     @property
     def unfused_notes(self) -> list[str]:
-        """Why a neuron layer kept its ONNX body (in the step sessions built)."""
-        self.step
+        """Why a neuron layer kept its ONNX body (in the step sessions built; see ``fused_layers``)."""
+        self._some_step()
         return self._unfused_notes
+
+    def _some_step(self) -> None:
+        # a T = 1 run builds only its one step: what it fused is the answer, without a middle step
+        if not self._variants:
+            self.step
+
+    def output_dims(self, name: str) -> list | None:
+        """The declared shape of the network output ``name`` (an int per static axis, the name of
+        a symbolic one, None for an unknown one), from the model: asking builds no session."""
+        for value in self._step_model.graph.output:
+            if value.name == name and value.type.tensor_type.HasField("shape"):
+                return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                        for d in value.type.tensor_type.shape.dim]
+        return None
 
     @property
     def step_rewrites(self) -> dict:
