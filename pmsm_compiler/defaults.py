@@ -6,6 +6,9 @@ configuration, the CLI flags and the entropy analysis. Torch- and onnx-free, so 
 - ``PQA_LAMBDA`` λ0 = 8: the initial clipping range λ (learned per layer in training).
 - ``PQA_ALPHA`` α = −0.25, ``PQA_BETA`` β = 1: the bounds as fractions of λ, so levels
   αL..βL = −2..8 (αL and βL must be integers).
+- ``LAMBDA_MIN`` = 1e-4: the smallest λ training keeps (projected after every optimizer step): a
+  step can carry a small λ through zero (its gradient grows as 1/λ), and no neuron has θ = λ/L ≤ 0.
+  Far below any trained λ that carries information (the shipped models' smallest is 0.007).
 - ``DISTILL_WEIGHT`` w = 0.5 and ``DISTILL_TEMPERATURE`` τ = 4: knowledge distillation's share of
   the loss and softmax temperature (Hinton et al. 2015's usual choices), for ``pmsm-train
   --distill-from``.
@@ -16,6 +19,7 @@ PQA_LAMBDA = 8.0
 PQA_ALPHA = -0.25
 PQA_BETA = 1.0
 PQA_DEFAULTS = dict(levels=PQA_LEVELS, lam=PQA_LAMBDA, alpha=PQA_ALPHA, beta=PQA_BETA)
+LAMBDA_MIN = 1e-4
 
 DISTILL_WEIGHT = 0.5
 DISTILL_TEMPERATURE = 4.0

@@ -306,6 +306,32 @@ def test_distill_from_a_teacher_checkpoint_pulls_the_student_towards_it(sample, 
                      torch.contiguous_format)
 
 
+def test_an_optimizer_step_that_carries_lambda_through_zero_is_projected_back(sample, tmp_path, monkeypatch):
+    """A spike-penalized fine-tune drove a near-dead branch's λ (0.03) to −1.19 in one epoch (its
+    gradient grows as 1/λ); no AIF neuron has θ = λ/L ≤ 0, so the compiler refused the export.
+    Training keeps every λ ≥ LAMBDA_MIN after each step."""
+    from pmsm_compiler.defaults import LAMBDA_MIN
+
+    step = torch.optim.SGD.step
+
+    def overshooting_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.dim() == 0:  # the λ (every other parameter has a dimension)
+                        p.sub_(10.0)
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", overshooting_step)
+    x, y = sample[0][:64], sample[1][:64]
+    cfg = TrainConfig(model="resnet_tiny", batch_size=32, epochs=1, max_steps=2, seed=0, threads=1,
+                      spike_penalty=0.5)
+    out = train(cfg, x, y, None, None, str(tmp_path / "run"), MEAN, STD, progress=False, log=quiet)
+    lams = [float(m.lam) for _, m in quantized_activations(out["model"])]
+    assert lams and all(lam == np.float32(LAMBDA_MIN) for lam in lams)
+
+
 def test_mixup_blends_two_images_and_their_labels_by_the_same_share():
     from pmsm_compiler.training.trainer import BatchMixer
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_DEFAULTS, PQA_LAMBDA, PQA_LEVELS
+from pmsm_compiler.defaults import LAMBDA_MIN, PQA_ALPHA, PQA_BETA, PQA_DEFAULTS, PQA_LAMBDA, PQA_LEVELS
 
 
 
@@ -136,6 +136,12 @@ class _QuantizedActivation(nn.Module):
             self.last_cost = SpikeCost.apply(x, self.lam, self.levels, self.k_min, self.k_max, self.spike_cost)
             self.last_neurons = x[0].numel()
         return _QuantizeFunction.apply(x, self.lam, self.levels, self.k_min, self.k_max)
+
+    @torch.no_grad()
+    def keep_lambda_positive(self) -> None:
+        """Project λ onto [LAMBDA_MIN, ∞) (pmsm_compiler.defaults): after an optimizer step, which
+        can carry a small λ through zero, where no AIF neuron exists (θ = λ/L > 0)."""
+        self.lam.clamp_(min=LAMBDA_MIN)
 
     def levels_of(self, y: torch.Tensor) -> torch.Tensor:
         """Integer levels k of an output y of this activation (exact: y = k·s, |k| ≤ L)."""

@@ -411,6 +411,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
 
         first = norm(torch.from_numpy(np.ascontiguousarray(train_x[:cfg.batch_size])).to(device))
         calibrate_lambdas(model, first.contiguous(memory_format=memory_format))
+    quantizers = [m for _, m in quantized_activations(model)]
     penalized = cfg.spike_penalty > 0
     if penalized:
         from pmsm_compiler.training.spike_cost import collect_spike_cost, set_spike_cost
@@ -477,6 +478,8 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            for q in quantizers:
+                q.keep_lambda_positive()
             with torch.no_grad():
                 loss_sum += loss.item() * len(yb)
                 # under MixUp/CutMix, against the label with the larger share
