@@ -90,3 +90,7 @@ def test_requantize_probe_counts_what_the_snn_fires(tmp_path):
     assert probed["spikes_per_image"] == pytest.approx(fired["spikes_per_image"], rel=1e-3)
     assert probed["spikes_per_neuron"] == pytest.approx(fired["spikes_per_neuron"], rel=1e-3)
     assert probed["accuracy"] == pytest.approx(fired["accuracy"], abs=1 / 40 + 1e-9)
+    # a cut branch's first activation receives 0 and fires nothing
+    cut = probe.probe(str(checkpoint), x, y, 8, -0.25, 1.0, CIFAR10_MEAN, CIFAR10_STD, ["layers.1"])
+    assert probed["spikes_by_layer"]["layers.1.act1"] > 0 and cut["spikes_by_layer"]["layers.1.act1"] == 0
+    assert cut["spikes_by_layer"]["layers.0.act1"] == probed["spikes_by_layer"]["layers.0.act1"]  # upstream: as is
