@@ -464,6 +464,7 @@ class SNNSession:
         # step cost a sizeable part of a step.
         reuse = self.device == "cpu" and not time_name and len(self.in_place_states) == len(self._states)
         middle, reused, keep = None, None, None
+        step_outputs = None  # the previous step's outputs; step 1 (never a reused middle step) sets them
         for t in range(1, timesteps + 1):
             first, last = t == 1, t == timesteps
             session = self.session_for(first, last)

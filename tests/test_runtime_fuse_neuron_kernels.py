@@ -9,7 +9,6 @@ identical. Also: what the pass must leave alone, and the kernel's own refusals.
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import onnx
@@ -18,22 +17,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from pmsm_compiler import kernels
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.neurons import final_step_functions, neuron_functions
 from pmsm_compiler.runtime.fuse_neuron_kernels import KERNEL_DOMAIN, fuse_model
 
 SHAPE = [3, 4, 5, 6]
-
-
-@pytest.fixture(scope="module")
-def library():
-    status = kernels.status()
-    if not status["available"]:
-        if shutil.which("cc") or shutil.which("gcc"):
-            pytest.fail(f"a C compiler is present but the fused kernels did not build: {status['reason']}")
-        pytest.skip(f"fused kernels unavailable: {status['reason']}")
-    return status["path"]
 
 
 def _value(name, dtype=TensorProto.FLOAT, shape=None):

@@ -10,7 +10,6 @@ run through ``SNNSession`` with and without the rewrite at T = 1..4 and several 
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import onnx
@@ -19,22 +18,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from pmsm_compiler import kernels
 from pmsm_compiler.runtime.absorb_neighbours import absorb_neighbours
 from pmsm_compiler.runtime.fuse_neuron_kernels import KERNEL_DOMAIN
 from pmsm_compiler.runtime.optimized_step import nchwc_block
 
 SHAPE = [3, 16, 5, 6]
-
-
-@pytest.fixture(scope="module")
-def library():
-    status = kernels.status()
-    if not status["available"]:
-        if shutil.which("cc") or shutil.which("gcc"):
-            pytest.fail(f"a C compiler is present but the fused kernels did not build: {status['reason']}")
-        pytest.skip(f"fused kernels unavailable: {status['reason']}")
-    return status["path"]
 
 
 def _value(name, dtype=TensorProto.FLOAT, shape=None):

@@ -1,0 +1,19 @@
+"""Fixtures shared by several test files."""
+
+import shutil
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def library():
+    """Path of the fused neuron kernels' library: skips where it cannot build (no C compiler), fails
+    where a compiler is present and the build broke."""
+    from pmsm_compiler import kernels
+
+    status = kernels.status()
+    if not status["available"]:
+        if shutil.which("cc") or shutil.which("gcc"):
+            pytest.fail(f"a C compiler is present but the fused kernels did not build: {status['reason']}")
+        pytest.skip(f"fused kernels unavailable: {status['reason']}")
+    return status["path"]
