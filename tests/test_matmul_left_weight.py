@@ -166,10 +166,10 @@ def test_exact_at_t1_and_rate_coded_over_t(left):
 # refusals: layouts whose batch axis would be contracted or moved
 # ------------------------------------------------------------------------------------------
 
-def _single(w_shape, x_dims, out_dims):
-    """x → PQA a → MatMul(W, a) → y, with W of ``w_shape``."""
+def _single(w_shape, x_dims, out_dims, left=True):
+    """x → PQA a → MatMul(W, a) (or MatMul(a, W)) → y, with W of ``w_shape``."""
     w = (np.random.default_rng(1).standard_normal(w_shape) * 0.3).astype(np.float32)
-    nodes = [_pqa("x", "a", "a"), helper.make_node("MatMul", ["W", "a"], ["y"], name="mix")]
+    nodes = [_pqa("x", "a", "a"), helper.make_node("MatMul", ["W", "a"] if left else ["a", "W"], ["y"], name="mix")]
     inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.float32(LAMS["a"]), "lam_a")]
     model = helper.make_model(
         helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)],
@@ -198,3 +198,11 @@ def test_layouts_that_keep_the_batch_axis_compile(w_shape):
     (a,) = compiled.info.layers
     assert compiled.info.wrappers == [] and a.fan_out == (w_shape[-2] if len(w_shape) > 1 else 1)
 
+
+
+def test_a_1d_weight_second_is_counted():
+    """x·w with w [K] (a 1-D weight second): K MACs per output element, one synapse per spike (the
+    MAC count read W's axis −2 and crashed with an IndexError)."""
+    compiled = compile_model(_single((5,), ["N", 3, 5], ["N", 3], left=False), mode="folded")
+    (a,) = compiled.info.layers
+    assert a.fan_out == 1 and compiled.info.ann_macs == 3 * 5 and compiled.info.wrappers == []
