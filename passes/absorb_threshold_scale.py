@@ -7,7 +7,9 @@ real value = c(t) · stored value; the pass chooses scales and rewrites constant
     neuron            input must carry θ_in (stored = X/θ_in); output K carries θ_out
     Conv / Gemm /     W′ = W · c_in / c_out,  b′ = b / c_out,  with c_out the scale the consumers
     MatMul / Mul c /  want (θ_in of the next neuron through transparent ops), else 1; a variable
-    Div by c          bias (Gemm's C) is rescaled to c_out
+    Div by c          bias (Gemm's C) is rescaled to c_out. MatMul's constant may be either
+                      operand, x·W or W·x (token mixing): c is a per-tensor scalar, so
+                      W′·(x/c_in) = (W·x)/c_out on either side
     transparent ops   Add/Sub/Sum/Mean/Concat of activations, Where with a fixed condition, pooling,
                       reshapes, Pad, Neg, Resize (fixed interpolation weights), MaxPool, ReLU
                       (positively homogeneous: f(c·x) = c·f(x) for c > 0): inputs share one scale
@@ -82,7 +84,7 @@ def _float_identity_cast(node) -> bool:
 def classify(node):
     """How an op relates to the scales of its inputs (see the module docstring):
 
-    neuron, weighted (a constant weight: Conv/Gemm/MatMul W, Mul c or c·, Div by c), affine_add
+    neuron, weighted (a constant weight: Conv/Gemm W, MatMul x·W or W·x, Mul c or c·, Div by c), affine_add
     (Add/Sub with one constant), transparent_all (Add/Sub/Sum/Mean/Concat: every input in one scale),
     transparent_first (scale passes through the first input; the others are shapes, axes, indices),
     select (Where: cond picks between inputs 1 and 2), metadata (Shape/Size), affine_real
@@ -95,8 +97,8 @@ def classify(node):
     consts = [const_value(t) is not None for t in node.inputs]
     if node.op in ("Conv", "Gemm") and len(node.inputs) > 1 and consts[1] and not consts[0]:
         return "weighted"
-    if node.op == "MatMul" and len(node.inputs) == 2 and consts[1] and not consts[0]:
-        return "weighted"
+    if node.op == "MatMul" and len(node.inputs) == 2 and consts[0] != consts[1]:
+        return "weighted"  # x·W or W·x: linear in x either way (layout: ``left_weight_refusal``)
     binary_const = node.op in ("Mul", "Div", "Add", "Sub") and len(node.inputs) == 2 and consts[1] != consts[0]
     if binary_const and not _float_const(node.inputs[0 if consts[0] else 1]):
         return "real"  # integer arithmetic (shape computations) carries no scale: x // 2 is no x · 0.5
@@ -117,11 +119,34 @@ def classify(node):
     return "real"
 
 
-def _weight_index(node):
-    """The constant operand of a weighted op (Mul may have it first)."""
-    if node.op in ("Mul", "Div"):
+def weight_index(node):
+    """The constant operand of a weighted op (Mul and MatMul may have it first)."""
+    if node.op in ("Mul", "Div", "MatMul"):
         return 0 if const_value(node.inputs[0]) is not None else 1
     return 1
+
+
+def left_weight_refusal(node) -> str | None:
+    """Why a MatMul W·x with the constant first cannot be compiled, or None.
+
+    C = W·x, W [.., M, K], x [B, .., K, N]: one spike at x[b, .., k, n] drives the M accumulations of
+    the column W[.., :, k]. That holds per sample only when the batch axis of x stays axis 0 of C:
+    x of rank ≥ 3 (rank 2, [B, N], would contract the batch axis: samples mixed, the result depends
+    on how a run batches them) and W of lower rank than x, or of the same rank with a leading 1 (a
+    longer W would move the batch axis; a W with a leading axis > 1 pairs weights with samples)."""
+    if node.op != "MatMul" or classify(node) != "weighted" or weight_index(node) != 0:
+        return None
+    w, x = node.inputs
+    label = f"MatMul '{node.name}'" if node.name else "MatMul"
+    if x.shape is None:
+        return f"{label}: constant weight first (W·x) on '{x.name}' of unknown rank: cannot tell its batch axis"
+    if len(x.shape) < 3:
+        return (f"{label}: constant weight first (W·x) contracts axis 0 of the rank-{len(x.shape)} input "
+                f"'{x.name}', its batch axis: samples would mix")
+    if len(w.shape) > len(x.shape) or (len(w.shape) == len(x.shape) and w.shape[0] != 1):
+        return (f"{label}: constant weight first (W·x) of rank {len(w.shape)} broadcasts against the batch axis "
+                f"of the rank-{len(x.shape)} input '{x.name}'")
+    return None
 
 
 def _data_inputs(node, cls):
@@ -137,7 +162,7 @@ def _data_inputs(node, cls):
     if cls == "weighted":
         bias = [2] if node.op in ("Conv", "Gemm") and _present(node, 2) and const_value(node.inputs[2]) is None \
             else []
-        return [1 - _weight_index(node) if node.op in ("Mul", "Div") else 0] + bias
+        return [1 - weight_index(node) if node.op in ("Mul", "Div", "MatMul") else 0] + bias
     if cls == "neuron":
         return [0]
     if cls == "metadata":
@@ -308,7 +333,7 @@ def absorb_threshold_scale(graph: gs.Graph, ctx) -> gs.Graph:
 
 def _rewrite_weights(graph, node, w_factor: float, b_factor: float):
     op = node.op
-    wi = _weight_index(node)
+    wi = weight_index(node)
     w = const_value(node.inputs[wi])
     if op == "Div":
         node.op = "Mul"

@@ -52,6 +52,8 @@ def _try_fold(graph, bn) -> str | None:
     if len(z.outputs) != 1 or z in graph.outputs:
         return f"the output of {lin.op} '{lin.name}' has other consumers (fork)"
     w = const_value(lin.inputs[1])
+    if lin.op == "MatMul" and w is None and const_value(lin.inputs[0]) is not None:
+        return f"MatMul '{lin.name}' has its constant weight first (W·x); MatMul is folded only as x·W"
     if w is None:
         return f"{lin.op} '{lin.name}' has non-constant weights"
     if is_weight_shared(lin.inputs[1], lin):

@@ -28,7 +28,8 @@ from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.counters import COUNTERS, counter_functions
 from pmsm_compiler.ops.neurons import NEURON_OPS, neuron_functions
 from pmsm_compiler.passes import FRONT, PIPELINE, PassContext, PassManager, PassRefusal
-from pmsm_compiler.passes.absorb_threshold_scale import classify
+from pmsm_compiler.ops.supported import WEIGHTED_OPS
+from pmsm_compiler.passes.absorb_threshold_scale import classify, weight_index
 from pmsm_compiler.passes.graph_utils import numel, static_shape
 from pmsm_compiler.passes.wrap_nonlinear import dynamic_tensors
 from pmsm_compiler.snn_format import (EXPORT_METADATA_KEY, MODES, SNN_METADATA_KEY, DataInput, SNNInfo, read_snn_info,
@@ -57,9 +58,10 @@ class CompiledModel:
 
 
 def _macs(node) -> int | None:
-    """Multiply-accumulates per sample of a weighted op, from static shapes."""
+    """Multiply-accumulates per sample of a weighted op, from static shapes: output elements times
+    the contracted length K (MatMul x·W, W [.., K, P] or [K]; W·x, W [.., M, K] or [K])."""
     out = static_shape(node.outputs[0])
-    w = node.inputs[1]
+    w = node.inputs[weight_index(node)] if node.op == "MatMul" else node.inputs[1]
     if out is None or w.shape is None:
         return None
     wshape = [int(d) for d in w.shape]
@@ -69,14 +71,15 @@ def _macs(node) -> int | None:
         k = wshape[1] if node.attrs.get("transB", 0) else wshape[0]
         return numel(out) * k
     if node.op == "MatMul":
-        return numel(out) * wshape[-2]
+        left = weight_index(node) == 0
+        return numel(out) * (wshape[-1] if left or len(wshape) == 1 else wshape[-2])
     return None
 
 
 def _synapse(node) -> bool:
     """Where spike traffic ends: a weighted op (its synapses) or a pmsm node (a neuron reads it as
     its current; a SpikeCounters only counts it)."""
-    return node.domain == DOMAIN or (node.op in ("Conv", "Gemm", "MatMul") and classify(node) == "weighted")
+    return node.domain == DOMAIN or (node.op in WEIGHTED_OPS and classify(node) == "weighted")
 
 
 def _fan_out(layer, tensors, flow) -> float | None:
@@ -120,7 +123,7 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     ann_macs, static_macs = 0, 0
     dynamic = dynamic_tensors(graph, {s.input for s in ctx.states})
     for node in graph.nodes:
-        if node.op in ("Conv", "Gemm", "MatMul") and classify(node) == "weighted":
+        if node.op in WEIGHTED_OPS and classify(node) == "weighted":
             macs = _macs(node) or 0
             ann_macs += macs
             if not any(t.name in dynamic for t in node.inputs):  # reads the network input alone: no spikes

@@ -4,8 +4,9 @@ what some pass knows what to do with.
 
 Classes (``passes.absorb_threshold_scale.classify`` decides per node, from these and its operands):
 
-- weighted: linear in the data with a constant weight, W·x (Conv, Gemm, MatMul; Mul and Div by a
-  constant too): the threshold scale θ folds into W;
+- weighted: linear in the data with a constant weight, W·x (Conv, Gemm, MatMul with the constant
+  either operand, x·W or W·x; Mul and Div by a constant too): the threshold scale θ folds into W,
+  and spikes drive its synapses;
 - transparent: the scale passes through, f(c·x) = c·f(x) for c > 0: every input in one scale
   (``TRANSPARENT_ALL``), or the first input only, the others shapes, axes or indices
   (``TRANSPARENT_FIRST``);

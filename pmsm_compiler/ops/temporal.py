@@ -23,7 +23,8 @@ One operation is one multiply-accumulate, or one elementwise add, multiply, divi
 transcendental function (exp, log, erf, tanh, √, a power). Per sample and step, with n the elements
 of the op's data input (input 0), n_out those of its output:
 
-- MatMul of two activations, [.., M, K] × [.., K, P]: n_out·K MACs (M·K·P per matrix);
+- MatMul of two activations, [.., M, K] × [.., K, P]: n_out·K MACs (M·K·P per matrix); a MatMul
+  with a constant operand, x·W or W·x, is a synaptic layer, not a wrapper;
 - Softmax over rows of D: 5 per element (max, subtract, exp, sum, divide);
 - LogSoftmax: 5 per element (max, subtract, exp, sum, subtract) + 1 per row (log);
 - LayerNormalization over rows of D (the axes from ``axis`` on): 6 per element (sum for the mean,
