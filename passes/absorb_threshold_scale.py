@@ -98,7 +98,7 @@ def classify(node):
     if node.op in ("Conv", "Gemm") and len(node.inputs) > 1 and consts[1] and not consts[0]:
         return "weighted"
     if node.op == "MatMul" and len(node.inputs) == 2 and consts[0] != consts[1]:
-        return "weighted"  # x·W or W·x: linear in x either way (layout: ``left_weight_refusal``)
+        return "weighted"  # x·W or W·x: linear in x either way (layout: ``batch_axis_refusal``)
     binary_const = node.op in ("Mul", "Div", "Add", "Sub") and len(node.inputs) == 2 and consts[1] != consts[0]
     if binary_const and not _float_const(node.inputs[0 if consts[0] else 1]):
         return "real"  # integer arithmetic (shape computations) carries no scale: x // 2 is no x · 0.5
@@ -126,25 +126,30 @@ def weight_index(node):
     return 1
 
 
-def left_weight_refusal(node) -> str | None:
-    """Why a MatMul W·x with the constant first cannot be compiled, or None.
+def batch_axis_refusal(node) -> str | None:
+    """Why a MatMul with a constant weight cannot be compiled, or None.
 
     C = W·x, W [.., M, K], x [B, .., K, N]: one spike at x[b, .., k, n] drives the M accumulations of
-    the column W[.., :, k]. That holds per sample only when the batch axis of x stays axis 0 of C:
-    x of rank ≥ 3 (rank 2, [B, N], would contract the batch axis: samples mixed, the result depends
-    on how a run batches them) and W of lower rank than x, or of the same rank with a leading 1 (a
-    longer W would move the batch axis; a W with a leading axis > 1 pairs weights with samples)."""
-    if node.op != "MatMul" or classify(node) != "weighted" or weight_index(node) != 0:
+    the column W[.., :, k]; for C = x·W, W [.., K, P], the P of the row W[.., k, :]. That holds per
+    sample only when the batch axis of x stays axis 0 of C. W·x needs x of rank ≥ 3 (rank 2, [B, N],
+    would contract the batch axis: samples mixed, the result depends on how a run batches them).
+    Either side needs W of lower rank than x, or of the same rank with a leading 1 (a longer W
+    would move the batch axis; a W with a leading axis > 1 pairs weights with samples); x·W with x
+    and W both of rank 2 is the plain linear layer."""
+    if node.op != "MatMul" or classify(node) != "weighted":
         return None
-    w, x = node.inputs
+    left = weight_index(node) == 0
+    w, x = node.inputs if left else node.inputs[::-1]
     label = f"MatMul '{node.name}'" if node.name else "MatMul"
+    side = "constant weight first (W·x)" if left else "constant weight second (x·W)"
     if x.shape is None:
-        return f"{label}: constant weight first (W·x) on '{x.name}' of unknown rank: cannot tell its batch axis"
-    if len(x.shape) < 3:
-        return (f"{label}: constant weight first (W·x) contracts axis 0 of the rank-{len(x.shape)} input "
+        return f"{label}: {side} on '{x.name}' of unknown rank: cannot tell its batch axis"
+    if left and len(x.shape) < 3:
+        return (f"{label}: {side} contracts axis 0 of the rank-{len(x.shape)} input "
                 f"'{x.name}', its batch axis: samples would mix")
-    if len(w.shape) > len(x.shape) or (len(w.shape) == len(x.shape) and w.shape[0] != 1):
-        return (f"{label}: constant weight first (W·x) of rank {len(w.shape)} broadcasts against the batch axis "
+    same_rank_batch = len(w.shape) == len(x.shape) and (left or len(x.shape) >= 3)
+    if len(w.shape) > len(x.shape) or (same_rank_batch and w.shape[0] != 1):
+        return (f"{label}: {side} of rank {len(w.shape)} broadcasts against the batch axis "
                 f"of the rank-{len(x.shape)} input '{x.name}'")
     return None
 

@@ -5,8 +5,8 @@ neuron state). Inputs that depend only on the network input are constant under r
 need no wrapper, and so are the outputs of Shape and Size, which read only the shape of their
 input. An affine op applied at every step (x − c, c·x, Where(cond, x, c), BN(x)) averages to the
 op of the average and needs no wrapper either; one whose time-varying input is a shape, indices or a
-condition is refused. So is a MatMul W·x with the constant first whose layout would contract or move
-the batch axis (``absorb_threshold_scale.left_weight_refusal``); the others are synaptic layers, no
+condition is refused. So is a MatMul with a constant weight whose layout would contract or move the
+batch axis (``absorb_threshold_scale.batch_axis_refusal``); the others are synaptic layers, no
 wrappers. See ``pmsm_compiler.ops.temporal`` for the math:
 
     S_t = S_{t−1} + x_t;  F_t = t·f(S_t/t)  (F_t = f(S_t) for positively homogeneous f);
@@ -27,7 +27,7 @@ from pmsm_compiler.onnx_utils import downstream, tensor_flow
 from pmsm_compiler.ops.temporal import GENERAL_OPS, HOMOGENEOUS_OPS, bookkeeping_ops, dense_ops
 from pmsm_compiler.snn_format import TIME_INPUT, WRAPPER_INITIAL_STATE, State, Wrapper
 
-from .absorb_threshold_scale import classify, left_weight_refusal, linear_inputs
+from .absorb_threshold_scale import batch_axis_refusal, classify, linear_inputs
 from .graph_utils import PassRefusal, fresh, numel, static_shape
 
 LINEAR_CLASSES = {"weighted", "affine_add", "transparent_all", "transparent_first", "select", "affine_real",
@@ -48,7 +48,7 @@ def wrap_nonlinear(graph: gs.Graph, ctx) -> gs.Graph:
     for node in list(graph.nodes):
         if node.domain == DOMAIN or id(node) in psp:
             continue
-        reason = left_weight_refusal(node)  # on the network input too: a run would mix its samples
+        reason = batch_axis_refusal(node)  # on the network input too: a run would mix its samples
         if reason:
             raise PassRefusal(reason)
         dyn_idx = [i for i, t in enumerate(node.inputs) if t.name in dynamic]

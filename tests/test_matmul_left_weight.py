@@ -191,6 +191,25 @@ def test_batch_axis_layouts_are_refused(w_shape, x_dims, out_dims, message, mode
         compile_model(_single(w_shape, x_dims, out_dims), mode=mode)
 
 
+@pytest.mark.parametrize("w_shape, x_dims, out_dims, message", [
+    ((3, 2, 4), [3, 5, 2], [3, 5, 4], r"constant weight second \(x·W\) of rank 3 broadcasts against the batch axis"),
+    ((2, 1, 2, 4), ["N", 5, 2], [2, "N", 5, 4], r"constant weight second \(x·W\) of rank 4 broadcasts"),
+], ids=["pairs-with-samples", "moves-batch"])
+@pytest.mark.parametrize("mode", ["exact", "folded"])
+def test_batch_axis_layouts_of_a_weight_second_are_refused(w_shape, x_dims, out_dims, message, mode):
+    with pytest.raises(UnsupportedModelError, match=message):
+        compile_model(_single(w_shape, x_dims, out_dims, left=False), mode=mode)
+
+
+@pytest.mark.parametrize("w_shape, x_dims, out_dims", [((2, 4), ["N", 2], ["N", 4]), ((1, 2, 4), ["N", 5, 2], ["N", 5, 4]),
+                                                        ((2, 4), ["N", 5, 2], ["N", 5, 4])],
+                         ids=["linear", "leading-1", "lower-rank"])
+def test_layouts_of_a_weight_second_that_keep_the_batch_axis_compile(w_shape, x_dims, out_dims):
+    compiled = compile_model(_single(w_shape, x_dims, out_dims, left=False), mode="folded")
+    (a,) = compiled.info.layers
+    assert compiled.info.wrappers == [] and a.fan_out == 4
+
+
 @pytest.mark.parametrize("w_shape", [(4, 5), (5,), (1, 4, 5)], ids=["2-D", "1-D", "leading-1"])
 def test_layouts_that_keep_the_batch_axis_compile(w_shape):
     out = [3, *w_shape[:-1][-1:], 2] if len(w_shape) > 1 else [3, 2]
