@@ -320,6 +320,15 @@ def _left_weight_pairs_with_samples():
     return _edit(base_model(), edit)
 
 
+def _right_weight_pairs_with_samples():
+    """MatMul(q [N, 4, 32, 32], W [2, 4, 32, 32]): the same broadcast with the weight second."""
+    def edit(m):
+        m.graph.node.insert(2, helper.make_node("MatMul", ["q", "Wmix"], ["qm"], name="channel_mix"))
+        _node(m, "GlobalAveragePool").input[0] = "qm"
+        m.graph.initializer.append(numpy_helper.from_array(np.full((2, 4, SIDE, SIDE), 1 / SIDE, np.float32), "Wmix"))
+    return _edit(base_model(), edit)
+
+
 def _no_quantizer():
     def edit(m):
         _node(m, "PQA").CopyFrom(helper.make_node("Relu", ["c"], ["q"], name="relu"))
@@ -552,6 +561,8 @@ CASES: list[Case] = [
     _model_case("no_quantizer", _no_quantizer, r"no quantized activation"),
     _model_case("left_weight_pairs_with_samples", _left_weight_pairs_with_samples,
                 r"MatMul 'token_mix': constant weight first \(W·x\) of rank 4 broadcasts against the batch axis"),
+    _model_case("right_weight_pairs_with_samples", _right_weight_pairs_with_samples,
+                r"MatMul 'channel_mix': constant weight second \(x·W\) of rank 4 broadcasts against the batch axis"),
     _compile("already_snn", _already_snn, r"already a compiled SNN"),
     # output paths (tests/test_compile_cli.py)
     _compile("output_dir_missing", lambda d, a: [a.ann, "-o", d / "nope" / "out.onnx"],
