@@ -310,23 +310,15 @@ def _pool_larger_than_input():
     return _edit(base_model(), edit)
 
 
-def _left_weight_pairs_with_samples():
-    """MatMul(W [2, 4, 32, 32], q [N, 4, 32, 32]): W's leading axis broadcasts against the batch axis,
-    pairing weights with samples (tests/test_matmul_left_weight.py)."""
+def _weight_pairs_with_samples(first: bool):
+    """MatMul(W [2, 4, 32, 32], q [N, 4, 32, 32]) (``first``) or MatMul(q, W): W's leading axis
+    broadcasts against the batch axis, pairing weights with samples (tests/test_matmul_left_weight.py)."""
     def edit(m):
-        m.graph.node.insert(2, helper.make_node("MatMul", ["Wmix", "q"], ["qm"], name="token_mix"))
+        inputs, name = (["Wmix", "q"], "token_mix") if first else (["q", "Wmix"], "channel_mix")
+        m.graph.node.insert(2, helper.make_node("MatMul", inputs, ["qm"], name=name))
         _node(m, "GlobalAveragePool").input[0] = "qm"
         m.graph.initializer.append(numpy_helper.from_array(np.full((2, 4, SIDE, SIDE), 1 / SIDE, np.float32), "Wmix"))
-    return _edit(base_model(), edit)
-
-
-def _right_weight_pairs_with_samples():
-    """MatMul(q [N, 4, 32, 32], W [2, 4, 32, 32]): the same broadcast with the weight second."""
-    def edit(m):
-        m.graph.node.insert(2, helper.make_node("MatMul", ["q", "Wmix"], ["qm"], name="channel_mix"))
-        _node(m, "GlobalAveragePool").input[0] = "qm"
-        m.graph.initializer.append(numpy_helper.from_array(np.full((2, 4, SIDE, SIDE), 1 / SIDE, np.float32), "Wmix"))
-    return _edit(base_model(), edit)
+    return lambda: _edit(base_model(), edit)
 
 
 def _no_quantizer():
@@ -559,9 +551,9 @@ CASES: list[Case] = [
                 r"onnxruntime cannot run .*kernel_shape is not compatible with W shape", process=True),
     _model_case("pool_window_larger_than_input", _pool_larger_than_input, r"onnxruntime cannot run .*MaxPool"),
     _model_case("no_quantizer", _no_quantizer, r"no quantized activation"),
-    _model_case("left_weight_pairs_with_samples", _left_weight_pairs_with_samples,
+    _model_case("left_weight_pairs_with_samples", _weight_pairs_with_samples(first=True),
                 r"MatMul 'token_mix': constant weight first \(W·x\) of rank 4 broadcasts against the batch axis"),
-    _model_case("right_weight_pairs_with_samples", _right_weight_pairs_with_samples,
+    _model_case("right_weight_pairs_with_samples", _weight_pairs_with_samples(first=False),
                 r"MatMul 'channel_mix': constant weight second \(x·W\) of rank 4 broadcasts against the batch axis"),
     _compile("already_snn", _already_snn, r"already a compiled SNN"),
     # output paths (tests/test_compile_cli.py)
