@@ -43,6 +43,17 @@ def _pqa(x, y, name):
     return helper.make_node("PQA", [x, f"lam_{name}"], [y], name=name, domain="pmsm", L=L, alpha=-0.25, beta=1.0)
 
 
+def _model(nodes, inits, x_dims, out_dims):
+    """x → nodes → y, opset 20, with the quantizers' function bodies."""
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_dims)], inits),
+        opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    add_functions(model, quantizer_functions())
+    return model
+
+
 def net(left=True, batch="N"):
     """W·x (``left``) or its transposed twin xᵀ·Wᵀ on x [N, S, K] (the same function, transposed)."""
     if left:
@@ -58,12 +69,7 @@ def net(left=True, batch="N"):
     nodes = [mm[0], _pqa("m1", "a", "a"), mm[1], _pqa("m2", "y", "b")]
     inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
     inits += [numpy_helper.from_array(np.float32(v), f"lam_{k}") for k, v in LAMS.items()]
-    model = helper.make_model(
-        helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], inits),
-        opset_imports=[helper.make_opsetid("", 20)])
-    model.ir_version = 10
-    add_functions(model, quantizer_functions())
+    model = _model(nodes, inits, dims, out)
     # the quantizers, as the fuzz generator records them: check_network's T > 1 semantics check needs them
     meta = {"quantizers": [{"input": "m1", "output": "a", "nodes": ["a"]}, {"input": "m2", "output": "y", "nodes": ["b"]}]}
     model.metadata_props.add(key=FUZZ_METADATA_KEY, value=json.dumps(meta))
@@ -171,13 +177,8 @@ def _single(w_shape, x_dims, out_dims, left=True):
     w = (np.random.default_rng(1).standard_normal(w_shape) * 0.3).astype(np.float32)
     nodes = [_pqa("x", "a", "a"), helper.make_node("MatMul", ["W", "a"] if left else ["a", "W"], ["y"], name="mix")]
     inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.float32(LAMS["a"]), "lam_a")]
-    model = helper.make_model(
-        helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_dims)], inits),
-        opset_imports=[helper.make_opsetid("", 20)])
-    model.ir_version = 10
-    add_functions(model, quantizer_functions())
-    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    return onnx.shape_inference.infer_shapes(_model(nodes, inits, x_dims, out_dims), check_type=True,
+                                             strict_mode=True)
 
 
 @pytest.mark.parametrize("w_shape, x_dims, out_dims, message", [
