@@ -12,6 +12,11 @@ configuration, the CLI flags and the entropy analysis. Torch- and onnx-free, so 
 - ``DISTILL_WEIGHT`` w = 0.5 and ``DISTILL_TEMPERATURE`` τ = 4: knowledge distillation's share of
   the loss and softmax temperature (Hinton et al. 2015's usual choices), for ``pmsm-train
   --distill-from``.
+- ``COMPACT_CHECKPOINT``: the checkpoint ``pmsm-train --compact-checkpoint`` writes beside the full
+  one, small enough to commit (float16 weights, no optimizer state); ``COMPACT_RESUME_RAMP_STEPS`` =
+  100: after resuming from it the optimizer starts empty and its learning rate ramps up linearly
+  over this many steps, because Adam's first bias-corrected updates are about lr·sign(g) per
+  weight, far larger than those of the run it continues.
 """
 
 PQA_LEVELS = 8
@@ -23,3 +28,6 @@ LAMBDA_MIN = 1e-4
 
 DISTILL_WEIGHT = 0.5
 DISTILL_TEMPERATURE = 4.0
+
+COMPACT_CHECKPOINT = "checkpoint.compact.pt"
+COMPACT_RESUME_RAMP_STEPS = 100

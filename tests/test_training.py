@@ -408,6 +408,56 @@ def test_vit_recipe_trains_and_resumes_exactly(sample, tmp_path):
             train(dataclasses.replace(cfg, **change), x, y, None, None, out, MEAN, STD, progress=False, log=quiet)
 
 
+def test_compact_checkpoint_is_small_resumes_from_float16_weights_and_ramps_the_fresh_optimizer(sample, tmp_path):
+    """--compact-checkpoint: float16 weights and no optimizer state; a folder that has only it resumes
+    at its epoch from exactly those weights, with a fresh AdamW whose lr ramps up, and says so."""
+    from pmsm_compiler.defaults import COMPACT_CHECKPOINT, COMPACT_RESUME_RAMP_STEPS
+
+    x, y = sample[0][:64], sample[1][:64]   # batch 32: 2 steps per epoch
+    cfg = TrainConfig(model="vit_tiny", batch_size=32, epochs=3, seed=5, threads=1, optimizer="adamw", lr=2e-3,
+                      weight_decay=0.05, compact_checkpoint=True)
+    out = str(tmp_path / "run")
+    first = train(dataclasses.replace(cfg, max_steps=2), x, y, None, None, out, MEAN, STD, progress=False, log=quiet)
+    full_path, compact_path = os.path.join(out, "checkpoint.pt"), os.path.join(out, COMPACT_CHECKPOINT)
+    compact = torch.load(compact_path, weights_only=False)
+    assert "optimizer" not in compact and compact["epoch"] == 1 and compact["config"]["compact_checkpoint"]
+    weights = _state(first["model"])
+    for k, v in compact["model"].items():
+        assert v.dtype == (torch.float16 if weights[k].is_floating_point() else weights[k].dtype), k
+        assert torch.equal(v, weights[k].to(v.dtype)), k
+    # AdamW keeps two moments per weight: the compact file is about a sixth of the full one
+    assert os.path.getsize(compact_path) < os.path.getsize(full_path) / 4
+
+    os.remove(full_path)
+    # what the resumed run starts from: the float16 weights, widened back
+    seen = {}
+
+    def spy(model, *args, **kwargs):
+        seen.setdefault("start", {k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_forward(model, *args, **kwargs)
+
+    model_cls = type(first["model"])
+    real_forward = model_cls.forward
+    lines, lrs = [], []
+    try:
+        model_cls.forward = spy
+        second = train(dataclasses.replace(cfg, max_steps=3), x, y, None, None, out, MEAN, STD, progress=False,
+                       log=lines.append)
+    finally:
+        model_cls.forward = real_forward
+    assert any(line.startswith("resumed from") and line.endswith(f"{COMPACT_CHECKPOINT} at epoch 1") for line in lines)
+    assert any("no optimizer state" in line and f"ramped over {COMPACT_RESUME_RAMP_STEPS} steps" in line
+               for line in lines)
+    for k, v in seen["start"].items():
+        assert v.dtype == weights[k].dtype and torch.equal(v, compact["model"][k].to(v.dtype)), k
+    # epoch 2's two steps at lr × 1/100 and 2/100 of the schedule: the last-step lr in the history shows it
+    from pmsm_compiler.training.trainer import cosine_lr
+
+    assert second["history"][1]["epoch"] == 2
+    assert second["history"][1]["lr"] == pytest.approx(cosine_lr(cfg.lr, 1 + 1 / 2, 3, 0) * 2 / COMPACT_RESUME_RAMP_STEPS)
+    assert os.path.exists(full_path)  # the resumed run writes both again
+
+
 def test_vit_cifar_is_the_documented_size():
     model = build_model("vit_cifar", num_classes=10, act="pqa")
     assert (model.dim, model.depth, model.num_heads, model.patch_size) == (192, 6, 3, 4)

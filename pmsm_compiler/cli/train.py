@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from pmsm_compiler.cli.options import NORMAL, VERBOSE, command, json_option, progress_option, show_progress, verbosity
-from pmsm_compiler.defaults import DISTILL_TEMPERATURE, DISTILL_WEIGHT, PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
+from pmsm_compiler.defaults import COMPACT_CHECKPOINT, COMPACT_RESUME_RAMP_STEPS, DISTILL_TEMPERATURE, DISTILL_WEIGHT, PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
 from pmsm_compiler.errors import InputError, cli_errors
 
 
@@ -88,7 +88,12 @@ def load_training_data(path: str, dataset: str):
                    "evaluation costs about a tenth of a ResNet-20 epoch.")
 @click.option("--out", "out_dir", default="runs/train", show_default=True, type=click.Path(),
               help="Folder for checkpoint.pt, summary.json, train.log and model.onnx.")
-@click.option("--resume/--no-resume", default=True, show_default=True)
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help=f"Continue from OUT/checkpoint.pt, else from OUT/{COMPACT_CHECKPOINT}.")
+@click.option("--compact-checkpoint", is_flag=True,
+              help=f"Also write OUT/{COMPACT_CHECKPOINT} each epoch: float16 weights, no optimizer state, small "
+                   f"enough to commit; resuming from it restarts the optimizer (lr ramped over "
+                   f"{COMPACT_RESUME_RAMP_STEPS} steps).")
 @click.option("--export/--no-export", default=True, show_default=True, help="Export model.onnx at the end.")
 @json_option("Also write the run's summary (configuration, per-epoch history, final accuracy) here as JSON; "
              "it is always written to OUT/summary.json.")
@@ -99,7 +104,7 @@ def load_training_data(path: str, dataset: str):
 def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr, momentum, weight_decay,
          warmup_epochs, seed, init_from, spike_penalty, penalty_rule, distill_from, distill_weight,
          distill_temperature, optimizer, label_smoothing, mixup, cutmix, dataset, threads, max_steps, eval_every,
-         out_dir, resume, export, json_path, progress, verbosity):
+         out_dir, resume, compact_checkpoint, export, json_path, progress, verbosity):
     """Train MODEL on CIFAR-style data with a quantized activation; checkpoint every epoch."""
     try:
         import torch  # noqa: F401
@@ -142,7 +147,8 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
                       penalty_rule=penalty_rule,
                       distill_from=os.path.abspath(distill_from) if distill_from else "",
                       distill_weight=distill_weight, distill_temperature=distill_temperature,
-                      optimizer=optimizer, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix)
+                      optimizer=optimizer, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
+                      compact_checkpoint=compact_checkpoint)
     try:
         cfg.act_spec().make()
     except ValueError as exc:

@@ -32,6 +32,13 @@ transformer trained on CIFAR-10's 50k images overfits with SGD and crop/flip alo
 (AdamW with decay on weight matrices only, warm-up, label smoothing, MixUp/CutMix, stochastic depth
 in the model) is what works at small data (docs/training.md).
 
+Checkpoints: ``checkpoint.pt`` each epoch (weights, optimizer state, history), from which a resumed
+run continues bit for bit. A run whose checkpoint is too large to commit (a ViT's, with its AdamW
+state) also writes ``checkpoint.compact.pt`` with ``compact_checkpoint``: float16 weights, no
+optimizer state (a quarter of the size). A folder with only the compact one resumes from it: the
+optimizer restarts with its learning rate ramped over ``COMPACT_RESUME_RAMP_STEPS`` steps, so the
+run continues close to, not exactly on, its uninterrupted trajectory.
+
 Memory format: channels_last (faster on a CPU), except for a model with a layer that torch 2.13's
 oneDNN cannot differentiate in that format (``channels_last_hazard``), which trains in NCHW.
 """
@@ -52,12 +59,14 @@ import torch.nn.functional as F
 
 from pmsm_compiler.defaults import (DISTILL_TEMPERATURE, DISTILL_WEIGHT, PQA_ALPHA, PQA_BETA, PQA_LAMBDA,
                                     PQA_LEVELS)
+from pmsm_compiler.defaults import COMPACT_CHECKPOINT, COMPACT_RESUME_RAMP_STEPS
 from pmsm_compiler.files import save_text_atomic, write_atomic
 from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
 
 
 LOG_COMMAND = "command: "
 LOG_RESUMED = "resumed from "
+
 
 
 def command_log_line(argv: list[str]) -> str:
@@ -114,6 +123,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0  # Beta(a, a) of MixUp; 0 = off
     cutmix: float = 0.0  # Beta(a, a) of CutMix; 0 = off (both on: one of the two per batch, as DeiT)
+    # also write COMPACT_CHECKPOINT each epoch; it does not shape the trajectory, so it is not compared on resume
+    compact_checkpoint: bool = False
     extra: dict = field(default_factory=dict)
 
     def act_spec(self) -> ActivationSpec:
@@ -343,7 +354,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalize
 def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray | None,
           test_y: np.ndarray | None, out_dir: str, mean, std, resume: bool = True, progress: bool = True,
           log=print) -> dict:
-    """Train ``cfg.model`` on uint8 NHWC arrays; checkpoint to ``out_dir/checkpoint.pt`` each epoch.
+    """Train ``cfg.model`` on uint8 NHWC arrays; checkpoint to ``out_dir/checkpoint.pt`` each epoch
+    (and to ``COMPACT_CHECKPOINT`` with ``cfg.compact_checkpoint``), resuming from either.
 
     Returns a summary dict (also written to ``out_dir/summary.json``).
     """
@@ -381,8 +393,11 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
     optimizer = build_optimizer(model, cfg)
     norm = Normalizer(mean, std).to(device)
     start_epoch, history, wall = 0, [], 0.0
-    if resume and os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+    compact_path = os.path.join(out_dir, COMPACT_CHECKPOINT)
+    ramp_steps = 0  # > 0 after resuming from a compact checkpoint (its optimizer state restarts)
+    resume_from = ckpt_path if os.path.exists(ckpt_path) else compact_path if os.path.exists(compact_path) else ""
+    if resume and resume_from:
+        state = torch.load(resume_from, map_location=device, weights_only=False)
         saved_cfg = state["config"]
         # Everything that shapes the trajectory must match; threads, max_steps and eval_every may change.
         for key in ("model", "act", "levels", "lam", "alpha", "beta", "epochs", "batch_size", "lr", "momentum",
@@ -392,11 +407,20 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
             if saved_cfg.get(key, getattr(TrainConfig(), key)) != getattr(cfg, key):
                 raise ValueError(f"checkpoint {ckpt_path} was made with {key}={saved_cfg.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}; use another --out or --no-resume")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        else:  # compact: float16 weights back to each parameter's own dtype, a fresh optimizer
+            own = model.state_dict()
+            model.load_state_dict({k: v.to(own[k].dtype) for k, v in state["model"].items()})
+            ramp_steps = COMPACT_RESUME_RAMP_STEPS
         start_epoch, history, wall = state["epoch"], state["history"], state.get("wall_s", 0.0)
         if is_main:
-            log(f"{LOG_RESUMED}{ckpt_path} at epoch {start_epoch}")
+            log(f"{LOG_RESUMED}{resume_from} at epoch {start_epoch}")
+            if ramp_steps:
+                log(f"the compact checkpoint holds float16 weights and no optimizer state: the {cfg.optimizer} "
+                    f"state restarts, its learning rate ramped over {ramp_steps} steps (not bit for bit the "
+                    f"uninterrupted run)")
     lambdas_loaded = False
     if start_epoch == 0 and cfg.init_from:
         loaded = load_init_weights(model, cfg.init_from)
@@ -457,6 +481,8 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
             yb = ys[idx].to(device, non_blocking=True)
             xb = norm(xb).contiguous(memory_format=memory_format)
             lr = cosine_lr(cfg.lr, epoch + step / steps_per_epoch, cfg.epochs, cfg.warmup_epochs)
+            if total_steps < ramp_steps:
+                lr *= (total_steps + 1) / ramp_steps
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if mixer.active:
@@ -509,6 +535,10 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                      "history": history, "config": asdict(cfg), "wall_s": wall}
             write_atomic(ckpt_path, lambda tmp: torch.save(state, tmp))
+            if cfg.compact_checkpoint:
+                compact = {key: state[key] for key in ("epoch", "history", "config", "wall_s")}
+                compact["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+                write_atomic(compact_path, lambda tmp: torch.save(compact, tmp))
         if step_limit:
             break
     summary = {"config": asdict(cfg), "history": history, "wall_s": round(wall, 1),
