@@ -3,7 +3,6 @@ all three (it imports none of them)."""
 
 from __future__ import annotations
 
-import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -61,40 +60,52 @@ def _io(node) -> tuple[list[str], list[str]]:
     return [t.name for t in node.inputs if t.name], [t.name for t in node.outputs if t.name]
 
 
-def tensor_flow(nodes, skip=None) -> nx.DiGraph:
-    """Data flow between tensors (by name): an edge from every input of a node to each of its
-    outputs, for every node but those ``skip(node)`` is true for (their outputs do not follow
+# The walks below are plain dicts of sets: they are all the graph algorithms the package needs, and
+# networkx alone took 0.10-0.13 s to import, a fifth of pmsm-run's start-up (docs/benchmarks.md).
+
+def tensor_flow(nodes, skip=None) -> dict[str, set[str]]:
+    """Data flow between tensors (by name): each tensor's successors, the outputs of every node that
+    reads it, for every node but those ``skip(node)`` is true for (their outputs do not follow
     their inputs: an op that reads only its input's shape, a consumer a walk stops at)."""
-    flow = nx.DiGraph()
+    flow: dict[str, set[str]] = {}
     for node in nodes:
         if skip is not None and skip(node):
             continue
         inputs, outputs = _io(node)
-        flow.add_edges_from((i, o) for i in inputs for o in outputs)
+        for i in inputs:
+            flow.setdefault(i, set()).update(outputs)
     return flow
 
 
-def downstream(flow: nx.DiGraph, sources) -> set[str]:
-    """``sources`` and every tensor computed from one of them in ``flow``: one walk from all the
-    sources together, each tensor visited once (a walk per source was quadratic: the SNN's
-    states are sources, one per neuron layer)."""
+def _reach(edges: dict, sources) -> set:
+    """Everything reachable from ``sources`` along ``edges`` (node → set of nodes), the sources
+    included: one walk from all of them together, each node visited once."""
     reached = set(sources)
-    stack = [s for s in reached if s in flow]
+    stack = list(reached)
     while stack:
-        for succ in flow.successors(stack.pop()):
+        for succ in edges.get(stack.pop(), ()):
             if succ not in reached:
                 reached.add(succ)
                 stack.append(succ)
     return reached
 
 
-def node_dag(nodes, cut=()) -> nx.DiGraph:
-    """Producer → consumer edges between the indices of ``nodes`` (ONNX NodeProtos or graphsurgeon
-    nodes), except through the tensors named in ``cut``."""
+def downstream(flow: dict[str, set[str]], sources) -> set[str]:
+    """``sources`` and every tensor computed from one of them in ``flow`` (a walk per source was
+    quadratic: the SNN's states are sources, one per neuron layer)."""
+    return _reach(flow, sources)
+
+
+def node_dag(nodes, cut=()) -> dict[int, set[int]]:
+    """The producers of each node, by index into ``nodes`` (ONNX NodeProtos or graphsurgeon
+    nodes), except through the tensors named in ``cut``: producer → consumer edges, stored
+    against their direction for ``ancestors``."""
     ios = [_io(n) for n in nodes]
     producer = {out: i for i, (_, outputs) in enumerate(ios) for out in outputs}
-    dag = nx.DiGraph()
-    dag.add_nodes_from(range(len(ios)))
-    dag.add_edges_from((producer[name], j) for j, (inputs, _) in enumerate(ios) for name in inputs
-                       if name in producer and name not in cut)
-    return dag
+    return {j: {producer[name] for name in inputs if name in producer and name not in cut}
+            for j, (inputs, _) in enumerate(ios)}
+
+
+def ancestors(dag: dict[int, set[int]], node: int) -> set[int]:
+    """The strict ancestors of ``node`` in ``node_dag``'s graph: every node it depends on."""
+    return _reach(dag, dag.get(node, ()))

@@ -43,14 +43,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import networkx as nx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from pmsm_compiler.errors import InputError
 from pmsm_compiler.limits import MAX_TENSOR_BYTES, format_bytes
-from pmsm_compiler.onnx_utils import downstream, node_dag, tensor_flow, with_outputs
+from pmsm_compiler.onnx_utils import ancestors, downstream, node_dag, tensor_flow, with_outputs
 from pmsm_compiler.runtime import SNNSession
 from pmsm_compiler.sessions import declared_batch, make_session, onnxruntime_errors, padded_batches
 from pmsm_compiler.snn_format import SNNInfo
@@ -115,7 +114,7 @@ def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
     producer = {out: i for i, n in enumerate(g.node) for out in n.output if out}
     dag = node_dag(g.node, cut=cut)
     keep = {producer[o.name] for o in g.output if o.name in producer and o.name not in cut}
-    keep |= {j for i in keep for j in nx.ancestors(dag, i)}
+    keep |= {j for i in keep for j in ancestors(dag, i)}
     known = {v.name: v for v in list(g.value_info) + list(g.output)}
     m = onnx.ModelProto()
     m.CopyFrom(ann)

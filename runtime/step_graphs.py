@@ -13,12 +13,11 @@ Runtime concerns: the compiled file never contains these rewrites; they read the
 
 from __future__ import annotations
 
-import networkx as nx
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from pmsm_compiler.onnx_utils import downstream, import_graph, node_dag, tensor_flow
+from pmsm_compiler.onnx_utils import ancestors, downstream, import_graph, node_dag, tensor_flow
 from pmsm_compiler.ops import DOMAIN, add_functions
 from pmsm_compiler.ops.neurons import FINAL_STEP_OPS, final_step_functions
 from pmsm_compiler.snn_format import SNNInfo
@@ -211,7 +210,7 @@ def states_safe_in_place(step: onnx.ModelProto, info: SNNInfo) -> set[str]:
         reads = readers.get(state.input, [])
         if writer is None or not reads or state.input in graph_outputs:
             continue
-        upstream = nx.ancestors(dag, writer)  # strict ancestors of the writer
+        upstream = ancestors(dag, writer)  # strict ancestors of the writer
         if all(r in upstream for r in reads):
             safe.add(state.input)
     return safe

@@ -1,14 +1,13 @@
-"""The graph walks on networkx (pmsm_compiler.onnx_utils): reachability that follows data, stops
+"""The graph walks (pmsm_compiler.onnx_utils): reachability that follows data, stops
 where told, and does not depend on the node order."""
 
 from __future__ import annotations
 
-import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from pmsm_compiler.onnx_utils import downstream, node_dag, tensor_flow
+from pmsm_compiler.onnx_utils import ancestors, downstream, node_dag, tensor_flow
 
 
 def _chain():
@@ -35,5 +34,18 @@ def test_node_dag_on_protos_and_its_cut():
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"]),
              helper.make_node("Add", ["b", "x"], ["y"])]
     dag = node_dag(nodes)
-    assert nx.ancestors(dag, 2) == {0, 1} and nx.descendants(dag, 0) == {1, 2}
-    assert nx.ancestors(node_dag(nodes, cut={"b"}), 2) == set()
+    assert [ancestors(dag, i) for i in range(3)] == [set(), {0}, {0, 1}]
+    assert ancestors(node_dag(nodes, cut={"b"}), 2) == set()
+    assert ancestors(node_dag(nodes, cut={"b"}), 1) == {0}
+
+
+def test_ancestors_of_a_diamond_listed_out_of_order_and_a_node_reading_a_tensor_twice():
+    # x → A → a;  a → B → b;  a → C → c;  (b, c) → D → d;  d → E(d, d) → e; F reads only x
+    nodes = [helper.make_node("Add", ["d", "d"], ["e"]), helper.make_node("Add", ["b", "c"], ["d"]),
+             helper.make_node("Neg", ["a"], ["c"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["f"])]
+    dag = node_dag(nodes)
+    assert ancestors(dag, 0) == {1, 2, 3, 4} and ancestors(dag, 1) == {2, 3, 4}
+    assert ancestors(dag, 4) == set() and ancestors(dag, 5) == set()
+    assert ancestors(node_dag(nodes, cut={"a"}), 0) == {1, 2, 3}
+    assert downstream(tensor_flow(nodes), {"a"}) == {"a", "b", "c", "d", "e"}
