@@ -41,7 +41,8 @@ def split_static_prologue(model: onnx.ModelProto, info: SNNInfo):
     dynamic = {s.input for s in info.states}
     if info.time_input:
         dynamic.add(info.time_input)
-    graph.toposort()
+    if not in_topological_order(graph):  # a loaded model is (the checker requires it); sorting costs
+        graph.toposort()
     dyn_tensors = downstream(tensor_flow(graph.nodes), dynamic)
     static_nodes = [node for node in graph.nodes if not any(t.name in dyn_tensors for t in node.inputs)]
     # A static Conv (or Conv → BatchNormalization) whose output a state-dependent Add reads stays in
@@ -81,25 +82,43 @@ def split_static_prologue(model: onnx.ModelProto, info: SNNInfo):
         return None, model  # an output that never changes: keep the simple form
     if any(t.shape is None or t.dtype is None for t in boundary):
         return None, model
+    # cleanup() only removes nodes, and a graph input only loses its producer: both keep the nodes in
+    # topological order, so neither graph is sorted again (a gs toposort cost as much as the rest)
     pro = graph.copy()
     pro_tensors = pro.tensors()
     pro.inputs = [pro_tensors[n] for n in input_names]
     pro.outputs = [pro_tensors[t.name] for t in boundary]
-    pro.cleanup(remove_unused_graph_inputs=True).toposort()
-    step = graph.copy()
+    pro.cleanup(remove_unused_graph_inputs=True)
+    step = graph  # the imported graph itself: one copy, not two
     step_tensors = step.tensors()
     for t in boundary:
         st = step_tensors[t.name]
         st.inputs.clear()  # now a graph input
     step.inputs = [step_tensors[t.name] for t in boundary] + [t for t in step.inputs
                                                               if t.name not in input_names or t.name in direct_inputs]
-    step.cleanup(remove_unused_graph_inputs=False).toposort()
+    step.cleanup(remove_unused_graph_inputs=False)
     pro_model = gs.export_onnx(pro)
     step_model = gs.export_onnx(step)
     for m in (pro_model, step_model):
         m.ir_version = model.ir_version
         del m.metadata_props[:]
     return pro_model, step_model
+
+
+def in_topological_order(graph: gs.Graph) -> bool:
+    """Whether every node of ``graph`` reads only graph inputs, constants and tensors that earlier
+    nodes produce (a subgraph's outer-scope reads are not followed: such a graph is reported
+    unsorted, and sorted)."""
+    known = {t.name for t in graph.inputs}
+    for node in graph.nodes:
+        if any(isinstance(a, gs.Graph) or isinstance(a, list) and any(isinstance(g, gs.Graph) for g in a)
+               for a in node.attrs.values()):
+            return False
+        for t in node.inputs:
+            if t.name and not isinstance(t, gs.Constant) and t.name not in known:
+                return False
+        known.update(t.name for t in node.outputs)
+    return True
 
 
 def without_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
@@ -162,7 +181,9 @@ def variant_graph(step: onnx.ModelProto, info: SNNInfo, first: bool, last: bool)
             if node.domain == DOMAIN and node.op in FINAL_STEP_OPS and len(node.outputs) == 2:
                 node.op = FINAL_STEP_OPS[node.op]
                 node.outputs = node.outputs[:1]
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    graph.cleanup(remove_unused_graph_inputs=False)
+    if not in_topological_order(graph):  # the rewrites above keep the step's order; checked, not assumed
+        graph.toposort()
     return graph
 
 

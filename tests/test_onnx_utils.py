@@ -49,3 +49,18 @@ def test_ancestors_of_a_diamond_listed_out_of_order_and_a_node_reading_a_tensor_
     assert ancestors(dag, 4) == set() and ancestors(dag, 5) == set()
     assert ancestors(node_dag(nodes, cut={"a"}), 0) == {1, 2, 3}
     assert downstream(tensor_flow(nodes), {"a"}) == {"a", "b", "c", "d", "e"}
+
+
+def test_in_topological_order_notices_a_node_before_its_producer_and_a_subgraph():
+    from pmsm_compiler.runtime.step_graphs import in_topological_order
+
+    x = gs.Variable("x", np.float32, [2])
+    a, b = gs.Variable("a", np.float32, [2]), gs.Variable("b", np.float32, [2])
+    w = gs.Constant("w", np.ones(2, np.float32))
+    first, second = gs.Node("Add", inputs=[x, w], outputs=[a]), gs.Node("Relu", inputs=[a], outputs=[b])
+    assert in_topological_order(gs.Graph(nodes=[first, second], inputs=[x], outputs=[b]))
+    assert not in_topological_order(gs.Graph(nodes=[second, first], inputs=[x], outputs=[b]))
+    body = gs.Graph(nodes=[], inputs=[], outputs=[x])
+    branch = gs.Node("If", inputs=[x], outputs=[gs.Variable("c", np.float32)],
+                     attrs={"then_branch": body, "else_branch": body})
+    assert not in_topological_order(gs.Graph(nodes=[first, second, branch], inputs=[x], outputs=[b]))
