@@ -28,6 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODES = ("exact", "folded")
+VERIFY_SAMPLES = 256
 
 
 def run_mode(path: str, mode: str, dataset, max_t: int, batch_size: int) -> dict:
@@ -37,12 +38,19 @@ def run_mode(path: str, mode: str, dataset, max_t: int, batch_size: int) -> dict
     from pmsm_compiler.sessions import make_session
 
     start = time.perf_counter()
-    compiled = compile_and_verify(path, mode, samples=32)
-    compiled.raise_if_failed(os.path.basename(path))
+    # Verified on real images (the bundled sample), not random ones: on random inputs a trained ViT's
+    # logits are nearly tied, and folded mode's few changed levels flip a third of what they flip
+    # on images (a 1-epoch ViT: 93.8 % top-1 agreement on random inputs, 99.2 % on the sample).
+    compiled = compile_and_verify(path, mode, data="bundled", samples=VERIFY_SAMPLES)
+    if mode == "exact":  # the lossless claim must hold before anything is measured
+        compiled.raise_if_failed(os.path.basename(path))
     mean, std = resolve_normalization("auto", compiled.info)
     report = run_dataset(SNNSession(compiled.model), dataset, max_t, batch_size, mean, std,
                          ann_session=make_session(compiled.ann), progress=sys.stderr.isatty(),
                          model=os.path.basename(path))
+    v = compiled.verification  # folded mode's tolerances may fail: that is its flip rate, measured below
+    report["compile_verification"] = {k: v.get(k) for k in ("passed", "failures", "data", "level_agreement",
+                                                             "top1_agreement")}
     report["wall_s"] = round(time.perf_counter() - start, 1)
     return report
 
@@ -71,6 +79,7 @@ def summarize(reports: dict, max_t: int) -> dict:
         "spikes_per_image_t1": {mode: r["spikes_per_image_by_t"][0] for mode, r in reports.items()},
         "max_t": max_t,
         "wall_s": {mode: r["wall_s"] for mode, r in reports.items()},
+        "compile_verification": {mode: r["compile_verification"] for mode, r in reports.items()},
     }
 
 
@@ -83,7 +92,10 @@ def markdown(summary: dict, model: str, command: str, figure: str | None) -> str
              f"- T = 1, exact mode: {pct(acc['exact'][0])} %, the ANN's prediction on {pct(agree['exact'])} % of the "
              "images (the lossless claim).",
              f"- T = 1, folded mode: {pct(acc['folded'][0])} %, flip rate {pct(summary['folded_t1_flip_rate'])} % "
-             "of the images.",
+             "of the images; `pmsm-compile`'s verification of it (its default tolerances, "
+             f"{summary['compile_verification']['folded']['data']}): "
+             + ("passed" if summary["compile_verification"]["folded"]["passed"] else
+                "failed, " + "; ".join(summary["compile_verification"]["folded"]["failures"])) + ".",
              f"- Largest gap to the ANN over T: exact {100 * summary['largest_drift']['exact']:+.2f} points, folded "
              f"{100 * summary['largest_drift']['folded']:+.2f} points.", ""]
     if figure:

@@ -187,8 +187,13 @@ def test_forced_verification_failure_writes_no_model(models, tmp_path):
     assert result.exit_code == 1
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: verification failed") and "no model written" in lines[0]
+    # folded mode on random inputs: the line says what to try
+    assert "--calibration-data" in lines[0] and "--exact" in lines[0]
     assert "Traceback" not in result.output
     assert not out.exists() and listing(tmp_path) == ["report.json"]  # the report says why
+    with_data = invoke(models["node"], "-o", out, "--samples", "4", "-q", "--max-level-mismatch", "-1",
+                       "--calibration-data", "bundled")
+    assert with_data.exit_code == 1 and "--exact" in with_data.stderr and "--calibration-data" not in with_data.stderr
     data = json.loads(report.read_text())
     assert data["verification"]["passed"] is False and data["output"] is None
     assert data["verification"]["failures"]

@@ -137,8 +137,13 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
         for note in info.notes:
             click.echo(f"note: {note}")
     if not passed:
+        hint = ""
+        if mode == "folded":  # its thresholds are tolerances, and random inputs make near-tied logits
+            hint = ("; folded mode rounds differently from the ANN: verify on real inputs (--calibration-data), "
+                    "or keep the ANN's arithmetic (--exact)" if not calibration_data else
+                    "; folded mode rounds differently from the ANN: --exact keeps the ANN's arithmetic")
         raise VerificationError("verification failed: " + "; ".join(verification["failures"][:3])
-                                + " (no model written)")
+                                + " (no model written)" + hint)
     summary = f"wrote {output} in {elapsed:.2f} s"
     if check:
         summary += " — verification passed"
