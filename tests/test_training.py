@@ -438,7 +438,7 @@ def test_compact_checkpoint_is_small_resumes_from_float16_weights_and_ramps_the_
 
     model_cls = type(first["model"])
     real_forward = model_cls.forward
-    lines, lrs = [], []
+    lines = []
     try:
         model_cls.forward = spy
         second = train(dataclasses.replace(cfg, max_steps=3), x, y, None, None, out, MEAN, STD, progress=False,
