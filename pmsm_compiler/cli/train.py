@@ -88,6 +88,11 @@ def load_training_data(path: str, dataset: str):
                    "evaluation costs about a tenth of a ResNet-20 epoch.")
 @click.option("--out", "out_dir", default="runs/train", show_default=True, type=click.Path(),
               help="Folder for checkpoint.pt, summary.json, train.log and model.onnx.")
+@click.option("--level-shift", default="", metavar="LAYERS",
+              help="Comma-separated activations (a residual block's act1, e.g. layers.4.act1) whose levels run "
+                   "shifted by -αL, so that their lower cap is the silent level: the same function, fewer spikes "
+                   "where most neurons sit at the lower cap (docs/sparse.md; bench/level_shift_probe.py "
+                   "suggests the layers). Weights from --init-from trained unshifted are adapted.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help=f"Continue from OUT/checkpoint.pt, else from OUT/{COMPACT_CHECKPOINT}.")
 @click.option("--compact-checkpoint", is_flag=True,
@@ -104,7 +109,7 @@ def load_training_data(path: str, dataset: str):
 def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr, momentum, weight_decay,
          warmup_epochs, seed, init_from, spike_penalty, penalty_rule, distill_from, distill_weight,
          distill_temperature, optimizer, label_smoothing, mixup, cutmix, dataset, threads, max_steps, eval_every,
-         out_dir, resume, compact_checkpoint, export, json_path, progress, verbosity):
+         out_dir, level_shift, resume, compact_checkpoint, export, json_path, progress, verbosity):
     """Train MODEL on CIFAR-style data with a quantized activation; checkpoint every epoch."""
     try:
         import torch  # noqa: F401
@@ -148,9 +153,15 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
                       distill_from=os.path.abspath(distill_from) if distill_from else "",
                       distill_weight=distill_weight, distill_temperature=distill_temperature,
                       optimizer=optimizer, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
-                      compact_checkpoint=compact_checkpoint)
+                      compact_checkpoint=compact_checkpoint, level_shift=level_shift)
     try:
         cfg.act_spec().make()
+        if level_shift:  # the names must exist before any data is read
+            from pmsm_compiler.training.level_shift import apply_level_shift, parse_layers
+            from pmsm_compiler.training.zoo import build_model
+
+            apply_level_shift(build_model(model, num_classes=num_classes, act=cfg.act_spec()),
+                              parse_layers(level_shift))
     except ValueError as exc:
         raise InputError(str(exc)) from None
     train_x, train_y, test_x, test_y = load_training_data(data_path, dataset)

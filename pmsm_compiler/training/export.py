@@ -54,6 +54,9 @@ def export_onnx(model: torch.nn.Module, path: str | None = None, input_shape=(1,
         raise ValueError(f"pqa_as must be 'node' or 'plain', got {pqa_as!r}")
     was_training = model.training
     model.eval()
+    for module in model.modules():  # numbers a module writes into the graph (a level shift's m·s), from λ now
+        if hasattr(module, "refresh_export_constants"):
+            module.refresh_export_constants()
     example = torch.randn(*input_shape)
     try:
         with contextlib.ExitStack() as stack:

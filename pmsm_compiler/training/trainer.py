@@ -123,6 +123,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0  # Beta(a, a) of MixUp; 0 = off
     cutmix: float = 0.0  # Beta(a, a) of CutMix; 0 = off (both on: one of the two per batch, as DeiT)
+    # activations whose levels run shifted (comma-separated names; pmsm_compiler.training.level_shift)
+    level_shift: str = ""
     # also write COMPACT_CHECKPOINT each epoch; it does not shape the trajectory, so it is not compared on resume
     compact_checkpoint: bool = False
     extra: dict = field(default_factory=dict)
@@ -275,7 +277,15 @@ def load_init_weights(model: nn.Module, path: str) -> dict:
     with torch.no_grad():
         for k, v in source.items():
             own[k].copy_(v)
-    return {"loaded": len(source), "kept_initial": kept}
+    return {"loaded": len(source), "kept_initial": kept, "level_shift": checkpoint_level_shift(state)}
+
+
+def checkpoint_level_shift(state) -> list[str]:
+    """The activations a pmsm-train checkpoint ran level-shifted (none for a plain state dict)."""
+    from pmsm_compiler.training.level_shift import parse_layers
+
+    saved = state.get("config") if isinstance(state, dict) else None
+    return parse_layers(saved.get("level_shift", "")) if isinstance(saved, dict) else []
 
 
 def load_teacher(cfg: "TrainConfig", path: str, device, memory_format) -> nn.Module:
@@ -291,6 +301,10 @@ def load_teacher(cfg: "TrainConfig", path: str, device, memory_format) -> nn.Mod
     spec = (ActivationSpec(saved["act"], saved["levels"], saved["lam"], saved["alpha"], saved["beta"])
             if isinstance(saved, dict) else ActivationSpec("pqa", PQA_LEVELS, PQA_LAMBDA, PQA_ALPHA, PQA_BETA))
     teacher = build_model(cfg.model, num_classes=cfg.num_classes, act=spec)
+    if checkpoint_level_shift(state):
+        from pmsm_compiler.training.level_shift import apply_level_shift
+
+        apply_level_shift(teacher, checkpoint_level_shift(state))
     try:
         load_init_weights(teacher, path)
     except ValueError as exc:
@@ -380,7 +394,14 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model = build_model(cfg.model, num_classes=cfg.num_classes, act=cfg.act_spec()).to(device)
+    model = build_model(cfg.model, num_classes=cfg.num_classes, act=cfg.act_spec())
+    shifted = []
+    if cfg.level_shift:
+        from pmsm_compiler.training.level_shift import apply_level_shift, parse_layers
+
+        shifted = parse_layers(cfg.level_shift)
+        apply_level_shift(model, shifted)
+    model = model.to(device)
     channels_last = cfg.channels_last
     if channels_last and device.type == "cpu":
         hazard = channels_last_hazard(model)
@@ -403,7 +424,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         for key in ("model", "act", "levels", "lam", "alpha", "beta", "epochs", "batch_size", "lr", "momentum",
                     "weight_decay", "warmup_epochs", "seed", "num_classes", "dataset", "channels_last",
                     "init_from", "spike_penalty", "penalty_rule", "distill_from", "distill_weight",
-                    "distill_temperature", "optimizer", "label_smoothing", "mixup", "cutmix"):
+                    "distill_temperature", "optimizer", "label_smoothing", "mixup", "cutmix", "level_shift"):
             if saved_cfg.get(key, getattr(TrainConfig(), key)) != getattr(cfg, key):
                 raise ValueError(f"checkpoint {ckpt_path} was made with {key}={saved_cfg.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}; use another --out or --no-resume")
@@ -425,9 +446,19 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
     if start_epoch == 0 and cfg.init_from:
         loaded = load_init_weights(model, cfg.init_from)
         lambdas_loaded = not loaded["kept_initial"]
+        extra = [n for n in loaded["level_shift"] if n not in shifted]
+        if extra:
+            raise ValueError(f"--init-from: {cfg.init_from} ran {', '.join(extra)} level-shifted; this run does not "
+                             f"shift them (--level-shift)")
+        adopted = [n for n in shifted if n not in loaded["level_shift"]]
+        if adopted:  # weights trained unshifted: the block's BatchNorm mean takes the constant (level_shift.py)
+            from pmsm_compiler.training.level_shift import adopt_unshifted_statistics
+
+            adopt_unshifted_statistics(model, adopted)
         if is_main:
             log(f"initialized from {cfg.init_from}: {loaded['loaded']} tensors"
-                + (f"; λ not in the checkpoint: {len(loaded['kept_initial'])}" if loaded["kept_initial"] else ""))
+                + (f"; λ not in the checkpoint: {len(loaded['kept_initial'])}" if loaded["kept_initial"] else "")
+                + (f"; level shift applied to {len(adopted)} layers trained unshifted" if adopted else ""))
     if start_epoch == 0 and cfg.model.startswith("vit") and cfg.act != "relu" and not lambdas_loaded:
         # SpikeZIP-TF initialises every quantizer step on the first training batch; with fixed λ0
         # an untrained ViT rounds whole attention branches to zero (pmsm_compiler/training/zoo/vit.py).
