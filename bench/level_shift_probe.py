@@ -1,13 +1,13 @@
 """Which activations of a trained PQA ResNet to run level-shifted, and what the shift saves.
 
     python bench/level_shift_probe.py --checkpoint training_state/sparse_kd/L4_lowlr_kd_w0.3/checkpoint.pt \
-        --data ../shared/data/cifar10 [--images 1000] [--threshold 0.5] [--onnx-out shifted.onnx]
+        --data ../shared/data/cifar10 [--images 1000] [--min-saving 0] [--onnx-out shifted.onnx]
 
 Loads the checkpoint into its own configuration (model, levels, α, β; any level shift it already
-runs), measures on ``--images`` evenly spaced *training* images the fraction p of each shiftable
-activation's outputs (a residual block's act1) at the lower cap, and prints per layer p and the
-change of Σ|k| the shift makes there, (1 − 2p) per neuron; the layers with p above the threshold
-make the suggested ``pmsm-train --level-shift`` value. With ``--onnx-out`` it also writes the
+runs), measures on ``--images`` evenly spaced *training* images, for each shiftable activation (a
+residual block's act1), the fraction at the lower cap and the change of Σ|k| per image the shift
+would make there (``level_shift.shift_effect``); the layers where it saves spikes make the
+suggested ``pmsm-train --level-shift`` value. With ``--onnx-out`` it also writes the
 shifted model (weights as they are, BatchNorm means adopted: the same function) as ONNX, for
 ``pmsm-compile`` / ``bench/spike_front.py --model``, and checks on the same images that it predicts
 what the unshifted model predicts (PyTorch, eval mode).
@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", required=True, help="a pmsm-train checkpoint.pt of a PQA ResNet")
     ap.add_argument("--data", required=True, help="folder with train.npz (or anything pmsm-train --data takes)")
     ap.add_argument("--images", type=int, default=1000, help="evenly spaced training images to measure on")
-    ap.add_argument("--threshold", type=float, default=0.5, help="shift the layers with more than this at the lower cap")
+    ap.add_argument("--min-saving", type=float, default=0.0,
+                    help="shift the layers whose Σ|k| falls by more than this per neuron (0: any saving)")
     ap.add_argument("--onnx-out", help="write the model with the suggested shift here (ONNX)")
     args = ap.parse_args(argv)
     if not os.path.isfile(args.checkpoint):
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
 
     from pmsm_compiler.cli.train import load_training_data
     from pmsm_compiler.data import NORMALIZATIONS
-    from pmsm_compiler.training.level_shift import lower_cap_fractions, shiftable_layers
+    from pmsm_compiler.training.level_shift import shift_effect, shiftable_layers
     from pmsm_compiler.training.trainer import Normalizer
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -67,29 +68,21 @@ def main(argv=None) -> int:
     train_x, _, _, _ = load_training_data(args.data, cfg.dataset)
     idx = np.linspace(0, len(train_x) - 1, min(args.images, len(train_x))).astype(int)
     x = Normalizer(*NORMALIZATIONS[cfg.dataset])(torch.from_numpy(np.ascontiguousarray(train_x[idx])))
-    fractions = lower_cap_fractions(model, x)
-    blocks = shiftable_layers(model)
-    already = {n for n, b in blocks.items() if b.level_shift}
+    effects = shift_effect(model, x)
+    already = [n for n, b in shiftable_layers(model).items() if b.level_shift]
     print(f"{'layer':<16} {'neurons':>8} {'at lower cap':>13} {'Σ|k| change / image':>20}")
+    for name in already:
+        print(f"{name:<16} {'':>8} {'(shifted)':>13}")
     suggested, change = [], 0.0
-    with torch.no_grad():
-        sizes = {}
-        hooks = [b.act1.register_forward_hook(lambda m, i, o, n=n: sizes.__setitem__(n, o[0].numel()))
-                 for n, b in blocks.items()]
-        model(x[:1])
-        for h in hooks:
-            h.remove()
-    for name, p in fractions.items():
-        if name in already:
-            print(f"{name:<16} {sizes[name]:>8} {'(shifted)':>13}")
-            continue
-        delta = (1 - 2 * p) * sizes[name]
-        pick = p > args.threshold
+    for name, e in effects.items():
+        delta = e["spikes_change"] * e["neurons"]
+        pick = delta < -args.min_saving * e["neurons"]
         if pick:
             suggested.append(name)
             change += delta
-        print(f"{name:<16} {sizes[name]:>8} {100 * p:>12.1f}% {delta:>+20.0f}{'  <- shift' if pick else ''}")
-    print(f"suggested: --level-shift {','.join(sorted(already) + suggested) or '(none)'}  "
+        print(f"{name:<16} {e['neurons']:>8} {100 * e['lower_cap']:>12.1f}% {delta:>+20.0f}"
+              f"{'  <- shift' if pick else ''}")
+    print(f"suggested: --level-shift {','.join(already + suggested) or '(none)'}  "
           f"(Σ|k| per image {change:+.0f} on these images)")
     if args.onnx_out and suggested:
         from pmsm_compiler.training.export import export_onnx

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from pmsm_compiler.data import NORMALIZATIONS, load_bundled_sample
 from pmsm_compiler.training.activations import ActivationSpec
-from pmsm_compiler.training.level_shift import (adopt_unshifted_statistics, apply_level_shift, lower_cap_fractions,
+from pmsm_compiler.training.level_shift import (adopt_unshifted_statistics, apply_level_shift, shift_effect,
                                                 shiftable_layers)
 from pmsm_compiler.training.trainer import Normalizer, TrainConfig, train
 from pmsm_compiler.training.zoo import build_model
@@ -90,8 +90,13 @@ def test_shift_keeps_the_function_and_moves_every_level_by_m(images):
         p = float((k0[name] == -1).float().mean())
         change = float((k1[name].abs().sum() - k0[name].abs().sum()) / k0[name].numel())
         assert change == pytest.approx(1 - 2 * p, abs=1e-6), name
-    fractions = lower_cap_fractions(plain, x)
-    assert set(fractions) == set(ACT1) and max(fractions.values()) > 0.5
+    effects = shift_effect(plain, x)
+    assert set(effects) == set(ACT1) and max(e["lower_cap"] for e in effects.values()) > 0.5
+    for name in ACT1:  # what shift_effect predicts is what the shift did
+        change = float((k1[name].abs().sum() - k0[name].abs().sum()) / k0[name].numel())
+        assert effects[name]["spikes_change"] == pytest.approx(change, abs=1e-6), name
+        assert effects[name]["neurons"] == k0[name][0].numel()
+    assert shift_effect(shifted, x) == {}  # nothing left to shift
 
 
 def test_shift_refuses_what_it_cannot_shift():

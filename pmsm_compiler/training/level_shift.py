@@ -9,9 +9,9 @@ step to say "off" (docs/sparse.md). Shifting the layer's levels by m = −αL ma
     conv2: W * pad(y', value m·s)  =  W * pad(y, value 0) + m·s·ΣW    (ΣW over input channels and taps)
     bn2:   running mean μ' = μ + m·s·ΣW                               (training mode absorbs it by itself)
 
-so the block computes the same function while the "off" neurons are silent; the neurons at 0 and above
-fire one spike more. Per neuron the count changes by 1 − 2·p, with p the fraction at the lower cap:
-it pays where p > ½. The SNN sees an ordinary PQA layer (α = 0, β + m/L), an added constant before it
+so the block computes the same function while the "off" neurons are silent; the others fire
+|k + m| − |k| spikes more (for m = 1: one more at 0 and above, so the count changes by 1 − 2·p per
+neuron, p the fraction at the lower cap: it pays where p > ½). ``shift_effect`` measures it. The SNN sees an ordinary PQA layer (α = 0, β + m/L), an added constant before it
 (a bias of its current) and a Pad with a constant fill before conv2 (a constant input, like a bias,
 not a spiking neuron).
 
@@ -79,19 +79,22 @@ def adopt_unshifted_statistics(model: nn.Module, names: list[str]) -> None:
 
 
 @torch.no_grad()
-def lower_cap_fractions(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """{act1 name: fraction of its outputs at the lower cap} on the batch ``x`` (eval mode)."""
-    blocks = shiftable_layers(model)
-    seen: dict[str, float] = {}
+def shift_effect(model: nn.Module, x: torch.Tensor) -> dict[str, dict]:
+    """What shifting each unshifted act1 would do on the batch ``x`` (eval mode): {name: {"lower_cap":
+    fraction of its outputs at the lower cap, "spikes_change": mean of |k + m| − |k| per neuron and
+    image with m = −αL (negative: the shift saves spikes), "neurons": per image}}."""
+    blocks = {n: b for n, b in shiftable_layers(model).items() if not b.level_shift}
+    seen: dict[str, dict] = {}
     hooks = []
     for name, block in blocks.items():
-        act = block.act1
-
         def record(module, inputs, output, name=name):
-            levels = module.levels_of(output)
-            seen[name] = float((levels == module.k_min).float().mean())
+            k = module.levels_of(output)
+            m = -module.k_min
+            seen[name] = {"lower_cap": float((k == module.k_min).float().mean()),
+                          "spikes_change": float(((k + m).abs() - k.abs()).mean()),
+                          "neurons": int(output[0].numel())}
 
-        hooks.append(act.register_forward_hook(record))
+        hooks.append(block.act1.register_forward_hook(record))
     was_training = model.training
     model.eval()
     try:
