@@ -163,7 +163,10 @@ def main(onnx_path, card, data_path, calibration_images, out_path, threads):
         xb = norm(xt[i:i + 1000]).numpy()
         correct += int((sess.run(None, {inp: xb})[0].argmax(1) == test_y[i:i + 1000]).sum())
     acc_ort = correct / len(xt)
-    # Check 2: train-mode logits against eval-mode ones on one batch of 128 training images.
+    # Check 2: train-mode logits against eval-mode ones on one batch of 128 training images. A
+    # train-mode forward updates BatchNorm's running statistics: the checkpoint is the state before it
+    # (saving the state after it cost 0.3 points: 87.71 % for the shipped ResNet-20, not 87.98 %).
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     batch = norm(calib[:128])
     with torch.no_grad():
         model.eval()
@@ -171,6 +174,7 @@ def main(onnx_path, card, data_path, calibration_images, out_path, threads):
         model.train()
         lt = model(batch)
         model.eval()
+    model.load_state_dict(state)
     agree = float((le.argmax(1) == lt.argmax(1)).float().mean())
     print(f"eval-mode accuracy: PyTorch {acc_torch:.4f}, onnxruntime {acc_ort:.4f}; "
           f"train-mode vs eval-mode on one batch: {agree:.1%} same predictions, "
@@ -179,7 +183,7 @@ def main(onnx_path, card, data_path, calibration_images, out_path, threads):
         raise click.ClickException(f"rebuilt network is not the ONNX model: {acc_torch:.4f} vs {acc_ort:.4f}")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".tmp"
-    torch.save({"model": model.state_dict(), "source_onnx": os.path.abspath(onnx_path),
+    torch.save({"model": state, "source_onnx": os.path.abspath(onnx_path),
                 "source_sha256": card_data.get("sha256"), "source_card": card_data, "eval_acc_pytorch": acc_torch,
                 "eval_acc_onnxruntime": acc_ort}, tmp)
     os.replace(tmp, out_path)

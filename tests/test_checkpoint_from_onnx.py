@@ -181,3 +181,37 @@ def test_ship_model_snn_t1_is_lossless_on_a_tiny_model(tmp_path):
     assert figures["t1_prediction_agreement"] == 1.0 and figures["accuracy"] == figures["ann_accuracy"]
     assert 0 < figures["events_per_image"] <= figures["spikes_per_image"]
     json.dumps(figures)
+
+
+def test_the_saved_checkpoint_is_the_checked_network(relu_net, tmp_path):
+    """main() checks the rebuilt network (eval mode against onnxruntime, then a train-mode forward,
+    which moves BatchNorm's running statistics) and saves it: reloaded, the checkpoint computes
+    the ONNX model's function, not the one after that train-mode forward."""
+    from click.testing import CliRunner
+
+    from pmsm_compiler.training.trainer import Normalizer, load_init_weights
+
+    net, path, card, images = relu_net
+    card_path = tmp_path / "net.json"
+    card_path.write_text(json.dumps(card))
+    data = tmp_path / "data"
+    data.mkdir()
+    # 512 calibration images: the train-mode check runs on 128 of them, whose statistics are not those
+    # of all 512 (half the images are dimmed), so that forward would move the running statistics
+    rng = np.random.default_rng(2)
+    train = rng.integers(0, 256, (512, 32, 32, 3), dtype=np.uint8)
+    train[::2] //= 4
+    labels = np.arange(len(train)) % 10
+    np.savez(data / "train.npz", x=train, y=labels)
+    np.savez(data / "test.npz", x=images[:32], y=labels[:32])
+    out = tmp_path / "init.pt"
+    result = CliRunner().invoke(_script().main, ["--onnx", str(path), "--card", str(card_path), "--data", str(data),
+                                                 "--calibration-images", "512", "--out", str(out), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    model = build_model("resnet20", num_classes=10, act="relu")
+    load_init_weights(model, str(out))
+    x = Normalizer(MEAN, STD)(torch.from_numpy(images[:32]))
+    with torch.no_grad():
+        ours = model.eval()(x).numpy()
+    theirs = make_session(str(path)).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
