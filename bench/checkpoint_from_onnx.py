@@ -39,6 +39,19 @@ def _bn_name(conv_name: str) -> str:
     raise ValueError(f"no BatchNorm known to follow conv {conv_name!r}")
 
 
+def _level_shift_constants(proto, shifted: list[str], inits: dict) -> set[str]:
+    """The one-element initializers a level shift writes into the graph: the fill of each Pad and
+    the constant operand of each node that feeds a shifted activation (``level_shift.py``)."""
+    producer = {out: n for n in proto.graph.node for out in n.output}
+    names = set()
+    for node in proto.graph.node:
+        if node.op_type == "Pad" and len(node.input) > 2:
+            names.add(node.input[2])
+        if node.name in shifted and node.input[0] in producer:
+            names.update(i for i in producer[node.input[0]].input if i in inits and inits[i].size == 1)
+    return {n for n in names if n in inits and inits[n].size == 1} if shifted else set()
+
+
 def model_from_onnx(onnx_path: str, card_data: dict, calib_uint8_nhwc: np.ndarray):
     """The trainable network of a BN-folded ANN ONNX model, BatchNorm rebuilt (module docstring)."""
     import onnx
@@ -46,11 +59,13 @@ def model_from_onnx(onnx_path: str, card_data: dict, calib_uint8_nhwc: np.ndarra
     from onnx import numpy_helper
 
     from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
+    from pmsm_compiler.training.level_shift import apply_level_shift
     from pmsm_compiler.training.zoo import build_model
     from pmsm_compiler.training.trainer import Normalizer
 
     spec = ActivationSpec(**card_data["activation"])  # the card holds the spec's fields (ship_model)
     model = build_model(card_data["architecture"], num_classes=card_data["num_classes"], act=spec)
+    apply_level_shift(model, card_data.get("level_shift", []))  # a shifted model's Pad fill is m·s, from λ
     norm = Normalizer(card_data["normalization"]["mean"], card_data["normalization"]["std"])
     proto = onnx.load(onnx_path)
     inits = {i.name: numpy_helper.to_array(i).copy() for i in proto.graph.initializer}
@@ -81,7 +96,9 @@ def model_from_onnx(onnx_path: str, card_data: dict, calib_uint8_nhwc: np.ndarra
         for key in ("fc.weight", "fc.bias"):
             own[key].copy_(torch.from_numpy(inits[key]))
             used.add(key)
-    # Integer initializers are shape constants (ReduceMean axes, Reshape shape), not weights.
+    # Integer initializers are shape constants (ReduceMean axes, Reshape shape), not weights; a level
+    # shift's m·s (the Pad fill before conv2, the constant added before act1) comes from λ.
+    used |= _level_shift_constants(proto, card_data.get("level_shift", []), inits)
     left = sorted(k for k in set(inits) - used if inits[k].dtype.kind == "f")
     if left:
         raise ValueError(f"{len(left)} ONNX initializer(s) not placed (first: {left[0]})")

@@ -26,15 +26,14 @@ def load_configured(checkpoint: str, extra_shift=()):
     import torch
 
     from pmsm_compiler.training.level_shift import adopt_unshifted_statistics, apply_level_shift
-    from pmsm_compiler.training.trainer import TrainConfig, checkpoint_level_shift, load_init_weights, read_checkpoint
-    from pmsm_compiler.training.zoo import build_model
+    from pmsm_compiler.training.trainer import (TrainConfig, checkpoint_level_shift, load_init_weights,
+                                                model_for_config, read_checkpoint)
 
     state = read_checkpoint(checkpoint, "--checkpoint")
     saved = state.get("config", {}) if isinstance(state, dict) else {}
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
-    model = build_model(cfg.model, num_classes=cfg.num_classes, act=cfg.act_spec())
+    model = model_for_config(saved)
     own = checkpoint_level_shift(state)
-    apply_level_shift(model, own)
     load_init_weights(model, checkpoint)
     extra = [n for n in extra_shift if n not in own]
     if extra:

@@ -121,13 +121,13 @@ def main(argv=None):
     from pmsm_compiler.data import NORMALIZATIONS, load_npz, normalize
     from pmsm_compiler.sessions import make_session
     from pmsm_compiler.training.export import export_onnx
-    from pmsm_compiler.training.trainer import read_train_log
-    from pmsm_compiler.training.zoo import build_model
+    from pmsm_compiler.training.level_shift import parse_layers
+    from pmsm_compiler.training.trainer import model_for_config, read_train_log
 
     state = torch.load(os.path.join(args.run, "checkpoint.pt"), map_location="cpu", weights_only=False)
     cfg = state["config"]
     spec = ActivationSpec(cfg["act"], cfg["levels"], cfg["lam"], cfg["alpha"], cfg["beta"])
-    net = build_model(cfg["model"], num_classes=cfg["num_classes"], act=spec)
+    net = model_for_config(cfg)  # with its level shift, if the run had one
     net.load_state_dict(state["model"])
     net.eval()
     mean, std = NORMALIZATIONS[cfg.get("dataset", "cifar10")]
@@ -152,6 +152,8 @@ def main(argv=None):
         "file": args.name + ".onnx",
         "sha256": hashlib.sha256(open(onnx_path, "rb").read()).hexdigest(),
         "architecture": cfg["model"], "activation": spec.__dict__, "num_classes": cfg["num_classes"],
+        # activations whose levels run shifted by -αL (pmsm_compiler.training.level_shift): PQA(α = 0, β − α)
+        **({"level_shift": parse_layers(cfg["level_shift"])} if cfg.get("level_shift") else {}),
         "data": {"dataset": "CIFAR-10", "train": "50,000 training images", "test": "10,000 test images",
                  "note": "re-decoded from a JPEG (quality 75, 4:2:0) copy of CIFAR-10 (PSNR about 30 dB against "
                          "the originals); accuracies are somewhat below what the original pixels give"},

@@ -215,3 +215,41 @@ def test_the_saved_checkpoint_is_the_checked_network(relu_net, tmp_path):
         ours = model.eval()(x).numpy()
     theirs = make_session(str(path)).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_a_level_shifted_model_is_rebuilt_with_its_shift(tmp_path):
+    """A card with ``level_shift`` (bench/ship_model.py): the rebuilt network has those blocks shifted,
+    takes the shift's constants (Pad fill, the added m·s) from λ, and is the ONNX model in eval mode."""
+    from pmsm_compiler.training.level_shift import adopt_unshifted_statistics, apply_level_shift
+
+    torch.manual_seed(3)
+    pqa = ActivationSpec("pqa", 4, 2.0, -0.25, 1.0)
+    net = build_model("resnet20", num_classes=10, act=pqa)
+    with torch.no_grad():  # as _export: BatchNorm far from identity, every λ its own
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+            if hasattr(m, "lam"):
+                m.lam.uniform_(1.0, 3.0)
+    shifted = ["layers.4.act1", "layers.7.act1"]
+    apply_level_shift(net, shifted)
+    adopt_unshifted_statistics(net, shifted)
+    path = tmp_path / "shifted.onnx"
+    export_onnx(net.eval(), str(path))
+    card = {"architecture": "resnet20", "num_classes": 10, "activation": pqa.__dict__, "level_shift": shifted,
+            "normalization": {"mean": MEAN, "std": STD}}
+    images = np.random.default_rng(1).integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
+    model, norm = _script().model_from_onnx(str(path), card, images)
+    assert [n for n in shifted if dict(model.named_modules())[n.rsplit(".", 1)[0]].level_shift == 1] == shifted
+    x = norm(torch.from_numpy(images))
+    with torch.no_grad():
+        ours = model.eval()(x).numpy()
+    theirs = make_session(path.read_bytes(), "all").run(None, {"input": x.numpy()})[0]
+    # quantized: float rounding may move a level at a tie (max |Δlogit| 0.03 here), not a prediction
+    assert np.array_equal(ours.argmax(1), theirs.argmax(1))
+    # without the card's shift the constants are weights nobody placed
+    with pytest.raises(ValueError, match="not placed"):
+        _script().model_from_onnx(str(path), {**card, "level_shift": []}, images)

@@ -204,3 +204,29 @@ def test_cli_refuses_an_unknown_layer_in_one_line(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: level shift: layers.9.act1 cannot be shifted")
     assert not (tmp_path / "out").exists()
+
+
+def test_pmsm_export_of_a_shifted_checkpoint_keeps_the_shift(images, tmp_path):
+    """A checkpoint's tensors fit a plain block too: the consumers build the model from its config
+    (trainer.model_for_config), with the shift, or they would export another function."""
+    import onnx
+
+    from pmsm_compiler.cli.export import main as export_cli
+    from pmsm_compiler.sessions import make_session
+
+    x, y = images
+    cfg = TrainConfig(model="resnet_tiny", act="pqa", levels=4, lam=2.0, batch_size=32, epochs=1, seed=0,
+                      threads=1, max_steps=2, level_shift="layers.2.act1")
+    out = tmp_path / "run"
+    summary = train(cfg, x, y, None, None, str(out), MEAN, STD, progress=False, log=lambda _: None)
+    onnx_path = tmp_path / "shifted.onnx"
+    result = CliRunner().invoke(export_cli, ["--checkpoint", str(out / "checkpoint.pt"), "-o", str(onnx_path), "-q"])
+    assert result.exit_code == 0, result.output
+    proto = onnx.load(str(onnx_path))
+    assert [n.op_type for n in proto.graph.node].count("Pad") == 1
+    batch = Normalizer(MEAN, STD)(torch.from_numpy(x))
+    with torch.no_grad():
+        ours = summary["model"].eval()(batch).numpy()
+    theirs = make_session(str(onnx_path)).run(None, {proto.graph.input[0].name: batch.numpy()})[0]
+    assert np.array_equal(ours.argmax(1), theirs.argmax(1))
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-3 * np.abs(theirs).max())

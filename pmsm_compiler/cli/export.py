@@ -31,7 +31,6 @@ def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, seed
         import torch
     except ImportError:
         raise InputError("pmsm-export needs PyTorch: pip install 'pmsm-compiler[torch]'") from None
-    from pmsm_compiler.training.activations import ActivationSpec
     from pmsm_compiler.training.export import export_onnx
     from pmsm_compiler.training.zoo import build_model
 
@@ -42,8 +41,9 @@ def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, seed
             cfg = state["config"]
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is bad input
             raise InputError(f"cannot read checkpoint {checkpoint}: {str(exc).splitlines()[0]}") from None
-        spec = ActivationSpec(cfg["act"], cfg["levels"], cfg["lam"], cfg["alpha"], cfg["beta"])
-        net = build_model(cfg["model"], num_classes=cfg["num_classes"], act=spec)
+        from pmsm_compiler.training.trainer import model_for_config
+
+        net = model_for_config(cfg)
         net.load_state_dict(state["model"])
         from pmsm_compiler.data import NORMALIZATIONS
 

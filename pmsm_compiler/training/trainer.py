@@ -280,6 +280,21 @@ def load_init_weights(model: nn.Module, path: str) -> dict:
     return {"loaded": len(source), "kept_initial": kept, "level_shift": checkpoint_level_shift(state)}
 
 
+def model_for_config(config: dict) -> nn.Module:
+    """The zoo model a pmsm-train configuration (a checkpoint's ``config``) trains: its model, number of
+    classes, activation and level shift. A checkpoint's weights load only into this: a level-shifted
+    block has the tensors of a plain one but computes another function without its shift."""
+    from pmsm_compiler.training.level_shift import apply_level_shift, parse_layers
+    from pmsm_compiler.training.zoo import build_model
+
+    defaults = TrainConfig()
+    get = lambda key: config.get(key, getattr(defaults, key))  # noqa: E731
+    spec = ActivationSpec(get("act"), get("levels"), get("lam"), get("alpha"), get("beta"))
+    model = build_model(get("model"), num_classes=get("num_classes"), act=spec)
+    apply_level_shift(model, parse_layers(get("level_shift")))
+    return model
+
+
 def checkpoint_level_shift(state) -> list[str]:
     """The activations a pmsm-train checkpoint ran level-shifted (none for a plain state dict)."""
     from pmsm_compiler.training.level_shift import parse_layers
@@ -294,17 +309,12 @@ def load_teacher(cfg: "TrainConfig", path: str, device, memory_format) -> nn.Mod
     A checkpoint without a config (a plain state dict, or one rebuilt from ONNX) gets the PQA
     defaults; its λ come from the checkpoint. Frozen, in eval mode.
     """
-    from pmsm_compiler.training.zoo import build_model
 
     state = read_checkpoint(path, "--distill-from")
     saved = state.get("config") if isinstance(state, dict) else None
-    spec = (ActivationSpec(saved["act"], saved["levels"], saved["lam"], saved["alpha"], saved["beta"])
-            if isinstance(saved, dict) else ActivationSpec("pqa", PQA_LEVELS, PQA_LAMBDA, PQA_ALPHA, PQA_BETA))
-    teacher = build_model(cfg.model, num_classes=cfg.num_classes, act=spec)
-    if checkpoint_level_shift(state):
-        from pmsm_compiler.training.level_shift import apply_level_shift
-
-        apply_level_shift(teacher, checkpoint_level_shift(state))
+    # the student's model; the teacher's own activation and level shift (PQA defaults without a config)
+    teacher = model_for_config({**(saved if isinstance(saved, dict) else {}), "model": cfg.model,
+                                "num_classes": cfg.num_classes})
     try:
         load_init_weights(teacher, path)
     except ValueError as exc:
@@ -373,7 +383,6 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
 
     Returns a summary dict (also written to ``out_dir/summary.json``).
     """
-    from pmsm_compiler.training.zoo import build_model
 
     world, rank, local_rank = _dist_info()
     distributed = world > 1
@@ -394,14 +403,10 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model = build_model(cfg.model, num_classes=cfg.num_classes, act=cfg.act_spec())
-    shifted = []
-    if cfg.level_shift:
-        from pmsm_compiler.training.level_shift import apply_level_shift, parse_layers
+    from pmsm_compiler.training.level_shift import parse_layers
 
-        shifted = parse_layers(cfg.level_shift)
-        apply_level_shift(model, shifted)
-    model = model.to(device)
+    model = model_for_config(asdict(cfg)).to(device)
+    shifted = parse_layers(cfg.level_shift)
     channels_last = cfg.channels_last
     if channels_last and device.type == "cpu":
         hazard = channels_last_hazard(model)
