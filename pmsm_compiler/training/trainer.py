@@ -57,16 +57,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pmsm_compiler.defaults import (DISTILL_TEMPERATURE, DISTILL_WEIGHT, PQA_ALPHA, PQA_BETA, PQA_LAMBDA,
-                                    PQA_LEVELS)
-from pmsm_compiler.defaults import COMPACT_CHECKPOINT, COMPACT_RESUME_RAMP_STEPS
+from pmsm_compiler.defaults import (COMPACT_CHECKPOINT, COMPACT_RESUME_RAMP_STEPS, DISTILL_TEMPERATURE,
+                                    DISTILL_WEIGHT, PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS)
 from pmsm_compiler.files import save_text_atomic, write_atomic
 from pmsm_compiler.training.activations import ActivationSpec, quantized_activations
 
 
 LOG_COMMAND = "command: "
 LOG_RESUMED = "resumed from "
-
 
 
 def command_log_line(argv: list[str]) -> str:
@@ -309,7 +307,6 @@ def load_teacher(cfg: "TrainConfig", path: str, device, memory_format) -> nn.Mod
     A checkpoint without a config (a plain state dict, or one rebuilt from ONNX) gets the PQA
     defaults; its λ come from the checkpoint. Frozen, in eval mode.
     """
-
     state = read_checkpoint(path, "--distill-from")
     saved = state.get("config") if isinstance(state, dict) else None
     # the student's model; the teacher's own activation and level shift (PQA defaults without a config)
@@ -383,7 +380,6 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
 
     Returns a summary dict (also written to ``out_dir/summary.json``).
     """
-
     world, rank, local_rank = _dist_info()
     distributed = world > 1
     if distributed:
@@ -431,7 +427,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
                     "init_from", "spike_penalty", "penalty_rule", "distill_from", "distill_weight",
                     "distill_temperature", "optimizer", "label_smoothing", "mixup", "cutmix", "level_shift"):
             if saved_cfg.get(key, getattr(TrainConfig(), key)) != getattr(cfg, key):
-                raise ValueError(f"checkpoint {ckpt_path} was made with {key}={saved_cfg.get(key)!r}, "
+                raise ValueError(f"checkpoint {resume_from} was made with {key}={saved_cfg.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}; use another --out or --no-resume")
         if "optimizer" in state:
             model.load_state_dict(state["model"])
