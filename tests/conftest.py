@@ -17,3 +17,16 @@ def library():
             pytest.fail(f"a C compiler is present but the fused kernels did not build: {status['reason']}")
         pytest.skip(f"fused kernels unavailable: {status['reason']}")
     return status["path"]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: on a 2-core machine that is already busy, two OpenMP threads
+    made 20 training steps of resnet_tiny about 10x slower. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,19 +25,26 @@ def _script():
     return load_bench_script("checkpoint_from_onnx")
 
 
-def _export(tmp_path_factory, act):
-    torch.manual_seed(0)
-    spec = ActivationSpec(act, 8, 2.0, -0.25, 1.0)
-    net = build_model("resnet20", num_classes=10, act=spec)
-    with torch.no_grad():  # BN statistics and affine parameters far from identity
+def _far_from_identity(net):
+    """BN statistics and affine parameters far from identity (a fold of identity BatchNorms leaves
+    convolutions without a bias), and every λ its own: trained λ differ, and equal ones would be
+    exported as one initializer."""
+    with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
-            if hasattr(m, "lam"):  # trained λ differ; equal ones would be exported as one initializer
+            if hasattr(m, "lam"):
                 m.lam.uniform_(1.0, 3.0)
+    return net
+
+
+def _export(tmp_path_factory, act):
+    torch.manual_seed(0)
+    spec = ActivationSpec(act, 8, 2.0, -0.25, 1.0)
+    net = _far_from_identity(build_model("resnet20", num_classes=10, act=spec))
     path = tmp_path_factory.mktemp(act) / "net.onnx"
     export_onnx(net.eval(), str(path))
     card = {"architecture": "resnet20", "num_classes": 10, "activation": spec.__dict__,
@@ -224,16 +231,7 @@ def test_a_level_shifted_model_is_rebuilt_with_its_shift(tmp_path):
 
     torch.manual_seed(3)
     pqa = ActivationSpec("pqa", 4, 2.0, -0.25, 1.0)
-    net = build_model("resnet20", num_classes=10, act=pqa)
-    with torch.no_grad():  # as _export: BatchNorm far from identity, every λ its own
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-            if hasattr(m, "lam"):
-                m.lam.uniform_(1.0, 3.0)
+    net = _far_from_identity(build_model("resnet20", num_classes=10, act=pqa))
     shifted = ["layers.4.act1", "layers.7.act1"]
     apply_level_shift(net, shifted)
     adopt_unshifted_statistics(net, shifted)

@@ -26,12 +26,7 @@ L4 = ActivationSpec("pqa", 4, 2.0, -0.25, 1.0)
 ACT1 = ["layers.0.act1", "layers.1.act1", "layers.2.act1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -32,12 +32,7 @@ from pmsm_compiler.training.trainer import (LOG_COMMAND, Normalizer, TrainConfig
 MEAN, STD = NORMALIZATIONS["cifar10"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
