@@ -2,8 +2,8 @@
 
 A PQA layer fires |k| spikes per neuron and step for level k (the paper's Eq. 11 unit). In a trained
 ResNet-20 the first activation of a residual block (``act1``) mostly sits at its lower cap k = αL:
-in the deeper blocks of the sparse L = 4 models 57-81 % of the neurons fire one negative spike every
-step to say "off" (docs/sparse.md). Shifting the layer's levels by m = −αL makes that level 0:
+in the deeper blocks 55-87 % of the neurons fire |αL| negative spikes every step to say "off"
+(docs/sparse.md). Shifting the layer's levels by m = −αL makes that level 0:
 
     act1:  y' = s·clip(floor((x + m·s)/s + ½), αL + m, βL + m)      (k' = k + m, in exact arithmetic)
     conv2: W * pad(y', value m·s)  =  W * pad(y, value 0) + m·s·ΣW    (ΣW over input channels and taps)
@@ -11,9 +11,12 @@ step to say "off" (docs/sparse.md). Shifting the layer's levels by m = −αL ma
 
 so the block computes the same function while the "off" neurons are silent; the others fire
 |k + m| − |k| spikes more (for m = 1: one more at 0 and above, so the count changes by 1 − 2·p per
-neuron, p the fraction at the lower cap: it pays where p > ½). ``shift_effect`` measures it. The SNN sees an ordinary PQA layer (α = 0, β + m/L), an added constant before it
-(a bias of its current) and a Pad with a constant fill before conv2 (a constant input, like a bias,
-not a spiking neuron).
+neuron, p the fraction at the lower cap: it pays where p > ½). ``shift_effect`` measures it.
+
+The SNN sees an ordinary PQA layer (α = 0, β + m/L), an added constant before it (a bias of its
+current) and a Pad with a constant fill before conv2 (a constant input, like a bias, not a spiking
+neuron): the compiler needs nothing new, and exact mode is lossless at T = 1 against the exported
+(shifted) ANN.
 
 Only ``act1`` of a ResNet BasicBlock is shifted: conv2 is its only consumer. An activation that also
 feeds a residual sum would carry the constant into the next block.
