@@ -13,7 +13,8 @@ bench/checkpoint_from_onnx.py made from a shipped model, from that model's card)
 wall time of all stages. A fine-tune records its spike penalty and its teacher (``--spike-penalty``,
 ``--distill-from``). With ``--snn-t1`` the card also holds the SNN's figures at T = 1 on the full test
 set (exact mode, with its ANN beside it: accuracy, prediction agreement, spikes and events per image,
-energy), measured as bench/spike_front.py measures a point of its front.
+energy), measured as bench/spike_front.py measures a point of its front. A run trained with
+``--level-shift`` is exported with its shift, and the card lists the shifted layers (``level_shift``).
 """
 
 from __future__ import annotations
