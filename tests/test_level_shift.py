@@ -225,3 +225,26 @@ def test_pmsm_export_of_a_shifted_checkpoint_keeps_the_shift(images, tmp_path):
     theirs = make_session(str(onnx_path)).run(None, {proto.graph.input[0].name: batch.numpy()})[0]
     assert np.array_equal(ours.argmax(1), theirs.argmax(1))
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-3 * np.abs(theirs).max())
+
+
+def test_probe_suggests_the_layers_that_save_spikes_and_writes_the_shifted_model(tmp_path, capsys):
+    """bench/level_shift_probe.py on a checkpoint whose act1 layers mostly sit at the lower cap."""
+    from bench_scripts import load_bench_script
+
+    model = trained_like(4)
+    ckpt = tmp_path / "checkpoint.pt"
+    config = dataclasses.asdict(TrainConfig(model="resnet_tiny", act="pqa", levels=4, lam=2.0))
+    torch.save({"model": model.state_dict(), "config": config}, ckpt)
+    ds = load_bundled_sample()
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez(data / "train.npz", x=ds.x[:200], y=ds.y[:200])
+    np.savez(data / "test.npz", x=ds.x[200:232], y=ds.y[200:232])
+    out = tmp_path / "shifted.onnx"
+    probe = load_bench_script("level_shift_probe")
+    assert probe.main(["--checkpoint", str(ckpt), "--data", str(data), "--images", "200", "--onnx-out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    x = Normalizer(MEAN, STD)(torch.from_numpy(ds.x[:200]))
+    expected = [n for n, e in shift_effect(model, x).items() if e["spikes_change"] < 0]
+    assert expected and f"suggested: --level-shift {','.join(expected)}" in printed
+    assert out.exists() and "predictions equal to the unshifted model's on" in printed
