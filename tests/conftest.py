@@ -30,3 +30,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def bundled_data_folder(tmp_path):
+    """make(train, test): a folder with train.npz (the first ``train`` bundled images) and test.npz
+    (the next ``test``), the layout pmsm-train --data reads."""
+    import numpy as np
+
+    from pmsm_compiler.data import load_bundled_sample
+
+    def make(train: int, test: int):
+        sample = load_bundled_sample()
+        folder = tmp_path / "data"
+        folder.mkdir()
+        np.savez(folder / "train.npz", x=sample.x[:train], y=sample.y[:train])
+        np.savez(folder / "test.npz", x=sample.x[train:train + test], y=sample.y[train:train + test])
+        return folder
+
+    return make

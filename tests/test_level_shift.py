@@ -185,14 +185,10 @@ def test_adopted_statistics_are_the_unshifted_means_plus_m_s_sum_w():
     assert torch.equal(shiftable_layers(model)["layers.0.act1"].bn2.running_mean, before["layers.0.act1"])
 
 
-def test_cli_refuses_an_unknown_layer_in_one_line(tmp_path):
+def test_cli_refuses_an_unknown_layer_in_one_line(tmp_path, bundled_data_folder):
     from pmsm_compiler.cli.train import main as train_cli
 
-    ds = load_bundled_sample()
-    data = tmp_path / "data"
-    data.mkdir()
-    np.savez(data / "train.npz", x=ds.x[:64], y=ds.y[:64])
-    np.savez(data / "test.npz", x=ds.x[:32], y=ds.y[:32])
+    data = bundled_data_folder(64, 32)
     result = CliRunner().invoke(train_cli, ["--data", str(data), "--model", "resnet_tiny", "--level-shift",
                                             "layers.9.act1", "--out", str(tmp_path / "out"), "--epochs", "1"])
     assert result.exit_code == 2
@@ -227,7 +223,8 @@ def test_pmsm_export_of_a_shifted_checkpoint_keeps_the_shift(images, tmp_path):
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-3 * np.abs(theirs).max())
 
 
-def test_probe_suggests_the_layers_that_save_spikes_and_writes_the_shifted_model(tmp_path, capsys):
+def test_probe_suggests_the_layers_that_save_spikes_and_writes_the_shifted_model(tmp_path, capsys,
+                                                                                bundled_data_folder):
     """bench/level_shift_probe.py on a checkpoint whose act1 layers mostly sit at the lower cap."""
     from bench_scripts import load_bench_script
 
@@ -236,10 +233,7 @@ def test_probe_suggests_the_layers_that_save_spikes_and_writes_the_shifted_model
     config = dataclasses.asdict(TrainConfig(model="resnet_tiny", act="pqa", levels=4, lam=2.0))
     torch.save({"model": model.state_dict(), "config": config}, ckpt)
     ds = load_bundled_sample()
-    data = tmp_path / "data"
-    data.mkdir()
-    np.savez(data / "train.npz", x=ds.x[:200], y=ds.y[:200])
-    np.savez(data / "test.npz", x=ds.x[200:232], y=ds.y[200:232])
+    data = bundled_data_folder(200, 32)
     out = tmp_path / "shifted.onnx"
     probe = load_bench_script("level_shift_probe")
     assert probe.main(["--checkpoint", str(ckpt), "--data", str(data), "--images", "200", "--onnx-out", str(out)]) == 0

@@ -593,23 +593,15 @@ def test_cli_bad_data_folder_contents(tmp_path):
     assert "train.npz" in _one_error_line(result)
 
 
-def test_torchrun_ddp_two_processes(tmp_path):
+def test_torchrun_ddp_two_processes(tmp_path, bundled_data_folder):
     """The same command runs DistributedDataParallel under torchrun (gloo on CPU)."""
     import shutil
     import subprocess
     import sys
 
-    import numpy as np
-
-    from pmsm_compiler.data import load_bundled_sample
-
     if shutil.which("torchrun") is None and not shutil.which(os.path.join(os.path.dirname(sys.executable), "torchrun")):
         pytest.skip("torchrun not installed")
-    sample = load_bundled_sample()
-    data = tmp_path / "data"
-    data.mkdir()
-    np.savez(data / "train.npz", x=sample.x[:256], y=sample.y[:256])
-    np.savez(data / "test.npz", x=sample.x[256:320], y=sample.y[256:320])
+    data = bundled_data_folder(256, 64)
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
