@@ -23,7 +23,6 @@ import sys
 def load_configured(checkpoint: str, extra_shift=()):
     """(model in eval mode, its config) with the checkpoint's own activation and level shift, plus
     ``extra_shift`` applied with the BatchNorm means adopted."""
-    import torch
 
     from pmsm_compiler.training.level_shift import adopt_unshifted_statistics, apply_level_shift
     from pmsm_compiler.training.trainer import (TrainConfig, checkpoint_level_shift, load_init_weights,
@@ -39,7 +38,6 @@ def load_configured(checkpoint: str, extra_shift=()):
     if extra:
         apply_level_shift(model, extra)
         adopt_unshifted_statistics(model, extra)
-    torch.set_grad_enabled(False)
     return model.eval(), cfg
 
 
@@ -87,7 +85,8 @@ def main(argv=None) -> int:
         from pmsm_compiler.training.export import export_onnx
 
         shifted, _ = load_configured(args.checkpoint, suggested)
-        same = float((shifted(x).argmax(1) == model(x).argmax(1)).float().mean())
+        with torch.no_grad():
+            same = float((shifted(x).argmax(1) == model(x).argmax(1)).float().mean())
         export_onnx(shifted, args.onnx_out)
         print(f"wrote {args.onnx_out}: predictions equal to the unshifted model's on {100 * same:.2f} % of the "
               f"{len(x)} images")

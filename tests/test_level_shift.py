@@ -242,3 +242,4 @@ def test_probe_suggests_the_layers_that_save_spikes_and_writes_the_shifted_model
     expected = [n for n, e in shift_effect(model, x).items() if e["spikes_change"] < 0]
     assert expected and f"suggested: --level-shift {','.join(expected)}" in printed
     assert out.exists() and "predictions equal to the unshifted model's on" in printed
+    assert torch.is_grad_enabled()  # the script leaves no global state behind (it broke later tests once)
