@@ -23,7 +23,6 @@ import sys
 def load_configured(checkpoint: str, extra_shift=()):
     """(model in eval mode, its config) with the checkpoint's own activation and level shift, plus
     ``extra_shift`` applied with the BatchNorm means adopted."""
-
     from pmsm_compiler.training.level_shift import adopt_unshifted_statistics, apply_level_shift
     from pmsm_compiler.training.trainer import (TrainConfig, checkpoint_level_shift, load_init_weights,
                                                 model_for_config, read_checkpoint)
