@@ -42,6 +42,8 @@ def _bn_name(conv_name: str) -> str:
 def _level_shift_constants(proto, shifted: list[str], inits: dict) -> set[str]:
     """The one-element initializers a level shift writes into the graph: the fill of each Pad and
     the constant operand of each node that feeds a shifted activation (``level_shift.py``)."""
+    if not shifted:
+        return set()
     producer = {out: n for n in proto.graph.node for out in n.output}
     names = set()
     for node in proto.graph.node:
@@ -49,7 +51,7 @@ def _level_shift_constants(proto, shifted: list[str], inits: dict) -> set[str]:
             names.add(node.input[2])
         if node.name in shifted and node.input[0] in producer:
             names.update(i for i in producer[node.input[0]].input if i in inits and inits[i].size == 1)
-    return {n for n in names if n in inits and inits[n].size == 1} if shifted else set()
+    return {n for n in names if n in inits and inits[n].size == 1}
 
 
 def model_from_onnx(onnx_path: str, card_data: dict, calib_uint8_nhwc: np.ndarray):

@@ -11,7 +11,8 @@ import click
 import numpy as np
 
 from pmsm_compiler.cli.options import NORMAL, VERBOSE, command, json_option, progress_option, show_progress, verbosity
-from pmsm_compiler.defaults import COMPACT_CHECKPOINT, COMPACT_RESUME_RAMP_STEPS, DISTILL_TEMPERATURE, DISTILL_WEIGHT, PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS
+from pmsm_compiler.defaults import (COMPACT_CHECKPOINT, COMPACT_RESUME_RAMP_STEPS, DISTILL_TEMPERATURE, DISTILL_WEIGHT,
+                                    PQA_ALPHA, PQA_BETA, PQA_LAMBDA, PQA_LEVELS)
 from pmsm_compiler.errors import InputError, cli_errors
 
 
@@ -156,12 +157,10 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
                       compact_checkpoint=compact_checkpoint, level_shift=level_shift)
     try:
         cfg.act_spec().make()
-        if level_shift:  # the names must exist before any data is read
-            from pmsm_compiler.training.level_shift import apply_level_shift, parse_layers
-            from pmsm_compiler.training.zoo import build_model
+        if level_shift:  # the names must exist before any data is read: the model train() will build
+            from pmsm_compiler.training.trainer import model_for_config
 
-            apply_level_shift(build_model(model, num_classes=num_classes, act=cfg.act_spec()),
-                              parse_layers(level_shift))
+            model_for_config(asdict(cfg))
     except ValueError as exc:
         raise InputError(str(exc)) from None
     train_x, train_y, test_x, test_y = load_training_data(data_path, dataset)

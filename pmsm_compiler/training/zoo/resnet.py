@@ -12,6 +12,7 @@ the level k as k + m. The default m = 0 is the plain block.
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -40,14 +41,13 @@ class BasicBlock(nn.Module):
         if not self.level_shift:
             out = self.act1(out)
         else:
-            import torch
-
             if not torch.onnx.is_in_onnx_export():  # the exporter traces λ symbolically: it reads the number
                 self.refresh_export_constants()
                 shift = self.act1.lam * (self.level_shift / self.act1.levels)  # λ gets the gradient
             else:
                 shift = self.shift_value
             # conv2 (built with padding 0) sees k + m inside and m at the border: the zero padding of k
+            # (the fill is a number, so λ's gradient does not reach it through the one-pixel border)
             out = F.pad(self.act1(out + shift), (1, 1, 1, 1), value=self.shift_value)
         out = self.bn2(self.conv2(out))
         return self.act2(out + self.shortcut(x))
