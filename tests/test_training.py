@@ -453,6 +453,104 @@ def test_compact_checkpoint_is_small_resumes_from_float16_weights_and_ramps_the_
     assert os.path.exists(full_path)  # the resumed run writes both again
 
 
+def test_weight_average_follows_its_formula_and_copies_integer_buffers():
+    from pmsm_compiler.training.weight_average import WeightAverage, average_decay
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    start = _state(model)
+    average = WeightAverage(model, decay=0.9)
+    expected = {k: v.double() for k, v in start.items()}
+    for step in range(1, 31):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()
+        model(torch.randn(4, 3))  # moves the running statistics and the integer step counter
+        average.update(model)
+        d = average_decay(0.9, step)
+        for k, v in model.state_dict().items():
+            expected[k] = d * expected[k] + (1 - d) * v.double() if v.is_floating_point() else v.clone()
+    # the warm-up: the first steps replace the start quickly, then the decay holds
+    assert average_decay(0.9, 1) == pytest.approx(2 / 11) and average_decay(0.9, 1000) == 0.9
+    for k, v in average.model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v.double(), expected[k], rtol=1e-5, atol=1e-6), k
+        else:
+            assert torch.equal(v, expected[k]), k
+    assert not torch.allclose(average.model[0].weight, model[0].weight)
+    assert not any(p.requires_grad for p in average.model.parameters())
+    with pytest.raises(ValueError, match="decay must be in"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_a_weight_averaged_run_delivers_the_average_and_resumes_exactly(sample, tmp_path):
+    """--ema: the checkpoint's model (what --init-from, teachers and exports load), the evaluation and
+    the returned network are the average; the trained weights resume the run, bit for bit."""
+    from pmsm_compiler.training.trainer import LIVE_WEIGHTS, load_init_weights
+
+    x, y = sample[0][:64], sample[1][:64]   # batch 32: 2 steps per epoch
+    cfg = TrainConfig(model="resnet_tiny", batch_size=32, epochs=3, seed=5, threads=1, lr=0.05, ema=0.9,
+                      spike_penalty=0.1)
+    full = train(cfg, x, y, x[:32], y[:32], str(tmp_path / "full"), MEAN, STD, progress=False, log=quiet)
+    ckpt = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    assert ckpt["ema_steps"] == 6
+    delivered = _state(full["model"])
+    for k, v in ckpt["model"].items():
+        assert torch.equal(v, delivered[k]), k
+    assert any(not torch.equal(ckpt["model"][k], ckpt[LIVE_WEIGHTS][k]) for k in ckpt["model"]
+               if ckpt["model"][k].is_floating_point())
+    last = full["history"][-1]
+    assert "test_acc" in last and "test_acc_live" in last
+    plain = build_model("resnet_tiny", act=cfg.act_spec())
+    load_init_weights(plain, str(tmp_path / "full" / "checkpoint.pt"))
+    for k, v in _state(plain).items():
+        assert torch.equal(v, delivered[k]), k
+
+    out = str(tmp_path / "resumed")
+    train(dataclasses.replace(cfg, max_steps=2), x, y, None, None, out, MEAN, STD, progress=False, log=quiet)
+    second = train(cfg, x, y, x[:32], y[:32], out, MEAN, STD, progress=False, log=quiet)
+    resumed_ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    for key in ("model", LIVE_WEIGHTS):
+        for k, v in resumed_ckpt[key].items():
+            assert torch.equal(v, ckpt[key][k]), (key, k)
+    assert second["history"][-1]["test_acc"] == last["test_acc"]
+    for change, field in [(dict(ema=0.0), "ema"), (dict(ema=0.99), "ema")]:
+        with pytest.raises(ValueError, match=rf"{field}=.*--no-resume"):
+            train(dataclasses.replace(cfg, **change), x, y, None, None, out, MEAN, STD, progress=False, log=quiet)
+
+    # a compact checkpoint keeps both, in float16; a run resumed from it continues the average from there
+    from pmsm_compiler.defaults import COMPACT_CHECKPOINT
+
+    compact_cfg = dataclasses.replace(cfg, compact_checkpoint=True)
+    out = str(tmp_path / "compact")
+    train(dataclasses.replace(compact_cfg, max_steps=2), x, y, None, None, out, MEAN, STD, progress=False, log=quiet)
+    compact = torch.load(os.path.join(out, COMPACT_CHECKPOINT), weights_only=False)
+    assert compact["ema_steps"] == 2 and "optimizer" not in compact
+    assert {v.dtype for key in ("model", LIVE_WEIGHTS) for v in compact[key].values() if v.is_floating_point()} \
+        == {torch.float16}
+    os.remove(os.path.join(out, "checkpoint.pt"))
+    seen = []
+    from pmsm_compiler.training import weight_average
+
+    real_init = weight_average.WeightAverage.__init__
+
+    def spy(self, model, decay, state=None, steps=0):
+        seen.append((state, steps))
+        real_init(self, model, decay, state, steps)
+
+    weight_average.WeightAverage.__init__ = spy
+    try:
+        resumed = train(dataclasses.replace(compact_cfg, max_steps=3), x, y, None, None, out, MEAN, STD,
+                        progress=False, log=quiet)
+    finally:
+        weight_average.WeightAverage.__init__ = real_init
+    assert seen[0][1] == 2 and all(torch.equal(seen[0][0][k], compact["model"][k]) for k in compact["model"])
+    # max_steps counts this session's steps: epoch 2's two and one of epoch 3's
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["ema_steps"] == 2 + 3
+    assert resumed["epochs_done"] == 3
+
+
 def test_vit_cifar_is_the_documented_size():
     model = build_model("vit_cifar", num_classes=10, act="pqa")
     assert (model.dim, model.depth, model.num_heads, model.patch_size) == (192, 6, 3, 4)
@@ -575,6 +673,8 @@ def test_cli_init_from_missing_file(npz_folder, tmp_path):
     (["--label-smoothing", "1"], r"--label-smoothing must be in \[0, 1\)"),
     (["--mixup", "-1"], "--mixup must be a finite number >= 0"),
     (["--cutmix", "inf"], "--cutmix must be a finite number >= 0"),
+    (["--ema", "1"], r"--ema must be 0 \(off\) or a decay in \(0, 1\)"),
+    (["--ema", "-0.5"], r"--ema must be 0 \(off\) or a decay in \(0, 1\)"),
 ])
 def test_cli_bad_distillation_options(npz_folder, tmp_path, args, match):
     out = tmp_path / "run"

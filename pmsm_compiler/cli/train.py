@@ -94,6 +94,10 @@ def load_training_data(path: str, dataset: str):
                    "shifted by -αL, so that their lower cap is the silent level: the same function, fewer spikes "
                    "where most neurons sit at the lower cap (docs/sparse.md; bench/level_shift_probe.py "
                    "suggests the layers). Weights from --init-from trained unshifted are adapted.")
+@click.option("--ema", default=0.0, show_default=True, metavar="DECAY",
+              help="Deliver an exponential moving average of the weights (decay in (0, 1), e.g. 0.999; BatchNorm "
+                   "statistics and λ averaged too; 0: the last weights): checkpoint.pt's model, the test accuracy "
+                   "and model.onnx are the average's, the last weights are logged beside it (test_acc_live).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help=f"Continue from OUT/checkpoint.pt, else from OUT/{COMPACT_CHECKPOINT}.")
 @click.option("--compact-checkpoint", is_flag=True,
@@ -110,7 +114,7 @@ def load_training_data(path: str, dataset: str):
 def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr, momentum, weight_decay,
          warmup_epochs, seed, init_from, spike_penalty, penalty_rule, distill_from, distill_weight,
          distill_temperature, optimizer, label_smoothing, mixup, cutmix, dataset, threads, max_steps, eval_every,
-         out_dir, level_shift, resume, compact_checkpoint, export, json_path, progress, verbosity):
+         out_dir, level_shift, ema, resume, compact_checkpoint, export, json_path, progress, verbosity):
     """Train MODEL on CIFAR-style data with a quantized activation; checkpoint every epoch."""
     try:
         import torch  # noqa: F401
@@ -140,6 +144,8 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
         raise InputError(f"--spike-penalty must be a finite number >= 0, got {spike_penalty}")
     if spike_penalty and act not in ("pqa", "qcfs"):
         raise InputError(f"--spike-penalty needs quantized activations (--act pqa or qcfs), not {act}")
+    if not (ema == 0 or 0 < ema < 1):
+        raise InputError(f"--ema must be 0 (off) or a decay in (0, 1), got {ema}")
     if json_path:
         from pmsm_compiler.loading import check_output_path
 
@@ -154,7 +160,7 @@ def main(data_path, model, act, levels, lam, alpha, beta, epochs, batch_size, lr
                       distill_from=os.path.abspath(distill_from) if distill_from else "",
                       distill_weight=distill_weight, distill_temperature=distill_temperature,
                       optimizer=optimizer, label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix,
-                      compact_checkpoint=compact_checkpoint, level_shift=level_shift)
+                      compact_checkpoint=compact_checkpoint, level_shift=level_shift, ema=ema)
     try:
         cfg.act_spec().make()
         if level_shift:  # the names must exist before any data is read: the model train() will build

@@ -39,6 +39,12 @@ optimizer state (a quarter of the size). A folder with only the compact one resu
 optimizer restarts with its learning rate ramped over ``COMPACT_RESUME_RAMP_STEPS`` steps, so the
 run continues close to, not exactly on, its uninterrupted trajectory.
 
+Weight averaging (``ema``, weight_average.py): the run delivers an exponential moving average of
+its weights (BatchNorm statistics and λ included): the checkpoint's ``model`` entry, every test
+evaluation (``test_acc``; the trained weights' own accuracy is logged beside it as ``test_acc_live``)
+and model.onnx are the average's; the trained weights (``LIVE_WEIGHTS``) and the number of averaged
+steps are kept too, so a resumed run continues both exactly.
+
 Memory format: channels_last (faster on a CPU), except for a model with a layer that torch 2.13's
 oneDNN cannot differentiate in that format (``channels_last_hazard``), which trains in NCHW.
 """
@@ -65,6 +71,9 @@ from pmsm_compiler.training.activations import ActivationSpec, quantized_activat
 
 LOG_COMMAND = "command: "
 LOG_RESUMED = "resumed from "
+# With a weight average, a checkpoint's "model" entry holds the average (what every consumer of a checkpoint
+# loads: --init-from, a teacher, pmsm-export, ship_model) and this entry the trained weights, to resume from.
+LIVE_WEIGHTS = "live_model"
 
 
 def command_log_line(argv: list[str]) -> str:
@@ -125,6 +134,8 @@ class TrainConfig:
     level_shift: str = ""
     # also write COMPACT_CHECKPOINT each epoch; it does not shape the trajectory, so it is not compared on resume
     compact_checkpoint: bool = False
+    # decay of the weight average the run delivers (weight_average.py); 0 = the last weights
+    ema: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def act_spec(self) -> ActivationSpec:
@@ -417,6 +428,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
     start_epoch, history, wall = 0, [], 0.0
     compact_path = os.path.join(out_dir, COMPACT_CHECKPOINT)
     ramp_steps = 0  # > 0 after resuming from a compact checkpoint (its optimizer state restarts)
+    resumed_average = None  # (state, steps) of the weight average a resumed run had
     resume_from = ckpt_path if os.path.exists(ckpt_path) else compact_path if os.path.exists(compact_path) else ""
     if resume and resume_from:
         state = torch.load(resume_from, map_location=device, weights_only=False)
@@ -425,17 +437,20 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         for key in ("model", "act", "levels", "lam", "alpha", "beta", "epochs", "batch_size", "lr", "momentum",
                     "weight_decay", "warmup_epochs", "seed", "num_classes", "dataset", "channels_last",
                     "init_from", "spike_penalty", "penalty_rule", "distill_from", "distill_weight",
-                    "distill_temperature", "optimizer", "label_smoothing", "mixup", "cutmix", "level_shift"):
+                    "distill_temperature", "optimizer", "label_smoothing", "mixup", "cutmix", "level_shift", "ema"):
             if saved_cfg.get(key, getattr(TrainConfig(), key)) != getattr(cfg, key):
                 raise ValueError(f"checkpoint {resume_from} was made with {key}={saved_cfg.get(key)!r}, "
                                  f"not {getattr(cfg, key)!r}; use another --out or --no-resume")
+        live = state.get(LIVE_WEIGHTS, state["model"])  # with a weight average, "model" holds the average
         if "optimizer" in state:
-            model.load_state_dict(state["model"])
+            model.load_state_dict(live)
             optimizer.load_state_dict(state["optimizer"])
         else:  # compact: float16 weights back to each parameter's own dtype, a fresh optimizer
             own = model.state_dict()
-            model.load_state_dict({k: v.to(own[k].dtype) for k, v in state["model"].items()})
+            model.load_state_dict({k: v.to(own[k].dtype) for k, v in live.items()})
             ramp_steps = COMPACT_RESUME_RAMP_STEPS
+        if cfg.ema:
+            resumed_average = (state["model"], state["ema_steps"])
         start_epoch, history, wall = state["epoch"], state["history"], state.get("wall_s", 0.0)
         if is_main:
             log(f"{LOG_RESUMED}{resume_from} at epoch {start_epoch}")
@@ -467,6 +482,11 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
 
         first = norm(torch.from_numpy(np.ascontiguousarray(train_x[:cfg.batch_size])).to(device))
         calibrate_lambdas(model, first.contiguous(memory_format=memory_format))
+    average = None
+    if cfg.ema:  # after --init-from and a level shift's adoption: the average starts from what training starts from
+        from pmsm_compiler.training.weight_average import WeightAverage
+
+        average = WeightAverage(model, cfg.ema, *(resumed_average or ()))
     quantizers = [m for _, m in quantized_activations(model)]
     penalized = cfg.spike_penalty > 0
     if penalized:
@@ -538,6 +558,8 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
             optimizer.step()
             for q in quantizers:
                 q.keep_lambda_positive()
+            if average is not None:
+                average.update(model)
             with torch.no_grad():
                 loss_sum += loss.item() * len(yb)
                 # under MixUp/CutMix, against the label with the larger share
@@ -557,19 +579,27 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
             entry[f"train_{cfg.penalty_rule}_per_neuron"] = round(cost_sum / max(1, seen), 5)
         step_limit = bool(cfg.max_steps and total_steps >= cfg.max_steps)
         last = epoch + 1 == cfg.epochs or step_limit
+        delivered = average.model if average is not None else model
         if test_x is not None and is_main and ((epoch + 1) % max(1, cfg.eval_every) == 0 or last):
-            entry["test_acc"] = evaluate(model, torch.from_numpy(test_x), torch.from_numpy(test_y.astype(np.int64)),
-                                         norm, device, channels_last=channels_last)
-        entry["lambdas"] = [round(float(m.lam.detach()), 4) for _, m in quantized_activations(model)]
+            test_xt, test_yt = torch.from_numpy(test_x), torch.from_numpy(test_y.astype(np.int64))
+            entry["test_acc"] = evaluate(delivered, test_xt, test_yt, norm, device, channels_last=channels_last)
+            if average is not None:  # the last weights beside their average, to show what averaging gave
+                entry["test_acc_live"] = evaluate(model, test_xt, test_yt, norm, device, channels_last=channels_last)
+        entry["lambdas"] = [round(float(m.lam.detach()), 4) for _, m in quantized_activations(delivered)]
         history.append(entry)
         if is_main:
             log(json.dumps({k: v for k, v in entry.items() if k != "lambdas"}))
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+            state = {"model": delivered.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                      "history": history, "config": asdict(cfg), "wall_s": wall}
+            if average is not None:
+                state.update({LIVE_WEIGHTS: model.state_dict(), "ema_steps": average.steps})
             write_atomic(ckpt_path, lambda tmp: torch.save(state, tmp))
             if cfg.compact_checkpoint:
-                compact = {key: state[key] for key in ("epoch", "history", "config", "wall_s")}
-                compact["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+                compact = {key: state[key] for key in ("epoch", "history", "config", "wall_s", "ema_steps")
+                           if key in state}
+                for key in ("model", LIVE_WEIGHTS):
+                    if key in state:
+                        compact[key] = {k: v.half() if v.is_floating_point() else v for k, v in state[key].items()}
                 write_atomic(compact_path, lambda tmp: torch.save(compact, tmp))
         if step_limit:
             break
@@ -582,5 +612,5 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         import torch.distributed as dist
 
         dist.barrier()
-    summary["model"] = model
+    summary["model"] = average.model if average is not None else model
     return summary
