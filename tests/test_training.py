@@ -502,6 +502,12 @@ def test_a_weight_averaged_run_delivers_the_average_and_resumes_exactly(sample, 
                if ckpt["model"][k].is_floating_point())
     last = full["history"][-1]
     assert "test_acc" in last and "test_acc_live" in last
+    # the average only watches: the trained weights are bit for bit those of the same run without it
+    without = train(dataclasses.replace(cfg, ema=0.0), x, y, x[:32], y[:32], str(tmp_path / "without"), MEAN, STD,
+                    progress=False, log=quiet)
+    for k, v in _state(without["model"]).items():
+        assert torch.equal(v, ckpt[LIVE_WEIGHTS][k]), k
+    assert without["history"][-1]["test_acc"] == last["test_acc_live"]
     plain = build_model("resnet_tiny", act=cfg.act_spec())
     load_init_weights(plain, str(tmp_path / "full" / "checkpoint.pt"))
     for k, v in _state(plain).items():
