@@ -2,6 +2,7 @@
 
     python bench/reproduce_paper.py --data ../shared/data/cifar10 \
         [--pqa models/resnet20_pqa_cifar10.onnx] [--qcfs models/resnet20_qcfs_cifar10.onnx] \
+        [--sparse models/resnet20_pqa_sparse_cifar10.onnx] [--sparse-modes folded,exact] \
         [--out docs/results.md] [--figures docs/figures] [--max-t 16] [--limit N] [--target-accuracy A]
 
 Every number in the written results.md comes from this run:
@@ -15,6 +16,8 @@ Every number in the written results.md comes from this run:
   energy per image under both counting rules;
 - accuracy vs T (1..max_t) and accuracy vs energy per image (one point per T, both rules) for
   both as PNGs, and the entropy heatmap (the paper's Fig. 2).
+The sparse PMSM model (docs/sparse.md; the shipped one by default, when there is one) is run and
+compared with QCFS as PMSM is: Table 1 rows, counting rules, equal T and equal accuracy, the curves.
 The training budget and the data caveat (CIFAR-10 re-decoded from JPEG) are read from the model
 cards and printed next to the paper's numbers.
 """
@@ -36,6 +39,10 @@ PAPER = {  # equations.md §10 (v1): CIFAR-10, ResNet-20 (Table 1) and VGG-16 (T
     "table3_vgg16": {"QCFS": {1: (72.26, 3.08, 0.278), 2: (86.26, 6.44, 0.290)},
                      "PMSM": {1: (95.56, 0.61, 0.055), 2: (95.63, 1.23, 0.055)}},
 }
+
+
+SPARSE = "PMSM sparse"  # the spike-penalized PQA model (docs/sparse.md), compared like PMSM
+PMSM_MODELS = ("PMSM", SPARSE)
 
 
 def run_model(path, mode, dataset, max_t, batch_size):
@@ -90,17 +97,18 @@ def counting_lines(runs):
     return lines + [""]
 
 
-def equal_t_lines(qcfs, pmsm, max_t):
-    """PMSM vs QCFS at equal T under both counting rules."""
+def equal_t_lines(qcfs, pmsm, max_t, name="PMSM"):
+    """PMSM (or the PMSM model called ``name``) vs QCFS at equal T under both counting rules."""
     from pmsm_compiler.runtime.report import cost_at
 
-    lines = ["## PMSM vs QCFS at equal T, both counting rules (folded compiles)", "",
+    lines = [f"## {name} vs QCFS at equal T, both counting rules (folded compiles)", "",
              "Energy per image = SOPs × 0.9 pJ, SOPs = count × fan-out summed over the layers and the T steps "
-             "(first layer's input MACs excluded); the ANN's MAC energy for comparison: PMSM "
+             f"(first layer's input MACs excluded); the ANN's MAC energy for comparison: {name} "
              f"{uj(pmsm['energy']['per_image_uj']['ann'])} µJ, "
              f"QCFS {uj(qcfs['energy']['per_image_uj']['ann'])} µJ.", "",
-             "| T | PMSM acc (%) | QCFS acc (%) | PMSM spikes / events (×10^5) | QCFS spikes / events (×10^5) | "
-             "PMSM µJ, spikes / events rule | QCFS µJ, spikes / events rule | QCFS/PMSM energy, spikes / events rule |",
+             f"| T | {name} acc (%) | QCFS acc (%) | {name} spikes / events (×10^5) | QCFS spikes / events (×10^5) | "
+             f"{name} µJ, spikes / events rule | QCFS µJ, spikes / events rule | QCFS/{name} energy, spikes / events "
+             "rule |",
              "|---|---|---|---|---|---|---|---|"]
     for t in [t for t in (1, 2, 4, 8, 16, 32) if t <= max_t]:
         p, q = cost_at(pmsm, t), cost_at(qcfs, t)
@@ -113,14 +121,14 @@ def equal_t_lines(qcfs, pmsm, max_t):
     return lines + [""]
 
 
-def equal_accuracy_lines(qcfs, pmsm, target, max_t):
-    """PMSM vs QCFS at equal accuracy, for the default (or given) target and for PMSM's T = 1 accuracy."""
+def equal_accuracy_lines(qcfs, pmsm, target, max_t, name="PMSM"):
+    """PMSM (or ``name``) vs QCFS at equal accuracy, for the default (or given) target and for its T = 1 accuracy."""
     from pmsm_compiler.runtime.report import equal_accuracy
 
-    comparisons = [equal_accuracy({"PMSM": pmsm, "QCFS": qcfs}, target, max_t),
-                   equal_accuracy({"PMSM": pmsm, "QCFS": qcfs}, pmsm["accuracy_by_t"][0], max_t)]
-    comparisons[1]["target_rule"] = "PMSM's accuracy at T = 1"
-    lines = ["## PMSM vs QCFS at equal accuracy, both counting rules (folded compiles)", "",
+    comparisons = [equal_accuracy({name: pmsm, "QCFS": qcfs}, target, max_t),
+                   equal_accuracy({name: pmsm, "QCFS": qcfs}, pmsm["accuracy_by_t"][0], max_t)]
+    comparisons[1]["target_rule"] = f"{name}'s accuracy at T = 1"
+    lines = [f"## {name} vs QCFS at equal accuracy, both counting rules (folded compiles)", "",
              f"For each target: the smallest T ≤ {comparisons[0]['max_t']} at which each model reaches it, and the "
              "energy per image it spends in those T steps.", "",
              "| target (%) | rule | method | T | acc (%) | spikes / image (×10^5) | events / image (×10^5) | "
@@ -139,12 +147,12 @@ def equal_accuracy_lines(qcfs, pmsm, target, max_t):
                              f"{pct(m['best_accuracy'])} at T = {m['best_t']}) | | | | | |")
     lines.append("")
     for eq in comparisons:
-        p, q = eq["models"]["PMSM"], eq["models"]["QCFS"]
+        p, q = eq["models"][name], eq["models"]["QCFS"]
         if p["reached"] and q["reached"]:
             pe, qe = p["energy_per_image_uj"], q["energy_per_image_uj"]
-            lines.append(f"- Target {pct(eq['target'])} % ({eq['target_rule']}): QCFS / PMSM energy per image = "
+            lines.append(f"- Target {pct(eq['target'])} % ({eq['target_rule']}): QCFS / {name} energy per image = "
                          f"{ratio(qe['spikes'], pe['spikes'])} (spikes rule), {ratio(qe['events'], pe['events'])} "
-                         f"(events rule): PMSM needs "
+                         f"(events rule): {name} needs "
                          + ("less" if pe["spikes"] < qe["spikes"] else "more") + " energy under the spikes rule and "
                          + ("less" if pe["events"] < qe["events"] else "more") + " under the events rule.")
         else:
@@ -182,16 +190,16 @@ def matched_accuracy_lines(qcfs, pmsm):
 def verdict_lines(runs):
     """The issue's claims, each checked against this run's numbers."""
     out = ["## Claims checked on this run", ""]
-    for mode in ("exact", "folded"):
-        r = runs.get(("PMSM", mode))
+    for name, mode in [(name, mode) for name in PMSM_MODELS for mode in ("exact", "folded")]:
+        r = runs.get((name, mode))
         if r is None:
             continue
         same = r["accuracy_by_t"][0] == r["ann_accuracy"]
-        out.append(f"- PMSM {mode}: SNN T = 1 {pct(r['accuracy_by_t'][0])} % vs ANN {pct(r['ann_accuracy'])} % "
+        out.append(f"- {name} {mode}: SNN T = 1 {pct(r['accuracy_by_t'][0])} % vs ANN {pct(r['ann_accuracy'])} % "
                    f"({'equal' if same else 'not equal'}), prediction agreement {pct(r['t1_prediction_agreement'])} %.")
         if len(r["accuracy_by_t"]) >= 8:
             gap = 100 * (r["accuracy_by_t"][7] - r["ann_accuracy"])
-            out.append(f"- PMSM {mode}: T = 8 is {gap:+.2f} points from the ANN "
+            out.append(f"- {name} {mode}: T = 8 is {gap:+.2f} points from the ANN "
                        f"({'within' if abs(gap) <= 0.5 else 'outside'} 0.5 points).")
     q, pm = runs.get(("QCFS", "folded")), runs.get(("PMSM", "folded"))
     if q is not None:
@@ -203,6 +211,14 @@ def verdict_lines(runs):
                    + ("(PMSM fires fewer)." if ratio > 1 else "(PMSM fires **more**: the paper's 5× fewer does not "
                       "reproduce at equal T with |s| counting on this ResNet-20; each AIF spike carries up to "
                       "8 levels where a QCFS spike carries one).") )
+    sparse = runs.get((SPARSE, "folded"))
+    if q is not None and sparse is not None:
+        ratio = at_t(q, 1)["spikes"] / at_t(sparse, 1)["spikes"]
+        out.append(f"- Spikes per image at T = 1: QCFS / {SPARSE} = {ratio:.3f} ({SPARSE} fires "
+                   + ("fewer)." if ratio > 1 else "**more**).") )
+    if pm is not None and sparse is not None:
+        out.append(f"- {SPARSE} fires {at_t(pm, 1)['spikes'] / at_t(sparse, 1)['spikes']:.2f}× fewer spikes per image "
+                   f"than PMSM at T = 1, at {pct(sparse['accuracy_by_t'][0])} % against {pct(pm['accuracy_by_t'][0])} %.")
     for (name, mode), r in runs.items():
         if mode != "folded":
             continue
@@ -292,6 +308,10 @@ def main(argv=None):
     ap.add_argument("--data", required=True, help="folder with test.npz")
     ap.add_argument("--pqa", default=os.path.join(ROOT, "models", "resnet20_pqa_cifar10.onnx"))
     ap.add_argument("--qcfs", default=os.path.join(ROOT, "models", "resnet20_qcfs_cifar10.onnx"))
+    ap.add_argument("--sparse", default=os.path.join(ROOT, "models", "resnet20_pqa_sparse_cifar10.onnx"),
+                    help="the sparse PMSM model, compared with QCFS as PMSM is (skipped if the file is absent; '' to "
+                         "skip)")
+    ap.add_argument("--sparse-modes", default="folded,exact", help="compile modes to run for the sparse model")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "results.md"))
     ap.add_argument("--figures", default=os.path.join(ROOT, "docs", "figures"))
     ap.add_argument("--max-t", type=int, default=16)
@@ -319,10 +339,13 @@ def main(argv=None):
     started = time.perf_counter()
     runs = {}
     models = {"PMSM": args.pqa}
+    if args.sparse and os.path.exists(args.sparse):
+        models[SPARSE] = args.sparse
     if args.qcfs and os.path.exists(args.qcfs):
         models["QCFS"] = args.qcfs
+    chosen = {"PMSM": "folded,exact", SPARSE: args.sparse_modes, "QCFS": args.qcfs_modes}
     for name, path in models.items():
-        modes = ("folded", "exact") if name == "PMSM" else [m.strip() for m in args.qcfs_modes.split(",") if m.strip()]
+        modes = [m.strip() for m in chosen[name].split(",") if m.strip()]
         for mode in modes:
             print(f"== {name} {mode}: {path}", file=sys.stderr)
             runs[(name, mode)] = run_model(path, mode, dataset, args.max_t, args.batch_size)
@@ -330,6 +353,8 @@ def main(argv=None):
     grid = entropy.grid_search(PQA_LEVELS, PQA_LAMBDA)
     write_plot(grid, os.path.join(args.figures, "entropy_heatmap.png"))
     curves = {"PMSM": (runs[("PMSM", "folded")], "b-o")}
+    if (SPARSE, "folded") in runs:
+        curves[SPARSE] = (runs[(SPARSE, "folded")], "g-^")
     if ("QCFS", "folded") in runs:
         curves["QCFS"] = (runs[("QCFS", "folded")], "r-s")
     plot_curves(curves, os.path.join(args.figures, "accuracy_vs_t.png"))
@@ -381,8 +406,8 @@ def main(argv=None):
         "|---|---|---|---|---|---|---|",
     ]
     for (name, mode), r in runs.items():
-        p = PAPER["table1"][name]
-        paper = f"{p['ann']} / {p['t1']} / {p['t8'] if p['t8'] is not None else '–'}"
+        p = PAPER["table1"].get(name)
+        paper = f"{p['ann']} / {p['t1']} / {p['t8'] if p['t8'] is not None else '–'}" if p else "–"
         t8 = r["accuracy_by_t"][7] if len(r["accuracy_by_t"]) >= 8 else None
         lines.append(f"| {name} | {mode} | {pct(r['ann_accuracy'])} | {pct(r['accuracy_by_t'][0])} | {pct(t8)} | "
                      f"{pct(r['t1_prediction_agreement'])} | {paper} |")
@@ -415,7 +440,7 @@ def main(argv=None):
     else:
         lines += ["## Table 3 shape", "", "No QCFS model was given: the comparison is pending.", ""]
     lines += counting_lines(runs)
-    comparisons = None
+    comparisons = sparse_comparisons = None
     if ("QCFS", "folded") in runs:
         q, pm = runs[("QCFS", "folded")], runs[("PMSM", "folded")]
         lines += equal_t_lines(q, pm, args.max_t)
@@ -423,6 +448,12 @@ def main(argv=None):
 
         more, comparisons = equal_accuracy_lines(q, pm, target, min(EQUAL_ACCURACY_MAX_T, args.max_t))
         lines += more
+        if (SPARSE, "folded") in runs:
+            sparse = runs[(SPARSE, "folded")]
+            lines += equal_t_lines(q, sparse, args.max_t, name=SPARSE)
+            more, sparse_comparisons = equal_accuracy_lines(q, sparse, target, min(EQUAL_ACCURACY_MAX_T, args.max_t),
+                                                            name=SPARSE)
+            lines += more
     lines += ["## Accuracy vs energy per image", "", "![accuracy vs energy](figures/accuracy_vs_energy.png)", "",
               "One point per T (1..max_t, labels at powers of 2): the energy per image a run of T steps spends, "
               "under each counting rule; stars: the ANNs' MAC energy.", ""]
@@ -443,7 +474,8 @@ def main(argv=None):
     with open(args.out, "w") as f:
         f.write(text)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({**{f"{k[0]}/{k[1]}": v for k, v in runs.items()}, "equal_accuracy": comparisons}, f, indent=1)
+        json.dump({**{f"{k[0]}/{k[1]}": v for k, v in runs.items()}, "equal_accuracy": comparisons,
+                   **({"equal_accuracy_sparse": sparse_comparisons} if sparse_comparisons else {})}, f, indent=1)
     print(text)
     return 0
 

@@ -32,7 +32,7 @@ def run(tmp_path_factory):
     script = load_bench_script("reproduce_paper")
     assert script.main(["--data", str(d / "data"), "--pqa", paths["pqa"], "--qcfs", paths["qcfs"], "--out", str(out),
                         "--figures", str(d / "figures"), "--max-t", "8", "--limit", "200", "--qcfs-modes",
-                        "folded"]) == 0
+                        "folded", "--sparse", paths["pqa"], "--sparse-modes", "folded"]) == 0
     return d, out.read_text(), json.loads((d / "results.json").read_text())
 
 
@@ -44,6 +44,22 @@ def test_sections_and_figures(run):
     assert "![accuracy vs energy](figures/accuracy_vs_energy.png)" in text
     for name in ("accuracy_vs_energy.png", "accuracy_vs_t.png", "entropy_heatmap.png"):
         assert (d / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_sparse_model_is_compared_with_qcfs_as_pmsm_is(run):
+    """--sparse (here the tiny PQA model again, standing in): its own equal-T and equal-accuracy sections,
+    rows in Table 1 and the counting rules, and its equal-accuracy selections in results.json."""
+    _, text, runs = run
+    sparse, qcfs = runs["PMSM sparse/folded"], runs["QCFS/folded"]
+    for heading in ("## PMSM sparse vs QCFS at equal T, both counting rules",
+                    "## PMSM sparse vs QCFS at equal accuracy, both counting rules"):
+        assert heading in text, heading
+    assert f"| PMSM sparse | folded | {100 * sparse['ann_accuracy']:.2f} | {100 * sparse['accuracy_by_t'][0]:.2f} |" in text
+    default, at_t1 = runs["equal_accuracy_sparse"]
+    assert set(default["models"]) == {"PMSM sparse", "QCFS"}
+    assert at_t1["target"] == sparse["accuracy_by_t"][0] and at_t1["target_rule"] == "PMSM sparse's accuracy at T = 1"
+    ratio = qcfs["spikes_per_image_by_t"][0] / sparse["spikes_per_image_by_t"][0]
+    assert f"- Spikes per image at T = 1: QCFS / PMSM sparse = {ratio:.3f}" in text
 
 
 def test_equal_t_rows_are_the_runs_numbers(run):
