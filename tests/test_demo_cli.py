@@ -122,3 +122,12 @@ def test_demo_shipped_sparse_model_only_beside_the_shipped_dense_one(models, spa
     result = CliRunner().invoke(main, ["--model", models["qcfs"], "-T", "1", "--batch-size", "500"])
     assert result.exit_code == 0, result.output
     assert "PMSM sparse" not in result.output  # a user's own model is not compared with our sparse one
+
+
+def test_demo_states_a_fine_tunes_budget_with_the_stages_it_started_from():
+    from pmsm_compiler.cli.demo import _training_budget
+
+    assert _training_budget({"training": {"epochs_done": 120}}) == "trained 120 epochs"
+    card = {"training": {"epochs_done": 10},
+            "pretraining": {"epochs_done": 3, "pretraining": {"epochs_done": 120}}}
+    assert _training_budget(card) == "fine-tuned 10 epochs after 120 + 3 earlier ones"

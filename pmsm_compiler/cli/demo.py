@@ -27,6 +27,17 @@ LABELS = {"PMSM (PQA → AIF)": "PMSM", "PMSM sparse (PQA → AIF, spike-penaliz
           "QCFS (→ IF)": "QCFS"}
 
 
+def _training_budget(card: dict) -> str:
+    """What a model card says the model was trained for; a fine-tune counts the stages it started from."""
+    own, stages, stage = card["training"]["epochs_done"], [], card.get("pretraining")
+    while stage:
+        stages.append(stage["epochs_done"])
+        stage = stage.get("pretraining")
+    if not stages:
+        return f"trained {own} epochs"
+    return f"fine-tuned {own} epochs after {' + '.join(str(n) for n in reversed(stages))} earlier ones"
+
+
 def _shipped(name):
     from pmsm_compiler.models import shipped_model_path
 
@@ -148,8 +159,7 @@ def main(model, sparse_model, qcfs_model, data, timesteps, mode, exact, batch_si
         if os.path.exists(card):
             with open(card) as f:
                 c = json.load(f)
-            trained = (f"; trained {c['training']['epochs_done']} epochs, ANN {c['ann_accuracy_onnxruntime']:.2%} "
-                       f"on the 10k test set")
+            trained = f"; {_training_budget(c)}, ANN {c['ann_accuracy_onnxruntime']:.2%} on the 10k test set"
         say(f"\n{label}: {os.path.basename(path)} — {len(compiled.layers)} neuron layers, {mode} mode{trained}")
         say(f"data: {report['data']} ({report['samples']} images); ANN accuracy "
             f"{report['ann_accuracy']:.2%}; ANN and SNN agree on {report['t1_prediction_agreement']:.2%} "
