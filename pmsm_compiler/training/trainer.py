@@ -74,6 +74,7 @@ LOG_RESUMED = "resumed from "
 # With a weight average, a checkpoint's "model" entry holds the average (what every consumer of a checkpoint
 # loads: --init-from, a teacher, pmsm-export, ship_model) and this entry the trained weights, to resume from.
 LIVE_WEIGHTS = "live_model"
+AVERAGED_STEPS = "ema_steps"  # how many optimizer steps the average has taken in, for an exact resume
 
 
 def command_log_line(argv: list[str]) -> str:
@@ -450,7 +451,7 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
             model.load_state_dict({k: v.to(own[k].dtype) for k, v in live.items()})
             ramp_steps = COMPACT_RESUME_RAMP_STEPS
         if cfg.ema:
-            resumed_average = (state["model"], state["ema_steps"])
+            resumed_average = (state["model"], state[AVERAGED_STEPS])
         start_epoch, history, wall = state["epoch"], state["history"], state.get("wall_s", 0.0)
         if is_main:
             log(f"{LOG_RESUMED}{resume_from} at epoch {start_epoch}")
@@ -592,10 +593,10 @@ def train(cfg: TrainConfig, train_x: np.ndarray, train_y: np.ndarray, test_x: np
             state = {"model": delivered.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                      "history": history, "config": asdict(cfg), "wall_s": wall}
             if average is not None:
-                state.update({LIVE_WEIGHTS: model.state_dict(), "ema_steps": average.steps})
+                state.update({LIVE_WEIGHTS: model.state_dict(), AVERAGED_STEPS: average.steps})
             write_atomic(ckpt_path, lambda tmp: torch.save(state, tmp))
             if cfg.compact_checkpoint:
-                compact = {key: state[key] for key in ("epoch", "history", "config", "wall_s", "ema_steps")
+                compact = {key: state[key] for key in ("epoch", "history", "config", "wall_s", AVERAGED_STEPS)
                            if key in state}
                 for key in ("model", LIVE_WEIGHTS):
                     if key in state:
