@@ -83,6 +83,10 @@ def summarize(reports: dict, max_t: int) -> dict:
     }
 
 
+def _images(n: int) -> str:
+    return f"{n:,} image" + ("" if n == 1 else "s")
+
+
 def markdown(summary: dict, model: str, command: str, figure: str | None) -> str:
     acc, agree = summary["accuracy_by_t"], summary["t1_agreement"]
     lines = [f"## A PQA ViT on CIFAR-10 ({os.path.basename(model)})", "",
@@ -90,7 +94,9 @@ def markdown(summary: dict, model: str, command: str, figure: str | None) -> str
              f"T = 1..{summary['max_t']} (input repeated each step, outputs averaged).", "",
              f"- ANN (onnxruntime): {pct(summary['ann_accuracy'])} %.",
              f"- T = 1, exact mode: {pct(acc['exact'][0])} %, the ANN's prediction on {pct(agree['exact'])} % of the "
-             "images (the lossless claim).",
+             "images: the lossless claim " + ("holds." if agree["exact"] == 1.0 else
+                                             "**does not hold** (the prediction differs on "
+                                             f"{_images(round((1 - agree['exact']) * summary['samples']))})."),
              f"- T = 1, folded mode: {pct(acc['folded'][0])} %, flip rate {pct(summary['folded_t1_flip_rate'])} % "
              "of the images; `pmsm-compile`'s verification of it (its default tolerances, "
              f"{summary['compile_verification']['folded']['data']}): "

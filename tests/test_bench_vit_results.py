@@ -49,6 +49,9 @@ def test_vit_results_small(tiny_vit, tmp_path):
     text = out.read_text()
     assert f"{100 * summary['ann_accuracy']:.2f} %" in text and text.count("\n| ") >= 3 + 6
     assert fig.stat().st_size > 0
+    assert "the lossless claim holds." in text
+    broken = bench.markdown(dict(summary, t1_agreement=dict(summary["t1_agreement"], exact=0.95)), tiny_vit, "cmd", None)
+    assert "the lossless claim **does not hold** (the prediction differs on 1 image)." in broken  # 5 % of 20
 
 
 def test_vit_results_refuses_a_missing_model(tmp_path):
