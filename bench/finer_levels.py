@@ -4,14 +4,16 @@
         [--t 1,2,4,8,16] [--limit N] [--snn-json docs/results.json --snn-model PMSM] [--json out.json]
 
 An AIF neuron with u₀ = ½ and a constant input x (threshold units) emits, over T steps, a mean of
-floor(T·x + ½)/T spikes per step while no step hits a cap: the rounding of x to a step of 1/T.
+floor(T·x + ½)/T spikes per step: the rounding of x to a step of 1/T (beyond a cap, the cap).
 So a layer run for T steps and averaged is the layer's quantizer with L·T levels on the same λ
 (step s/T, the same clip range [αλ, βλ]); as T grows it tends to clip(x, αλ, βλ), the quantizer
 without rounding. For the first neuron layer this holds exactly; deeper layers see inputs that
-vary from step to step, so for them it is the first-order picture.
+vary from step to step, so for them it is the first-order picture. It is PQA's picture: QCFS
+converts to binary IF neurons (θ = λ, one spike per step at most), whose T steps are not its
+quantizer with L·T levels, so a pmsm::QCFS model is refused.
 
-This script evaluates that picture: the model's own quantized ANN (a pmsm::PQA / pmsm::QCFS
-model as `pmsm-train` exports it) with the attribute L of every quantizer multiplied by T
+This script evaluates that picture: the model's own quantized ANN (a pmsm::PQA model as
+`pmsm-train` exports it) with the attribute L of every quantizer multiplied by T
 (αL and βL scale with it), in onnxruntime, on the test set, for each T asked. An SNN whose
 accuracy over T moves away from its ANN's (bench/vit_results.py, bench/reproduce_paper.py) and
 follows these figures drifts because rate coding refines the quantization step, not because a
@@ -27,7 +29,7 @@ import json
 import os
 import sys
 
-QUANTIZER_OPS = {("pmsm", "PQA"), ("pmsm", "QCFS")}
+PQA_OP = ("pmsm", "PQA")
 
 
 def with_finer_levels(model, factor: int):
@@ -39,13 +41,16 @@ def with_finer_levels(model, factor: int):
     finer.CopyFrom(model)
     changed = 0
     for node in finer.graph.node:
-        if (node.domain, node.op_type) in QUANTIZER_OPS:
+        if (node.domain, node.op_type) == ("pmsm", "QCFS"):
+            raise SystemExit("error: the model has pmsm::QCFS quantizers: they become binary IF neurons, whose T "
+                             "steps are not the quantizer with L·T levels; give a PQA model")
+        if (node.domain, node.op_type) == PQA_OP:
             for attr in node.attribute:
                 if attr.name == "L":
                     attr.i *= factor
                     changed += 1
     if not changed:
-        raise SystemExit("error: the model has no pmsm::PQA or pmsm::QCFS node (give pmsm-train's ONNX export)")
+        raise SystemExit("error: the model has no pmsm::PQA node (give pmsm-train's ONNX export of a PQA model)")
     return finer
 
 

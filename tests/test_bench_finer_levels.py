@@ -5,7 +5,7 @@ layer sees the input unchanged (a 1×1 convolution of weight 1), inputs on a dya
 never sits on a rounding tie for T < 128, λ a power of two, so every float operation on both
 sides is exact. There the SNN's mean output over T steps (exact mode, the runtime) equals the
 ANN whose PQA has L·T levels, bit for bit, inside the caps and beyond them. Then the script
-itself on the tiny PQA/QCFS pair: L multiplied on every quantizer, T = 1 is the model's own ANN.
+itself on the tiny PQA model: L multiplied on every quantizer; a QCFS model is refused.
 """
 
 from __future__ import annotations
@@ -68,15 +68,18 @@ def test_with_finer_levels_multiplies_every_quantizers_levels(tmp_path):
     from tiny_models import export_tiny_pair
 
     bench = load_bench_script("finer_levels")
-    for path in export_tiny_pair(tmp_path).values():
-        model = onnx.load(path)
-        finer = bench.with_finer_levels(model, 3)
-        levels = [(n, f) for n, f in zip(model.graph.node, finer.graph.node) if n.domain == "pmsm"]
-        assert levels
-        for before, after in levels:
-            l0 = next(a.i for a in before.attribute if a.name == "L")  # a copy: the model keeps its L
-            assert next(a.i for a in after.attribute if a.name == "L") == 3 * l0
-            assert [a for a in before.attribute if a.name != "L"] == [a for a in after.attribute if a.name != "L"]
+    paths = export_tiny_pair(tmp_path)
+    model = onnx.load(paths["pqa"])
+    finer = bench.with_finer_levels(model, 3)
+    levels = [(n, f) for n, f in zip(model.graph.node, finer.graph.node) if n.domain == "pmsm"]
+    assert levels
+    for before, after in levels:
+        l0 = next(a.i for a in before.attribute if a.name == "L")  # a copy: the model keeps its L
+        assert next(a.i for a in after.attribute if a.name == "L") == 3 * l0
+        assert [a for a in before.attribute if a.name != "L"] == [a for a in after.attribute if a.name != "L"]
+    # QCFS becomes binary IF neurons: T steps of those are not its quantizer with L·T levels
+    with pytest.raises(SystemExit, match="pmsm::QCFS"):
+        bench.with_finer_levels(onnx.load(paths["qcfs"]), 3)
 
 
 def test_finer_levels_script(tmp_path, capsys):
@@ -90,6 +93,10 @@ def test_finer_levels_script(tmp_path, capsys):
     rows = json.loads(js.read_text())["rows"]
     assert [r["t"] for r in rows] == [1, 2, 4096]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    from pmsm_compiler.data import load_dataset
+
+    own = bench.accuracy(onnx.load(path), load_dataset("bundled").evenly_spaced(40), 100)
+    assert rows[0]["accuracy"] == own  # T = 1: the model's own ANN
     assert "| ∞ (L·4096) |" in capsys.readouterr().out
 
 
