@@ -1,5 +1,7 @@
 """A PQA ViT compiles: LayerNorm, Softmax and activation×activation MatMuls become temporal
-wrappers, every quantizer (signed and unsigned) an AIF neuron; exact mode is lossless at T=1."""
+wrappers, every quantizer (signed and unsigned) an AIF neuron; exact mode is lossless at T=1
+(bit for bit against the plain ANN at onnxruntime levels disable and basic; at extended and all
+a known limitation, kept as strict xfails so that a fix shows)."""
 
 import numpy as np
 import pytest
@@ -100,3 +102,56 @@ def test_vit_dense_operations_match_the_formulas(vit_path, tmp_path):
     sops = sum(layer["sops"] for layer in rep["layers"])
     assert work["sops"] == pytest.approx(sops) and sops > 0
     assert work["neuromorphic_share"]["spikes"] == pytest.approx(sops / (sops + dense + info.static_macs))
+
+
+class _ScaledAttentionScores(torch.nn.Module):
+    """q·kᵀ of one attention layer, with SpikeZIP's placement (q quantized, then scaled by d^-½)
+    and λ's whose steps are not powers of two, so that where a scale is applied changes the
+    float32 result."""
+
+    def __init__(self, dim: int = 32, heads: int = 2):
+        super().__init__()
+        from pmsm_compiler.training.activations import PQA
+
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.q_quant = PQA(8, 2.3, -1.0, 7 / 8)
+        self.k_quant = PQA(8, 2.7, -1.0, 7 / 8)
+
+    def forward(self, x):  # [B, C, 4, 4] → 16 tokens of C channels
+        b = x.shape[0]
+        tokens = x.flatten(2).transpose(1, 2)
+        qkv = self.qkv(tokens).reshape(b, tokens.shape[1], 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = self.q_quant(qkv[0]) * self.head_dim ** -0.5
+        k = self.k_quant(qkv[1])
+        return (q @ k.transpose(-2, -1)).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def attention_scores_path(tmp_path_factory):
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("attn") / "attention_scores.onnx")
+    export_onnx(_ScaledAttentionScores().eval(), path, input_shape=(1, 32, 4, 4))
+    return path
+
+
+# MatMulScaleFusion is an onnxruntime "extended" rewrite. In the ANN the head permutation is pushed
+# through k's quantizer and merged with kᵀ into a Transpose the MatMul cannot absorb, so s_k·k is
+# rounded on its own; in the SNN the neuron stops that push, kᵀ folds into transB and s_k into the
+# FusedMatMul's alpha. Found on a trained ViT (4 of 10,000 test predictions, docs/training.md);
+# pmsm-compile's verification, whose ANN exposes the quantizers' outputs, does not see it.
+_SCALE_FUSION = pytest.mark.xfail(strict=True, reason="known limitation: onnxruntime folds attention's k scale "
+                                                      "into q·kᵀ in the SNN but not in the ANN (README, Transformers)")
+
+
+@pytest.mark.parametrize("opt_level", ["disable", "basic", pytest.param("extended", marks=_SCALE_FUSION),
+                                       pytest.param("all", marks=_SCALE_FUSION)])
+def test_exact_attention_scores_equal_the_plain_anns_bit_for_bit(attention_scores_path, opt_level):
+    from pmsm_compiler.pipeline import compile_and_verify
+
+    compiled = compile_and_verify(attention_scores_path, "exact", opt_level=opt_level)
+    compiled.raise_if_failed("attention_scores.onnx")
+    x = np.random.default_rng(0).normal(0, 1, (64, 32, 4, 4)).astype(np.float32)
+    ann = make_session(compiled.ann, opt_level).run(None, {"input": x})[0]
+    snn = SNNSession(compiled.model, opt_level=opt_level).run_batch(x, 1).mean_outputs
+    assert np.array_equal(snn, ann)
