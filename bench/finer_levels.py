@@ -7,7 +7,8 @@ An AIF neuron with u₀ = ½ and a constant input x (threshold units) emits, ove
 floor(T·x + ½)/T spikes per step: the rounding of x to a step of 1/T (beyond a cap, the cap).
 So a layer run for T steps and averaged is the layer's quantizer with L·T levels on the same λ
 (step s/T, the same clip range [αλ, βλ]); as T grows it tends to clip(x, αλ, βλ), the quantizer
-without rounding. For the first neuron layer this holds exactly; deeper layers see inputs that
+without rounding. For the first neuron layer this holds up to the float rounding of the sums
+(bit for bit on the dyadic inputs of its test); deeper layers see inputs that
 vary from step to step, so for them it is the first-order picture. It is PQA's picture: QCFS
 converts to binary IF neurons (θ = λ, one spike per step at most), whose T steps are not its
 quantizer with L·T levels, so a pmsm::QCFS model is refused.
@@ -29,7 +30,10 @@ import json
 import os
 import sys
 
-PQA_OP = ("pmsm", "PQA")
+from pmsm_compiler.ops import DOMAIN
+
+#: --t inf: L multiplied by this, close enough to no rounding at all
+UNROUNDED_FACTOR = 4096
 
 
 def with_finer_levels(model, factor: int):
@@ -41,10 +45,10 @@ def with_finer_levels(model, factor: int):
     finer.CopyFrom(model)
     changed = 0
     for node in finer.graph.node:
-        if (node.domain, node.op_type) == ("pmsm", "QCFS"):
+        if node.domain == DOMAIN and node.op_type == "QCFS":
             raise SystemExit("error: the model has pmsm::QCFS quantizers: they become binary IF neurons, whose T "
                              "steps are not the quantizer with L·T levels; give a PQA model")
-        if (node.domain, node.op_type) == PQA_OP:
+        if node.domain == DOMAIN and node.op_type == "PQA":
             for attr in node.attribute:
                 if attr.name == "L":
                     attr.i *= factor
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="a quantized ANN exported by pmsm-train (ONNX)")
     ap.add_argument("--data", required=True, help="folder with test.npz (or anything pmsm-run --data takes)")
-    ap.add_argument("--t", default="1,2,4,8,16", help="comma-separated T (factors of L); 'inf' adds L·4096")
+    ap.add_argument("--t", default="1,2,4,8,16", help=f"comma-separated T (factors of L); 'inf': L·{UNROUNDED_FACTOR}")
     ap.add_argument("--limit", type=int, default=None, help="N evenly spaced test images only")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--snn-json", help="the SNN's accuracy by T to print beside: a bench/vit_results.py --json, "
@@ -105,10 +109,10 @@ def main(argv=None) -> int:
     if not os.path.isfile(args.model):
         ap.error(f"no such model: {args.model}")
     try:
-        factors = [4096 if t.strip() == "inf" else int(t) for t in args.t.split(",")]
+        factors = [None if t.strip() == "inf" else int(t) for t in args.t.split(",")]
     except ValueError:
         ap.error(f"--t takes comma-separated positive integers or 'inf', got {args.t!r}")
-    if any(f < 1 for f in factors):
+    if any(f is not None and f < 1 for f in factors):
         ap.error("--t values must be >= 1")
     import onnx
 
@@ -119,12 +123,12 @@ def main(argv=None) -> int:
     model = onnx.load(args.model)
     snn = snn_accuracy_by_t(args.snn_json, args.snn_model) if args.snn_json else {}
     rows = []
-    for factor in factors:
-        acc = accuracy(with_finer_levels(model, factor), dataset, args.batch_size)
-        row = {"t": factor, "levels_factor": factor, "accuracy": acc}
+    for t in factors:  # None: T → ∞
+        acc = accuracy(with_finer_levels(model, t or UNROUNDED_FACTOR), dataset, args.batch_size)
+        row = {"t": t, "accuracy": acc}
         for mode, by_t in snn.items():
-            if factor <= len(by_t):
-                row[f"snn_{mode}"] = by_t[factor - 1]
+            if t is not None and t <= len(by_t):
+                row[f"snn_{mode}"] = by_t[t - 1]
         rows.append(row)
     modes = list(snn)
     print(f"{os.path.basename(args.model)}, {len(dataset.y)} test images: the ANN with L·T levels "
@@ -133,7 +137,7 @@ def main(argv=None) -> int:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
-        cells = ["∞ (L·4096)" if r["t"] == 4096 else str(r["t"]), f"{100 * r['accuracy']:.2f}"]
+        cells = [f"∞ (L·{UNROUNDED_FACTOR})" if r["t"] is None else str(r["t"]), f"{100 * r['accuracy']:.2f}"]
         cells += [f"{100 * r[f'snn_{m}']:.2f}" if f"snn_{m}" in r else "–" for m in modes]
         print("| " + " | ".join(cells) + " |")
     if args.json:

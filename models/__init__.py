@@ -18,6 +18,16 @@ def shipped_model_path(filename: str):
     return path
 
 
+def training_stages(card: dict) -> list[int]:
+    """Epochs of each training stage behind a model card, earliest first: for a fine-tune, the
+    stages it started from (``pretraining``, nested), then its own run."""
+    stages, stage = [card["training"]["epochs_done"]], card.get("pretraining")
+    while stage:
+        stages.append(stage["epochs_done"])
+        stage = stage.get("pretraining")
+    return stages[::-1]
+
+
 def __getattr__(name):
     # the zoo moved to pmsm_compiler.training.zoo; users' `from pmsm_compiler.models import build_model` still works
     if name in ("build_model", "ZOO"):

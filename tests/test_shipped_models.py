@@ -25,11 +25,9 @@ def card(name):
 
 def total_epochs(c) -> int:
     """The epochs behind a shipped model: its own run's and, for a fine-tune, every stage it started from."""
-    total, stage = c["training"]["epochs_done"], c.get("pretraining")
-    while stage:
-        total += stage["epochs_done"]
-        stage = stage.get("pretraining")
-    return total
+    from pmsm_compiler.models import training_stages
+
+    return sum(training_stages(c))
 
 
 def test_the_default_pqa_model_is_shipped():

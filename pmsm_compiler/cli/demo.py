@@ -29,13 +29,12 @@ LABELS = {"PMSM (PQA → AIF)": "PMSM", "PMSM sparse (PQA → AIF, spike-penaliz
 
 def _training_budget(card: dict) -> str:
     """What a model card says the model was trained for; a fine-tune counts the stages it started from."""
-    own, stages, stage = card["training"]["epochs_done"], [], card.get("pretraining")
-    while stage:
-        stages.append(stage["epochs_done"])
-        stage = stage.get("pretraining")
-    if not stages:
+    from pmsm_compiler.models import training_stages
+
+    *earlier, own = training_stages(card)
+    if not earlier:
         return f"trained {own} epochs"
-    return f"fine-tuned {own} epochs after {' + '.join(str(n) for n in reversed(stages))} earlier ones"
+    return f"fine-tuned {own} epochs after {' + '.join(str(n) for n in earlier)} earlier ones"
 
 
 def _shipped(name):
