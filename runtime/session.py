@@ -28,7 +28,11 @@ The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The s
   (residual Add, exact mode's Div and Mul by θ) run inside it, and the neurons read and write the
   blocked NCHWc tensors of the convolutions, without the layout conversions around each of them;
   bit-identical results (``rewrite_optimized=False`` runs the optimized graph as it is);
-- reuses one IOBinding for the middle steps when every state is updated in place.
+- reuses one IOBinding for the middle steps when every state is updated in place;
+- runs the one step of a T = 1 run of an exact-mode model in the ANN's form
+  (``runtime.ann_form_step``, CPU): the whole model, the neurons as the quantizer's own ops, the
+  spike counting attached after onnxruntime's optimization, so that onnxruntime rewrites it as
+  it rewrites the ANN (``ann_form=False``: the usual first-and-last step).
 
 ``profile_prefix`` records onnxruntime's per-node trace of every session (``end_profiling``).
 
@@ -70,7 +74,7 @@ class SNNSession:
 
     def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
                  priority_order: bool = True, in_place: bool = True, kernels: str = "auto", counters: bool = True,
-                 profile_prefix: str | None = None, rewrite_optimized: bool = True):
+                 profile_prefix: str | None = None, rewrite_optimized: bool = True, ann_form: bool = True):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -106,6 +110,10 @@ class SNNSession:
         self.kernels = self._kernel_library(kernels)
         if info.counters_output and not counters:
             model = without_output(model, info.counters_output)
+        # T = 1 in exact mode: the one step in the ANN's own form (runtime/ann_form_step.py), from
+        # the whole model, built on first use; any other model or provider: the usual first step
+        self._ann_form_model = model if (ann_form and info.mode == "exact" and self.device == "cpu") else None
+        self._ann_form_note: str | None = None
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True,
                                       qdq_fusion=False, profile_prefix=self._profile_name("prologue"))
@@ -337,10 +345,61 @@ class SNNSession:
             self._blocked_states, self._step_rewrites = decisions, rewrites
         return session
 
+    @property
+    def ann_form(self) -> bool:
+        """Whether a T = 1 run's one step runs in the ANN's form (``runtime.ann_form_step``: the
+        whole model, neurons as the quantizer's ops, counted after onnxruntime's optimization);
+        decided on first use. Why not, where it was tried and refused: ``ann_form_note``."""
+        self.session_for(True, True)
+        return _ANN_FORM in self._variants
+
+    @property
+    def ann_form_note(self) -> str | None:
+        """Why the T = 1 step is not in the ANN's form although the model is in exact mode."""
+        self.session_for(True, True)
+        return self._ann_form_note
+
+    def _ann_form_session(self):
+        """The T = 1 step in the ANN's form, or None (``ann_form_note`` says why)."""
+        from pmsm_compiler.sessions import write_optimized_model
+
+        from .ann_form_step import NotAnnForm, ann_form_step_session
+        from .optimized_step import MAX_MODEL_BYTES
+
+        model = self._ann_form_model
+        self._ann_form_model = None  # built once: the session holds what it needs
+        if model.ByteSize() > MAX_MODEL_BYTES:
+            self._ann_form_note = "too large to rewrite after onnxruntime's optimization"
+            return None
+        options = dict(threads=self._threads, shared_arena=True, qdq_fusion=False, priority_order=self.priority_order)
+        profile_prefix = self._profile_name(_variant_label(True, True, ()))
+
+        def make(path):
+            return make_session(path, "disable", self.providers, **options, profile_prefix=profile_prefix)
+
+        def optimize(m, path):
+            write_optimized_model(m, path, self._opt_level, self.providers, **options)
+
+        try:
+            return ann_form_step_session(model, self.info, make, optimize)
+        except NotAnnForm as exc:
+            self._ann_form_note = str(exc)
+            return None
+
     def session_for(self, first: bool, last: bool, extra_outputs: tuple = ()):
         """The onnxruntime session for a step at this position in time (created on first use);
-        ``extra_outputs``: intermediate tensors it also outputs (e.g. the layers' spikes)."""
+        ``extra_outputs``: intermediate tensors it also outputs (e.g. the layers' spikes). The one
+        step of T = 1 (first and last, no extra output) of an exact-mode model runs in the ANN's
+        form where it can (``ann_form``): it then reads the network input, not the prologue's."""
         key = (first, last, tuple(extra_outputs))
+        if key == (True, True, ()) and self._ann_form_model is not None:
+            session = self._ann_form_session()
+            if session is not None:
+                self._variants[_ANN_FORM] = session
+                self._note_fusion(0, ["a T = 1 run: the neurons run as the quantizer's own ops, in the ANN's form"])
+                return session
+        if key == (True, True, ()) and _ANN_FORM in self._variants:
+            return self._variants[_ANN_FORM]
         if key not in self._variants:
             plain = not (first or last or extra_outputs)
             # The layout of the membranes is the middle step's (built first if need be): states flow
@@ -359,11 +418,11 @@ class SNNSession:
         with the ANN."""
         self.check_input(x)
         feeds = {}
-        if self.prologue is not None:
-            names = [o.name for o in self.prologue.get_outputs()]
-            feeds.update(zip(names, self.prologue.run(None, {self.input_name: x})))
         session = self.session_for(True, True, tuple(extra_outputs))
         inputs = {i.name for i in session.get_inputs()}
+        if self.prologue is not None and not (_ANN_FORM in self._variants and session is self._variants[_ANN_FORM]):
+            names = [o.name for o in self.prologue.get_outputs()]
+            feeds.update(zip(names, self.prologue.run(None, {self.input_name: x})))
         if self.input_name in inputs:
             feeds[self.input_name] = x
         if self.info.time_input in inputs:
@@ -433,7 +492,8 @@ class SNNSession:
         """``real``: how many leading samples are real (the rest is padding, left out of ``counters``)."""
         n = x.shape[0]
         x_value = self._ortvalue(x)
-        if self.prologue is not None:
+        one_step = timesteps == 1 and self.session_for(True, True) is self._variants.get(_ANN_FORM)
+        if self.prologue is not None and not one_step:  # the ANN-form step reads the network input
             pb = self.prologue.io_binding()
             pb.bind_ortvalue_input(self.input_name, x_value)
             for name in self._prologue_outputs:
@@ -525,8 +585,11 @@ class SNNSession:
 
 
 _MIDDLE = (False, False, ())
+_ANN_FORM = (True, True, "ann_form")
 
 
 def _variant_label(first: bool, last: bool, extra_outputs: tuple) -> str:
     label = {(False, False): "step", (True, False): "first", (False, True): "last", (True, True): "first+last"}
+    if extra_outputs == "ann_form":
+        return "first+last"
     return label[(first, last)] + (f"+{len(extra_outputs)}outputs" if extra_outputs else "")

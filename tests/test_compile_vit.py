@@ -1,7 +1,7 @@
 """A PQA ViT compiles: LayerNorm, Softmax and activation×activation MatMuls become temporal
 wrappers, every quantizer (signed and unsigned) an AIF neuron; exact mode is lossless at T=1
-(bit for bit against the plain ANN at onnxruntime levels disable and basic; at extended and all
-a known limitation, kept as strict xfails so that a fix shows)."""
+(bit for bit against the plain ANN at every onnxruntime level: the T = 1 step runs in the ANN's
+form)."""
 
 import numpy as np
 import pytest
@@ -142,22 +142,25 @@ def attention_scores_path(request, tmp_path_factory):
 
 # MatMulScaleFusion is an onnxruntime "extended" rewrite. With the head permutation, in the ANN it
 # is pushed through k's quantizer and merged with kᵀ into a Transpose the MatMul cannot absorb, so
-# s_k·k is rounded on its own; in the SNN the neuron stops that push, kᵀ folds into transB and s_k
-# into the FusedMatMul's alpha. Found on a trained ViT (4 of 10,000 test predictions,
-# docs/training.md); pmsm-compile's verification, whose ANN exposes the quantizers' outputs, does
-# not see it. With one head and no permutation both fold kᵀ and s_k and agree: a fix has to
-# follow onnxruntime's decisions on the ANN, not a rule such as "a Transpose after the neuron".
+# s_k·k is rounded on its own; a neuron op (or a spike count reading k) stops that push, and then
+# kᵀ folds into transB and s_k into the FusedMatMul's alpha. Found on a trained ViT (4 of 10,000
+# test predictions, docs/training.md). A T = 1 run therefore runs its step in the ANN's form
+# (runtime/ann_form_step.py): neurons as the quantizer's ops, counted after onnxruntime's
+# optimization. With one head and no permutation both fold kᵀ and s_k: the fix follows
+# onnxruntime's decisions on the ANN, not a rule such as "a Transpose after the neuron".
 @pytest.mark.parametrize("opt_level", ["disable", "basic", "extended", "all"])
-def test_exact_attention_scores_equal_the_plain_anns_bit_for_bit(attention_scores_path, opt_level, request):
+def test_exact_attention_scores_equal_the_plain_anns_bit_for_bit(attention_scores_path, opt_level):
     from pmsm_compiler.pipeline import compile_and_verify
 
     path, heads = attention_scores_path
-    if heads and opt_level in ("extended", "all"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason="known limitation: onnxruntime folds attention's "
-                                              "k scale into q·kᵀ in the SNN but not in the ANN (README, Transformers)"))
     compiled = compile_and_verify(path, "exact", opt_level=opt_level)
     compiled.raise_if_failed("attention_scores.onnx")
     x = np.random.default_rng(0).normal(0, 1, (64, 32, 4, 4)).astype(np.float32)
     ann = make_session(compiled.ann, opt_level).run(None, {"input": x})[0]
-    snn = SNNSession(compiled.model, opt_level=opt_level).run_batch(x, 1).mean_outputs
+    session = SNNSession(compiled.model, opt_level=opt_level)
+    snn = session.run_batch(x, 1).mean_outputs
+    assert session.ann_form and session.ann_form_note is None
     assert np.array_equal(snn, ann)
+    # the step in the neurons' own form: what the fix changes (where the ANN's rewrite crosses k's quantizer)
+    usual = SNNSession(compiled.model, opt_level=opt_level, ann_form=False).run_batch(x, 1).mean_outputs
+    assert np.array_equal(usual, ann) == (not heads or opt_level in ("disable", "basic"))

@@ -479,18 +479,20 @@ def test_a_one_step_run_builds_no_middle_step_and_a_two_step_run_asks_it_the_lay
         assert two.blocked_states
 
 
-def test_a_one_step_dataset_run_and_its_report_build_only_the_one_step(snn_models):
+@pytest.mark.parametrize("mode,built", [("folded", (True, True, ())), ("exact", (True, True, "ann_form"))])
+def test_a_one_step_dataset_run_and_its_report_build_only_the_one_step(snn_models, mode, built):
     # what pmsm-run does at T = 1: the compatibility checks, the run and the kernels' report read
-    # the model or the sessions that ran; none builds a middle step for its answer
+    # the model or the sessions that ran; none builds a middle step for its answer (exact mode:
+    # the one step in the ANN's form)
     from pmsm_compiler.data import Dataset
     from pmsm_compiler.runtime import SNNSession, run_dataset
 
-    session = SNNSession(snn_models[("resnet_pqa", "exact")])
+    session = SNNSession(snn_models[("resnet_pqa", mode)])
     rng = np.random.default_rng(0)
     data = Dataset(rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), rng.integers(0, 10, 6), name="random")
     report = run_dataset(session, data, 1, 3, [0.5] * 3, [0.25] * 3, progress=False)
     kernels = session.kernel_report()
-    assert list(session._variants) == [(True, True, ())]
+    assert list(session._variants) == [built]
     assert report["samples"] == 6 and kernels["layers_fused"] == session.fused_layers
     assert session.output_dims(session.output_names[0])[1:] == [10]
 

@@ -244,12 +244,38 @@ def test_verification_runs_the_snn_through_the_runtime(monkeypatch, mode):
 
     def one_level_off(self, xb, extra_outputs=()):
         out = first_step(self, xb, extra_outputs)
-        out[spikes] = out[spikes] + np.float32(1)
+        if spikes in out:
+            out[spikes] = out[spikes] + np.float32(1)
         return out
 
     monkeypatch.setattr(SNNSession, "run_first_step", one_level_off)
     report = verify(ann, compiled, x, mode=mode)
     assert not report["passed"] and report["layers"][0]["mismatches"] == report["layers"][0]["compared"]
+
+
+def test_exact_mode_compares_the_run_as_it_runs_with_the_plain_ann(monkeypatch):
+    """Exposing outputs stops onnxruntime's rewrites across them, so the levels can agree where the
+    outputs, as run, do not: the T = 1 run (no spikes requested) is compared with the plain ANN
+    too, and exact mode fails on its last bit."""
+    ann = conv_pqa_fc("N")
+    compiled = compile_model(ann, mode="exact")
+    x = random_inputs(compiled.info, 16, 0)
+    report = verify(ann, compiled, x, mode="exact")
+    assert report["passed"] and report["plain_ann"]["max_abs_diff"] == 0.0
+    assert report["plain_ann"]["ann_form"] is True and report["plain_ann"]["top1_agreement"] == 1.0
+    first_step = SNNSession.run_first_step
+
+    def last_bit_off_as_run(self, xb, extra_outputs=()):
+        out = first_step(self, xb, extra_outputs)
+        if not extra_outputs:
+            out["y"] = np.nextafter(out["y"], np.float32(np.inf))
+        return out
+
+    monkeypatch.setattr(SNNSession, "run_first_step", last_bit_off_as_run)
+    report = verify(ann, compiled, x, mode="exact")
+    assert report["max_abs_diff"] == 0.0 and report["plain_ann"]["max_abs_diff"] > 0
+    assert not report["passed"] and "differ from the plain ANN's" in report["failures"][0]
+    assert verify(ann, compile_model(ann, mode="folded"), x, mode="folded")["passed"]  # information there
 
 
 def test_a_deployed_ann_onnxruntime_cannot_build_is_reported_not_fatal(monkeypatch):
