@@ -158,21 +158,25 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
         x, label = verification_inputs(info, data=data, samples=samples, seed=seed, normalization=normalization)
     batch = info.inputs[0].shape[0]  # one sample, or the batch the model declares
     probe = random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed)
-    plain_session = None
+    sessions = {}
     if check and compiled.reference is ann and not has_qdq(ann):
-        # The verification's plain ANN session (the same model, as onnxruntime runs it) runs the
-        # check: one onnxruntime copy of the weights fewer to build. With Q/DQ nodes the check
-        # runs the model as deployed (Q/DQ fused), which the verification's session does not.
+        # One of the verification's own ANN sessions runs the check: one onnxruntime copy of the
+        # weights fewer to build. Exact mode: the plain ANN (the outputs as run), built first and
+        # kept; folded: the ANN with its quantizer outputs exposed. With Q/DQ nodes the check runs
+        # the model as deployed (Q/DQ fused), which the verification's sessions do not.
+        exposed = mode != "exact"
         with onnxruntime_errors(what):
-            plain_session = reference_session(compiled, opt_level, providers, threads, exposed=False)
-            plain_session.run(None, {plain_session.get_inputs()[0].name: probe})
+            session = reference_session(compiled, opt_level, providers, threads, exposed=exposed)
+            session.run(None, {session.get_inputs()[0].name: probe})
+        sessions["ann_session" if exposed else "plain_session"] = session
+        del session
     else:
         check_runs(ann, probe, opt_level, what=what, providers=providers, threads=threads)
     verification = dict(SKIPPED)
     if check:
         verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode,
                               policy=policy or VerificationPolicy(), data_label=label, providers=providers,
-                              threads=threads, plain_session=plain_session)
+                              threads=threads, **{k: sessions.pop(k) for k in list(sessions)})
     end = time.perf_counter()
     phases = {"load": round(loaded - start, 3), "compile": round(compiled_at - loaded, 3),
               "verify": round(end - compiled_at, 3)}

@@ -9,9 +9,9 @@ spike counts k); for the network outputs the max |difference| and the top-1 agre
 
 Exposing a quantizer's output (in the ANN) or a layer's spikes (in the SNN) stops onnxruntime's
 rewrites that cross it, so that comparison is between two models nobody runs as such. The
-outputs are therefore also compared as they are run (``plain_ann``): the plain ANN, nothing
-exposed, against the SNN's T = 1 run (in exact mode its step in the ANN's form,
-``runtime.ann_form_step``); exact mode requires them identical too.
+outputs are therefore also compared as they are run (``plain_ann``, exact mode): the plain ANN,
+nothing exposed, against the SNN's T = 1 run (its step in the ANN's form,
+``runtime.ann_form_step``), and required identical too.
 
 Policy (documented in docs/report-schema.md):
 - ``exact`` mode claims bit-identity: passed only if every AIF layer agrees on every level and the
@@ -67,6 +67,11 @@ from pmsm_compiler.snn_format import SNNInfo
 #: ViT-S's 15 MB per sample peaked at 4.5 GiB; each sample of a batch costs it ~120 MB. Smaller
 #: batches cost no measurable time here (ViT-S, ANN and SNN at batch 1 and 4: the same CPU time).
 BATCH_BYTES = 16 * 2**20
+
+
+#: The comparison as run holds only the network outputs, so its batches may be this many times
+#: the verification's (at most ``batch_size``): ViT-S runs 4 samples a batch there, not 1.
+PLAIN_BATCH_FACTOR = 4
 
 
 def verification_batch(info: SNNInfo, batch_size: int = 32) -> int:
@@ -245,13 +250,28 @@ def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, fixed_batc
     return record
 
 
+def _compare_as_run(plain_sess, runtime, x, input_name, outputs, batch) -> dict:
+    """{max_abs_diff, top1_agreement} of the plain ANN's outputs and the SNN's T = 1 run's."""
+    diff, same, compared = 0.0, 0, 0
+    for xb, n in padded_batches(x, batch):
+        snn = runtime.run_first_step(xb)
+        ann = dict(zip(outputs, plain_sess.run(outputs, {input_name: xb})))
+        for name in outputs:
+            if ann[name].size:
+                diff = max(diff, float(np.abs(ann[name][:n].astype(np.float64) - snn[name][:n]).max()))
+        if ann[outputs[0]].ndim == 2:
+            same += int((ann[outputs[0]][:n].argmax(1) == snn[outputs[0]][:n].argmax(1)).sum())
+            compared += n
+    return {"max_abs_diff": diff, "top1_agreement": same / compared if compared else None}
+
+
 def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all", mode: str | None = None,
            policy: VerificationPolicy | None = None, batch_size: int = 32, data_label: str = "random",
            providers=None, threads: int = 0, ann_session=None, plain_session=None) -> dict:
     """The T = 1 verification report (see the module docstring). ``ann_session``,
-    ``plain_session``: the ``reference_session``s, exposed and plain, when the caller built them
-    already (``pipeline`` builds the plain one, to run its check on it instead of building a
-    session of the ANN for that alone)."""
+    ``plain_session``: the ``reference_session``s, exposed and plain, when the caller built one
+    already (``pipeline`` does, to run its check on it instead of building a session of the ANN
+    for that alone; the plain one is freed once used, when the caller keeps no reference)."""
     info = compiled.info
     mode = mode or info.mode
     policy = policy or VerificationPolicy()
@@ -263,6 +283,27 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     # What a deployment of the quantized ANN computes (onnxruntime's default: Q/DQ fused into
     # integer kernels), compared for information only.
     quantized = has_qdq(given)
+    # the SNN as the runtime runs the one step of T = 1 (static prologue, fused kernels, ...)
+    runtime = SNNSession(compiled.model, opt_level=opt_level, providers=providers, threads=threads)
+    plain = None
+    if mode == "exact":
+        # The outputs as run, first: the ANN as onnxruntime runs it, nothing exposed (exposing a
+        # quantizer's output stops the rewrites that cross it, so the comparison below runs an ANN
+        # nobody deploys), against the SNN's T = 1 run (its step in the ANN's form). Only network
+        # outputs are held, so its batches are larger (``PLAIN_BATCH_FACTOR``). Its sessions are freed before
+        # the others are built: the caller hands ``plain_session`` over (pipeline keeps no reference).
+        plain_sess = plain_session or make_session(ann.SerializeToString(), opt_level, providers, threads,
+                                                   qdq_fusion=False)
+        plain_session = None
+        plain = {"what": "the SNN's T = 1 run against the ANN as onnxruntime runs it, no quantizer output exposed",
+                 **_compare_as_run(plain_sess, runtime, x, input_name, info.outputs,
+                                   declared_batch(info.inputs[0].shape)
+                                   or min(batch_size, PLAIN_BATCH_FACTOR * verification_batch(info, batch_size))),
+                 "ann_form": runtime.ann_form}
+        if runtime.ann_form_note:
+            plain["ann_form_note"] = runtime.ann_form_note
+        del plain_sess
+        runtime.drop_sessions()
     deployed_sess, deployed_unavailable = None, None
     if quantized:
         try:
@@ -275,12 +316,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                                            opt_level, providers, threads, qdq_fusion=False)
     tail_sess = make_session(teacher_forced_tail(ann, layers).SerializeToString(), opt_level, providers, threads,
                              qdq_fusion=False)
-    # the ANN as onnxruntime runs it, nothing exposed: exposing a quantizer's output stops the
-    # rewrites that cross it, so the per-layer comparison above runs an ANN nobody deploys
-    plain_sess = plain_session or make_session(ann.SerializeToString(), opt_level, providers, threads,
-                                               qdq_fusion=False)
-    # the SNN as the runtime runs the one step of T = 1 (static prologue, fused kernels, ...)
-    runtime = SNNSession(compiled.model, opt_level=opt_level, providers=providers, threads=threads)
+
     spikes = [l.spike_tensor for l in layers]
     ann_names = [o.name for o in ann_sess.get_outputs()]
     tail_inputs = {i.name for i in tail_sess.get_inputs()}
@@ -292,20 +328,10 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     top1_same = 0
     top1_compared = 0  # top-1 applies only to a [batch, classes] first output
     deployed_same, deployed_diff = 0, 0.0
-    plain_diff, plain_same = 0.0, 0
     batch = verification_batch(info, batch_size)
     for xb, n in padded_batches(x, batch):
         a = dict(zip(ann_names, ann_sess.run(None, {input_name: xb})))
         s = runtime.run_first_step(xb, spikes)
-        # the SNN's one step as a T = 1 run runs it (exact mode: in the ANN's form) and the plain ANN
-        plain_snn = runtime.run_first_step(xb)
-        plain_ann = dict(zip(outputs, plain_sess.run(outputs, {input_name: xb})))
-        for name in outputs:
-            if plain_ann[name].size:
-                plain_diff = max(plain_diff, float(np.abs(plain_ann[name][:n].astype(np.float64)
-                                                          - plain_snn[name][:n]).max()))
-        if plain_ann[outputs[0]].ndim == 2:
-            plain_same += int((plain_ann[outputs[0]][:n].argmax(1) == plain_snn[outputs[0]][:n].argmax(1)).sum())
         tail_feeds = {l.ann_output: emitted_values(l, s[l.spike_tensor]) for l in layers}
         if input_name in tail_inputs:
             tail_feeds[input_name] = xb
@@ -338,6 +364,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     onnx_reference = _cross_check_onnx_reference(ann, ann_sess, x, input_name, outputs[0],
                                                  declared_batch(info.inputs[0].shape)) \
         if quantized else None
+    deployed_built = deployed_sess is not None
     per_layer = []
     for j, layer in enumerate(layers):
         rate = float(agree[j] / total[j]) if total[j] else 1.0
@@ -367,10 +394,10 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                 failures.append(f"layer {p['name']}: {p['mismatches']} level mismatch(es)")
         if not has_if and max_abs != 0.0:
             failures.append(f"outputs differ (max |diff| = {max_abs:.3g})")
-        if not has_if and plain_diff != 0.0:
+        if not has_if and plain["max_abs_diff"] != 0.0:
             why = runtime.ann_form_note
-            failures.append(f"the T = 1 run's outputs differ from the plain ANN's (max |diff| = {plain_diff:.3g})"
-                            + (f": its step is not in the ANN's form ({why})" if why else ""))
+            failures.append(f"the T = 1 run's outputs differ from the plain ANN's (max |diff| = "
+                            f"{plain['max_abs_diff']:.3g})" + (f": its step is not in the ANN's form ({why})" if why else ""))
     else:
         # the rate itself, not 1 − agreement: 1 − 396/400 rounds to just above 0.01
         if mismatch_rate is not None and mismatch_rate > policy.max_level_mismatch:
@@ -383,17 +410,14 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         "samples": int(len(x)), "batch": int(batch), "data": data_label, "policy": policy_record,
         "level_agreement": overall, "top1_agreement": top1, "max_abs_diff": max_abs,
         "tail_max_abs_diff": tail_err, "tail_bound": bound,
-        "plain_ann": {
-            "what": "the SNN's T = 1 run against the ANN as onnxruntime runs it, no quantizer output exposed",
-            "max_abs_diff": plain_diff, "top1_agreement": plain_same / top1_compared if top1_compared else None,
-            "ann_form": runtime.ann_form, **({"ann_form_note": runtime.ann_form_note} if runtime.ann_form_note else {})},
+        "plain_ann": plain,
         "reference": ("the input model with its computed constants evaluated" if ann is not given
                       else "the input model"),
         "onnx_reference": onnx_reference,
         "deployed_ann": None if not quantized else {
             "what": "the input model in onnxruntime with Q/DQ fused into integer kernels (information only)",
-            "top1_agreement": deployed_same / top1_compared if top1_compared and deployed_sess else None,
-            "max_abs_diff": deployed_diff if deployed_sess else None,
+            "top1_agreement": deployed_same / top1_compared if top1_compared and deployed_built else None,
+            "max_abs_diff": deployed_diff if deployed_built else None,
             **({"unavailable": deployed_unavailable} if deployed_unavailable else {})},
         "lossy_layers_excluded": has_if, "layers": per_layer,
     }

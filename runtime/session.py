@@ -113,6 +113,7 @@ class SNNSession:
         # T = 1 in exact mode: the one step in the ANN's own form (runtime/ann_form_step.py), from
         # the whole model, built on first use; any other model or provider: the usual first step
         self._ann_form_model = model if (ann_form and info.mode == "exact" and self.device == "cpu") else None
+        self._full_model = self._ann_form_model
         self._ann_form_note: str | None = None
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True,
@@ -359,6 +360,13 @@ class SNNSession:
         self.session_for(True, True)
         return self._ann_form_note
 
+    def drop_sessions(self) -> None:
+        """Free the step sessions built so far (each holds its own copy of the weights); they are
+        built again on use (the T = 1 step in the ANN's form too)."""
+        if _ANN_FORM in self._variants:
+            self._ann_form_model = self._full_model
+        self._variants = {}
+
     def _ann_form_session(self):
         """The T = 1 step in the ANN's form, or None (``ann_form_note`` says why)."""
         from pmsm_compiler.sessions import write_optimized_model
@@ -367,7 +375,7 @@ class SNNSession:
         from .optimized_step import MAX_MODEL_BYTES
 
         model = self._ann_form_model
-        self._ann_form_model = None  # built once: the session holds what it needs
+        self._ann_form_model = None  # built once (again after ``drop_sessions``)
         if model.ByteSize() > MAX_MODEL_BYTES:
             self._ann_form_note = "too large to rewrite after onnxruntime's optimization"
             return None

@@ -195,10 +195,11 @@ def test_compiling_and_verifying_change_neither_the_ann_nor_the_snn(tmp_path):
     assert [o.domain for o in snn.model.opset_import] == [o.domain for o in unchecked.opset_import] == ["", "pmsm"]
 
 
-def test_the_check_runs_on_the_verifications_own_ann_session(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode,outputs", [("folded", [1, 3]), ("exact", [1, 1, 3])])
+def test_the_check_runs_on_the_verifications_own_ann_session(tmp_path, monkeypatch, mode, outputs):
     """The check that onnxruntime runs the ANN built a session of the ANN for one sample, then the
     verification built its own: one onnxruntime copy of the weights too many. The check runs on
-    the verification's plain ANN session."""
+    one of the verification's ANN sessions (exact mode: the plain one, which it compares as run)."""
     from pmsm_compiler import verify
     from pmsm_compiler.pipeline import compile_and_verify
 
@@ -211,10 +212,10 @@ def test_the_check_runs_on_the_verifications_own_ann_session(tmp_path, monkeypat
         return make(m, *a, **k)
 
     monkeypatch.setattr(verify, "make_session", counting)
-    result = compile_and_verify(tmp_path / "m.onnx", "folded")
+    result = compile_and_verify(tmp_path / "m.onnx", mode)
     assert result.passed
-    # the tail (the logits), the plain ANN (the logits: the check's) and the ANN with its 2 quantizer outputs
-    assert sorted(built) == [1, 1, 3]
+    # the tail (the logits), the ANN with its 2 quantizer outputs and, in exact mode, the plain ANN
+    assert sorted(built) == outputs
 
 
 @pytest.mark.parametrize("shape,factor_shape", [((300, 40, 3, 3), ()), ((300, 40, 3, 3), (300, 1, 1, 1)),
