@@ -192,26 +192,34 @@ def test_a_folded_model_keeps_the_usual_first_step(exact_models):
     assert session.info.mode == "folded" and not session.ann_form and session.ann_form_note is None
 
 
-def test_permuted_k_counts_equal_the_usual_steps(tmp_path):
-    """The head permutation is pushed through k's quantizer in the ANN form's optimized graph (k is
-    laid out [batch, tokens, heads, d] there, [batch, heads, tokens, d] in the model): its counts
-    are still the usual step's, while the scores follow the ANN."""
+@pytest.fixture(scope="module")
+def attention_scores(tmp_path_factory):
+    """(ANN, exact-mode compile) of one attention layer with the head permutation
+    (``test_compile_vit._ScaledAttentionScores``: λ's whose steps are not powers of two)."""
     torch = pytest.importorskip("torch")
     from test_compile_vit import _ScaledAttentionScores
 
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.loading import load_model
+    from pmsm_compiler.training.export import export_onnx
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("scores") / "attention_scores.onnx")
+    export_onnx(_ScaledAttentionScores(heads=2).eval(), path, input_shape=(1, 32, 4, 4))
+    ann = load_model(path)
+    return ann, compile_model(ann, mode="exact")
+
+
+def test_permuted_k_counts_equal_the_usual_steps(tmp_path, attention_scores):
+    """The head permutation is pushed through k's quantizer in the ANN form's optimized graph (k is
+    laid out [batch, tokens, heads, d] there, [batch, heads, tokens, d] in the model): its counts
+    are still the usual step's, while the scores follow the ANN."""
     from pmsm_compiler.runtime import SNNSession
     from pmsm_compiler.runtime.ann_form_step import detach_counting
     from pmsm_compiler.runtime.step_graphs import export_variant, variant_graph
     from pmsm_compiler.sessions import write_optimized_model
-    from pmsm_compiler.training.export import export_onnx
 
-    torch.manual_seed(0)
-    path = str(tmp_path / "attention_scores.onnx")
-    export_onnx(_ScaledAttentionScores(heads=2).eval(), path, input_shape=(1, 32, 4, 4))
-    ann = load_model(path)
-    compiled = compile_model(ann, mode="exact")
+    ann, compiled = attention_scores
     info = compiled.info
     graph = variant_graph(compiled.model, info, True, True)
     neurons_as_quantizer_ops(graph, info)
@@ -234,24 +242,14 @@ def test_permuted_k_counts_equal_the_usual_steps(tmp_path):
     assert np.array_equal(b.mean_outputs, plain_ann) and not np.array_equal(a.mean_outputs, plain_ann)
 
 
-def test_a_longer_runs_t1_figures_come_from_a_t1_run(tmp_path):
+def test_a_longer_runs_t1_figures_come_from_a_t1_run(attention_scores):
     """The first step of a T > 1 run is not in the ANN's form: on the head-permutation attention
     scores its outputs differ from the ANN's, and a report's t = 1 figures would too. run_dataset
     takes them from a T = 1 run of their own (``t1_from``)."""
-    torch = pytest.importorskip("torch")
-    from test_compile_vit import _ScaledAttentionScores
-
-    from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.data.dataset import Dataset
-    from pmsm_compiler.loading import load_model
     from pmsm_compiler.runtime import SNNSession, run_dataset
-    from pmsm_compiler.training.export import export_onnx
 
-    torch.manual_seed(0)
-    path = str(tmp_path / "attention_scores.onnx")
-    export_onnx(_ScaledAttentionScores(heads=2).eval(), path, input_shape=(1, 32, 4, 4))
-    ann = load_model(path)
-    compiled = compile_model(ann, mode="exact")
+    ann, compiled = attention_scores
     x = np.random.default_rng(0).normal(0, 1, (256, 32, 4, 4)).astype(np.float32)
     plain_ann = make_session(ann, "all")
     labels = plain_ann.run(None, {"input": x})[0].argmax(1)  # the ANN's own predictions as labels
