@@ -403,8 +403,7 @@ class SNNSession:
         if key == (True, True, ()) and self._ann_form_model is not None:
             session = self._ann_form_session()
             if session is not None:
-                self._variants[_ANN_FORM] = session
-                self._note_fusion(0, ["a T = 1 run: the neurons run as the quantizer's own ops, in the ANN's form"])
+                self._variants[_ANN_FORM] = session  # no fused kernels: the neurons are the quantizer's ops
                 return session
         if key == (True, True, ()) and _ANN_FORM in self._variants:
             return self._variants[_ANN_FORM]
