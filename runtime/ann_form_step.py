@@ -18,7 +18,10 @@ last bits, now and then by a level and a prediction (docs/training.md, the inter
 So the step is built without its counting nodes (``detach_counting``), optimized by onnxruntime
 at the session's level, and only then are the counting nodes attached to the optimized graph's k
 tensors (``attach_counting``), where they can change no rewrite; the result runs with
-onnxruntime's optimizations off (the same kernels onnxruntime chose). The whole model is the
+onnxruntime's optimizations off (the same kernels onnxruntime chose). With the fused neuron
+kernels loaded, the quantizer ops that onnxruntime left intact become neuron ops again
+(``quantizer_ops_as_neurons``) and fuse with their counting (``fuse_neuron_kernels``): the same
+float32 operations, in one pass. The whole model is the
 step: no static prologue, since the ANN is one graph too.
 
 The optimized graph may hold a k tensor in another layout than the compiled model's (a pushed
@@ -90,6 +93,75 @@ def neurons_as_quantizer_ops(graph: gs.Graph, info: SNNInfo) -> int:
         graph.nodes.extend(nodes)
         replaced += 1
     return replaced
+
+
+def quantizer_ops_as_neurons(graph: gs.Graph, info: SNNInfo) -> int:
+    """The inverse of ``neurons_as_quantizer_ops`` on onnxruntime's optimized graph: each fire
+    node that still reads its own Add (of a scalar constant membrane) and rounding op, which
+    nothing else reads, becomes the ``*Final`` neuron op again (the same float32 operations), so
+    that the runtime can fuse it with its counting into one kernel (``fuse_neuron_kernels``). The
+    graph runs with onnxruntime's optimizations off: no rewrite sees the opaque op any more.
+    Returns how many were restored; the others stay as the quantizer's ops (same results)."""
+    by_name = {n.name: n for n in graph.nodes}
+    restored = 0
+    for layer in info.layers:
+        fire = by_name.get(FIRE_NODE_PREFIX + layer.spike_tensor)
+        pattern = _fire_pattern(fire, graph) if fire is not None else None
+        if pattern is None:
+            continue
+        op, current, membrane, bounds, dropped = pattern
+        k = fire.outputs[0]
+        neuron = gs.Node(op, name=f"{layer.name}/neuron", domain=DOMAIN, inputs=[current, membrane], outputs=[])
+        if bounds is not None:
+            neuron.attrs = {"s_min": bounds[0], "s_max": bounds[1]}
+        for node in dropped:
+            node.inputs.clear()
+            node.outputs.clear()
+        graph.nodes = [n for n in graph.nodes if all(n is not d for d in dropped)]
+        neuron.outputs.append(k)
+        graph.nodes.append(neuron)
+        restored += 1
+    if restored:
+        graph.toposort()
+    return restored
+
+
+def _fire_pattern(fire: gs.Node, graph: gs.Graph):
+    """(op, current, membrane, (s_min, s_max) or None, nodes) for a fire node reading its intact
+    quantizer ops; None otherwise."""
+    def only(tensor, op):
+        if (tensor is None or len(tensor.inputs) != 1 or len(tensor.outputs) != 1 or tensor in graph.outputs
+                or tensor.inputs[0].op != op):
+            return None
+        return tensor.inputs[0]
+
+    def scalar(t):
+        return float(t.values) if isinstance(t, gs.Constant) and math.prod(t.shape) == 1 else None
+
+    if fire.op == "Clip" and len(fire.inputs) == 3:
+        lo, hi = scalar(fire.inputs[1]), scalar(fire.inputs[2])
+        rounding = next((r for r in ("Floor", "Round") if only(fire.inputs[0], r) is not None), None)
+        if lo is None or hi is None or rounding is None or lo != int(lo) or hi != int(hi):
+            return None
+        rounder = fire.inputs[0].inputs[0]
+        op, bounds, chain = {"Floor": "AIFFinal", "Round": "AIFHalfEvenFinal"}[rounding], (int(lo), int(hi)), [rounder]
+        m = rounder.inputs[0]
+    elif fire.op == "Cast" and fire.attrs.get("to") == onnx.TensorProto.FLOAT:
+        compare = only(fire.inputs[0], "GreaterOrEqual")
+        if compare is None or scalar(compare.inputs[1]) != 1.0:
+            return None
+        op, bounds, chain = "IFFinal", None, [compare]
+        m = compare.inputs[0]
+    else:
+        return None
+    add = only(m, "Add")
+    if add is None or len(add.inputs) != 2:
+        return None
+    membranes = [t for t in add.inputs if scalar(t) is not None]
+    if len(membranes) != 1:
+        return None
+    current = next(t for t in add.inputs if t is not membranes[0])
+    return op, current, membranes[0], bounds, [add, *chain, fire]
 
 
 def detach_counting(graph: gs.Graph, info: SNNInfo) -> list[gs.Node]:
@@ -174,13 +246,15 @@ def _traced_shape(tensor) -> list | None:
     return None
 
 
-def ann_form_step_session(model: onnx.ModelProto, info: SNNInfo, make, optimize):
-    """The session of the T = 1 step in the ANN's form (see the module docstring).
+def ann_form_step_session(model: onnx.ModelProto, info: SNNInfo, make, optimize, kernels: bool = False):
+    """(session, fused layers) of the T = 1 step in the ANN's form (see the module docstring).
 
     ``model``: the compiled SNN (the whole model); make(path): the session that runs a model
     file with onnxruntime's optimizations off; optimize(model, path): writes onnxruntime's
-    optimized graph of ``model`` to ``path`` at the session's level. NotAnnForm where the form
-    cannot be built or its counts cannot be shown per sample."""
+    optimized graph of ``model`` to ``path`` at the session's level; ``kernels``: the fused
+    neuron kernels are loaded (make registers them), so the neurons that onnxruntime left intact
+    become neuron ops again and fuse with their counting. NotAnnForm where the form cannot be
+    built or its counts cannot be shown per sample."""
     from pmsm_compiler.onnx_utils import import_graph
 
     from .step_graphs import export_variant, variant_graph
@@ -203,15 +277,25 @@ def ann_form_step_session(model: onnx.ModelProto, info: SNNInfo, make, optimize)
             pass
         opt_graph = import_graph(optimized)
         attach_counting(opt_graph, counting, info, count_outputs)
+        fused = 0
+        if kernels:
+            from .fuse_neuron_kernels import fuse_neuron_kernels, fused_layers
+
+            quantizer_ops_as_neurons(opt_graph, info)
+            opt_graph, _ = fuse_neuron_kernels(opt_graph)
+            fused = fused_layers(opt_graph)
         out = gs.export_onnx(opt_graph)  # the weights stay references to the data file
         out.ir_version = optimized.ir_version
         present = {f.name for f in out.functions}
         out.functions.extend(f for f in functions if f.name not in present)
         have = {o.domain for o in out.opset_import}
         out.opset_import.extend(o for o in step.opset_import if o.domain not in have)
+        from .fuse_neuron_kernels import with_kernel_domain
+
+        with_kernel_domain(out, fused)
         rewritten = os.path.join(tmp, "t1.counted.onnx")
         onnx.save(out, rewritten)
-        return make(rewritten)
+        return make(rewritten), fused
 
 
 def _memory_folder() -> str | None:

@@ -383,16 +383,19 @@ class SNNSession:
         profile_prefix = self._profile_name(_variant_label(True, True, ()))
 
         def make(path):
-            return make_session(path, "disable", self.providers, **options, profile_prefix=profile_prefix)
+            return make_session(path, "disable", self.providers, **options, profile_prefix=profile_prefix,
+                                custom_ops_library=self.kernels)
 
         def optimize(m, path):
             write_optimized_model(m, path, self._opt_level, self.providers, **options)
 
         try:
-            return ann_form_step_session(model, self.info, make, optimize)
+            session, fused = ann_form_step_session(model, self.info, make, optimize, kernels=bool(self.kernels))
         except NotAnnForm as exc:
             self._ann_form_note = str(exc)
             return None
+        self._note_fusion(fused, [])
+        return session
 
     def session_for(self, first: bool, last: bool, extra_outputs: tuple = ()):
         """The onnxruntime session for a step at this position in time (created on first use);
@@ -403,7 +406,7 @@ class SNNSession:
         if key == (True, True, ()) and self._ann_form_model is not None:
             session = self._ann_form_session()
             if session is not None:
-                self._variants[_ANN_FORM] = session  # no fused kernels: the neurons are the quantizer's ops
+                self._variants[_ANN_FORM] = session
                 return session
         if key == (True, True, ()) and _ANN_FORM in self._variants:
             return self._variants[_ANN_FORM]

@@ -65,6 +65,29 @@ def test_quantizer_op_neurons_fire_as_the_neuron_functions():
         np.testing.assert_array_equal(b, a)
 
 
+def test_intact_quantizer_ops_become_neurons_again():
+    # after onnxruntime's optimization: the fused kernels need the neuron op back
+    from pmsm_compiler.runtime.ann_form_step import quantizer_ops_as_neurons
+
+    model, info = _neuron_graph()
+    graph = gs.import_onnx(model)
+    neurons_as_quantizer_ops(graph, info)
+    assert quantizer_ops_as_neurons(graph, info) == 3
+    ops = sorted((n.op, tuple(sorted(n.attrs.items()))) for n in graph.nodes)
+    assert ops == [("AIFFinal", (("s_max", 8), ("s_min", -2))), ("AIFHalfEvenFinal", (("s_max", 3), ("s_min", -3))),
+                   ("IFFinal", ())]
+    x = np.random.default_rng(2).normal(0, 4, (4, 64)).astype(np.float32)
+    for a, b in zip(make_session(model, "disable").run(None, {"x": x}),
+                    make_session(gs.export_onnx(graph), "disable").run(None, {"x": x})):
+        np.testing.assert_array_equal(b, a)
+    # a rounding op that something else reads stays as it is (the layer runs as the quantizer's ops)
+    graph = gs.import_onnx(model)
+    neurons_as_quantizer_ops(graph, info)
+    fire = next(n for n in graph.nodes if n.name == FIRE_NODE_PREFIX + "k_aif")
+    graph.outputs.append(fire.inputs[0])
+    assert quantizer_ops_as_neurons(graph, info) == 2
+
+
 def test_a_neuron_with_a_state_input_is_refused():
     model, info = _neuron_graph()
     model.graph.input.append(helper.make_tensor_value_info("u", TensorProto.FLOAT, None))
@@ -152,13 +175,15 @@ def exact_models(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["resnet_pqa", "resnet_qcfs", "vgg_maxpool"])
-@pytest.mark.parametrize("opt_level", ["disable", "basic", "all"])
-def test_where_no_rewrite_crosses_a_quantizer_both_forms_agree_bit_for_bit(exact_models, name, opt_level):
+@pytest.mark.parametrize("opt_level,kernels", [("disable", "auto"), ("basic", "auto"), ("all", "auto"), ("all", "off")])
+def test_where_no_rewrite_crosses_a_quantizer_both_forms_agree_bit_for_bit(exact_models, name, opt_level, kernels):
     from pmsm_compiler.runtime import SNNSession
 
-    ann_form = SNNSession(exact_models[name], opt_level=opt_level)
-    usual = SNNSession(exact_models[name], opt_level=opt_level, ann_form=False)
+    ann_form = SNNSession(exact_models[name], opt_level=opt_level, kernels=kernels)
+    usual = SNNSession(exact_models[name], opt_level=opt_level, ann_form=False, kernels=kernels)
     assert ann_form.ann_form and ann_form.ann_form_note is None and not usual.ann_form
+    if ann_form.kernels:  # every neuron back as a neuron op after the optimization, fused with its counting
+        assert ann_form.fused_layers == len(ann_form.layers)
     for batch in (1, 3):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 16, 16)).astype(np.float32)
         a = usual.run_batch(x, 1, sample_counters=True)
