@@ -26,7 +26,8 @@ step: no static prologue, since the ANN is one graph too.
 
 The optimized graph may hold a k tensor in another layout than the compiled model's (a pushed
 permutation). The counts are per-sample sums, the same in any layout that keeps the batch axis
-first and adds no padding: that is checked on the tensor's shape, as onnxruntime records it, as
+first and adds no padding: that is checked on the tensor's shape (the per-sample shape is static,
+so the one dynamic dimension must come first), as onnxruntime records it, as
 ONNX shape inference gives it, or as traced back through the permutations and elementwise ops
 before it (``_traced_shape``); where
 it cannot be shown, the step is refused (``NotAnnForm``) and the runtime keeps its usual one.
@@ -208,7 +209,10 @@ def attach_counting(graph: gs.Graph, counting: list[gs.Node], info: SNNInfo, out
         if shape is None:
             raise NotAnnForm(f"layer {layer.name}: the shape of its spikes in the optimized graph is unknown")
         per_sample = shape[1:]
-        if (shape[0] != batch or any(not isinstance(d, int) for d in per_sample)
+        # the per-sample shape is static, so the batch dimension is the only dynamic one: a fixed
+        # batch is the network input's, a dynamic one any symbol (onnxruntime names an unnamed one)
+        first_is_batch = shape[0] == batch if isinstance(batch, int) else not isinstance(shape[0], int)
+        if (not first_is_batch or any(not isinstance(d, int) for d in per_sample)
                 or (layer.neurons is not None and math.prod(per_sample) != layer.neurons)):
             raise NotAnnForm(f"layer {layer.name}: its spikes are laid out as {shape} in the optimized graph")
         found[layer.spike_tensor] = k
@@ -224,7 +228,7 @@ def _traced_shape(tensor) -> list | None:
     perm_chain = []
     t = tensor
     for _ in range(64):
-        if t.shape is not None and all(d is not None for d in t.shape):
+        if t.shape is not None and sum(not isinstance(d, int) for d in t.shape) <= 1:  # at most the batch
             shape = list(t.shape)
             for perm in reversed(perm_chain):
                 shape = [shape[p] for p in perm]

@@ -96,10 +96,10 @@ def test_a_neuron_with_a_state_input_is_refused():
         neurons_as_quantizer_ops(gs.import_onnx(model), info)
 
 
-def _counted_graph(perm, shape, neurons):
+def _counted_graph(perm, shape, neurons, x_shape=("batch", 4, 3)):
     """x [batch, 4, 3] → Transpose(perm) → Clip (the fire node of layer 'k') → y; a ReduceSum of k
     to attach. Returns (graph, counting nodes, info, count output)."""
-    x = gs.Variable("x", dtype=np.float32, shape=["batch", 4, 3])
+    x = gs.Variable("x", dtype=np.float32, shape=list(x_shape))
     t = gs.Variable("t", dtype=np.float32, shape=None)
     k = gs.Variable("k_opt", dtype=np.float32, shape=shape)
     y = gs.Variable("y", dtype=np.float32)
@@ -115,9 +115,12 @@ def _counted_graph(perm, shape, neurons):
     return graph, counting, info, count
 
 
-@pytest.mark.parametrize("perm,shape", [((0, 2, 1), None), ((0, 2, 1), ["batch", 3, 4])])
-def test_counting_reads_the_optimized_graphs_k_in_its_layout(perm, shape):
-    graph, counting, info, count = _counted_graph(perm, shape, neurons=12)
+@pytest.mark.parametrize("perm,shape,x_shape", [((0, 2, 1), None, ("batch", 4, 3)),
+                                                 ((0, 2, 1), ["batch", 3, 4], ("batch", 4, 3)),
+                                                 ((0, 2, 1), None, (None, 4, 3)),  # an unnamed batch dimension
+                                                 ((0, 2, 1), ["unk__3", 3, 4], (None, 4, 3))])
+def test_counting_reads_the_optimized_graphs_k_in_its_layout(perm, shape, x_shape):
+    graph, counting, info, count = _counted_graph(perm, shape, neurons=12, x_shape=x_shape)
     attach_counting(graph, counting, info, [count])
     assert counting[0].inputs[0].name == "k_opt" and graph.outputs[-1] is count
     model = gs.export_onnx(graph)
@@ -129,11 +132,18 @@ def test_counting_reads_the_optimized_graphs_k_in_its_layout(perm, shape):
 @pytest.mark.parametrize("perm,shape,neurons,why", [
     ((1, 0, 2), None, 12, "laid out as \\[4, 'batch', 3\\]"),  # the batch axis moved: traced through the Transpose
     ((0, 1, 2), ["batch", 4, 4], 12, "laid out as"),  # more elements than the layer has (padding)
-    ((0, 1, 2), ["batch", "n", 3], 12, "laid out as"),  # not static
+    ((1, 0, 2), ["n", 5, 3], 12, "laid out as"),  # another size per sample
 ])
 def test_a_k_tensor_not_per_sample_is_refused(perm, shape, neurons, why):
     graph, counting, info, count = _counted_graph(perm, shape, neurons)
     with pytest.raises(NotAnnForm, match=why):
+        attach_counting(graph, counting, info, [count])
+
+
+def test_a_k_tensor_of_unknown_shape_is_refused():
+    # two dynamic dimensions: which one is the batch cannot be told
+    graph, counting, info, count = _counted_graph((0, 1, 2), None, 12, x_shape=("batch", "n", 3))
+    with pytest.raises(NotAnnForm, match="shape of its spikes in the optimized graph is unknown"):
         attach_counting(graph, counting, info, [count])
 
 
