@@ -179,7 +179,7 @@ def _export_like(graph, model: onnx.ModelProto) -> onnx.ModelProto:
 def _shape_of(graph, name):
     for t in graph.inputs:
         if t.name == name and t.shape is not None:
-            return [d if isinstance(d, (int, np.integer)) else str(d) for d in t.shape]
+            return [int(d) if isinstance(d, (int, np.integer)) else (None if d is None else str(d)) for d in t.shape]
     return None
 
 

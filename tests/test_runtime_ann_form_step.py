@@ -300,3 +300,22 @@ def test_a_longer_runs_t1_figures_come_from_a_t1_run(attention_scores):
     kept = run_dataset(SNNSession(compiled.model, ann_form=False), data, 3, 64, None, None, ann_session=plain_ann,
                        progress=False)
     assert "t1_from" not in kept and kept["t1_prediction_agreement"] < 1.0
+
+
+def test_an_unnamed_batch_dimension(attention_scores):
+    """A model whose batch dimension has neither a size nor a name: recorded as null (it was the
+    string "None"), and its T = 1 step is in the ANN's form (onnxruntime names the dimension in
+    its optimized graph; the k tensors were refused for that)."""
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.runtime import SNNSession
+
+    ann = onnx.ModelProto()
+    ann.CopyFrom(attention_scores[0])
+    for value in list(ann.graph.input) + list(ann.graph.output):
+        value.type.tensor_type.shape.dim[0].Clear()
+    compiled = compile_model(ann, mode="exact")
+    assert compiled.info.inputs[0].shape == [None, 32, 4, 4]
+    session = SNNSession(compiled.model)
+    assert session.ann_form and session.ann_form_note is None
+    x = np.random.default_rng(3).normal(0, 1, (5, 32, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(session.run_batch(x, 1).mean_outputs, make_session(ann, "all").run(None, {"input": x})[0])
