@@ -112,8 +112,8 @@ class SNNSession:
             model = without_output(model, info.counters_output)
         # T = 1 in exact mode: the one step in the ANN's own form (runtime/ann_form_step.py), from
         # the whole model, built on first use; any other model or provider: the usual first step
-        self._ann_form_model = model if (ann_form and info.mode == "exact" and self.device == "cpu") else None
-        self._full_model = self._ann_form_model
+        self._full_model = model if (ann_form and info.mode == "exact" and self.device == "cpu") else None
+        self._ann_form_tried = False
         self._ann_form_note: str | None = None
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True,
@@ -363,8 +363,7 @@ class SNNSession:
     def drop_sessions(self) -> None:
         """Free the step sessions built so far (each holds its own copy of the weights); they are
         built again on use (the T = 1 step in the ANN's form too)."""
-        if _ANN_FORM in self._variants:
-            self._ann_form_model = self._full_model
+        self._ann_form_tried = False
         self._variants = {}
 
     def _ann_form_session(self):
@@ -374,8 +373,8 @@ class SNNSession:
         from .ann_form_step import NotAnnForm, ann_form_step_session
         from .optimized_step import MAX_MODEL_BYTES
 
-        model = self._ann_form_model
-        self._ann_form_model = None  # built once (again after ``drop_sessions``)
+        model = self._full_model
+        self._ann_form_tried = True  # built once (again after ``drop_sessions``)
         if model.ByteSize() > MAX_MODEL_BYTES:
             self._ann_form_note = "too large to rewrite after onnxruntime's optimization"
             return None
@@ -403,7 +402,7 @@ class SNNSession:
         step of T = 1 (first and last, no extra output) of an exact-mode model runs in the ANN's
         form where it can (``ann_form``): it then reads the network input, not the prologue's."""
         key = (first, last, tuple(extra_outputs))
-        if key == (True, True, ()) and self._ann_form_model is not None:
+        if key == (True, True, ()) and self._full_model is not None and not self._ann_form_tried:
             session = self._ann_form_session()
             if session is not None:
                 self._variants[_ANN_FORM] = session

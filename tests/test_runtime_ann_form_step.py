@@ -319,3 +319,22 @@ def test_an_unnamed_batch_dimension(attention_scores):
     assert session.ann_form and session.ann_form_note is None
     x = np.random.default_rng(3).normal(0, 1, (5, 32, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(session.run_batch(x, 1).mean_outputs, make_session(ann, "all").run(None, {"input": x})[0])
+
+
+def test_a_fixed_batch_dimension(attention_scores):
+    """A model declared with a fixed batch (as some exporters write it): its k tensors' first
+    dimension must be that batch, and the T = 1 run, padded to it, equals the plain ANN."""
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.runtime import SNNSession
+
+    ann = onnx.ModelProto()
+    ann.CopyFrom(attention_scores[0])
+    for value in list(ann.graph.input) + list(ann.graph.output):
+        value.type.tensor_type.shape.dim[0].Clear()
+        value.type.tensor_type.shape.dim[0].dim_value = 4
+    compiled = compile_model(ann, mode="exact")
+    assert compiled.info.inputs[0].shape == [4, 32, 4, 4]
+    session = SNNSession(compiled.model)
+    assert session.ann_form and session.ann_form_note is None
+    x = np.random.default_rng(4).normal(0, 1, (4, 32, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(session.run_batch(x, 1).mean_outputs, make_session(ann, "all").run(None, {"input": x})[0])
