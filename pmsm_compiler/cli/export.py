@@ -20,12 +20,15 @@ from pmsm_compiler.errors import InputError, cli_errors
 @click.option("--pqa-as", type=click.Choice(["node", "plain"]), default="node", show_default=True,
               help="node: one pmsm::PQA node per activation; plain: Div/Add/Floor/Clip/Mul ops.")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True)
+@click.option("--weights-float16", is_flag=True,
+              help="Store weights of 1024 or more elements as float16 behind a Cast to float32: half the file; "
+                   "the model becomes the one with those weights rounded to float16.")
 @click.option("--seed", default=0, show_default=True, help="Seed for a freshly initialised model.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Where to write the ONNX model.")
 @json_option("Write what was exported (model, activation, exporter, the ONNX graph's op counts) as JSON here.")
 @verbosity(quiet_help="Print only errors and the summary line.", verbose_help="Also the exported graph's op counts.")
 @cli_errors
-def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, seed, output, json_path, verbosity):
+def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, weights_float16, seed, output, json_path, verbosity):
     """Export MODEL with pmsm::PQA (or QCFS) nodes that stock onnxruntime runs."""
     try:
         import torch
@@ -63,7 +66,7 @@ def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, seed
         json_path = check_output_path(json_path, "the JSON report")
     net.eval()
     proto = export_onnx(net, output, input_shape=(1, 3, image_size, image_size), exporter=exporter, pqa_as=pqa_as,
-                        metadata=metadata)
+                        metadata=metadata, weights_float16=weights_float16)
     ops = Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
     if verbosity >= VERBOSE:
         click.echo("ops: " + ", ".join(f"{op} {count}" for op, count in sorted(ops.items())))
@@ -77,6 +80,6 @@ def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, seed
         report = {"tool": "pmsm-export", "output": os.path.abspath(output), "model": cfg["model"],
                   "checkpoint": os.path.abspath(checkpoint) if checkpoint else None, "act": cfg["act"],
                   "exporter": exporter,
-                  "pqa_as": pqa_as, "input_shape": [1, 3, image_size, image_size], "ops": dict(sorted(ops.items()))}
+                  "pqa_as": pqa_as, "weights_float16": weights_float16, "input_shape": [1, 3, image_size, image_size], "ops": dict(sorted(ops.items()))}
         save_text_atomic(json.dumps(report, indent=1) + "\n", json_path)
     click.echo(f"wrote {output}")

@@ -25,8 +25,9 @@ from pmsm_compiler.training.activations import _QuantizedActivation, quantize_re
 from pmsm_compiler.metadata import get_metadata, set_metadata
 from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
+from pmsm_compiler.snn_format import EXPORT_METADATA_KEY
 
-METADATA_KEY = "pmsm.export"
+METADATA_KEY = EXPORT_METADATA_KEY  # the key the compiler reads (one definition, in the SNN format)
 
 
 @contextlib.contextmanager
@@ -46,8 +47,10 @@ def _plain_quantizers(model: torch.nn.Module):
 
 def export_onnx(model: torch.nn.Module, path: str | None = None, input_shape=(1, 3, 32, 32), *,
                 exporter: str = "dynamo", pqa_as: str = "node", opset: int = 20, metadata: dict | None = None,
-                input_name: str = "input", output_name: str = "logits", check: bool = True) -> onnx.ModelProto:
-    """Export ``model`` (eval mode) and return the ModelProto; also write it to ``path`` if given."""
+                input_name: str = "input", output_name: str = "logits", check: bool = True,
+                weights_float16: bool = False) -> onnx.ModelProto:
+    """Export ``model`` (eval mode) and return the ModelProto; also write it to ``path`` if given.
+    ``weights_float16``: store the large weights as float16 (``store_weights_float16``)."""
     if exporter not in ("dynamo", "legacy"):
         raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
     if pqa_as not in ("node", "plain"):
@@ -98,6 +101,8 @@ def export_onnx(model: torch.nn.Module, path: str | None = None, input_shape=(1,
     if metadata:
         info.update(metadata)
     set_metadata(proto, METADATA_KEY, info)
+    if weights_float16:
+        store_weights_float16(proto)
     proto.producer_name = "pmsm-compiler"
     proto.producer_version = __version__
     if check:
@@ -109,6 +114,41 @@ def export_onnx(model: torch.nn.Module, path: str | None = None, input_shape=(1,
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         save_model_atomic(proto, path)
     return proto
+
+
+#: float initializers with at least this many elements are what ``store_weights_float16`` converts
+FLOAT16_MIN_ELEMENTS = 1024
+
+
+def store_weights_float16(proto: onnx.ModelProto, min_elements: int = FLOAT16_MIN_ELEMENTS) -> list[str]:
+    """Store each float32 initializer of at least ``min_elements`` elements (weight matrices,
+    kernels, embeddings) as float16 read through a ``Cast`` to float32: half the file size.
+
+    The model changes: its weights become their nearest float16 values (the Cast back is exact),
+    and everything it computes is float32 as before. Scalars and small tensors (λ, biases of
+    narrow layers, shapes) stay float32. onnxruntime folds the Casts when it loads the model, and so
+    does the compiler (``canonicalize``), so the SNN compiled from such a file carries the same
+    float32 values as the ANN runs. Returns the converted initializers' names; the model's
+    ``pmsm.export`` metadata records them under ``weights_float16``."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    converted = []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            continue
+        stored = init.name + "_float16"
+        value = numpy_helper.to_array(init).astype(np.float16)
+        init.CopyFrom(numpy_helper.from_array(value, stored))
+        graph.node.insert(0, onnx.helper.make_node("Cast", [stored], [stored[:-len("_float16")]],
+                                                   to=onnx.TensorProto.FLOAT, name=stored + "_cast"))
+        converted.append(stored[:-len("_float16")])
+    if converted:
+        info = get_metadata(proto, METADATA_KEY) or {}
+        info["weights_float16"] = converted
+        set_metadata(proto, METADATA_KEY, info)
+    return converted
 
 
 def _name_quantizer_nodes(proto: onnx.ModelProto):
@@ -138,4 +178,4 @@ def _drop_unused_functions(proto: onnx.ModelProto):
     proto.functions.extend(keep)
 
 
-__all__ = ["export_onnx", "set_metadata", "get_metadata", "METADATA_KEY", "_QuantizedActivation"]
+__all__ = ["export_onnx", "store_weights_float16", "set_metadata", "get_metadata", "METADATA_KEY", "_QuantizedActivation"]
