@@ -471,8 +471,12 @@ def main(argv=None):
               f"H(ReLU)/H(BN) = {entropy.relu_ratio():.3f} (the paper states ≈ 0.69, which does not follow from a "
               "consistent computation).", ""]
     text = "\n".join(lines)
+    sys.path.insert(0, HERE)
+    from doc_sections import owned_sections
+
+    kept = owned_sections(args.out)  # other scripts' sections of the page (bench/vit_results.py's)
     with open(args.out, "w") as f:
-        f.write(text)
+        f.write(text + "".join("\n" + s for s in kept))
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump({**{f"{k[0]}/{k[1]}": v for k, v in runs.items()}, "equal_accuracy": comparisons,
                    **({"equal_accuracy_sparse": sparse_comparisons} if sparse_comparisons else {})}, f, indent=1)

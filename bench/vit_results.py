@@ -2,7 +2,7 @@
 
     python bench/vit_results.py --model models/vit_cifar_pqa_cifar10.onnx --data ../shared/data/cifar10 \
         [--max-t 16] [--limit N] [--batch-size 100] [--out docs/results_vit.md] [--figure docs/figures/vit_accuracy_vs_t.png] \
-        [--json vit_results.json]
+        [--json vit_results.json] [--into docs/results.md]
 
 The sibling of bench/reproduce_paper.py for a transformer. For the model, compiled in exact and in
 folded mode through the pipeline `pmsm-compile` runs (each verified at T = 1), and run by the
@@ -153,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="N evenly spaced test images only (quick check)")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--out", help="write the Markdown section here")
+    ap.add_argument("--into", help="put the section into this page (docs/results.md) as its own marked block, "
+                                   "replacing an earlier one; bench/reproduce_paper.py keeps it when it rewrites the page")
     ap.add_argument("--figure", help="write the accuracy-vs-T plot here (PNG)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -176,6 +178,13 @@ def main(argv=None) -> int:
         from pmsm_compiler.files import save_text_atomic
 
         save_text_atomic(text, args.out)
+    if args.into:
+        from pmsm_compiler.files import save_text_atomic
+
+        sys.path.insert(0, HERE)
+        from doc_sections import put_section
+
+        save_text_atomic(put_section(args.into, "bench/vit_results.py", text), args.into)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"summary": summary, "reports": reports}, f, indent=1)

@@ -29,6 +29,9 @@ def run(tmp_path_factory):
     (d / "data").mkdir()
     np.savez(d / "data" / "test.npz", x=sample.x, y=sample.y)
     out = d / "results.md"
+    # a page that already holds another script's section (bench/vit_results.py --into): it must survive
+    out.write_text("# old results\n\nstale\n\n<!-- section: bench/vit_results.py -->\n## A PQA ViT\n"
+                   "<!-- end of section: bench/vit_results.py -->\n")
     script = load_bench_script("reproduce_paper")
     assert script.main(["--data", str(d / "data"), "--pqa", paths["pqa"], "--qcfs", paths["qcfs"], "--out", str(out),
                         "--figures", str(d / "figures"), "--max-t", "8", "--limit", "200", "--qcfs-modes",
@@ -38,6 +41,8 @@ def run(tmp_path_factory):
 
 def test_sections_and_figures(run):
     d, text, _ = run
+    assert "stale" not in text and text.endswith("<!-- section: bench/vit_results.py -->\n## A PQA ViT\n"
+                                                 "<!-- end of section: bench/vit_results.py -->\n")
     for heading in ("## Counting rules at T = 1", "## PMSM vs QCFS at equal T, both counting rules",
                     "## PMSM vs QCFS at equal accuracy, both counting rules", "## Accuracy vs energy per image"):
         assert heading in text, heading

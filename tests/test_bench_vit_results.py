@@ -33,8 +33,12 @@ def tiny_vit(tmp_path_factory):
 def test_vit_results_small(tiny_vit, tmp_path):
     bench = load_bench_script("vit_results")
     out, js, fig = tmp_path / "vit.md", tmp_path / "vit.json", tmp_path / "vit.png"
+    page = tmp_path / "results.md"  # --into: the section replaces its earlier block, the rest stays
+    page.write_text("# Results\n\nResNet tables\n\n<!-- section: bench/vit_results.py -->\nold ViT figures\n"
+                    "<!-- end of section: bench/vit_results.py -->\n\nafter\n")
     assert bench.main(["--model", tiny_vit, "--data", "bundled", "--limit", "20", "--max-t", "3",
-                       "--batch-size", "10", "--out", str(out), "--json", str(js), "--figure", str(fig)]) == 0
+                       "--batch-size", "10", "--out", str(out), "--json", str(js), "--figure", str(fig),
+                       "--into", str(page)]) == 0
     summary = json.loads(js.read_text())["summary"]
     assert summary["samples"] == 20 and summary["max_t"] == 3
     assert summary["t1_agreement"]["exact"] == 1.0  # the lossless claim, checked exactly
@@ -50,6 +54,8 @@ def test_vit_results_small(tiny_vit, tmp_path):
     assert f"{100 * summary['ann_accuracy']:.2f} %" in text and text.count("\n| ") >= 3 + 6
     assert fig.stat().st_size > 0
     assert "the lossless claim holds." in text
+    assert page.read_text() == ("# Results\n\nResNet tables\n\n<!-- section: bench/vit_results.py -->\n" + text +
+                                "<!-- end of section: bench/vit_results.py -->\n\nafter\n")
     broken = bench.markdown(dict(summary, t1_agreement=dict(summary["t1_agreement"], exact=0.95)), tiny_vit, "cmd", None)
     assert "the lossless claim **does not hold** (the prediction differs on 1 image)." in broken  # 5 % of 20
 
