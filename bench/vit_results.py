@@ -13,7 +13,11 @@ runtime over T = 1..max_t (input repeated each step, outputs averaged), beside i
   folded mode's flip rate (images whose prediction changes);
 - the drift: how far each compile's accuracy is from the ANN's at each T, and the largest;
 - the work per image, synaptic operations against the temporal wrappers' dense operations
-  (report key ``work``), at T = 1 and at max_t.
+  (report key ``work``), at T = 1 and at max_t;
+- why the SNN moves from its ANN as T grows: beside it, the ANN with every quantizer's L
+  multiplied by T (bench/finer_levels.py: T steps of an AIF neuron are its quantizer with L·T
+  levels), for T = 1..max_t and without rounding (L·4096), and the largest gap between the SNN
+  and that network (``--no-finer-levels`` leaves it out).
 """
 
 from __future__ import annotations
@@ -55,6 +59,19 @@ def run_mode(path: str, mode: str, dataset, max_t: int, batch_size: int) -> dict
     return report
 
 
+def finer_levels_by_t(path: str, dataset, max_t: int, batch_size: int) -> dict:
+    """The ANN with L·T levels, T = 1..max_t, and unrounded (bench/finer_levels.py)."""
+    import onnx
+
+    sys.path.insert(0, HERE)
+    from finer_levels import UNROUNDED_FACTOR, accuracy, with_finer_levels
+
+    model = onnx.load(path)
+    return {"accuracy_by_t": [accuracy(with_finer_levels(model, t), dataset, batch_size) for t in range(1, max_t + 1)],
+            "unrounded": accuracy(with_finer_levels(model, UNROUNDED_FACTOR), dataset, batch_size),
+            "unrounded_factor": UNROUNDED_FACTOR}
+
+
 def pct(x):
     return "–" if x is None else f"{100 * x:.2f}"
 
@@ -63,10 +80,13 @@ def count(x):
     return "–" if x is None else f"{x:,.0f}"
 
 
-def summarize(reports: dict, max_t: int) -> dict:
+def summarize(reports: dict, max_t: int, finer: dict | None = None) -> dict:
     exact = reports["exact"]
     ann = exact["ann_accuracy"]
     drift = {mode: [a - ann for a in r["accuracy_by_t"]] for mode, r in reports.items()}
+    if finer:
+        gaps = {mode: [a - f for a, f in zip(r["accuracy_by_t"], finer["accuracy_by_t"])] for mode, r in reports.items()}
+        finer = {**finer, "gap_by_t": gaps, "largest_gap": {mode: max(g, key=abs) for mode, g in gaps.items()}}
     return {
         "ann_accuracy": ann,
         "samples": exact["samples"],
@@ -80,6 +100,7 @@ def summarize(reports: dict, max_t: int) -> dict:
         "max_t": max_t,
         "wall_s": {mode: r["wall_s"] for mode, r in reports.items()},
         "compile_verification": {mode: r["compile_verification"] for mode, r in reports.items()},
+        "finer_levels": finer,
     }
 
 
@@ -103,13 +124,24 @@ def markdown(summary: dict, model: str, command: str, figure: str | None) -> str
              + ("passed" if summary["compile_verification"]["folded"]["passed"] else
                 "failed, " + "; ".join(summary["compile_verification"]["folded"]["failures"])) + ".",
              f"- Largest gap to the ANN over T: exact {100 * summary['largest_drift']['exact']:+.2f} points, folded "
-             f"{100 * summary['largest_drift']['folded']:+.2f} points.", ""]
+             f"{100 * summary['largest_drift']['folded']:+.2f} points."]
+    finer = summary.get("finer_levels")
+    if finer:
+        gap = finer["largest_gap"]
+        lines += [f"- Why: T steps of an AIF neuron (u₀ = ½) are its quantizer with L·T levels on the same λ "
+                  "(exactly for a first neuron layer, to first order behind it; `bench/finer_levels.py`), so rate "
+                  "coding refines the ANN's quantization step by 1/T. The ANN with every quantizer's L multiplied by "
+                  f"T (last column) is what the SNN follows: largest gap over T = 1..{summary['max_t']}, exact "
+                  f"{100 * gap['exact']:+.2f} points, folded {100 * gap['folded']:+.2f} points. Without rounding "
+                  f"(L·{finer['unrounded_factor']}) that ANN gives {pct(finer['unrounded'])} %."]
+    lines += [""]
     if figure:
         lines += [f"![accuracy vs T]({os.path.relpath(figure, os.path.join(ROOT, 'docs'))})", ""]
-    lines += ["| T | ANN (%) | SNN exact (%) | SNN folded (%) |", "|---|---|---|---|"]
+    header = "| T | ANN (%) | SNN exact (%) | SNN folded (%) |" + (" ANN, L·T levels (%) |" if finer else "")
+    lines += [header, "|---|---|---|---|" + ("---|" if finer else "")]
     for t in range(1, summary["max_t"] + 1):
         lines.append(f"| {t} | {pct(summary['ann_accuracy'])} | {pct(acc['exact'][t - 1])} | "
-                     f"{pct(acc['folded'][t - 1])} |")
+                     f"{pct(acc['folded'][t - 1])} |" + (f" {pct(finer['accuracy_by_t'][t - 1])} |" if finer else ""))
     work = summary["work"]["exact"]
     if work:
         share = work["neuromorphic_share"]
@@ -135,6 +167,8 @@ def plot(summary: dict, path: str) -> None:
     ax.axhline(100 * summary["ann_accuracy"], color="k", ls="--", label="ANN")
     for mode, marker in (("exact", "o-"), ("folded", "s-")):
         ax.plot(ts, [100 * a for a in summary["accuracy_by_t"][mode]], marker, label=f"SNN, {mode} mode")
+    if summary.get("finer_levels"):
+        ax.plot(ts, [100 * a for a in summary["finer_levels"]["accuracy_by_t"]], "k:", label="ANN with L·T levels")
     ax.set_xlabel("timesteps T")
     ax.set_ylabel("test accuracy (%)")
     ax.legend()
@@ -157,6 +191,8 @@ def main(argv=None) -> int:
                                    "replacing an earlier one; bench/reproduce_paper.py keeps it when it rewrites the page")
     ap.add_argument("--figure", help="write the accuracy-vs-T plot here (PNG)")
     ap.add_argument("--json")
+    ap.add_argument("--no-finer-levels", action="store_true",
+                    help="leave out the ANN with L·T levels (max_t + 1 more ANN runs over the data)")
     args = ap.parse_args(argv)
     if args.max_t < 1:
         ap.error("--max-t must be >= 1")
@@ -168,7 +204,8 @@ def main(argv=None) -> int:
     dataset = load_dataset(test_npz if os.path.isfile(test_npz) else args.data)
     dataset = dataset.evenly_spaced(args.limit)  # CIFAR's test set is sorted by class
     reports = {mode: run_mode(args.model, mode, dataset, args.max_t, args.batch_size) for mode in MODES}
-    summary = summarize(reports, args.max_t)
+    finer = None if args.no_finer_levels else finer_levels_by_t(args.model, dataset, args.max_t, args.batch_size)
+    summary = summarize(reports, args.max_t, finer)
     command = "python bench/vit_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.figure:
         plot(summary, args.figure)

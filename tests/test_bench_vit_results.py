@@ -48,15 +48,23 @@ def test_vit_results_small(tiny_vit, tmp_path):
         assert len(summary["accuracy_by_t"][mode]) == 3
         assert summary["drift_by_t"][mode] == pytest.approx([a - summary["ann_accuracy"]
                                                              for a in summary["accuracy_by_t"][mode]])
+    finer = summary["finer_levels"]  # the ANN with L·T levels: at T = 1 it is the ANN itself
+    assert len(finer["accuracy_by_t"]) == 3 and finer["accuracy_by_t"][0] == summary["ann_accuracy"]
+    assert finer["gap_by_t"]["exact"] == pytest.approx([a - f for a, f in zip(summary["accuracy_by_t"]["exact"],
+                                                                              finer["accuracy_by_t"])])
+    assert finer["largest_gap"]["exact"] in finer["gap_by_t"]["exact"] and 0 <= finer["unrounded"] <= 1
     work = summary["work"]["exact"]
     assert work["dense_ops"] > 0 and work["sops"] > 0  # LayerNorm/Softmax/MatMul wrappers and spikes
     text = out.read_text()
     assert f"{100 * summary['ann_accuracy']:.2f} %" in text and text.count("\n| ") >= 3 + 6
+    assert "| T | ANN (%) | SNN exact (%) | SNN folded (%) | ANN, L·T levels (%) |" in text
+    assert f"that ANN gives {100 * finer['unrounded']:.2f} %" in text
     assert fig.stat().st_size > 0
     assert "the lossless claim holds." in text
     assert page.read_text() == ("# Results\n\nResNet tables\n\n<!-- section: bench/vit_results.py -->\n" + text +
                                 "<!-- end of section: bench/vit_results.py -->\n\nafter\n")
     broken = bench.markdown(dict(summary, t1_agreement=dict(summary["t1_agreement"], exact=0.95)), tiny_vit, "cmd", None)
+    assert "L·T levels" not in bench.markdown(dict(summary, finer_levels=None), tiny_vit, "cmd", None)
     assert "the lossless claim **does not hold** (the prediction differs on 1 image)." in broken  # 5 % of 20
 
 
