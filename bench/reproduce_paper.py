@@ -367,7 +367,7 @@ def main(argv=None):
         f"Produced by `python bench/reproduce_paper.py {' '.join(argv if argv is not None else sys.argv[1:])}` on "
         f"{datetime.date.today().isoformat()}, "
         f"{n} test images, in {time.perf_counter() - started:.0f} s on this machine (2 CPU cores). "
-        "Every figure below comes from that run.",
+        "Every figure below comes from that run, up to the sections other scripts own (each says what produced it).",
         "",
         "**Data caveat.** The test set is CIFAR-10 re-decoded from a JPEG (quality 75, 4:2:0) copy "
         "(PSNR about 30 dB against the originals): accuracies are somewhat below what the original pixels "
