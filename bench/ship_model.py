@@ -85,7 +85,15 @@ def fine_tuning_of(cfg) -> dict:
     """The spike penalty and the teacher of a run, where it had them."""
     keys = (("spike_penalty", "penalty_rule") if cfg.get("spike_penalty") else ()) + \
         (("distill_from", "distill_weight", "distill_temperature") if cfg.get("distill_from") else ())
-    return {k: cfg[k] for k in keys}
+    return {k: repository_path(cfg[k]) if k == "distill_from" else cfg[k] for k in keys}
+
+
+def repository_path(path: str) -> str:
+    """A path inside this repository relative to its root (pmsm-train records absolute ones): a
+    card names no folder of the machine it was made on."""
+    root = os.path.dirname(HERE)
+    full = os.path.abspath(path)
+    return os.path.relpath(full, root) if full.startswith(root + os.sep) else path
 
 
 def _total_wall(stage: dict) -> float:
