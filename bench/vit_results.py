@@ -3,6 +3,7 @@
     python bench/vit_results.py --model models/vit_cifar_pqa_cifar10.onnx --data ../shared/data/cifar10 \
         [--max-t 16] [--limit N] [--batch-size 100] [--out docs/results_vit.md] [--figure docs/figures/vit_accuracy_vs_t.png] \
         [--json vit_results.json] [--into docs/results.md]
+    python bench/vit_results.py --from-json vit_results.json [--into docs/results.md] [--figure ...]   # re-render only
 
 The sibling of bench/reproduce_paper.py for a transformer. For the model, compiled in exact and in
 folded mode through the pipeline `pmsm-compile` runs (each verified at T = 1), and run by the
@@ -145,14 +146,18 @@ def markdown(summary: dict, model: str, command: str, figure: str | None) -> str
     work = summary["work"]["exact"]
     if work:
         share = work["neuromorphic_share"]
-        lines += ["", f"Work per image over T = {summary['max_t']} (exact compile; `pmsm-run --json` key `work`):", "",
-                  "| kind | operations / image |", "|---|---|",
-                  f"| synaptic, spikes rule (neuromorphic) | {count(work['sops'])} |",
-                  f"| synaptic, events rule (neuromorphic) | {count(work['event_sops'])} |",
+        t = summary["max_t"]
+        lines += ["", f"Work per image over T = {t} and per step (exact compile; `pmsm-run --json` key `work`; "
+                  "synaptic operations per step are the mean over the T steps):", "",
+                  f"| kind | operations / image, T = {t} | per step |", "|---|---|---|",
+                  f"| synaptic, spikes rule (neuromorphic) | {count(work['sops'])} | {count(work['sops'] / t)} |",
+                  f"| synaptic, events rule (neuromorphic) | {count(work['event_sops'])} | "
+                  f"{count(work['event_sops'] / t)} |",
                   f"| dense: temporal wrappers (LayerNorm, Softmax, MatMul of two activations) | "
-                  f"{count(work['dense_ops'])} |",
-                  f"| dense: MACs on the network input | {count(work['static_macs'])} |",
-                  f"| neuromorphic share (spikes / events rule) | {pct(share['spikes'])} % / {pct(share['events'])} % |"]
+                  f"{count(work['dense_ops'])} | {count(work['dense_ops_step_1'])} at t = 1, "
+                  f"{count(work['dense_ops_per_later_step'])} each later step |",
+                  f"| dense: MACs on the network input | {count(work['static_macs'])} | once per image |",
+                  f"| neuromorphic share (spikes / events rule) | {pct(share['spikes'])} % / {pct(share['events'])} % | |"]
     return "\n".join(lines) + "\n"
 
 
@@ -181,8 +186,8 @@ def plot(summary: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="the PQA ViT (ONNX)")
-    ap.add_argument("--data", required=True, help="folder with test.npz (or anything pmsm-run --data takes)")
+    ap.add_argument("--model", help="the PQA ViT (ONNX); required unless --from-json")
+    ap.add_argument("--data", help="folder with test.npz (or anything pmsm-run --data takes); required unless --from-json")
     ap.add_argument("--max-t", type=int, default=16)
     ap.add_argument("--limit", type=int, default=None, help="N evenly spaced test images only (quick check)")
     ap.add_argument("--batch-size", type=int, default=100)
@@ -191,11 +196,24 @@ def main(argv=None) -> int:
                                    "replacing an earlier one; bench/reproduce_paper.py keeps it when it rewrites the page")
     ap.add_argument("--figure", help="write the accuracy-vs-T plot here (PNG)")
     ap.add_argument("--json")
+    ap.add_argument("--from-json", help="render the section, plot and page from this script's earlier --json "
+                                        "(the model and the command recorded there) instead of running")
     ap.add_argument("--no-finer-levels", action="store_true",
                     help="leave out the ANN with L·T levels (max_t + 1 more ANN runs over the data)")
     args = ap.parse_args(argv)
     if args.max_t < 1:
         ap.error("--max-t must be >= 1")
+    if args.from_json:
+        try:
+            with open(args.from_json) as f:
+                saved = json.load(f)
+            summary, reports, command, args.model = saved["summary"], saved["reports"], saved["command"], saved["model"]
+        except (OSError, ValueError, KeyError) as exc:
+            ap.error(f"--from-json {args.from_json}: not this script's --json ({type(exc).__name__}: {exc})")
+        rerender = "python bench/vit_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        return render(args, summary, reports, command, rerender)
+    if not args.model or not args.data:
+        ap.error("--model and --data are required (or --from-json)")
     if not os.path.isfile(args.model):
         ap.error(f"no such model: {args.model}")
     from pmsm_compiler.data import load_dataset
@@ -207,9 +225,16 @@ def main(argv=None) -> int:
     finer = None if args.no_finer_levels else finer_levels_by_t(args.model, dataset, args.max_t, args.batch_size)
     summary = summarize(reports, args.max_t, finer)
     command = "python bench/vit_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    return render(args, summary, reports, command)
+
+
+def render(args, summary: dict, reports: dict, command: str, rendered_by: str | None = None) -> int:
+    """The section (printed, --out, --into), the plot (--figure) and the JSON (--json) of a run
+    (``command``; ``rendered_by``: the --from-json command that renders it again)."""
     if args.figure:
         plot(summary, args.figure)
-    text = markdown(summary, args.model, command, args.figure)
+    shown = f"{command}`, rendered again by `{rendered_by}" if rendered_by else command  # inside `…`
+    text = markdown(summary, args.model, shown, args.figure)
     print(text)
     if args.out:
         from pmsm_compiler.files import save_text_atomic
@@ -224,7 +249,7 @@ def main(argv=None) -> int:
         save_text_atomic(put_section(args.into, "bench/vit_results.py", text), args.into)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"summary": summary, "reports": reports}, f, indent=1)
+            json.dump({"summary": summary, "reports": reports, "command": command, "model": args.model}, f, indent=1)
     return 0
 
 

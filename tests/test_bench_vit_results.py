@@ -64,8 +64,25 @@ def test_vit_results_small(tiny_vit, tmp_path):
     assert page.read_text() == ("# Results\n\nResNet tables\n\n<!-- section: bench/vit_results.py -->\n" + text +
                                 "<!-- end of section: bench/vit_results.py -->\n\nafter\n")
     broken = bench.markdown(dict(summary, t1_agreement=dict(summary["t1_agreement"], exact=0.95)), tiny_vit, "cmd", None)
+    # --from-json renders the same section from the saved run, without running anything
+    again = tmp_path / "again.md"
+    assert bench.main(["--from-json", str(js), "--out", str(again), "--figure", str(fig)]) == 0
+    rendered = again.read_text()
+    assert "`, rendered again by `python bench/vit_results.py --from-json " in rendered
+    assert rendered.splitlines()[2].count("`") == 4
+    assert rendered.replace(rendered.splitlines()[2], text.splitlines()[2]) == text  # all but the "Produced by" line
+    assert "| synaptic, spikes rule (neuromorphic) |" in text and "each later step |" in text
     assert "L·T levels" not in bench.markdown(dict(summary, finer_levels=None), tiny_vit, "cmd", None)
     assert "the lossless claim **does not hold** (the prediction differs on 1 image)." in broken  # 5 % of 20
+
+
+def test_vit_results_refuses_a_json_it_did_not_write(tmp_path):
+    bench = load_bench_script("vit_results")
+    other = tmp_path / "other.json"
+    other.write_text('{"rows": []}')
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--from-json", str(other)])
+    assert exc.value.code == 2
 
 
 def test_vit_results_refuses_a_missing_model(tmp_path):
