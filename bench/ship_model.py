@@ -126,7 +126,8 @@ def main(argv=None):
     ap.add_argument("--snn-t1", action="store_true",
                     help="also compile in exact mode and record the SNN's figures at T = 1 on the test set")
     ap.add_argument("--weights-float16", action="store_true",
-                    help="store weights of at least 1024 elements as float16 behind a Cast (half the file size)")
+                    help="store the weight tensors as float16 behind a Cast (half the file size; pmsm-export "
+                         "--weights-float16)")
     args = ap.parse_args(argv)
 
     import torch
@@ -134,7 +135,9 @@ def main(argv=None):
     from pmsm_compiler.training.activations import ActivationSpec
     from pmsm_compiler.data import NORMALIZATIONS, load_npz, normalize
     from pmsm_compiler.sessions import make_session
-    from pmsm_compiler.training.export import export_onnx
+    from pmsm_compiler.defaults import FLOAT16_MIN_ELEMENTS
+    from pmsm_compiler.metadata import get_metadata
+    from pmsm_compiler.training.export import METADATA_KEY, export_onnx
     from pmsm_compiler.training.level_shift import parse_layers
     from pmsm_compiler.training.trainer import model_for_config, read_train_log
 
@@ -147,9 +150,10 @@ def main(argv=None):
     mean, std = NORMALIZATIONS[cfg.get("dataset", "cifar10")]
     onnx_path = os.path.join(args.out_dir, args.name + ".onnx")
     history = state["history"]
-    export_onnx(net, onnx_path, metadata={"normalization": {"mean": list(mean), "std": list(std)},
-                                          "model_card": args.name + ".json"},
-                weights_float16=args.weights_float16)
+    exported = export_onnx(net, onnx_path, metadata={"normalization": {"mean": list(mean), "std": list(std)},
+                                                     "model_card": args.name + ".json"},
+                           weights_float16=args.weights_float16)
+    float16_tensors = get_metadata(exported, METADATA_KEY).get("weights_float16", [])
     test = load_npz(os.path.join(args.data, "test.npz"))
     sess = make_session(open(onnx_path, "rb").read(), "all")
     correct = 0
@@ -185,9 +189,10 @@ def main(argv=None):
             "total_wall_time_s": round(state.get("wall_s", 0.0) + _total_wall(pretraining), 1)}
            if pretraining else {}),
         **({"weights_storage": {
-            "float16": "weights of at least 1024 elements are stored as float16 and Cast to float32; the model is "
-                       "the trained one with them rounded to float16, computing in float32; every accuracy on this "
-                       "card but final_test_acc_pytorch is measured on this file"}} if args.weights_float16 else {}),
+            "float16_tensors": len(float16_tensors), "min_elements": FLOAT16_MIN_ELEMENTS,
+            "note": "these weight tensors are stored as float16 and Cast to float32: the model is the trained one "
+                    "with them rounded to float16, computing in float32; every accuracy on this card but "
+                    "final_test_acc_pytorch is measured on this file"}} if float16_tensors else {}),
         "ann_accuracy_onnxruntime": acc,
         "ann_accuracy_measured_on": "the 10,000-image test set (JPEG re-decoded), onnxruntime ORT_ENABLE_ALL",
         **({"snn_t1": snn_t1(onnx_path, test)} if args.snn_t1 else {}),

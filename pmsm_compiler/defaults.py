@@ -17,6 +17,9 @@ configuration, the CLI flags and the entropy analysis. Torch- and onnx-free, so 
   100: after resuming from it the optimizer starts empty and its learning rate ramps up linearly
   over this many steps, because Adam's first bias-corrected updates are about lr·sign(g) per
   weight, far larger than those of the run it continues.
+- ``FLOAT16_MIN_ELEMENTS`` = 1024: the float initializers ``pmsm-export --weights-float16`` stores
+  as float16 have at least this many elements (weight matrices, kernels, embeddings; not λ, not
+  the biases of narrow layers).
 """
 
 PQA_LEVELS = 8
@@ -31,3 +34,5 @@ DISTILL_TEMPERATURE = 4.0
 
 COMPACT_CHECKPOINT = "checkpoint.compact.pt"
 COMPACT_RESUME_RAMP_STEPS = 100
+
+FLOAT16_MIN_ELEMENTS = 1024

@@ -39,6 +39,47 @@ def test_large_float_initializers_become_float16_and_small_ones_stay(vit):
     onnx.checker.check_model(proto, full_check=True)
 
 
+def _mlp(w1, w2):
+    """x [N, 64] → MatMul w1 → MatMul w2: two float32 weights of 4096 elements."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_a_weight_beyond_float16s_range_stays_float32():
+    """float16 tops out at 65504: a larger weight would become inf, so its tensor is left as it is."""
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.standard_normal((64, 64)).astype(np.float32) for _ in range(2))
+    w2[3, 5] = 1e5
+    proto = _mlp(w1, w2)
+    assert store_weights_float16(proto) == ["w1"]
+    types = {i.name: i.data_type for i in proto.graph.initializer}
+    assert types == {"w1_float16": onnx.TensorProto.FLOAT16, "w2": onnx.TensorProto.FLOAT}
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    assert np.isfinite(make_session(proto).run(None, {"x": x})[0]).all()
+
+
+def test_an_initializer_that_is_a_graph_input_and_a_taken_name_are_respected():
+    """An initializer listed among the graph inputs (a feed may replace it) stays float32; a stored
+    name already in use gets another."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(1)
+    proto = _mlp(*(rng.standard_normal((64, 64)).astype(np.float32) for _ in range(2)))
+    proto.graph.input.append(helper.make_tensor_value_info("w2", TensorProto.FLOAT, [64, 64]))
+    proto.graph.node[0].output[0] = "w1_float16"  # the name the stored w1 would take
+    proto.graph.node[1].input[0] = "w1_float16"
+    assert store_weights_float16(proto) == ["w1"]
+    stored = {i.name for i in proto.graph.initializer} - {"w2"}
+    assert stored == {"w1_float16_"}
+    onnx.checker.check_model(proto, full_check=True)
+
+
 def test_it_computes_what_the_model_with_rounded_weights_computes(vit):
     import copy
 

@@ -187,3 +187,21 @@ def test_constant_subgraph_is_folded_with_the_same_value():
         a = make_session(model, level).run(None, {"x": x})[0]
         b = make_session(out, level).run(None, {"x": x})[0]
         assert np.array_equal(a, b)
+
+
+def test_a_float16_weight_behind_a_cast_becomes_its_float32_value():
+    """Weights stored as float16 and Cast to float32 (pmsm-export --weights-float16, and other
+    converters' float16 storage with float32 compute): the Cast is folded into a float32
+    initializer holding the exact widened values, consumed where the Cast's output was."""
+    rng = np.random.default_rng(0)
+    w16 = rng.standard_normal((3, 3, 1, 1)).astype(np.float16)
+    nodes = [helper.make_node("Cast", ["w16"], ["w"], to=TensorProto.FLOAT),
+             helper.make_node("Conv", ["x", "w"], ["y"])]
+    model = _model(nodes, {"w16": w16})
+    out, ctx = _run_pass(model)
+    assert _ops(out) == ["Conv"] and ctx.constants_evaluated
+    (weight,) = [numpy_helper.to_array(i) for i in out.graph.initializer]
+    assert weight.dtype == np.float32 and np.array_equal(weight, w16.astype(np.float32))
+    x = _inputs()
+    for level in ("disable", "all"):
+        assert np.array_equal(_run(model, x, level)["y"], _run(out, x, level)["y"])

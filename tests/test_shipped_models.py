@@ -5,6 +5,7 @@ import json
 from importlib import resources
 
 import numpy as np
+import onnx
 import pytest
 
 from pmsm_compiler.compiler import compile_model
@@ -52,7 +53,9 @@ def test_model_card_is_complete_and_checksum_matches(name):
     assert len(data) < 5 * 2**20
     if c.get("weights_storage"):
         model = load_model(str(resources.files("pmsm_compiler.models") / name))
-        assert get_metadata(model, EXPORT_METADATA_KEY)["weights_float16"]
+        stored = get_metadata(model, EXPORT_METADATA_KEY)["weights_float16"]
+        halves = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+        assert len(stored) == len(halves) == c["weights_storage"]["float16_tensors"] > 0
 
 
 @pytest.mark.parametrize("name", [n for n in SHIPPED if card(n)["activation"]["kind"] == "pqa"])

@@ -6,6 +6,7 @@ from collections import Counter
 
 import click
 
+from pmsm_compiler.defaults import FLOAT16_MIN_ELEMENTS
 from pmsm_compiler.cli.options import VERBOSE, command, json_option, verbosity
 from pmsm_compiler.errors import InputError, cli_errors
 
@@ -21,14 +22,16 @@ from pmsm_compiler.errors import InputError, cli_errors
               help="node: one pmsm::PQA node per activation; plain: Div/Add/Floor/Clip/Mul ops.")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True)
 @click.option("--weights-float16", is_flag=True,
-              help="Store weights of 1024 or more elements as float16 behind a Cast to float32: half the file; "
+              help=f"Store weights of {FLOAT16_MIN_ELEMENTS} or more elements as float16 behind a Cast to float32: "
+                   "half the file; "
                    "the model becomes the one with those weights rounded to float16.")
 @click.option("--seed", default=0, show_default=True, help="Seed for a freshly initialised model.")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Where to write the ONNX model.")
 @json_option("Write what was exported (model, activation, exporter, the ONNX graph's op counts) as JSON here.")
 @verbosity(quiet_help="Print only errors and the summary line.", verbose_help="Also the exported graph's op counts.")
 @cli_errors
-def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, weights_float16, seed, output, json_path, verbosity):
+def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, weights_float16, seed, output, json_path,
+         verbosity):
     """Export MODEL with pmsm::PQA (or QCFS) nodes that stock onnxruntime runs."""
     try:
         import torch
@@ -80,6 +83,7 @@ def main(model, checkpoint, act, num_classes, image_size, pqa_as, exporter, weig
         report = {"tool": "pmsm-export", "output": os.path.abspath(output), "model": cfg["model"],
                   "checkpoint": os.path.abspath(checkpoint) if checkpoint else None, "act": cfg["act"],
                   "exporter": exporter,
-                  "pqa_as": pqa_as, "weights_float16": weights_float16, "input_shape": [1, 3, image_size, image_size], "ops": dict(sorted(ops.items()))}
+                  "pqa_as": pqa_as, "weights_float16": weights_float16, "input_shape": [1, 3, image_size, image_size],
+                  "ops": dict(sorted(ops.items()))}
         save_text_atomic(json.dumps(report, indent=1) + "\n", json_path)
     click.echo(f"wrote {output}")

@@ -25,6 +25,7 @@ from pmsm_compiler.training.activations import _QuantizedActivation, quantize_re
 from pmsm_compiler.metadata import get_metadata, set_metadata
 from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
+from pmsm_compiler.defaults import FLOAT16_MIN_ELEMENTS
 from pmsm_compiler.snn_format import EXPORT_METADATA_KEY
 
 METADATA_KEY = EXPORT_METADATA_KEY  # the key the compiler reads (one definition, in the SNN format)
@@ -116,10 +117,6 @@ def export_onnx(model: torch.nn.Module, path: str | None = None, input_shape=(1,
     return proto
 
 
-#: float initializers with at least this many elements are what ``store_weights_float16`` converts
-FLOAT16_MIN_ELEMENTS = 1024
-
-
 def store_weights_float16(proto: onnx.ModelProto, min_elements: int = FLOAT16_MIN_ELEMENTS) -> list[str]:
     """Store each float32 initializer of at least ``min_elements`` elements (weight matrices,
     kernels, embeddings) as float16 read through a ``Cast`` to float32: half the file size.
@@ -128,22 +125,33 @@ def store_weights_float16(proto: onnx.ModelProto, min_elements: int = FLOAT16_MI
     and everything it computes is float32 as before. Scalars and small tensors (λ, biases of
     narrow layers, shapes) stay float32. onnxruntime folds the Casts when it loads the model, and so
     does the compiler (``canonicalize``), so the SNN compiled from such a file carries the same
-    float32 values as the ANN runs. Returns the converted initializers' names; the model's
-    ``pmsm.export`` metadata records them under ``weights_float16``."""
+    float32 values as the ANN runs. Left as they are: a tensor with a value beyond float16's range
+    (it would become ±inf) and an initializer that is also a graph input (a feed may replace it).
+    Returns the converted initializers' names; the model's ``pmsm.export`` metadata records them
+    under ``weights_float16``."""
     import numpy as np
     from onnx import numpy_helper
 
     graph = proto.graph
+    taken = {t.name for t in graph.initializer} | {t.name for t in graph.input} | \
+        {o for n in graph.node for o in n.output}
+    inputs = {t.name for t in graph.input}
     converted = []
     for init in graph.initializer:
-        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+        name = init.name
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements or name in inputs:
             continue
-        stored = init.name + "_float16"
-        value = numpy_helper.to_array(init).astype(np.float16)
-        init.CopyFrom(numpy_helper.from_array(value, stored))
-        graph.node.insert(0, onnx.helper.make_node("Cast", [stored], [stored[:-len("_float16")]],
-                                                   to=onnx.TensorProto.FLOAT, name=stored + "_cast"))
-        converted.append(stored[:-len("_float16")])
+        value = numpy_helper.to_array(init)
+        if not np.all(np.abs(value[np.isfinite(value)]) <= np.finfo(np.float16).max):
+            continue
+        stored = name + "_float16"
+        while stored in taken:
+            stored += "_"
+        taken.add(stored)
+        init.CopyFrom(numpy_helper.from_array(value.astype(np.float16), stored))
+        graph.node.insert(0, onnx.helper.make_node("Cast", [stored], [name], to=onnx.TensorProto.FLOAT,
+                                                   name=stored + "_cast"))
+        converted.append(name)
     if converted:
         info = get_metadata(proto, METADATA_KEY) or {}
         info["weights_float16"] = converted
