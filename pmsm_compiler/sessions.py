@@ -39,7 +39,7 @@ def _register_shared_cpu_arena() -> bool:
 def make_session(model, opt_level: str = "all", providers=None, threads: int = 0, shared_arena: bool = False,
                  priority_order: bool = False, custom_ops_library: str | None = None, qdq_fusion: bool = True,
                  profile_prefix: str | None = None, optimized_model_path: str | None = None,
-                 prepack: bool = True):
+                 prepack: bool = True, initializers: dict | None = None):
     """An onnxruntime session without thread spinning, at ``opt_level`` (a name of ``OPT_LEVELS``, or
     an ``onnxruntime.GraphOptimizationLevel``).
 
@@ -66,6 +66,12 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
 
     prepack: False leaves the weights as they are (``session.disable_prepacking``): no prepacked
     copy, slower kernels; for a session built only for its ``optimized_model_path``.
+
+    A ModelProto reaches onnxruntime as its skeleton plus its large initializers as arrays
+    (``pmsm_compiler.weights.split``; the same session, without serializing the weights, and at
+    any size). initializers: the arrays of a model that is already such a skeleton ({name:
+    array}, e.g. shared by several sessions of models derived from one split); only the names
+    the model references are used.
     """
     import onnxruntime as ort
 
@@ -100,8 +106,21 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
     so.log_severity_level = 4  # fatal only: a failure raises, and the tools print it as their one error line
     if custom_ops_library:
         so.register_custom_ops_library(custom_ops_library)
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
+    values = []
+    if isinstance(model, onnx.ModelProto):
+        from pmsm_compiler import weights
+
+        if initializers is None:
+            model, initializers = weights.split(model)
+        names = weights.in_memory_names(model)
+        if names:
+            # onnxruntime copies each array into its graph while it loads; the arrays must live until then
+            values = [ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names]
+            so.add_external_initializers(names, values)
+        model = model.SerializeToString()
+    session = ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
+    del values
+    return session
 
 
 def write_optimized_model(model, path: str, opt_level: str = "all", providers=None, **options) -> None:

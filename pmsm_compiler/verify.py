@@ -53,6 +53,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from pmsm_compiler import weights
 from pmsm_compiler.errors import InputError
 from pmsm_compiler.limits import MAX_TENSOR_BYTES, format_bytes
 from pmsm_compiler.onnx_utils import ancestors, downstream, node_dag, tensor_flow, with_outputs
@@ -111,11 +112,10 @@ def has_qdq(model: onnx.ModelProto) -> bool:
 def reference_session(compiled, opt_level: str = "all", providers=None, threads: int = 0, exposed: bool = True):
     """A verification's ANN session: the reference ANN (``compiled.reference``), Q/DQ as float
     simulation, with every quantizer output also a graph output (``exposed``) or as it is."""
-    model = compiled.reference
+    model, arrays = weights.split(compiled.reference)  # the copy with_outputs makes holds no weights
     if exposed:
         model = with_outputs(model, [l.ann_output for l in compiled.info.layers])
-    # serialized before the session is built: the model copy is freed while onnxruntime builds
-    return make_session(model.SerializeToString(), opt_level, providers, threads, qdq_fusion=False)
+    return make_session(model, opt_level, providers, threads, qdq_fusion=False, initializers=arrays)
 
 
 def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
@@ -292,8 +292,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         # nobody deploys), against the SNN's T = 1 run (its step in the ANN's form). Only network
         # outputs are held, so its batches are larger (``PLAIN_BATCH_FACTOR``). Its sessions are freed before
         # the others are built: the caller hands ``plain_session`` over (pipeline keeps no reference).
-        plain_sess = plain_session or make_session(ann.SerializeToString(), opt_level, providers, threads,
-                                                   qdq_fusion=False)
+        plain_sess = plain_session or make_session(ann, opt_level, providers, threads, qdq_fusion=False)
         plain_session = None
         plain = {"what": "the SNN's T = 1 run against the ANN as onnxruntime runs it, no quantizer output exposed",
                  **_compare_as_run(plain_sess, runtime, x, input_name, info.outputs,
@@ -311,11 +310,14 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                 deployed_sess = make_session(given, opt_level, providers, threads)
         except InputError as exc:  # information only: onnxruntime's own QDQ rewrite failing says nothing of the SNN
             deployed_unavailable = str(exc)
-    # each model serialized before its session is built: its copy is freed while onnxruntime builds
-    ann_sess = ann_session or make_session(with_outputs(ann, [l.ann_output for l in layers]).SerializeToString(),
-                                           opt_level, providers, threads, qdq_fusion=False)
-    tail_sess = make_session(teacher_forced_tail(ann, layers).SerializeToString(), opt_level, providers, threads,
-                             qdq_fusion=False)
+    # both from one weight-free skeleton of the ANN and one set of its weights' arrays, freed once
+    # onnxruntime has its copies
+    skeleton, arrays = weights.split(ann)
+    ann_sess = ann_session or make_session(with_outputs(skeleton, [l.ann_output for l in layers]), opt_level,
+                                           providers, threads, qdq_fusion=False, initializers=arrays)
+    tail_sess = make_session(teacher_forced_tail(skeleton, layers), opt_level, providers, threads, qdq_fusion=False,
+                             initializers=arrays)
+    del skeleton, arrays
 
     spikes = [l.spike_tensor for l in layers]
     ann_names = [o.name for o in ann_sess.get_outputs()]

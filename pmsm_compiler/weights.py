@@ -12,10 +12,19 @@ the values of shape-like tensors (a Reshape's shape, a Slice's starts).
 What the checker checks of an initializer's data (one value field, a raw_data of the size its
 type and shape declare) is checked here for the stripped ones (``check_stripped``), without the
 copy.
+
+``split(model)`` hands the large initializers to onnxruntime as arrays instead
+(``sessions.make_session``): the model it serializes is the skeleton with each of them an
+external-data reference (``IN_MEMORY``) that ``SessionOptions.add_external_initializers``
+fills. No session serializes the weights (ViT-S's verification serialized 82 MB four times),
+the arrays of one model serve all the sessions built from it (the verification's ANN, its
+quantizer outputs exposed and its tail), and a model over protobuf's 2 GiB builds sessions at
+all (``model_bytes`` sizes one without serializing it).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, helper
 
@@ -126,3 +135,56 @@ def checked_and_inferred(model: ModelProto, *, check: bool = True, infer: bool =
     if not infer:
         return None
     return onnx.shape_inference.infer_shapes(skel, check_type=True, strict_mode=True, data_prop=True)
+
+
+#: numpy's type of each element type ``split`` hands to onnxruntime as an array (bfloat16 and the
+#: 8-bit float types have none: they stay in the serialized model)
+NUMPY_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64, TensorProto.FLOAT16: np.float16,
+               TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT16: np.int16,
+               TensorProto.UINT16: np.uint16, TensorProto.INT32: np.int32, TensorProto.UINT32: np.uint32,
+               TensorProto.INT64: np.int64, TensorProto.UINT64: np.uint64, TensorProto.BOOL: np.bool_}
+
+#: the external-data location of an initializer ``split`` took out: no file, onnxruntime gets the
+#: array from the session options
+IN_MEMORY = "pmsm-weights-in-memory"
+
+
+def model_bytes(model: ModelProto) -> int:
+    """``model.ByteSize()`` within a few bytes per large initializer, without serializing the
+    weights (protobuf cannot size a model of 2 GiB or more: it raises)."""
+    total = skeleton(model).ByteSize()
+    for t in model.graph.initializer:
+        if strippable(t):
+            total += declared_bytes(t)
+    return total
+
+
+def split(model: ModelProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
+    """(skeleton, arrays): ``model`` with each large initializer of a type in ``NUMPY_TYPES``
+    reduced to an external-data reference to ``IN_MEMORY``, and those initializers' values
+    ({name: array}, each read once from its ``raw_data``). Nodes, functions, metadata and small
+    initializers are copied."""
+    out = ModelProto()
+    copy_except(model, out, skip=("graph",))
+    copy_except(model.graph, out.graph, skip=("initializer",))
+    arrays = {}
+    for t in model.graph.initializer:
+        ref = out.graph.initializer.add()
+        if not (strippable(t) and t.data_type in NUMPY_TYPES):
+            ref.CopyFrom(t)
+            continue
+        copy_except(t, ref, skip=("raw_data",))
+        ref.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", IN_MEMORY), ("offset", "0"), ("length", str(declared_bytes(t)))):
+            entry = ref.external_data.add()
+            entry.key, entry.value = key, value
+        arrays[t.name] = np.frombuffer(t.raw_data, NUMPY_TYPES[t.data_type]).reshape(tuple(t.dims))
+    return out, arrays
+
+
+def in_memory_names(model: ModelProto) -> list[str]:
+    """The initializers of ``model`` (a ``split`` skeleton, or a model derived from one) that
+    reference ``IN_MEMORY``."""
+    return [t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL
+            and any(e.key == "location" and e.value == IN_MEMORY for e in t.external_data)]
+

@@ -101,7 +101,9 @@ def optimized_step_session(model: bytes | onnx.ModelProto, shapes: dict, states,
     before kernel fusion; ``states``, ``required``: as ``blocked_layout``. decisions: {state input:
     channels} of the neurons that run blocked; rewrites: {"absorbed_ops": n, "blocked_layers": n}.
     """
-    size = len(model) if isinstance(model, bytes) else model.ByteSize()
+    from pmsm_compiler.weights import model_bytes
+
+    size = len(model) if isinstance(model, bytes) else model_bytes(model)
     if size > MAX_MODEL_BYTES:
         if required:
             raise RuntimeError("the middle step runs neurons blocked, this variant is too large to rewrite")

@@ -270,17 +270,17 @@ class SNNSession:
             files[_variant_label(*key)] = session.end_profiling()
         return files
 
-    def _step_bytes(self, model: onnx.ModelProto) -> bytes:
-        """The serialized middle-step model that its session runs: with the fused neuron kernels."""
+    def _middle_step_model(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """The middle-step model that its session runs: with the fused neuron kernels."""
         if self.kernels:
             from .fuse_neuron_kernels import fuse_model
 
             model, fused, notes = fuse_model(model)
             self._note_fusion(fused, notes)
-        return model.SerializeToString()
+        return model
 
-    def _variant_bytes(self, first: bool, last: bool, extra_outputs: tuple) -> bytes:
-        """The serialized step variant (``step_variant``) with ``extra_outputs`` also outputs and the
+    def _variant_model(self, first: bool, last: bool, extra_outputs: tuple) -> onnx.ModelProto:
+        """The step variant (``step_variant``) with ``extra_outputs`` also outputs and the
         fused neuron kernels: every rewrite on one imported graph, exported once."""
         graph = variant_graph(self._step_model, self.info, first, last)
         if extra_outputs:  # as onnx_utils.with_outputs adds them: float32 unless the graph knows better
@@ -300,7 +300,7 @@ class SNNSession:
             self._note_fusion(fused, notes)
         from .fuse_neuron_kernels import with_kernel_domain
 
-        return with_kernel_domain(export_variant(graph, self._step_model, last), fused).SerializeToString()
+        return with_kernel_domain(export_variant(graph, self._step_model, last), fused)
 
     def _variant_shapes(self, first: bool, last: bool) -> dict:
         """``static_shapes`` of a step variant before kernel fusion, inferred on the variant of the
@@ -314,8 +314,8 @@ class SNNSession:
         return static_shapes(export_variant(variant_graph(self._skeleton, self.info, first, last),
                                             self._skeleton, last))
 
-    def _make_step_session(self, data: bytes, key: tuple, required: dict | None):
-        """The session of step variant ``key`` from its serialized model ``data``; with the rewrite,
+    def _make_step_session(self, data: onnx.ModelProto, key: tuple, required: dict | None):
+        """The session of step variant ``key`` from its model ``data``; with the rewrite,
         ``required``: the blocked membranes it must keep (None: it decides, see ``session_for``)."""
         profile_prefix = self._profile_name(_variant_label(*key))
 
@@ -370,12 +370,14 @@ class SNNSession:
         """The T = 1 step in the ANN's form, or None (``ann_form_note`` says why)."""
         from pmsm_compiler.sessions import write_optimized_model
 
+        from pmsm_compiler.weights import model_bytes
+
         from .ann_form_step import NotAnnForm, ann_form_step_session
         from .optimized_step import MAX_MODEL_BYTES
 
         model = self._full_model
         self._ann_form_tried = True  # built once (again after ``drop_sessions``)
-        if model.ByteSize() > MAX_MODEL_BYTES:
+        if model_bytes(model) > MAX_MODEL_BYTES:
             self._ann_form_note = "too large to rewrite after onnxruntime's optimization"
             return None
         options = dict(threads=self._threads, shared_arena=True, qdq_fusion=False, priority_order=self.priority_order)
@@ -415,9 +417,8 @@ class SNNSession:
             # from one step's outputs into the next one's inputs. The one step of a T = 1 run reads
             # and writes no state (``step_variant``), so its neurons' layouts are its own.
             required = None if plain or (first and last) or not self._rewrite else self.blocked_states
-            # the model copies are freed before onnxruntime builds the session from the bytes
-            data = self._step_bytes(self._step_model) if plain else self._variant_bytes(first, last, extra_outputs)
-            self._variants[key] = self._make_step_session(data, key, required)
+            model = self._middle_step_model(self._step_model) if plain else self._variant_model(first, last, extra_outputs)
+            self._variants[key] = self._make_step_session(model, key, required)
         return self._variants[key]
 
     def run_first_step(self, x: np.ndarray, extra_outputs=()) -> dict:

@@ -291,3 +291,64 @@ def test_external_weights_are_read_once(tmp_path):
     assert compile_and_verify(tmp_path / "m.onnx", "folded").passed
     read = _read_bytes() - before
     assert data <= read < data + 200_000, (read, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# onnxruntime gets the weights as arrays (weights.split)
+
+
+def _run_all(session, x):
+    return session.run(None, {session.get_inputs()[0].name: x})
+
+
+@pytest.mark.parametrize("level", ["disable", "all"])
+def test_a_session_of_the_split_model_computes_what_the_serialized_model_computes(level):
+    from onnx import numpy_helper
+
+    from pmsm_compiler import weights
+    from pmsm_compiler.onnx_utils import with_outputs
+    from pmsm_compiler.sessions import make_session
+
+    model = chain_model(3, channels=32)
+    skel, arrays = weights.split(model)
+    assert list(arrays) == ["w0", "w1", "w2", "fc.w"] == weights.in_memory_names(skel)  # the λ stay
+    for t in model.graph.initializer:
+        if t.name in arrays:
+            assert np.array_equal(arrays[t.name], numpy_helper.to_array(t)) and arrays[t.name].dtype == np.float32
+    assert _weight_bytes(skel) < 1024 and skel.ByteSize() < model.ByteSize() / 10
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    whole = _run_all(make_session(model.SerializeToString(), level), x)
+    for session in (make_session(model, level), make_session(skel, level, initializers=arrays)):
+        assert all(np.array_equal(a, b) for a, b in zip(_run_all(session, x), whole, strict=True))
+    # a model derived from the skeleton uses the same arrays
+    exposed = make_session(with_outputs(skel, ["q1"]), level, initializers=arrays)
+    reference = make_session(with_outputs(model, ["q1"]).SerializeToString(), level)
+    assert all(np.array_equal(a, b) for a, b in zip(_run_all(exposed, x), _run_all(reference, x), strict=True))
+
+
+def test_model_bytes_sizes_a_model_without_serializing_its_weights():
+    from pmsm_compiler import weights
+
+    model = chain_model(3, channels=32)
+    assert abs(weights.model_bytes(model) - model.ByteSize()) < 64 * 3
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_no_session_of_a_compile_and_its_verification_is_given_the_weights_serialized(tmp_path, monkeypatch, mode):
+    import onnxruntime as ort
+
+    from pmsm_compiler.pipeline import compile_and_verify
+
+    model = chain_model(3, channels=64)
+    onnx.save(model, tmp_path / "m.onnx")
+    given = []
+    real = ort.InferenceSession
+
+    def recording(path_or_bytes, *args, **kwargs):
+        given.append(len(path_or_bytes) if isinstance(path_or_bytes, bytes) else 0)
+        return real(path_or_bytes, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    assert compile_and_verify(tmp_path / "m.onnx", mode).passed
+    assert len(given) >= 3 and max(given) < _weight_bytes(model) / 10, given
+

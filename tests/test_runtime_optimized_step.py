@@ -560,7 +560,7 @@ def test_the_optimizer_writes_the_graph_a_running_session_optimizes(library, snn
     session = SNNSession(snn_models[("resnet_qcfs", "exact")])
     options = dict(qdq_fusion=False, priority_order=True, custom_ops_library=session.kernels)
     for first, last in ((False, False), (True, False), (True, True)):
-        data = session._variant_bytes(first, last, ())
+        data = session._variant_model(first, last, ())
         running, alone = (tmp_path / f"{kind}{first}{last}" / "step.onnx" for kind in ("running", "alone"))
         running.parent.mkdir(), alone.parent.mkdir()  # one name: the weights' data file is named after it
         make_session(data, "all", optimized_model_path=str(running), **options)
