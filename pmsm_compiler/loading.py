@@ -42,6 +42,7 @@ __all__ = [
     "PMSM_DOMAIN",
     "PMSM_FUNCTION_OPS",
     "PROTOBUF_LIMIT",
+    "MAX_MODEL_WITH_DATA_BYTES",
     "check_missing_inputs",
     "check_ops",
     "check_opsets",
@@ -58,8 +59,12 @@ __all__ = [
 
 #: A serialized protobuf message must be smaller than 2 GiB.
 PROTOBUF_LIMIT = 2**31
-#: Default upper bound for a model file (and for the model plus its external data).
+#: Default upper bound for a model file (protobuf's own limit).
 MAX_MODEL_BYTES = PROTOBUF_LIMIT - 1
+#: Default upper bound for a model file plus its external data: the compiler holds the weights
+#: in memory (about four copies of them at the verification's peak), so the bound is the memory
+#: of a workstation, not protobuf's 2 GiB.
+MAX_MODEL_WITH_DATA_BYTES = 16 * 2**30
 
 #: Standard-domain ops the compiler accepts (domain "" == "ai.onnx"): those some pass handles
 #: (``ops.supported``, the one table).
@@ -764,7 +769,7 @@ def _validation_message(exc: BaseException, limit: int = 400) -> str:
 def load_model(
     path: str | os.PathLike[str],
     *,
-    max_bytes: int = MAX_MODEL_BYTES,
+    max_bytes: int | None = None,
     allowed_ops: Iterable[tuple[str, str] | str] | None = None,
     static_inputs: bool = True,
     input_shapes: dict[str, list[int | str]] | None = None,
@@ -781,22 +786,27 @@ def load_model(
     Raises InputError (UnsupportedModelError for ops outside ``allowed_ops``, which defaults
     to ``DEFAULT_ALLOWED_OPS``) with a one-line message. External data is read only from plain
     files inside the (symlink-resolved) model file's directory; ``max_bytes`` bounds the model
-    file and the model file plus its external data together. Opsets, graph outputs and tensor
+    file and the model file plus its external data together (None: ``MAX_MODEL_BYTES`` and
+    ``MAX_MODEL_WITH_DATA_BYTES``). A model over protobuf's 2 GiB with its external data loads
+    (each weight read once, into its tensor): the compiler never serializes it whole
+    (``pmsm_compiler.weights``), and ``save_model_atomic`` writes it with external data. Opsets, graph outputs and tensor
     sizes are checked (``check_opsets``, ``check_graph_io_names``, ``check_sparse_sizes``,
     ``check_tensor_sizes``); repeated node names are made unique (``unique_node_names``).
     """
     path = os.fspath(path)
-    data, real_path = _read_model_file(path, max_bytes)
+    max_total = MAX_MODEL_WITH_DATA_BYTES if max_bytes is None else max_bytes
+    data, real_path = _read_model_file(path, MAX_MODEL_BYTES if max_bytes is None else max_bytes)
     model = _parse_model(data, path)
     del data
 
     base_dir = os.path.dirname(real_path)
     external_bytes = _validate_external_data(model, base_dir)
-    if external_bytes and model.ByteSize() + external_bytes > max_bytes:
+    if external_bytes and model.ByteSize() + external_bytes > max_total:
         total = model.ByteSize() + external_bytes
         raise _fail(
             f"model {path} with its external data is {format_bytes(total)}, over the limit of "
-            f"{format_bytes(max_bytes)}"
+            f"{format_bytes(max_total)}"
+            + (" (--max-bytes raises it)" if max_bytes is None else "")
         )
 
     check_opsets(model)
@@ -819,11 +829,6 @@ def load_model(
         for t in external:  # as the inline model has it: no explicit DEFAULT location
             t.ClearField("data_location")
         del external
-        if model.ByteSize() >= PROTOBUF_LIMIT:
-            raise _fail(
-                f"model {path} with its external data is {format_bytes(model.ByteSize())}; models "
-                f"over 2 GiB in total are not supported"
-            )
 
     # The checker and shape inference see the model without its large weights (``weights``):
     # given the whole model, each serialized it again (VGG-16: 2.4 s and a peak of 6x its size).
@@ -857,16 +862,32 @@ def load_model(
 # --------------------------------------------------------------------------------------------
 
 
-def save_model_atomic(model: ModelProto, path: str | os.PathLike[str]) -> None:
-    """Serialize ``model`` and write it atomically (see ``save_bytes_atomic``).
+def external_data_path(path: str | os.PathLike[str]) -> str:
+    """Where ``save_model_atomic`` puts the external data of a model it writes to ``path``."""
+    return os.fspath(path) + ".data"
 
-    Refuses models of 2 GiB or more, which a single protobuf file cannot hold.
+
+def save_model_atomic(model: ModelProto, path: str | os.PathLike[str], external_data: bool | None = None) -> bool:
+    """Serialize ``model`` and write it atomically (see ``save_bytes_atomic``); return whether its
+    weights went to an external data file.
+
+    ``external_data`` (None: when the model is 2 GiB or more, which one protobuf file cannot
+    hold): the large initializers go to ``external_data_path(path)`` (``<file>.data``, each
+    tensor once, at 64 KiB-aligned offsets; ``weights.with_external_data``) and the model file
+    references them. The data file is written and renamed into place first, then the model file:
+    a failure leaves no temporary file and the previous model file.
     """
-    size = model.ByteSize()
+    if external_data is None:
+        external_data = weights.model_bytes(model) >= PROTOBUF_LIMIT
+    if not external_data:
+        save_bytes_atomic(model.SerializeToString(), path)
+        return False
+    data_path = check_output_path(external_data_path(path), "the external data")
+    skeleton, layout = weights.with_external_data(model, os.path.basename(data_path))
+    size = skeleton.ByteSize()
     if size >= PROTOBUF_LIMIT:
-        raise _fail(
-            f"cannot save {os.fspath(path)}: the model is {format_bytes(size)}, and a single ONNX "
-            f"file must be under 2 GiB (protobuf limit); store the weights as external data"
-        )
-    data = model.SerializeToString()
-    save_bytes_atomic(data, path)
+        raise _fail(f"cannot save {os.fspath(path)}: without its large weights the model is still "
+                    f"{format_bytes(size)}, over protobuf's 2 GiB")
+    write_atomic(data_path, lambda tmp: weights.write_external_data(layout, tmp))
+    save_bytes_atomic(skeleton.SerializeToString(), path)
+    return True

@@ -87,9 +87,9 @@ def load_ann(path: str | os.PathLike[str], *, max_bytes: int | None = None,
     """Load an untrusted ANN for compilation (``loading.load_model``) and refuse, in one line, a
     compiled SNN, a model with more than one data input and dynamic non-batch dimensions."""
     from pmsm_compiler.snn_format import read_snn_info
-    from pmsm_compiler.loading import MAX_MODEL_BYTES, check_single_input, check_static_shapes, load_model
+    from pmsm_compiler.loading import check_single_input, check_static_shapes, load_model
 
-    ann = load_model(path, max_bytes=max_bytes or MAX_MODEL_BYTES, static_inputs=False, input_shapes=input_shapes)
+    ann = load_model(path, max_bytes=max_bytes, static_inputs=False, input_shapes=input_shapes)
     if read_snn_info(ann) is not None:
         raise InputError(f"{os.fspath(path)} is already a compiled SNN ('pmsm.snn' metadata); give the source ANN")
     check_single_input(ann)

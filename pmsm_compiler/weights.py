@@ -188,3 +188,40 @@ def in_memory_names(model: ModelProto) -> list[str]:
     return [t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL
             and any(e.key == "location" and e.value == IN_MEMORY for e in t.external_data)]
 
+
+#: offsets of the tensors in a data file ``with_external_data`` lays out: a multiple of the page
+#: size of every common system, so that a reader may map each tensor straight from the file
+EXTERNAL_ALIGN = 65536
+
+
+def with_external_data(model: ModelProto, location: str) -> tuple[ModelProto, list[tuple[TensorProto, int]]]:
+    """(skeleton, layout): ``model`` with each large initializer (``strippable``) an external-data
+    reference to file ``location`` (relative to the model file), at offsets ``EXTERNAL_ALIGN``
+    apart, and [(initializer of ``model``, offset)] that ``write_external_data`` writes."""
+    out = ModelProto()
+    copy_except(model, out, skip=("graph",))
+    copy_except(model.graph, out.graph, skip=("initializer",))
+    layout, offset = [], 0
+    for t in model.graph.initializer:
+        ref = out.graph.initializer.add()
+        if not strippable(t):
+            ref.CopyFrom(t)
+            continue
+        size = declared_bytes(t)
+        copy_except(t, ref, skip=("raw_data",))
+        ref.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(size))):
+            entry = ref.external_data.add()
+            entry.key, entry.value = key, value
+        layout.append((t, offset))
+        offset += -(-size // EXTERNAL_ALIGN) * EXTERNAL_ALIGN
+    return out, layout
+
+
+def write_external_data(layout: list[tuple[TensorProto, int]], path: str) -> None:
+    """Write the initializers of a ``with_external_data`` layout into file ``path``, each at its
+    offset (the gaps between them are holes: zeros that take no disk space)."""
+    with open(path, "wb") as f:
+        for t, offset in layout:
+            f.seek(offset)
+            f.write(t.raw_data)

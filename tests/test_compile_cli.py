@@ -25,7 +25,7 @@ from pmsm_compiler.snn_format import SNN_METADATA_KEY, read_snn_info
 
 torch = pytest.importorskip("torch")
 
-REPORT_KEYS = {"schema_version", "tool", "compiler_version", "input", "output", "mode", "compile_seconds",
+REPORT_KEYS = {"schema_version", "tool", "compiler_version", "input", "output", "output_data", "mode", "compile_seconds",
                "total_seconds", "phase_seconds", "ann_macs", "time_input", "verification", "layers", "wrappers", "notes"}
 VERIFICATION_KEYS = {"passed", "skipped", "failures", "mode", "opt_level", "samples", "data", "policy",
                      "level_agreement", "top1_agreement", "max_abs_diff", "lossy_layers_excluded", "batch",

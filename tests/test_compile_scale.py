@@ -294,7 +294,8 @@ def test_external_weights_are_read_once(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# onnxruntime gets the weights as arrays (weights.split)
+# onnxruntime gets the weights as arrays (weights.split), a model over 2 GiB is saved with external
+# data (loading.save_model_atomic)
 
 
 def _run_all(session, x):
@@ -352,3 +353,100 @@ def test_no_session_of_a_compile_and_its_verification_is_given_the_weights_seria
     assert compile_and_verify(tmp_path / "m.onnx", mode).passed
     assert len(given) >= 3 and max(given) < _weight_bytes(model) / 10, given
 
+
+def test_a_model_saved_with_external_data_loads_to_the_same_model(tmp_path):
+    from pmsm_compiler import weights
+    from pmsm_compiler.loading import external_data_path, load_model, save_model_atomic
+
+    onnx.save(chain_model(3, channels=32), tmp_path / "inline.onnx")
+    model = load_model(tmp_path / "inline.onnx")
+    (tmp_path / "ext").mkdir()
+    path = tmp_path / "ext" / "m.onnx"
+    assert save_model_atomic(model, path, external_data=True) is True
+    assert external_data_path(path) == str(path) + ".data"
+    assert sorted(os.listdir(tmp_path / "ext")) == ["m.onnx", "m.onnx.data"]  # no temporary file left
+    written = onnx.load(path, load_external_data=False)
+    refs = {t.name: {e.key: e.value for e in t.external_data} for t in written.graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL}
+    assert sorted(refs) == ["fc.w", "w0", "w1", "w2"]
+    assert all(r["location"] == "m.onnx.data" and int(r["offset"]) % weights.EXTERNAL_ALIGN == 0 for r in refs.values())
+    assert load_model(path).SerializeToString() == model.SerializeToString()
+    assert save_model_atomic(model, tmp_path / "plain.onnx") is False  # small: one file
+    assert not os.path.exists(tmp_path / "plain.onnx.data")
+
+
+def test_a_model_over_protobufs_limit_is_saved_with_external_data(tmp_path, monkeypatch):
+    from pmsm_compiler import loading
+
+    model = chain_model(2, channels=16)
+    monkeypatch.setattr(loading, "PROTOBUF_LIMIT", model.ByteSize() - 1000)  # the decision, not 2 GiB of memory
+    assert loading.save_model_atomic(model, tmp_path / "m.onnx") is True
+    assert os.path.getsize(tmp_path / "m.onnx") < 4096 < os.path.getsize(tmp_path / "m.onnx.data")
+
+
+def test_a_failed_external_data_write_leaves_nothing(tmp_path, monkeypatch):
+    from pmsm_compiler import loading, weights
+
+    def failing(layout, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(weights, "write_external_data", failing)
+    with pytest.raises(OSError):
+        loading.save_model_atomic(chain_model(2, channels=16), tmp_path / "m.onnx", external_data=True)
+    assert os.listdir(tmp_path) == []
+
+
+def test_external_data_beyond_the_model_file_limit_loads_up_to_the_total_limit(tmp_path, monkeypatch):
+    from pmsm_compiler import loading
+    from pmsm_compiler.errors import InputError
+
+    model = chain_model(3, channels=32)
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=1024)
+    file_size = os.path.getsize(tmp_path / "m.onnx")
+    # the file limit stands for protobuf's 2 GiB, the total limit for the memory the weights may take
+    monkeypatch.setattr(loading, "MAX_MODEL_BYTES", file_size + 100)
+    assert loading.load_model(tmp_path / "m.onnx").SerializeToString() != b""
+    monkeypatch.setattr(loading, "MAX_MODEL_WITH_DATA_BYTES", file_size + 100)
+    with pytest.raises(InputError, match=r"with its external data is .* over the limit of .*--max-bytes raises it"):
+        loading.load_model(tmp_path / "m.onnx")
+
+
+def test_pmsm_compile_writes_external_data_on_request_and_the_snn_runs_from_it(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pmsm_compiler.cli.compile import main as compile_cli
+    from pmsm_compiler.runtime import SNNSession
+
+    onnx.save(chain_model(3, channels=32), tmp_path / "m.onnx")
+    runner = CliRunner()
+    for flag, out in (("--external-data", "ext.snn.onnx"), ("--no-external-data", "inline.snn.onnx")):
+        result = runner.invoke(compile_cli, [str(tmp_path / "m.onnx"), "-o", str(tmp_path / out), flag, "--json",
+                                             str(tmp_path / f"{out}.json"), "-q"])
+        assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ext.snn.onnx.json").read_text())
+    assert report["output_data"] == str(tmp_path / "ext.snn.onnx.data")
+    assert json.loads((tmp_path / "inline.snn.onnx.json").read_text())["output_data"] is None
+    assert os.path.getsize(tmp_path / "ext.snn.onnx") < os.path.getsize(tmp_path / "inline.snn.onnx") / 4
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    a = SNNSession(str(tmp_path / "ext.snn.onnx")).run_batch(x, 3)
+    b = SNNSession(str(tmp_path / "inline.snn.onnx")).run_batch(x, 3)
+    assert np.array_equal(a.mean_outputs, b.mean_outputs) and np.array_equal(a.spikes, b.spikes)
+
+
+def test_pmsm_compile_refuses_an_external_data_path_it_cannot_write_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from pmsm_compiler.cli.compile import main as compile_cli
+
+    onnx.save(chain_model(2), tmp_path / "m.onnx")
+    (tmp_path / "o.snn.onnx.data").mkdir()
+    result = CliRunner().invoke(compile_cli, [str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.snn.onnx"),
+                                              "--external-data"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: cannot write the compiled model's external data {tmp_path / 'o.snn.onnx.data'}: it is a directory")
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "o.snn.onnx.data"]

@@ -70,7 +70,12 @@ counted as 1).
               help="Both modes: largest accepted |SNN - ANN tail fed the SNN's own levels|, relative to the "
                    "largest output magnitude (checks the arithmetic after the last neurons).")
 @json_option("Write the JSON report here (docs/report-schema.md); --report is the same.", "--report")
-@click.option("--max-bytes", default=None, type=int, help="Refuse model files larger than this.")
+@click.option("--max-bytes", default=None, type=int,
+              help="Refuse models larger than this: the file, and the file plus its external data "
+                   "(default: 2 GiB and 16 GiB).")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Write the SNN's weights to OUTPUT.data beside it (default: when the SNN is 2 GiB or more, "
+                   "which one ONNX file cannot hold).")
 @click.option("--input-shape", multiple=True, metavar="NAME:DIMS",
               help="Fix an input's shape, e.g. x:1x3x32x32 (polygraphy/onnxsim style; a name such as N keeps the "
                    "batch dynamic): for models exported with dynamic height/width. Repeatable.")
@@ -78,11 +83,12 @@ counted as 1).
                         "warnings through.")
 @cli_errors
 def main(model, output, mode, exact, check, calibration_data, samples, seed, normalization, providers, opt_level,
-         threads, max_level_mismatch, min_top1_agreement, output_rtol, json_path, max_bytes, input_shape, verbosity):
+         threads, max_level_mismatch, min_top1_agreement, output_rtol, json_path, max_bytes, external_data, input_shape,
+         verbosity):
     """See HELP."""
     from pmsm_compiler.errors import InputError
     from pmsm_compiler.files import check_output_path, save_text_atomic
-    from pmsm_compiler.loading import parse_input_shape, save_model_atomic
+    from pmsm_compiler.loading import external_data_path, parse_input_shape, save_model_atomic
     from pmsm_compiler.pipeline import check_sampling, compile_and_verify
     from pmsm_compiler.verify import VerificationPolicy
 
@@ -94,6 +100,8 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     if os.path.abspath(output) == os.path.abspath(model):
         raise InputError("the output path must differ from the input model")
     check_output_path(output, "the compiled model")
+    if external_data:
+        check_output_path(external_data_path(output), "the compiled model's external data")
     if json_path:
         check_output_path(json_path, "the report")
     start = time.perf_counter()
@@ -106,7 +114,7 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     elapsed = time.perf_counter() - start
     report = {
         "schema_version": REPORT_SCHEMA_VERSION, "tool": "pmsm-compile", "compiler_version": __version__,
-        "input": os.path.abspath(model), "output": None, "mode": mode, "compile_seconds": info.compile_seconds,
+        "input": os.path.abspath(model), "output": None, "output_data": None, "mode": mode, "compile_seconds": info.compile_seconds,
         "total_seconds": round(elapsed, 3), "phase_seconds": dict(result.phase_seconds),
         "ann_macs": info.ann_macs, "time_input": info.time_input,
         "verification": {k: v for k, v in verification.items() if k != "layers"},
@@ -116,8 +124,9 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     passed = result.passed
     if passed:
         saving = time.perf_counter()
-        save_model_atomic(compiled.model, output)
+        external = save_model_atomic(compiled.model, output, external_data)
         report["output"] = os.path.abspath(output)
+        report["output_data"] = os.path.abspath(external_data_path(output)) if external else None
         report["phase_seconds"]["save"] = round(time.perf_counter() - saving, 3)
     if json_path:
         save_text_atomic(json.dumps(report, indent=1) + "\n", json_path)
