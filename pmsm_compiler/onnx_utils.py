@@ -40,6 +40,45 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+def export_model(graph: gs.Graph) -> onnx.ModelProto:
+    """``gs.export_onnx(graph)`` with the data of its large constants (``weights.STRIP_BYTES`` or
+    more, numpy values read by the main graph's nodes) written into the exported graph one tensor
+    at a time. onnx-graphsurgeon first builds every initializer (the array's bytes, then a
+    TensorProto of them) and then copies them all into the graph: three copies of the weights at
+    once. Here the graph is exported with each such constant a plain name, and its initializer
+    is appended afterwards from the array's bytes. The constants' consumers are put back, though
+    not necessarily in their order (``Tensor.outputs``): for a graph no pass reads again."""
+    from pmsm_compiler.weights import NUMPY_TYPES, STRIP_BYTES
+
+    onnx_type = {np.dtype(v): k for k, v in NUMPY_TYPES.items()}
+    outputs = {id(t) for t in graph.outputs}
+    large = {}
+    for node in graph.nodes:
+        for t in node.inputs:
+            if (isinstance(t, gs.Constant) and id(t) not in outputs and isinstance(t._values, np.ndarray)
+                    and t.data_location is None and t.values.nbytes >= STRIP_BYTES and t.export_dtype == t.dtype
+                    and t.values.dtype in onnx_type):
+                large[t.name] = t
+    placeholders = {name: gs.Variable(name) for name in large}
+    swapped = []
+    for node in graph.nodes:
+        for i, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant) and large.get(t.name) is t:
+                swapped.append((node, i, t))
+                node.inputs[i] = placeholders[t.name]
+    try:
+        model = gs.export_onnx(graph)
+    finally:
+        for node, i, t in swapped:
+            node.inputs[i] = t
+    for name, t in large.items():
+        init = model.graph.initializer.add()
+        init.name, init.data_type = name, onnx_type[t.values.dtype]
+        init.dims.extend(t.values.shape)
+        init.raw_data = np.ascontiguousarray(t.values).tobytes()
+    return model
+
+
 def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs the given intermediate tensors."""
     m = onnx.ModelProto()

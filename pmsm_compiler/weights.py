@@ -40,17 +40,21 @@ def _repeated(fd) -> bool:
 
 
 def copy_except(src, dst, skip=()) -> None:
-    """Copy every field of message ``src`` into ``dst`` but those named in ``skip``."""
-    for fd, value in src.ListFields():
-        if fd.name in skip:
+    """Copy every field of message ``src`` into ``dst`` but those named in ``skip``, without
+    reading them (``ListFields`` would copy a tensor's ``raw_data`` out only to skip it)."""
+    for fd in src.DESCRIPTOR.fields:
+        name = fd.name
+        if name in skip:
             continue
-        target = getattr(dst, fd.name)
         if _repeated(fd):
-            target.extend(value)
-        elif fd.message_type is not None:
-            target.CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
+            value = getattr(src, name)
+            if len(value):
+                getattr(dst, name).extend(value)
+        elif src.HasField(name):  # onnx.proto is proto2: every singular field has presence
+            if fd.message_type is not None:
+                getattr(dst, name).CopyFrom(getattr(src, name))
+            else:
+                setattr(dst, name, getattr(src, name))
 
 
 #: bytes per element of the element types a skeleton strips (sub-byte, string and 8-bit float

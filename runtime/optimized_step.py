@@ -28,8 +28,6 @@ from .absorb_neighbours import absorb_neighbours
 from .blocked_layout import NCHWC_DOMAIN, blocked_layout
 
 _BLOCK: dict = {}
-# protobuf cannot serialize a model of 2 GiB or more in one piece
-MAX_MODEL_BYTES = 1 << 30
 
 
 def nchwc_block() -> int | None:
@@ -65,8 +63,10 @@ def _without_weight_data(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     light = onnx.GraphProto(name=graph.name, node=graph.node, input=graph.input, output=graph.output,
                             value_info=graph.value_info, sparse_initializer=graph.sparse_initializer)
+    from pmsm_compiler.weights import strippable
+
     for init in graph.initializer:
-        if init.ByteSize() > 4096:
+        if strippable(init):  # not ``ByteSize()``: it serializes the tensor to size it
             light.initializer.append(onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims))
         else:
             light.initializer.append(init)
@@ -92,7 +92,8 @@ def static_shapes(model: onnx.ModelProto) -> dict:
 def optimized_step_session(model: bytes | onnx.ModelProto, shapes: dict, states, required: dict | None, make,
                            optimize, profiling: bool = False):
     """(session, decisions, rewrites) for ``model`` (the step graph with fused neuron kernels,
-    serialized or not).
+    serialized or not, at any size: its weights reach onnxruntime as arrays, and the optimized
+    graph is rewritten without them).
 
     make(model, opt_level, profile=False): builds the session that runs, with the runtime's options
     (``profile``: with its per-node trace, when ``profiling``); optimize(model, path): writes
@@ -101,13 +102,6 @@ def optimized_step_session(model: bytes | onnx.ModelProto, shapes: dict, states,
     before kernel fusion; ``states``, ``required``: as ``blocked_layout``. decisions: {state input:
     channels} of the neurons that run blocked; rewrites: {"absorbed_ops": n, "blocked_layers": n}.
     """
-    from pmsm_compiler.weights import model_bytes
-
-    size = len(model) if isinstance(model, bytes) else model_bytes(model)
-    if size > MAX_MODEL_BYTES:
-        if required:
-            raise RuntimeError("the middle step runs neurons blocked, this variant is too large to rewrite")
-        return make(model, "all", profile=profiling), {}, {"absorbed_ops": 0, "blocked_layers": 0}
     with tempfile.TemporaryDirectory(prefix="pmsm_step_", dir=_memory_folder()) as tmp:
         path = os.path.join(tmp, "step.optimized.onnx")
         optimize(model, path)

@@ -50,6 +50,7 @@ from pmsm_compiler.errors import InputError
 from pmsm_compiler.limits import check_timesteps
 from pmsm_compiler.sessions import declared_batch, make_session, padded_batches
 from pmsm_compiler.snn_format import DataInput, read_snn_info
+from pmsm_compiler.weights import split
 
 from .step_graphs import export_variant, split_static_prologue, states_safe_in_place, variant_graph, without_output
 
@@ -108,6 +109,11 @@ class SNNSession:
         self.profile_prefix = profile_prefix
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.kernels = self._kernel_library(kernels)
+        # The weights once, as the arrays every session of this model is built from
+        # (``pmsm_compiler.weights.split``): the prologue, the step variants and the T = 1 step in
+        # the ANN's form are cut and rewritten from the weight-free skeleton, and none of them
+        # copies or serializes the weights on its way to onnxruntime.
+        model, self._weights = split(model)
         if info.counters_output and not counters:
             model = without_output(model, info.counters_output)
         # T = 1 in exact mode: the one step in the ANN's own form (runtime/ann_form_step.py), from
@@ -117,7 +123,8 @@ class SNNSession:
         self._ann_form_note: str | None = None
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True,
-                                      qdq_fusion=False, profile_prefix=self._profile_name("prologue"))
+                                      qdq_fusion=False, profile_prefix=self._profile_name("prologue"),
+                                      initializers=self._weights)
                          if prologue is not None else None)
         self.priority_order = priority_order
         self._fused_layers = 0
@@ -323,7 +330,7 @@ class SNNSession:
         # for k·s; integer-kernel fusion has nothing to gain there, and can fail on it (onnxruntime
         # 1.32 at opset 21: QuantizeLinear(int8) → DQ → Reshape)
         options = dict(threads=self._threads, shared_arena=True, qdq_fusion=False, priority_order=self.priority_order,
-                       custom_ops_library=self.kernels)
+                       custom_ops_library=self.kernels, initializers=self._weights)
 
         def make(m, opt_level, profile=True):
             return make_session(m, opt_level, self.providers, **options,
@@ -370,17 +377,12 @@ class SNNSession:
         """The T = 1 step in the ANN's form, or None (``ann_form_note`` says why)."""
         from pmsm_compiler.sessions import write_optimized_model
 
-        from pmsm_compiler.weights import model_bytes
-
         from .ann_form_step import NotAnnForm, ann_form_step_session
-        from .optimized_step import MAX_MODEL_BYTES
 
         model = self._full_model
         self._ann_form_tried = True  # built once (again after ``drop_sessions``)
-        if model_bytes(model) > MAX_MODEL_BYTES:
-            self._ann_form_note = "too large to rewrite after onnxruntime's optimization"
-            return None
-        options = dict(threads=self._threads, shared_arena=True, qdq_fusion=False, priority_order=self.priority_order)
+        options = dict(threads=self._threads, shared_arena=True, qdq_fusion=False, priority_order=self.priority_order,
+                       initializers=self._weights)
         profile_prefix = self._profile_name(_variant_label(True, True, ()))
 
         def make(path):

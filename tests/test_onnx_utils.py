@@ -64,3 +64,33 @@ def test_in_topological_order_notices_a_node_before_its_producer_and_a_subgraph(
     branch = gs.Node("If", inputs=[x], outputs=[gs.Variable("c", np.float32)],
                      attrs={"then_branch": body, "else_branch": body})
     assert not in_topological_order(gs.Graph(nodes=[first, second, branch], inputs=[x], outputs=[b]))
+
+
+def test_export_model_writes_what_graphsurgeon_writes_one_weight_at_a_time():
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from pmsm_compiler.onnx_utils import export_model
+
+    rng = np.random.default_rng(0)
+    x = gs.Variable("x", np.float32, [2, 64])
+    w = gs.Constant("w", rng.standard_normal((64, 64)).astype(np.float32))  # 16 KiB: written by export_model
+    b = gs.Constant("b", rng.standard_normal(64).astype(np.float32))  # 256 bytes: left to graphsurgeon
+    h, y = gs.Variable("h", np.float32), gs.Variable("y", np.float32, [2, 64])
+    nodes = [gs.Node("MatMul", inputs=[x, w], outputs=[h]), gs.Node("Add", inputs=[h, b], outputs=[y])]
+    graph = gs.Graph(nodes=nodes, inputs=[x], outputs=[y], opset=17)
+    inputs_before = [list(n.inputs) for n in graph.nodes]
+    ours, theirs = export_model(graph), gs.export_onnx(graph)
+    assert [list(n.inputs) for n in graph.nodes] == inputs_before  # the constants are back in place
+    assert all(a is b for a, b in zip(graph.nodes[0].inputs, [x, w]))
+    assert sorted(t.name for t in ours.graph.initializer) == ["b", "w"]
+    as_theirs = {t.name: numpy_helper.to_array(t) for t in theirs.graph.initializer}
+    for t in ours.graph.initializer:
+        value = numpy_helper.to_array(t)
+        assert value.dtype == as_theirs[t.name].dtype and np.array_equal(value, as_theirs[t.name])
+    onnx.checker.check_model(ours, full_check=True)
+    feed = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+           for m in (ours, theirs)]
+    assert np.array_equal(*run)
