@@ -118,11 +118,15 @@ def times_in_float64(w: np.ndarray, factor, *, reciprocal: bool = False, dtype=N
     out = np.empty(w.shape, dtype or w.dtype)
     f = np.broadcast_to(factor, w.shape) if factor.ndim else factor
     rows = max(1, _BLOCK // max(1, w[0].size))
+    buffer = np.empty((rows, *w.shape[1:]), np.float64)  # one block's float64 values, reused
     for i in range(0, w.shape[0], rows):
-        v = w[i:i + rows].astype(np.float64)
+        block = w[i:i + rows]
+        v = buffer[:len(block)]
+        v[...] = block  # exact: every float32 (or float16) is a float64
         if reciprocal:
             np.divide(1.0, v, out=v)
-        out[i:i + rows] = v * (f[i:i + rows] if f.ndim else f)
+        np.multiply(v, f[i:i + rows] if f.ndim else f, out=v)
+        out[i:i + rows] = v
     return out
 
 

@@ -27,13 +27,33 @@ def const_value(tensor) -> np.ndarray | None:
     return None
 
 
+class _RawDataValues(gs.ir.tensor.LazyValues):
+    """onnx-graphsurgeon's lazy values of a large initializer, loaded with one copy instead of
+    two (its ``load`` copies ``numpy_helper.to_array``'s array again): a read-only view of the
+    tensor's ``raw_data`` bytes. Still ``LazyValues``: an unread constant is exported as its
+    original TensorProto."""
+
+    def load(self):
+        from pmsm_compiler.weights import NUMPY_TYPES
+
+        t = self.tensor
+        return np.frombuffer(t.raw_data, NUMPY_TYPES[t.data_type]).reshape(tuple(t.dims))
+
+
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """``gs.import_onnx(model)``, detached from ``model``. onnx-graphsurgeon keeps the model's own
     ``opset_import`` (and each function's) as the graph's ``import_domains``, and its exporter
     appends every domain the graph's nodes use there: exporting a rewritten graph added the new
     domains to the model it was imported from (the verification's fused kernels wrote an import
     of 'pmsm.kernels' into the compiled SNN it verified, and so into the file written)."""
+    from pmsm_compiler.weights import NUMPY_TYPES, strippable
+
     graph = gs.import_onnx(model)
+    for t in graph.tensors().values():
+        lazy = getattr(t, "_values", None)
+        if (type(lazy) is gs.ir.tensor.LazyValues and strippable(lazy.tensor)
+                and lazy.tensor.data_type in NUMPY_TYPES):
+            t._values = _RawDataValues(lazy.tensor)
     for g in [graph, *graph.functions]:
         if g.import_domains is not None:
             g.import_domains = [helper.make_opsetid(o.domain, o.version) for o in g.import_domains]

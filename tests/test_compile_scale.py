@@ -468,7 +468,7 @@ def test_the_compile_leaves_no_graph_holding_weights_behind(tmp_path, monkeypatc
     gc.disable()  # only compile_model's own collection runs
     try:
         compiled = compile_model(ann, mode="folded")
-        alive = [o for o in gc.get_objects() if isinstance(o, gs.Constant) and isinstance(o._values, np.ndarray)
+        alive = [o for o in gc.get_objects() if type(o) is gs.Constant and isinstance(o._values, np.ndarray)
                  and o._values.nbytes >= 1024]
     finally:
         gc.enable()

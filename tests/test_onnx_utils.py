@@ -94,3 +94,31 @@ def test_export_model_writes_what_graphsurgeon_writes_one_weight_at_a_time():
     run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
            for m in (ours, theirs)]
     assert np.array_equal(*run)
+
+
+def test_import_graph_reads_a_large_weight_once_and_exports_an_unread_one_as_it_was():
+    import onnx
+    from onnx import numpy_helper
+
+    from pmsm_compiler.onnx_utils import import_graph
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")  # 16 KiB
+    v = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "v")
+    small = numpy_helper.from_array(np.float32([1, 2, 3]), "small")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("MatMul", ["h", "v"], ["g"]),
+             helper.make_node("Add", ["g", "small_b"], ["y"])]
+    small.name = "small_b"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [w, v, small])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    g = import_graph(model)
+    tensors = g.tensors()
+    value = tensors["w"].values
+    assert np.array_equal(value, numpy_helper.to_array(w)) and value.dtype == np.float32 and value.shape == (64, 64)
+    assert not value.flags.writeable  # a view of the tensor's bytes: a pass makes new arrays
+    assert type(tensors["small_b"]._values).__name__ == "LazyValues"  # small ones as onnx-graphsurgeon has them
+    out = gs.export_onnx(g)
+    exported = {t.name: t for t in out.graph.initializer}
+    assert exported["v"].SerializeToString() == v.SerializeToString()  # never read: the original tensor
+    assert np.array_equal(numpy_helper.to_array(exported["w"]), numpy_helper.to_array(w))
