@@ -163,26 +163,39 @@ def model_bytes(model: ModelProto) -> int:
     return total
 
 
+def _with_references(model: ModelProto, refer, where) -> ModelProto:
+    """A copy of ``model`` in which each initializer ``t`` for which ``refer(t)`` holds is an
+    external-data reference (its type, dims and name, no data) to ``where(t)`` = (location,
+    offset); nodes, functions, metadata and the other initializers are copied."""
+    out = ModelProto()
+    copy_except(model, out, skip=("graph",))
+    copy_except(model.graph, out.graph, skip=("initializer",))
+    for t in model.graph.initializer:
+        ref = out.graph.initializer.add()
+        if not refer(t):
+            ref.CopyFrom(t)
+            continue
+        copy_except(t, ref, skip=("raw_data",))
+        ref.data_location = TensorProto.EXTERNAL
+        location, offset = where(t)
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(declared_bytes(t)))):
+            entry = ref.external_data.add()
+            entry.key, entry.value = key, value
+    return out
+
+
 def split(model: ModelProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
     """(skeleton, arrays): ``model`` with each large initializer of a type in ``NUMPY_TYPES``
     reduced to an external-data reference to ``IN_MEMORY``, and those initializers' values
     ({name: array}, each read once from its ``raw_data``). Nodes, functions, metadata and small
     initializers are copied."""
-    out = ModelProto()
-    copy_except(model, out, skip=("graph",))
-    copy_except(model.graph, out.graph, skip=("initializer",))
     arrays = {}
-    for t in model.graph.initializer:
-        ref = out.graph.initializer.add()
-        if not (strippable(t) and t.data_type in NUMPY_TYPES):
-            ref.CopyFrom(t)
-            continue
-        copy_except(t, ref, skip=("raw_data",))
-        ref.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", IN_MEMORY), ("offset", "0"), ("length", str(declared_bytes(t)))):
-            entry = ref.external_data.add()
-            entry.key, entry.value = key, value
+
+    def take(t: TensorProto) -> tuple[str, int]:
         arrays[t.name] = np.frombuffer(t.raw_data, NUMPY_TYPES[t.data_type]).reshape(tuple(t.dims))
+        return IN_MEMORY, 0
+
+    out = _with_references(model, lambda t: strippable(t) and t.data_type in NUMPY_TYPES, take)
     return out, arrays
 
 
@@ -202,24 +215,17 @@ def with_external_data(model: ModelProto, location: str) -> tuple[ModelProto, li
     """(skeleton, layout): ``model`` with each large initializer (``strippable``) an external-data
     reference to file ``location`` (relative to the model file), at offsets ``EXTERNAL_ALIGN``
     apart, and [(initializer of ``model``, offset)] that ``write_external_data`` writes."""
-    out = ModelProto()
-    copy_except(model, out, skip=("graph",))
-    copy_except(model.graph, out.graph, skip=("initializer",))
-    layout, offset = [], 0
-    for t in model.graph.initializer:
-        ref = out.graph.initializer.add()
-        if not strippable(t):
-            ref.CopyFrom(t)
-            continue
-        size = declared_bytes(t)
-        copy_except(t, ref, skip=("raw_data",))
-        ref.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", location), ("offset", str(offset)), ("length", str(size))):
-            entry = ref.external_data.add()
-            entry.key, entry.value = key, value
+    layout = []
+
+    def place(t: TensorProto) -> tuple[str, int]:
+        offset = 0
+        if layout:
+            last, at = layout[-1]
+            offset = at + -(-declared_bytes(last) // EXTERNAL_ALIGN) * EXTERNAL_ALIGN
         layout.append((t, offset))
-        offset += -(-size // EXTERNAL_ALIGN) * EXTERNAL_ALIGN
-    return out, layout
+        return location, offset
+
+    return _with_references(model, strippable, place), layout
 
 
 def write_external_data(layout: list[tuple[TensorProto, int]], path: str) -> None:
