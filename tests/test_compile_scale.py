@@ -473,3 +473,25 @@ def test_the_compile_leaves_no_graph_holding_weights_behind(tmp_path, monkeypatc
     finally:
         gc.enable()
     assert compiled.info.layers and alive == []
+
+
+def test_pmsm_run_runs_an_snn_written_with_external_data(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pmsm_compiler.cli.compile import main as compile_cli
+    from pmsm_compiler.cli.run import main as run_cli
+
+    onnx.save(chain_model(2, channels=32, side=32), tmp_path / "m.onnx")  # the bundled images' shape
+    runner = CliRunner()
+    out = tmp_path / "m.snn.onnx"
+    result = runner.invoke(compile_cli, [str(tmp_path / "m.onnx"), "-o", str(out), "--external-data", "-q"])
+    assert result.exit_code == 0, result.output
+    assert os.path.getsize(out) < 16_000 and os.path.getsize(str(out) + ".data") > 9 * 32 * 32 * 4
+    result = runner.invoke(run_cli, [str(out), "-T", "2", "--limit", "16", "--ann", str(tmp_path / "m.onnx"),
+                                     "--json", str(tmp_path / "run.json"), "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run.json").read_text())
+    # folded mode may flip a rare prediction (a level flip at a rounding tie): at most one of the 16
+    assert report["samples"] == 16 and report["t1_prediction_agreement"] >= 15 / 16
