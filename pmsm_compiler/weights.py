@@ -184,6 +184,13 @@ def _with_references(model: ModelProto, refer, where) -> ModelProto:
     return out
 
 
+def weight_bytes(model: ModelProto) -> int:
+    """The bytes of ``model``'s large initializers, inline (``strippable``) or external-data
+    references (a ``split`` skeleton's, a file's), from their declared types and shapes."""
+    return sum(declared_bytes(t) or 0 for t in model.graph.initializer
+               if strippable(t) or t.data_location == TensorProto.EXTERNAL)
+
+
 def split(model: ModelProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
     """(skeleton, arrays): ``model`` with each large initializer of a type in ``NUMPY_TYPES``
     reduced to an external-data reference to ``IN_MEMORY``, and those initializers' values

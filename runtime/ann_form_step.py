@@ -271,7 +271,7 @@ def ann_form_step_session(model: onnx.ModelProto, info: SNNInfo, make, optimize,
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     step = export_variant(graph, model, last=True)
     functions = list(step.functions)
-    with tempfile.TemporaryDirectory(prefix="pmsm_t1_", dir=_memory_folder()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="pmsm_t1_", dir=_memory_folder(step)) as tmp:
         path = os.path.join(tmp, "t1.optimized.onnx")
         optimize(step, path)
         optimized = onnx.load(path, load_external_data=False)
@@ -302,7 +302,7 @@ def ann_form_step_session(model: onnx.ModelProto, info: SNNInfo, make, optimize,
         return make(rewritten), fused
 
 
-def _memory_folder() -> str | None:
+def _memory_folder(model: onnx.ModelProto) -> str | None:
     from .optimized_step import _memory_folder as folder
 
-    return folder()
+    return folder(model)

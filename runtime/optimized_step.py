@@ -102,7 +102,7 @@ def optimized_step_session(model: bytes | onnx.ModelProto, shapes: dict, states,
     before kernel fusion; ``states``, ``required``: as ``blocked_layout``. decisions: {state input:
     channels} of the neurons that run blocked; rewrites: {"absorbed_ops": n, "blocked_layers": n}.
     """
-    with tempfile.TemporaryDirectory(prefix="pmsm_step_", dir=_memory_folder()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="pmsm_step_", dir=_memory_folder(model)) as tmp:
         path = os.path.join(tmp, "step.optimized.onnx")
         optimize(model, path)
         optimized = onnx.load(path, load_external_data=False)
@@ -120,7 +120,19 @@ def optimized_step_session(model: bytes | onnx.ModelProto, shapes: dict, states,
         return make(rewritten, "disable", profile=profiling), decisions, rewrites
 
 
-def _memory_folder() -> str | None:
-    """/dev/shm when it is a writable folder (a file system in memory), else the default."""
+def _memory_folder(model: onnx.ModelProto | bytes | None = None) -> str | None:
+    """/dev/shm when it is a writable folder (a file system in memory) with room for ``model``'s
+    weights twice over (onnxruntime writes them, perhaps in a larger layout, beside the optimized
+    graph) and 16 MiB more, else the default temporary folder: a container's /dev/shm is often
+    64 MiB, and a full one would fail the session."""
+    from pmsm_compiler.weights import weight_bytes
+
     shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    if not (os.path.isdir(shm) and os.access(shm, os.W_OK)):
+        return None
+    need = len(model) if isinstance(model, bytes) else weight_bytes(model) if model is not None else 0
+    try:
+        stats = os.statvfs(shm)
+    except OSError:
+        return None
+    return shm if stats.f_bavail * stats.f_frsize >= 2 * need + (16 << 20) else None

@@ -423,12 +423,32 @@ def test_the_rewrite_leaves_no_files_behind(snn_models, tmp_path, monkeypatch):
     from pmsm_compiler.runtime import SNNSession
     from pmsm_compiler.runtime import optimized_step
 
-    monkeypatch.setattr(optimized_step, "_memory_folder", lambda: str(tmp_path))
+    monkeypatch.setattr(optimized_step, "_memory_folder", lambda model=None: str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     session = SNNSession(snn_models[("resnet_pqa", "folded")])
     session.run_batch(_inputs(2), 3)  # first, middle and last step sessions, all rewritten
     assert session.step_rewrites["absorbed_ops"] > 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_rewrite_uses_dev_shm_only_with_room_for_the_weights(monkeypatch):
+    """A container's /dev/shm is often 64 MiB: a step whose weights do not fit twice over goes to
+    the default temporary folder, where onnxruntime's data file cannot fill a memory file system."""
+    import os as os_module
+    from types import SimpleNamespace
+
+    from pmsm_compiler.runtime import optimized_step
+    from pmsm_compiler.weights import weight_bytes
+    from tiny_models import chain_model
+
+    model = chain_model(3, channels=64)  # two 144 KiB convolutions, a 6.75 KiB one, the 2.5 KiB head
+    need = weight_bytes(model)
+    assert need == 4 * (64 * 3 * 9 + 2 * 64 * 64 * 9 + 10 * 64)
+    monkeypatch.setattr(os_module.path, "isdir", lambda p: True)
+    monkeypatch.setattr(os_module, "access", lambda p, mode: True)
+    for free, expected in ((2 * need + (16 << 20), "/dev/shm"), (2 * need + (16 << 20) - 1, None)):
+        monkeypatch.setattr(os_module, "statvfs", lambda p, free=free: SimpleNamespace(f_bavail=free, f_frsize=1))
+        assert optimized_step._memory_folder(model) == expected
 
 
 # --- lazy step sessions: one decider of the membranes' layout, whatever is built first ----------
