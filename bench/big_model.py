@@ -9,8 +9,8 @@ The model is an MLP, x [N, W] → (Gemm W×W → pmsm::PQA) × layers → Gemm(1
 holds the weights: the script itself never needs 2 GiB at once). W = 16384 with 2 layers is
 2.15 GB of weights, just over protobuf's 2 GiB.
 
-Measured, each in a fresh process (``compile_scale.compile_once``'s way: wall, CPU time, peak
-resident memory from the outside):
+Measured, each in a fresh process (``compile_scale.run_measured``: wall, CPU time, peak resident
+memory from the outside):
 
 - ``pmsm-compile mlp.onnx -o mlp.snn.onnx`` (the verification at T = 1 on ``--samples`` random
   inputs included): its phases, and the bytes the process read (``/proc/self/io`` rchar at exit),
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from compile_scale import run_measured  # noqa: E402 - a sibling script: its measurement of a process
 RCHAR_AT_EXIT = ("import atexit, sys\n"
                  "_rchar_file = sys.argv.pop(1)\n"
                  "def _io():\n"
@@ -110,20 +111,6 @@ def build(directory: str, width: int, layers: int, seed: int = 0) -> tuple[str, 
     return path, weight_bytes
 
 
-def _run(cmd: list[str], cwd: str) -> dict:
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    out, err = proc.stdout.read().decode(errors="replace"), proc.stderr.read().decode(errors="replace")
-    proc.stdout.close(), proc.stderr.close()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{os.path.basename(cmd[-1])}... exited {code}: {err.strip()[-500:]}")
-    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_bytes": usage.ru_maxrss * 1024, "stdout": out}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--width", type=int, default=16384)
@@ -148,30 +135,33 @@ def main(argv=None) -> int:
         report = os.path.join(directory, "report.json")
         out = os.path.join(directory, "mlp.snn.onnx")
         py = sys.executable
-        compiled = _run([py, "-c", RCHAR_AT_EXIT + "from pmsm_compiler.cli import compile_main; compile_main()",
+        compiled = run_measured([py, "-c", RCHAR_AT_EXIT + "from pmsm_compiler.cli import compile_main; compile_main()",
                          rchar, path, "-o", out, "--mode", args.mode, "--samples", str(args.samples),
-                         "--json", report, "-q"] + (["--external-data"] if args.external_data else []), directory)
+                         "--json", report, "-q"] + (["--external-data"] if args.external_data else []),
+                                directory, f"pmsm-compile {path}")
         with open(report) as f:
             compile_report = json.load(f)
         with open(rchar) as f:
             read = int(f.read())
 
         run_json = os.path.join(directory, "run.json")
-        ran = _run([py, "-c", RUN_SNN, out, path, str(args.timesteps), str(args.width), run_json], directory)
+        ran = run_measured([py, "-c", RUN_SNN, out, path, str(args.timesteps), str(args.width), run_json], directory,
+                           f"the SNN run of {out}")
         with open(run_json) as f:
             run_report = json.load(f)
 
         result = {
             "model": f"MLP {args.layers} x Gemm {args.width}x{args.width} + head, pmsm::PQA",
             "weights_bytes": weight_bytes, "data_file_bytes": data_bytes, "build_s": round(built, 1),
-            "compile": {"wall_s": compiled["wall_s"], "cpu_s": compiled["cpu_s"], "peak_bytes": compiled["peak_bytes"],
+            "compile": {"wall_s": round(compiled["wall_s"], 2), "cpu_s": round(compiled["cpu_s"], 2),
+                        "peak_bytes": compiled["peak_bytes"],
                         "phases": compile_report["phase_seconds"], "read_bytes": read,
                         "verification_passed": compile_report["verification"]["passed"],
                         "level_agreement": compile_report["verification"].get("level_agreement"),
                         "output_data": compile_report.get("output_data") is not None,
                         "snn_file_bytes": os.path.getsize(out),
                         "snn_data_bytes": os.path.getsize(out + ".data") if os.path.exists(out + ".data") else 0},
-            "run": {"wall_s": ran["wall_s"], "cpu_s": ran["cpu_s"], "peak_bytes": ran["peak_bytes"],
+            "run": {"wall_s": round(ran["wall_s"], 2), "cpu_s": round(ran["cpu_s"], 2), "peak_bytes": ran["peak_bytes"],
                     "timesteps": args.timesteps, "samples": 64, **run_report},
             "command": "python bench/big_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         }

@@ -105,6 +105,25 @@ def _exported(config: dict, models_dir: str) -> tuple[str, dict]:
         return path, json.load(f)
 
 
+def run_measured(cmd: list[str], cwd: str, what: str) -> dict:
+    """Run ``cmd`` in a fresh process in folder ``cwd`` and measure it from the outside: {"wall_s",
+    "cpu_s", "peak_bytes" (that process's own peak RSS: ``os.wait4``'s ru_maxrss), "stdout"}.
+    RuntimeError naming ``what`` and the end of its stderr if it exits non-zero. Its output goes
+    to temporary files: a pipe nobody reads until the exit could fill and stop it."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} exited {proc.returncode}: {stderr.strip()[-500:]}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_bytes": usage.ru_maxrss * 1024,
+            "stdout": stdout}
+
+
 def compile_once(path: str, out_dir: str, mode: str, samples: int, python: str | None = None) -> dict:
     """One ``pmsm-compile`` in a fresh process of ``python`` (default: this interpreter): wall, CPU
     and peak memory from the outside, its report's phases (an older pmsm-compile without
@@ -116,20 +135,13 @@ def compile_once(path: str, out_dir: str, mode: str, samples: int, python: str |
             os.remove(p)
     cmd = [python or sys.executable, "-c", "from pmsm_compiler.cli import compile_main; compile_main()",
            os.path.abspath(path), "-o", out, "--mode", mode, "--samples", str(samples), "--json", report_path, "-q"]
-    start = time.perf_counter()
     # cwd: in a checkout's own folder, ``python -c`` would import that checkout's pmsm_compiler/
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=out_dir)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace").strip()
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"pmsm-compile {path} exited {proc.returncode}: {err[-500:]}")
+    run = run_measured(cmd, out_dir, f"pmsm-compile {path}")
     with open(report_path) as f:
         report = json.load(f)
     phases = report.get("phase_seconds") or {"total": report["total_seconds"]}
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_bytes": usage.ru_maxrss * 1024,
+    wall = run["wall_s"]
+    return {"wall_s": wall, "cpu_s": run["cpu_s"], "peak_bytes": run["peak_bytes"],
             "phases": {**phases, "startup": max(0.0, wall - sum(phases.values()))},
             "verification_passed": report["verification"]["passed"], "batch": report["verification"].get("batch")}
 

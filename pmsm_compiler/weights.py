@@ -57,12 +57,17 @@ def copy_except(src, dst, skip=()) -> None:
                 setattr(dst, name, getattr(src, name))
 
 
-#: bytes per element of the element types a skeleton strips (sub-byte, string and 8-bit float
-#: types stay in it: rare as large weights, and their sizes follow other rules)
-ITEM_BYTES = {TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2,
-              TensorProto.INT8: 1, TensorProto.UINT8: 1, TensorProto.INT16: 2, TensorProto.UINT16: 2,
-              TensorProto.INT32: 4, TensorProto.UINT32: 4, TensorProto.INT64: 8, TensorProto.UINT64: 8,
-              TensorProto.BOOL: 1}
+#: numpy's type of each element type ``split`` hands to onnxruntime as an array (bfloat16 and the
+#: 8-bit float types have none: they stay in the serialized model)
+NUMPY_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64, TensorProto.FLOAT16: np.float16,
+               TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT16: np.int16,
+               TensorProto.UINT16: np.uint16, TensorProto.INT32: np.int32, TensorProto.UINT32: np.uint32,
+               TensorProto.INT64: np.int64, TensorProto.UINT64: np.uint64, TensorProto.BOOL: np.bool_}
+
+#: bytes per element of the element types a skeleton strips: those of ``NUMPY_TYPES`` and bfloat16
+#: (sub-byte, string and 8-bit float types stay in it: rare as large weights, and their sizes
+#: follow other rules)
+ITEM_BYTES = {**{t: np.dtype(n).itemsize for t, n in NUMPY_TYPES.items()}, TensorProto.BFLOAT16: 2}
 
 
 def declared_bytes(t: TensorProto) -> int | None:
@@ -140,13 +145,6 @@ def checked_and_inferred(model: ModelProto, *, check: bool = True, infer: bool =
         return None
     return onnx.shape_inference.infer_shapes(skel, check_type=True, strict_mode=True, data_prop=True)
 
-
-#: numpy's type of each element type ``split`` hands to onnxruntime as an array (bfloat16 and the
-#: 8-bit float types have none: they stay in the serialized model)
-NUMPY_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64, TensorProto.FLOAT16: np.float16,
-               TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT16: np.int16,
-               TensorProto.UINT16: np.uint16, TensorProto.INT32: np.int32, TensorProto.UINT32: np.uint32,
-               TensorProto.INT64: np.int64, TensorProto.UINT64: np.uint64, TensorProto.BOOL: np.bool_}
 
 #: the external-data location of an initializer ``split`` took out: no file, onnxruntime gets the
 #: array from the session options

@@ -145,7 +145,6 @@ class SNNSession:
                              and opt_level in ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL))
         self._blocked_states: dict | None = None
         self._step_rewrites = {"absorbed_ops": 0, "blocked_layers": 0}
-        self._skeleton = None  # the step model without its weights' data, for the variants' shapes
         # the graph's own input type (not the metadata's): what onnxruntime will accept
         if self.prologue is not None:
             arg = next((a for a in self.prologue.get_inputs() if a.name == self.input_name), None)
@@ -310,19 +309,15 @@ class SNNSession:
         return with_kernel_domain(export_variant(graph, self._step_model, last), fused)
 
     def _variant_shapes(self, first: bool, last: bool) -> dict:
-        """``static_shapes`` of a step variant before kernel fusion, inferred on the variant of the
-        step model's skeleton (``pmsm_compiler.weights``): the weights are not copied."""
-        from pmsm_compiler.weights import skeleton
-
+        """``static_shapes`` of a step variant before kernel fusion, inferred on the step model as
+        held, without its weights' data (``pmsm_compiler.weights.split``)."""
         from .optimized_step import static_shapes
 
-        if self._skeleton is None:
-            self._skeleton = skeleton(self._step_model)
-        return static_shapes(export_variant(variant_graph(self._skeleton, self.info, first, last),
-                                            self._skeleton, last))
+        return static_shapes(export_variant(variant_graph(self._step_model, self.info, first, last),
+                                            self._step_model, last))
 
-    def _make_step_session(self, data: onnx.ModelProto, key: tuple, required: dict | None):
-        """The session of step variant ``key`` from its model ``data``; with the rewrite,
+    def _make_step_session(self, model: onnx.ModelProto, key: tuple, required: dict | None):
+        """The session of step variant ``key`` from its model; with the rewrite,
         ``required``: the blocked membranes it must keep (None: it decides, see ``session_for``)."""
         profile_prefix = self._profile_name(_variant_label(*key))
 
@@ -337,7 +332,7 @@ class SNNSession:
                                 profile_prefix=profile_prefix if profile else None)
 
         if not self._rewrite:
-            return make(data, self._opt_level)
+            return make(model, self._opt_level)
         from pmsm_compiler.sessions import write_optimized_model
 
         from .optimized_step import optimized_step_session
@@ -347,7 +342,7 @@ class SNNSession:
 
         first, last, _ = key
         session, decisions, rewrites = optimized_step_session(
-            data, self._variant_shapes(first, last), [(s.input, s.output) for s in self.info.states], required,
+            model, self._variant_shapes(first, last), [(s.input, s.output) for s in self.info.states], required,
             make, optimize, profiling=profile_prefix is not None)
         if key == _MIDDLE:
             self._blocked_states, self._step_rewrites = decisions, rewrites

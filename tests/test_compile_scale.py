@@ -384,6 +384,18 @@ def test_a_model_over_protobufs_limit_is_saved_with_external_data(tmp_path, monk
     assert os.path.getsize(tmp_path / "m.onnx") < 4096 < os.path.getsize(tmp_path / "m.onnx.data")
 
 
+def test_a_model_over_protobufs_limit_refuses_a_data_path_it_cannot_write(tmp_path, monkeypatch):
+    from pmsm_compiler import loading
+    from pmsm_compiler.errors import InputError
+
+    model = chain_model(2, channels=16)
+    monkeypatch.setattr(loading, "PROTOBUF_LIMIT", model.ByteSize() - 1000)  # stands for 2 GiB
+    (tmp_path / "m.onnx.data").mkdir()
+    with pytest.raises(InputError, match=r"^cannot write the external data .*m\.onnx\.data: it is a directory$"):
+        loading.save_model_atomic(model, tmp_path / "m.onnx")
+    assert os.listdir(tmp_path) == ["m.onnx.data"] and os.listdir(tmp_path / "m.onnx.data") == []
+
+
 def test_a_failed_external_data_write_leaves_nothing(tmp_path, monkeypatch):
     from pmsm_compiler import loading, weights
 

@@ -536,14 +536,17 @@ def test_a_variant_that_disagreed_on_the_layout_would_change_the_results(library
 
 @pytest.mark.parametrize("first,last", [(False, False), (True, False), (False, True), (True, True)])
 def test_variant_shapes_from_the_skeleton_are_the_full_variants(snn_models, first, last):
-    # the shapes absorb_neighbours and blocked_layout read, inferred without the weights' data
+    # the shapes absorb_neighbours and blocked_layout read, inferred without the weights' data,
+    # against those of the same variant of the step with its weights
     from pmsm_compiler.runtime import SNNSession
     from pmsm_compiler.runtime.optimized_step import static_shapes
-    from pmsm_compiler.runtime.step_graphs import step_variant
+    from pmsm_compiler.runtime.step_graphs import split_static_prologue, step_variant
 
     for key in (("resnet_pqa", "exact"), ("vgg_maxpool", "folded")):
         session = SNNSession(snn_models[key], kernels="off")
-        full = static_shapes(step_variant(session._step_model, session.info, first, last))
+        _, whole_step = split_static_prologue(snn_models[key], session.info)
+        assert any(t.HasField("raw_data") and len(t.dims) == 4 for t in whole_step.graph.initializer)
+        full = static_shapes(step_variant(whole_step, session.info, first, last))
         light = session._variant_shapes(first, last)
         weights = {t.name for t in session._step_model.graph.initializer}
         assert full and {k: v for k, v in light.items() if k in full} == full
