@@ -13,7 +13,9 @@ round, after warm-up rounds):
   activation (onnxruntime fuses Conv + Relu into one kernel): the floor for a dense simulator;
 * PQA ANN: one run of the quantized ANN as exported;
 * SNN step, folded and exact: ``SNNSession.run_batch(x, T) / T`` (T = --steps: prologue, first,
-  middle and last steps, state binding, result copies; what a run pays per step), and T = 1;
+  middle and last steps, state binding, result copies; what a run pays per step), and T = 1; a
+  batch small enough runs its steps layer by layer (runtime/time_batched.py), and then the same
+  steps one by one (``time_batch=1``) are timed beside it;
 * with --reference, the same SNN steps with ``rewrite_optimized=False``: the step graphs as
   onnxruntime optimizes them, without the runtime's rewrite of them (absorbed neighbours, blocked
   layout; runtime/optimized_step.py), to show what that rewrite does in the same run.
@@ -21,7 +23,8 @@ round, after warm-up rounds):
 It prints the medians and two ratios to the ReLU run: of the medians, and the median of the
 per-round ratios (each SNN measurement over the ReLU run of the same round), against issue 20's
 target of 1.10 for the folded step. Then a per-op profile (``SessionOptions.enable_profiling``) of
-the ReLU session and of the SNN's middle-step session (folded and exact), aggregated from the JSON
+the ReLU session, of the SNN's middle-step session (folded and exact, step by step) and of its
+layer-by-layer pass (per step) where the batch runs so, aggregated from the JSON
 traces: µs per run by op type, their share of the kernel time, and the slowest nodes.
 
 All sessions run at ORT_ENABLE_ALL with ``session.intra_op.allow_spinning = 0``, and
@@ -108,8 +111,13 @@ def measure_times(paths: dict, batch: int, repeats: int, warmup: int, steps: int
         model = load_model(paths[mode], static_inputs=False)
         snn = SNNSession(model, opt_level="all", threads=threads)
         rewrites[mode] = dict(snn.step_rewrites, fused_layers=snn.fused_layers)
+        rewrites[mode]["time_batched"] = snn.time_batched_note or True
         runs.append((f"SNN {mode}, per step (T={steps})", lambda s=snn: _timed(lambda: s.run_batch(x, steps), steps)))
         runs.append((f"SNN {mode}, T=1", lambda s=snn: _timed(lambda: s.run_batch(x, 1))))
+        if snn.time_batched:  # the same steps one at a time, as before the time-batched runs
+            stepwise = SNNSession(model, opt_level="all", threads=threads, time_batch=1)
+            runs.append((f"SNN {mode}, per step, step by step", lambda s=stepwise: _timed(lambda: s.run_batch(x, steps),
+                                                                                           steps)))
         if reference:
             ref = SNNSession(model, opt_level="all", threads=threads, rewrite_optimized=False)
             runs.append((f"SNN {mode}, per step, no rewrite", lambda s=ref: _timed(lambda: s.run_batch(x, steps), steps)))
@@ -131,9 +139,10 @@ def measure_times(paths: dict, batch: int, repeats: int, warmup: int, steps: int
     return {"batch": batch, "repeats": repeats, "steps": steps, "rows": rows, "step_rewrites": rewrites}
 
 
-def aggregate_profile(path: str) -> dict:
-    """An onnxruntime JSON trace by op type and by node: µs per run and share of the kernel time;
-    ``run_us``: the median of the traced runs' own durations (``model_run``)."""
+def aggregate_profile(path: str, per: int = 1) -> dict:
+    """An onnxruntime JSON trace by op type and by node: µs per run (per ``per``-th of a run: the
+    steps of a time-batched pass) and share of the kernel time; ``run_us``: the median of the traced
+    runs' own durations (``model_run``)."""
     with open(path) as f:
         events = json.load(f)
     run_us = [e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
@@ -144,18 +153,21 @@ def aggregate_profile(path: str) -> dict:
             by_op[op] += e["dur"]
             calls[op] += 1
             by_node[(e["name"][: -len("_kernel_time")], op)] += e["dur"]
-    n = max(len(run_us), 1)
+    n = max(len(run_us), 1) * per
     kernel = sum(by_op.values()) / n
     ops = [{"op": op, "us": us / n, "nodes": calls[op] // n, "share": us / n / kernel if kernel else 0.0}
            for op, us in by_op.most_common()]
     nodes = [{"node": node, "op": op, "us": us / n} for (node, op), us in by_node.most_common(12)]
-    return {"runs": len(run_us), "run_us": statistics.median(run_us) if run_us else 0.0, "kernel_us": kernel,
+    return {"runs": len(run_us), "run_us": statistics.median(run_us) / per if run_us else 0.0, "kernel_us": kernel,
             "ops": ops, "slowest_nodes": nodes}
 
 
-def measure_profiles(paths: dict, batch: int, runs: int, threads: int, tmp: str, reference: bool = False) -> dict:
+def measure_profiles(paths: dict, batch: int, runs: int, threads: int, tmp: str, reference: bool = False,
+                     steps: int = 8) -> dict:
     """Per-op profiles: the ReLU ANN over ``runs`` runs, the SNN's middle-step session over ``runs``
-    middle steps (one run of T = runs + 2), folded and exact (and without the rewrite: ``reference``)."""
+    middle steps (one run of T = runs + 2, step by step), folded and exact (and without the rewrite:
+    ``reference``), and, where this batch runs its ``steps`` layer by layer, that session over ``runs``
+    passes, per step."""
     from pmsm_compiler.loading import load_model
     from pmsm_compiler.runtime import SNNSession
     from pmsm_compiler.sessions import make_session
@@ -168,12 +180,20 @@ def measure_profiles(paths: dict, batch: int, runs: int, threads: int, tmp: str,
         relu.run(None, {"input": x})
     out["ReLU ANN"] = aggregate_profile(relu.end_profiling())
     for mode in MODES:
+        model = load_model(paths[mode], static_inputs=False)
         for rewrite in (True, False) if reference else (True,):
-            snn = SNNSession(load_model(paths[mode], static_inputs=False), opt_level="all", threads=threads,
+            snn = SNNSession(model, opt_level="all", threads=threads, time_batch=1,
                              profile_prefix=os.path.join(tmp, f"snn_{mode}_{rewrite}_b{batch}"), rewrite_optimized=rewrite)
             snn.run_batch(x, runs + 2)  # first, `runs` middle steps, last
-            label = f"SNN {mode}, middle step" + ("" if rewrite else ", no rewrite")
+            label = f"SNN {mode}, middle step, step by step" + ("" if rewrite else ", no rewrite")
             out[label] = aggregate_profile(snn.end_profiling()["step"])
+        snn = SNNSession(model, opt_level="all", threads=threads, profile_prefix=os.path.join(tmp, f"snn_{mode}_tb_b{batch}"))
+        per_run = snn.time_batch_report(batch, steps)["steps_per_run"]
+        if per_run >= 2:  # `runs` passes of `per_run` steps each, layer by layer; figures per step
+            for _ in range(runs):
+                snn.run_batch(x, per_run)
+            out[f"SNN {mode}, layer by layer, per step ({per_run} a pass)"] = aggregate_profile(
+                snn.end_profiling()["time_batched"], per=per_run)
     return out
 
 
@@ -258,7 +278,7 @@ def main(argv=None) -> int:
                 if args.profile_runs:
                     print(f"[{name}] batch {batch}: profiles ...", file=sys.stderr, flush=True)
                     b["profiles"] = measure_profiles(paths, batch, args.profile_runs, args.threads, tmp,
-                                                     args.reference)
+                                                     args.reference, args.steps)
                 entry["batches"].append(b)
             results["models"][name] = entry
     results["loadavg_after"] = os.getloadavg()

@@ -10,6 +10,13 @@
 - ``MAX_TIMESTEPS``: the largest T of a run. The runtime keeps the spike count of every sample,
   layer and step of a batch (int64 [T, batch, layers]) and reports accuracy and spikes at every
   t <= T, so memory and the report grow linearly with T.
+- ``DEFAULT_TIME_BATCH``, ``DEFAULT_TIME_BATCH_BYTES``: how much of a T-step run the runtime
+  computes at once when it runs the steps layer by layer (``runtime/time_batched.py``): at most this
+  many steps per session run (``pmsm-run --time-batch``; 1 runs step by step), and at most steps ×
+  samples × the largest neuron layer's current per sample = this many bytes. Layer by layer gains
+  where a batch is small (ResNet-20 on 2 cores, per step against one run of the ReLU network:
+  batch 1 1.05 → 0.64, batch 4 1.14 → 0.94) and loses where one step's activations already fill
+  the caches (batch 64, 4 MiB a layer: 1.14 → 1.18-1.24); see docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ MIN_OPSET = 15
 MAX_OPSET = 28
 MAX_TENSOR_BYTES = 2**31
 MAX_TIMESTEPS = 10_000
+DEFAULT_TIME_BATCH = 16
+DEFAULT_TIME_BATCH_BYTES = 4 << 20
 
 
 def supported_opsets() -> tuple[int, int]:

@@ -47,12 +47,19 @@ import numpy as np
 import onnx
 
 from pmsm_compiler.errors import InputError
-from pmsm_compiler.limits import check_timesteps
+from pmsm_compiler.limits import DEFAULT_TIME_BATCH, DEFAULT_TIME_BATCH_BYTES, check_timesteps
 from pmsm_compiler.sessions import declared_batch, make_session, padded_batches
 from pmsm_compiler.snn_format import DataInput, read_snn_info
 from pmsm_compiler.weights import split
 
-from .step_graphs import export_variant, split_static_prologue, states_safe_in_place, variant_graph, without_output
+from .step_graphs import (
+    export_variant,
+    split_static_prologue,
+    states_safe_in_place,
+    variant_graph,
+    without_output,
+)
+from .time_batched import steps_per_run
 
 
 @dataclass
@@ -75,7 +82,8 @@ class SNNSession:
 
     def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
                  priority_order: bool = True, in_place: bool = True, kernels: str = "auto", counters: bool = True,
-                 profile_prefix: str | None = None, rewrite_optimized: bool = True, ann_form: bool = True):
+                 profile_prefix: str | None = None, rewrite_optimized: bool = True, ann_form: bool = True,
+                 time_batch: int = DEFAULT_TIME_BATCH, time_batch_bytes: int = DEFAULT_TIME_BATCH_BYTES):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -145,6 +153,14 @@ class SNNSession:
                              and opt_level in ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL))
         self._blocked_states: dict | None = None
         self._step_rewrites = {"absorbed_ops": 0, "blocked_layers": 0}
+        # T >= 2: the steps layer by layer, up to ``time_batch`` of them and ``time_batch_bytes`` of
+        # a layer's current per run of one session (runtime/time_batched.py), where the step allows
+        # it; planned on first use, the session built when a run needs it
+        if int(time_batch) < 1 or int(time_batch_bytes) < 1:
+            raise InputError(f"time_batch and time_batch_bytes must be >= 1, got {time_batch}, {time_batch_bytes}")
+        self.time_batch, self.time_batch_bytes = int(time_batch), int(time_batch_bytes)
+        self._time_batched_plan: tuple | None = None  # (model, membrane dims, shapes), or () when refused
+        self._time_batched_note: str | None = None
         # the graph's own input type (not the metadata's): what onnxruntime will accept
         if self.prologue is not None:
             arg = next((a for a in self.prologue.get_inputs() if a.name == self.input_name), None)
@@ -316,9 +332,10 @@ class SNNSession:
         return static_shapes(export_variant(variant_graph(self._step_model, self.info, first, last),
                                             self._step_model, last))
 
-    def _make_step_session(self, model: onnx.ModelProto, key: tuple, required: dict | None):
+    def _make_step_session(self, model: onnx.ModelProto, key: tuple, required: dict | None, shapes: dict | None = None):
         """The session of step variant ``key`` from its model; with the rewrite,
-        ``required``: the blocked membranes it must keep (None: it decides, see ``session_for``)."""
+        ``required``: the blocked membranes it must keep (None: it decides, see ``session_for``);
+        ``shapes``: ``static_shapes`` to rewrite by (default: the variant's)."""
         profile_prefix = self._profile_name(_variant_label(*key))
 
         # qdq_fusion off: an SNN's DequantizeLinear (exact mode's output op of a Q/DQ neuron) stands
@@ -342,7 +359,8 @@ class SNNSession:
 
         first, last, _ = key
         session, decisions, rewrites = optimized_step_session(
-            model, self._variant_shapes(first, last), [(s.input, s.output) for s in self.info.states], required,
+            model, self._variant_shapes(first, last) if shapes is None else shapes,
+            [(s.input, s.output) for s in self.info.states], required,
             make, optimize, profiling=profile_prefix is not None)
         if key == _MIDDLE:
             self._blocked_states, self._step_rewrites = decisions, rewrites
@@ -364,9 +382,65 @@ class SNNSession:
 
     def drop_sessions(self) -> None:
         """Free the step sessions built so far (each holds its own copy of the weights); they are
-        built again on use (the T = 1 step in the ANN's form too)."""
+        built again on use (the T = 1 step in the ANN's form and the time-batched one too)."""
         self._ann_form_tried = False
         self._variants = {}
+
+    @property
+    def time_batched(self) -> bool:
+        """Whether this model can run its steps layer by layer (``runtime.time_batched``): a run of
+        T >= 2 steps does so when ``steps_per_run`` gives it 2 steps or more per session run;
+        decided on first use. Why not: ``time_batched_note``."""
+        return self._time_batch_layer_bytes() is not None
+
+    @property
+    def time_batched_note(self) -> str | None:
+        """Why this model runs step by step whatever the batch (None where it can run time-batched)."""
+        self._time_batch_layer_bytes()
+        return self._time_batched_note
+
+    def time_batch_report(self, batch: int, timesteps: int) -> dict:
+        """How a run of ``timesteps`` steps on batches of ``batch`` samples runs its steps:
+        {"steps_per_run": n (1: step by step), "reason": why step by step, or None}."""
+        if timesteps < 2:
+            return {"steps_per_run": 1, "reason": "one timestep"}
+        layer_bytes = self._time_batch_layer_bytes()
+        if layer_bytes is None:
+            return {"steps_per_run": 1, "reason": self._time_batched_note}
+        per_run = steps_per_run(batch, timesteps, self.time_batch, self.time_batch_bytes, layer_bytes)
+        if per_run < 2:
+            return {"steps_per_run": 1, "reason": f"{batch} samples of its largest layer ({layer_bytes:,} bytes each) "
+                                                  f"fill the {self.time_batch_bytes:,} bytes of a pass"}
+        return {"steps_per_run": per_run, "reason": None}
+
+    def _time_batch_layer_bytes(self) -> int | None:
+        """The largest neuron layer's current per sample, in bytes, when the model can run
+        time-batched (planned once: the rewritten model and its initial membranes' dims), else None."""
+        from .time_batched import membrane_dims, time_batch_refusal, time_batched_model
+
+        if self._time_batched_plan is None:
+            self._time_batched_plan = ()
+            if self.time_batch < 2:
+                self._time_batched_note = f"time_batch = {self.time_batch}"
+            elif not self.kernels:
+                self._time_batched_note = "no fused neuron kernels (they run the steps of a layer)"
+            else:
+                model = self._middle_step_model(self._step_model)
+                shapes = self._variant_shapes(False, False)
+                self._time_batched_note = time_batch_refusal(model, self.info, self.fixed_batch, shapes)
+                if self._time_batched_note is None:
+                    self._time_batched_plan = (time_batched_model(model), membrane_dims(model, shapes), shapes)
+        if not self._time_batched_plan:
+            return None
+        return 4 * max(int(np.prod(d)) for d in self._time_batched_plan[1].values())
+
+    def _time_batched_session(self):
+        """The session that runs several steps at once (built on first use; the plan allows it)."""
+        if _TIME_BATCHED not in self._variants:
+            model, _, shapes = self._time_batched_plan
+            self._variants[_TIME_BATCHED] = self._make_step_session(model, _TIME_BATCHED, None,
+                                                                    shapes if self._rewrite else None)
+        return self._variants[_TIME_BATCHED]
 
     def _ann_form_session(self):
         """The T = 1 step in the ANN's form, or None (``ann_form_note`` says why)."""
@@ -511,8 +585,6 @@ class SNNSession:
                 static_values[self.input_name] = x_value
         else:
             static_values = {self.input_name: x_value}
-        states = {}  # state input name -> the OrtValue the next step reads
-        spare = {}  # ping-pong states: state input name -> the buffer the next step writes
         out_sum = None
         preds = np.empty((timesteps, n), np.int64)
         spikes = np.empty((timesteps, n, len(self.layers)), np.int64)
@@ -523,8 +595,36 @@ class SNNSession:
             by_sample = (np.empty((timesteps, n, len(self.layers), len(self.counter_names)), np.int64)
                          if sample_counters else None)
         per_step = [] if keep_outputs else None
-        time_name = self.info.time_input
         k = len(self.output_names)
+        layer_bytes = self._time_batch_layer_bytes() if timesteps >= 2 else None
+        per_run = steps_per_run(n, timesteps, self.time_batch, self.time_batch_bytes, layer_bytes) if layer_bytes else 1
+        time_batched = self._time_batched_session() if per_run >= 2 else None
+        steps = (self._time_batched_steps(time_batched, static_values, n, timesteps, per_run)
+                 if time_batched is not None else self._stepwise_steps(static_values, timesteps))
+        for t, step_outputs in enumerate(steps, start=1):
+            step_out = step_outputs[0]
+            spikes[t - 1] = step_outputs[k]
+            if counted:
+                step_counters = step_outputs[k + 1]
+                counters[t - 1] = step_counters[:real].sum(axis=0)
+                if by_sample is not None:
+                    by_sample[t - 1] = step_counters
+            out_sum = step_out.astype(np.float64) if out_sum is None else out_sum + step_out
+            if keep_outputs:
+                per_step.append(step_out.copy())
+            preds[t - 1] = (out_sum.reshape(n, -1)).argmax(1) if step_out.ndim >= 2 else 0
+        mean = (out_sum / timesteps).astype(np.float32)
+        return BatchResult(mean, preds, spikes, np.stack(per_step) if keep_outputs else None,
+                           counters if counted else None, by_sample if counted else None)
+
+    def _stepwise_steps(self, static_values: dict, timesteps: int):
+        """Run the steps one at a time; yield each step's outputs (network outputs, spike counts,
+        counters when the model has them), valid until the next step runs."""
+        counted = self.counters_output is not None
+        k = len(self.output_names)
+        states = {}  # state input name -> the OrtValue the next step reads
+        spare = {}  # ping-pong states: state input name -> the buffer the next step writes
+        time_name = self.info.time_input
         # Middle steps when every state is updated in place (and no time input changes): one
         # IOBinding, bound once, reused step after step; its per-step outputs land in numpy arrays of
         # this loop (``reused``). At batch 1 rebinding every buffer and wrapping every output each
@@ -575,28 +675,50 @@ class SNNSession:
                         # output of the step after.
                         spare = {name: states[name] for name in states if name not in self.in_place_states}
                     states = new_states
-            step_out = step_outputs[0]
-            spikes[t - 1] = step_outputs[k]
-            if counted:
-                step_counters = step_outputs[k + 1]
-                counters[t - 1] = step_counters[:real].sum(axis=0)
-                if by_sample is not None:
-                    by_sample[t - 1] = step_counters
-            out_sum = step_out.astype(np.float64) if out_sum is None else out_sum + step_out
-            if keep_outputs:
-                per_step.append(step_out.copy())
-            preds[t - 1] = (out_sum.reshape(n, -1)).argmax(1) if step_out.ndim >= 2 else 0
-        mean = (out_sum / timesteps).astype(np.float32)
-        return BatchResult(mean, preds, spikes, np.stack(per_step) if keep_outputs else None,
-                           counters if counted else None, by_sample if counted else None)
+            yield step_outputs
+
+    def _time_batched_steps(self, session, static_values: dict, n: int, timesteps: int, per_run: int):
+        """Run the steps layer by layer, ``per_run`` per session run, the membranes carried
+        from run to run in one buffer each (updated in place); yield each step's outputs as
+        ``_stepwise_steps`` does."""
+        from .time_batched import over_time, split_rows
+
+        states = {}
+        for s in self._states:
+            dims = self._time_batched_plan[1][s.input]
+            states[s.input] = self._ortvalue(np.full([n, *dims], s.init, np.float32))
+        names = list(self.output_names) + [self.info.spike_counts_output]
+        if self.counters_output is not None:
+            names.append(self.counters_output)
+        static = {name: value.numpy() for name, value in static_values.items()}
+        tiled = {}  # steps -> the static inputs as that many steps' rows
+        for begin in range(0, timesteps, per_run):
+            steps = min(per_run, timesteps - begin)
+            if steps not in tiled:
+                tiled[steps] = {name: self._ortvalue(over_time(a, steps)) for name, a in static.items()}
+            b = session.io_binding()
+            for name, value in tiled[steps].items():
+                b.bind_ortvalue_input(name, value)
+            for name in names:  # first: get_outputs() lists the outputs in the order they were bound
+                b.bind_output(name, "cpu")
+            for s in self._states:
+                b.bind_ortvalue_input(s.input, states[s.input])
+                b.bind_ortvalue_output(s.output, states[s.input])
+            session.run_with_iobinding(b)
+            rows = [split_rows(v.numpy(), steps) for v in b.get_outputs()[:len(names)]]
+            for t in range(steps):
+                yield [r[t] for r in rows]
 
 
 _MIDDLE = (False, False, ())
 _ANN_FORM = (True, True, "ann_form")
+_TIME_BATCHED = (False, False, "time_batched")
 
 
 def _variant_label(first: bool, last: bool, extra_outputs: tuple) -> str:
     label = {(False, False): "step", (True, False): "first", (False, True): "last", (True, True): "first+last"}
     if extra_outputs == "ann_form":
         return "first+last"
+    if extra_outputs == "time_batched":
+        return "time_batched"
     return label[(first, last)] + (f"+{len(extra_outputs)}outputs" if extra_outputs else "")

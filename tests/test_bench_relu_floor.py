@@ -22,9 +22,11 @@ def test_relu_floor_small(tmp_path):
     assert [b["times"]["batch"] for b in entry["batches"]] == [2, 1]
     for b in entry["batches"]:
         rows = {r["config"]: r for r in b["times"]["rows"]}
+        # batches this small run their steps layer by layer, with the same steps one by one beside them
         assert set(rows) == {"ReLU ANN", "PQA ANN", "SNN folded, per step (T=2)", "SNN folded, T=1",
                              "SNN exact, per step (T=2)", "SNN exact, T=1", "SNN folded, per step, no rewrite",
-                             "SNN exact, per step, no rewrite"}
+                             "SNN exact, per step, no rewrite", "SNN folded, per step, step by step",
+                             "SNN exact, per step, step by step"}
         for mode in ("folded", "exact"):
             r = b["times"]["step_rewrites"][mode]
             assert r["fused_layers"] == entry["layers"] and r["absorbed_ops"] > 0
@@ -35,15 +37,19 @@ def test_relu_floor_small(tmp_path):
         assert b["target"]["ratio"] == rows["SNN folded, per step (T=2)"]["ratio_to_relu"]
         assert b["target"]["met"] == (b["target"]["ratio"] <= 1.10)
         profiles = b["profiles"]
-        assert set(profiles) == {"ReLU ANN", "SNN folded, middle step", "SNN exact, middle step",
-                                 "SNN folded, middle step, no rewrite", "SNN exact, middle step, no rewrite"}
+        assert set(profiles) == {"ReLU ANN", "SNN folded, middle step, step by step", "SNN exact, middle step, step by step",
+                                 "SNN folded, middle step, step by step, no rewrite",
+                                 "SNN exact, middle step, step by step, no rewrite",
+                                 "SNN folded, layer by layer, per step (2 a pass)",
+                                 "SNN exact, layer by layer, per step (2 a pass)"}
         for label, prof in profiles.items():
             assert prof["runs"] == 2 and prof["kernel_us"] > 0
             assert sum(op["share"] for op in prof["ops"]) == pytest.approx(1.0)
             assert sum(op["us"] for op in prof["ops"]) == pytest.approx(prof["kernel_us"])
         assert "Conv" in {op["op"] for op in profiles["ReLU ANN"]["ops"]}
-        snn_ops = {op["op"] for op in profiles["SNN folded, middle step"]["ops"]}
-        assert "Conv" in snn_ops and snn_ops & {"AIFCounters", "AIF"}
+        for label in ("SNN folded, middle step, step by step", "SNN folded, layer by layer, per step (2 a pass)"):
+            snn_ops = {op["op"] for op in profiles[label]["ops"]}
+            assert "Conv" in snn_ops and snn_ops & {"AIFCounters", "AIF"}, label
     assert "folded step / ReLU run" in bench.format_report(result)
 
 

@@ -170,7 +170,7 @@ def test_a_first_step_run_builds_only_the_sessions_it_runs(tmp_path, monkeypatch
     monkeypatch.setattr(session_module, "make_session", lambda m, *a, **k: built.append(1) or make(m, *a, **k))
     analyse = session_module.states_safe_in_place
     monkeypatch.setattr(session_module, "states_safe_in_place", lambda *a: analysed.append(1) or analyse(*a))
-    snn = SNNSession(compiled.model)
+    snn = SNNSession(compiled.model, time_batch=1)  # step by step: the longer run reads its states back
     x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
     first = snn.run_first_step(x, [layer.spike_tensor for layer in compiled.info.layers])
     assert len(built) == 1 + (snn.prologue is not None) and not analysed

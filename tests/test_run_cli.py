@@ -106,19 +106,33 @@ def test_run_with_ann_json_and_plots(models, tmp_path):
     assert fk["used"] == kernels.status()["available"] and fk["layers_fused"] == (7 if fk["used"] else 0)
 
 
-def test_kernels_off_gives_the_same_report(models, tmp_path):
+def test_kernels_off_and_steps_one_by_one_give_the_same_report(models, tmp_path):
+    from pmsm_compiler import kernels
+
     _, _, snn = models
     reports = []
-    for choice in ("auto", "off"):
-        out = tmp_path / f"{choice}.json"
-        r = CliRunner().invoke(run_main, [str(snn), "-T", "3", "--limit", "32", "--kernels", choice,
-                                          "--json", str(out), "-q"])
+    for label, args in (("auto", ["--batch-size", "8"]), ("off", ["--kernels", "off"]), ("one", ["--time-batch", "1"]),
+                        ("big", ["--limit", "512", "--batch-size", "512"])):
+        out = tmp_path / f"{label}.json"
+        r = CliRunner().invoke(run_main, [str(snn), "-T", "3", "--limit", "32", *args, "--json", str(out), "-q"])
         assert r.exit_code == 0, r.output
         reports.append(json.loads(out.read_text()))
-    auto, off = reports
+    auto, off, one, big = reports
     assert off["fused_kernels"] == {"used": False, "layers_fused": 0, "reason": "--kernels off", "unfused": []}
     for key in ("accuracy_by_t", "spikes_per_image_by_t", "energy", "layers"):
-        assert auto[key] == off[key], key
+        assert auto[key] == off[key] == one[key], key
+    assert big["samples"] == 512 and auto["samples"] == 32
+    if kernels.status()["available"]:  # 8 samples, T = 3: the three steps in one pass
+        assert auto["time_batched"] == {"steps_per_run": 3, "reason": None}
+        assert "fill the 4,194,304 bytes of a pass" in big["time_batched"]["reason"]
+    assert off["time_batched"]["steps_per_run"] == 1 and "fused neuron kernels" in off["time_batched"]["reason"]
+    assert one["time_batched"] == {"steps_per_run": 1, "reason": "time_batch = 1"}
+
+
+def test_time_batch_must_be_positive(models):
+    _, _, snn = models
+    r = CliRunner().invoke(run_main, [str(snn), "-T", "2", "--time-batch", "0"])
+    assert r.exit_code != 0 and r.output.strip().splitlines()[-1] == "error: --time-batch must be >= 1, got 0"
 
 
 @pytest.mark.parametrize("target,expected", [("1.0", 1.0), ("0%", 0.0), ("0.05", 0.05), ("5%", 0.05)])

@@ -472,10 +472,10 @@ def test_variants_built_in_any_order_give_a_fresh_sessions_results(library, snn_
     model = snn_models[(name, mode)]
     x = _inputs(3, seed=7)
     reference = {}
-    for steps in order:
-        fresh = SNNSession(model)
+    for steps in order:  # step by step: the variants are the step-by-step run's sessions
+        fresh = SNNSession(model, time_batch=1)
         reference[steps] = (_run(fresh, x, steps), fresh.blocked_states)
-    session = SNNSession(model)
+    session = SNNSession(model, time_batch=1)
     for steps in order:
         got = _run(session, x, steps)
         for field in _FIELDS:
@@ -526,8 +526,8 @@ def test_a_variant_that_disagreed_on_the_layout_would_change_the_results(library
         pytest.skip("no NCHWc kernels: no membrane is blocked")
     model = snn_models[("resnet_pqa", "folded")]
     x = _inputs(3, seed=7)
-    expected = _run(SNNSession(model), x, 3)
-    wrong = SNNSession(model)
+    expected = _run(SNNSession(model, time_batch=1), x, 3)  # step by step: three variants
+    wrong = SNNSession(model, time_batch=1)
     assert wrong.blocked_states
     wrong._blocked_states = {}
     got = _run(wrong, x, 3)

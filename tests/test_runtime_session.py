@@ -310,8 +310,9 @@ def test_no_state_leak_between_batches(tmp, split):
 def test_in_place_states_change_no_result(tmp, name, mode):
     c = compiled(tmp, name, mode)
     x = images(9, 700)
-    shared = SNNSession(c.model)
-    plain = SNNSession(c.model, in_place=False)
+    # step by step: a time-batched run keeps each membrane in one buffer anyway
+    shared = SNNSession(c.model, time_batch=1)
+    plain = SNNSession(c.model, in_place=False, time_batch=1)
     # every membrane and MaxPool sum of these models is updated in place: the test compares
     # something, and the ping-pong path still exists
     assert shared.in_place_states == {s["input"] for s in c.info["states"]}
@@ -333,7 +334,8 @@ def test_fused_kernels_change_no_result(tmp, name, mode, act):
     if not kernels.status()["available"]:
         pytest.skip(f"fused kernels unavailable: {kernels.status()['reason']}")
     c = compiled(tmp, name, mode, act=act)
-    fused = SNNSession(c.model, kernels="on")
+    fused = SNNSession(c.model, kernels="on")  # small batches: T >= 2 layer by layer where the model allows
+    stepwise = SNNSession(c.model, kernels="on", time_batch=1)
     stock = SNNSession(c.model, kernels="off")
     assert fused.fused_layers == len(c.info["layers"]) and stock.fused_layers == 0
     assert fused.kernel_report() == {"used": True, "layers_fused": len(c.info["layers"]), "reason": None,
@@ -342,10 +344,11 @@ def test_fused_kernels_change_no_result(tmp, name, mode, act):
     x = images(7, 800)
     for batch in (x, x[:1]):  # batch 1 runs on the calling thread, 7 on the thread pool
         for timesteps in (1, 2, 5):
-            a = fused.run_batch(batch, timesteps, keep_outputs=True)
             b = stock.run_batch(batch, timesteps, keep_outputs=True)
-            assert np.array_equal(a.outputs_by_t, b.outputs_by_t)
-            assert np.array_equal(a.spikes, b.spikes)
+            for session in (fused, stepwise):
+                a = session.run_batch(batch, timesteps, keep_outputs=True)
+                assert np.array_equal(a.outputs_by_t, b.outputs_by_t)
+                assert np.array_equal(a.spikes, b.spikes)
     if mode == "exact":  # and so the fused exact SNN at T = 1 is the ANN, bit for bit
         assert np.array_equal(fused.run_batch(x, 1).mean_outputs, ann_output(exported(tmp, name, act), x))
 

@@ -23,7 +23,7 @@ from pmsm_compiler.cli.options import (NORMAL, VERBOSE, check_plot_dir, check_th
                                        parse_providers, progress_option, session_options, show_progress, verbosity)
 from pmsm_compiler.errors import InputError, cli_errors
 from pmsm_compiler.files import check_output_path
-from pmsm_compiler.limits import MAX_TIMESTEPS, check_timesteps
+from pmsm_compiler.limits import DEFAULT_TIME_BATCH, MAX_TIMESTEPS, check_timesteps
 
 
 def parse_accuracy(value: str | None, flag: str = "--target-accuracy") -> float | None:
@@ -66,13 +66,16 @@ def parse_accuracy(value: str | None, flag: str = "--target-accuracy") -> float 
 @click.option("--kernels", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Fused neuron kernels on the CPU (built with the machine's C compiler on first use; same results): "
                    "auto uses them when they build, on requires them, off runs the neurons' ONNX bodies.")
+@click.option("--time-batch", type=int, default=DEFAULT_TIME_BATCH, show_default=True, metavar="STEPS",
+              help="With the fused kernels, run up to STEPS timesteps layer by layer in one pass of the network "
+                   "(small batches; same results); 1 runs the timesteps one by one.")
 @progress_option
 @verbosity(quiet_help="Print only errors and the summary line.",
            verbose_help="Also what ran the neurons (fused kernels, and why a layer kept its ONNX body); -vv also "
                         "lets the libraries' own warnings through.")
 @cli_errors
 def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, json_path, plot_dir, providers,
-         opt_level, threads, normalization, kernels, progress, verbosity):
+         opt_level, threads, normalization, kernels, time_batch, progress, verbosity):
     """Run the compiled SNN MODEL for T timesteps on a data set and report accuracy, spikes and energy."""
     check_timesteps(timesteps, "--timesteps")
     if batch_size < 1:
@@ -80,6 +83,8 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be >= 1, got {limit}")
     check_threads(threads)
+    if time_batch < 1:
+        raise InputError(f"--time-batch must be >= 1, got {time_batch}")
     target = parse_accuracy(target_accuracy)
     # numpy and onnx (with its ml_dtypes, about 1 s here) only once there is work to do
     import numpy as np
@@ -110,7 +115,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
                          "first (the ANN goes to --ann)")
     with onnxruntime_errors(model):
         session = SNNSession(snn_model, providers=provider_list, opt_level=opt_level, threads=threads,
-                             kernels=kernels)
+                             kernels=kernels, time_batch=time_batch)
     del snn_model
     info = session.info
     ann_session = None
@@ -135,6 +140,8 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
         "opt_level": opt_level,
         "providers": session.providers,
         "fused_kernels": session.kernel_report(),
+        # the full batches' (a smaller last batch may run more steps per pass)
+        "time_batched": session.time_batch_report(min(batch_size, max(report["samples"], 1)), timesteps),
         "normalization": ({"choice": "raw", "mean": None, "std": None} if session.input_dtype == np.uint8 else
                           {"choice": normalization, "mean": list(mean), "std": list(std)}),
         "equal_accuracy": ann_equal_accuracy(report, target),
@@ -164,6 +171,8 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
                    + (f" ({k['reason']})" if k["reason"] else ""))
         for note in k["unfused"]:
             click.echo(f"  kept its ONNX body: {note}")
+        tb = report["time_batched"]
+        click.echo(f"timesteps per pass: {tb['steps_per_run']}" + (f" ({tb['reason']})" if tb["reason"] else ""))
     acc = report["accuracy_by_t"]
     summary = f"T={timesteps}: "
     summary += f"accuracy {100 * acc[-1]:.2f}%" if acc else "no labels"

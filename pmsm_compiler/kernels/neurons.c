@@ -31,6 +31,14 @@
  * exact), int64 otherwise; counters is [N, 1, 7] when counters_row = 1 (the row the model's Unsqueeze
  * makes of it, same bytes). Samples run in parallel on onnxruntime's intra-op thread pool.
  *
+ * Time-batched (attribute time_batched = 1): the layer's T steps in one call, as a multi-step
+ * ("layer by layer") simulator runs them. I holds T·N samples, step-major (sample b = t·N + n, the
+ * layout the runtime's Tile of its static inputs makes), U and U_next one full membrane per sample
+ * [N, ...] (T = the elements of I / the elements of U). For each neuron the T steps run in order,
+ * the membrane of a tile of neurons held in L1 across them, so it is read and written once per call
+ * instead of once per step; every step is the same float32 operations on the same operands as a
+ * single-step call. count and counters are per sample and step ([T·N, ...], row b = t·N + n).
+ *
  * The elementwise neighbours onnxruntime leaves around a neuron can run inside it (the runtime
  * moves them in from its optimized step graph, runtime/absorb_neighbours.py), each the same float32
  * operation on the same operands as the stock kernel it replaces:
@@ -76,7 +84,7 @@ typedef struct {
 enum { PRE_NONE = 0, PRE_DIV = 1, PRE_MUL = 2 };
 
 typedef struct {
-  int kind, final_step, count_float, counters, counters_row;
+  int kind, final_step, count_float, counters, counters_row, time_batched;
   float lo, hi;
   int pre, res_scaled, post; /* the absorbed neighbours (see the header) */
   float pre_value, res_scale, post_value;
@@ -100,6 +108,9 @@ typedef struct {
   int64_t *counters;
   int64_t per_sample;
   int membrane_is_scalar;
+  /* time-batched: T steps of `samples` samples; units of `part` neurons; per-unit partial sums */
+  int64_t steps, samples, part, parts;
+  Totals *partial;
 } Job;
 
 #define RETURN_IF_ERROR(expr)            \
@@ -310,6 +321,61 @@ static void run_sample(void *data, size_t n) {
   write_counts(job, (int64_t)n, &t);
 }
 
+/* Time-batched: the membranes of a tile of neurons stay in this L1 buffer over the T steps. */
+#define TIME_TILE 2048
+/* Neurons per unit of the parallel loop (a multiple of TIME_TILE): a small batch still gives the
+ * threads work; a unit is TIME_PART · T neuron-steps. */
+#define TIME_PART 8192
+
+/* Unit u = (sample n, part p): its neurons over the T steps, the step sums into job->partial. */
+static void run_time_unit(void *data, size_t unit) {
+  const Job *job = (const Job *)data;
+  const NeuronKernel *kern = job->k;
+  const int64_t n = (int64_t)unit / job->parts, p = (int64_t)unit % job->parts;
+  const int64_t ps = job->per_sample;
+  const int64_t begin = p * job->part;
+  const int64_t end = begin + job->part < ps ? begin + job->part : ps;
+  const int transform = job->residual != NULL || kern->pre != PRE_NONE;
+  Totals *totals = job->partial + (int64_t)unit * job->steps;
+  for (int64_t s = 0; s < job->steps; ++s) totals[s] = (Totals){0, 0, 0, 0, 0};
+  float u[TIME_TILE], tile[TIME_TILE];
+  for (int64_t at = begin; at < end; at += TIME_TILE) {
+    const int64_t size = end - at < TIME_TILE ? end - at : TIME_TILE;
+    memcpy(u, job->membrane + n * ps + at, (size_t)size * sizeof(float));
+    for (int64_t s = 0; s < job->steps; ++s) {
+      const int64_t off = (s * job->samples + n) * ps + at;
+      const float *cur = job->current + off;
+      float *spk = job->spikes + off;
+      Sums b;
+      if (transform) {
+        make_current(kern, cur, job->residual ? job->residual + off : NULL, tile, size);
+        cur = tile;
+      }
+      add_sums(&totals[s], &b, fire_block(kern, cur, u, 0, 0.0f, spk, u, size, &b), kern->counters);
+      if (kern->post) scale_spikes(spk, kern->post_value, size);
+    }
+    memcpy(job->membrane_next + n * ps + at, u, (size_t)size * sizeof(float));
+  }
+}
+
+/* After the parallel loop: each (step, sample)'s counts from its parts' sums. */
+static void write_time_counts(const Job *job) {
+  for (int64_t n = 0; n < job->samples; ++n) {
+    for (int64_t s = 0; s < job->steps; ++s) {
+      Totals t = {0, 0, 0, 0, 0};
+      for (int64_t p = 0; p < job->parts; ++p) {
+        const Totals *q = job->partial + (n * job->parts + p) * job->steps + s;
+        t.magnitude += q->magnitude;
+        t.net += q->net;
+        t.at_lo += q->at_lo;
+        t.at_hi += q->at_hi;
+        t.at_zero += q->at_zero;
+      }
+      write_counts(job, s * job->samples + n, &t);
+    }
+  }
+}
+
 static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
   const NeuronKernel *kern = (const NeuronKernel *)op_kernel;
   const OrtValue *current_v = NULL, *membrane_v = NULL;
@@ -324,8 +390,13 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
   if (st == NULL) st = ort->GetDimensions(info, dims, rank);
   ort->ReleaseTensorTypeAndShapeInfo(info);
   if (st != NULL) return st;
+  int64_t u_dims[16];
+  size_t u_rank = 0;
   RETURN_IF_ERROR(ort->GetTensorTypeAndShape(membrane_v, &info));
   st = ort->GetTensorShapeElementCount(info, &u_elems);
+  if (st == NULL) st = ort->GetDimensionsCount(info, &u_rank);
+  if (st == NULL && u_rank > 16) st = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: membrane rank must be <= 16");
+  if (st == NULL) st = ort->GetDimensions(info, u_dims, u_rank);
   ort->ReleaseTensorTypeAndShapeInfo(info);
   if (st != NULL) return st;
 
@@ -333,8 +404,16 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
   for (size_t d = 0; d < rank; ++d) total *= dims[d];
   const int64_t batch = dims[0];
   const int64_t per_sample = batch > 0 ? total / batch : 0;
-  if (u_elems != 1 && (int64_t)u_elems != total)
+  int64_t steps = 1;
+  if (kern->time_batched) { /* I: [T·N, ...]; U: the full membranes [N, ...] */
+    if (kern->final_step) return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: time_batched needs the reset");
+    if (u_elems < 1 || total % (int64_t)u_elems != 0 || (int64_t)u_elems % (per_sample > 0 ? per_sample : 1) != 0)
+      return ort->CreateStatus(ORT_INVALID_ARGUMENT,
+                               "pmsm neuron: time-batched membrane must hold whole samples of the input's T·N");
+    steps = total / (int64_t)u_elems; /* u_elems = m · per_sample divides total = batch · per_sample: T·N rows */
+  } else if (u_elems != 1 && (int64_t)u_elems != total) {
     return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: membrane must have one element or the input's shape");
+  }
 
   Job job;
   memset(&job, 0, sizeof(job));
@@ -368,7 +447,10 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
   RETURN_IF_ERROR(ort->GetTensorMutableData(out, (void **)&job.spikes));
   size_t count_index = 1;
   if (!kern->final_step) {
-    RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, 1, dims, rank, &out));
+    if (kern->time_batched)
+      RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, 1, u_dims, u_rank, &out));
+    else
+      RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, 1, dims, rank, &out));
     RETURN_IF_ERROR(ort->GetTensorMutableData(out, (void **)&job.membrane_next));
     count_index = 2;
   }
@@ -383,6 +465,21 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
     RETURN_IF_ERROR(ort->GetTensorMutableData(out, (void **)&job.counters));
   }
   if (batch <= 0) return NULL;
+  if (kern->time_batched) {
+    job.steps = steps;
+    job.samples = batch / steps;
+    job.part = per_sample < TIME_PART ? per_sample : TIME_PART;
+    job.parts = job.part > 0 ? (per_sample + job.part - 1) / job.part : 0;
+    const int64_t units = job.samples * job.parts;
+    if (units == 0) return NULL;
+    job.partial = (Totals *)malloc((size_t)(units * steps) * sizeof(Totals));
+    if (job.partial == NULL) return ort->CreateStatus(ORT_FAIL, "pmsm neuron: out of memory");
+    st = units == 1 ? NULL : ort->KernelContext_ParallelFor(context, run_time_unit, (size_t)units, 0, &job);
+    if (units == 1) run_time_unit(&job, 0);
+    if (st == NULL) write_time_counts(&job);
+    free(job.partial);
+    return st;
+  }
   if (batch == 1) {
     run_sample(&job, 0);
     return NULL;
@@ -432,6 +529,7 @@ static OrtStatus *ORT_API_CALL create_kernel_v2(const OrtCustomOp *op, const Ort
   k->counters = nop->counters;
   k->count_float = (int)int_attr(info, "count_float", 0, &err);
   k->counters_row = (int)int_attr(info, "counters_row", 0, &err);
+  k->time_batched = (int)int_attr(info, "time_batched", 0, &err);
   k->res_scaled = float_attr(info, "res_scale", &k->res_scale);
   k->post = float_attr(info, "out_mul", &k->post_value);
   if (float_attr(info, "in_div", &k->pre_value))
@@ -554,7 +652,12 @@ static OrtStatus *ORT_API_CALL infer_shape(const OrtCustomOp *op, OrtShapeInferC
   OrtTensorTypeAndShapeInfo *in = NULL, *count = NULL;
   RETURN_IF_ERROR(ort->ShapeInferContext_GetInputTypeShape(ctx, 0, &in));
   OrtStatus *st = ort->ShapeInferContext_SetOutputTypeShape(ctx, 0, in);
-  if (st == NULL && !nop->final_step) st = ort->ShapeInferContext_SetOutputTypeShape(ctx, 1, in);
+  if (st == NULL && !nop->final_step) {
+    /* time-batched: U_next is shaped like U, one step's membranes (I holds T steps) */
+    OrtTensorTypeAndShapeInfo *membrane = NULL;
+    if (infer_int_attr(ctx, "time_batched")) st = ort->ShapeInferContext_GetInputTypeShape(ctx, 1, &membrane);
+    if (st == NULL) st = ort->ShapeInferContext_SetOutputTypeShape(ctx, 1, membrane != NULL ? membrane : in);
+  }
   size_t rank = 0;
   int64_t batch = -1;
   if (st == NULL) st = ort->GetDimensionsCount(in, &rank);

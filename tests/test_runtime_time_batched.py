@@ -1,0 +1,253 @@
+"""time_batched: T steps layer by layer equal T steps one at a time, bit for bit.
+
+The kernel (``time_batched = 1``) against T single-step calls of the same kernel; whole SNNs
+(the shipped ResNet-20s, both modes, PQA and QCFS) time-batched against step by step, over T that
+do and do not divide into runs; the planning (``steps_per_run``) and every refusal with its reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from pmsm_compiler.limits import DEFAULT_TIME_BATCH_BYTES
+from pmsm_compiler.runtime.fuse_neuron_kernels import KERNEL_DOMAIN
+from pmsm_compiler.runtime.time_batched import (
+    _node_refusal,
+    over_time,
+    split_rows,
+    steps_per_run,
+)
+
+# ------------------------------------------------------------------------------------------------
+# the kernel
+# ------------------------------------------------------------------------------------------------
+
+
+def kernel_model(op: str, time_batched: int, residual: bool, attrs: dict) -> bytes:
+    counters = "Counters" in op
+    inputs = ["i", "u"] + (["r"] if residual else [])
+    outputs = ["k", "u_next", "count"] + (["counters"] if counters else [])
+    node = helper.make_node(op, inputs, outputs, domain=KERNEL_DOMAIN, time_batched=time_batched, **attrs)
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs]
+    out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs[:2]]
+    out.append(helper.make_tensor_value_info("count", TensorProto.FLOAT if attrs.get("count_float") else TensorProto.INT64,
+                                             None))
+    if counters:
+        out.append(helper.make_tensor_value_info("counters", TensorProto.INT64, None))
+    graph = helper.make_graph([node], "kernel", value, out)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(KERNEL_DOMAIN, 1)])
+    return model.SerializeToString()
+
+
+def session(library, model: bytes, threads: int = 2):
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(library)
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+CASES = [
+    ("AIFCounters", {"s_min": -2, "s_max": 8, "count_float": 1}, False),
+    ("AIFHalfEvenCounters", {"s_min": -2, "s_max": 8}, True),
+    ("IFCounters", {}, False),
+    ("AIFCount", {"s_min": -4, "s_max": 4, "in_div": 0.37, "out_mul": 1.7}, True),
+    ("AIFCounters", {"s_min": 0, "s_max": 8, "res_scale": 0.5, "in_mul": 3.0}, True),
+]
+
+
+@pytest.mark.parametrize("op,attrs,residual", CASES)
+@pytest.mark.parametrize("samples,steps,dims", [(1, 2, (7, 50, 60)), (3, 5, (16, 8, 8)), (2, 1, (5,)), (4, 3, (3, 4100))])
+def test_kernel_runs_the_steps_of_single_step_calls(library, op, attrs, residual, samples, steps, dims):
+    # (7, 50, 60): 21,000 neurons a sample, three parallel parts of 8,192 and L1 tiles of 2,048 with a
+    # ragged end; (3, 4100): the per-sample size is no multiple of anything
+    rng = np.random.default_rng(100 * samples + steps)
+    x = (rng.standard_normal((steps, samples, *dims)) * 3).astype(np.float32)
+    ties = np.arange(-20, 20, dtype=np.float32)[:x.size] / 2  # exact ties and both caps
+    x.reshape(-1)[:ties.size] = ties
+    r = (rng.standard_normal(x.shape) * 2).astype(np.float32)
+    u0 = rng.random((samples, *dims)).astype(np.float32)
+    one = session(library, kernel_model(op, 0, residual, attrs))
+    u, expected = u0, []
+    for t in range(steps):
+        feeds = {"i": x[t], "u": u, **({"r": r[t]} if residual else {})}
+        outs = one.run(None, feeds)
+        u = outs[1]
+        expected.append(outs)
+    many = session(library, kernel_model(op, 1, residual, attrs))
+    feeds = {"i": x.reshape(steps * samples, *dims), "u": u0,
+             **({"r": r.reshape(steps * samples, *dims)} if residual else {})}
+    got = many.run(None, feeds)
+    np.testing.assert_array_equal(split_rows(got[0], steps), np.stack([e[0] for e in expected]))
+    np.testing.assert_array_equal(got[1], u)  # the membranes after the last step
+    for index in range(2, len(got)):  # the count and counters, per step and sample
+        assert got[index].dtype == expected[0][index].dtype
+        np.testing.assert_array_equal(split_rows(got[index], steps), np.stack([e[index] for e in expected]))
+
+
+def test_kernel_one_thread_and_two_agree(library):
+    model = kernel_model("AIFCounters", 1, False, {"s_min": -2, "s_max": 8})
+    rng = np.random.default_rng(3)
+    feeds = {"i": (rng.standard_normal((8, 20000)) * 3).astype(np.float32), "u": rng.random((2, 20000)).astype(np.float32)}
+    a, b = session(library, model, 1).run(None, feeds), session(library, model, 2).run(None, feeds)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("i_shape,u_shape,why", [
+    ((6, 10), (4, 10), "whole samples"),  # 40 membranes for 60 currents: no whole number of steps
+    ((6, 10), (15,), "whole samples"),  # 15 membranes: not whole samples of 10
+])
+def test_kernel_refuses_membranes_that_do_not_fit(library, i_shape, u_shape, why):
+    many = session(library, kernel_model("AIFCounters", 1, False, {"s_min": -2, "s_max": 8}))
+    with pytest.raises(Exception, match=why):
+        many.run(None, {"i": np.zeros(i_shape, np.float32), "u": np.zeros(u_shape, np.float32)})
+
+
+# ------------------------------------------------------------------------------------------------
+# whole SNNs
+# ------------------------------------------------------------------------------------------------
+
+_COMPILED: dict = {}
+
+
+def shipped(name: str, mode: str):
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.loading import load_model
+    from pmsm_compiler.models import shipped_model_path
+
+    key = (name, mode)
+    if key not in _COMPILED:
+        _COMPILED[key] = compile_model(load_model(shipped_model_path(f"{name}.onnx")), mode).model
+    return _COMPILED[key]
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    from pmsm_compiler.data import CIFAR10_MEAN, CIFAR10_STD, load_bundled_sample, normalize
+
+    ds = load_bundled_sample()
+    start = (seed * 37) % (len(ds.x) - n)
+    return normalize(ds.x[start:start + n], CIFAR10_MEAN, CIFAR10_STD)
+
+
+FIELDS = ("mean_outputs", "predictions_by_t", "spikes", "outputs_by_t", "counters", "counters_by_sample")
+# a budget that allows 16 steps of any of these batches per run
+ROOMY = 1 << 30
+
+
+@pytest.mark.parametrize("name,mode", [("resnet20_pqa_cifar10", "folded"), ("resnet20_pqa_cifar10", "exact"),
+                                       ("resnet20_qcfs_cifar10", "folded"), ("resnet20_pqa_sparse_cifar10", "exact")])
+def test_time_batched_runs_equal_step_by_step_runs(library, name, mode):
+    from pmsm_compiler.runtime import SNNSession
+
+    model = shipped(name, mode)
+    stepwise = SNNSession(model, time_batch=1)
+    batched = SNNSession(model, time_batch=4, time_batch_bytes=ROOMY)
+    assert batched.time_batched and batched.time_batched_note is None
+    assert not stepwise.time_batched and stepwise.time_batched_note == "time_batch = 1"
+    for n, timesteps in ((1, 2), (3, 4), (3, 9), (5, 7)):  # one run; exactly one; 4 + 4 + 1; 4 + 3
+        x = images(n, seed=timesteps)
+        a = stepwise.run_batch(x, timesteps, keep_outputs=True, sample_counters=True)
+        b = batched.run_batch(x, timesteps, keep_outputs=True, sample_counters=True)
+        for field in FIELDS:
+            np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=f"{field} N={n} T={timesteps}")
+    assert ("time_batched" in "".join(map(str, batched._variants))) and not any(
+        "time_batched" in str(k) for k in stepwise._variants)
+
+
+def test_the_batch_budget_decides_between_layer_by_layer_and_step_by_step(library):
+    from pmsm_compiler.runtime import SNNSession
+
+    model = shipped("resnet20_pqa_cifar10", "folded")
+    layer = 16 * 32 * 32 * 4  # ResNet-20's largest neuron layer, bytes per sample
+    session = SNNSession(model)
+    assert session._time_batch_layer_bytes() == layer
+    # the default budget: one sample runs 16 steps at once, 16 samples 4, 64 samples step by step
+    assert steps_per_run(1, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 16
+    assert steps_per_run(16, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 4
+    assert steps_per_run(64, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 1
+    assert steps_per_run(1, 3, 16, DEFAULT_TIME_BATCH_BYTES, layer) == 3
+    session.run_batch(images(64), 2)  # over budget: no time-batched session is built
+    assert not any("time_batched" in str(k) for k in session._variants)
+    session.run_batch(images(2), 2)
+    assert any("time_batched" in str(k) for k in session._variants)
+    with pytest.raises(Exception, match="time_batch"):
+        SNNSession(model, time_batch=0)
+
+
+def test_models_that_cannot_run_layer_by_layer_say_why(library):
+    from pmsm_compiler.runtime import SNNSession
+
+    vit = SNNSession(shipped("vit_cifar_pqa_cifar10", "folded"))
+    assert not vit.time_batched and "time input" in vit.time_batched_note
+    plain = SNNSession(shipped("resnet20_pqa_cifar10", "folded"), kernels="off")
+    assert not plain.time_batched and "fused neuron kernels" in plain.time_batched_note
+    x = images(2)
+    a = plain.run_batch(x, 3, keep_outputs=True)  # and they run step by step, as before
+    b = SNNSession(shipped("resnet20_pqa_cifar10", "folded"), time_batch_bytes=ROOMY).run_batch(x, 3, keep_outputs=True)
+    np.testing.assert_array_equal(a.outputs_by_t, b.outputs_by_t)
+
+
+def test_a_fixed_batch_model_runs_step_by_step(library):
+    # its graph may hold its batch size (a Reshape to [B, -1], a constant of B rows): T·B rows would
+    # silently pair the wrong rows
+    from pmsm_compiler.runtime import SNNSession
+    from pmsm_compiler.runtime.optimized_step import static_shapes
+    from pmsm_compiler.runtime.time_batched import time_batch_refusal
+
+    session = SNNSession(shipped("resnet20_pqa_cifar10", "folded"))
+    model = session._middle_step_model(session._step_model)
+    shapes = static_shapes(model)
+    assert time_batch_refusal(model, session.info, None, shapes) is None
+    assert "batch is fixed (4)" in time_batch_refusal(model, session.info, 4, shapes)
+
+
+def _node(op, inputs, rank=4, **attrs):
+    tensors = [t if isinstance(t, gs.Tensor) else gs.Variable(t, np.float32, ["N"] + [2] * (rank - 1)) for t in inputs]
+    return gs.Node(op, name=f"{op}_0", attrs=attrs, inputs=tensors, outputs=[gs.Variable("y", np.float32, None)])
+
+
+def _const(values):
+    return gs.Constant(f"c{np.asarray(values).size}", np.asarray(values))
+
+
+@pytest.mark.parametrize("node,why", [
+    (_node("Conv", ["x", "w"]), None),
+    (_node("Add", ["x", _const(np.ones((1, 2, 1, 1), np.float32))]), None),
+    (_node("Add", ["x", _const(np.ones((4, 2, 2, 2), np.float32))]), "constant that has a batch axis"),
+    (_node("Flatten", ["x"], axis=1), None),
+    (_node("Flatten", ["x"], axis=0), "merges the batch"),
+    (_node("Concat", ["x", "z"], axis=1), None),
+    (_node("Concat", ["x", "z"], axis=0), "along the batch axis"),
+    (_node("Concat", ["x", "z"], axis=-4), "along the batch axis"),
+    (_node("Softmax", ["x"]), None),
+    (_node("Gemm", ["x", _const(np.ones((2, 3), np.float32))], rank=2), None),
+    (_node("MatMul", ["x", "z"], rank=2), "two activations"),
+    (_node("Reshape", ["x", _const(np.array([-1, 8], np.int64))]), None),
+    (_node("Reshape", ["x", _const(np.array([0, 8], np.int64))]), None),
+    (_node("Reshape", ["x", _const(np.array([2, -1], np.int64))]), "fixes the batch"),
+    (_node("Reshape", ["x", "shape"]), "computed shape"),
+    (_node("ReduceMean", ["x", _const(np.array([2, 3], np.int64))]), None),
+    (_node("ReduceSum", ["x", _const(np.array([0], np.int64))]), "over the batch axis"),
+    (_node("ReduceSum", ["x"]), "over every axis"),
+    (_node("Transpose", ["x"], perm=[0, 2, 3, 1]), None),
+    (_node("Transpose", ["x"], perm=[1, 0, 2, 3]), "moves the batch axis"),
+    (_node("Unsqueeze", ["x", _const(np.array([0], np.int64))]), "at the batch axis"),
+    (_node("Shape", ["x"]), "not known to treat each sample on its own"),
+    (_node("LSTM", ["x"]), "not known to treat each sample on its own"),
+])
+def test_each_op_that_could_mix_samples_is_refused_with_its_reason(node, why):
+    got = _node_refusal(node, {"x", "z"})
+    assert (got is None) if why is None else (got is not None and why in got), got
+
+
+def test_over_time_and_split_rows_are_step_major():
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    tiled = over_time(x, 4)
+    assert tiled.shape == (12, 2) and np.array_equal(tiled[3:6], x) and np.array_equal(tiled[9:], x)
+    rows = split_rows(np.arange(12).reshape(12, 1), 4)
+    assert rows.shape == (4, 3, 1) and rows[2, 1, 0] == 7  # step 2, sample 1: row 2·3 + 1
