@@ -153,9 +153,10 @@ def aggregate_profile(path: str, per: int = 1) -> dict:
             by_op[op] += e["dur"]
             calls[op] += 1
             by_node[(e["name"][: -len("_kernel_time")], op)] += e["dur"]
-    n = max(len(run_us), 1) * per
+    runs = max(len(run_us), 1)
+    n = runs * per
     kernel = sum(by_op.values()) / n
-    ops = [{"op": op, "us": us / n, "nodes": calls[op] // n, "share": us / n / kernel if kernel else 0.0}
+    ops = [{"op": op, "us": us / n, "nodes": calls[op] // runs, "share": us / n / kernel if kernel else 0.0}
            for op, us in by_op.most_common()]
     nodes = [{"node": node, "op": op, "us": us / n} for (node, op), us in by_node.most_common(12)]
     return {"runs": len(run_us), "run_us": statistics.median(run_us) / per if run_us else 0.0, "kernel_us": kernel,

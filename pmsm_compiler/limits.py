@@ -10,13 +10,13 @@
 - ``MAX_TIMESTEPS``: the largest T of a run. The runtime keeps the spike count of every sample,
   layer and step of a batch (int64 [T, batch, layers]) and reports accuracy and spikes at every
   t <= T, so memory and the report grow linearly with T.
-- ``DEFAULT_TIME_BATCH``, ``DEFAULT_TIME_BATCH_BYTES``: how much of a T-step run the runtime
-  computes at once when it runs the steps layer by layer (``runtime/time_batched.py``): at most this
-  many steps per session run (``pmsm-run --time-batch``; 1 runs step by step), and at most steps ×
-  samples × the largest neuron layer's current per sample = this many bytes. Layer by layer gains
-  where a batch is small (ResNet-20 on 2 cores, per step against one run of the ReLU network:
-  batch 1 1.05 → 0.64, batch 4 1.14 → 0.94) and loses where one step's activations already fill
-  the caches (batch 64, 4 MiB a layer: 1.14 → 1.18-1.24); see docs/benchmarks.md.
+- ``DEFAULT_TIME_BATCH``, ``DEFAULT_TIME_BATCH_BYTES``: when and how the runtime runs a T-step run
+  layer by layer (``runtime/time_batched.py``): ``DEFAULT_TIME_BATCH`` steps per pass of the network
+  (``pmsm-run --time-batch``; 1 runs step by step), where one step of the batch holds at most
+  ``DEFAULT_TIME_BATCH_BYTES`` of its largest neuron layer's current. ResNet-20 on this 2-core VM
+  (1 MiB of L2 per core), per step against one run of the ReLU network, 16 steps a pass: batch 1
+  (64 KiB a step) 1.09 → 0.65, batch 4 1.13 → 0.95, batch 16 (1 MiB) 1.18 → 1.13; batch 64
+  (4 MiB) 1.13 step by step, 1.18–1.22 in passes of 2–16 (``bench/time_batch_sweep.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ MAX_OPSET = 28
 MAX_TENSOR_BYTES = 2**31
 MAX_TIMESTEPS = 10_000
 DEFAULT_TIME_BATCH = 16
-DEFAULT_TIME_BATCH_BYTES = 4 << 20
+DEFAULT_TIME_BATCH_BYTES = 2 << 20
 
 
 def supported_opsets() -> tuple[int, int]:

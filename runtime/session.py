@@ -29,6 +29,10 @@ The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The s
   blocked NCHWc tensors of the convolutions, without the layout conversions around each of them;
   bit-identical results (``rewrite_optimized=False`` runs the optimized graph as it is);
 - reuses one IOBinding for the middle steps when every state is updated in place;
+- runs the T steps of a small batch layer by layer (``runtime.time_batched``): up to ``time_batch``
+  steps per run of one session on T·N rows, each fused neuron kernel running its steps in order,
+  bit-identical to step by step; where the model cannot (``time_batched_note``) or one step of the
+  batch already fills the caches (``time_batch_bytes``), step by step;
 - runs the one step of a T = 1 run of an exact-mode model in the ANN's form
   (``runtime.ann_form_step``, CPU): the whole model, the neurons as the quantizer's own ops, the
   spike counting attached after onnxruntime's optimization, so that onnxruntime rewrites it as
@@ -153,9 +157,9 @@ class SNNSession:
                              and opt_level in ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL))
         self._blocked_states: dict | None = None
         self._step_rewrites = {"absorbed_ops": 0, "blocked_layers": 0}
-        # T >= 2: the steps layer by layer, up to ``time_batch`` of them and ``time_batch_bytes`` of
-        # a layer's current per run of one session (runtime/time_batched.py), where the step allows
-        # it; planned on first use, the session built when a run needs it
+        # T >= 2: ``time_batch`` steps per run of one session, layer by layer (runtime/time_batched.py),
+        # where the step allows it and one step of the batch holds at most ``time_batch_bytes`` of its
+        # largest neuron layer; planned on first use, the session built when a run needs it
         if int(time_batch) < 1 or int(time_batch_bytes) < 1:
             raise InputError(f"time_batch and time_batch_bytes must be >= 1, got {time_batch}, {time_batch_bytes}")
         self.time_batch, self.time_batch_bytes = int(time_batch), int(time_batch_bytes)
@@ -409,8 +413,9 @@ class SNNSession:
             return {"steps_per_run": 1, "reason": self._time_batched_note}
         per_run = steps_per_run(batch, timesteps, self.time_batch, self.time_batch_bytes, layer_bytes)
         if per_run < 2:
-            return {"steps_per_run": 1, "reason": f"{batch} samples of its largest layer ({layer_bytes:,} bytes each) "
-                                                  f"fill the {self.time_batch_bytes:,} bytes of a pass"}
+            return {"steps_per_run": 1, "reason": f"one step of {batch} samples holds {batch * layer_bytes:,} bytes of its "
+                                                  f"largest neuron layer, over the {self.time_batch_bytes:,} of a "
+                                                  "layer-by-layer pass"}
         return {"steps_per_run": per_run, "reason": None}
 
     def _time_batch_layer_bytes(self) -> int | None:

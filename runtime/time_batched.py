@@ -21,8 +21,9 @@ operands, and a convolution or a matrix product computes each row as it does in 
 (onnxruntime's CPU kernels do not round differently by batch size), so outputs, spikes and
 counts equal the step-by-step run's (``tests/test_runtime_time_batched.py`` compares them
 exactly). Memory: the activations of T·N samples instead of N; the runtime runs a long T in
-chunks of at most ``time_batch`` steps and ``time_batch_bytes`` per layer (``steps_per_run``), carrying
-the membranes from chunk to chunk; where a chunk would hold fewer than 2 steps it runs step by step.
+chunks of ``time_batch`` steps (``steps_per_run``), carrying the membranes from chunk to chunk,
+and only where one step of the batch leaves the caches room (``time_batch_bytes``); a larger batch
+runs step by step.
 
 Check (``time_batch_refusal``): every state is a neuron's membrane whose kernel was fused (not a
 temporal wrapper's sum, which is not elementwise in time), there is no time input, the batch axis is
@@ -43,9 +44,11 @@ from .fuse_neuron_kernels import KERNEL_DOMAIN
 
 
 def steps_per_run(samples: int, timesteps: int, time_batch: int, budget_bytes: int, layer_bytes: int) -> int:
-    """How many steps one time-batched session run takes (< 2: run step by step); ``layer_bytes``:
-    the largest neuron layer's current per sample."""
-    return max(1, min(time_batch, timesteps, budget_bytes // max(samples * layer_bytes, 1)))
+    """How many steps one time-batched session run takes (< 2: run step by step): ``time_batch``
+    (at most T) where one step of the batch holds at most ``budget_bytes`` of its largest neuron
+    layer's current (``layer_bytes`` per sample), else 1: a batch that large already fills the
+    caches with one step, and passes of several steps only add traffic (docs/benchmarks.md)."""
+    return min(time_batch, timesteps) if samples * layer_bytes <= budget_bytes else 1
 
 
 #: ops that compute each row of the batch from that row alone, whatever their attributes

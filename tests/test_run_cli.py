@@ -124,7 +124,7 @@ def test_kernels_off_and_steps_one_by_one_give_the_same_report(models, tmp_path)
     assert big["samples"] == 512 and auto["samples"] == 32
     if kernels.status()["available"]:  # 8 samples, T = 3: the three steps in one pass
         assert auto["time_batched"] == {"steps_per_run": 3, "reason": None}
-        assert "fill the 4,194,304 bytes of a pass" in big["time_batched"]["reason"]
+        assert "over the 2,097,152 of a layer-by-layer pass" in big["time_batched"]["reason"]
     assert off["time_batched"]["steps_per_run"] == 1 and "fused neuron kernels" in off["time_batched"]["reason"]
     assert one["time_batched"] == {"steps_per_run": 1, "reason": "time_batch = 1"}
 

@@ -166,10 +166,11 @@ def test_the_batch_budget_decides_between_layer_by_layer_and_step_by_step(librar
     layer = 16 * 32 * 32 * 4  # ResNet-20's largest neuron layer, bytes per sample
     session = SNNSession(model)
     assert session._time_batch_layer_bytes() == layer
-    # the default budget: one sample runs 16 steps at once, 16 samples 4, 64 samples step by step
+    # the default budget: up to 32 samples run 16 steps a pass, 33 and more step by step
+    assert DEFAULT_TIME_BATCH_BYTES == 32 * layer
     assert steps_per_run(1, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 16
-    assert steps_per_run(16, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 4
-    assert steps_per_run(64, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 1
+    assert steps_per_run(32, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 16
+    assert steps_per_run(33, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 1
     assert steps_per_run(1, 3, 16, DEFAULT_TIME_BATCH_BYTES, layer) == 3
     session.run_batch(images(64), 2)  # over budget: no time-batched session is built
     assert not any("time_batched" in str(k) for k in session._variants)
