@@ -285,8 +285,8 @@ class SNNSession:
 
     def end_profiling(self) -> dict[str, str]:
         """Stop the per-node traces (``profile_prefix``): {session label: JSON file}, the labels
-        "prologue" and "step" (a middle step), "first", "last", "first+last" (``session_for``) of
-        the sessions built."""
+        "prologue" and "step" (a middle step), "first", "last", "first+last" (``session_for``) and
+        "time_batched" (a layer-by-layer pass) of the sessions built."""
         if not self.profile_prefix:
             return {}
         files = {}
