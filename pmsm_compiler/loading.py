@@ -868,7 +868,7 @@ def external_data_path(path: str | os.PathLike[str]) -> str:
 
 
 def save_model_atomic(model: ModelProto, path: str | os.PathLike[str], external_data: bool | None = None) -> bool:
-    """Serialize ``model`` and write it atomically (see ``save_bytes_atomic``); return whether its
+    """Serialize ``model`` and write it atomically (``files.write_atomic``); return whether its
     weights went to an external data file.
 
     ``external_data`` (None: when the model is 2 GiB or more, which one protobuf file cannot
@@ -879,8 +879,12 @@ def save_model_atomic(model: ModelProto, path: str | os.PathLike[str], external_
     """
     if external_data is None:
         external_data = weights.model_bytes(model) >= PROTOBUF_LIMIT
-    if not external_data:
-        save_bytes_atomic(model.SerializeToString(), path)
+    if not external_data:  # serialized as it is written, not built in memory first (weights.write_model)
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                weights.write_model(model, fh)
+
+        write_atomic(path, write)
         return False
     data_path = check_output_path(external_data_path(path), "the external data")
     skeleton, layout = weights.with_external_data(model, os.path.basename(data_path))

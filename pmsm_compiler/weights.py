@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import ModelProto, TensorProto, helper
+from onnx import GraphProto, ModelProto, TensorProto, helper
 
 #: initializers at least this large (declared bytes) are left out of a skeleton
 STRIP_BYTES = 1024
@@ -209,6 +209,71 @@ def in_memory_names(model: ModelProto) -> list[str]:
     reference ``IN_MEMORY``."""
     return [t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL
             and any(e.key == "location" and e.value == IN_MEMORY for e in t.external_data)]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _length_key(number: int) -> bytes:
+    """The key of a length-delimited field (wire type 2) ``number``."""
+    return _varint(number << 3 | 2)
+
+
+def _fields(msg, keep) -> bytes:
+    """``msg`` serialized with only the fields whose number ``keep`` accepts (protobuf writes the
+    fields of a message in field-number order, so parts cut by number concatenate into the whole)."""
+    part = type(msg)()
+    copy_except(msg, part, skip=[fd.name for fd in msg.DESCRIPTOR.fields if not keep(fd.number)])
+    return part.SerializeToString()
+
+
+_GRAPH = ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_INITIALIZER = GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_RAW_DATA = TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+
+
+def write_model(model: ModelProto, fh) -> None:
+    """Write ``model.SerializeToString()``, byte for byte, to the binary file ``fh`` without building
+    it in memory: the message around the large initializers (``strippable``) is serialized in parts
+    cut by field number, and each large tensor's ``raw_data`` is written as it is (one transient
+    copy of one tensor at a time, instead of the whole model's bytes at once)."""
+    if not isinstance(model, ModelProto) or not any(strippable(t) for t in model.graph.initializer):
+        fh.write(model.SerializeToString())
+        return
+    graph = model.graph
+    pieces = []  # bytes, or an initializer whose raw_data is written in its place
+    for t in graph.initializer:
+        if not strippable(t):
+            data = t.SerializeToString()
+            pieces.append(_length_key(_INITIALIZER) + _varint(len(data)) + data)
+            continue
+        size = declared_bytes(t)  # what check_stripped holds raw_data to
+        head, tail = _fields(t, lambda n: n < _RAW_DATA), _fields(t, lambda n: n > _RAW_DATA)
+        raw_key = _length_key(_RAW_DATA) + _varint(size)
+        pieces += [_length_key(_INITIALIZER) + _varint(len(head) + len(raw_key) + size + len(tail)) + head + raw_key,
+                   t, tail]
+    graph_head, graph_tail = _fields(graph, lambda n: n < _INITIALIZER), _fields(graph, lambda n: n > _INITIALIZER)
+    graph_size = len(graph_head) + len(graph_tail) + sum(
+        declared_bytes(p) if isinstance(p, TensorProto) else len(p) for p in pieces)
+    fh.write(_fields(model, lambda n: n < _GRAPH))
+    fh.write(_length_key(_GRAPH) + _varint(graph_size) + graph_head)
+    for piece in pieces:
+        if isinstance(piece, TensorProto):
+            raw = piece.raw_data
+            if len(raw) != declared_bytes(piece):
+                raise ValueError(f"initializer {piece.name}: raw_data holds {len(raw)} bytes, its type and "
+                                 f"shape declare {declared_bytes(piece)}")
+            fh.write(raw)
+        else:
+            fh.write(piece)
+    fh.write(graph_tail)
+    fh.write(_fields(model, lambda n: n > _GRAPH))
 
 
 #: offsets of the tensors in a data file ``with_external_data`` lays out: a multiple of the page

@@ -435,6 +435,44 @@ def test_save_model_atomic_serialization_failure_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _weighty_model():
+    """Large and small initializers in a mixed order, fields on both sides of raw_data in a tensor
+    (name before it; doc_string, data_location after), metadata and a function after the graph."""
+    rng = np.random.default_rng(0)
+    big = numpy_helper.from_array(rng.standard_normal((64, 3, 3, 3)).astype(np.float32), "w")
+    big.doc_string = "the kernel"
+    big.data_location = TensorProto.DEFAULT
+    small = numpy_helper.from_array(np.ones(4, np.float32), "b")
+    big2 = numpy_helper.from_array(rng.standard_normal((300, 7)).astype(np.float64), "w2")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[big, small, big2], doc_string="graph doc")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], doc_string="model doc")
+    helper.set_model_props(model, {"k": "v"})
+    model.functions.add().name = "f"
+    return model
+
+
+def test_write_model_writes_the_bytes_serialization_writes():
+    import io
+
+    from pmsm_compiler.weights import write_model
+
+    for model in (_weighty_model(), conv_relu()):
+        out = io.BytesIO()
+        write_model(model, out)
+        assert out.getvalue() == model.SerializeToString()
+
+
+def test_save_model_atomic_refuses_a_raw_data_of_the_wrong_size(tmp_path):
+    model = _weighty_model()
+    model.graph.initializer[2].raw_data = model.graph.initializer[2].raw_data[:-8]
+    with pytest.raises(ValueError, match="raw_data holds 16792 bytes, its type and shape declare 16800"):
+        save_model_atomic(model, tmp_path / "out.onnx", external_data=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_save_model_atomic_refuses_a_model_whose_skeleton_is_over_2gib(tmp_path, monkeypatch):
     # over 2 GiB with its weights it is written with external data (tests/test_compile_scale.py);
     # what protobuf cannot hold even without them is refused, and nothing is written
