@@ -437,7 +437,7 @@ class SNNSession:
                     self._time_batched_plan = (time_batched_model(model), membrane_dims(model, shapes), shapes)
         if not self._time_batched_plan:
             return None
-        return 4 * max(int(np.prod(d)) for d in self._time_batched_plan[1].values())
+        return np.dtype(np.float32).itemsize * max(int(np.prod(d)) for d in self._time_batched_plan[1].values())
 
     def _time_batched_session(self):
         """The session that runs several steps at once (built on first use; the plan allows it)."""

@@ -17,10 +17,12 @@ Rewrite of the middle step with fused neuron kernels (``fuse_neuron_kernels``)::
     network outputs, counts     →  [T·N, ...]: step t's are rows t·N .. t·N + N - 1
 
 Each neuron performs per step the float32 operations of a single-step kernel on the same
-operands, and a convolution or a matrix product computes each row as it does in a batch of N
-(onnxruntime's CPU kernels do not round differently by batch size), so outputs, spikes and
-counts equal the step-by-step run's (``tests/test_runtime_time_batched.py`` compares them
-exactly). Memory: the activations of T·N samples instead of N; the runtime runs a long T in
+operands, and onnxruntime's CPU convolutions, matrix products with constant weights and pooling
+compute each row as they do in a batch of N (their accumulation order is per output element, not
+per batch), so outputs, spikes and counts equal the step-by-step run's:
+``tests/test_runtime_time_batched.py`` compares them exactly, and the runtime tests compare every
+run against the neurons' ONNX bodies step by step. A T = 1 run, the one the ANN contract is about,
+is one step and never runs here. Memory: the activations of T·N samples instead of N; the runtime runs a long T in
 chunks of ``time_batch`` steps (``steps_per_run``), carrying the membranes from chunk to chunk,
 and only where one step of the batch leaves the caches room (``time_batch_bytes``); a larger batch
 runs step by step.
@@ -76,7 +78,7 @@ def _touches_batch(axes, rank: int | None) -> bool:
     return False
 
 
-def _node_refusal(node, graph_inputs: set) -> str | None:
+def _node_refusal(node) -> str | None:
     op = node.op
     if node.domain == KERNEL_DOMAIN:
         return None if len(node.outputs) >= 3 and not node.op.endswith("Final") else f"{node.name}: a *Final kernel"
@@ -160,9 +162,8 @@ def time_batch_refusal(model: onnx.ModelProto, info: SNNInfo, fixed_batch: int |
     for name, dims in membrane_dims(model, shapes).items():
         if name in membranes and not (dims and all(isinstance(d, int) and d > 0 for d in dims)):
             return f"the current of membrane {name} has no static per-sample shape ({dims})"
-    inputs = {t.name for t in graph.inputs}
     for node in graph.nodes:
-        why = _node_refusal(node, inputs)
+        why = _node_refusal(node)
         if why is not None:
             return why
     return None
