@@ -56,13 +56,7 @@ from pmsm_compiler.sessions import declared_batch, make_session, padded_batches
 from pmsm_compiler.snn_format import DataInput, read_snn_info
 from pmsm_compiler.weights import split
 
-from .step_graphs import (
-    export_variant,
-    split_static_prologue,
-    states_safe_in_place,
-    variant_graph,
-    without_output,
-)
+from .step_graphs import export_variant, split_static_prologue, states_safe_in_place, variant_graph, without_output
 from .time_batched import steps_per_run
 
 
