@@ -89,9 +89,10 @@ def _node_refusal(node) -> str | None:
         if op in ("MaxPool", "AveragePool", "Conv", "ConvTranspose") or len(node.inputs) < 2:
             return None
         # a broadcast operand with a batch axis of its own would pair rows with rows
-        for t in node.inputs:
-            if isinstance(t, gs.Constant) and t.values.ndim >= 1 and t.values.ndim == (rank or -1) and t.values.shape[0] > 1:
-                return f"{node.name}: {op} with a constant that has a batch axis ({list(t.values.shape)})"
+        for t in node.inputs:  # its shape only: a large constant's values are not in the step model
+            shape = list(t.shape) if isinstance(t, gs.Constant) else []
+            if shape and len(shape) == (rank or -1) and shape[0] > 1:
+                return f"{node.name}: {op} with a constant that has a batch axis ({shape})"
         return None
     if op in AXIS_OPS:
         default = AXIS_OPS[op]

@@ -8,6 +8,7 @@ do and do not divide into runs; the planning (``steps_per_run``) and every refus
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
@@ -244,6 +245,27 @@ def _const(values):
 def test_each_op_that_could_mix_samples_is_refused_with_its_reason(node, why):
     got = _node_refusal(node)
     assert (got is None) if why is None else (got is not None and why in got), got
+
+
+def test_a_large_constant_is_checked_by_its_shape_without_its_values():
+    # the runtime's step models hold large initializers as references to arrays (weights.split): a
+    # check that read their values would fail on them
+    from onnx import helper as h
+
+    ref = onnx.TensorProto(name="pos", data_type=TensorProto.FLOAT, dims=[1, 65, 384])
+    ref.data_location = TensorProto.EXTERNAL
+    ref.external_data.add(key="location", value="pmsm-weights-in-memory")
+    def lazy_constant():
+        graph = h.make_graph([h.make_node("Identity", ["pos"], ["y"])], "g", [],
+                             [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[ref])
+        return gs.import_onnx(h.make_model(graph)).tensors()["pos"]
+
+    lazy = lazy_constant()
+    assert isinstance(lazy, gs.Constant)
+    assert _node_refusal(_node("Add", ["x", lazy], rank=3)) is None
+    ref.dims[0] = 4
+    lazy = lazy_constant()
+    assert "constant that has a batch axis ([4, 65, 384])" in _node_refusal(_node("Add", ["x", lazy], rank=3))
 
 
 def test_over_time_and_split_rows_are_step_major():
