@@ -424,11 +424,15 @@ class SNNSession:
             elif not self.kernels:
                 self._time_batched_note = "no fused neuron kernels (they run the steps of a layer)"
             else:
-                model = self._middle_step_model(self._step_model)
-                shapes = self._variant_shapes(False, False)
-                self._time_batched_note = time_batch_refusal(model, self.info, self.fixed_batch, shapes)
-                if self._time_batched_note is None:
-                    self._time_batched_plan = (time_batched_model(model), membrane_dims(model, shapes), shapes)
+                try:
+                    model = self._middle_step_model(self._step_model)
+                    shapes = self._variant_shapes(False, False)
+                    self._time_batched_note = time_batch_refusal(model, self.info, self.fixed_batch, shapes)
+                    if self._time_batched_note is None:
+                        self._time_batched_plan = (time_batched_model(model), membrane_dims(model, shapes), shapes)
+                except Exception as exc:  # noqa: BLE001 - a speed-up: the steps run one by one instead
+                    self._time_batched_plan = ()
+                    self._time_batched_note = f"not planned: {type(exc).__name__}: {exc}"
         if not self._time_batched_plan:
             return None
         return np.dtype(np.float32).itemsize * max(int(np.prod(d)) for d in self._time_batched_plan[1].values())

@@ -194,6 +194,22 @@ def test_models_that_cannot_run_layer_by_layer_say_why(library):
     np.testing.assert_array_equal(a.outputs_by_t, b.outputs_by_t)
 
 
+def test_a_plan_that_fails_leaves_the_steps_one_by_one(library, monkeypatch):
+    from pmsm_compiler.runtime import SNNSession
+    from pmsm_compiler.runtime import time_batched
+
+    def broken(*args):
+        raise ValueError("no such shape")
+
+    monkeypatch.setattr(time_batched, "membrane_dims", broken)
+    session = SNNSession(shipped("resnet20_pqa_cifar10", "folded"))
+    x = images(2)
+    got = session.run_batch(x, 3, keep_outputs=True)
+    assert not session.time_batched and session.time_batched_note == "not planned: ValueError: no such shape"
+    expected = SNNSession(shipped("resnet20_pqa_cifar10", "folded"), time_batch=1).run_batch(x, 3, keep_outputs=True)
+    np.testing.assert_array_equal(got.outputs_by_t, expected.outputs_by_t)
+
+
 def test_a_fixed_batch_model_runs_step_by_step(library):
     # its graph may hold its batch size (a Reshape to [B, -1], a constant of B rows): T·B rows would
     # silently pair the wrong rows
