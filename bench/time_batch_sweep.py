@@ -4,8 +4,9 @@
         [--steps 16] [--repeats 5] [--json PATH]
 
 For one zoo model (bench/relu_floor.py's: the PQA network with random λ and BatchNorm statistics,
-folded mode, and the same network with ReLU), and each batch size, in ONE process and interleaved:
-one run of the ReLU network, and ``SNNSession.run_batch(x, --steps) / --steps`` with each number of
+folded mode, and the same network with ReLU; or, with --shipped, a shipped model compiled in folded
+mode and its ANN), and each batch size, in ONE process and interleaved: one run of the ReLU network
+(the ANN), and ``SNNSession.run_batch(x, --steps) / --steps`` with each number of
 steps per pass (``time_batch``, the byte budget lifted so that it alone decides; 1: step by step).
 It prints the median per-step cost over the ReLU run's, per batch and steps per pass, and the
 bytes of the largest neuron layer's current that each pass held (steps × batch × bytes per sample):
@@ -41,6 +42,9 @@ def _ints(text: str, flag: str, p) -> list[int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet20", help="a zoo model (bench/relu_floor.py)")
+    p.add_argument("--shipped", metavar="FILE",
+                   help="instead, a shipped model (models/FILE, e.g. vit_cifar_pqa_cifar10.onnx), timed against one "
+                        "run of that ANN (a transformer has no ReLU twin)")
     p.add_argument("--batches", default="1,4,16,64")
     p.add_argument("--per-pass", default="1,2,4,8,16", help="steps per pass (time_batch); 1: step by step")
     p.add_argument("--steps", type=int, default=16, help="T of each timed run")
@@ -56,12 +60,20 @@ def main(argv=None) -> int:
     from pmsm_compiler.runtime import SNNSession
     from pmsm_compiler.sessions import make_session
 
-    results = {"command": " ".join(["python"] + sys.argv), "model": args.model, "steps": args.steps,
-               "repeats": args.repeats, "rows": []}
+    results = {"command": " ".join(["python"] + sys.argv), "model": args.shipped or args.model, "steps": args.steps,
+               "repeats": args.repeats, "reference": "ANN" if args.shipped else "ReLU", "rows": []}
     with tempfile.TemporaryDirectory(prefix="pmsm_tb_sweep_") as tmp:
-        paths = relu_floor.prepare(args.model, tmp)
-        relu = make_session(load_model(paths["relu"]), "all", None, 0)
-        model = load_model(paths["folded"], static_inputs=False)
+        if args.shipped:
+            from pmsm_compiler.compiler import compile_model
+            from pmsm_compiler.models import shipped_model_path
+
+            ann = load_model(shipped_model_path(args.shipped))
+            relu = make_session(ann, "all", None, 0)
+            model = compile_model(ann, "folded").model
+        else:
+            paths = relu_floor.prepare(args.model, tmp)
+            relu = make_session(load_model(paths["relu"]), "all", None, 0)
+            model = load_model(paths["folded"], static_inputs=False)
         sessions = {k: SNNSession(model, opt_level="all", time_batch=k, time_batch_bytes=1 << 62) for k in per_pass}
         planner = SNNSession(model, opt_level="all", time_batch=2)
         layer_bytes = planner._time_batch_layer_bytes()
@@ -72,7 +84,7 @@ def main(argv=None) -> int:
             relu_times = []
             for _ in range(args.repeats + 1):  # the first round warms up
                 start = time.perf_counter()
-                relu.run(None, {"input": x})
+                relu.run(None, {relu.get_inputs()[0].name: x})
                 relu_times.append(time.perf_counter() - start)
                 for k, s in sessions.items():
                     start = time.perf_counter()
@@ -86,7 +98,7 @@ def main(argv=None) -> int:
                     "step_ms": 1e3 * statistics.median(times[k][1:]),
                     "ratio_to_relu": statistics.median(times[k][1:]) / base,
                     "pass_layer_bytes": per_run * batch * layer_bytes if layer_bytes else None})
-    print(f"{args.model}: per step / one ReLU run (T = {args.steps}, medians of {args.repeats}); "
+    print(f"{results['model']}: per step / one {results['reference']} run (T = {args.steps}, medians of {args.repeats}); "
           f"in brackets the largest layer's current per pass")
     for batch in batches:
         cells = [f"{r['per_pass']:>2}: {r['ratio_to_relu']:.3f} ({(r['pass_layer_bytes'] or 0) / 2**20:.2f} MiB)"

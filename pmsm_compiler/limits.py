@@ -16,7 +16,8 @@
   ``DEFAULT_TIME_BATCH_BYTES`` of its largest neuron layer's current. ResNet-20 on this 2-core VM
   (1 MiB of L2 per core), per step against one run of the ReLU network, 16 steps a pass: batch 1
   (64 KiB a step) 1.09 → 0.65, batch 4 1.13 → 0.95, batch 16 (1 MiB) 1.18 → 1.13; batch 64
-  (4 MiB) 1.13 step by step, 1.18–1.22 in passes of 2–16 (``bench/time_batch_sweep.py``).
+  (4 MiB) 1.13 step by step, 1.18–1.22 in passes of 2–16; the shipped ViT, per step against one
+  run of its ANN: batch 1 1.35 → 0.70 (``bench/time_batch_sweep.py``).
 """
 
 from __future__ import annotations

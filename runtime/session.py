@@ -415,7 +415,7 @@ class SNNSession:
     def _time_batch_layer_bytes(self) -> int | None:
         """The largest neuron layer's current per sample, in bytes, when the model can run
         time-batched (planned once: the rewritten model and its initial membranes' dims), else None."""
-        from .time_batched import membrane_dims, time_batch_refusal, time_batched_model
+        from .time_batched import state_dims, time_batch_refusal, time_batched_model
 
         if self._time_batched_plan is None:
             self._time_batched_plan = ()
@@ -429,7 +429,8 @@ class SNNSession:
                     shapes = self._variant_shapes(False, False)
                     self._time_batched_note = time_batch_refusal(model, self.info, self.fixed_batch, shapes)
                     if self._time_batched_note is None:
-                        self._time_batched_plan = (time_batched_model(model), membrane_dims(model, shapes), shapes)
+                        self._time_batched_plan = (time_batched_model(model, self.info, shapes),
+                                                   state_dims(model, shapes, self.info), shapes)
                 except Exception as exc:  # noqa: BLE001 - a speed-up: the steps run one by one instead
                     self._time_batched_plan = ()
                     self._time_batched_note = f"not planned: {type(exc).__name__}: {exc}"
@@ -441,7 +442,10 @@ class SNNSession:
         """The session that runs several steps at once (built on first use; the plan allows it)."""
         if _TIME_BATCHED not in self._variants:
             model, _, shapes = self._time_batched_plan
-            self._variants[_TIME_BATCHED] = self._make_step_session(model, _TIME_BATCHED, None,
+            # with wrappers, step 1 runs as the first step variant, whose states follow the middle
+            # step's layouts (``session_for``): the passes must read them in those
+            required = self.blocked_states if self.info.wrappers and self._rewrite else None
+            self._variants[_TIME_BATCHED] = self._make_step_session(model, _TIME_BATCHED, required,
                                                                     shapes if self._rewrite else None)
         return self._variants[_TIME_BATCHED]
 
@@ -684,24 +688,47 @@ class SNNSession:
         """Run the steps layer by layer, ``per_run`` per session run, the membranes carried
         from run to run in one buffer each (updated in place); yield each step's outputs as
         ``_stepwise_steps`` does."""
-        from .time_batched import over_time, split_rows
+        from .time_batched import over_time, split_rows, time_rows
 
-        states = {}
-        for s in self._states:
-            dims = self._time_batched_plan[1][s.input]
-            states[s.input] = self._ortvalue(np.full([n, *dims], s.init, np.float32))
         names = list(self.output_names) + [self.info.spike_counts_output]
         if self.counters_output is not None:
             names.append(self.counters_output)
+        start = 0
+        if self.info.wrappers:
+            # Step 1 as the step-by-step run's first step: its wrappers read their inputs directly,
+            # as the ANN's graph does, which onnxruntime may fuse differently (a MatMul with its
+            # transposed operand) from the running averages a pass computes, in the last bit.
+            first = self.session_for(True, False)
+            b = first.io_binding()
+            for name, value in static_values.items():
+                b.bind_ortvalue_input(name, value)
+            if self.info.time_input:
+                b.bind_cpu_input(self.info.time_input, np.array([1], np.float32))
+            for name in names:
+                b.bind_output(name, "cpu")
+            for s in self._states:
+                b.bind_output(s.output, self.device)
+            first.run_with_iobinding(b)
+            outs = b.get_outputs()
+            yield [v.numpy() for v in outs[:len(names)]]
+            states = {s.input: v for s, v in zip(self._states, outs[len(names):])}
+            start = 1
+        else:
+            states = {}
+            for s in self._states:
+                dims = self._time_batched_plan[1][s.input]
+                states[s.input] = self._ortvalue(np.full([n, *dims], s.init, np.float32))
         static = {name: value.numpy() for name, value in static_values.items()}
         tiled = {}  # steps -> the static inputs as that many steps' rows
-        for begin in range(0, timesteps, per_run):
+        for begin in range(start, timesteps, per_run):
             steps = min(per_run, timesteps - begin)
             if steps not in tiled:
                 tiled[steps] = {name: self._ortvalue(over_time(a, steps)) for name, a in static.items()}
             b = session.io_binding()
             for name, value in tiled[steps].items():
                 b.bind_ortvalue_input(name, value)
+            if self.info.time_input:
+                b.bind_cpu_input(self.info.time_input, time_rows(begin + 1, steps, n))
             for name in names:  # first: get_outputs() lists the outputs in the order they were bound
                 b.bind_output(name, "cpu")
             for s in self._states:

@@ -1,36 +1,43 @@
 """time_batched: T timesteps of an SNN in one run of its step graph, layer by layer.
 
 A step-by-step simulator runs the whole network once per timestep; every neuron layer then reads
-and writes its membranes each step, a pass over memory that a ReLU network does not make. Under
-rate coding the input is the same at every step, so the T steps can run layer by layer instead
-(the "multi-step" mode of SpikingJelly): the step graph runs once on a batch of T·N samples,
-step-major (row t·N + n is sample n at step t), and each neuron layer runs its T steps in order
-inside one fused kernel call (``neurons.c``, attribute ``time_batched``), the membranes of a tile of
-neurons held in L1 across the steps. Everything between the neurons (convolutions, pooling, the
-classifier) is per sample, so it computes on the T·N rows what T step runs compute on N each.
+and writes its membranes each step, a pass over memory that a ReLU network does not make, and at a
+small batch every op of the graph is scheduled T times. Under rate coding the input is the same at
+every step, so the T steps can run layer by layer instead (the "multi-step" mode of SpikingJelly):
+the step graph runs once on a batch of T·N samples, step-major (row t·N + n is sample n at step t).
+Each neuron layer runs its T steps in order inside one fused kernel call (``neurons.c``, attribute
+``time_batched``), the membranes of a tile of neurons held in L1 across the steps; each temporal
+wrapper (``passes/wrap_nonlinear.py``) keeps its running input sum and its previous output the same
+way (``TimeSum``, ``TimeDiff``). Everything else (convolutions, attention's matrix products, norms,
+the classifier) computes each sample from that sample alone, so it computes on the T·N rows what T
+step runs compute on N each.
 
 Rewrite of the middle step with fused neuron kernels (``fuse_neuron_kernels``)::
 
-    static input S [N, ...]     →  fed as T copies, [T·N, ...]    (the runtime: ``over_time``)
-    pmsm.kernels::AIFCounters   →  the same op with time_batched = 1: I, K, counts [T·N, ...],
-                                   U, U_next [N, ...] (the membranes before and after the T steps)
-    network outputs, counts     →  [T·N, ...]: step t's are rows t·N .. t·N + N - 1
+    static input S [N, ...]       →  fed as T copies, [T·N, ...]    (the runtime: ``over_time``)
+    pmsm.kernels::AIFCounters     →  the same op with time_batched = 1: I, K, counts [T·N, ...],
+                                     U, U_next [N, ...] (the membranes before and after the T steps)
+    Add(sum, x) of an input sum   →  pmsm.kernels.time::TimeSum(x, sum): every step's sum, the last
+    Sub(cum, prev) of an output   →  pmsm.kernels.time::TimeDiff(cum, prev): every step's difference
+    time input t [1]              →  one value per row [T·N] (``time_rows``), reshaped for each reader
+    network outputs, counts       →  [T·N, ...]: step t's are rows t·N .. t·N + N - 1
 
-Each neuron performs per step the float32 operations of a single-step kernel on the same
-operands, and onnxruntime's CPU convolutions, matrix products with constant weights and pooling
-compute each row as they do in a batch of N (their accumulation order is per output element, not
-per batch), so outputs, spikes and counts equal the step-by-step run's:
-``tests/test_runtime_time_batched.py`` compares them exactly, and the runtime tests compare every
-run against the neurons' ONNX bodies step by step. A T = 1 run, the one the ANN contract is about,
-is one step and never runs here. Memory: the activations of T·N samples instead of N; the runtime runs a long T in
-chunks of ``time_batch`` steps (``steps_per_run``), carrying the membranes from chunk to chunk,
-and only where one step of the batch leaves the caches room (``time_batch_bytes``); a larger batch
-runs step by step.
+Each neuron and each wrapper performs per step the float32 operations of a step-by-step run on the
+same operands, and onnxruntime's CPU kernels compute each row as they do in a batch of N (their
+accumulation order is per output element, not per batch), so outputs, spikes and counts equal the
+step-by-step run's: ``tests/test_runtime_time_batched.py`` compares them exactly (the shipped
+ResNet-20s and ViT, both modes), and the runtime tests compare runs against the neurons' ONNX
+bodies step by step. A T = 1 run, the one the ANN contract is about, is one step and never runs
+here. Memory: the activations of T·N samples instead of N; the runtime runs a long T in chunks of
+``time_batch`` steps (``steps_per_run``), carrying the states from chunk to chunk, and only where
+one step of the batch leaves the caches room (``time_batch_bytes``); a larger batch runs step by
+step.
 
-Check (``time_batch_refusal``): every state is a neuron's membrane whose kernel was fused (not a
-temporal wrapper's sum, which is not elementwise in time), there is no time input, the batch axis is
-not fixed, and every op of the step is one that treats each row on its own (``PER_ROW_OPS``, with
-the axis checks below); anything else runs step by step, with the reason.
+Check (``time_batch_refusal``): the batch axis is not fixed; every state is a fused neuron's
+membrane or a wrapper's state in the form ``wrap_nonlinear`` emits; and ``batch_axes`` follows the
+batch axis through every op from the step's inputs to its outputs (a transpose may move it, a
+gather or slice may act beside it, but nothing may act along it, and every output has it first);
+anything else runs step by step, with the reason.
 """
 
 from __future__ import annotations
@@ -53,153 +60,345 @@ def steps_per_run(samples: int, timesteps: int, time_batch: int, budget_bytes: i
     return min(time_batch, timesteps) if samples * layer_bytes <= budget_bytes else 1
 
 
-#: ops that compute each row of the batch from that row alone, whatever their attributes
-PER_ROW_OPS = {
-    "Conv", "ConvTranspose", "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Floor", "Round", "Abs", "Neg",
-    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "Identity",
-    "Cast", "Sqrt", "Erf", "Tanh", "Sigmoid", "Max", "Min", "Where", "Equal", "Less", "Greater",
-    "QuantizeLinear", "DequantizeLinear", "Dropout", "LeakyRelu", "HardSigmoid", "Exp", "Pow",
+#: elementwise ops (numpy broadcasting): each output element from the input elements at its index
+ELEMENTWISE_OPS = {
+    "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Floor", "Round", "Abs", "Neg", "Identity", "Cast", "Sqrt", "Erf",
+    "Tanh", "Sigmoid", "Max", "Min", "Where", "Equal", "Less", "Greater", "QuantizeLinear", "DequantizeLinear",
+    "Dropout", "LeakyRelu", "HardSigmoid", "Exp", "Pow", "Reciprocal", "Gelu", "Softplus",
 }
-#: ops whose axis attribute (default in brackets) must not be the batch axis
-AXIS_OPS = {"Concat": None, "Softmax": -1, "LogSoftmax": -1, "Flatten": 1, "Split": 0, "Gather": 0,
-            "ArgMax": 0, "LayerNormalization": -1}
+#: ops that read their input with the batch axis first and keep it first (their other inputs are
+#: weights): convolutions, pooling, normalization over channels
+BATCH_FIRST_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                   "BatchNormalization", "InstanceNormalization"}
+#: ops that act along one axis (default in brackets), which must not be the batch axis
+ALONG_AXIS_OPS = {"Softmax": -1, "LogSoftmax": -1, "Concat": None, "Split": 0}
+REDUCE_OPS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceL2", "ArgMax", "ArgMin"}
 
 
-def _rank(tensor) -> int | None:
-    return len(tensor.shape) if tensor.shape is not None else None
+def _rank(tensor, shapes: dict) -> int | None:
+    shape = shapes.get(tensor.name)
+    if shape is None and tensor.shape is not None:
+        shape = tensor.shape
+    return len(shape) if shape is not None else None
 
 
-def _touches_batch(axes, rank: int | None) -> bool:
-    """Whether any of ``axes`` is axis 0 (negative axes need the rank; unknown rank: assume so)."""
-    for a in axes:
-        a = int(a)
-        if a == 0 or (a < 0 and (rank is None or a + rank == 0)):
-            return True
-    return False
+def _norm(axis, rank: int) -> int:
+    axis = int(axis)
+    return axis + rank if axis < 0 else axis
 
 
-def _node_refusal(node) -> str | None:
-    op = node.op
-    if node.domain == KERNEL_DOMAIN:
-        return None if len(node.outputs) >= 3 and not node.op.endswith("Final") else f"{node.name}: a *Final kernel"
-    if node.domain not in (None, "", "ai.onnx"):
-        return f"{node.name}: {node.domain}::{op} is not known to treat each sample on its own"
-    rank = _rank(node.inputs[0]) if node.inputs else None
-    if op in PER_ROW_OPS:
-        if op in ("MaxPool", "AveragePool", "Conv", "ConvTranspose") or len(node.inputs) < 2:
-            return None
-        # a broadcast operand with a batch axis of its own would pair rows with rows
-        for t in node.inputs:  # its shape only: a large constant's values are not in the step model
-            shape = list(t.shape) if isinstance(t, gs.Constant) else []
-            if shape and len(shape) == (rank or -1) and shape[0] > 1:
-                return f"{node.name}: {op} with a constant that has a batch axis ({shape})"
-        return None
-    if op in AXIS_OPS:
-        default = AXIS_OPS[op]
-        axis = node.attrs.get("axis", default)
-        if axis is None:
-            return f"{node.name}: {op} without an axis"
-        if op == "Flatten":
-            return None if int(axis) >= 1 else f"{node.name}: Flatten at axis {axis} merges the batch"
-        return f"{node.name}: {op} along the batch axis" if _touches_batch([axis], rank) else None
-    if op in ("Gemm", "MatMul"):
-        # the data operand's rows are the batch; the other must be a constant (the weights)
-        if not all(isinstance(t, gs.Constant) for t in node.inputs[1:]):
-            return f"{node.name}: {op} of two activations"
-        if op == "Gemm" and int(node.attrs.get("transA", 0)):
-            return f"{node.name}: Gemm with transA"
-        return None
-    if op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceL2"):
-        axes = node.attrs.get("axes")
-        if axes is None and len(node.inputs) > 1:
-            axes = const_value(node.inputs[1])
-        if axes is None or len(np.asarray(axes).reshape(-1)) == 0:
-            return f"{node.name}: {op} over every axis"
-        return f"{node.name}: {op} over the batch axis" if _touches_batch(np.asarray(axes).reshape(-1), rank) else None
-    if op in ("Unsqueeze", "Squeeze"):
-        axes = node.attrs.get("axes")
-        if axes is None and len(node.inputs) > 1:
-            axes = const_value(node.inputs[1])
-        if axes is None:
-            return f"{node.name}: {op} without constant axes"
-        out_rank = _rank(node.outputs[0]) if op == "Unsqueeze" else rank
-        return (f"{node.name}: {op} at the batch axis"
-                if _touches_batch(np.asarray(axes).reshape(-1), out_rank) else None)
+def _axes_input(node, index: int, attr: str = "axes"):
+    axes = node.attrs.get(attr)
+    if axes is None and len(node.inputs) > index and node.inputs[index].name:
+        axes = const_value(node.inputs[index])
+    return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+
+
+def _elementwise_axis(node, axes: dict, shapes: dict):
+    """The output's batch axis of a broadcasting op: every input that has one must put it at the
+    same place counted from the last axis, and no other input may have more than one element there."""
+    out_rank = _rank(node.outputs[0], shapes)
+    ranks = [_rank(t, shapes) for t in node.inputs if t.name]
+    if out_rank is None or None in ranks:
+        return None, "a rank unknown"
+    out_rank = max([out_rank] + ranks)
+    from_end = {r - axes[t.name] for t, r in zip([t for t in node.inputs if t.name], ranks) if t.name in axes}
+    if len(from_end) != 1:
+        return None, "inputs with their batch axes at different places"
+    b = out_rank - from_end.pop()
+    for t in node.inputs:
+        if not t.name or t.name in axes:
+            continue
+        shape = list(t.shape) if isinstance(t, gs.Constant) else shapes.get(t.name) or t.shape
+        if shape is None:
+            return None, f"operand {t.name} of unknown shape"
+        i = b - (out_rank - len(shape))
+        if i >= 0 and shape[i] != 1:
+            return None, f"operand {t.name} has {shape[i]} elements along the batch axis"
+    return b, None
+
+
+def _output_axis(node, b: int, axes: dict, shapes: dict):
+    """(output batch axis, None) or (None, why) for ``node``, whose first input's batch axis is ``b``."""
+    op, rank = node.op, _rank(node.inputs[0], shapes)
+    if op in ELEMENTWISE_OPS:
+        return _elementwise_axis(node, axes, shapes)
+    if rank is None:
+        return None, "its input's rank is unknown"
+    if op in BATCH_FIRST_OPS:
+        ok = b == 0 and all(isinstance(t, gs.Constant) or not t.name for t in node.inputs[1:])
+        return (0, None) if ok else (None, "its input is not batch-first with constant weights")
     if op == "Transpose":
         perm = node.attrs.get("perm")
-        return None if perm is not None and int(perm[0]) == 0 else f"{node.name}: Transpose moves the batch axis"
+        return (list(perm).index(b), None) if perm is not None else (None, "no perm")
+    if op in ALONG_AXIS_OPS:
+        axis = node.attrs.get("axis", ALONG_AXIS_OPS[op])
+        if axis is None or _norm(axis, rank) == b:
+            return None, f"{op} along the batch axis"
+        return b, None
+    if op == "LayerNormalization":
+        return (b, None) if b < _norm(node.attrs.get("axis", -1), rank) else (None, "it normalizes over the batch axis")
+    if op == "Flatten":
+        axis = _norm(node.attrs.get("axis", 1), rank)
+        return (0, None) if b == 0 and axis == 1 else (None, f"Flatten at axis {axis} merges the batch")
     if op == "Reshape":
         shape = const_value(node.inputs[1])
         if shape is None:
-            return f"{node.name}: Reshape to a computed shape"
+            return None, "a computed shape"
         shape = [int(v) for v in np.asarray(shape).reshape(-1)]
-        return None if shape and shape[0] in (0, -1) else f"{node.name}: Reshape to {shape} fixes the batch"
+        keeps = {-1} if int(node.attrs.get("allowzero", 0)) else {0, -1}
+        ok = b == 0 and shape and shape[0] in keeps and -1 not in shape[1:] and (0 not in shape[1:] or keeps == {0, -1})
+        return (0, None) if ok else (None, f"Reshape to {shape} does not keep the batch axis first")
+    if op in ("Squeeze", "Unsqueeze"):
+        given = _axes_input(node, 1)
+        if given is None:
+            return None, "no constant axes"
+        if op == "Squeeze":
+            squeezed = [_norm(a, rank) for a in given]
+            return (None, "it squeezes the batch axis") if b in squeezed else (b - sum(a < b for a in squeezed), None)
+        out = b
+        for a in sorted(_norm(a, rank + len(given)) for a in given):
+            if a <= out:
+                out += 1
+        return out, None
+    if op == "Slice":
+        given = _axes_input(node, 3)
+        if given is None:
+            return None, "no constant axes"
+        return (None, "it slices the batch axis") if b in [_norm(a, rank) for a in given] else (b, None)
+    if op == "Gather":
+        axis = _norm(node.attrs.get("axis", 0), rank)
+        if axis == b or not isinstance(node.inputs[1], gs.Constant):
+            return None, "it gathers along the batch axis or by computed indices"
+        return (b if b < axis else b - 1 + node.inputs[1].values.ndim), None
+    if op in REDUCE_OPS:
+        given = _axes_input(node, 1) if op not in ("ArgMax", "ArgMin") else [node.attrs.get("axis", 0)]
+        if not given:
+            return None, "it reduces every axis"
+        reduced = [_norm(a, rank) for a in given]
+        if b in reduced:
+            return None, "it reduces the batch axis"
+        return (b if int(node.attrs.get("keepdims", 1)) else b - sum(a < b for a in reduced)), None
+    if op == "MatMul":
+        other = node.inputs[1]
+        if other.name in axes:  # two activations (attention): the same batch axis among the leading ones
+            ok = axes[other.name] == b and _rank(other, shapes) == rank and b < rank - 2
+            return (b, None) if ok else (None, "two activations whose batch axis is not a leading axis of both")
+        return (b, None) if b < rank - 1 else (None, "it contracts the batch axis")
+    if op == "Gemm":
+        ok = b == 0 and not int(node.attrs.get("transA", 0)) and not any(t.name in axes for t in node.inputs[1:])
+        return (0, None) if ok else (None, "not rows of the batch times constant weights")
     if op == "Pad":
         pads = const_value(node.inputs[1]) if len(node.inputs) > 1 else node.attrs.get("pads")
-        if pads is None:
-            return f"{node.name}: Pad with computed pads"
-        pads = np.asarray(pads).reshape(-1)
-        half = len(pads) // 2
-        return None if half and pads[0] == 0 and pads[half] == 0 else f"{node.name}: Pad along the batch axis"
-    return f"{node.name}: {op} is not known to treat each sample on its own"
+        if pads is None or len(node.inputs) > 3:
+            return None, "computed pads, or pads on chosen axes"
+        pads = [int(v) for v in np.asarray(pads).reshape(-1)]
+        return (b, None) if pads[b] == 0 and pads[b + rank] == 0 else (None, "it pads the batch axis")
+    return None, "not known to treat each sample on its own"
+
+
+def batch_axes(graph: gs.Graph, shapes: dict, batch_inputs) -> tuple[dict | None, str | None]:
+    """({tensor: its batch axis}, None), or (None, why): the batch axis of every tensor computed from
+    ``batch_inputs`` (their batch axis first), followed op by op through ``graph`` (in topological
+    order), for a graph that computes every sample from that sample alone. An op that could mix
+    samples, or whose effect on the batch axis is not known here, is the reason."""
+    axes = {name: 0 for name in batch_inputs}
+    for node in graph.nodes:
+        carriers = [t for t in node.inputs if t.name in axes]
+        if not carriers:
+            continue
+        if node.domain == KERNEL_DOMAIN:
+            if any(axes[t.name] != 0 for t in carriers) or node.op.endswith("Final"):
+                return None, f"{node.name}: a neuron kernel off the batch axis"
+            axes.update({t.name: 0 for t in node.outputs})
+            continue
+        if node.domain not in (None, "", "ai.onnx"):
+            return None, f"{node.name}: {node.domain}::{node.op} is not known to treat each sample on its own"
+        if node.op not in ELEMENTWISE_OPS and node.inputs[0].name not in axes and not (
+                node.op in ("MatMul", "Concat") and carriers):
+            return None, f"{node.name}: {node.op} with the batch in a later input"
+        if node.op == "Concat" and len({axes[t.name] for t in carriers}) != 1:
+            return None, f"{node.name}: Concat of inputs with their batch axes at different places"
+        if node.op == "Concat" and len(carriers) != len([t for t in node.inputs if t.name]):
+            return None, f"{node.name}: Concat of a batch and a tensor without one"
+        first = node.inputs[0] if node.inputs[0].name in axes else carriers[0]
+        out, why = _output_axis(node, axes[first.name], axes, shapes)
+        if why is not None:
+            return None, f"{node.name}: {node.op}: {why}"
+        axes.update({t.name: out for t in node.outputs if t.name})
+    return axes, None
+
+
+TIME_DOMAIN = "pmsm.kernels.time"
+#: the temporal wrappers' states (``passes/wrap_nonlinear.py``) a pass runs with ``TimeSum``/``TimeDiff``
+WRAPPER_STATES = ("input_sum", "cumulative_output")
+
+
+def _wrapper_plan(graph: gs.Graph, info: SNNInfo):
+    """([(state, node)] to rewrite, None) or (None, why): each input sum's ``Add(sum, x)`` and each
+    previous output's ``Sub(cumulative, prev)``, as ``wrap_nonlinear`` emits them."""
+    tensors = graph.tensors()
+    plan = []
+    for s in info.states:
+        if s.kind == "membrane":
+            continue
+        state_in, state_out = tensors.get(s.input), tensors.get(s.output)
+        if state_in is None or state_out is None:
+            return None, f"state {s.input} is not in the step"
+        if s.kind == "input_sum":
+            node = state_out.inputs[0] if len(state_out.inputs) == 1 else None
+            if node is None or node.op != "Add" or len(node.inputs) != 2 or state_in not in node.inputs \
+                    or list(state_in.outputs) != [node]:
+                return None, f"input sum {s.input} is not one Add of the sum and the input"
+        elif s.kind == "cumulative_output":
+            readers = list(state_in.outputs)
+            node = readers[0] if len(readers) == 1 else None
+            if node is None or node.op != "Sub" or len(node.inputs) != 2 or node.inputs[0] is not state_out \
+                    or node.inputs[1] is not state_in or len(state_out.inputs) != 1:
+                return None, f"previous output {s.input} is not one Sub of the cumulative output and it"
+        else:
+            return None, f"state {s.input} of kind {s.kind}"
+        plan.append((s, node))
+    return plan, None
+
+
+def _time_readers(graph: gs.Graph, info: SNNInfo, shapes: dict):
+    """([(node, rank of its other operand)], None) or (None, why): the readers of the time input."""
+    if not info.time_input:
+        return [], None
+    tensor = graph.tensors().get(info.time_input)
+    if tensor is None:
+        return [], None
+    readers = []
+    for node in tensor.outputs:
+        others = [t for t in node.inputs if t is not tensor]
+        rank = _rank(others[0], shapes) if node.op in ("Div", "Mul") and len(others) == 1 else None
+        if rank is None or rank < 1:
+            return None, f"{node.name}: {node.op} of the time input and an operand of unknown rank"
+        readers.append((node, rank))
+    return readers, None
 
 
 def time_batch_refusal(model: onnx.ModelProto, info: SNNInfo, fixed_batch: int | None, shapes: dict) -> str | None:
     """Why the fused middle step ``model`` cannot run its T steps as one batch, or None (``shapes``:
     ``static_shapes`` of the step)."""
-    if info.time_input:
-        return "the model reads the time step (a time input)"
     if fixed_batch is not None:
         return f"the model's batch is fixed ({fixed_batch}): its graph may depend on it"
-    others = [s.input for s in info.states if s.kind != "membrane"]
-    if others:
-        return f"temporal wrapper states ({len(others)}), which are not elementwise in time"
     graph = import_graph(model)
-    membranes = {s.input for s in info.states}
+    _, why = _wrapper_plan(graph, info)
+    if why is None:
+        _, why = _time_readers(graph, info, shapes)
+    if why is not None:
+        return why
+    membranes = {s.input for s in info.states if s.kind == "membrane"}
     fused_reads = {n.inputs[1].name for n in graph.nodes if n.domain == KERNEL_DOMAIN and len(n.inputs) > 1}
     unfused = sorted(membranes - fused_reads)
     if unfused:
         return f"{len(unfused)} neuron layer(s) without a fused kernel"
-    for name, dims in membrane_dims(model, shapes).items():
-        if name in membranes and not (dims and all(isinstance(d, int) and d > 0 for d in dims)):
-            return f"the current of membrane {name} has no static per-sample shape ({dims})"
-    for node in graph.nodes:
-        why = _node_refusal(node)
-        if why is not None:
-            return why
+    for name, dims in state_dims(model, shapes, info).items():
+        if not (dims and all(isinstance(d, int) and d > 0 for d in dims)):
+            return f"state {name} has no static per-sample shape ({dims})"
+    batch_inputs = [t.name for t in graph.inputs if t.name != info.time_input]
+    axes, why = batch_axes(graph, shapes, batch_inputs)
+    if why is not None:
+        return why
+    # every output (network outputs, counts, the next states) with its batch axis first, and every
+    # reader of the time input multiplying a tensor whose batch axis is first (its rows: row t·N + n)
+    for t in graph.outputs:
+        if axes.get(t.name) != 0:
+            return f"output {t.name} does not have the batch axis first"
+    for node, _ in _time_readers(graph, info, shapes)[0]:
+        if any(axes.get(t.name, 0) != 0 for t in node.inputs):
+            return f"{node.name}: the time input meets a tensor whose batch axis is not first"
     return None
 
 
-def time_batched_model(model: onnx.ModelProto) -> onnx.ModelProto:
+def time_batched_model(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> onnx.ModelProto:
     """The fused middle step ``model`` rewritten to run T steps at once (see the module docstring):
-    its neuron kernels run their steps in order (``time_batched``); the runtime feeds the static
-    inputs tiled T times (``over_time``). Intermediate shapes are dropped: their batch axis is now
-    T·N where the membranes' is N, and a stale shared symbol would mislead onnxruntime's planner."""
+    its neuron kernels run their steps in order (``time_batched``), each temporal wrapper's input sum
+    and previous output run as ``TimeSum`` and ``TimeDiff`` (``TIME_DOMAIN``), the time input holds
+    one value per row (``time_rows``), reshaped for each reader; the runtime feeds the static inputs
+    tiled T times (``over_time``). Intermediate shapes are dropped: their batch axis is now T·N where
+    the states' is N, and a stale shared symbol would mislead onnxruntime's planner."""
     graph = import_graph(model)
+    plan, why = _wrapper_plan(graph, info)
+    readers, why_time = _time_readers(graph, info, shapes)
+    if why or why_time:
+        raise ValueError(why or why_time)
     for node in graph.nodes:
         if node.domain == KERNEL_DOMAIN:
             node.attrs["time_batched"] = 1
+    tensors = graph.tensors()
+    for s, node in plan:
+        state_in, state_out = tensors[s.input], tensors[s.output]
+        rows = gs.Variable(f"{s.output}/over_time", dtype=np.float32)
+        if s.kind == "input_sum":  # Add(sum, x) -> TimeSum(x, sum): every step's sum, and the last
+            x = next(t for t in node.inputs if t is not state_in)
+            for reader in list(state_out.outputs):
+                reader.inputs = [rows if t is state_out else t for t in reader.inputs]
+            node.op, node.domain = "TimeSum", TIME_DOMAIN
+            node.inputs = [x, state_in]
+            node.outputs = [rows, state_out]
+        else:  # Sub(cumulative, prev) -> TimeDiff(cumulative, prev): every step's difference, the last
+            producer = state_out.inputs[0]
+            producer.outputs = [rows if t is state_out else t for t in producer.outputs]
+            for reader in list(state_out.outputs):
+                if reader is not node:
+                    reader.inputs = [rows if t is state_out else t for t in reader.inputs]
+            out = node.outputs[0]
+            node.op, node.domain = "TimeDiff", TIME_DOMAIN
+            node.inputs = [rows, state_in]
+            node.outputs = [out, state_out]
+    if readers:
+        time = tensors[info.time_input]
+        time.shape = ["pmsm_time_rows"]
+        per_rank = {}
+        for node, rank in readers:
+            if rank not in per_rank:
+                per_rank[rank] = gs.Variable(f"{info.time_input}/rank{rank}", dtype=np.float32)
+                shape = gs.Constant(f"{info.time_input}/rank{rank}/shape", np.array([-1] + [1] * (rank - 1), np.int64))
+                graph.nodes.append(gs.Node("Reshape", name=f"{info.time_input}/rank{rank}", inputs=[time, shape],
+                                           outputs=[per_rank[rank]]))
+            node.inputs = [per_rank[rank] if t is time else t for t in node.inputs]
     keep = {t.name for t in graph.inputs}
     for name, tensor in graph.tensors().items():
         if isinstance(tensor, gs.Variable) and name not in keep:
             tensor.shape = None
+    graph.toposort()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
+    if plan and not any(o.domain == TIME_DOMAIN for o in out.opset_import):
+        out.opset_import.append(onnx.helper.make_opsetid(TIME_DOMAIN, 1))
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
     return out
 
 
-def membrane_dims(model: onnx.ModelProto, shapes: dict) -> dict:
-    """{membrane input: its per-sample dims} for the neuron kernels of ``model``: the dims of the
-    current each reads (``shapes``: ``static_shapes`` of the step), which the initial membranes of
-    a time-batched run take. A membrane in the blocked layout holds the same number of elements."""
+def time_rows(first_step: int, steps: int, samples: int) -> np.ndarray:
+    """The time input of a pass: each row's 1-based step (float32 [steps·samples], step-major)."""
+    return np.repeat(np.arange(first_step, first_step + steps, dtype=np.float32), samples)
+
+
+def state_dims(model: onnx.ModelProto, shapes: dict, info: SNNInfo) -> dict:
+    """{state input: its per-sample dims}, which the initial states of a time-batched run take: a
+    membrane's are those of the current its neuron kernel reads (a membrane in the blocked layout
+    holds the same number of elements), a wrapper state's its own (``shapes``: ``static_shapes``
+    of the step)."""
     dims = {}
     for node in model.graph.node:
         if node.domain == KERNEL_DOMAIN and len(node.input) > 1:
             shape = shapes.get(node.input[0])
             dims[node.input[1]] = shape[1:] if shape else None
-    return dims
+    producer = {out: node for node in model.graph.node for out in node.output}
+    for s in info.states:
+        if s.kind == "membrane":
+            continue
+        # the state's declared shape is symbolic; its next value's, or the summed input's, is static
+        node = producer.get(s.output)
+        names = [s.output] + ([i for i in node.input if i != s.input] if node is not None else [])
+        found = [shapes[n][1:] for n in names if shapes.get(n) and all(isinstance(d, int) for d in shapes[n][1:])]
+        dims[s.input] = found[0] if found else (shapes.get(s.input) or [None])[1:]
+    return {s.input: dims.get(s.input) for s in info.states}
 
 
 def over_time(array: np.ndarray, steps: int) -> np.ndarray:

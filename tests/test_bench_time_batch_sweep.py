@@ -31,3 +31,13 @@ def test_time_batch_sweep_refuses_bad_options(args):
     with pytest.raises(SystemExit) as exc:
         bench.main(args)
     assert exc.value.code == 2
+
+
+def test_time_batch_sweep_on_a_shipped_transformer(tmp_path):
+    bench = load_bench_script("time_batch_sweep")
+    out = tmp_path / "sweep.json"
+    assert bench.main(["--shipped", "vit_cifar_pqa_cifar10.onnx", "--batches", "1", "--per-pass", "1,2", "--steps", "2",
+                       "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["reference"] == "ANN" and result["time_batched_note"] is None  # its passes run layer by layer
+    assert [(r["batch"], r["per_pass"]) for r in result["rows"]] == [(1, 1), (1, 2)]

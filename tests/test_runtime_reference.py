@@ -134,20 +134,28 @@ def test_the_comparison_catches_a_mean_not_divided_by_t(tmp):
         assert_same(result, run_reference(c, x, T), T)
 
 
-def test_the_comparison_catches_the_step_index_bound_as_one(tmp, monkeypatch):
+@pytest.mark.parametrize("time_batch", [1, 4])
+def test_the_comparison_catches_the_step_index_bound_as_one(tmp, monkeypatch, time_batch):
     c = compiled("vit_tiny", "folded", tmp)
     x = images(12, 100)
-    original = np.array
+    session = SNNSession(c.model, time_batch=time_batch, time_batch_bytes=1 << 40)
+    if time_batch == 1:  # step by step: what run_batch binds as pmsm_t
+        original = np.array
 
-    def time_always_one(value, *args, **kwargs):  # what run_batch binds as pmsm_t
-        if isinstance(value, list) and len(value) == 1 and args == (np.float32,):
-            value = [1]
-        return original(value, *args, **kwargs)
+        def time_always_one(value, *args, **kwargs):
+            if isinstance(value, list) and len(value) == 1 and args == (np.float32,):
+                value = [1]
+            return original(value, *args, **kwargs)
 
-    session = SNNSession(c.model)
-    import pmsm_compiler.runtime.session as session_module
+        import pmsm_compiler.runtime.session as session_module
 
-    monkeypatch.setattr(session_module.np, "array", time_always_one)
+        monkeypatch.setattr(session_module.np, "array", time_always_one)
+    else:  # layer by layer: the rows' steps of a pass
+        import pmsm_compiler.runtime.time_batched as time_batched_module
+
+        assert session.time_batched, session.time_batched_note
+        monkeypatch.setattr(time_batched_module, "time_rows",
+                            lambda first, steps, samples: np.ones(steps * samples, np.float32))
     result = session.run_batch(x, T, keep_outputs=True)
     monkeypatch.undo()
     with pytest.raises(AssertionError):

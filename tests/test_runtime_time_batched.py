@@ -13,15 +13,15 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
-
-from pmsm_compiler.limits import DEFAULT_TIME_BATCH_BYTES
 from pmsm_compiler.runtime.fuse_neuron_kernels import KERNEL_DOMAIN
 from pmsm_compiler.runtime.time_batched import (
-    _node_refusal,
+    batch_axes,
     over_time,
     split_rows,
     steps_per_run,
 )
+
+from pmsm_compiler.limits import DEFAULT_TIME_BATCH_BYTES
 
 # ------------------------------------------------------------------------------------------------
 # the kernel
@@ -117,9 +117,10 @@ _COMPILED: dict = {}
 
 
 def shipped(name: str, mode: str):
+    from pmsm_compiler.models import shipped_model_path
+
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.loading import load_model
-    from pmsm_compiler.models import shipped_model_path
 
     key = (name, mode)
     if key not in _COMPILED:
@@ -128,7 +129,12 @@ def shipped(name: str, mode: str):
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
-    from pmsm_compiler.data import CIFAR10_MEAN, CIFAR10_STD, load_bundled_sample, normalize
+    from pmsm_compiler.data import (
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+        load_bundled_sample,
+        normalize,
+    )
 
     ds = load_bundled_sample()
     start = (seed * 37) % (len(ds.x) - n)
@@ -141,7 +147,8 @@ ROOMY = 1 << 30
 
 
 @pytest.mark.parametrize("name,mode", [("resnet20_pqa_cifar10", "folded"), ("resnet20_pqa_cifar10", "exact"),
-                                       ("resnet20_qcfs_cifar10", "folded"), ("resnet20_pqa_sparse_cifar10", "exact")])
+                                       ("resnet20_qcfs_cifar10", "folded"), ("resnet20_pqa_sparse_cifar10", "exact"),
+                                       ("vit_cifar_pqa_cifar10", "folded"), ("vit_cifar_pqa_cifar10", "exact")])
 def test_time_batched_runs_equal_step_by_step_runs(library, name, mode):
     from pmsm_compiler.runtime import SNNSession
 
@@ -184,8 +191,6 @@ def test_the_batch_budget_decides_between_layer_by_layer_and_step_by_step(librar
 def test_models_that_cannot_run_layer_by_layer_say_why(library):
     from pmsm_compiler.runtime import SNNSession
 
-    vit = SNNSession(shipped("vit_cifar_pqa_cifar10", "folded"))
-    assert not vit.time_batched and "time input" in vit.time_batched_note
     plain = SNNSession(shipped("resnet20_pqa_cifar10", "folded"), kernels="off")
     assert not plain.time_batched and "fused neuron kernels" in plain.time_batched_note
     x = images(2)
@@ -195,13 +200,12 @@ def test_models_that_cannot_run_layer_by_layer_say_why(library):
 
 
 def test_a_plan_that_fails_leaves_the_steps_one_by_one(library, monkeypatch):
-    from pmsm_compiler.runtime import SNNSession
-    from pmsm_compiler.runtime import time_batched
+    from pmsm_compiler.runtime import SNNSession, time_batched
 
     def broken(*args):
         raise ValueError("no such shape")
 
-    monkeypatch.setattr(time_batched, "membrane_dims", broken)
+    monkeypatch.setattr(time_batched, "state_dims", broken)
     session = SNNSession(shipped("resnet20_pqa_cifar10", "folded"))
     x = images(2)
     got = session.run_batch(x, 3, keep_outputs=True)
@@ -214,53 +218,147 @@ def test_a_fixed_batch_model_runs_step_by_step(library):
     # its graph may hold its batch size (a Reshape to [B, -1], a constant of B rows): T·B rows would
     # silently pair the wrong rows
     from pmsm_compiler.runtime import SNNSession
-    from pmsm_compiler.runtime.optimized_step import static_shapes
     from pmsm_compiler.runtime.time_batched import time_batch_refusal
 
     session = SNNSession(shipped("resnet20_pqa_cifar10", "folded"))
     model = session._middle_step_model(session._step_model)
-    shapes = static_shapes(model)
+    shapes = session._variant_shapes(False, False)
     assert time_batch_refusal(model, session.info, None, shapes) is None
     assert "batch is fixed (4)" in time_batch_refusal(model, session.info, 4, shapes)
 
 
-def _node(op, inputs, rank=4, **attrs):
+def _node(op, inputs, rank=4, out_rank=None, **attrs):
     tensors = [t if isinstance(t, gs.Tensor) else gs.Variable(t, np.float32, ["N"] + [2] * (rank - 1)) for t in inputs]
-    return gs.Node(op, name=f"{op}_0", attrs=attrs, inputs=tensors, outputs=[gs.Variable("y", np.float32, None)])
+    out_rank = rank if out_rank is None else out_rank
+    return gs.Node(op, name=f"{op}_0", attrs=attrs, inputs=tensors,
+                   outputs=[gs.Variable(f"{op}_out", np.float32, ["N"] + [2] * (out_rank - 1))])
 
 
 def _const(values):
-    return gs.Constant(f"c{np.asarray(values).size}", np.asarray(values))
+    return gs.Constant(f"c{np.asarray(values).size}_{np.asarray(values).ndim}", np.asarray(values))
 
 
-@pytest.mark.parametrize("node,why", [
-    (_node("Conv", ["x", "w"]), None),
-    (_node("Add", ["x", _const(np.ones((1, 2, 1, 1), np.float32))]), None),
-    (_node("Add", ["x", _const(np.ones((4, 2, 2, 2), np.float32))]), "constant that has a batch axis"),
-    (_node("Flatten", ["x"], axis=1), None),
-    (_node("Flatten", ["x"], axis=0), "merges the batch"),
-    (_node("Concat", ["x", "z"], axis=1), None),
-    (_node("Concat", ["x", "z"], axis=0), "along the batch axis"),
-    (_node("Concat", ["x", "z"], axis=-4), "along the batch axis"),
-    (_node("Softmax", ["x"]), None),
-    (_node("Gemm", ["x", _const(np.ones((2, 3), np.float32))], rank=2), None),
-    (_node("MatMul", ["x", "z"], rank=2), "two activations"),
-    (_node("Reshape", ["x", _const(np.array([-1, 8], np.int64))]), None),
-    (_node("Reshape", ["x", _const(np.array([0, 8], np.int64))]), None),
-    (_node("Reshape", ["x", _const(np.array([2, -1], np.int64))]), "fixes the batch"),
-    (_node("Reshape", ["x", "shape"]), "computed shape"),
-    (_node("ReduceMean", ["x", _const(np.array([2, 3], np.int64))]), None),
-    (_node("ReduceSum", ["x", _const(np.array([0], np.int64))]), "over the batch axis"),
-    (_node("ReduceSum", ["x"]), "over every axis"),
-    (_node("Transpose", ["x"], perm=[0, 2, 3, 1]), None),
-    (_node("Transpose", ["x"], perm=[1, 0, 2, 3]), "moves the batch axis"),
-    (_node("Unsqueeze", ["x", _const(np.array([0], np.int64))]), "at the batch axis"),
-    (_node("Shape", ["x"]), "not known to treat each sample on its own"),
-    (_node("LSTM", ["x"]), "not known to treat each sample on its own"),
+def _axes(*nodes, batch=("x", "z")):
+    """batch_axes of a graph of ``nodes`` whose inputs ``batch`` have the batch axis first."""
+    inputs = [t for n in nodes for t in n.inputs if isinstance(t, gs.Variable) and not t.inputs]
+    graph = gs.Graph(nodes=list(nodes), inputs=inputs, outputs=nodes[-1].outputs)
+    return batch_axes(graph, {}, [t.name for t in inputs if t.name in batch])
+
+
+W = _const(np.ones((4, 2, 3, 3), np.float32))
+
+
+@pytest.mark.parametrize("node,axis,why", [
+    (_node("Conv", ["x", W]), 0, None),
+    (_node("Conv", ["x", "w"]), None, "not batch-first with constant weights"),
+    (_node("Add", ["x", _const(np.ones((1, 2, 1, 1), np.float32))]), 0, None),
+    (_node("Add", ["x", _const(np.ones((4, 2, 2, 2), np.float32))]), None, "has 4 elements along the batch axis"),
+    (_node("Add", ["x", "z"]), 0, None),
+    (_node("Flatten", ["x"], axis=1), 0, None),
+    (_node("Flatten", ["x"], axis=0), None, "merges the batch"),
+    (_node("Flatten", ["x"], axis=2), None, "merges the batch"),
+    (_node("Concat", ["x", "z"], axis=1), 0, None),
+    (_node("Concat", ["x", "z"], axis=0), None, "along the batch axis"),
+    (_node("Concat", ["x", "z"], axis=-4), None, "along the batch axis"),
+    (_node("Concat", ["x", "c"], axis=1), None, "a tensor without one"),
+    (_node("Softmax", ["x"]), 0, None),
+    (_node("Softmax", ["x"], axis=0), None, "along the batch axis"),
+    (_node("Gemm", ["x", _const(np.ones((2, 3), np.float32))], rank=2), 0, None),
+    (_node("MatMul", ["x", "z"], rank=2), None, "two activations"),
+    (_node("MatMul", ["x", "z"], rank=4), 0, None),  # attention: batched over the leading axes
+    (_node("MatMul", ["x", _const(np.ones((2, 3), np.float32))], rank=3), 0, None),
+    (_node("Reshape", ["x", _const(np.array([-1, 8], np.int64))], out_rank=2), 0, None),
+    (_node("Reshape", ["x", _const(np.array([0, 8], np.int64))], out_rank=2), 0, None),
+    (_node("Reshape", ["x", _const(np.array([0, 8], np.int64))], out_rank=2, allowzero=1), None,
+     "does not keep the batch axis first"),
+    (_node("Reshape", ["x", _const(np.array([2, -1], np.int64))], out_rank=2), None, "does not keep the batch axis first"),
+    (_node("Reshape", ["x", "shape"]), None, "a computed shape"),
+    (_node("ReduceMean", ["x", _const(np.array([2, 3], np.int64))]), 0, None),
+    (_node("ReduceSum", ["x", _const(np.array([0], np.int64))]), None, "reduces the batch axis"),
+    (_node("ReduceSum", ["x"]), None, "reduces every axis"),
+    (_node("Transpose", ["x"], perm=[0, 2, 3, 1]), 0, None),
+    (_node("Transpose", ["x"], perm=[1, 0, 2, 3]), 1, None),  # the batch moves: followed, not refused
+    (_node("Unsqueeze", ["x", _const(np.array([0], np.int64))], out_rank=5), 1, None),
+    (_node("Squeeze", ["x", _const(np.array([0], np.int64))], out_rank=3), None, "squeezes the batch axis"),
+    (_node("Slice", ["x", _const(np.array([0])), _const(np.array([1])), _const(np.array([1]))]), 0, None),
+    (_node("Slice", ["x", _const(np.array([0])), _const(np.array([1])), _const(np.array([0]))]), None,
+     "slices the batch axis"),
+    (_node("Gather", ["x", _const(np.array(1))], out_rank=3, axis=1), 0, None),
+    (_node("Gather", ["x", _const(np.array(1))], out_rank=3, axis=0), None, "gathers along the batch axis"),
+    (_node("Shape", ["x"]), None, "not known to treat each sample on its own"),
+    (_node("LSTM", ["x"]), None, "not known to treat each sample on its own"),
 ])
-def test_each_op_that_could_mix_samples_is_refused_with_its_reason(node, why):
-    got = _node_refusal(node)
-    assert (got is None) if why is None else (got is not None and why in got), got
+def test_the_batch_axis_is_followed_op_by_op_and_an_op_that_could_mix_samples_refused(node, axis, why):
+    axes, got = _axes(node)
+    if why is None:
+        assert got is None and axes[node.outputs[0].name] == axis, got
+    else:
+        assert axes is None and why in got, got
+
+
+def test_attention_heads_split_off_an_axis_before_the_batch():
+    # timm's attention: qkv [N, 65, 3, H, D] → permute(2, 0, 3, 1, 4) → [3, N, H, 65, D] → q = qkv[0]
+    x = gs.Variable("x", np.float32, ["N", 65, 3, 6, 64])
+    permuted = gs.Variable("qkv", np.float32, [3, "N", 6, 65, 64])
+    q = gs.Variable("q", np.float32, ["N", 6, 65, 64])
+    nodes = [gs.Node("Transpose", name="permute", attrs={"perm": [2, 0, 3, 1, 4]}, inputs=[x], outputs=[permuted]),
+             gs.Node("Gather", name="q", attrs={"axis": 0}, inputs=[permuted, _const(np.array(0))], outputs=[q])]
+    axes, why = _axes(*nodes, batch=("x",))
+    assert why is None and axes["qkv"] == 1 and axes["q"] == 0
+
+
+def test_a_neuron_kernel_must_read_its_current_batch_first():
+    x = gs.Variable("x", np.float32, ["N", 2, 3])
+    moved = gs.Variable("moved", np.float32, [2, "N", 3])
+    u = gs.Variable("u", np.float32, ["N", 2, 3])
+    outs = [gs.Variable(n, np.float32, None) for n in ("k", "u_next", "count")]
+    nodes = [gs.Node("Transpose", attrs={"perm": [1, 0, 2]}, inputs=[x], outputs=[moved]),
+             gs.Node("AIFCount", name="neuron", domain=KERNEL_DOMAIN, inputs=[moved, u], outputs=outs)]
+    assert "a neuron kernel off the batch axis" in _axes(*nodes, batch=("x", "u"))[1]
+
+
+def _wrapper_graph(extra_reader: str | None = None):
+    """A wrapper's bookkeeping as wrap_nonlinear emits it: sum' = sum + x; v = f(sum'/t);
+    c = v·t; y = c - prev (states sum → sum', prev → c)."""
+    x, s_in, prev, t = (gs.Variable(n, np.float32, ["N", 3]) for n in ("x", "sum", "prev", "t"))
+    t.shape = [1]
+    s_out, avg, v, c, y = (gs.Variable(n, np.float32, ["N", 3]) for n in ("sum_next", "avg", "v", "c", "y"))
+    nodes = [gs.Node("Add", name="accumulate", inputs=[s_in, x], outputs=[s_out]),
+             gs.Node("Div", name="average", inputs=[s_out, t], outputs=[avg]),
+             gs.Node("Softmax", name="op", attrs={"axis": -1}, inputs=[avg], outputs=[v]),
+             gs.Node("Mul", name="times_t", inputs=[v, t], outputs=[c]),
+             gs.Node("Sub", name="difference", inputs=[c, prev], outputs=[y])]
+    if extra_reader:
+        nodes.append(gs.Node("Relu", name="extra", inputs=[gs.Variable(extra_reader)], outputs=[gs.Variable("z")]))
+        nodes[-1].inputs[0] = {"sum": s_in, "prev": prev}[extra_reader]
+    graph = gs.Graph(nodes=nodes, inputs=[x, s_in, prev, t], outputs=[y, s_out, c])
+    from pmsm_compiler.snn_format import State
+
+    info = type("Info", (), {"states": [State("sum", "sum_next", 0.0, "input_sum"),
+                                        State("prev", "c", 0.0, "cumulative_output")], "time_input": "t"})()
+    return graph, info
+
+
+def test_a_wrappers_bookkeeping_becomes_time_sum_and_time_diff():
+    from pmsm_compiler.runtime.time_batched import _time_readers, _wrapper_plan
+
+    graph, info = _wrapper_graph()
+    plan, why = _wrapper_plan(graph, info)
+    assert why is None and [(s.kind, node.name) for s, node in plan] == [("input_sum", "accumulate"),
+                                                                      ("cumulative_output", "difference")]
+    readers, why = _time_readers(graph, info, {})
+    assert why is None and sorted((node.name, rank) for node, rank in readers) == [("average", 2), ("times_t", 2)]
+    axes, why = batch_axes(graph, {}, ["x", "sum", "prev"])
+    assert why is None and axes["y"] == 0 and axes["c"] == 0
+
+
+@pytest.mark.parametrize("reader,why", [("sum", "is not one Add of the sum and the input"),
+                                        ("prev", "is not one Sub of the cumulative output and it")])
+def test_a_wrapper_state_read_elsewhere_is_refused(reader, why):
+    from pmsm_compiler.runtime.time_batched import _wrapper_plan
+
+    graph, info = _wrapper_graph(extra_reader=reader)
+    assert why in _wrapper_plan(graph, info)[1]
 
 
 def test_a_large_constant_is_checked_by_its_shape_without_its_values():
@@ -271,6 +369,7 @@ def test_a_large_constant_is_checked_by_its_shape_without_its_values():
     ref = onnx.TensorProto(name="pos", data_type=TensorProto.FLOAT, dims=[1, 65, 384])
     ref.data_location = TensorProto.EXTERNAL
     ref.external_data.add(key="location", value="pmsm-weights-in-memory")
+
     def lazy_constant():
         graph = h.make_graph([h.make_node("Identity", ["pos"], ["y"])], "g", [],
                              [h.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[ref])
@@ -278,10 +377,10 @@ def test_a_large_constant_is_checked_by_its_shape_without_its_values():
 
     lazy = lazy_constant()
     assert isinstance(lazy, gs.Constant)
-    assert _node_refusal(_node("Add", ["x", lazy], rank=3)) is None
+    assert _axes(_node("Add", ["x", lazy], rank=3))[1] is None
     ref.dims[0] = 4
     lazy = lazy_constant()
-    assert "constant that has a batch axis ([4, 65, 384])" in _node_refusal(_node("Add", ["x", lazy], rank=3))
+    assert "pos has 4 elements along the batch axis" in _axes(_node("Add", ["x", lazy], rank=3))[1]
 
 
 def test_over_time_and_split_rows_are_step_major():

@@ -750,6 +750,196 @@ static void init_op(NeuronOp *op, const char *name, int kind, int final_step, in
   op->counters = counters;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Temporal wrappers over the T steps of a time-batched pass (domain "pmsm.kernels.time";
+ * runtime/time_batched.py), the bookkeeping of pmsm_compiler/passes/wrap_nonlinear.py step by step:
+ *   TimeSum  (X [T·N, ...], S [N, ...]) -> (Y [T·N, ...], S_next [N, ...])
+ *            Y_t = Y_{t-1} + X_t with Y_{-1} = S (the wrapper's Add of its input sum), S_next = Y_{T-1}
+ *   TimeDiff (C [T·N, ...], P [N, ...]) -> (Y [T·N, ...], P_next [N, ...])
+ *            Y_t = C_t - C_{t-1} with C_{-1} = P (the wrapper's Sub of its previous output), P_next = C_{T-1}
+ * the same float32 Add and Sub, in the order of the steps. S_next may share S's buffer (every element
+ * of a tile is read before any is written).
+ * --------------------------------------------------------------------------------------------- */
+
+typedef struct {
+  OrtCustomOp base;
+  const char *name;
+  int diff;
+} TimeOp;
+
+typedef struct {
+  int diff;
+  const float *x, *state;
+  float *y, *state_next;
+  int64_t steps, samples, per_sample, part, parts;
+} TimeJob;
+
+PMSM_CLONES static void time_sum_tile(const float *x, float *acc, float *y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    acc[i] = acc[i] + x[i];
+    y[i] = acc[i];
+  }
+}
+
+PMSM_CLONES static void time_diff_tile(const float *c, float *prev, float *y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = c[i];
+    y[i] = v - prev[i];
+    prev[i] = v;
+  }
+}
+
+static void run_time_op_unit(void *data, size_t unit) {
+  const TimeJob *job = (const TimeJob *)data;
+  const int64_t n = (int64_t)unit / job->parts, p = (int64_t)unit % job->parts;
+  const int64_t ps = job->per_sample;
+  const int64_t begin = p * job->part;
+  const int64_t end = begin + job->part < ps ? begin + job->part : ps;
+  float carry[TIME_TILE];
+  for (int64_t at = begin; at < end; at += TIME_TILE) {
+    const int64_t size = end - at < TIME_TILE ? end - at : TIME_TILE;
+    memcpy(carry, job->state + n * ps + at, (size_t)size * sizeof(float));
+    for (int64_t s = 0; s < job->steps; ++s) {
+      const int64_t off = (s * job->samples + n) * ps + at;
+      if (job->diff)
+        time_diff_tile(job->x + off, carry, job->y + off, size);
+      else
+        time_sum_tile(job->x + off, carry, job->y + off, size);
+    }
+    memcpy(job->state_next + n * ps + at, carry, (size_t)size * sizeof(float));
+  }
+}
+
+static OrtStatus *time_op_compute(void *op_kernel, OrtKernelContext *context) {
+  const int diff = *(const int *)op_kernel;
+  const OrtValue *x_v = NULL, *s_v = NULL;
+  RETURN_IF_ERROR(ort->KernelContext_GetInput(context, 0, &x_v));
+  RETURN_IF_ERROR(ort->KernelContext_GetInput(context, 1, &s_v));
+  int64_t dims[16], s_dims[16];
+  size_t rank = 0, s_rank = 0;
+  OrtTensorTypeAndShapeInfo *info = NULL;
+  RETURN_IF_ERROR(ort->GetTensorTypeAndShape(x_v, &info));
+  OrtStatus *st = ort->GetDimensionsCount(info, &rank);
+  if (st == NULL && (rank < 1 || rank > 16)) st = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm time op: input rank must be 1..16");
+  if (st == NULL) st = ort->GetDimensions(info, dims, rank);
+  ort->ReleaseTensorTypeAndShapeInfo(info);
+  if (st != NULL) return st;
+  RETURN_IF_ERROR(ort->GetTensorTypeAndShape(s_v, &info));
+  st = ort->GetDimensionsCount(info, &s_rank);
+  if (st == NULL && (s_rank < 1 || s_rank > 16)) st = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm time op: state rank must be 1..16");
+  if (st == NULL) st = ort->GetDimensions(info, s_dims, s_rank);
+  ort->ReleaseTensorTypeAndShapeInfo(info);
+  if (st != NULL) return st;
+  int64_t total = 1, s_total = 1;
+  for (size_t d = 0; d < rank; ++d) total *= dims[d];
+  for (size_t d = 0; d < s_rank; ++d) s_total *= s_dims[d];
+  const int64_t samples = s_dims[0];
+  if (s_total < 1 || samples < 1 || total % s_total != 0 || dims[0] % samples != 0 || (total / dims[0]) * samples != s_total)
+    return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm time op: the state must be one step's rows of the input (T·N rows)");
+  TimeJob job;
+  memset(&job, 0, sizeof(job));
+  job.diff = diff;
+  job.steps = total / s_total;
+  job.samples = samples;
+  job.per_sample = s_total / samples;
+  RETURN_IF_ERROR(ort->GetTensorMutableData((OrtValue *)x_v, (void **)&job.x));
+  RETURN_IF_ERROR(ort->GetTensorMutableData((OrtValue *)s_v, (void **)&job.state));
+  OrtValue *out = NULL;
+  RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, 0, dims, rank, &out));
+  RETURN_IF_ERROR(ort->GetTensorMutableData(out, (void **)&job.y));
+  RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, 1, s_dims, s_rank, &out));
+  RETURN_IF_ERROR(ort->GetTensorMutableData(out, (void **)&job.state_next));
+  job.part = job.per_sample < TIME_PART ? job.per_sample : TIME_PART;
+  job.parts = job.part > 0 ? (job.per_sample + job.part - 1) / job.part : 0;
+  const int64_t units = job.samples * job.parts;
+  if (units == 0) return NULL;
+  if (units == 1) {
+    run_time_op_unit(&job, 0);
+    return NULL;
+  }
+  return ort->KernelContext_ParallelFor(context, run_time_op_unit, (size_t)units, 0, &job);
+}
+
+static OrtStatus *ORT_API_CALL time_op_compute_v2(void *op_kernel, OrtKernelContext *context) {
+  return time_op_compute(op_kernel, context);
+}
+
+static void ORT_API_CALL time_op_compute_v1(void *op_kernel, OrtKernelContext *context) {
+  OrtStatus *st = time_op_compute(op_kernel, context);
+  if (st != NULL) ort->ReleaseStatus(st);
+}
+
+static OrtStatus *ORT_API_CALL time_op_create_v2(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info,
+                                                 void **kernel) {
+  (void)api, (void)info;
+  int *k = (int *)malloc(sizeof(int));
+  if (k == NULL) return ort->CreateStatus(ORT_FAIL, "pmsm time op: out of memory");
+  *k = ((const TimeOp *)op)->diff;
+  *kernel = k;
+  return NULL;
+}
+
+static void *ORT_API_CALL time_op_create(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info) {
+  void *kernel = NULL;
+  OrtStatus *st = time_op_create_v2(op, api, info, &kernel);
+  if (st != NULL) {
+    ort->ReleaseStatus(st);
+    return NULL;
+  }
+  return kernel;
+}
+
+static const char *ORT_API_CALL time_op_name(const OrtCustomOp *op) { return ((const TimeOp *)op)->name; }
+static size_t ORT_API_CALL two(const OrtCustomOp *op) {
+  (void)op;
+  return 2;
+}
+static ONNXTensorElementDataType ORT_API_CALL float_type(const OrtCustomOp *op, size_t i) {
+  (void)op, (void)i;
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+
+/* Y is shaped like the input, the next state like the state. */
+static OrtStatus *ORT_API_CALL time_op_infer(const OrtCustomOp *op, OrtShapeInferContext *ctx) {
+  (void)op;
+  OrtTensorTypeAndShapeInfo *x = NULL, *state = NULL;
+  RETURN_IF_ERROR(ort->ShapeInferContext_GetInputTypeShape(ctx, 0, &x));
+  RETURN_IF_ERROR(ort->ShapeInferContext_GetInputTypeShape(ctx, 1, &state));
+  RETURN_IF_ERROR(ort->ShapeInferContext_SetOutputTypeShape(ctx, 0, x));
+  return ort->ShapeInferContext_SetOutputTypeShape(ctx, 1, state);
+}
+
+static TimeOp time_ops[2];
+static const char *const time_op_names[2] = {"TimeSum", "TimeDiff"};
+
+static void init_time_op(TimeOp *op, const char *name, int diff) {
+  memset(op, 0, sizeof(*op));
+  op->base.version = PMSM_ORT_API;
+  op->base.CreateKernel = time_op_create;
+  op->base.GetName = time_op_name;
+  op->base.GetExecutionProviderType = get_ep;
+  op->base.GetInputType = float_type;
+  op->base.GetInputTypeCount = two;
+  op->base.GetOutputType = float_type;
+  op->base.GetOutputTypeCount = two;
+  op->base.KernelCompute = time_op_compute_v1;
+  op->base.KernelDestroy = kernel_destroy;
+  op->base.GetInputCharacteristic = required;
+  op->base.GetOutputCharacteristic = required;
+  op->base.GetInputMemoryType = input_memory;
+  op->base.GetVariadicInputMinArity = min_arity;
+  op->base.GetVariadicInputHomogeneity = homogeneous;
+  op->base.GetVariadicOutputMinArity = min_arity;
+  op->base.GetVariadicOutputHomogeneity = homogeneous;
+  op->base.CreateKernelV2 = time_op_create_v2;
+  op->base.KernelComputeV2 = time_op_compute_v2;
+  op->base.InferOutputShapeFn = time_op_infer;
+  op->base.GetStartVersion = start_version;
+  op->base.GetEndVersion = end_version;
+  op->name = name;
+  op->diff = diff;
+}
+
 /* The entry point onnxruntime calls (SessionOptions.register_custom_ops_library). A new domain
  * per call: the session options own it (the Python binding releases it with them); the op
  * descriptions are static and written once. */
@@ -761,12 +951,16 @@ PMSM_EXPORT OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptions *options
   if (!ops_ready) {
     const int inplace = api_base->GetApi(PMSM_ORT_API_INPLACE) != NULL;
     for (int i = 0; i < N_OPS; ++i) init_op(&ops[i], op_names[i], op_kinds[i], i % 2, i >= 6, inplace);
+    for (int i = 0; i < 2; ++i) init_time_op(&time_ops[i], time_op_names[i], i);
     ops_ready = 1;
   }
-  OrtCustomOpDomain *domain = NULL;
+  OrtCustomOpDomain *domain = NULL, *time_domain = NULL;
   RETURN_IF_ERROR(ort->CreateCustomOpDomain("pmsm.kernels", &domain));
   for (int i = 0; i < N_OPS; ++i) RETURN_IF_ERROR(ort->CustomOpDomain_Add(domain, &ops[i].base));
-  return ort->AddCustomOpDomain(options, domain);
+  RETURN_IF_ERROR(ort->AddCustomOpDomain(options, domain));
+  RETURN_IF_ERROR(ort->CreateCustomOpDomain("pmsm.kernels.time", &time_domain));
+  for (int i = 0; i < 2; ++i) RETURN_IF_ERROR(ort->CustomOpDomain_Add(time_domain, &time_ops[i].base));
+  return ort->AddCustomOpDomain(options, time_domain);
 }
 
 /* For the loader: which onnxruntime C API version this library needs. */
