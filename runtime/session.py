@@ -30,8 +30,8 @@ The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The s
   bit-identical results (``rewrite_optimized=False`` runs the optimized graph as it is);
 - reuses one IOBinding for the middle steps when every state is updated in place;
 - runs the T steps of a small batch layer by layer (``runtime.time_batched``): up to ``time_batch``
-  steps per run of one session on T·N rows, each fused neuron kernel running its steps in order,
-  bit-identical to step by step; where the model cannot (``time_batched_note``) or one step of the
+  steps per run of one session on T·N rows, each fused neuron kernel (and each temporal wrapper's
+  bookkeeping) running its steps in order, bit-identical to step by step; where the model cannot (``time_batched_note``) or one step of the
   batch already fills the caches (``time_batch_bytes``), step by step;
 - runs the one step of a T = 1 run of an exact-mode model in the ANN's form
   (``runtime.ann_form_step``, CPU): the whole model, the neurons as the quantizer's own ops, the
@@ -685,9 +685,10 @@ class SNNSession:
             yield step_outputs
 
     def _time_batched_steps(self, session, static_values: dict, n: int, timesteps: int, per_run: int):
-        """Run the steps layer by layer, ``per_run`` per session run, the membranes carried
-        from run to run in one buffer each (updated in place); yield each step's outputs as
-        ``_stepwise_steps`` does."""
+        """Run the steps layer by layer, ``per_run`` per session run, the states carried from run
+        to run in one buffer each (updated in place); in a model with temporal wrappers step 1 runs
+        as the step-by-step run's first step, the passes from step 2 on. Yield each step's outputs
+        as ``_stepwise_steps`` does."""
         from .time_batched import over_time, split_rows, time_rows
 
         names = list(self.output_names) + [self.info.spike_counts_output]
