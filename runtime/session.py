@@ -405,12 +405,19 @@ class SNNSession:
         layer_bytes = self._time_batch_layer_bytes()
         if layer_bytes is None:
             return {"steps_per_run": 1, "reason": self._time_batched_note}
-        per_run = steps_per_run(batch, timesteps, self.time_batch, self.time_batch_bytes, layer_bytes)
+        per_run = steps_per_run(batch, self._pass_steps(timesteps), self.time_batch, self.time_batch_bytes, layer_bytes)
+        if self._pass_steps(timesteps) < 2:
+            return {"steps_per_run": 1, "reason": "two timesteps, the first on its own (temporal wrappers)"}
         if per_run < 2:
             return {"steps_per_run": 1, "reason": f"one step of {batch} samples holds {batch * layer_bytes:,} bytes of its "
                                                   f"largest neuron layer, over the {self.time_batch_bytes:,} of a "
                                                   "layer-by-layer pass"}
         return {"steps_per_run": per_run, "reason": None}
+
+    def _pass_steps(self, timesteps: int) -> int:
+        """The steps of a run that passes cover: all, or all but the first in a model with temporal
+        wrappers (its first step runs as the step-by-step run's, ``_time_batched_steps``)."""
+        return timesteps - 1 if self.info.wrappers else timesteps
 
     def _time_batch_layer_bytes(self) -> int | None:
         """The largest neuron layer's current per sample, in bytes, when the model can run
@@ -604,7 +611,8 @@ class SNNSession:
         per_step = [] if keep_outputs else None
         k = len(self.output_names)
         layer_bytes = self._time_batch_layer_bytes() if timesteps >= 2 else None
-        per_run = steps_per_run(n, timesteps, self.time_batch, self.time_batch_bytes, layer_bytes) if layer_bytes else 1
+        per_run = steps_per_run(n, self._pass_steps(timesteps), self.time_batch, self.time_batch_bytes,
+                                layer_bytes) if layer_bytes else 1
         time_batched = self._time_batched_session() if per_run >= 2 else None
         steps = (self._time_batched_steps(time_batched, static_values, n, timesteps, per_run)
                  if time_batched is not None else self._stepwise_steps(static_values, timesteps))

@@ -188,6 +188,21 @@ def test_the_batch_budget_decides_between_layer_by_layer_and_step_by_step(librar
         SNNSession(model, time_batch=0)
 
 
+def test_a_transformer_runs_its_first_step_on_its_own_then_passes(library):
+    from pmsm_compiler.runtime import SNNSession
+
+    session = SNNSession(shipped("vit_cifar_pqa_cifar10", "folded"))
+    assert session.time_batch_report(2, 1) == {"steps_per_run": 1, "reason": "one timestep"}
+    assert session.time_batch_report(2, 2) == {"steps_per_run": 1,
+                                               "reason": "two timesteps, the first on its own (temporal wrappers)"}
+    assert session.time_batch_report(2, 5) == {"steps_per_run": 4, "reason": None}
+    assert session.time_batch_report(2, 40) == {"steps_per_run": 16, "reason": None}
+    session.run_batch(images(2), 2)
+    assert not any("time_batched" in str(k) for k in session._variants)  # two steps: one by one
+    session.run_batch(images(2), 5)
+    assert any("time_batched" in str(k) for k in session._variants)
+
+
 def test_models_that_cannot_run_layer_by_layer_say_why(library):
     from pmsm_compiler.runtime import SNNSession
 
