@@ -376,32 +376,33 @@ static void write_time_counts(const Job *job) {
   }
 }
 
+/* The dims of tensor v into dims[16] and *rank (min_rank..16, else `message`); *elements: their product. */
+static OrtStatus *tensor_dims(const OrtValue *v, int64_t *dims, size_t *rank, size_t min_rank, int64_t *elements,
+                              const char *message) {
+  OrtTensorTypeAndShapeInfo *info = NULL;
+  RETURN_IF_ERROR(ort->GetTensorTypeAndShape(v, &info));
+  OrtStatus *st = ort->GetDimensionsCount(info, rank);
+  if (st == NULL && (*rank < min_rank || *rank > 16)) st = ort->CreateStatus(ORT_INVALID_ARGUMENT, message);
+  if (st == NULL) st = ort->GetDimensions(info, dims, *rank);
+  ort->ReleaseTensorTypeAndShapeInfo(info);
+  *elements = 1;
+  for (size_t d = 0; st == NULL && d < *rank; ++d) *elements *= dims[d];
+  return st;
+}
+
 static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
   const NeuronKernel *kern = (const NeuronKernel *)op_kernel;
   const OrtValue *current_v = NULL, *membrane_v = NULL;
   RETURN_IF_ERROR(ort->KernelContext_GetInput(context, 0, &current_v));
   RETURN_IF_ERROR(ort->KernelContext_GetInput(context, 1, &membrane_v));
   OrtTensorTypeAndShapeInfo *info = NULL;
-  int64_t dims[16];
-  size_t rank = 0, u_elems = 0;
-  RETURN_IF_ERROR(ort->GetTensorTypeAndShape(current_v, &info));
-  OrtStatus *st = ort->GetDimensionsCount(info, &rank);
-  if (st == NULL && (rank < 1 || rank > 16)) st = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: input rank must be 1..16");
-  if (st == NULL) st = ort->GetDimensions(info, dims, rank);
-  ort->ReleaseTensorTypeAndShapeInfo(info);
-  if (st != NULL) return st;
-  int64_t u_dims[16];
-  size_t u_rank = 0;
-  RETURN_IF_ERROR(ort->GetTensorTypeAndShape(membrane_v, &info));
-  st = ort->GetTensorShapeElementCount(info, &u_elems);
-  if (st == NULL) st = ort->GetDimensionsCount(info, &u_rank);
-  if (st == NULL && u_rank > 16) st = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: membrane rank must be <= 16");
-  if (st == NULL) st = ort->GetDimensions(info, u_dims, u_rank);
-  ort->ReleaseTensorTypeAndShapeInfo(info);
-  if (st != NULL) return st;
-
-  int64_t total = 1;
-  for (size_t d = 0; d < rank; ++d) total *= dims[d];
+  int64_t dims[16], u_dims[16], total = 1, u_count = 1;
+  size_t rank = 0, u_rank = 0;
+  RETURN_IF_ERROR(tensor_dims(current_v, dims, &rank, 1, &total, "pmsm neuron: input rank must be 1..16"));
+  /* the membrane: one element (rank 0 or more), or the input's elements */
+  RETURN_IF_ERROR(tensor_dims(membrane_v, u_dims, &u_rank, 0, &u_count, "pmsm neuron: membrane rank must be <= 16"));
+  const size_t u_elems = (size_t)u_count;
+  OrtStatus *st = NULL;
   const int64_t batch = dims[0];
   const int64_t per_sample = batch > 0 ? total / batch : 0;
   int64_t steps = 1;
@@ -715,35 +716,41 @@ static void ORT_API_CALL release_may_inplace(int *input_index, int *output_index
   free(output_index);
 }
 
+/* What every op of this library declares alike: the CPU provider, required float inputs and
+ * outputs in default memory, no variadic arguments, opset 1, kernels freed with free(). */
+static void init_common(OrtCustomOp *base, uint32_t version) {
+  base->version = version;
+  base->GetExecutionProviderType = get_ep;
+  base->GetOutputCharacteristic = required;
+  base->GetInputMemoryType = input_memory;
+  base->GetVariadicInputMinArity = min_arity;
+  base->GetVariadicInputHomogeneity = homogeneous;
+  base->GetVariadicOutputMinArity = min_arity;
+  base->GetVariadicOutputHomogeneity = homogeneous;
+  base->GetStartVersion = start_version;
+  base->GetEndVersion = end_version;
+  base->KernelDestroy = kernel_destroy;
+}
+
 static void init_op(NeuronOp *op, const char *name, int kind, int final_step, int counters, int inplace) {
   memset(op, 0, sizeof(*op));
   /* the struct's version tells onnxruntime which members it may read */
-  op->base.version = inplace ? PMSM_ORT_API_INPLACE : PMSM_ORT_API;
+  init_common(&op->base, inplace ? PMSM_ORT_API_INPLACE : PMSM_ORT_API);
   if (inplace) {
     op->base.GetMayInplace = may_inplace;
     op->base.ReleaseMayInplace = release_may_inplace;
   }
   op->base.CreateKernel = create_kernel;
   op->base.GetName = get_name;
-  op->base.GetExecutionProviderType = get_ep;
   op->base.GetInputType = input_type;
   op->base.GetInputTypeCount = input_count;
   op->base.GetOutputType = output_type;
   op->base.GetOutputTypeCount = output_count;
   op->base.KernelCompute = kernel_compute;
-  op->base.KernelDestroy = kernel_destroy;
   op->base.GetInputCharacteristic = input_characteristic;
-  op->base.GetOutputCharacteristic = required;
-  op->base.GetInputMemoryType = input_memory;
-  op->base.GetVariadicInputMinArity = min_arity;
-  op->base.GetVariadicInputHomogeneity = homogeneous;
-  op->base.GetVariadicOutputMinArity = min_arity;
-  op->base.GetVariadicOutputHomogeneity = homogeneous;
   op->base.CreateKernelV2 = create_kernel_v2;
   op->base.KernelComputeV2 = kernel_compute_v2;
   op->base.InferOutputShapeFn = infer_shape;
-  op->base.GetStartVersion = start_version;
-  op->base.GetEndVersion = end_version;
   op->name = name;
   op->kind = kind;
   op->final_step = final_step;
@@ -815,24 +822,10 @@ static OrtStatus *time_op_compute(void *op_kernel, OrtKernelContext *context) {
   const OrtValue *x_v = NULL, *s_v = NULL;
   RETURN_IF_ERROR(ort->KernelContext_GetInput(context, 0, &x_v));
   RETURN_IF_ERROR(ort->KernelContext_GetInput(context, 1, &s_v));
-  int64_t dims[16], s_dims[16];
+  int64_t dims[16], s_dims[16], total = 1, s_total = 1;
   size_t rank = 0, s_rank = 0;
-  OrtTensorTypeAndShapeInfo *info = NULL;
-  RETURN_IF_ERROR(ort->GetTensorTypeAndShape(x_v, &info));
-  OrtStatus *st = ort->GetDimensionsCount(info, &rank);
-  if (st == NULL && (rank < 1 || rank > 16)) st = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm time op: input rank must be 1..16");
-  if (st == NULL) st = ort->GetDimensions(info, dims, rank);
-  ort->ReleaseTensorTypeAndShapeInfo(info);
-  if (st != NULL) return st;
-  RETURN_IF_ERROR(ort->GetTensorTypeAndShape(s_v, &info));
-  st = ort->GetDimensionsCount(info, &s_rank);
-  if (st == NULL && (s_rank < 1 || s_rank > 16)) st = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm time op: state rank must be 1..16");
-  if (st == NULL) st = ort->GetDimensions(info, s_dims, s_rank);
-  ort->ReleaseTensorTypeAndShapeInfo(info);
-  if (st != NULL) return st;
-  int64_t total = 1, s_total = 1;
-  for (size_t d = 0; d < rank; ++d) total *= dims[d];
-  for (size_t d = 0; d < s_rank; ++d) s_total *= s_dims[d];
+  RETURN_IF_ERROR(tensor_dims(x_v, dims, &rank, 1, &total, "pmsm time op: input rank must be 1..16"));
+  RETURN_IF_ERROR(tensor_dims(s_v, s_dims, &s_rank, 1, &s_total, "pmsm time op: state rank must be 1..16"));
   const int64_t samples = s_dims[0];
   if (s_total < 1 || samples < 1 || total % s_total != 0 || dims[0] % samples != 0 || (total / dims[0]) * samples != s_total)
     return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm time op: the state must be one step's rows of the input (T·N rows)");
@@ -914,28 +907,18 @@ static const char *const time_op_names[2] = {"TimeSum", "TimeDiff"};
 
 static void init_time_op(TimeOp *op, const char *name, int diff) {
   memset(op, 0, sizeof(*op));
-  op->base.version = PMSM_ORT_API;
+  init_common(&op->base, PMSM_ORT_API);
   op->base.CreateKernel = time_op_create;
   op->base.GetName = time_op_name;
-  op->base.GetExecutionProviderType = get_ep;
   op->base.GetInputType = float_type;
   op->base.GetInputTypeCount = two;
   op->base.GetOutputType = float_type;
   op->base.GetOutputTypeCount = two;
   op->base.KernelCompute = time_op_compute_v1;
-  op->base.KernelDestroy = kernel_destroy;
   op->base.GetInputCharacteristic = required;
-  op->base.GetOutputCharacteristic = required;
-  op->base.GetInputMemoryType = input_memory;
-  op->base.GetVariadicInputMinArity = min_arity;
-  op->base.GetVariadicInputHomogeneity = homogeneous;
-  op->base.GetVariadicOutputMinArity = min_arity;
-  op->base.GetVariadicOutputHomogeneity = homogeneous;
   op->base.CreateKernelV2 = time_op_create_v2;
   op->base.KernelComputeV2 = time_op_compute_v2;
   op->base.InferOutputShapeFn = time_op_infer;
-  op->base.GetStartVersion = start_version;
-  op->base.GetEndVersion = end_version;
   op->name = name;
   op->diff = diff;
 }
