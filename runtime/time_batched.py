@@ -229,9 +229,8 @@ def batch_axes(graph: gs.Graph, shapes: dict, batch_inputs) -> tuple[dict | None
     return axes, None
 
 
+#: the domain of the kernels that keep the temporal wrappers' states over a pass (``TimeSum``, ``TimeDiff``)
 TIME_DOMAIN = "pmsm.kernels.time"
-#: the temporal wrappers' states (``passes/wrap_nonlinear.py``) a pass runs with ``TimeSum``/``TimeDiff``
-WRAPPER_STATES = ("input_sum", "cumulative_output")
 
 
 def _wrapper_plan(graph: gs.Graph, info: SNNInfo):
