@@ -402,6 +402,7 @@ class SNNSession:
         {"steps_per_run": n (1: step by step), "reason": why step by step, or None}."""
         if timesteps < 2:
             return {"steps_per_run": 1, "reason": "one timestep"}
+        batch = self.fixed_batch or batch  # a fixed-batch model runs batches of exactly its batch
         layer_bytes = self._time_batch_layer_bytes()
         if layer_bytes is None:
             return {"steps_per_run": 1, "reason": self._time_batched_note}
@@ -434,7 +435,7 @@ class SNNSession:
                 try:
                     model = self._middle_step_model(self._step_model)
                     shapes = self._variant_shapes(False, False)
-                    self._time_batched_note = time_batch_refusal(model, self.info, self.fixed_batch, shapes)
+                    self._time_batched_note = time_batch_refusal(model, self.info, shapes)
                     if self._time_batched_note is None:
                         self._time_batched_plan = (time_batched_model(model, self.info, shapes),
                                                    state_dims(model, shapes, self.info), shapes)

@@ -33,11 +33,11 @@ here. Memory: the activations of T·N samples instead of N; the runtime runs a l
 one step of the batch leaves the caches room (``time_batch_bytes``); a larger batch runs step by
 step.
 
-Check (``time_batch_refusal``): the batch axis is not fixed; every state is a fused neuron's
-membrane or a wrapper's state in the form ``wrap_nonlinear`` emits; and ``batch_axes`` follows the
-batch axis through every op from the step's inputs to its outputs (a transpose may move it, a
-gather or slice may act beside it, but nothing may act along it, and every output has it first);
-anything else runs step by step, with the reason.
+Check (``time_batch_refusal``): every state is a fused neuron's membrane or a wrapper's state in
+the form ``wrap_nonlinear`` emits, and ``batch_axes`` follows the batch axis through every op from
+the step's inputs to its outputs (a transpose may move it, a gather or slice may act beside it, but
+nothing may act along it, and every output has it first; a model exported with a fixed batch
+passes where nothing depends on it); anything else runs step by step, with the reason.
 """
 
 from __future__ import annotations
@@ -146,8 +146,9 @@ def _output_axis(node, b: int, axes: dict, shapes: dict):
         if shape is None:
             return None, "a computed shape"
         shape = [int(v) for v in np.asarray(shape).reshape(-1)]
+        # the first dim copied (0, unless allowzero) or inferred (-1: the rows stay step-major)
         keeps = {-1} if int(node.attrs.get("allowzero", 0)) else {0, -1}
-        ok = b == 0 and shape and shape[0] in keeps and -1 not in shape[1:] and (0 not in shape[1:] or keeps == {0, -1})
+        ok = b == 0 and shape and shape[0] in keeps
         return (0, None) if ok else (None, f"Reshape to {shape} does not keep the batch axis first")
     if op in ("Squeeze", "Unsqueeze"):
         given = _axes_input(node, 1)
@@ -278,11 +279,11 @@ def _time_readers(graph: gs.Graph, info: SNNInfo, shapes: dict):
     return readers, None
 
 
-def time_batch_refusal(model: onnx.ModelProto, info: SNNInfo, fixed_batch: int | None, shapes: dict) -> str | None:
+def time_batch_refusal(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> str | None:
     """Why the fused middle step ``model`` cannot run its T steps as one batch, or None (``shapes``:
-    ``static_shapes`` of the step)."""
-    if fixed_batch is not None:
-        return f"the model's batch is fixed ({fixed_batch}): its graph may depend on it"
+    ``static_shapes`` of the step). A model exported with a fixed batch B passes where nothing in its
+    graph depends on B (a Reshape to [B, ...] or a constant of B rows is refused by ``batch_axes``):
+    its inputs then take T·B rows (``time_batched_model``)."""
     graph = import_graph(model)
     _, why = _wrapper_plan(graph, info)
     if why is None:
@@ -363,6 +364,9 @@ def time_batched_model(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> o
     for name, tensor in graph.tensors().items():
         if isinstance(tensor, gs.Variable) and name not in keep:
             tensor.shape = None
+    for tensor in graph.inputs:  # a fixed batch B declared on an input: it takes T·B rows
+        if tensor.shape and isinstance(tensor.shape[0], int) and tensor.name != info.time_input:
+            tensor.shape = ["pmsm_rows", *tensor.shape[1:]]
     graph.toposort()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version

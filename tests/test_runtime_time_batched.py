@@ -229,18 +229,24 @@ def test_a_plan_that_fails_leaves_the_steps_one_by_one(library, monkeypatch):
     np.testing.assert_array_equal(got.outputs_by_t, expected.outputs_by_t)
 
 
-def test_a_fixed_batch_model_runs_step_by_step(library):
-    # its graph may hold its batch size (a Reshape to [B, -1], a constant of B rows): T·B rows would
-    # silently pair the wrong rows
+@pytest.mark.parametrize("batch", [1, 4])
+def test_a_fixed_batch_model_runs_layer_by_layer_where_nothing_depends_on_its_batch(library, batch):
+    # pmsm-compile --input-shape input:Bx3x32x32: the inputs declare B, the graph does not use it
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.loading import load_model
+    from pmsm_compiler.models import shipped_model_path
     from pmsm_compiler.runtime import SNNSession
-    from pmsm_compiler.runtime.time_batched import time_batch_refusal
 
-    session = SNNSession(shipped("resnet20_pqa_cifar10", "folded"))
-    model = session._middle_step_model(session._step_model)
-    shapes = session._variant_shapes(False, False)
-    assert time_batch_refusal(model, session.info, None, shapes) is None
-    assert "batch is fixed (4)" in time_batch_refusal(model, session.info, 4, shapes)
-
+    ann = load_model(shipped_model_path("resnet20_pqa_cifar10.onnx"), input_shapes={"input": [batch, 3, 32, 32]})
+    model = compile_model(ann, "folded").model
+    batched = SNNSession(model)
+    assert batched.fixed_batch == batch and batched.time_batched, batched.time_batched_note
+    assert batched.time_batch_report(64, 5) == {"steps_per_run": 5, "reason": None}  # its own batch decides
+    x = images(6)  # batch 4: one full batch and one padded
+    a = SNNSession(model, time_batch=1).run_batch(x, 5, keep_outputs=True, sample_counters=True)
+    b = batched.run_batch(x, 5, keep_outputs=True, sample_counters=True)
+    for field in FIELDS:
+        np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=field)
 
 def _node(op, inputs, rank=4, out_rank=None, **attrs):
     tensors = [t if isinstance(t, gs.Tensor) else gs.Variable(t, np.float32, ["N"] + [2] * (rank - 1)) for t in inputs]

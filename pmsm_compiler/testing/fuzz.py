@@ -1147,13 +1147,15 @@ def _parity(ann_out: dict, ref, info: dict, mode: str, policy_layers: list[int],
     return failures
 
 
-def _consistency(compiled, ref1, ref, x, timesteps: int, level: str, threads: int) -> list[tuple[str, str, dict]]:
+def _consistency(compiled, ref1, ref, x, timesteps: int, level: str, threads: int,
+                 how: dict | None = None) -> list[tuple[str, str, dict]]:
     """The runtime's run_batch (T = 1 and T) against the step-by-step reference runs of the same
     length (``ref1``, ``ref``), and the reference's own invariants (counters = Σ|k|, integer spikes
     within [s_min, s_max]). A T = 1 run and the first step of a longer run are not compared bit for
     bit: only the former has no next state to compute, and a next state read off an op's value
     can stop onnxruntime from fusing that op with its consumer as in the ANN (last-bit
-    differences)."""
+    differences). ``how`` receives the runtime's ``time_batch_report`` of the T-step run (steps
+    per pass: the layer-by-layer mode is compared here too)."""
     from pmsm_compiler.runtime import SNNSession
 
     info = compiled.info
@@ -1178,6 +1180,8 @@ def _consistency(compiled, ref1, ref, x, timesteps: int, level: str, threads: in
         session = SNNSession(compiled.model, opt_level=level, threads=threads)
         r1 = session.run_batch(x, 1, keep_outputs=True)
         rt = session.run_batch(x, timesteps, keep_outputs=True)
+        if how is not None:
+            how.update(session.time_batch_report(len(x), timesteps))
     except Exception as exc:  # noqa: BLE001 - any exception of the runtime on a compiled model is a finding
         failures.append(("runtime-crash", _one_line(exc), _crash_details(exc)))
         return failures
@@ -1436,11 +1440,13 @@ def check_network(model: onnx.ModelProto, x: np.ndarray | None = None, modes=MOD
                     if not fails:
                         results.append(CheckResult("semantics", mode, level, "ok", details=stats))
                 if level in runtime_levels:
-                    fails = _consistency(compiled, ref1, ref, x, timesteps, level, threads)
+                    how: dict = {}
+                    fails = _consistency(compiled, ref1, ref, x, timesteps, level, threads, how)
                     for category, message, details in fails:
-                        results.append(CheckResult("consistency", mode, level, "fail", category, message, details))
+                        results.append(CheckResult("consistency", mode, level, "fail", category, message,
+                                                   {**details, "time_batched": how}))
                     if not fails:
-                        results.append(CheckResult("consistency", mode, level, "ok"))
+                        results.append(CheckResult("consistency", mode, level, "ok", details={"time_batched": how}))
                 if level in verify_levels:
                     results.append(_check_verify(verify, ann, compiled, x, mode, level, parity_ok[(mode, level)]))
         for mode in cli_modes:
