@@ -179,8 +179,9 @@ def main(argv=None) -> int:
           f"wall, peak {r['peak_bytes'] / gib:.2f} GiB; T = 1 prediction agreement with the ANN "
           f"{r['t1_agreement_with_ann']}, spikes per sample and step {r['spikes_per_sample_step']}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        from pmsm_compiler.files import save_text_atomic
+
+        save_text_atomic(json.dumps(result, indent=1) + "\n", args.json)
     return 0
 
 

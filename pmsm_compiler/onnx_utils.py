@@ -34,10 +34,9 @@ class _RawDataValues(gs.ir.tensor.LazyValues):
     original TensorProto."""
 
     def load(self):
-        from pmsm_compiler.weights import NUMPY_TYPES
+        from pmsm_compiler.weights import array_of
 
-        t = self.tensor
-        return np.frombuffer(t.raw_data, NUMPY_TYPES[t.data_type]).reshape(tuple(t.dims))
+        return array_of(self.tensor)
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:

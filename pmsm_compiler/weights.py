@@ -189,6 +189,12 @@ def weight_bytes(model: ModelProto) -> int:
                if strippable(t) or t.data_location == TensorProto.EXTERNAL)
 
 
+def array_of(t: TensorProto) -> np.ndarray:
+    """A large initializer's values (type in ``NUMPY_TYPES``, data in ``raw_data``) as a read-only
+    array over its bytes: one copy, the one reading ``raw_data`` makes."""
+    return np.frombuffer(t.raw_data, NUMPY_TYPES[t.data_type]).reshape(tuple(t.dims))
+
+
 def split(model: ModelProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
     """(skeleton, arrays): ``model`` with each large initializer of a type in ``NUMPY_TYPES``
     reduced to an external-data reference to ``IN_MEMORY``, and those initializers' values
@@ -197,7 +203,7 @@ def split(model: ModelProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
     arrays = {}
 
     def take(t: TensorProto) -> tuple[str, int]:
-        arrays[t.name] = np.frombuffer(t.raw_data, NUMPY_TYPES[t.data_type]).reshape(tuple(t.dims))
+        arrays[t.name] = array_of(t)
         return IN_MEMORY, 0
 
     out = _with_references(model, lambda t: strippable(t) and t.data_type in NUMPY_TYPES, take)

@@ -64,7 +64,7 @@ def steps_per_run(samples: int, timesteps: int, time_batch: int, budget_bytes: i
 ELEMENTWISE_OPS = {
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Floor", "Round", "Abs", "Neg", "Identity", "Cast", "Sqrt", "Erf",
     "Tanh", "Sigmoid", "Max", "Min", "Where", "Equal", "Less", "Greater", "QuantizeLinear", "DequantizeLinear",
-    "Dropout", "LeakyRelu", "HardSigmoid", "Exp", "Pow", "Reciprocal", "Gelu", "Softplus",
+    "Dropout", "LeakyRelu", "HardSigmoid", "Exp", "Pow", "Reciprocal", "Gelu", "Softplus", "Sum", "Log",
 }
 #: ops that read their input with the batch axis first and keep it first (their other inputs are
 #: weights): convolutions, pooling, normalization over channels
@@ -215,15 +215,12 @@ def batch_axes(graph: gs.Graph, shapes: dict, batch_inputs) -> tuple[dict | None
             continue
         if node.domain not in (None, "", "ai.onnx"):
             return None, f"{node.name}: {node.domain}::{node.op} is not known to treat each sample on its own"
-        if node.op not in ELEMENTWISE_OPS and node.inputs[0].name not in axes and not (
-                node.op in ("MatMul", "Concat") and carriers):
+        if node.op not in ELEMENTWISE_OPS and node.inputs[0].name not in axes:
             return None, f"{node.name}: {node.op} with the batch in a later input"
-        if node.op == "Concat" and len({axes[t.name] for t in carriers}) != 1:
-            return None, f"{node.name}: Concat of inputs with their batch axes at different places"
-        if node.op == "Concat" and len(carriers) != len([t for t in node.inputs if t.name]):
-            return None, f"{node.name}: Concat of a batch and a tensor without one"
-        first = node.inputs[0] if node.inputs[0].name in axes else carriers[0]
-        out, why = _output_axis(node, axes[first.name], axes, shapes)
+        if node.op == "Concat" and (len({axes[t.name] for t in carriers}) != 1
+                                    or len(carriers) != len([t for t in node.inputs if t.name])):
+            return None, f"{node.name}: Concat of inputs without one batch axis at one place"
+        out, why = _output_axis(node, axes[carriers[0].name], axes, shapes)
         if why is not None:
             return None, f"{node.name}: {node.op}: {why}"
         axes.update({t.name: out for t in node.outputs if t.name})

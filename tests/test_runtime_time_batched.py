@@ -281,7 +281,7 @@ W = _const(np.ones((4, 2, 3, 3), np.float32))
     (_node("Concat", ["x", "z"], axis=1), 0, None),
     (_node("Concat", ["x", "z"], axis=0), None, "along the batch axis"),
     (_node("Concat", ["x", "z"], axis=-4), None, "along the batch axis"),
-    (_node("Concat", ["x", "c"], axis=1), None, "a tensor without one"),
+    (_node("Concat", ["x", "c"], axis=1), None, "without one batch axis at one place"),
     (_node("Softmax", ["x"]), 0, None),
     (_node("Softmax", ["x"], axis=0), None, "along the batch axis"),
     (_node("Gemm", ["x", _const(np.ones((2, 3), np.float32))], rank=2), 0, None),
@@ -306,6 +306,16 @@ W = _const(np.ones((4, 2, 3, 3), np.float32))
      "slices the batch axis"),
     (_node("Gather", ["x", _const(np.array(1))], out_rank=3, axis=1), 0, None),
     (_node("Gather", ["x", _const(np.array(1))], out_rank=3, axis=0), None, "gathers along the batch axis"),
+    (_node("MatMul", [_const(np.ones((2, 2), np.float32)), "x"], rank=3), None, "the batch in a later input"),
+    (_node("Sum", ["x", "z", _const(np.ones((2, 1, 1), np.float32))]), 0, None),
+    (_node("Log", ["x"]), 0, None),
+    (_node("Pad", ["x", _const(np.array([0, 0, 1, 1, 0, 0, 1, 1]))]), 0, None),
+    (_node("Pad", ["x", _const(np.array([1, 0, 0, 0, 0, 0, 0, 0]))]), None, "pads the batch axis"),
+    (_node("LayerNormalization", ["x", _const(np.ones(2, np.float32))], axis=-1), 0, None),
+    (_node("LayerNormalization", ["x", _const(np.ones(2, np.float32))], axis=0), None, "normalizes over the batch"),
+    (_node("Split", ["x"], axis=1), 0, None),
+    (_node("Split", ["x"], axis=0), None, "along the batch axis"),
+    (_node("ReduceMean", ["x", _const(np.array([1], np.int64))], keepdims=0, out_rank=3), 0, None),
     (_node("Shape", ["x"]), None, "not known to treat each sample on its own"),
     (_node("LSTM", ["x"]), None, "not known to treat each sample on its own"),
 ])
@@ -326,6 +336,23 @@ def test_attention_heads_split_off_an_axis_before_the_batch():
              gs.Node("Gather", name="q", attrs={"axis": 0}, inputs=[permuted, _const(np.array(0))], outputs=[q])]
     axes, why = _axes(*nodes, batch=("x",))
     assert why is None and axes["qkv"] == 1 and axes["q"] == 0
+
+
+def test_an_axis_removed_before_the_batch_moves_it_back():
+    x = gs.Variable("x", np.float32, ["N", 2, 3, 4])
+    moved = gs.Variable("moved", np.float32, [2, "N", 3, 4])
+    mean = gs.Variable("mean", np.float32, ["N", 3, 4])
+    squeezed = gs.Variable("squeezed", np.float32, [2, "N", 3, 4])
+    nodes = [gs.Node("Transpose", attrs={"perm": [1, 0, 2, 3]}, inputs=[x], outputs=[moved]),
+             gs.Node("ReduceMean", attrs={"keepdims": 0}, inputs=[moved, _const(np.array([0], np.int64))],
+                     outputs=[mean])]
+    axes, why = _axes(*nodes, batch=("x",))
+    assert why is None and axes["moved"] == 1 and axes["mean"] == 0
+    unsq = gs.Variable("unsq", np.float32, [1, 2, "N", 3, 4])
+    nodes = [nodes[0], gs.Node("Unsqueeze", inputs=[moved, _const(np.array([0], np.int64))], outputs=[unsq]),
+             gs.Node("Squeeze", inputs=[unsq, _const(np.array([0], np.int64))], outputs=[squeezed])]
+    axes, why = _axes(*nodes, batch=("x",))
+    assert why is None and axes["unsq"] == 2 and axes["squeezed"] == 1
 
 
 def test_a_neuron_kernel_must_read_its_current_batch_first():
