@@ -30,9 +30,10 @@ def fold_constant_subgraphs(graph) -> bool:
     """Evaluate nodes whose inputs are all constant (e.g. λ/L chains from some exporters) once,
     in onnxruntime: the same arithmetic onnxruntime's own constant folding would perform.
     Returns whether anything was folded."""
+    shapes_folded = _fold_static_shapes(graph)
     if not any(n.inputs and all(isinstance(t, gs.Constant) or (t.inputs and t.inputs[0].op == "Constant")
                                 for t in n.inputs if t.name) and n.op != "Constant" for n in graph.nodes):
-        return False
+        return shapes_folded
     before = len(graph.cleanup(remove_unused_graph_inputs=False).nodes)
     try:
         graph.fold_constants(fold_shapes=True, recurse_subgraphs=False, error_ok=False)
@@ -40,8 +41,33 @@ def fold_constant_subgraphs(graph) -> bool:
         import logging
 
         logging.getLogger(__name__).info("constant folding skipped: %s", exc)
-        return False
-    return len(graph.cleanup(remove_unused_graph_inputs=False).nodes) < before
+        return shapes_folded
+    return shapes_folded or len(graph.cleanup(remove_unused_graph_inputs=False).nodes) < before
+
+
+def _fold_static_shapes(graph) -> bool:
+    """Replace each Shape node whose (sliced) result is static by that constant. Done here, not by
+    onnx-graphsurgeon's shape folding, which ignores Shape's ``start``/``end`` (opset 15): with a
+    fixed batch, torch's ``expand(B, -1, -1)`` (``Shape(x, end=1)``) folded to all four of x's dims
+    and the model failed the checker. Returns whether any was replaced."""
+    replaced = False
+    for node in list(graph.nodes):
+        if node.op != "Shape" or len(node.outputs) != 1 or node.outputs[0] in graph.outputs:
+            continue
+        shape = node.inputs[0].shape
+        if shape is None:
+            continue
+        rank = len(shape)
+        start, end = (int(node.attrs.get(k, default)) for k, default in (("start", 0), ("end", rank)))
+        start, end = (min(max(i + rank if i < 0 else i, 0), rank) for i in (start, end))
+        dims = list(shape[start:end])
+        if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims):
+            continue
+        out = node.outputs[0]
+        replace_uses(graph, out, make_const(graph, out.name + "_c", dims, np.int64))
+        node.outputs.clear()
+        replaced = True
+    return replaced
 
 
 def _constant_nodes_to_initializers(graph):

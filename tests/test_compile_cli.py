@@ -420,3 +420,18 @@ def test_input_shape_fixes_dynamic_height_and_width(tmp_path):
         r = CliRunner().invoke(main, [str(path), "-o", str(out), "--samples", "4", "--input-shape", text, "-q"])
         assert r.exit_code == 0, r.output
         assert read_snn_info(onnx.load(out))["inputs"][0]["shape"] == [batch, 3, 32, 32]
+
+
+def test_input_shape_fixes_the_batch_of_the_shipped_vit(tmp_path):
+    """The shipped ViT (dynamo export: the class token's ``expand(B, -1, -1)`` reads
+    ``Shape(input, end=1)``) compiles with a fixed batch, exactly equal to its ANN at T = 1. The
+    folded shape took all of the input's dims and the compiled model failed the checker."""
+    from pmsm_compiler.models import shipped_model_path
+
+    out, report = tmp_path / "vit2.snn.onnx", tmp_path / "vit2.json"
+    r = CliRunner().invoke(main, [str(shipped_model_path("vit_cifar_pqa_cifar10.onnx")), "-o", str(out), "--mode", "exact",
+                                  "--samples", "8", "--input-shape", "input:2x3x32x32", "--json", str(report), "-q"])
+    assert r.exit_code == 0, r.output
+    assert read_snn_info(onnx.load(out))["inputs"][0]["shape"] == [2, 3, 32, 32]
+    verification = json.loads(report.read_text())["verification"]
+    assert verification["passed"] and verification["batch"] == 2 and verification["max_abs_diff"] == 0.0

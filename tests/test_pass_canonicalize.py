@@ -205,3 +205,45 @@ def test_a_float16_weight_behind_a_cast_becomes_its_float32_value():
     x = _inputs()
     for level in ("disable", "all"):
         assert np.array_equal(_run(model, x, level)["y"], _run(out, x, level)["y"])
+
+
+def _shape_model(batch, shape_attrs):
+    """y = Reshape(x, Concat(Shape(x, **shape_attrs), [-1])): the pattern torch's exporter writes
+    for ``x.view(B, -1)`` / ``expand(B, -1, -1)`` (Shape with ``start``/``end``, opset 15+)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Shape", ["x"], ["dims"], **shape_attrs),
+             helper.make_node("Concat", ["dims", "minus_one"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [x], [y], [numpy_helper.from_array(np.array([-1], np.int64), "minus_one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 10
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+@pytest.mark.parametrize(("batch", "attrs", "target"), [
+    (2, {"end": 1}, [2, -1]),            # fixed batch: the batch alone (graphsurgeon took all 4 dims)
+    (2, {"start": 0, "end": -3}, [2, -1]),
+    ("N", {"start": 1, "end": 3}, [3, 4, -1]),  # static dims of a dynamic-batch input
+    (2, {"start": -2}, [4, 4, -1]),
+    (2, {"start": 9}, [-1]),             # start past the rank: clamped, no dims
+    (2, {}, [2, 3, 4, 4, -1]),
+])
+def test_a_sliced_shape_folds_to_its_slice(batch, attrs, target):
+    """Shape's ``start``/``end`` are honoured when the shape is folded to a constant (a fixed-batch
+    ViT failed the checker after graphsurgeon folded ``Shape(x, end=1)`` to four dims)."""
+    model = _shape_model(batch, attrs)
+    out, ctx = _run_pass(model)
+    assert _ops(out) == ["Reshape"] and ctx.constants_evaluated
+    (folded,) = [numpy_helper.to_array(i) for i in out.graph.initializer]
+    assert folded.tolist() == target
+    x = _inputs()
+    if len(target) == 1:
+        x = x.reshape(-1)[:96].reshape(2, 3, 4, 4)
+    for level in ("disable", "all"):
+        assert np.array_equal(_run(model, x, level)["y"], _run(out, x, level)["y"])
+
+
+def test_a_shape_of_the_dynamic_batch_is_not_folded():
+    out, ctx = _run_pass(_shape_model("N", {"end": 1}))
+    assert _ops(out) == ["Shape", "Concat", "Reshape"] and not ctx.constants_evaluated
