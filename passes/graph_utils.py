@@ -104,9 +104,10 @@ _BLOCK = 1 << 16
 def times_in_float64(w: np.ndarray, factor, *, reciprocal: bool = False, dtype=None) -> np.ndarray:
     """``w · factor`` (``(1 / w) · factor`` with ``reciprocal``) computed in float64 and rounded to
     ``dtype`` (default ``w``'s): the same elementwise operations as
-    ``(w.astype(np.float64) * factor).astype(dtype)``, a block of rows of ``w`` at a time. The
-    float64 intermediates of a whole weight are four times its size in fresh memory: folding VGG-16's
-    128 MB of weights spent most of its time in the page faults of them.
+    ``(w.astype(np.float64) * factor).astype(dtype)`` without the float64 copy of the whole weight
+    (four times its size in fresh memory: folding VGG-16's 128 MB of weights spent most of its time
+    in the page faults of them): one ufunc that casts in numpy's own small buffers, or, for the
+    reciprocal (two float64 roundings), a block of rows of ``w`` at a time.
 
     ``factor``: a scalar or an array that broadcasts to ``w``'s shape (e.g. one value per output
     channel, [C, 1, 1, 1])."""
@@ -116,6 +117,9 @@ def times_in_float64(w: np.ndarray, factor, *, reciprocal: bool = False, dtype=N
         v = w.astype(np.float64)
         return (((1.0 / v) if reciprocal else v) * factor).astype(dtype or w.dtype)
     out = np.empty(w.shape, dtype or w.dtype)
+    if not reciprocal:  # one ufunc: numpy casts to float64 and back in its own small buffers
+        np.multiply(w, factor, out=out, dtype=np.float64, casting="unsafe")
+        return out
     f = np.broadcast_to(factor, w.shape) if factor.ndim else factor
     rows = max(1, _BLOCK // max(1, w[0].size))
     buffer = np.empty((rows, *w.shape[1:]), np.float64)  # one block's float64 values, reused
@@ -123,8 +127,7 @@ def times_in_float64(w: np.ndarray, factor, *, reciprocal: bool = False, dtype=N
         block = w[i:i + rows]
         v = buffer[:len(block)]
         v[...] = block  # exact: every float32 (or float16) is a float64
-        if reciprocal:
-            np.divide(1.0, v, out=v)
+        np.divide(1.0, v, out=v)
         np.multiply(v, f[i:i + rows] if f.ndim else f, out=v)
         out[i:i + rows] = v
     return out

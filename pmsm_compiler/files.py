@@ -26,13 +26,20 @@ def _default_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[str], None], suffix: str = ".tmp") -> None:
+class WriteCancelled(Exception):
+    """Raised by an ``approve`` callback of ``write_atomic``: the new file is not to replace the old."""
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[str], None], suffix: str = ".tmp",
+                 approve: Callable[[], None] | None = None) -> None:
     """The package's one atomic writer: ``path`` is either the old file or the complete new one.
 
     ``write(tmp)`` fills a temporary file in the destination directory (named ``.<name>.*<suffix>``:
     a writer that chooses the format by extension, or a loader, gets the one it needs); it is then
     fsynced, given the permission bits of the file it replaces (or the default ones), and
-    ``os.replace``d over ``path``. On any exception (KeyboardInterrupt included) the temporary file is
+    ``os.replace``d over ``path``. ``approve()``, if given, is called between the fsync and the
+    replace, and may wait (e.g. for a verification that runs meanwhile) or raise ``WriteCancelled``.
+    On any exception (KeyboardInterrupt and ``WriteCancelled`` included) the temporary file is
     removed and the exception re-raised.
     """
     path = os.fspath(path)
@@ -51,6 +58,8 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[str], None], suf
         finally:
             os.close(fd)
         os.chmod(tmp_name, mode)
+        if approve is not None:
+            approve()
         os.replace(tmp_name, path)
         tmp_name = None
     finally:

@@ -867,9 +867,11 @@ def external_data_path(path: str | os.PathLike[str]) -> str:
     return os.fspath(path) + ".data"
 
 
-def save_model_atomic(model: ModelProto, path: str | os.PathLike[str], external_data: bool | None = None) -> bool:
-    """Serialize ``model`` and write it atomically (``files.write_atomic``); return whether its
-    weights went to an external data file.
+def save_model_atomic(model: ModelProto, path: str | os.PathLike[str], external_data: bool | None = None,
+                      approve=None) -> bool:
+    """Serialize ``model`` and write it atomically (``files.write_atomic``, which calls ``approve``,
+    if given, before it puts each file in place); return whether its weights went to an external
+    data file.
 
     ``external_data`` (None: when the model is 2 GiB or more, which one protobuf file cannot
     hold): the large initializers go to ``external_data_path(path)`` (``<file>.data``, each
@@ -884,7 +886,7 @@ def save_model_atomic(model: ModelProto, path: str | os.PathLike[str], external_
             with open(tmp, "wb") as fh:
                 weights.write_model(model, fh)
 
-        write_atomic(path, write)
+        write_atomic(path, write, approve=approve)
         return False
     data_path = check_output_path(external_data_path(path), "the external data")
     skeleton, layout = weights.with_external_data(model, os.path.basename(data_path))
@@ -892,6 +894,6 @@ def save_model_atomic(model: ModelProto, path: str | os.PathLike[str], external_
     if size >= PROTOBUF_LIMIT:
         raise _fail(f"cannot save {os.fspath(path)}: without its large weights the model is still "
                     f"{format_bytes(size)}, over protobuf's 2 GiB")
-    write_atomic(data_path, lambda tmp: weights.write_external_data(layout, tmp))
+    write_atomic(data_path, lambda tmp: weights.write_external_data(layout, tmp), approve=approve)
     save_bytes_atomic(skeleton.SerializeToString(), path)
     return True

@@ -534,6 +534,28 @@ def test_write_atomic_failing_writer_keeps_old_file_and_mode(tmp_path, exc):
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
 
 
+def test_write_atomic_approve_is_asked_after_the_write_and_may_cancel(tmp_path):
+    """``approve`` runs once the new file is complete and synced, before it replaces the old one;
+    ``WriteCancelled`` from it leaves the old file and no temporary (the pipeline writes the SNN
+    while its verification runs this way)."""
+    from pmsm_compiler.files import WriteCancelled
+
+    target = tmp_path / "m.onnx"
+    target.write_text("old")
+    seen = []
+
+    def approve():
+        (tmp,) = [p for p in tmp_path.iterdir() if p != target]
+        seen.append(tmp.read_text())  # already whole when asked
+        raise WriteCancelled
+
+    with pytest.raises(WriteCancelled):
+        write_atomic(target, lambda tmp: open(tmp, "w").write("new"), approve=approve)
+    assert seen == ["new"] and target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    write_atomic(target, lambda tmp: open(tmp, "w").write("new"), approve=lambda: seen.append("yes"))
+    assert seen == ["new", "yes"] and target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
+
+
 def test_save_text_atomic_replaces_and_keeps_mode(tmp_path):
     target = tmp_path / "r.json"
     save_text_atomic('{"a": 1}\n', target)

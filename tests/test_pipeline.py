@@ -45,6 +45,32 @@ def test_a_failed_verification_is_reported_then_raised_on_request(unchecked):
     assert exc.value.exit_code == 1
 
 
+def test_an_output_is_written_while_verifying_and_put_in_place_only_if_it_passed(unchecked, tmp_path):
+    """``output``: the SNN is written to a temporary file while the verification runs; a passed
+    (or skipped) verification puts it in place, byte for byte what ``save_model_atomic`` writes;
+    a failed one, or an error on the way, leaves the old file and no temporary."""
+    from pmsm_compiler.loading import save_model_atomic
+
+    out = tmp_path / "m.snn.onnx"
+    result = compile_and_verify(unchecked.ann, "folded", samples=4, output=out)
+    assert result.passed and result.saved and not result.external_data and "save" in result.phase_seconds
+    reference = tmp_path / "reference.onnx"
+    save_model_atomic(result.model, reference)
+    assert out.read_bytes() == reference.read_bytes()
+    reference.unlink()
+
+    out.write_text("old")
+    failed = compile_and_verify(unchecked.ann, "folded", samples=4, output=out,
+                                policy=VerificationPolicy(min_top1_agreement=1.5))
+    assert not failed.passed and not failed.saved
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.snn.onnx"]
+    with pytest.raises(InputError, match="data path not found"):
+        compile_and_verify(unchecked.ann, "folded", samples=4, output=out, data=str(tmp_path / "missing.npz"))
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.snn.onnx"]
+    skipped = compile_and_verify(unchecked.ann, "folded", check=False, output=out)
+    assert skipped.saved and out.read_bytes() != b"old"
+
+
 def test_a_compiled_snn_is_refused_as_input(unchecked, tmp_path):
     path = tmp_path / "model.snn.onnx"
     onnx.save(unchecked.model, str(path))

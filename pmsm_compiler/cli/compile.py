@@ -88,7 +88,7 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     """See HELP."""
     from pmsm_compiler.errors import InputError
     from pmsm_compiler.files import check_output_path, save_text_atomic
-    from pmsm_compiler.loading import external_data_path, parse_input_shape, save_model_atomic
+    from pmsm_compiler.loading import external_data_path, parse_input_shape
     from pmsm_compiler.pipeline import check_sampling, compile_and_verify
     from pmsm_compiler.verify import VerificationPolicy
 
@@ -109,8 +109,9 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     result = compile_and_verify(model, mode, check=check, data=calibration_data, samples=samples, seed=seed,
                                 normalization=normalization, opt_level=opt_level,
                                 policy=VerificationPolicy(max_level_mismatch, min_top1_agreement, output_rtol),
-                                max_bytes=max_bytes, input_shapes=shapes, providers=provider_list, threads=threads)
-    compiled, info, verification = result.compiled, result.info, result.verification
+                                max_bytes=max_bytes, input_shapes=shapes, providers=provider_list, threads=threads,
+                                output=output, external_data=external_data)
+    info, verification = result.info, result.verification
     elapsed = time.perf_counter() - start
     report = {
         "schema_version": REPORT_SCHEMA_VERSION, "tool": "pmsm-compile", "compiler_version": __version__,
@@ -122,12 +123,9 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
         "notes": info.notes,
     }
     passed = result.passed
-    if passed:
-        saving = time.perf_counter()
-        external = save_model_atomic(compiled.model, output, external_data)
+    if result.saved:
         report["output"] = os.path.abspath(output)
-        report["output_data"] = os.path.abspath(external_data_path(output)) if external else None
-        report["phase_seconds"]["save"] = round(time.perf_counter() - saving, 3)
+        report["output_data"] = os.path.abspath(external_data_path(output)) if result.external_data else None
     if json_path:
         save_text_atomic(json.dumps(report, indent=1) + "\n", json_path)
     if verbosity >= NORMAL:
