@@ -254,7 +254,7 @@ def _check_ann(ann, compiled, probe, sessions: dict, *, mode, check, opt_level, 
     where one of the verification's own ANN sessions can run it, that session goes into
     ``sessions`` for ``verify``."""
     from pmsm_compiler.sessions import onnxruntime_errors
-    from pmsm_compiler.verify import check_runs, has_qdq, reference_session
+    from pmsm_compiler.verify import check_runs, has_qdq, reference_session, verification_threads
 
     if check and compiled.reference is ann and not has_qdq(ann):
         # One of the verification's own ANN sessions runs the check: one onnxruntime copy of the
@@ -263,7 +263,8 @@ def _check_ann(ann, compiled, probe, sessions: dict, *, mode, check, opt_level, 
         # the model as deployed (Q/DQ fused), which the verification's sessions do not.
         exposed = mode != "exact"
         with onnxruntime_errors(what):
-            session = reference_session(compiled, opt_level, providers, threads, exposed=exposed)
+            session = reference_session(compiled, opt_level, providers, verification_threads(threads, providers)[0],
+                                        exposed=exposed)
             session.run(None, {session.get_inputs()[0].name: probe})
         sessions["ann_session" if exposed else "plain_session"] = session
         del session

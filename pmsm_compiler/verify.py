@@ -43,10 +43,18 @@ Batches follow the model's declared batch: a model with a fixed batch dimension 
 of exactly B (the last one padded, its padding discarded); a dynamic batch uses ``batch_size`` or
 fewer samples, so that one batch's layer outputs stay within ``BATCH_BYTES``
 (``verification_batch``).
+
+The ANN and the SNN run side by side, each on half the cores (``verification_threads``), unless a
+number of threads is asked for: onnxruntime's kernels scale poorly on small batches (ViT-S,
+batch 4: the two runs one after the other on 2 threads each 45 ms a sample, side by side on one
+each 32 ms). Their results do not depend on the threads (checked on the shipped and bench models,
+both modes).
 """
 
 from __future__ import annotations
 
+import os
+from concurrent import futures
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -250,18 +258,57 @@ def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, fixed_batc
     return record
 
 
-def _compare_as_run(plain_sess, runtime, x, input_name, outputs, batch) -> dict:
+def verification_threads(threads: int = 0, providers=None) -> tuple[int, bool]:
+    """(intra-op threads of each verification session, whether the ANN and the SNN run side by
+    side) for a verification asked to run on ``threads`` (0: onnxruntime's default): on the CPU by
+    default each gets half the cores and the two run at once; asked threads (or one core, or
+    another provider) run one after the other with them."""
+    if threads or (providers and providers[0] != "CPUExecutionProvider"):
+        return threads, False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (cores // 2, True) if cores >= 2 else (threads, False)
+
+
+class _SideBySide:
+    """``run(ann_call, snn_call)`` → (ann_call(), snn_call()): the ANN's call in a second thread
+    while the SNN's runs (onnxruntime runs without the GIL), or one after the other."""
+
+    def __init__(self, concurrent: bool):
+        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="pmsm-verify") if concurrent else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def run(self, ann_call, snn_call):
+        if self._pool is None:
+            return ann_call(), snn_call()
+        pending = self._pool.submit(ann_call)
+        try:
+            snn = snn_call()
+        except BaseException:
+            futures.wait([pending])
+            raise
+        return pending.result(), snn
+
+
+def _compare_as_run(plain_sess, runtime, x, input_name, outputs, batch, concurrent=False) -> dict:
     """{max_abs_diff, top1_agreement} of the plain ANN's outputs and the SNN's T = 1 run's."""
     diff, same, compared = 0.0, 0, 0
-    for xb, n in padded_batches(x, batch):
-        snn = runtime.run_first_step(xb)
-        ann = dict(zip(outputs, plain_sess.run(outputs, {input_name: xb})))
-        for name in outputs:
-            if ann[name].size:
-                diff = max(diff, float(np.abs(ann[name][:n].astype(np.float64) - snn[name][:n]).max()))
-        if ann[outputs[0]].ndim == 2:
-            same += int((ann[outputs[0]][:n].argmax(1) == snn[outputs[0]][:n].argmax(1)).sum())
-            compared += n
+    with _SideBySide(concurrent) as pair:
+        for xb, n in padded_batches(x, batch):
+            ann_values, snn = pair.run(lambda: plain_sess.run(outputs, {input_name: xb}),
+                                       lambda: runtime.run_first_step(xb))
+            ann = dict(zip(outputs, ann_values))
+            for name in outputs:
+                if ann[name].size:
+                    diff = max(diff, float(np.abs(ann[name][:n].astype(np.float64) - snn[name][:n]).max()))
+            if ann[outputs[0]].ndim == 2:
+                same += int((ann[outputs[0]][:n].argmax(1) == snn[outputs[0]][:n].argmax(1)).sum())
+                compared += n
     return {"max_abs_diff": diff, "top1_agreement": same / compared if compared else None}
 
 
@@ -271,9 +318,11 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     """The T = 1 verification report (see the module docstring). ``ann_session``,
     ``plain_session``: the ``reference_session``s, exposed and plain, when the caller built one
     already (``pipeline`` does, to run its check on it instead of building a session of the ANN
-    for that alone; the plain one is freed once used, when the caller keeps no reference)."""
+    for that alone; the plain one is freed once used, when the caller keeps no reference; built
+    with ``verification_threads``). ``threads``: as asked (0: the default, side by side)."""
     info = compiled.info
     mode = mode or info.mode
+    threads, side_by_side = verification_threads(threads, providers)
     policy = policy or VerificationPolicy()
     layers = info.layers
     outputs = info.outputs
@@ -297,7 +346,8 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         plain = {"what": "the SNN's T = 1 run against the ANN as onnxruntime runs it, no quantizer output exposed",
                  **_compare_as_run(plain_sess, runtime, x, input_name, info.outputs,
                                    declared_batch(info.inputs[0].shape)
-                                   or min(batch_size, PLAIN_BATCH_FACTOR * verification_batch(info, batch_size))),
+                                   or min(batch_size, PLAIN_BATCH_FACTOR * verification_batch(info, batch_size)),
+                                   side_by_side),
                  "ann_form": runtime.ann_form}
         if runtime.ann_form_note:
             plain["ann_form_note"] = runtime.ann_form_note
@@ -331,38 +381,40 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     top1_compared = 0  # top-1 applies only to a [batch, classes] first output
     deployed_same, deployed_diff = 0, 0.0
     batch = verification_batch(info, batch_size)
-    for xb, n in padded_batches(x, batch):
-        a = dict(zip(ann_names, ann_sess.run(None, {input_name: xb})))
-        s = runtime.run_first_step(xb, spikes)
-        tail_feeds = {l.ann_output: emitted_values(l, s[l.spike_tensor]) for l in layers}
-        if input_name in tail_inputs:
-            tail_feeds[input_name] = xb
-        r = dict(zip(outputs, tail_sess.run(outputs, tail_feeds)))
-        for j, layer in enumerate(layers):
-            y = a[layer.ann_output][:n]
-            k = s[layer.spike_tensor][:n]
-            if layer.neuron == "AIF":
-                k_ann = np.rint(y / np.float32(layer.ann_post_scale))
-                same = k_ann == k
-            else:  # IF: compare the real outputs, informational only
-                same = np.abs(y - k * np.float32(layer.theta_out)) <= 1e-6 * max(1.0, layer.theta_out)
-            agree[j] += int(same.sum())
-            total[j] += same.size
-        for name in outputs:
-            ann_out, snn_out, ref = (v[name][:n].astype(np.float64) for v in (a, s, r))
-            if snn_out.size:
-                max_abs = max(max_abs, float(np.abs(ann_out - snn_out).max()))
-                tail_err = max(tail_err, float(np.abs(ref - snn_out).max()))
-                tail_scale = max(tail_scale, float(np.abs(ref).max()))
-        first = outputs[0]
-        if a[first].ndim == 2:
-            top1_same += int((a[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
-            top1_compared += n
-        if deployed_sess is not None:
-            d = dict(zip([o.name for o in deployed_sess.get_outputs()], deployed_sess.run(None, {input_name: xb})))
-            deployed_diff = max(deployed_diff, float(np.abs(d[first][:n].astype(np.float64) - s[first][:n]).max()))
-            if d[first].ndim == 2:
-                deployed_same += int((d[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
+    with _SideBySide(side_by_side) as pair:
+        for xb, n in padded_batches(x, batch):
+            ann_values, s = pair.run(lambda: ann_sess.run(None, {input_name: xb}),
+                                     lambda: runtime.run_first_step(xb, spikes))
+            a = dict(zip(ann_names, ann_values))
+            tail_feeds = {l.ann_output: emitted_values(l, s[l.spike_tensor]) for l in layers}
+            if input_name in tail_inputs:
+                tail_feeds[input_name] = xb
+            r = dict(zip(outputs, tail_sess.run(outputs, tail_feeds)))
+            for j, layer in enumerate(layers):
+                y = a[layer.ann_output][:n]
+                k = s[layer.spike_tensor][:n]
+                if layer.neuron == "AIF":
+                    k_ann = np.rint(y / np.float32(layer.ann_post_scale))
+                    same = k_ann == k
+                else:  # IF: compare the real outputs, informational only
+                    same = np.abs(y - k * np.float32(layer.theta_out)) <= 1e-6 * max(1.0, layer.theta_out)
+                agree[j] += int(same.sum())
+                total[j] += same.size
+            for name in outputs:
+                ann_out, snn_out, ref = (v[name][:n].astype(np.float64) for v in (a, s, r))
+                if snn_out.size:
+                    max_abs = max(max_abs, float(np.abs(ann_out - snn_out).max()))
+                    tail_err = max(tail_err, float(np.abs(ref - snn_out).max()))
+                    tail_scale = max(tail_scale, float(np.abs(ref).max()))
+            first = outputs[0]
+            if a[first].ndim == 2:
+                top1_same += int((a[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
+                top1_compared += n
+            if deployed_sess is not None:
+                d = dict(zip([o.name for o in deployed_sess.get_outputs()], deployed_sess.run(None, {input_name: xb})))
+                deployed_diff = max(deployed_diff, float(np.abs(d[first][:n].astype(np.float64) - s[first][:n]).max()))
+                if d[first].ndim == 2:
+                    deployed_same += int((d[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
     onnx_reference = _cross_check_onnx_reference(ann, ann_sess, x, input_name, outputs[0],
                                                  declared_batch(info.inputs[0].shape)) \
         if quantized else None

@@ -140,6 +140,7 @@ class SNNSession:
         # verification's) needs only the first-and-last step, and every session holds its own copy
         # of the weights (and onnxruntime's prepacked one).
         self._variants = {}
+        self._shapes: dict = {}  # (first, last) -> the variant's static_shapes before fusion
         initializers = {t.name for t in step.graph.initializer}
         self._step_inputs = {i.name: i for i in step.graph.input if i.name not in initializers}
         # On the CPU with the fused kernels at level "all", the step sessions run onnxruntime's own
@@ -303,6 +304,10 @@ class SNNSession:
         """The step variant (``step_variant``) with ``extra_outputs`` also outputs and the
         fused neuron kernels: every rewrite on one imported graph, exported once."""
         graph = variant_graph(self._step_model, self.info, first, last)
+        if (first, last) not in self._shapes and self._rewrite:  # what the rewrite reads, from this import
+            from .optimized_step import static_shapes
+
+            self._shapes[(first, last)] = static_shapes(export_variant(graph, self._step_model, last))
         if extra_outputs:  # as onnx_utils.with_outputs adds them: float32 unless the graph knows better
             tensors = graph.tensors()
             present = {t.name for t in graph.outputs}
@@ -324,11 +329,13 @@ class SNNSession:
 
     def _variant_shapes(self, first: bool, last: bool) -> dict:
         """``static_shapes`` of a step variant before kernel fusion, inferred on the step model as
-        held, without its weights' data (``pmsm_compiler.weights.split``)."""
+        held, without its weights' data (``pmsm_compiler.weights.split``); once per variant."""
         from .optimized_step import static_shapes
 
-        return static_shapes(export_variant(variant_graph(self._step_model, self.info, first, last),
-                                            self._step_model, last))
+        if (first, last) not in self._shapes:
+            self._shapes[(first, last)] = static_shapes(export_variant(
+                variant_graph(self._step_model, self.info, first, last), self._step_model, last))
+        return self._shapes[(first, last)]
 
     def _make_step_session(self, model: onnx.ModelProto, key: tuple, required: dict | None, shapes: dict | None = None):
         """The session of step variant ``key`` from its model; with the rewrite,

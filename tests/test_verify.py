@@ -302,3 +302,70 @@ def test_a_deployed_ann_onnxruntime_cannot_build_is_reported_not_fatal(monkeypat
     assert deployed["top1_agreement"] is None and deployed["max_abs_diff"] is None
     assert deployed["unavailable"].startswith("onnxruntime cannot run the input model with Q/DQ fused: ")
     assert result["onnx_reference"] is not None
+
+
+def test_verification_threads_default_to_half_the_cores_side_by_side(monkeypatch):
+    from pmsm_compiler import verify as v
+
+    monkeypatch.setattr(v.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert v.verification_threads(0) == (3, True)
+    assert v.verification_threads(0, ["CPUExecutionProvider"]) == (3, True)
+    assert v.verification_threads(4) == (4, False)  # asked for: one after the other, as asked
+    assert v.verification_threads(0, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == (0, False)
+    monkeypatch.setattr(v.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert v.verification_threads(0) == (0, False)
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_side_by_side_verification_reports_what_one_after_the_other_does(monkeypatch, mode):
+    """The ANN's runs in a second thread beside the SNN's (the default on 2+ cores) give the report
+    of the runs one after the other, value for value (onnxruntime's results do not depend on the
+    threads), and the ANN side really runs in the other thread."""
+    import threading
+
+    from pmsm_compiler import verify as v
+    from pmsm_compiler.models import shipped_model_path
+    from pmsm_compiler.loading import load_model
+
+    ann = load_model(shipped_model_path("resnet20_pqa_cifar10.onnx"))
+    compiled = compile_model(ann, mode=mode)
+    x = random_inputs(compiled.info, 24, 0)
+    monkeypatch.setattr(v, "verification_threads", lambda threads=0, providers=None: (1, False))
+    sequential = verify(ann, compiled, x, mode=mode, batch_size=8)
+    seen = set()
+    run = v._SideBySide.run
+
+    def recording(self, ann_call, snn_call):
+        return run(self, lambda: (seen.add(threading.current_thread() is threading.main_thread()), ann_call())[1],
+                   snn_call)
+
+    monkeypatch.setattr(v._SideBySide, "run", recording)
+    monkeypatch.setattr(v, "verification_threads", lambda threads=0, providers=None: (1, True))
+    side_by_side = verify(ann, compiled, x, mode=mode, batch_size=8)
+    assert seen == {False}
+    assert side_by_side == sequential and side_by_side["passed"]
+
+
+def test_side_by_side_waits_for_the_ann_run_when_the_snn_run_fails():
+    from pmsm_compiler.verify import _SideBySide
+
+    import threading
+    import time
+
+    done = threading.Event()
+
+    def slow_ann():
+        time.sleep(0.05)
+        done.set()
+        return "ann"
+
+    def failing_snn():
+        raise RuntimeError("snn failed")
+
+    with _SideBySide(True) as pair:
+        with pytest.raises(RuntimeError, match="snn failed"):
+            pair.run(slow_ann, failing_snn)
+        assert done.is_set()  # not left running behind the error
+        assert pair.run(lambda: 1, lambda: 2) == (1, 2)
+    with _SideBySide(False) as pair:
+        assert pair.run(lambda: 1, lambda: 2) == (1, 2)

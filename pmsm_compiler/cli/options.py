@@ -124,7 +124,8 @@ def check_plot_dir(path: str, what: str = "plots to") -> str:
 def session_options(func):
     """--providers, --threads and --opt-level: how every onnxruntime session of the tool runs."""
     func = click.option("--threads", type=int, default=0, show_default=True,
-                        help="onnxruntime intra-op threads (0: onnxruntime's default).")(func)
+                        help="onnxruntime intra-op threads (0: onnxruntime's default; a compile's verification then "
+                             "runs the ANN and the SNN side by side on half the cores each).")(func)
     func = click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="all", show_default=True,
                         help="onnxruntime graph optimization level (SNN and ANN alike).")(func)
     return click.option("--providers", multiple=True,
