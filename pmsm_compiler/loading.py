@@ -229,8 +229,10 @@ def _read_model_file(path: str, max_bytes: int) -> tuple[bytes, str]:
         reason = _sniff_not_onnx(head)
         if reason is not None:
             raise _fail(f"not an ONNX model: {path} ({reason})")
-        # Bounded read: a file that grew after fstat cannot push us past max_bytes.
-        data = head + f.read(max_bytes + 1 - len(head))
+        # Bounded read: a file that grew after fstat cannot push us past max_bytes. From the start
+        # again rather than head + the rest: that concatenation copied the whole model once more.
+        f.seek(0)
+        data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise _fail(
             f"model file {path} grew past the limit of {format_bytes(max_bytes)} while reading"

@@ -129,7 +129,8 @@ def reference_session(compiled, opt_level: str = "all", providers=None, threads:
 def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
     """The ANN with every quantizer output (``layer.ann_output``) cut out and made a graph
     input: it computes the network outputs from given activation levels. Nodes that only fed the
-    cut tensors are dropped; the network inputs stay (a path may bypass every quantizer)."""
+    cut tensors are dropped, and so are the cut tensors nothing left reads (the levels it needs
+    are the last layers'); the network inputs stay (a path may bypass every quantizer)."""
     g = ann.graph
     cut = {layer.ann_output for layer in layers}
     producer = {out: i for i, n in enumerate(g.node) for out in n.output if out}
@@ -151,6 +152,8 @@ def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
     m.graph.input.extend(kept_inputs)
     for layer in layers:
         name = layer.ann_output
+        if name not in used:
+            continue
         if name in known:
             vi = onnx.ValueInfoProto()
             vi.CopyFrom(known[name])
@@ -362,7 +365,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
             deployed_unavailable = str(exc)
     # both from one weight-free skeleton of the ANN and one set of its weights' arrays, freed once
     # onnxruntime has its copies
-    skeleton, arrays = weights.split(ann)
+    skeleton, arrays = weights.split(ann, lazy=ann_session is not None)  # the tail alone: a few arrays
     ann_sess = ann_session or make_session(with_outputs(skeleton, [l.ann_output for l in layers]), opt_level,
                                            providers, threads, qdq_fusion=False, initializers=arrays)
     tail_sess = make_session(teacher_forced_tail(skeleton, layers), opt_level, providers, threads, qdq_fusion=False,
@@ -386,7 +389,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
             ann_values, s = pair.run(lambda: ann_sess.run(None, {input_name: xb}),
                                      lambda: runtime.run_first_step(xb, spikes))
             a = dict(zip(ann_names, ann_values))
-            tail_feeds = {l.ann_output: emitted_values(l, s[l.spike_tensor]) for l in layers}
+            tail_feeds = {l.ann_output: emitted_values(l, s[l.spike_tensor]) for l in layers if l.ann_output in tail_inputs}
             if input_name in tail_inputs:
                 tail_feeds[input_name] = xb
             r = dict(zip(outputs, tail_sess.run(outputs, tail_feeds)))

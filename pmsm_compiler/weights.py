@@ -24,6 +24,8 @@ all (``model_bytes`` sizes one without serializing it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 from onnx import GraphProto, ModelProto, TensorProto, helper
@@ -195,19 +197,43 @@ def array_of(t: TensorProto) -> np.ndarray:
     return np.frombuffer(t.raw_data, NUMPY_TYPES[t.data_type]).reshape(tuple(t.dims))
 
 
-def split(model: ModelProto) -> tuple[ModelProto, dict[str, np.ndarray]]:
+def split(model: ModelProto, lazy: bool = False) -> tuple[ModelProto, Mapping[str, np.ndarray]]:
     """(skeleton, arrays): ``model`` with each large initializer of a type in ``NUMPY_TYPES``
     reduced to an external-data reference to ``IN_MEMORY``, and those initializers' values
     ({name: array}, each read once from its ``raw_data``). Nodes, functions, metadata and small
-    initializers are copied."""
-    arrays = {}
+    initializers are copied. ``lazy``: each array is read when first asked for (``model`` must
+    outlive the mapping), for sessions of models derived from the skeleton that use a few of
+    them (the verification's tail of VGG-16 reads one of its 128 MB)."""
+    arrays = _LazyArrays() if lazy else {}
 
     def take(t: TensorProto) -> tuple[str, int]:
-        arrays[t.name] = array_of(t)
+        if lazy:
+            arrays.tensors[t.name] = t
+        else:
+            arrays[t.name] = array_of(t)
         return IN_MEMORY, 0
 
     out = _with_references(model, lambda t: strippable(t) and t.data_type in NUMPY_TYPES, take)
     return out, arrays
+
+
+class _LazyArrays(Mapping):
+    """{name: array} whose arrays are read (``array_of``) on first access."""
+
+    def __init__(self):
+        self.tensors: dict[str, TensorProto] = {}
+        self._read: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._read:
+            self._read[name] = array_of(self.tensors[name])
+        return self._read[name]
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
 
 
 def in_memory_names(model: ModelProto) -> list[str]:

@@ -327,6 +327,30 @@ def test_a_session_of_the_split_model_computes_what_the_serialized_model_compute
     assert all(np.array_equal(a, b) for a, b in zip(_run_all(exposed, x), _run_all(reference, x), strict=True))
 
 
+def test_a_lazy_split_reads_only_the_arrays_asked_for(monkeypatch):
+    """``split(lazy=True)``: the same skeleton and values, each array read on first access only
+    (the verification's tail session asks for the last layers' weights alone)."""
+    from pmsm_compiler import weights
+    from pmsm_compiler.sessions import make_session
+
+    model = chain_model(3, channels=32)
+    skel, eager = weights.split(model)
+    lazy_skel, lazy = weights.split(model, lazy=True)
+    assert lazy_skel == skel and list(lazy) == list(eager) and len(lazy) == len(eager)
+    read = []
+    array_of = weights.array_of
+    monkeypatch.setattr(weights, "array_of", lambda t: (read.append(t.name), array_of(t))[1])
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    session = make_session(skel, "all", initializers=lazy)
+    assert read == list(eager)  # a session of the whole model reads every one, once
+    assert np.array_equal(lazy["fc.w"], eager["fc.w"]) and read == list(eager)  # not again
+    assert all(np.array_equal(a, b) for a, b in zip(_run_all(session, x),
+                                                    _run_all(make_session(model, "all"), x), strict=True))
+    _, fresh = weights.split(model, lazy=True)
+    read.clear()
+    assert np.array_equal(fresh["w1"], eager["w1"]) and read == ["w1"]
+
+
 def test_model_bytes_sizes_a_model_without_serializing_its_weights():
     from pmsm_compiler import weights
 

@@ -144,6 +144,22 @@ def test_tail_model_computes_outputs_from_given_levels():
     assert {t.name for t in tail.graph.initializer} == {"W2", "shape"}
 
 
+def test_tail_model_takes_only_the_levels_it_reads():
+    """The shipped ResNet-20's tail reads the last layer's levels (and the residual's before it),
+    not the 19 layers' levels: the verification feeds it only those."""
+    from pmsm_compiler.loading import load_model
+    from pmsm_compiler.models import shipped_model_path
+
+    ann = load_model(shipped_model_path("resnet20_pqa_cifar10.onnx"))
+    compiled = compile_model(ann, mode="folded")
+    tail = teacher_forced_tail(compiled.reference, compiled.info.layers)
+    cut = {layer.ann_output for layer in compiled.info.layers}
+    read = {i for n in tail.graph.node for i in n.input}
+    levels = {i.name for i in tail.graph.input} & cut
+    assert levels and levels <= read and len(levels) < len(cut)
+    onnx.checker.check_model(tail)
+
+
 @pytest.mark.parametrize("mode", ["folded", "exact"])
 def test_wrong_arithmetic_after_the_last_neuron_fails(mode):
     """Scale the SNN's last weights by 1 + 1e-3: no level and no top-1 prediction changes (the
