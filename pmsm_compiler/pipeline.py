@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent import futures
 import time
+from concurrent import futures
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -206,8 +206,10 @@ def _check_and_verify(ann, compiled, *, mode, check, data, samples, seed, normal
 class _BackgroundSave:
     """The SNN written to its output in a thread while the verification runs: into a temporary
     file, put in place once ``finish(True)`` (``files.write_atomic``'s ``approve``), removed on
-    ``finish(False)``. On this VM the first write of a large model into fresh page-cache memory
-    stalls (VGG-16: 0.3 s against 0.1 s written again); it now overlaps the verification."""
+    ``finish(False)``. Both only read the model (the verification's sessions take a copy of its
+    skeleton, ``weights.split``). A large model's first write into the page cache is slow (VGG-16's
+    128 MB: 0.2–0.4 s against 0.1 s written again on the development VM); it overlaps the
+    verification instead of following it."""
 
     def __init__(self, model, path, external_data):
         from pmsm_compiler.loading import save_model_atomic

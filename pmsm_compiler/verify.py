@@ -45,10 +45,10 @@ fewer samples, so that one batch's layer outputs stay within ``BATCH_BYTES``
 (``verification_batch``).
 
 The ANN and the SNN run side by side, each on half the cores (``verification_threads``), unless a
-number of threads is asked for: onnxruntime's kernels scale poorly on small batches (ViT-S,
-batch 4: the two runs one after the other on 2 threads each 45 ms a sample, side by side on one
-each 32 ms). Their results do not depend on the threads (checked on the shipped and bench models,
-both modes).
+number of threads is asked for: onnxruntime's kernels scale poorly on the verification's small
+batches (``bench/verify_side_by_side.py``, 2 cores: ViT-S, batch 1, 49.9 → 36.4 ms a sample
+pair; VGG-16 8.0 → 7.6; ResNet-20 1.46 → 1.01). Their results do not depend on the threads
+(the bench compares them; checked on the shipped and bench models, both modes).
 """
 
 from __future__ import annotations
