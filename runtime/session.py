@@ -57,7 +57,7 @@ from pmsm_compiler.snn_format import DataInput, read_snn_info
 from pmsm_compiler.weights import split
 
 from .step_graphs import export_variant, split_static_prologue, states_safe_in_place, variant_graph, without_output
-from .time_batched import steps_per_run
+from .time_batched import ALIGNMENT_BYTES, misaligned, steps_per_run
 
 
 @dataclass
@@ -158,7 +158,8 @@ class SNNSession:
         if int(time_batch) < 1 or int(time_batch_bytes) < 1:
             raise InputError(f"time_batch and time_batch_bytes must be >= 1, got {time_batch}, {time_batch_bytes}")
         self.time_batch, self.time_batch_bytes = int(time_batch), int(time_batch_bytes)
-        self._time_batched_plan: tuple | None = None  # (model, membrane dims, shapes), or () when refused
+        # (model, membrane dims, shapes, per-sample bytes to keep aligned), or () when refused
+        self._time_batched_plan: tuple | None = None
         self._time_batched_note: str | None = None
         # the graph's own input type (not the metadata's): what onnxruntime will accept
         if self.prologue is not None:
@@ -413,9 +414,16 @@ class SNNSession:
         layer_bytes = self._time_batch_layer_bytes()
         if layer_bytes is None:
             return {"steps_per_run": 1, "reason": self._time_batched_note}
-        per_run = steps_per_run(batch, self._pass_steps(timesteps), self.time_batch, self.time_batch_bytes, layer_bytes)
+        aligned = self._time_batched_plan[3]
+        per_run = steps_per_run(batch, self._pass_steps(timesteps), self.time_batch, self.time_batch_bytes, layer_bytes,
+                                aligned)
         if self._pass_steps(timesteps) < 2:
             return {"steps_per_run": 1, "reason": "two timesteps, the first on its own (temporal wrappers)"}
+        off = misaligned(batch, aligned)
+        if off is not None:
+            return {"steps_per_run": 1, "reason": f"a sum onnxruntime rounds by address (ReduceMean, ...) over samples of "
+                                                  f"{off} bytes: a pass of {batch} samples would move them to other "
+                                                  f"alignments (a multiple of {ALIGNMENT_BYTES} bytes keeps them)"}
         if per_run < 2:
             return {"steps_per_run": 1, "reason": f"one step of {batch} samples holds {batch * layer_bytes:,} bytes of its "
                                                   f"largest neuron layer, over the {self.time_batch_bytes:,} of a "
@@ -442,10 +450,10 @@ class SNNSession:
                 try:
                     model = self._middle_step_model(self._step_model)
                     shapes = self._variant_shapes(False, False)
-                    self._time_batched_note = time_batch_refusal(model, self.info, shapes)
+                    self._time_batched_note, aligned = time_batch_refusal(model, self.info, shapes)
                     if self._time_batched_note is None:
                         self._time_batched_plan = (time_batched_model(model, self.info, shapes),
-                                                   state_dims(model, shapes, self.info), shapes)
+                                                   state_dims(model, shapes, self.info), shapes, aligned)
                 except Exception as exc:  # noqa: BLE001 - a speed-up: the steps run one by one instead
                     self._time_batched_plan = ()
                     self._time_batched_note = f"not planned: {type(exc).__name__}: {exc}"
@@ -456,7 +464,7 @@ class SNNSession:
     def _time_batched_session(self):
         """The session that runs several steps at once (built on first use; the plan allows it)."""
         if _TIME_BATCHED not in self._variants:
-            model, _, shapes = self._time_batched_plan
+            model, _, shapes, _ = self._time_batched_plan
             # with wrappers, step 1 runs as the first step variant, whose states follow the middle
             # step's layouts (``session_for``): the passes must read them in those
             required = self.blocked_states if self.info.wrappers and self._rewrite else None
@@ -620,7 +628,7 @@ class SNNSession:
         k = len(self.output_names)
         layer_bytes = self._time_batch_layer_bytes() if timesteps >= 2 else None
         per_run = steps_per_run(n, self._pass_steps(timesteps), self.time_batch, self.time_batch_bytes,
-                                layer_bytes) if layer_bytes else 1
+                                layer_bytes, self._time_batched_plan[3]) if layer_bytes else 1
         time_batched = self._time_batched_session() if per_run >= 2 else None
         steps = (self._time_batched_steps(time_batched, static_values, n, timesteps, per_run)
                  if time_batched is not None else self._stepwise_steps(static_values, timesteps))

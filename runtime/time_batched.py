@@ -52,12 +52,56 @@ from pmsm_compiler.snn_format import SNNInfo
 from .fuse_neuron_kernels import KERNEL_DOMAIN
 
 
-def steps_per_run(samples: int, timesteps: int, time_batch: int, budget_bytes: int, layer_bytes: int) -> int:
+def steps_per_run(samples: int, timesteps: int, time_batch: int, budget_bytes: int, layer_bytes: int,
+                  sample_bytes=()) -> int:
     """How many steps one time-batched session run takes (< 2: run step by step): ``time_batch``
     (at most T) where one step of the batch holds at most ``budget_bytes`` of its largest neuron
     layer's current (``layer_bytes`` per sample), else 1: a batch that large already fills the
-    caches with one step, and passes of several steps only add traffic (docs/benchmarks.md)."""
+    caches with one step, and passes of several steps only add traffic (docs/benchmarks.md).
+    ``sample_bytes``: ``aligned_sample_bytes``; 1 where a pass would move a sample to another
+    alignment (``misaligned``)."""
+    if misaligned(samples, sample_bytes) is not None:
+        return 1
     return min(time_batch, timesteps) if samples * layer_bytes <= budget_bytes else 1
+
+
+#: ops whose result for one sample depends on where its values sit in memory: onnxruntime 1.32 sums
+#: them with vector loads from an aligned address (Eigen), so one sample at another offset can round
+#: its sum differently in the last bit. Measured (a sample alone and behind k others, k = 0..15):
+#: ReduceSum and ReduceMean over trailing axes, ReduceLogSum, InstanceNormalization,
+#: MeanVarianceNormalization, Einsum; the other sums are listed as a precaution (ReduceMax/Min and
+#: the pooling, normalization, softmax and matrix kernels measured independent of it)
+ALIGNMENT_SENSITIVE_OPS = {"ReduceSum", "ReduceMean", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ReduceL1",
+                           "ReduceL2", "ReduceProd", "InstanceNormalization", "MeanVarianceNormalization", "Einsum"}
+#: a pass puts sample n of step t at row t·N + n: the batch's bytes must keep every sample at the
+#: alignment it has step by step (64: a cache line, the widest vector)
+ALIGNMENT_BYTES = 64
+
+
+def aligned_sample_bytes(graph: gs.Graph, axes: dict, shapes: dict) -> tuple[set | None, str | None]:
+    """({bytes per sample of each ``ALIGNMENT_SENSITIVE_OPS`` input that carries the batch}, None),
+    or (None, why) where such an input's batch axis is not first or its per-sample size unknown."""
+    sizes = set()
+    for node in graph.nodes:
+        if node.op not in ALIGNMENT_SENSITIVE_OPS:
+            continue
+        for t in node.inputs:
+            if t.name not in axes:
+                continue
+            shape = shapes.get(t.name) or t.shape
+            dims = list(shape[1:]) if shape is not None else None
+            if axes[t.name] != 0 or dims is None or not all(isinstance(d, (int, np.integer)) and d > 0 for d in dims):
+                return None, f"{node.name}: {node.op}, whose sums depend on where a sample sits, on {t.name} " \
+                             f"without the batch axis first and a static per-sample shape"
+            itemsize = np.dtype(t.dtype).itemsize if t.dtype is not None else 4
+            sizes.add(int(np.prod(dims)) * itemsize)
+    return sizes, None
+
+
+def misaligned(samples: int, sample_bytes) -> int | None:
+    """The first per-sample size in ``sample_bytes`` that a batch of ``samples`` leaves off
+    ``ALIGNMENT_BYTES`` (a pass would move its samples to other alignments), or None."""
+    return next((b for b in sorted(sample_bytes) if samples * b % ALIGNMENT_BYTES), None)
 
 
 #: elementwise ops (numpy broadcasting): each output element from the input elements at its index
@@ -276,11 +320,17 @@ def _time_readers(graph: gs.Graph, info: SNNInfo, shapes: dict):
     return readers, None
 
 
-def time_batch_refusal(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> str | None:
-    """Why the fused middle step ``model`` cannot run its T steps as one batch, or None (``shapes``:
+def time_batch_refusal(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> tuple[str | None, set]:
+    """(why the fused middle step ``model`` cannot run its T steps as one batch, or None; the
+    per-sample bytes a batch must keep aligned, ``aligned_sample_bytes``) (``shapes``:
     ``static_shapes`` of the step). A model exported with a fixed batch B passes where nothing in its
     graph depends on B (a Reshape to [B, ...] or a constant of B rows is refused by ``batch_axes``):
     its inputs then take T·B rows (``time_batched_model``)."""
+    why = _refusal(model, info, shapes)
+    return (why, set()) if isinstance(why, str) else (None, why)
+
+
+def _refusal(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> str | set:
     graph = import_graph(model)
     _, why = _wrapper_plan(graph, info)
     if why is None:
@@ -307,7 +357,8 @@ def time_batch_refusal(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> s
     for node, _ in _time_readers(graph, info, shapes)[0]:
         if any(axes.get(t.name, 0) != 0 for t in node.inputs):
             return f"{node.name}: the time input meets a tensor whose batch axis is not first"
-    return None
+    sizes, why = aligned_sample_bytes(graph, axes, shapes)
+    return why if why is not None else sizes
 
 
 def time_batched_model(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> onnx.ModelProto:

@@ -276,6 +276,16 @@ def test_fuzz_slice(seed):
         + f"\n  replay: python bench/fuzz_compiler.py --seeds {seed} --verbose")
 
 
+@pytest.mark.parametrize("seed", [52032])
+def test_fuzz_finds_fixed(seed):
+    """Seeds outside the slice whose failures were fixed: 52032, a ReduceMean over 168-byte samples
+    whose passes moved samples to other alignments (runtime/time_batched.py, ALIGNMENT_BYTES)."""
+    record = fuzz.run_graph(seed, opt_levels=["disable", "all"], max_timesteps=4)
+    failures = [r for r in record["results"] if r["status"] == "fail"]
+    assert not failures, [(r["category"], r["mode"], r["opt_level"], r["message"][:200]) for r in failures]
+    assert any(r["check"] == "consistency" and r["status"] == "ok" for r in record["results"])
+
+
 def test_fuzz_slice_exercises_the_compiler():
     """The slice is not vacuous: enough of its graphs compile in each mode, with temporal wrappers
     and the time input, and their checks ran (refusals alone would pass every slice test)."""

@@ -437,3 +437,46 @@ def test_over_time_and_split_rows_are_step_major():
     assert tiled.shape == (12, 2) and np.array_equal(tiled[3:6], x) and np.array_equal(tiled[9:], x)
     rows = split_rows(np.arange(12).reshape(12, 1), 4)
     assert rows.shape == (4, 3, 1) and rows[2, 1, 0] == 7  # step 2, sample 1: row 2·3 + 1
+
+
+def test_a_pass_keeps_every_sample_at_its_step_by_step_alignment():
+    """onnxruntime's ReduceSum/ReduceMean over trailing axes round a sample's sum by its address
+    (fuzz seed 52032: a ReduceMean of 2x7x3 spikes, 168 bytes a sample, differed in the last bit
+    at t = 2 of a pass of 3 samples). A pass puts sample n of step t at row t·N + n: it runs only
+    where N times those bytes is a multiple of 64, else step by step, with the reason."""
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.ops import add_functions
+    from pmsm_compiler.ops.quantizers import quantizer_functions
+    from pmsm_compiler.runtime import SNNSession
+    from pmsm_compiler.runtime.time_batched import ALIGNMENT_BYTES, misaligned
+
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((2, 4, 2, 2)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.array(3.0, np.float32), "lam"),
+             onnx.numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+             onnx.numpy_helper.from_array(rng.standard_normal((5, 2)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("PQA", ["h", "lam"], ["q"], domain="pmsm", L=8, alpha=-0.25, beta=1.0),
+             helper.make_node("ReduceMean", ["q", "axes"], ["m"], keepdims=0),
+             helper.make_node("Gemm", ["m", "fc"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    ann = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    add_functions(ann, quantizer_functions())
+    ann = onnx.shape_inference.infer_shapes(ann, strict_mode=True)
+    assert misaligned(3, {168}) == 168 and misaligned(8, {168}) is None and ALIGNMENT_BYTES == 64
+    assert steps_per_run(3, 8, 16, DEFAULT_TIME_BATCH_BYTES, 4, {168}) == 1
+    assert steps_per_run(8, 8, 16, DEFAULT_TIME_BATCH_BYTES, 4, {168}) == 8
+    for mode in ("folded", "exact"):
+        model = compile_model(ann, mode).model
+        session = SNNSession(model)
+        assert session.time_batched, session.time_batched_note
+        report = session.time_batch_report(3, 5)
+        assert report["steps_per_run"] == 1 and "168 bytes" in report["reason"]
+        assert session.time_batch_report(8, 5) == {"steps_per_run": 5, "reason": None}
+        for n in (3, 8, 16):
+            x = rng.standard_normal((n, 4, 6, 2)).astype(np.float32) * 2
+            a = SNNSession(model, time_batch=1).run_batch(x, 5, keep_outputs=True, sample_counters=True)
+            b = session.run_batch(x, 5, keep_outputs=True, sample_counters=True)
+            for field in FIELDS:
+                np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=f"{mode}, {n}: {field}")
