@@ -25,7 +25,12 @@ Rewrite of the middle step with fused neuron kernels (``fuse_neuron_kernels``)::
 Each neuron and each wrapper performs per step the float32 operations of a step-by-step run on the
 same operands, and onnxruntime's CPU kernels compute each row as they do in a batch of N (their
 accumulation order is per output element, not per batch), so outputs, spikes and counts equal the
-step-by-step run's: ``tests/test_runtime_time_batched.py`` compares them exactly (the shipped
+step-by-step run's. Except where the order follows the address: a few kernels sum a sample with
+vector loads from an aligned address (``ALIGNMENT_SENSITIVE_OPS``: ReduceSum/ReduceMean over
+trailing axes, ...), so a sample moved to a row of another alignment may differ in the last bit; a
+batch runs layer by layer only where its samples keep their alignment (N times the per-sample bytes
+a multiple of ``ALIGNMENT_BYTES``, ``misaligned``). Tested: ``tests/test_runtime_time_batched.py``
+compares them exactly (the shipped
 ResNet-20s and ViT, both modes), and the runtime tests compare runs against the neurons' ONNX
 bodies step by step. A T = 1 run, the one the ANN contract is about, is one step and never runs
 here. Memory: the activations of T·N samples instead of N; the runtime runs a long T in chunks of
@@ -93,7 +98,10 @@ def aligned_sample_bytes(graph: gs.Graph, axes: dict, shapes: dict) -> tuple[set
             if axes[t.name] != 0 or dims is None or not all(isinstance(d, (int, np.integer)) and d > 0 for d in dims):
                 return None, f"{node.name}: {node.op}, whose sums depend on where a sample sits, on {t.name} " \
                              f"without the batch axis first and a static per-sample shape"
-            itemsize = np.dtype(t.dtype).itemsize if t.dtype is not None else 4
+            try:  # an intermediate tensor without a known type is float32, the step's only float type
+                itemsize = np.dtype(t.dtype).itemsize if t.dtype is not None else 4
+            except TypeError:
+                return None, f"{node.name}: {node.op} on {t.name} of element type {t.dtype}"
             sizes.add(int(np.prod(dims)) * itemsize)
     return sizes, None
 

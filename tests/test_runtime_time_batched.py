@@ -480,3 +480,19 @@ def test_a_pass_keeps_every_sample_at_its_step_by_step_alignment():
             b = session.run_batch(x, 5, keep_outputs=True, sample_counters=True)
             for field in FIELDS:
                 np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=f"{mode}, {n}: {field}")
+
+
+def test_aligned_sample_bytes_of_the_sums_that_follow_the_address():
+    from pmsm_compiler.runtime.time_batched import aligned_sample_bytes
+
+    x = gs.Variable("x", np.float32, ["N", 2, 7, 3])
+    mean = gs.Node("ReduceMean", "mean", inputs=[x, _const(np.array([2, 3]))], outputs=[gs.Variable("m", np.float32)])
+    peak = gs.Node("ReduceMax", "peak", inputs=[x], outputs=[gs.Variable("p", np.float32)])
+    graph = gs.Graph(nodes=[mean, peak], inputs=[x], outputs=mean.outputs + peak.outputs)
+    shapes = {"x": ["N", 2, 7, 3]}
+    assert aligned_sample_bytes(graph, {"x": 0}, shapes) == ({2 * 7 * 3 * 4}, None)
+    assert aligned_sample_bytes(gs.Graph(nodes=[peak], inputs=[x], outputs=peak.outputs), {"x": 0}, shapes) == (set(), None)
+    sizes, why = aligned_sample_bytes(graph, {"x": 1}, shapes)  # the batch moved by a transpose
+    assert sizes is None and "mean: ReduceMean" in why
+    sizes, why = aligned_sample_bytes(graph, {"x": 0}, {"x": ["N", 2, None, 3]})
+    assert sizes is None and "static per-sample shape" in why
