@@ -365,8 +365,27 @@ def _refusal(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> str | set:
     for node, _ in _time_readers(graph, info, shapes)[0]:
         if any(axes.get(t.name, 0) != 0 for t in node.inputs):
             return f"{node.name}: the time input meets a tensor whose batch axis is not first"
+    why = _static_shape_fusion(graph, axes, shapes, batch_inputs)
+    if why is not None:
+        return why
     sizes, why = aligned_sample_bytes(graph, axes, shapes)
     return why if why is not None else sizes
+
+
+def _static_shape_fusion(graph: gs.Graph, axes: dict, shapes: dict, batch_inputs) -> str | None:
+    """Why onnxruntime would optimize a step of this fixed-batch model differently from a pass,
+    or None. A step's shapes are all static and a pass's leading axis is not (T·B rows): onnxruntime
+    fuses a MatMul of rank-3 (or more) activations with the Add of its bias into Reshape → Gemm →
+    Reshape only on static shapes (MatMulAddFusion), and a pass then runs FusedMatMul + Add, which
+    round differently (fuzzer, seeds 60800, 61809, 61860, exact mode, levels extended and all)."""
+    fixed = any(isinstance((shapes.get(name) or [None])[0], (int, np.integer)) for name in batch_inputs)
+    if not fixed:
+        return None  # a dynamic batch: a step's leading axis is not static either
+    for node in graph.nodes:
+        if node.op == "MatMul" and any(t.name in axes and (_rank(t, shapes) or 0) >= 3 for t in node.inputs):
+            return (f"{node.name}: a MatMul of rank-3 activations in a model of fixed batch (onnxruntime fuses it "
+                    f"with a bias on the static shapes of a step, not on a pass's)")
+    return None
 
 
 def time_batched_model(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> onnx.ModelProto:
