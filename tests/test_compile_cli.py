@@ -435,3 +435,24 @@ def test_input_shape_fixes_the_batch_of_the_shipped_vit(tmp_path):
     assert read_snn_info(onnx.load(out))["inputs"][0]["shape"] == [2, 3, 32, 32]
     verification = json.loads(report.read_text())["verification"]
     assert verification["passed"] and verification["batch"] == 2 and verification["max_abs_diff"] == 0.0
+
+
+def test_onnxruntime_refusing_the_snn_in_the_verification_is_one_line(models, tmp_path, monkeypatch):
+    """An onnxruntime failure on the compiled SNN during the verification (a compiler bug, e.g.
+    fuzzer seed 61973 before its fix) is one `error:` line and exit 2, and writes nothing."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    from pmsm_compiler.runtime import SNNSession
+
+    def refuse(self, *args, **kwargs):
+        raise state.InvalidArgument("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Invalid model. Node input 'x' "
+                                    "is not a graph input")
+
+    monkeypatch.setattr(SNNSession, "run_first_step", refuse)
+    out = tmp_path / "out.snn.onnx"
+    result = invoke(models["node"], "-o", out, "--samples", "4", "-q")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: onnxruntime cannot run the T = 1 verification of ")
+    assert "Invalid model" in lines[0] and "Traceback" not in result.output
+    assert listing(tmp_path) == []
