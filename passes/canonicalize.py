@@ -91,15 +91,10 @@ def _remove_identities(graph):
         if out in graph.outputs and (src in graph.inputs or isinstance(src, gs.Constant)):
             continue  # an output must stay produced by a node
         if out in graph.outputs:
-            # Keep the output's name: let the producer write it directly, and its other readers read
-            # it under that name. (An Identity kept between a tensor with other readers and a graph
-            # output broke onnxruntime's Identity elimination on the SNN, whose neurons it inlines:
-            # "Node input ... is not a graph input" from level basic on; fuzzer seed 61973.)
+            # Keep the output's name: let the producer write it directly.
             prod = src.inputs[0] if len(src.inputs) == 1 else None
-            if prod is None or src in graph.outputs:
+            if prod is None or src in graph.outputs or len(src.outputs) != 1:
                 continue
-            for reader in [r for r in src.outputs if r is not node]:
-                reader.inputs = [out if t is src else t for t in reader.inputs]
             prod.outputs = [out if t is src else t for t in prod.outputs]
         else:
             replace_uses(graph, out, src)

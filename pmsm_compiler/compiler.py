@@ -138,6 +138,7 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     for layer in ctx.layers:
         layer.fan_out = _fan_out(layer, tensors, flow)
     used_ops = {n.op for n in graph.nodes if n.domain == DOMAIN}
+    _readers_read_identity_outputs(graph)
     snn = export_model(graph)  # the weights' copies one tensor at a time
     keep = [f for f in snn.functions if f.domain != DOMAIN]
     del snn.functions[:]
@@ -179,6 +180,23 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     info.compile_seconds = round(time.perf_counter() - start, 3)
     write_snn_info(snn, info)
     return CompiledModel(snn, info, reference)
+
+
+def _readers_read_identity_outputs(graph) -> None:
+    """Where a graph output is an ``Identity`` of a tensor that other nodes read too, they read the
+    output instead (the same values). onnxruntime's Identity elimination (level basic and up)
+    renames such a tensor to the output's name and, in an SNN whose neuron functions it inlines,
+    left the other readers on the old name: "Node input ... is not a graph input" (fuzzer seed
+    61973). The ANN keeps its names: a layer's ``ann_output`` still names the tensor it reads."""
+    outputs = {id(t) for t in graph.outputs}
+    for node in list(graph.nodes):
+        if node.op != "Identity" or len(node.inputs) != 1 or len(node.outputs) != 1 or id(node.outputs[0]) not in outputs:
+            continue
+        src, out = node.inputs[0], node.outputs[0]
+        if id(src) in outputs:
+            continue
+        for reader in [r for r in src.outputs if r is not node]:
+            reader.inputs = [out if t is src else t for t in reader.inputs]
 
 
 def _export_like(graph, model: onnx.ModelProto) -> onnx.ModelProto:

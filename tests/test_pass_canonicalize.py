@@ -248,18 +248,3 @@ def test_a_shape_of_the_dynamic_batch_is_not_folded():
     out, ctx = _run_pass(_shape_model("N", {"end": 1}))
     assert _ops(out) == ["Shape", "Concat", "Reshape"] and not ctx.constants_evaluated
 
-
-def test_an_identity_to_an_output_from_a_tensor_with_other_readers_is_removed():
-    """``t = Mul(x, c)`` read by an Add and by ``Identity → out`` (a graph output): the Mul writes
-    ``out`` itself and the Add reads it (an Identity left there broke onnxruntime's Identity
-    elimination on the SNN from level basic on: fuzzer seed 61973). Outputs identical."""
-    nodes = [helper.make_node("Mul", ["x", "c"], ["t"]), helper.make_node("Identity", ["t"], ["out"]),
-             helper.make_node("Add", ["t", "x"], ["y"])]
-    model = _model(nodes, {"c": np.array(1.5, np.float32)}, out_names=("out", "y"))
-    out, _ = _run_pass(model)
-    assert _ops(out) == ["Mul", "Add"]
-    assert [n.output[0] for n in out.graph.node] == ["out", "y"] and list(out.graph.node[1].input) == ["out", "x"]
-    x = _inputs()
-    for level in ("disable", "all"):
-        a, b = _run(model, x, level), _run(out, x, level)
-        assert all(np.array_equal(a[k], b[k]) for k in ("out", "y"))
