@@ -189,6 +189,7 @@ def _readers_read_identity_outputs(graph) -> None:
     left the other readers on the old name: "Node input ... is not a graph input" (fuzzer seed
     61973). The ANN keeps its names: a layer's ``ann_output`` still names the tensor it reads."""
     outputs = {id(t) for t in graph.outputs}
+    moved = False
     for node in list(graph.nodes):
         if node.op != "Identity" or len(node.inputs) != 1 or len(node.outputs) != 1 or id(node.outputs[0]) not in outputs:
             continue
@@ -197,6 +198,9 @@ def _readers_read_identity_outputs(graph) -> None:
             continue
         for reader in [r for r in src.outputs if r is not node]:
             reader.inputs = [out if t is src else t for t in reader.inputs]
+            moved = True
+    if moved:  # a reader may come before the Identity
+        graph.toposort()
 
 
 def _export_like(graph, model: onnx.ModelProto) -> onnx.ModelProto:
