@@ -496,3 +496,20 @@ def test_aligned_sample_bytes_of_the_sums_that_follow_the_address():
     assert sizes is None and "mean: ReduceMean" in why
     sizes, why = aligned_sample_bytes(graph, {"x": 0}, {"x": ["N", 2, None, 3]})
     assert sizes is None and "static per-sample shape" in why
+
+
+def test_a_fixed_batch_matmul_of_rank3_activations_refuses_passes():
+    """onnxruntime fuses MatMul + bias into a Gemm on a fixed-batch step's static shapes, not on a
+    pass's (fuzzer seeds 60800, 61809, 61860): such a step runs step by step; a dynamic batch or
+    rank-2 activations do not."""
+    from pmsm_compiler.runtime.time_batched import _static_shape_fusion
+
+    def graph(rank):
+        x = gs.Variable("x", np.float32, [1] + [4] * (rank - 1))
+        mm = gs.Node("MatMul", "mm", inputs=[x, _const(np.ones((4, 3), np.float32))],
+                     outputs=[gs.Variable("y", np.float32)])
+        return gs.Graph(nodes=[mm], inputs=[x], outputs=mm.outputs)
+
+    assert "mm: a MatMul of rank-3 activations" in _static_shape_fusion(graph(3), {"x": 0}, {"x": [1, 4, 4]}, ["x"])
+    assert _static_shape_fusion(graph(3), {"x": 0}, {"x": ["N", 4, 4]}, ["x"]) is None  # dynamic batch
+    assert _static_shape_fusion(graph(2), {"x": 0}, {"x": [1, 4]}, ["x"]) is None  # rank 2: fused either way
