@@ -81,13 +81,24 @@ ALIGNMENT_SENSITIVE_OPS = {"ReduceSum", "ReduceMean", "ReduceLogSum", "ReduceLog
 #: a pass puts sample n of step t at row t·N + n: the batch's bytes must keep every sample at the
 #: alignment it has step by step (64: a cache line, the widest vector)
 ALIGNMENT_BYTES = 64
+#: elementwise ops whose result for one element depends on where it sits in the tensor, whatever
+#: the alignment: onnxruntime 1.32 computes them with Eigen, vector code for the body of each block
+#: its threads split the tensor into and scalar code (another approximation) for the rest, and the
+#: blocks follow the tensor's length. Measured (``bench/position_sensitivity.py``): Log and
+#: Softplus, also at an aligned batch on 2 threads; the other elementwise ops ``batch_axes``
+#: admits measured independent of it
+POSITION_SENSITIVE_OPS = {"Log", "Softplus"}
 
 
 def aligned_sample_bytes(graph: gs.Graph, axes: dict, shapes: dict) -> tuple[set | None, str | None]:
     """({bytes per sample of each ``ALIGNMENT_SENSITIVE_OPS`` input that carries the batch}, None),
-    or (None, why) where such an input's batch axis is not first or its per-sample size unknown."""
+    or (None, why) where such an input's batch axis is not first or its per-sample size unknown, or
+    a ``POSITION_SENSITIVE_OPS`` node reads the batch."""
     sizes = set()
     for node in graph.nodes:
+        if node.op in POSITION_SENSITIVE_OPS and any(t.name in axes for t in node.inputs):
+            return None, f"{node.name}: {node.op}, whose result for an element depends on where it sits " \
+                         f"in the tensor (onnxruntime's vector and scalar paths round it differently)"
         if node.op not in ALIGNMENT_SENSITIVE_OPS:
             continue
         for t in node.inputs:

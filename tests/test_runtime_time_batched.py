@@ -513,3 +513,57 @@ def test_a_fixed_batch_matmul_of_rank3_activations_refuses_passes():
     assert "mm: a MatMul of rank-3 activations" in _static_shape_fusion(graph(3), {"x": 0}, {"x": [1, 4, 4]}, ["x"])
     assert _static_shape_fusion(graph(3), {"x": 0}, {"x": ["N", 4, 4]}, ["x"]) is None  # dynamic batch
     assert _static_shape_fusion(graph(2), {"x": 0}, {"x": [1, 4]}, ["x"]) is None  # rank 2: fused either way
+
+
+def test_an_op_that_rounds_by_position_reads_no_batch_in_a_pass():
+    """onnxruntime computes Log and Softplus with vector code on the body of each block its threads
+    split the tensor into and scalar code on the rest, which round differently in the last bit, and
+    the blocks follow the tensor's length (fuzz seed 71475: a Log before a GlobalAveragePool, a
+    sample at t = 4 of a pass of 6 steps; bench/position_sensitivity.py). A pass changes the length:
+    a step graph where such an op reads the batch runs step by step, with the reason."""
+    from pmsm_compiler.runtime.time_batched import POSITION_SENSITIVE_OPS, aligned_sample_bytes
+
+    assert {"Log", "Softplus"} <= POSITION_SENSITIVE_OPS
+    x = gs.Variable("x", np.float32, ["N", 16])
+    log = gs.Node("Log", "log", inputs=[x], outputs=[gs.Variable("l", np.float32)])
+    sizes, why = aligned_sample_bytes(gs.Graph(nodes=[log], inputs=[x], outputs=log.outputs), {"x": 0}, {"x": ["N", 16]})
+    assert sizes is None and "log: Log, whose result for an element depends on where it sits" in why
+    w = _const(np.full(4, 2.0, np.float32))
+    on_weights = gs.Node("Log", "logw", inputs=[w], outputs=[gs.Variable("lw", np.float32)])
+    graph = gs.Graph(nodes=[on_weights], inputs=[x], outputs=on_weights.outputs)
+    assert aligned_sample_bytes(graph, {"x": 0}, {"x": ["N", 16]}) == (set(), None)
+
+
+@pytest.mark.parametrize("op", ["Log", "Softplus"])
+def test_a_model_with_a_position_sensitive_op_runs_step_by_step_and_agrees(op):
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.ops import add_functions
+    from pmsm_compiler.ops.quantizers import quantizer_functions
+    from pmsm_compiler.runtime import SNNSession
+
+    rng = np.random.default_rng(1)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.array(3.0, np.float32), "lam"),
+             onnx.numpy_helper.from_array(np.array(1.5, np.float32), "one"),
+             onnx.numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("PQA", ["h", "lam"], ["q"], domain="pmsm", L=8, alpha=-0.25, beta=1.0),
+             helper.make_node("Add", ["q", "one"], ["p"]),  # > 0: Log's argument
+             helper.make_node(op, ["p"], ["s"]),
+             helper.make_node("GlobalAveragePool", ["s"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    ann = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    add_functions(ann, quantizer_functions())
+    ann = onnx.shape_inference.infer_shapes(ann, strict_mode=True)
+    for mode in ("folded", "exact"):
+        model = compile_model(ann, mode).model
+        session = SNNSession(model)
+        assert not session.time_batched and f"{op}, whose result for an element depends" in session.time_batched_note
+        x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32) * 2
+        a = SNNSession(model, time_batch=1).run_batch(x, 7, keep_outputs=True, sample_counters=True)
+        b = session.run_batch(x, 7, keep_outputs=True, sample_counters=True)
+        for field in FIELDS:
+            np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=f"{mode}: {field}")
