@@ -29,7 +29,7 @@ REPORT_KEYS = {"schema_version", "tool", "compiler_version", "input", "output", 
                "total_seconds", "phase_seconds", "ann_macs", "time_input", "verification", "layers", "wrappers", "notes"}
 VERIFICATION_KEYS = {"passed", "skipped", "failures", "mode", "opt_level", "samples", "data", "policy",
                      "level_agreement", "top1_agreement", "max_abs_diff", "lossy_layers_excluded", "batch",
-                     "tail_max_abs_diff", "tail_bound"}
+                     "tail_max_abs_diff", "tail_bound", "top1_ties"}
 LAYER_KEYS = {"name", "neurons", "theta", "s_min", "s_max", "fan_out"}
 SAMPLES = "16"
 

@@ -385,3 +385,41 @@ def test_side_by_side_waits_for_the_ann_run_when_the_snn_run_fails():
         assert pair.run(lambda: 1, lambda: 2) == (1, 2)
     with _SideBySide(False) as pair:
         assert pair.run(lambda: 1, lambda: 2) == (1, 2)
+
+
+def _tied_classifier(ann_ratio: float, snn_ratio: float):
+    """conv_pqa_fc with two classes only (columns 0 and 1 of positive weights, the rest 0) whose
+    ANN logit 1 is ``ann_ratio`` × logit 0; in the compiled SNN column 1 is ``snn_ratio`` ×
+    column 0, a re-association's worth (1 + 1e-6) or a real change."""
+    ann = conv_pqa_fc("N")
+    w2 = next(t for t in ann.graph.initializer if t.name == "W2")
+    w = np.zeros((4 * 6 * 6, 10), np.float32)
+    w[:, 0] = np.abs(np.random.default_rng(1).standard_normal(4 * 6 * 6)) + 0.1
+    w[:, 1] = w[:, 0] * np.float32(ann_ratio)
+    w2.CopyFrom(numpy_helper.from_array(w, "W2"))
+    compiled = compile_model(ann, mode="folded")
+    fc = next(n for n in compiled.model.graph.node if n.op_type == "MatMul")
+    t = next(t for t in compiled.model.graph.initializer if t.name == fc.input[1])
+    folded = numpy_helper.to_array(t).copy()
+    folded[:, 1] = folded[:, 0] * np.float32(snn_ratio)
+    t.CopyFrom(numpy_helper.from_array(folded, t.name))
+    return ann, compiled
+
+
+def test_a_top1_tie_counts_as_agreeing():
+    """ANN logits 0 and 1 equal (argmax: class 0), the SNN's 1e-6 apart (class 1): every
+    disagreement is a tie within output_rtol (fuzz seed 70830: a logit 1e-9 in the ANN, 0 in the
+    folded SNN, failed the 0.98 policy with all levels equal)."""
+    ann, compiled = _tied_classifier(1.0, 1.0 + 1e-6)
+    x = random_inputs(compiled.info, 32)
+    result = verify(ann, compiled, x)
+    assert result["level_agreement"] == 1.0 and result["top1_ties"] > 16
+    assert result["top1_agreement"] == 1.0 and result["passed"], result["failures"]
+
+
+def test_a_top1_change_beyond_the_tolerance_is_no_tie():
+    ann, compiled = _tied_classifier(0.99, 1.03)
+    x = random_inputs(compiled.info, 32)
+    result = verify(ann, compiled, x)
+    assert result["top1_ties"] == 0 and result["top1_agreement"] < 0.5 and not result["passed"]
+    assert any(f.startswith("top-1 agreement") and "tie" not in f for f in result["failures"])

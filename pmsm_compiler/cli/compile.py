@@ -136,6 +136,8 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
             v = verification
             la = "n/a" if v["level_agreement"] is None else f"{v['level_agreement']:.6f}"
             t1 = "n/a" if v["top1_agreement"] is None else f"{v['top1_agreement']:.4f}"
+            if v.get("top1_ties"):
+                t1 += f" ({v['top1_ties']} tie(s) within the output tolerance counted as agreeing)"
             click.echo(f"verification at T=1 ({v['data']}, onnxruntime opt level {opt_level}): level agreement "
                        f"{la}, top-1 agreement {t1}, max |diff| {v['max_abs_diff']:.3g}"
                        + (f"; as run, against the plain ANN: max |diff| {v['plain_ann']['max_abs_diff']:.3g}"
