@@ -280,7 +280,8 @@ def test_fuzz_slice(seed):
 REPLAY_OPTIONS = {71475: {"max_timesteps": 8}, 70830: {"opt_levels": ["extended"]}}
 
 
-@pytest.mark.parametrize("seed", [52032, 60260, 60800, 61809, 61860, 61973, 70000, 70094, 70382, 70425, 71475, 70830])
+@pytest.mark.parametrize("seed", [52032, 60260, 60800, 61809, 61860, 61973, 70000, 70094, 70382, 70425, 71475, 70830,
+                                  70932])
 def test_fuzz_finds_fixed(seed):
     """Seeds outside the slice whose failures were fixed: 52032, a ReduceMean over 168-byte samples
     whose passes moved samples to other alignments (runtime/time_batched.py, ALIGNMENT_BYTES);
@@ -294,7 +295,8 @@ def test_fuzz_finds_fixed(seed):
     an element's place in the tensor, read the batch in passes of 6 steps (T = 7: its own T;
     time_batched.POSITION_SENSITIVE_OPS); 70830, a logit 1e-9 in the ANN and 0 in the folded SNN
     whose top-1 disagreement failed the verification's 0.98 policy (a tie now counts as agreeing,
-    ``top1_ties``)."""
+    ``top1_ties``); 70932, a Clip the quantizer after it implies, which the compiler rightly drops
+    and the rate-coding reference wrapped (the harness, ``fuzz._with_implied_clamps``)."""
     options = {"opt_levels": ["disable", "all"], "max_timesteps": 4, **REPLAY_OPTIONS.get(seed, {})}
     record = fuzz.run_graph(seed, cli=seed == 60260, **options)
     failures = [r for r in record["results"] if r["status"] == "fail"]
@@ -303,6 +305,31 @@ def test_fuzz_finds_fixed(seed):
     # the node order, and the compile refused with "internal error: ... topologically sorted"
     assert not [r for r in record["results"] if "internal error" in (r["message"] or "")]
     assert any(r["check"] == "consistency" and r["status"] == "ok" for r in record["results"])
+    if seed == 70932:
+        assert any(r["check"] == "semantics" and r["status"] == "ok" for r in record["results"])
+
+
+def _seed_70932():
+    model, _ = fuzz.random_network(70932)
+    (q,) = [q for q in fuzz._fuzz_meta(model)["quantizers"] if q["input"] == "clip_12"]
+    return model, q
+
+
+def test_rate_coding_gives_a_neuron_the_clamps_its_quantizer_implies():
+    """Clip(pqa_8, lo, hi) → plain quantizer with k_max 13: hi lies above the quantizer's top
+    boundary (level(hi) = 13), so Q(clip(x)) = Q(x) and the neuron reads pqa_8, as in the compiled
+    SNN; a hi below it, or a second reader of the clip, keeps the clip an op of its own."""
+    model, q = _seed_70932()
+    absorbed = fuzz._with_implied_clamps(model, q)
+    assert absorbed["input"] == "pqa_8" and absorbed["nodes"] == [*q["nodes"], "Clip_13"]
+    hi = next(t for t in model.graph.initializer if t.name == "hi_11")
+    step = next(t for t in model.graph.initializer if t.name == "scale_in_14")
+    top = float(numpy_helper.to_array(step)) * 12.4  # level(hi) = 12 < k_max
+    hi.CopyFrom(numpy_helper.from_array(np.array(top, np.float32), "hi_11"))
+    assert fuzz._with_implied_clamps(model, q) == q
+    model, q = _seed_70932()
+    model.graph.output.append(helper.make_tensor_value_info("clip_12", TensorProto.FLOAT, None))
+    assert fuzz._with_implied_clamps(model, q) == q
 
 
 def test_fuzz_slice_exercises_the_compiler():

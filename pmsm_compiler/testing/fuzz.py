@@ -1216,10 +1216,84 @@ def _consistency(compiled, ref1, ref, x, timesteps: int, level: str, threads: in
     return failures
 
 
+def _constant_scalar(model: onnx.ModelProto, name: str) -> float | None:
+    for t in model.graph.initializer:
+        if t.name == name:
+            a = numpy_helper.to_array(t)
+            return float(a) if a.size == 1 else None
+    for node in model.graph.node:
+        if node.op_type == "Constant" and list(node.output) == [name]:
+            a = numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].name == "value" else None
+            return float(a) if a is not None and a.size == 1 else None
+    return None
+
+
+def _quantizer_maps(model: onnx.ModelProto, q: dict, values: list[float]) -> list[np.ndarray]:
+    """The ANN's own quantizer nodes (``q["nodes"]``) run in onnxruntime on per-sample tensors
+    filled with each of ``values``."""
+    from pmsm_compiler.sessions import make_session
+
+    if not any(v.name == q["input"] for v in list(model.graph.value_info) + list(model.graph.input)):
+        model = onnx.shape_inference.infer_shapes(model)
+    g = model.graph
+    nodes = [n for n in g.node if n.name in set(q["nodes"])]
+    read = {i for n in nodes for i in n.input}
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in list(g.value_info) + list(g.input)}
+    sample = dims[q["input"]][1:]
+    consts = [n for n in g.node if n.op_type == "Constant" and n.output[0] in read and n not in nodes]
+    graph = helper.make_graph(consts + nodes, "quantizer",
+                              [helper.make_tensor_value_info(q["input"], TensorProto.FLOAT, [len(values), *sample])],
+                              [helper.make_tensor_value_info(q["output"], TensorProto.FLOAT, None)],
+                              [t for t in g.initializer if t.name in read])
+    sub = helper.make_model(graph, opset_imports=model.opset_import, functions=model.functions,
+                            ir_version=model.ir_version)
+    x = np.stack([np.full(sample, v, np.float32) for v in values])
+    with np.errstate(over="ignore"):
+        out = make_session(sub, "disable", threads=1, qdq_fusion=False).run(None, {q["input"]: x})[0]
+    return list(out)
+
+
+def _with_implied_clamps(model: onnx.ModelProto, q: dict) -> dict:
+    """``q`` with each Relu/Clip right before it that it implies made part of it: where the
+    quantizer Q maps the clamp c's bounds as it maps ∓∞, Q(c(x)) = Q(x) for every x, and a neuron
+    of Q may read the clamp's input. The compiler makes this choice (``drop_implied_clamps``), and
+    under rate coding it matters: a wrapped clamp at hi, just above Q's top level boundary, gives the
+    neuron t·hi of input by step t, floor(½ + t·hi/θ) spikes, fewer than the t·k_max that Q(ā) says
+    (seed 70932). Decided here by running the ANN's own quantizer nodes on the bounds, not by the
+    compiler's code. A clamp with another reader, a graph output or a non-constant bound stays an
+    op of its own."""
+    g = model.graph
+    readers = {}
+    for node in g.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    outputs = {o.name for o in g.output}
+    while True:
+        clamp = next((n for n in g.node if q["input"] in n.output), None)
+        if clamp is None or clamp.op_type not in ("Relu", "Clip") or clamp.domain not in ("", "ai.onnx"):
+            return q
+        if q["input"] in outputs or len(readers.get(q["input"], [])) != 1:
+            return q
+        if clamp.op_type == "Relu":
+            lo, hi = 0.0, math.inf
+        else:
+            bounds = [(_constant_scalar(model, clamp.input[i]) if len(clamp.input) > i and clamp.input[i] else default)
+                      for i, default in ((1, -math.inf), (2, math.inf))]
+            if any(b is None or math.isnan(b) for b in bounds):
+                return q
+            lo, hi = bounds
+        edge = np.float32(np.finfo(np.float32).max)
+        q_lo, q_hi, q_min, q_max = _quantizer_maps(model, q, [lo, hi, -edge, edge])
+        if not (np.array_equal(q_lo, q_min) and np.array_equal(q_hi, q_max)):
+            return q
+        q = {**q, "input": clamp.input[0], "nodes": [*q["nodes"], clamp.name]}
+
+
 def _rate_neurons(model: onnx.ModelProto, info: dict) -> list[dict] | None:
-    """The quantizers of a fuzz network (generator metadata, network order) with the neuron the
-    compiler made of each (info layers, matched by the ANN tensor they output)."""
-    quantizers = [q for q in _fuzz_meta(model).get("quantizers", []) if "output" in q]
+    """The quantizers of a fuzz network (generator metadata, network order), each with the clamps
+    before it that it implies (``_with_implied_clamps``), with the neuron the compiler made of each
+    (info layers, matched by the ANN tensor they output)."""
+    quantizers = [_with_implied_clamps(model, q) for q in _fuzz_meta(model).get("quantizers", []) if "output" in q]
     # the compiler drops an Identity between a quantizer and a graph output, whose name it keeps
     source = {node.output[0]: node.input[0] for node in model.graph.node if node.op_type == "Identity"}
     by_output = {}
