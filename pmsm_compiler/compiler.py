@@ -138,7 +138,7 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     for layer in ctx.layers:
         layer.fan_out = _fan_out(layer, tensors, flow)
     used_ops = {n.op for n in graph.nodes if n.domain == DOMAIN}
-    _readers_read_identity_outputs(graph)
+    _identity_outputs_written_by_their_producers(graph, _recorded_names(ctx))
     snn = export_model(graph)  # the weights' copies one tensor at a time
     keep = [f for f in snn.functions if f.domain != DOMAIN]
     del snn.functions[:]
@@ -182,25 +182,47 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     return CompiledModel(snn, info, reference)
 
 
-def _readers_read_identity_outputs(graph) -> None:
-    """Where a graph output is an ``Identity`` of a tensor that other nodes read too, they read the
-    output instead (the same values). onnxruntime's Identity elimination (level basic and up)
-    renames such a tensor to the output's name and, in an SNN whose neuron functions it inlines,
-    left the other readers on the old name: "Node input ... is not a graph input" (fuzzer seed
-    61973). The ANN keeps its names: a layer's ``ann_output`` still names the tensor it reads."""
+def _identity_outputs_written_by_their_producers(graph, recorded: set[str]) -> None:
+    """Where a graph output is an ``Identity`` of a tensor that other nodes read too, the tensor's
+    producer writes the output itself and every reader reads it (the same values; the Identity
+    goes). onnxruntime's Identity elimination (level basic and up) renames such a tensor to the
+    output's name and, in an SNN whose neuron functions it inlines, left the other readers on the
+    old name: "Node input ... is not a graph input" (fuzzer seed 61973). Readers moved to the
+    Identity's output instead keep the Identity between the producer and them, which stops
+    onnxruntime's fusions across it that the ANN gets (a Mul + MatMul into a FusedMatMul from level
+    extended: 1 ulp in exact mode, seed 80133); that is done only where the SNN's format records
+    the tensor's name (``recorded``: a wrapper's output, a state), which must stay. The ANN keeps
+    its names: a layer's ``ann_output`` still names the tensor it reads."""
     outputs = {id(t) for t in graph.outputs}
-    moved = False
+    inputs = {id(t) for t in graph.inputs}
+    changed = False
     for node in list(graph.nodes):
         if node.op != "Identity" or len(node.inputs) != 1 or len(node.outputs) != 1 or id(node.outputs[0]) not in outputs:
             continue
         src, out = node.inputs[0], node.outputs[0]
-        if id(src) in outputs:
+        readers = [r for r in src.outputs if r is not node]
+        if id(src) in outputs or not readers:
             continue
-        for reader in [r for r in src.outputs if r is not node]:
+        if src.name not in recorded and id(src) not in inputs and len(src.inputs) == 1:
+            node.inputs.clear()
+            node.outputs.clear()
+            graph.nodes.remove(node)
+            producer = src.inputs[0]
+            producer.outputs = [out if t is src else t for t in producer.outputs]
+        for reader in readers:
             reader.inputs = [out if t is src else t for t in reader.inputs]
-            moved = True
-    if moved:  # a reader may come before the Identity
+        changed = True
+    if changed:  # a reader may come before the Identity's or the producer's place
         graph.toposort()
+
+
+def _recorded_names(ctx) -> set[str]:
+    """The tensor names the SNN's format records (states, wrappers, spikes), which must stay."""
+    names = {n for s in ctx.states for n in (s.input, s.output)}
+    for w in ctx.wrappers:
+        names.update(n for n in [w.value, w.output, *(w.inputs or [])] if n)
+    names.update(n for layer in ctx.layers for n in (layer.spike_tensor, layer.state_in, layer.state_out) if n)
+    return names
 
 
 def _export_like(graph, model: onnx.ModelProto) -> onnx.ModelProto:

@@ -281,14 +281,16 @@ REPLAY_OPTIONS = {71475: {"max_timesteps": 8}, 70830: {"opt_levels": ["extended"
 
 
 @pytest.mark.parametrize("seed", [52032, 60260, 60800, 61809, 61860, 61973, 70000, 70094, 70382, 70425, 71475, 70830,
-                                  70932])
+                                  70932, 80133])
 def test_fuzz_finds_fixed(seed):
     """Seeds outside the slice whose failures were fixed: 52032, a ReduceMean over 168-byte samples
     whose passes moved samples to other alignments (runtime/time_batched.py, ALIGNMENT_BYTES);
     60800, 61809, 61860, fixed-batch MatMuls of rank-3 activations that onnxruntime fuses with their
     bias on a step's static shapes only (time_batched._static_shape_fusion); 61973, an Identity to
-    a graph output that onnxruntime's Identity elimination broke in the SNN (the SNN's readers read
-    the output, ``compiler._readers_read_identity_outputs``; renaming the tensor in canonicalize
+    a graph output that onnxruntime's Identity elimination broke in the SNN (the tensor's producer
+    writes the output, ``compiler._identity_outputs_written_by_their_producers``; its readers moved
+    to the Identity's output instead stopped the ANN's Mul + MatMul fusion, 80133; renaming the
+    tensor in canonicalize
     instead broke the verification's tail on 70094, 70382, 70425, kept here); 60260,
     x / Size(x), a model that depends on its batch, whose pmsm-run check now runs the reference in
     pmsm-run's batches (the harness, not the compiler); 71475, a Log, which onnxruntime rounds by
@@ -307,6 +309,39 @@ def test_fuzz_finds_fixed(seed):
     assert any(r["check"] == "consistency" and r["status"] == "ok" for r in record["results"])
     if seed == 70932:
         assert any(r["check"] == "semantics" and r["status"] == "ok" for r in record["results"])
+
+
+def _identity_graph():
+    import onnx_graphsurgeon as gs
+
+    x = gs.Variable("x", np.float32, ["N", 4])
+    t, out, y = (gs.Variable(n, np.float32) for n in ("t", "features", "logits"))
+    scale = gs.Constant("s", np.array(0.5, np.float32))
+    w = gs.Constant("w", np.ones((4, 3), np.float32))
+    nodes = [gs.Node("Mul", "psp", inputs=[x, scale], outputs=[t]),
+             gs.Node("MatMul", "fc", inputs=[t, w], outputs=[y]),  # before the Identity
+             gs.Node("Identity", "out", inputs=[t], outputs=[out])]
+    return gs.Graph(nodes=nodes, inputs=[x], outputs=[y, out])
+
+
+def test_an_identity_output_is_written_by_its_producer():
+    """Mul → t → {MatMul, Identity → features}: the Mul writes features, the MatMul reads it, no
+    Identity left (onnxruntime's Identity elimination broke the SNN otherwise, seed 61973), and no
+    Identity between the Mul and the MatMul (which stops the fusion the ANN gets, seed 80133);
+    where the format records t's name (a wrapper's output), the Identity stays and the MatMul reads
+    its output."""
+    from pmsm_compiler.compiler import _identity_outputs_written_by_their_producers
+
+    graph = _identity_graph()
+    _identity_outputs_written_by_their_producers(graph, set())
+    ops = {n.name: n for n in graph.nodes}
+    assert set(ops) == {"psp", "fc"} and ops["psp"].outputs[0].name == "features"
+    assert ops["fc"].inputs[0].name == "features" and [n.name for n in graph.nodes] == ["psp", "fc"]
+    graph = _identity_graph()
+    _identity_outputs_written_by_their_producers(graph, {"t"})
+    ops = {n.name: n for n in graph.nodes}
+    assert ops["psp"].outputs[0].name == "t" and ops["fc"].inputs[0].name == "features"
+    assert [n.name for n in graph.nodes] == ["psp", "out", "fc"]  # re-sorted
 
 
 def _seed_70932():
