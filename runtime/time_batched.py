@@ -135,7 +135,7 @@ BATCH_FIRST_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAve
                    "BatchNormalization", "InstanceNormalization"}
 #: ops that act along one axis (default in brackets), which must not be the batch axis
 ALONG_AXIS_OPS = {"Softmax": -1, "LogSoftmax": -1, "Concat": None, "Split": 0}
-REDUCE_OPS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceL2", "ArgMax", "ArgMin"}
+REDUCE_OPS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ArgMax", "ArgMin"}
 
 
 def _rank(tensor, shapes: dict) -> int | None:

@@ -181,6 +181,7 @@ CASES = [
     Case("GlobalMaxPool", ("GlobalMaxPool",), (2, 4, 4), [_node("GlobalMaxPool", ["a"])],
          lambda m: m.max(axis=(2, 3), keepdims=True), lambda m: 1),
     reduce("ReduceMax", lambda m: m.max(-1, keepdims=True), lambda m: 1),
+    reduce("ReduceL1", lambda m: np.abs(m).sum(-1, keepdims=True), lambda m: 5, n_f=5),
     reduce("ReduceMin", lambda m: m.min(-1, keepdims=True), lambda m: 1),
     # general form (F_t = t·f(S_t/t))
     unary("Abs", np.abs, lambda m: 1),
@@ -360,6 +361,7 @@ DENSE = {
     "Relu": (6, 12), "LeakyRelu(alpha=0.1)": (2 * 6, 12),
     "MaxPool": (8 * 3, 32 + 8),  # (2, 4, 4) → (2, 2, 2): 3 comparisons per output
     "GlobalMaxPool": (32 - 2, 32 + 2), "ReduceMax": (15 - 3, 15 + 3), "ReduceMin": (15 - 3, 15 + 3),
+    "ReduceL1": (15 + 15 - 3, 2 * (15 + 3)),  # |x| per element, then the sums; the general form
     "Abs": UNARY, "Sigmoid": (3 * 6, 24), "Tanh": UNARY, "Erf": UNARY, "Gelu": (5 * 6, 24),
     "Gelu(approximate=tanh)": (9 * 6, 24), "Exp": UNARY, "Softplus": (3 * 6, 24),
     "HardSigmoid(alpha=0.2, beta=0.5)": (4 * 6, 24), "HardSwish": (5 * 6, 24), "Sqrt": UNARY, "Log": UNARY,

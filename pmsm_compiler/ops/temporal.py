@@ -31,7 +31,8 @@ of the op's data input (input 0), n_out those of its output:
   subtract it, square, sum for the variance, multiply by 1/σ, multiply by γ) + 1 with a bias (add β),
   + 5 per row (mean ÷D, variance ÷D, +ε, √, reciprocal);
 - MaxPool: n_out·(kernel elements − 1) comparisons; GlobalMaxPool, ReduceMax, ReduceMin, ReduceSum:
-  n − n_out comparisons or additions; ReduceMean: those + n_out divisions;
+  n − n_out comparisons or additions; ReduceMean: those + n_out divisions; ReduceL1: those + n
+  absolute values;
 - elementwise ops: n_out × ``ELEMENTWISE_OPS[op]`` (Gelu with approximate="tanh": ``GELU_TANH_OPS``);
   Mul, Div, Max, Min, Pow: n_out per operand after the first; Clip: n_out per bound given.
 
@@ -53,7 +54,7 @@ HOMOGENEOUS_OPS = {"MaxPool", "GlobalMaxPool", "Relu", "ReduceMax", "ReduceMin",
 GENERAL_OPS = {
     "Softmax", "LogSoftmax", "LayerNormalization", "Gelu", "Erf", "Sigmoid", "Tanh", "Sqrt", "Pow", "Exp",
     "Log", "Reciprocal", "Div", "Mul", "MatMul", "HardSigmoid", "HardSwish", "Softplus", "Abs", "Max", "Min",
-    "ReduceMean", "ReduceSum", "Clip",
+    "ReduceMean", "ReduceSum", "ReduceL1", "Clip",
 }
 
 
@@ -155,6 +156,8 @@ def dense_ops(op: str, attrs: dict, data_shape, out_shape, inputs_given: list) -
         return n - n_out
     if op == "ReduceMean":
         return (n - n_out) + n_out  # additions, then one division per output element
+    if op == "ReduceL1":
+        return n + (n - n_out)  # an absolute value per element, then the additions
     return None
 
 
