@@ -43,7 +43,7 @@ def _state(graph, base: str, rank: int, dtype=np.float32):
 def pqa_to_aif(graph: gs.Graph, ctx) -> gs.Graph:
     quantizers = [n for n in graph.nodes if n.domain == INTERNAL_DOMAIN and n.op == "Quantizer"]
     if not quantizers:
-        raise PassRefusal("no quantized activation (PQA, QCFS or QDQ) found: nothing to convert to neurons")
+        raise PassRefusal("no quantized activation (PQA, QCFS, Q/DQ or a Round fake quantizer) found: nothing to convert to neurons")
     for q in quantizers:
         a = q.attrs
         x, y = q.inputs[0], q.outputs[0]

@@ -1,4 +1,4 @@
-"""recognize_pqa: find quantized activations in any of three forms and mark them.
+"""recognize_pqa: find quantized activations in any of four forms and mark them.
 
 Forms recognised (each becomes one internal ``Quantizer`` node that records the exact arithmetic
 of the source, so that ``--exact`` can reproduce it bit for bit):
@@ -13,6 +13,15 @@ of the source, so that ``--exact`` can reproduce it bit for bit):
    (PQA half up), so its quantizer records ``rounding = "half_even"`` and becomes the neuron
    that fires the same way (``pmsm::AIFHalfEven``); its output op is the DequantizeLinear itself
    (scale s′, zero point zp), which exact mode keeps.
+4. Fake quantization with ``Round``, as QAT code written with ``torch.round`` exports (LSQ, PACT,
+   DoReFa-style quantizers): ``[Div(x, c) | Mul(x, c)] → Round → Clip(lo, hi) → [Mul | Div]``,
+   or with the Clip before the Round. With integer bounds the two orders are the same function
+   (Round fixes integers and is monotone: round(clip(u)) = clip(round(u)), bit for bit). Round
+   rounds half to even, so the quantizer records ``rounding = "half_even"`` (``pmsm::AIFHalfEven``)
+   and kind PQA, also for lo = 0 (a multi-level unsigned quantizer, not QCFS's half-up floor). A
+   Round without such a Clip next to it is no quantizer and is left alone. The straight-through
+   estimator ``(round(u) − u).detach() + u`` (LSQ) exports as ``Round → Sub(·, u) → Add(·, u)``
+   between them; it equals Round(u) bit for bit for every finite u (``_straight_through``).
 
 Refused, with the reason in the report: a pattern whose inner tensors fork, non-scalar scales,
 scales, λ or θ that are not positive and finite (θ = λ/L must be a normal float32, or the
@@ -85,6 +94,7 @@ def recognize_pqa(graph: gs.Graph, ctx) -> gs.Graph:
     refusals = {}  # id(node) -> why its pattern was not mapped
     _recognize_nodes(graph, ctx)
     _recognize_plain(graph, ctx, refusals)
+    _recognize_round(graph, ctx)
     _recognize_qdq(graph, ctx, refusals)
     leftovers = [n for n in graph.nodes if n.outputs and (n.op in ("Floor", "QuantizeLinear") or n.domain == "pmsm")]
     if leftovers:
@@ -149,6 +159,102 @@ def _recognize_plain(graph, ctx, refusals):
             refusals[id(floor)] = _labelled(floor, exc)
 
 
+def _read_only_by(t, nodes, graph) -> bool:
+    return t not in graph.outputs and sorted(map(id, t.outputs)) == sorted(map(id, nodes))
+
+
+def _leading_scale(graph, t, readers=None):
+    """(x, pre_op, pre_value, node): an optional Div(x, c) or Mul(x, c), c > 0, whose output only
+    the pattern reads (one reader, or exactly ``readers``)."""
+    p = producer(t)
+    if p is not None and p.op in ("Div", "Mul") and (_single_use(t, graph) if readers is None
+                                                     else _read_only_by(t, readers, graph)):
+        operand = const_operand(p)
+        if operand is not None and operand[2] == 1 and operand[1].size == 1 and float(operand[1].reshape(())) > 0:
+            return operand[0], p.op, _f32(operand[1].reshape(())), p
+    return t, "", 1.0, None
+
+
+def _trailing_scale(graph, t):
+    """(y, post_op, post_value, node): an optional Mul(·, c) or Div(·, c), c > 0, the only reader."""
+    if _single_use(t, graph):
+        q = t.outputs[0]
+        if q.op in ("Mul", "Div"):
+            operand = const_operand(q)
+            if (operand is not None and operand[1].size == 1 and float(operand[1].reshape(())) > 0
+                    and (q.op == "Mul" or operand[2] == 1)):
+                return q.outputs[0], q.op, _f32(operand[1].reshape(())), q
+    return t, "", 1.0, None
+
+
+def _integer_clip(node):
+    """(lo, hi) of a Clip with two constant integer bounds, or None."""
+    if node is None or node.op != "Clip" or len(node.inputs) < 3:
+        return None
+    lo, hi = scalar_value(node.inputs[1]), scalar_value(node.inputs[2])
+    if lo is None or hi is None or not all(np.isfinite(v) and float(v) == round(v) for v in (lo, hi)):
+        return None
+    return int(lo), int(hi)
+
+
+def _straight_through(graph, rnd):
+    """[Sub, Add] where Round(u) is followed by the straight-through estimator's
+    ``(round(u) − u).detach() + u`` as exporters write it, Sub(Round(u), u) → Add(·, u), else []. It
+    has Round(u)'s values for every finite u: r − u is exact (Sterbenz: r = round(u) lies within
+    [u/2, 2u], or r = 0, or r = u), and adding u back to the exact difference gives r exactly."""
+    u, r = rnd.inputs[0], rnd.outputs[0]
+    if not _single_use(r, graph):
+        return []
+    sub = r.outputs[0]
+    if sub.op != "Sub" or len(sub.inputs) != 2 or sub.inputs[0] is not r or sub.inputs[1] is not u:
+        return []
+    if not _single_use(sub.outputs[0], graph):
+        return []
+    add = sub.outputs[0].outputs[0]
+    if add.op != "Add" or len(add.inputs) != 2 or sorted(map(id, add.inputs)) != sorted(map(id, (sub.outputs[0], u))):
+        return []
+    return [sub, add]
+
+
+def _recognize_round(graph, ctx):
+    for rnd in [n for n in graph.nodes if n.op == "Round" and n.outputs]:
+        shape = rnd.inputs[0].shape
+        if shape is not None and len(shape) < 2:  # shape arithmetic, not an activation [batch, ...]
+            continue
+        ste = _straight_through(graph, rnd)
+        rounding = [rnd, *ste]  # the nodes whose output is round(u)
+        out = rounding[-1].outputs[0]
+        after = out.outputs[0] if _single_use(out, graph) else None
+        readers = [rnd, *ste]  # of u
+        before = producer(rnd.inputs[0]) if _read_only_by(rnd.inputs[0], readers, graph) else None
+        if _integer_clip(after) is not None:  # Round → Clip
+            clip, u, u_readers = after, rnd.inputs[0], readers
+        elif _integer_clip(before) is not None:  # Clip → Round
+            clip, u, u_readers = before, before.inputs[0], None
+        else:
+            ctx.notes.append(f"recognize_pqa: Round '{rnd.name}' is no quantizer (no Clip with integer bounds "
+                             f"right before or after it, read only by it); left as it is")
+            continue
+        last = clip if clip is after else rounding[-1]
+        x, pre_op, pre_value, pre_node = _leading_scale(graph, u, u_readers)
+        y, post_op, post_value, post_node = _trailing_scale(graph, last.outputs[0])
+        k_min, k_max = _integer_clip(clip)
+        out_scale = post_value if post_op == "Mul" else (1.0 / post_value if post_op == "Div" else 1.0)
+        name = _layer_name([rnd.name, y.name])
+        source = "plain ops (Div/Mul, Round" + (" with its straight-through Sub/Add" if ste else "") + ", Clip, Mul)"
+        try:
+            _make_quantizer(graph, x, y, kind="PQA", levels=max(k_max, 1), k_min=k_min, k_max=k_max, pre_op=pre_op,
+                            pre_value=pre_value, post_op=post_op, post_value=post_value,
+                            lam=float(out_scale * max(k_max, 1)), name=name, rounding="half_even", source=source)
+        except PassRefusal as exc:  # e.g. a range above zero: then it is no activation quantizer either
+            ctx.notes.append(f"recognize_pqa: Round '{rnd.name}' left as it is: {exc}")
+            continue
+        for n in (pre_node, *rounding, clip, post_node):
+            if n is not None:
+                n.inputs.clear()
+                n.outputs.clear()
+
+
 def _match_plain(graph, floor, ctx):
     where = f"Floor '{floor.name}'"
     add = producer(floor.inputs[0])
@@ -172,22 +278,8 @@ def _match_plain(graph, floor, ctx):
         raise PassRefusal(f"{where}: Clip bounds must be constant scalars")
     k_min, k_max = _integer(lo, "clip min"), _integer(hi, "clip max")
 
-    # Optional leading scale: Div(x, c) or Mul(x, c) with c > 0, used only here.
-    x, pre_op, pre_value, pre_node = shifted_in, "", 1.0, None
-    p = producer(shifted_in)
-    if p is not None and p.op in ("Div", "Mul") and _single_use(shifted_in, graph):
-        operand = const_operand(p)
-        if operand is not None and operand[2] == 1 and operand[1].size == 1 and float(operand[1].reshape(())) > 0:
-            x, pre_op, pre_value, pre_node = operand[0], p.op, _f32(operand[1].reshape(())), p
-    # Optional trailing scale.
-    y, post_op, post_value, post_node = clip.outputs[0], "", 1.0, None
-    if _single_use(clip.outputs[0], graph):
-        q = clip.outputs[0].outputs[0]
-        if q.op in ("Mul", "Div"):
-            operand = const_operand(q)
-            if (operand is not None and operand[1].size == 1 and float(operand[1].reshape(())) > 0
-                    and (q.op == "Mul" or operand[2] == 1)):
-                y, post_op, post_value, post_node = q.outputs[0], q.op, _f32(operand[1].reshape(())), q
+    x, pre_op, pre_value, pre_node = _leading_scale(graph, shifted_in)
+    y, post_op, post_value, post_node = _trailing_scale(graph, clip.outputs[0])
     kind = "QCFS" if k_min == 0 else "PQA"
     levels = k_max
     out_scale = post_value if post_op == "Mul" else (1.0 / post_value if post_op == "Div" else 1.0)

@@ -1,9 +1,10 @@
-"""recognize_pqa: the three quantizer forms, QCFS, and the refusals.
+"""recognize_pqa: the four quantizer forms, QCFS, and the refusals.
 
 Forms: (1) ``pmsm::PQA`` / ``pmsm::QCFS`` nodes (export_onnx of resnet_tiny; a hand-built QCFS
 node), (2) plain ops ``[Div | Mul] → Add 0.5 → Floor → Clip → [Mul]`` (hand-built, with and
 without the scales), (3) ``QuantizeLinear → [Clip] → DequantizeLinear`` (int8 with a zero point,
-uint8). Each test checks the internal ``Quantizer`` node the pass leaves (kind, levels, the scale
+uint8), (4) fake quantization with Round (``[Div | Mul] → Round → Clip → [Mul]``, either order of
+Round and Clip). Each test checks the internal ``Quantizer`` node the pass leaves (kind, levels, the scale
 ops it recorded) and, through compile_model(mode="exact"), that the SNN at T = 1 reproduces the
 ANN in onnxruntime bit for bit (np.array_equal): the claim of the exact mode.
 """
@@ -264,6 +265,130 @@ def test_qdq_ties_round_to_even_like_quantize_linear():
     assert np.count_nonzero(np.rint(x / s) != np.floor(x / s + np.float32(0.5))) == 3
     report = verify(model, compiled, x, mode="exact")
     assert report["passed"] and report["layers"][0]["mismatches"] == 0 and report["max_abs_diff"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------
+# form 4: Round-based fake quantization (torch.round in QAT code)
+# ------------------------------------------------------------------------------------------
+
+def round_quant(pre="Div", post="Mul", lo=-8.0, hi=7.0, clip_first=False):
+    """c1 → [pre s] → Round → Clip(lo, hi) → [post s] → q (or Clip before Round)."""
+    nodes, inits, cur = [], [_f("lo", lo), _f("hi", hi)], "c1"
+    if pre:
+        nodes.append(helper.make_node(pre, [cur, "s_in"], ["u"], name="pre"))
+        inits.append(_f("s_in", STEP if pre == "Div" else np.float32(1) / STEP))
+        cur = "u"
+    first, second = (("Clip", [cur, "lo", "hi"]), ("Round", ["r0"])) if clip_first else \
+        (("Round", [cur]), ("Clip", ["r0", "lo", "hi"]))
+    nodes += [helper.make_node(first[0], first[1], ["r0"], name=first[0].lower()),
+              helper.make_node(second[0], second[1], ["k" if post else "q"], name=second[0].lower())]
+    if post:
+        nodes.append(helper.make_node(post, ["k", "s_out"], ["q"], name="post"))
+        inits.append(_f("s_out", STEP))
+    return nodes, inits
+
+
+@pytest.mark.parametrize("pre,post,clip_first", [("Div", "Mul", False), ("Mul", "Mul", False), ("Div", "Div", False),
+                                                 ("", "", False), ("Div", "Mul", True), ("Mul", "", True)])
+def test_round_fake_quantization_recognized_and_exact(pre, post, clip_first):
+    nodes, inits = round_quant(pre, post, clip_first=clip_first)
+    model = build(nodes, inits)
+    graph, (q,), _ = recognized(model)
+    a = q.attrs
+    assert (a["kind"], a["k_min"], a["k_max"], a["rounding"]) == ("PQA", -8, 7, "half_even")
+    assert (a["pre_op"], a["post_op"]) == (pre, post)
+    assert [n.op for n in graph.nodes if n.domain != INTERNAL_DOMAIN] == ["Conv", "Conv"]
+    compiled = assert_exact_t1(model, inputs(32))
+    assert [(l["neuron"], l["op"], l["s_min"], l["s_max"]) for l in compiled.layers] == [("AIF", "AIFHalfEven", -8, 7)]
+    folded = compile_model(model, mode="folded")
+    assert verify(model, folded, inputs(32))["passed"]
+
+
+def test_round_fake_quantization_unsigned_is_no_qcfs():
+    """Clip(0, 15) after a Round: a multi-level unsigned quantizer rounding half to even, not QCFS."""
+    nodes, inits = round_quant("Div", "Mul", lo=0.0, hi=15.0)
+    compiled = assert_exact_t1(build(nodes, inits), inputs(32))
+    assert [(l["kind"], l["neuron"], l["s_min"], l["s_max"]) for l in compiled.layers] == [("PQA", "AIF", 0, 15)]
+
+
+def test_round_fake_quantization_ties_round_to_even():
+    """x/s = k + ½ exactly: Round (and its neuron, pmsm::AIFHalfEven) round to even."""
+    s = np.float32(0.25)
+    graph = helper.make_graph([
+        helper.make_node("Div", ["x", "s"], ["u"], name="pre"),
+        helper.make_node("Round", ["u"], ["r"], name="round"),
+        helper.make_node("Clip", ["r", "lo", "hi"], ["k"], name="clip"),
+        helper.make_node("Mul", ["k", "s"], ["dq"], name="post"),
+        helper.make_node("Gemm", ["dq", "Wg"], ["y"], name="fc"),
+    ], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        [_f("s", s), _f("lo", -8.0), _f("hi", 7.0), _f("Wg", np.eye(5))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 10
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    compiled = compile_model(model, mode="exact")
+    x = np.array([[0.125, 0.625, -0.375, 0.375, 0.3]], np.float32)
+    assert np.count_nonzero(np.rint(x / s) != np.floor(x / s + np.float32(0.5))) == 3
+    report = verify(model, compiled, x, mode="exact")
+    assert report["passed"] and report["layers"][0]["mismatches"] == 0 and report["max_abs_diff"] == 0.0
+
+
+def test_the_straight_through_round_is_round_bit_for_bit():
+    """(round(u) − u) + u, as LSQ's STE exports, equals round(u) in float32 for every finite u
+    (Sterbenz: the difference is exact): checked in onnxruntime on values over every exponent,
+    the ties k + ½ and the integers, with numpy's rint as the second opinion."""
+    rng = np.random.default_rng(0)
+    mags = np.float32(2.0) ** rng.integers(-30, 40, 20000).astype(np.float32)
+    u = np.concatenate([rng.uniform(-1, 1, 20000).astype(np.float32) * mags,
+                        np.arange(-50, 50, dtype=np.float32) + np.float32(0.5),
+                        np.arange(-50, 50, dtype=np.float32),
+                        np.nextafter(np.arange(-8, 8, dtype=np.float32) + np.float32(0.5), np.float32(9))]).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Round", ["u"], ["r"]), helper.make_node("Sub", ["r", "u"], ["d"]),
+                               helper.make_node("Add", ["d", "u"], ["ste"])], "g",
+                              [helper.make_tensor_value_info("u", TensorProto.FLOAT, [len(u)])],
+                              [helper.make_tensor_value_info("r", TensorProto.FLOAT, [len(u)]),
+                               helper.make_tensor_value_info("ste", TensorProto.FLOAT, [len(u)])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    for level in ("disable", "all"):
+        r, ste = make_session(model, level, threads=1).run(None, {"u": u})
+        assert np.array_equal(r, ste) and np.array_equal(r, np.rint(u)), level
+
+
+def test_round_with_its_straight_through_estimator_is_one_quantizer():
+    nodes, inits = round_quant("Div", "Mul")
+    rnd = next(n for n in nodes if n.op_type == "Round")
+    rnd.output[0] = "r_raw"
+    ste = [helper.make_node("Sub", ["r_raw", "u"], ["r_minus_u"], name="ste_sub"),
+           helper.make_node("Add", ["u", "r_minus_u"], ["r0"], name="ste_add")]  # either operand order
+    model = build(nodes[:2] + ste + nodes[2:], inits)
+    graph, (q,), _ = recognized(model)
+    assert q.attrs["pre_op"] == "Div" and "straight-through" in q.attrs["source"]
+    assert [n.op for n in graph.nodes if n.domain != INTERNAL_DOMAIN] == ["Conv", "Conv"]
+    assert_exact_t1(model, inputs(32))
+    # u read elsewhere too: the quantizer reads u, the Div before it stays an op of its own
+    leak = build(nodes[:2] + ste + nodes[2:] + [helper.make_node("Relu", ["u"], ["leak"], name="leak")], inits)
+    leak.graph.output.append(helper.make_tensor_value_info("leak", TensorProto.FLOAT, ["N", C, HW, HW]))
+    graph, (q,), _ = recognized(leak)
+    assert q.attrs["pre_op"] == "" and q.inputs[0].name == "u"
+    assert [n.op for n in graph.nodes if n.domain != INTERNAL_DOMAIN] == ["Conv", "Div", "Relu", "Conv"]
+    assert_exact_t1(leak, inputs(32))
+    # the difference read elsewhere: no straight-through estimator (Round → Sub is no quantizer)
+    fork = build(nodes[:2] + ste + nodes[2:] + [helper.make_node("Relu", ["r_minus_u"], ["leak"], name="leak")], inits)
+    fork.graph.output.append(helper.make_tensor_value_info("leak", TensorProto.FLOAT, ["N", C, HW, HW]))
+    graph, quantizers, ctx = recognized(fork)
+    assert quantizers == [] and "Round" in [n.op for n in graph.nodes]
+    assert any("Round 'round' is no quantizer" in note for note in ctx.notes)
+
+
+@pytest.mark.parametrize("why,nodes_inits", [
+    ("no clip", lambda: ([helper.make_node("Round", ["c1"], ["q"], name="round")], [])),
+    ("non-integer bounds", lambda: round_quant("Div", "Mul", lo=-2.5, hi=7.0)),
+])
+def test_a_round_that_is_no_quantizer_is_left_alone(why, nodes_inits):
+    nodes, inits = nodes_inits()
+    graph, quantizers, ctx = recognized(build(nodes, inits))
+    assert quantizers == [] and "Round" in [n.op for n in graph.nodes]
+    assert any("Round 'round' is no quantizer" in note for note in ctx.notes)
 
 
 # ------------------------------------------------------------------------------------------
