@@ -71,8 +71,9 @@ def wrap_nonlinear(graph: gs.Graph, ctx) -> gs.Graph:
         if cls in LINEAR_CLASSES and node.op in HOMOGENEOUS_OPS:
             pass  # MaxPool & co. are scale-transparent but not additive over time: wrap them
         elif node.op not in GENERAL_OPS and node.op not in HOMOGENEOUS_OPS:
+            hint = " (Round quantizers need an integer Clip)" if node.op == "Round" else ""  # recognize_pqa
             raise PassRefusal(f"{node.op} '{node.name}' is non-linear in spiking input and has no temporal "
-                              f"wrapper; supported: {', '.join(sorted(GENERAL_OPS | HOMOGENEOUS_OPS))}")
+                              f"wrapper{hint}; supported: {', '.join(sorted(GENERAL_OPS | HOMOGENEOUS_OPS))}")
         if any(len(o.shape or []) == 0 for o in node.outputs) or len(node.outputs) != 1:
             raise PassRefusal(f"{node.op} '{node.name}': the wrapper needs one output of known rank")
         if not homogeneous and time_input is None:

@@ -380,6 +380,14 @@ def test_round_with_its_straight_through_estimator_is_one_quantizer():
     assert any("Round 'round' is no quantizer" in note for note in ctx.notes)
 
 
+def test_a_bare_round_on_spikes_is_refused_with_the_quantizer_hint():
+    nodes, inits = plain("Div", "Mul")
+    model = build(nodes + [helper.make_node("Round", ["q"], ["qr"], name="bare_round")], inits, mid_out="qr")
+    message = _refusal(model)
+    assert "Round 'bare_round' is non-linear in spiking input" in message
+    assert "Round quantizers need an integer Clip" in message
+
+
 @pytest.mark.parametrize("why,nodes_inits", [
     ("no clip", lambda: ([helper.make_node("Round", ["c1"], ["q"], name="round")], [])),
     ("non-integer bounds", lambda: round_quant("Div", "Mul", lo=-2.5, hi=7.0)),
