@@ -245,26 +245,31 @@ def test_qdq_recognized_and_exact(dtype, zp, clip, k_range):
         ("AIF", "AIFHalfEven", *k_range)]
 
 
-def test_qdq_ties_round_to_even_like_quantize_linear():
-    """On an exact tie (x/s = k + ½) QuantizeLinear rounds to even; so does its neuron
-    (pmsm::AIFHalfEven), where the PQA neuron (half up) would differ on three of these five."""
-    s = np.float32(0.25)
-    xin = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])
-    yout = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])
-    graph = helper.make_graph([
-        helper.make_node("QuantizeLinear", ["x", "qs", "qzp"], ["qq"], name="ql"),
-        helper.make_node("DequantizeLinear", ["qq", "qs", "qzp"], ["dq"], name="dql"),
-        helper.make_node("Gemm", ["dq", "Wg"], ["y"], name="fc"),
-    ], "g", [xin], [yout], [_f("qs", s), _f("qzp", 0, np.int8), _f("Wg", np.eye(5))])
+def assert_ties_round_to_even(quantizer_nodes, inits, s):
+    """x [N, 5] → ``quantizer_nodes`` (x → dq) → Gemm(I) → y in exact mode, verified on inputs with
+    x/s = 0.5, 2.5, −1.5 (ties where half-even ≠ half-up), 1.5 (a tie where both give 2) and 1.2:
+    every level and output identical."""
+    graph = helper.make_graph([*quantizer_nodes, helper.make_node("Gemm", ["dq", "Wg"], ["y"], name="fc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                              [*inits, _f("Wg", np.eye(5))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 10
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     compiled = compile_model(model, mode="exact")
-    # x/s = 0.5, 2.5, −1.5 (ties where half-even ≠ half-up), 1.5 (a tie where both give 2), 1.2
     x = np.array([[0.125, 0.625, -0.375, 0.375, 0.3]], np.float32)
     assert np.count_nonzero(np.rint(x / s) != np.floor(x / s + np.float32(0.5))) == 3
     report = verify(model, compiled, x, mode="exact")
     assert report["passed"] and report["layers"][0]["mismatches"] == 0 and report["max_abs_diff"] == 0.0
+
+
+def test_qdq_ties_round_to_even_like_quantize_linear():
+    """On an exact tie (x/s = k + ½) QuantizeLinear rounds to even; so does its neuron
+    (pmsm::AIFHalfEven), where the PQA neuron (half up) would differ on three of these five."""
+    s = np.float32(0.25)
+    assert_ties_round_to_even([helper.make_node("QuantizeLinear", ["x", "qs", "qzp"], ["qq"], name="ql"),
+                               helper.make_node("DequantizeLinear", ["qq", "qs", "qzp"], ["dq"], name="dql")],
+                              [_f("qs", s), _f("qzp", 0, np.int8)], s)
 
 
 # ------------------------------------------------------------------------------------------
@@ -314,23 +319,11 @@ def test_round_fake_quantization_unsigned_is_no_qcfs():
 def test_round_fake_quantization_ties_round_to_even():
     """x/s = k + ½ exactly: Round (and its neuron, pmsm::AIFHalfEven) round to even."""
     s = np.float32(0.25)
-    graph = helper.make_graph([
-        helper.make_node("Div", ["x", "s"], ["u"], name="pre"),
-        helper.make_node("Round", ["u"], ["r"], name="round"),
-        helper.make_node("Clip", ["r", "lo", "hi"], ["k"], name="clip"),
-        helper.make_node("Mul", ["k", "s"], ["dq"], name="post"),
-        helper.make_node("Gemm", ["dq", "Wg"], ["y"], name="fc"),
-    ], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
-        [_f("s", s), _f("lo", -8.0), _f("hi", 7.0), _f("Wg", np.eye(5))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 10
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    compiled = compile_model(model, mode="exact")
-    x = np.array([[0.125, 0.625, -0.375, 0.375, 0.3]], np.float32)
-    assert np.count_nonzero(np.rint(x / s) != np.floor(x / s + np.float32(0.5))) == 3
-    report = verify(model, compiled, x, mode="exact")
-    assert report["passed"] and report["layers"][0]["mismatches"] == 0 and report["max_abs_diff"] == 0.0
+    assert_ties_round_to_even([helper.make_node("Div", ["x", "s"], ["u"], name="pre"),
+                               helper.make_node("Round", ["u"], ["r"], name="round"),
+                               helper.make_node("Clip", ["r", "lo", "hi"], ["k"], name="clip"),
+                               helper.make_node("Mul", ["k", "s"], ["dq"], name="post")],
+                              [_f("s", s), _f("lo", -8.0), _f("hi", 7.0)], s)
 
 
 def test_the_straight_through_round_is_round_bit_for_bit():

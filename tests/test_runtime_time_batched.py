@@ -439,31 +439,38 @@ def test_over_time_and_split_rows_are_step_major():
     assert rows.shape == (4, 3, 1) and rows[2, 1, 0] == 7  # step 2, sample 1: row 2·3 + 1
 
 
+def _conv_pqa_classifier(rng, conv_weight_shape, sample_shape, middle, inits=()):
+    """x [N, *sample_shape] → Conv (padded 1) → PQA → ``middle`` (q → f, [N, channels]) → Gemm →
+    y [N, 5], quantizer functions added, shape-inferred."""
+    from pmsm_compiler.ops import add_functions
+    from pmsm_compiler.ops.quantizers import quantizer_functions
+
+    channels = conv_weight_shape[0]
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal(conv_weight_shape).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.array(3.0, np.float32), "lam"),
+             onnx.numpy_helper.from_array(rng.standard_normal((5, channels)).astype(np.float32), "fc"), *inits]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+             helper.make_node("PQA", ["h", "lam"], ["q"], domain="pmsm", L=8, alpha=-0.25, beta=1.0),
+             *middle, helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *sample_shape])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    ann = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    add_functions(ann, quantizer_functions())
+    return onnx.shape_inference.infer_shapes(ann, strict_mode=True)
+
+
 def test_a_pass_keeps_every_sample_at_its_step_by_step_alignment():
     """onnxruntime's ReduceSum/ReduceMean over trailing axes round a sample's sum by its address
     (fuzz seed 52032: a ReduceMean of 2x7x3 spikes, 168 bytes a sample, differed in the last bit
     at t = 2 of a pass of 3 samples). A pass puts sample n of step t at row t·N + n: it runs only
     where N times those bytes is a multiple of 64, else step by step, with the reason."""
     from pmsm_compiler.compiler import compile_model
-    from pmsm_compiler.ops import add_functions
-    from pmsm_compiler.ops.quantizers import quantizer_functions
     from pmsm_compiler.runtime import SNNSession
     from pmsm_compiler.runtime.time_batched import ALIGNMENT_BYTES, misaligned
 
     rng = np.random.default_rng(0)
-    inits = [onnx.numpy_helper.from_array(rng.standard_normal((2, 4, 2, 2)).astype(np.float32), "w"),
-             onnx.numpy_helper.from_array(np.array(3.0, np.float32), "lam"),
-             onnx.numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
-             onnx.numpy_helper.from_array(rng.standard_normal((5, 2)).astype(np.float32), "fc")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
-             helper.make_node("PQA", ["h", "lam"], ["q"], domain="pmsm", L=8, alpha=-0.25, beta=1.0),
-             helper.make_node("ReduceMean", ["q", "axes"], ["m"], keepdims=0),
-             helper.make_node("Gemm", ["m", "fc"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
-    ann = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    add_functions(ann, quantizer_functions())
-    ann = onnx.shape_inference.infer_shapes(ann, strict_mode=True)
+    ann = _conv_pqa_classifier(rng, (2, 4, 2, 2), [4, 6, 2], [helper.make_node("ReduceMean", ["q", "axes"], ["f"], keepdims=0)],
+                               [onnx.numpy_helper.from_array(np.array([2, 3], np.int64), "axes")])
     assert misaligned(3, {168}) == 168 and misaligned(8, {168}) is None and ALIGNMENT_BYTES == 64
     assert steps_per_run(3, 8, 16, DEFAULT_TIME_BATCH_BYTES, 4, {168}) == 1
     assert steps_per_run(8, 8, 16, DEFAULT_TIME_BATCH_BYTES, 4, {168}) == 8
@@ -537,27 +544,15 @@ def test_an_op_that_rounds_by_position_reads_no_batch_in_a_pass():
 @pytest.mark.parametrize("op", ["Log", "Softplus"])
 def test_a_model_with_a_position_sensitive_op_runs_step_by_step_and_agrees(op):
     from pmsm_compiler.compiler import compile_model
-    from pmsm_compiler.ops import add_functions
-    from pmsm_compiler.ops.quantizers import quantizer_functions
     from pmsm_compiler.runtime import SNNSession
 
     rng = np.random.default_rng(1)
-    inits = [onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
-             onnx.numpy_helper.from_array(np.array(3.0, np.float32), "lam"),
-             onnx.numpy_helper.from_array(np.array(1.5, np.float32), "one"),
-             onnx.numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "fc")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
-             helper.make_node("PQA", ["h", "lam"], ["q"], domain="pmsm", L=8, alpha=-0.25, beta=1.0),
-             helper.make_node("Add", ["q", "one"], ["p"]),  # > 0: Log's argument
-             helper.make_node(op, ["p"], ["s"]),
-             helper.make_node("GlobalAveragePool", ["s"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["f"]),
-             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
-    ann = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    add_functions(ann, quantizer_functions())
-    ann = onnx.shape_inference.infer_shapes(ann, strict_mode=True)
+    middle = [helper.make_node("Add", ["q", "one"], ["p"]),  # > 0: Log's argument
+              helper.make_node(op, ["p"], ["s"]),
+              helper.make_node("GlobalAveragePool", ["s"], ["g"]),
+              helper.make_node("Flatten", ["g"], ["f"])]
+    ann = _conv_pqa_classifier(rng, (4, 3, 3, 3), [3, 8, 8], middle,
+                               [onnx.numpy_helper.from_array(np.array(1.5, np.float32), "one")])
     for mode in ("folded", "exact"):
         model = compile_model(ann, mode).model
         session = SNNSession(model)
