@@ -4,6 +4,7 @@ with the step-by-step reference (``pmsm_compiler.testing.fuzz``).
 
     python bench/fuzz_compiler.py --graphs 2000 --seed 0 [--jobs 2] [--json fuzz.json] [--out-dir DIR]
     python bench/fuzz_compiler.py --seeds 11,42 --verbose          # replay given graphs
+    python bench/fuzz_compiler.py --seeds 70932 --generator-version 1   # as it was found
 
 Prints and writes (``--json``) a summary: graphs, compiled / refused (by reason) per mode, failed
 graphs by category, the smallest failing graph per category, op coverage, the command line.
@@ -23,6 +24,8 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from pmsm_compiler.testing.fuzz import GENERATOR_VERSION  # noqa: E402
+
 
 def _work(job):
     seed, kwargs = job
@@ -34,8 +37,10 @@ def _work(job):
     return run_graph(seed, **kwargs)
 
 
-def _replay_command(seed, mode, level):
+def _replay_command(seed, mode, level, version=None):
     cmd = f"python bench/fuzz_compiler.py --seeds {seed} --verbose"
+    if version is not None and version != GENERATOR_VERSION:
+        cmd += f" --generator-version {version}"
     if mode:
         cmd += f" --modes {mode}"
     if level:
@@ -55,9 +60,9 @@ def save_examples(summary: dict, out_dir: str) -> list[str]:
         os.makedirs(folder, exist_ok=True)
         lines = [f"category: {category}", f"failure: {ex['message']}", f"network: {ex['description']}",
                  f"nodes: {ex['nodes']}; check: {ex['check']}, mode: {ex['mode']}, opt level: {ex['opt_level']}",
-                 f"replay: {_replay_command(ex['seed'], ex['mode'], ex['opt_level'])}"]
+                 f"replay: {_replay_command(ex['seed'], ex['mode'], ex['opt_level'], ex.get('version'))}"]
         if category != "generator":
-            model, _ = random_network(ex["seed"])
+            model, _ = random_network(ex["seed"], version=ex.get("version", GENERATOR_VERSION))
             path = os.path.join(folder, "model.onnx")
             onnx.save(model, path)
             exact = " --exact" if ex["mode"] == "exact" else ""
@@ -100,6 +105,9 @@ def main(argv=None):
     ap.add_argument("--graphs", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="first seed; graphs use seed .. seed + graphs - 1")
     ap.add_argument("--seeds", help="comma-separated seeds to run instead (replay)")
+    ap.add_argument("--generator-version", type=int, default=GENERATOR_VERSION, choices=[1, 2],
+                    help="the generator's version (a recorded failure replays under its own; "
+                         "fuzz.GENERATOR_VERSION)")
     ap.add_argument("--modes", default="exact,folded")
     ap.add_argument("--opt-levels", default="disable,basic,extended,all")
     ap.add_argument("--max-timesteps", type=int, default=8, help="T of the consistency check: 2..this, by seed")
@@ -131,7 +139,7 @@ def main(argv=None):
             records = [json.loads(line) for line in f if line.strip()]
         return _finish(args, argv, records, 0.0, modes, levels)
     kwargs = {"modes": modes, "opt_levels": levels, "max_timesteps": args.max_timesteps,
-              "runtime_levels": args.runtime_levels}
+              "runtime_levels": args.runtime_levels, "version": args.generator_version}
     jobs = [(s, {**kwargs, "cli": bool(args.cli_every) and (s % args.cli_every == 0)}) for s in seeds]
     start = time.perf_counter()
     records = []

@@ -11,9 +11,9 @@ from pmsm_compiler.testing import fuzz
 module = load_bench_script("fuzz_compiler")
 
 
-def _record(seed, nodes, results):
-    return {"seed": seed, "description": f"seed {seed}: test", "nodes": nodes, "ops": ["Conv"], "results": results,
-            "seconds": 0.1}
+def _record(seed, nodes, results, version=fuzz.GENERATOR_VERSION):
+    return {"seed": seed, "version": version, "description": f"seed {seed}: test", "nodes": nodes, "ops": ["Conv"],
+            "results": results, "seconds": 0.1}
 
 
 def _result(check, mode, status, category=None, message=""):
@@ -43,6 +43,21 @@ def test_summary_examples_and_exit_code(tmp_path, monkeypatch):
     model = onnx.load(str(out / "exact-levels" / "model.onnx"))
     assert model.SerializeToString() == fuzz.random_network(4)[0].SerializeToString()
     assert summary["command"].startswith("python bench/fuzz_compiler.py --seeds 3,4,5")
+
+
+def test_a_failure_found_under_an_older_generator_replays_under_it(tmp_path, monkeypatch):
+    """A record of generator version 1 (or one written before records had a version) names its
+    version in the replay command and its example is the network version 1 builds."""
+    seed = next(s for s in range(400) if fuzz.random_network(s, version=1)[1] != fuzz.random_network(s)[1])
+    fake = _record(seed, 5, [_result("parity", "exact", "fail", "exact-levels", "b")], version=1)
+    monkeypatch.setattr(fuzz, "run_graph", lambda s, **kwargs: fake)
+    out = tmp_path / "examples"
+    assert module.main(["--seeds", str(seed), "--out-dir", str(out)]) == 1
+    readme = (out / "exact-levels" / "README.txt").read_text()
+    assert f"--seeds {seed} --verbose --generator-version 1 --modes exact" in readme
+    model = onnx.load(str(out / "exact-levels" / "model.onnx"))
+    assert model.SerializeToString() == fuzz.random_network(seed, version=1)[0].SerializeToString()
+    assert model.SerializeToString() != fuzz.random_network(seed)[0].SerializeToString()
 
 
 def test_a_real_graph(tmp_path):

@@ -229,6 +229,30 @@ def test_generator_is_deterministic_and_valid():
         assert x.dtype == np.float32 and len(x) >= 1
 
 
+
+def test_generator_version_2_writes_the_round_forms():
+    """Version 2 writes plain quantizers in all four rounding styles (Round ones included), from a
+    stream of their own: a network whose quantizers all round with Floor is version 1's graph."""
+    import json
+
+    styles, unchanged = set(), 0
+    for seed in range(120):
+        v1, _ = fuzz.random_network(seed, version=1)
+        v2, _ = fuzz.random_network(seed)
+        meta = json.loads(next(p.value for p in v2.metadata_props if p.key == fuzz.FUZZ_METADATA_KEY))
+        assert meta["version"] == fuzz.GENERATOR_VERSION == 2
+        rounding = {q["rounding"] for q in meta["quantizers"]}
+        styles |= rounding
+        if rounding <= {"floor"}:
+            assert v1.graph.SerializeToString() == v2.graph.SerializeToString(), seed
+            unchanged += 1
+        ops = {n.op_type for n in v2.graph.node}
+        if rounding - {"floor"}:
+            assert "Round" in ops
+    assert styles == {"floor", "round", "clip_round", "round_ste"} and unchanged > 60
+    with pytest.raises(ValueError, match="generator version 3"):
+        fuzz.random_network(0, version=3)
+
 @pytest.mark.parametrize("op", sorted(op for domain, op in DEFAULT_ALLOWED_OPS))
 def test_generator_places_every_allowed_op(op):
     model, description = fuzz.random_network(1000 + len(op), ops=[op])
@@ -299,7 +323,8 @@ def test_fuzz_finds_fixed(seed):
     whose top-1 disagreement failed the verification's 0.98 policy (a tie now counts as agreeing,
     ``top1_ties``); 70932, a Clip the quantizer after it implies, which the compiler rightly drops
     and the rate-coding reference wrapped (the harness, ``fuzz._with_implied_clamps``)."""
-    options = {"opt_levels": ["disable", "all"], "max_timesteps": 4, **REPLAY_OPTIONS.get(seed, {})}
+    # all found under generator version 1, which builds them as they were found
+    options = {"opt_levels": ["disable", "all"], "max_timesteps": 4, "version": 1, **REPLAY_OPTIONS.get(seed, {})}
     record = fuzz.run_graph(seed, cli=seed == 60260, **options)
     failures = [r for r in record["results"] if r["status"] == "fail"]
     assert not failures, [(r["category"], r["mode"], r["opt_level"], r["message"][:200]) for r in failures]
@@ -345,7 +370,7 @@ def test_an_identity_output_is_written_by_its_producer():
 
 
 def _seed_70932():
-    model, _ = fuzz.random_network(70932)
+    model, _ = fuzz.random_network(70932, version=1)
     (q,) = [q for q in fuzz._fuzz_meta(model)["quantizers"] if q["input"] == "clip_12"]
     return model, q
 

@@ -42,6 +42,15 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 20
 IR_VERSION = 10
 FUZZ_METADATA_KEY = "pmsm.fuzz"
+#: The generator's version. A seed builds the same network under the same version; a version
+#: that adds constructs changes some seeds' networks, so a recorded failure replays under the
+#: version it was found with. 1: the networks up to 2026-12-05; 2: plain activation quantizers
+#: also written with Round (``_ROUNDING_STYLES``), drawn from a stream of their own, so that a
+#: network without plain quantizers is the one version 1 built.
+GENERATOR_VERSION = 2
+#: version 2's rounding of a plain (non-QCFS) quantizer: Add ½ → Floor (version 1's only one),
+#: Round → Clip, Clip → Round, and LSQ's straight-through Round → Sub(·, u) → Add(·, u)
+_ROUNDING_STYLES = (("floor", 0.55), ("round", 0.2), ("clip_round", 0.1), ("round_ste", 0.15))
 MODES = ("exact", "folded")
 #: Folded mode: largest accepted level-flip rate (the verification's default policy).
 FOLDED_MAX_FLIP_RATE = 1e-2
@@ -69,9 +78,12 @@ class _T:
 
 
 class _Net:
-    def __init__(self, seed: int, forced: set[str]):
-        self.seed = seed
+    def __init__(self, seed: int, forced: set[str], version: int = GENERATOR_VERSION):
+        if version not in (1, 2):
+            raise ValueError(f"generator version {version} is not 1 or 2")
+        self.seed, self.version = seed, version
         self.rng = np.random.default_rng(seed)
+        self.rounding_rng = np.random.default_rng([seed, 2])  # version 2's own stream
         self.forced = set(forced)
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, np.ndarray] = {}
@@ -148,7 +160,13 @@ class _Net:
             k_min = 0  # unsigned PQA (α = 0): a multi-spike AIF neuron, not QCFS
         else:
             k_min = -int(rng.integers(1, levels + 1)) if not self.chance(0.1) else -max(1, levels // 4)
+        if form == "plain" and self.version >= 2:
+            styles, p = zip(*_ROUNDING_STYLES)
+            rounding = styles[int(self.rounding_rng.choice(len(styles), p=p))]
+        else:
+            rounding = "floor"
         q = {"input": x.name, "form": form, "levels": levels, "k_min": k_min, "k_max": k_max, "params": [],
+             "rounding": rounding,
              "scale_kind": self.choice(["calibrated", "tiny", "huge"], p=[0.9, 0.05, 0.05]),
              "factor": float(np.exp(rng.uniform(math.log(0.4), math.log(1.5))))}
         first = len(self.nodes)
@@ -156,6 +174,7 @@ class _Net:
         q["output"], q["nodes"] = y, [n.name for n in self.nodes[first:]]
         self.quantizers.append(q)
         extra = ("" if q["scale_kind"] == "calibrated" else "," + q["scale_kind"]) + (",per-channel" if q.get("per_channel") else "")
+        extra += "" if q["rounding"] == "floor" else "," + q["rounding"]
         self.note(f"{form}(L={levels},[{k_min},{k_max}]{extra})")
         return _T(y, x.shape, True)
 
@@ -185,9 +204,18 @@ class _Net:
                 s_pre = self._param(q, "scale_in", (lambda s: s) if pre == "Div" else (lambda s: 1.0 / s))
                 s_post = self._param(q, "scale_out", (lambda s: s) if post == "Mul" else (lambda s: 1.0 / s))
             u = self.op(pre, [x.name, s_pre])
-            shifted = self.op("Add", [u, self.const(0.5, base="half")])
-            level = self.op("Floor", [shifted])
-            k = self.op("Clip", [level, self.const(float(k_min), base="kmin"), self.const(float(k_max), base="kmax")])
+            bounds = lambda: [self.const(float(k_min), base="kmin"), self.const(float(k_max), base="kmax")]  # noqa: E731
+            style = q.get("rounding", "floor")
+            if style == "floor":
+                level = self.op("Floor", [self.op("Add", [u, self.const(0.5, base="half")])])
+                k = self.op("Clip", [level, *bounds()])
+            elif style == "clip_round":
+                k = self.op("Round", [self.op("Clip", [u, *bounds()])])
+            else:
+                level = self.op("Round", [u])
+                if style == "round_ste":  # (round(u) − u) + u: Round(u) bit for bit
+                    level = self.op("Add", [self.op("Sub", [level, u]), u])
+                k = self.op("Clip", [level, *bounds()])
             return self.op(post, [k, s_post])
         # QuantizeLinear → [Clip] → DequantizeLinear, per tensor
         dtype = np.int8 if k_min < 0 or self.chance(0.5) else np.uint8
@@ -819,14 +847,15 @@ def _input_shape(net: _Net, rank: int) -> tuple:
     return (int(rng.integers(2, 13)),)
 
 
-def random_network(seed: int, ops=()) -> tuple[onnx.ModelProto, str]:
+def random_network(seed: int, ops=(), version: int = GENERATOR_VERSION) -> tuple[onnx.ModelProto, str]:
     """A random small quantized ANN (valid ONNX, runs in onnxruntime) and a one-line description.
 
     ``ops``: standard ops that must appear (each placed in a valid role, e.g. ``"Where"``,
-    ``"QuantizeLinear"``). The same seed (and ops) always gives the same network. Its fuzz inputs
-    are ``fuzz_inputs(model)``; what the generator chose is in the model's ``pmsm.fuzz`` metadata.
+    ``"QuantizeLinear"``). The same seed (and ops, and ``version``: ``GENERATOR_VERSION``) always
+    gives the same network. Its fuzz inputs are ``fuzz_inputs(model)``; what the generator chose is
+    in the model's ``pmsm.fuzz`` metadata.
     """
-    net = _Net(seed, set(ops))
+    net = _Net(seed, set(ops), version)
     rng = net.rng
     net.family = net.choice(["pqa", "qcfs", "mixed"], p=[0.78, 0.12, 0.1])
     net.opset = OPSET if net.chance(0.85) else 21
@@ -918,7 +947,7 @@ def _assemble(net: _Net, batch, outputs, samples, input_scale) -> onnx.ModelProt
         from pmsm_compiler.ops.quantizers import quantizer_functions
 
         add_functions(model, [f for f in quantizer_functions() if f.name in net.used_functions])
-    meta = {"seed": net.seed, "opset": net.opset, "input_scale": input_scale, "samples": samples, "batch": batch,
+    meta = {"seed": net.seed, "version": net.version, "opset": net.opset, "input_scale": input_scale, "samples": samples, "batch": batch,
             "family": net.family, "quantizers": [{k: v for k, v in q.items() if k != "params"}
                                                  for q in net.quantizers]}
     model.metadata_props.add(key=FUZZ_METADATA_KEY, value=json.dumps(meta))
@@ -1650,18 +1679,19 @@ def timesteps_for(seed: int, max_timesteps: int) -> int:
 
 
 def run_graph(seed: int, modes=MODES, opt_levels=None, max_timesteps: int = 8, cli: bool = False,
-              verify_levels=None, threads: int = 1, runtime_levels: str = "all") -> dict:
-    """Generate the network of ``seed`` and check it; a JSON-able record (a generator failure is
-    a failure of category ``generator``)."""
+              verify_levels=None, threads: int = 1, runtime_levels: str = "all",
+              version: int = GENERATOR_VERSION) -> dict:
+    """Generate the network of ``seed`` (generator ``version``) and check it; a JSON-able record (a
+    generator failure is a failure of category ``generator``)."""
     import time
 
     from pmsm_compiler.sessions import OPT_LEVELS
 
     start = time.perf_counter()
     opt_levels = list(opt_levels or OPT_LEVELS)
-    record = {"seed": seed, "description": None, "nodes": None, "ops": [], "results": []}
+    record = {"seed": seed, "version": version, "description": None, "nodes": None, "ops": [], "results": []}
     try:
-        model, description = random_network(seed)
+        model, description = random_network(seed, version=version)
     except Exception as exc:  # noqa: BLE001 - a bug of the generator: reported like any failure
         record["results"] = [CheckResult("generate", None, None, "fail", "generator", _one_line(exc),
                                          _crash_details(exc)).to_dict()]
@@ -1722,7 +1752,8 @@ def summarize(records: list[dict]) -> dict:
                     failed_graphs.setdefault(r["category"], []).append(rec["seed"])
                     best = smallest.get(r["category"])
                     if best is None or (rec["nodes"] or 0) < best["nodes"]:
-                        smallest[r["category"]] = {"seed": rec["seed"], "nodes": rec["nodes"] or 0,
+                        smallest[r["category"]] = {"seed": rec["seed"], "version": rec.get("version", 1),
+                                                   "nodes": rec["nodes"] or 0,
                                                    "description": rec["description"], "check": r["check"],
                                                    "mode": r["mode"], "opt_level": r["opt_level"],
                                                    "message": r["message"]}
