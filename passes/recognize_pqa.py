@@ -36,6 +36,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from pmsm_compiler.defaults import PQA_ALPHA, PQA_BETA, PQA_LEVELS
+from pmsm_compiler.onnx_utils import downstream, tensor_flow
 
 from .graph_utils import INTERNAL_DOMAIN, PassRefusal, const_operand, const_value, producer, scalar_value
 
@@ -96,12 +97,26 @@ def recognize_pqa(graph: gs.Graph, ctx) -> gs.Graph:
     _recognize_plain(graph, ctx, refusals)
     _recognize_round(graph, ctx)
     _recognize_qdq(graph, ctx, refusals)
-    leftovers = [n for n in graph.nodes if n.outputs and (n.op in ("Floor", "QuantizeLinear") or n.domain == "pmsm")]
+    spiking = _downstream_of_quantizers(graph)
+    # a Floor on values computed from the network input alone is no activation quantizer: it is the
+    # same every step (input preprocessing such as floor(x·255)/255), an op like any other
+    leftovers = [n for n in graph.nodes if n.outputs and (n.op == "QuantizeLinear" or n.domain == "pmsm" or (
+        n.op == "Floor" and n.inputs[0].name in spiking))]
+    for n in graph.nodes:
+        if n.op == "Floor" and n.outputs and n.inputs[0].name not in spiking:
+            ctx.notes.append(f"recognize_pqa: Floor '{n.name}' reads values computed from the network input "
+                             f"alone: kept as an op, the same at every step")
     if leftovers:
         reasons = [refusals.get(id(n), f"{n.op} '{n.name}': pattern not recognised") for n in leftovers[:3]]
         more = f"; and {len(leftovers) - 3} more" if len(leftovers) > 3 else ""
         raise PassRefusal(f"cannot map quantizer op(s): {'; '.join(reasons)}{more}")
     return graph
+
+
+def _downstream_of_quantizers(graph) -> set[str]:
+    """The tensors computed from some recognised quantizer's output (spike traffic once compiled)."""
+    outputs = {q.outputs[0].name for q in graph.nodes if q.domain == INTERNAL_DOMAIN and q.op == "Quantizer"}
+    return downstream(tensor_flow(graph.nodes), outputs)
 
 
 def _recognize_nodes(graph, ctx):

@@ -381,6 +381,30 @@ def test_a_bare_round_on_spikes_is_refused_with_the_quantizer_hint():
     assert "Round quantizers need an integer Clip" in message
 
 
+def test_a_floor_on_the_network_input_is_an_op_not_a_refusal():
+    """floor(x·255)/255 before the first Conv (input preprocessing) reads no quantizer's output: it
+    is the same at every step, kept as an op; a Floor after a quantizer that is no quantizer pattern
+    is still refused with the pattern's reason."""
+    nodes, inits = plain("Div", "Mul")
+    pre = [helper.make_node("Mul", ["x", "c255"], ["x255"], name="to_255"),
+           helper.make_node("Floor", ["x255"], ["xf"], name="floor_input"),
+           helper.make_node("Div", ["xf", "c255"], ["x8"], name="to_unit"),
+           helper.make_node("Conv", ["x8", "W1", "B1"], ["c1"], name="conv1", pads=[1, 1, 1, 1])]
+    model = build(nodes, inits + [_f("c255", 255.0)])
+    rest = list(model.graph.node)[1:]  # conv1 on x, replaced by the preprocessing and conv1 on x8
+    del model.graph.node[:]
+    model.graph.node.extend(pre + rest)
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    graph, (q,), ctx = recognized(model)
+    assert "Floor" in [n.op for n in graph.nodes] and any("Floor 'floor_input'" in note for note in ctx.notes)
+    assert_exact_t1(model, inputs(16))
+    folded = compile_model(model, mode="folded")
+    assert verify(model, folded, inputs(16))["passed"]
+    # after the quantizer: spike traffic, and no quantizer pattern
+    after = build(nodes + [helper.make_node("Floor", ["q"], ["qf"], name="floor_spikes")], inits, mid_out="qf")
+    assert "Floor 'floor_spikes': not preceded by Add(x, 0.5)" in _refusal(after)
+
+
 @pytest.mark.parametrize("why,nodes_inits", [
     ("no clip", lambda: ([helper.make_node("Round", ["c1"], ["q"], name="round")], [])),
     ("non-integer bounds", lambda: round_quant("Div", "Mul", lo=-2.5, hi=7.0)),
