@@ -97,13 +97,15 @@ def recognize_pqa(graph: gs.Graph, ctx) -> gs.Graph:
     _recognize_plain(graph, ctx, refusals)
     _recognize_round(graph, ctx)
     _recognize_qdq(graph, ctx, refusals)
+    # In a model with quantizers, a Floor on values computed from the network input alone is the same
+    # at every step (input preprocessing such as floor(x·255)/255), an op like any other; in one
+    # without, it is the quantizer that failed to match, and its reason is the refusal.
+    has_quantizers = any(n.domain == INTERNAL_DOMAIN and n.op == "Quantizer" for n in graph.nodes)
     spiking = _downstream_of_quantizers(graph)
-    # a Floor on values computed from the network input alone is no activation quantizer: it is the
-    # same every step (input preprocessing such as floor(x·255)/255), an op like any other
     leftovers = [n for n in graph.nodes if n.outputs and (n.op == "QuantizeLinear" or n.domain == "pmsm" or (
-        n.op == "Floor" and n.inputs[0].name in spiking))]
+        n.op == "Floor" and (n.inputs[0].name in spiking or not has_quantizers)))]
     for n in graph.nodes:
-        if n.op == "Floor" and n.outputs and n.inputs[0].name not in spiking:
+        if n.op == "Floor" and n.outputs and has_quantizers and n.inputs[0].name not in spiking:
             ctx.notes.append(f"recognize_pqa: Floor '{n.name}' reads values computed from the network input "
                              f"alone: kept as an op, the same at every step")
     if leftovers:

@@ -382,7 +382,7 @@ def test_a_bare_round_on_spikes_is_refused_with_the_quantizer_hint():
 
 
 def test_a_floor_on_the_network_input_is_an_op_not_a_refusal():
-    """floor(x·255)/255 before the first Conv (input preprocessing) reads no quantizer's output: it
+    """floor(x·255)/255 before the first Conv (input preprocessing) of a model with a quantizer: it
     is the same at every step, kept as an op; a Floor after a quantizer that is no quantizer pattern
     is still refused with the pattern's reason."""
     nodes, inits = plain("Div", "Mul")
