@@ -19,7 +19,9 @@ of the source, so that ``--exact`` can reproduce it bit for bit):
    (Round fixes integers and is monotone: round(clip(u)) = clip(round(u)), bit for bit). Round
    rounds half to even, so the quantizer records ``rounding = "half_even"`` (``pmsm::AIFHalfEven``)
    and kind PQA, also for lo = 0 (a multi-level unsigned quantizer, not QCFS's half-up floor). A
-   Round without such a Clip next to it is no quantizer and is left alone. The straight-through
+   Round without a Clip of constant bounds next to it is no quantizer and is left alone; one with
+   such a Clip whose bounds, scales or range do not qualify is refused like the forms above, unless
+   it reads only values computed from the network input (then it stays an op). The straight-through
    estimator ``(round(u) − u).detach() + u`` (LSQ) exports as ``Round → Sub(·, u) → Add(·, u)``
    between them; it equals Round(u) bit for bit for every finite u (``_straight_through``).
 
@@ -95,19 +97,21 @@ def recognize_pqa(graph: gs.Graph, ctx) -> gs.Graph:
     refusals = {}  # id(node) -> why its pattern was not mapped
     _recognize_nodes(graph, ctx)
     _recognize_plain(graph, ctx, refusals)
-    _recognize_round(graph, ctx)
+    _recognize_round(graph, ctx, refusals)
     _recognize_qdq(graph, ctx, refusals)
-    # In a model with quantizers, a Floor on values computed from the network input alone is the same
-    # at every step (input preprocessing such as floor(x·255)/255), an op like any other; in one
-    # without, it is the quantizer that failed to match, and its reason is the refusal.
+    # A Floor or a Round pattern that did not map: in a model with quantizers, one on values computed
+    # from the network input alone is the same at every step (input preprocessing such as
+    # floor(x·255)/255), an op like any other; on spike traffic, or in a model without quantizers,
+    # it is the quantizer that failed to match, and its reason is the refusal.
+    unmatched = [n for n in graph.nodes if n.outputs and (n.op == "Floor" or (n.op == "Round" and id(n) in refusals))]
     has_quantizers = any(n.domain == INTERNAL_DOMAIN and n.op == "Quantizer" for n in graph.nodes)
-    spiking = _downstream_of_quantizers(graph)
-    leftovers = [n for n in graph.nodes if n.outputs and (n.op == "QuantizeLinear" or n.domain == "pmsm" or (
-        n.op == "Floor" and (n.inputs[0].name in spiking or not has_quantizers)))]
-    for n in graph.nodes:
-        if n.op == "Floor" and n.outputs and has_quantizers and n.inputs[0].name not in spiking:
-            ctx.notes.append(f"recognize_pqa: Floor '{n.name}' reads values computed from the network input "
-                             f"alone: kept as an op, the same at every step")
+    spiking = _downstream_of_quantizers(graph) if unmatched and has_quantizers else set()
+    static = [n for n in unmatched if has_quantizers and n.inputs[0].name not in spiking]
+    for n in static:
+        ctx.notes.append(f"recognize_pqa: {n.op} '{n.name}' reads values computed from the network input "
+                         f"alone: kept as an op, the same at every step")
+    leftovers = [n for n in graph.nodes if n.outputs and (n.op == "QuantizeLinear" or n.domain == "pmsm")]
+    leftovers += [n for n in unmatched if n not in static]
     if leftovers:
         reasons = [refusals.get(id(n), f"{n.op} '{n.name}': pattern not recognised") for n in leftovers[:3]]
         more = f"; and {len(leftovers) - 3} more" if len(leftovers) > 3 else ""
@@ -187,9 +191,16 @@ def _leading_scale(graph, t, readers=None):
     if p is not None and p.op in ("Div", "Mul") and (_single_use(t, graph) if readers is None
                                                      else _read_only_by(t, readers, graph)):
         operand = const_operand(p)
-        if operand is not None and operand[2] == 1 and operand[1].size == 1 and float(operand[1].reshape(())) > 0:
+        if operand is not None and operand[2] == 1 and _scale_like(operand[1]):
             return operand[0], p.op, _f32(operand[1].reshape(())), p
     return t, "", 1.0, None
+
+
+def _scale_like(value) -> bool:
+    """A scalar that the pattern takes as its scale: anything but a negative number (a negative
+    factor is an op of its own before or after the quantizer). 0, ±inf and NaN are taken, and so
+    refused by ``_make_quantizer`` with the reason, instead of dividing the model by zero."""
+    return value.size == 1 and not float(value.reshape(())) < 0
 
 
 def _trailing_scale(graph, t):
@@ -198,20 +209,25 @@ def _trailing_scale(graph, t):
         q = t.outputs[0]
         if q.op in ("Mul", "Div"):
             operand = const_operand(q)
-            if (operand is not None and operand[1].size == 1 and float(operand[1].reshape(())) > 0
-                    and (q.op == "Mul" or operand[2] == 1)):
+            if operand is not None and _scale_like(operand[1]) and (q.op == "Mul" or operand[2] == 1):
                 return q.outputs[0], q.op, _f32(operand[1].reshape(())), q
     return t, "", 1.0, None
 
 
-def _integer_clip(node):
-    """(lo, hi) of a Clip with two constant integer bounds, or None."""
+def _clip_bounds(node):
+    """(lo, hi) of a Clip with two constant scalar bounds, or None (no such Clip)."""
     if node is None or node.op != "Clip" or len(node.inputs) < 3:
         return None
     lo, hi = scalar_value(node.inputs[1]), scalar_value(node.inputs[2])
-    if lo is None or hi is None or not all(np.isfinite(v) and float(v) == round(v) for v in (lo, hi)):
-        return None
-    return int(lo), int(hi)
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def _exact_integer(value: float, what: str) -> int:
+    """round(clip(u)) = clip(round(u)) needs bounds that are integers exactly (``_integer`` allows
+    float32 rounding of α·L, which a Clip's bounds do not have)."""
+    if not (np.isfinite(value) and float(value) == round(value)):
+        raise PassRefusal(f"{what} {value:.7g} is not an integer level")
+    return int(value)
 
 
 def _straight_through(graph, rnd):
@@ -233,38 +249,38 @@ def _straight_through(graph, rnd):
     return [sub, add]
 
 
-def _recognize_round(graph, ctx):
+def _recognize_round(graph, ctx, refusals):
     for rnd in [n for n in graph.nodes if n.op == "Round" and n.outputs]:
         shape = rnd.inputs[0].shape
         if shape is not None and len(shape) < 2:  # shape arithmetic, not an activation [batch, ...]
             continue
-        ste = _straight_through(graph, rnd)
-        rounding = [rnd, *ste]  # the nodes whose output is round(u)
+        rounding = [rnd, *_straight_through(graph, rnd)]  # the nodes whose output is round(u); u's readers
         out = rounding[-1].outputs[0]
         after = out.outputs[0] if _single_use(out, graph) else None
-        readers = [rnd, *ste]  # of u
-        before = producer(rnd.inputs[0]) if _read_only_by(rnd.inputs[0], readers, graph) else None
-        if _integer_clip(after) is not None:  # Round → Clip
-            clip, u, u_readers = after, rnd.inputs[0], readers
-        elif _integer_clip(before) is not None:  # Clip → Round
-            clip, u, u_readers = before, before.inputs[0], None
+        before = producer(rnd.inputs[0]) if _read_only_by(rnd.inputs[0], rounding, graph) else None
+        if _clip_bounds(after) is not None:  # Round → Clip
+            clip, u, u_readers, last = after, rnd.inputs[0], rounding, after
+        elif _clip_bounds(before) is not None:  # Clip → Round
+            clip, u, u_readers, last = before, before.inputs[0], None, rounding[-1]
         else:
-            ctx.notes.append(f"recognize_pqa: Round '{rnd.name}' is no quantizer (no Clip with integer bounds "
+            ctx.notes.append(f"recognize_pqa: Round '{rnd.name}' is no quantizer (no Clip with constant bounds "
                              f"right before or after it, read only by it); left as it is")
             continue
-        last = clip if clip is after else rounding[-1]
         x, pre_op, pre_value, pre_node = _leading_scale(graph, u, u_readers)
         y, post_op, post_value, post_node = _trailing_scale(graph, last.outputs[0])
-        k_min, k_max = _integer_clip(clip)
         out_scale = post_value if post_op == "Mul" else (1.0 / post_value if post_op == "Div" else 1.0)
-        name = _layer_name([rnd.name, y.name])
-        source = "plain ops (Div/Mul, Round" + (" with its straight-through Sub/Add" if ste else "") + ", Clip, Mul)"
+        source = "plain ops (Div/Mul, Round" + (" with its straight-through Sub/Add" if len(rounding) > 1 else "") \
+            + ", Clip, Mul)"
         try:
+            lo, hi = _clip_bounds(clip)
+            k_min, k_max = _exact_integer(lo, "clip min"), _exact_integer(hi, "clip max")
             _make_quantizer(graph, x, y, kind="PQA", levels=max(k_max, 1), k_min=k_min, k_max=k_max, pre_op=pre_op,
                             pre_value=pre_value, post_op=post_op, post_value=post_value,
-                            lam=float(out_scale * max(k_max, 1)), name=name, rounding="half_even", source=source)
-        except PassRefusal as exc:  # e.g. a range above zero: then it is no activation quantizer either
+                            lam=float(out_scale * max(k_max, 1)), name=_layer_name([rnd.name, y.name]),
+                            rounding="half_even", source=source)
+        except PassRefusal as exc:  # left as it is; ``recognize_pqa`` decides whether that is a refusal
             ctx.notes.append(f"recognize_pqa: Round '{rnd.name}' left as it is: {exc}")
+            refusals[id(rnd)] = _labelled(rnd, exc)
             continue
         for n in (pre_node, *rounding, clip, post_node):
             if n is not None:

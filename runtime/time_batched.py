@@ -92,13 +92,9 @@ POSITION_SENSITIVE_OPS = {"Log", "Softplus"}
 
 def aligned_sample_bytes(graph: gs.Graph, axes: dict, shapes: dict) -> tuple[set | None, str | None]:
     """({bytes per sample of each ``ALIGNMENT_SENSITIVE_OPS`` input that carries the batch}, None),
-    or (None, why) where such an input's batch axis is not first or its per-sample size unknown, or
-    a ``POSITION_SENSITIVE_OPS`` node reads the batch."""
+    or (None, why) where such an input's batch axis is not first or its per-sample size unknown."""
     sizes = set()
     for node in graph.nodes:
-        if node.op in POSITION_SENSITIVE_OPS and any(t.name in axes for t in node.inputs):
-            return None, f"{node.name}: {node.op}, whose result for an element depends on where it sits " \
-                         f"in the tensor (onnxruntime's vector and scalar paths round it differently)"
         if node.op not in ALIGNMENT_SENSITIVE_OPS:
             continue
         for t in node.inputs:
@@ -115,6 +111,16 @@ def aligned_sample_bytes(graph: gs.Graph, axes: dict, shapes: dict) -> tuple[set
                 return None, f"{node.name}: {node.op} on {t.name} of element type {t.dtype}"
             sizes.add(int(np.prod(dims)) * itemsize)
     return sizes, None
+
+
+def position_sensitive(graph: gs.Graph, axes: dict) -> str | None:
+    """Why a pass cannot run this step: a ``POSITION_SENSITIVE_OPS`` node that reads the batch
+    (a pass changes the tensor's length, and so which of its elements take the scalar path); or None."""
+    for node in graph.nodes:
+        if node.op in POSITION_SENSITIVE_OPS and any(t.name in axes for t in node.inputs):
+            return (f"{node.name}: {node.op}, whose result for an element depends on where it sits in the tensor "
+                    f"(onnxruntime's vector and scalar paths round it differently)")
+    return None
 
 
 def misaligned(samples: int, sample_bytes) -> int | None:
@@ -376,7 +382,7 @@ def _refusal(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> str | set:
     for node, _ in _time_readers(graph, info, shapes)[0]:
         if any(axes.get(t.name, 0) != 0 for t in node.inputs):
             return f"{node.name}: the time input meets a tensor whose batch axis is not first"
-    why = _static_shape_fusion(graph, axes, shapes, batch_inputs)
+    why = _static_shape_fusion(graph, axes, shapes, batch_inputs) or position_sensitive(graph, axes)
     if why is not None:
         return why
     sizes, why = aligned_sample_bytes(graph, axes, shapes)

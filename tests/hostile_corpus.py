@@ -89,6 +89,19 @@ def plain_model(lo=-2.0, hi=8.0, scale=0.5, *, opset=20) -> onnx.ModelProto:
     return _model(nodes, [*_weights(), *consts], opset=opset, pmsm=False)
 
 
+def round_model(lo=-8.0, hi=7.0, scale=0.5, *, clip_first=False) -> onnx.ModelProto:
+    """A torch.round fake quantizer: Div(s) → Round → Clip(lo, hi) → Mul(s) (or Clip before Round)."""
+    consts = [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in [("s", scale), ("lo", lo), ("hi", hi)]]
+    first, second = (("Clip", ["u", "lo", "hi"]), ("Round", ["r"])) if clip_first else \
+        (("Round", ["u"]), ("Clip", ["r", "lo", "hi"]))
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Div", ["c", "s"], ["u"], name="div"),
+             helper.make_node(first[0], first[1], ["r"], name=first[0].lower()),
+             helper.make_node(second[0], second[1], ["k"], name=second[0].lower()),
+             helper.make_node("Mul", ["k", "s"], ["q"], name="mul"), *_tail()]
+    return _model(nodes, [*_weights(), *consts], pmsm=False)
+
+
 def qdq_model(scale=0.1) -> onnx.ModelProto:
     consts = [numpy_helper.from_array(np.array(scale, np.float32), "qs"),
               numpy_helper.from_array(np.array(0, np.int8), "qz")]
@@ -603,6 +616,13 @@ CASES: list[Case] = [
     _model_case("plain_clip_inf", lambda: plain_model(hi=np.inf), r"Floor 'floor'.*clip max inf"),
     _model_case("plain_clip_fraction", lambda: plain_model(lo=-2.5), r"clip min -2\.5 is not an integer"),
     _model_case("plain_scale_inf", lambda: plain_model(scale=np.inf), r"input scale inf"),
+    _model_case("plain_scale_zero", lambda: plain_model(scale=0.0), r"Floor 'floor'.*input scale 0\.0"),
+    _model_case("round_scale_inf", lambda: round_model(scale=np.inf), r"Round 'round'.*input scale inf"),
+    _model_case("round_scale_zero", lambda: round_model(scale=0.0), r"Round 'round'.*input scale 0\.0"),
+    _model_case("round_clip_fraction", lambda: round_model(lo=-2.5), r"Round 'round'.*clip min -2\.5 is not an integer"),
+    _model_case("round_clip_inf", lambda: round_model(hi=np.inf, clip_first=True),
+                r"Round 'round'.*clip max inf is not an integer"),
+    _model_case("round_clip_above_zero", lambda: round_model(lo=1.0), r"Round 'round'.*clip range \[1, 7\]"),
     _compile("normalization_metadata", lambda d, a: [save(_bad_normalization(), d / "m.onnx"),
                                                      "--calibration-data", "bundled"],
              r"recorded normalization is malformed"),

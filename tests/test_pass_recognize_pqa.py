@@ -405,15 +405,40 @@ def test_a_floor_on_the_network_input_is_an_op_not_a_refusal():
     assert "Floor 'floor_spikes': not preceded by Add(x, 0.5)" in _refusal(after)
 
 
-@pytest.mark.parametrize("why,nodes_inits", [
-    ("no clip", lambda: ([helper.make_node("Round", ["c1"], ["q"], name="round")], [])),
-    ("non-integer bounds", lambda: round_quant("Div", "Mul", lo=-2.5, hi=7.0)),
-])
-def test_a_round_that_is_no_quantizer_is_left_alone(why, nodes_inits):
-    nodes, inits = nodes_inits()
-    graph, quantizers, ctx = recognized(build(nodes, inits))
+def test_a_round_without_a_clip_is_left_alone():
+    graph, quantizers, ctx = recognized(build([helper.make_node("Round", ["c1"], ["q"], name="round")], []))
     assert quantizers == [] and "Round" in [n.op for n in graph.nodes]
     assert any("Round 'round' is no quantizer" in note for note in ctx.notes)
+
+
+@pytest.mark.parametrize("kwargs,reason", [
+    ({"lo": -2.5}, "clip min -2.5 is not an integer level"),
+    ({"hi": np.inf}, "clip max inf is not an integer level"),
+    ({"lo": 1.0}, "clip range [1, 7] must satisfy k_min ≤ 0 < k_max"),
+])
+def test_a_round_pattern_that_does_not_qualify_is_refused_with_its_reason(kwargs, reason):
+    """The model's only quantizer: its reason is the refusal (not "no quantized activation")."""
+    nodes, inits = round_quant("Div", "Mul", **kwargs)
+    message = _refusal(build(nodes, inits))
+    assert "Round 'round'" in message and reason in message
+
+
+def test_a_round_pattern_that_does_not_qualify_on_the_input_is_an_op():
+    """Before the first quantizer (values computed from the network input alone) a Round with a
+    Clip that is no quantizer (here a fractional bound) stays an op, the same at every step."""
+    nodes, inits = plain("Div", "Mul")
+    pre = [helper.make_node("Round", ["x"], ["xr"], name="round_input"),
+           helper.make_node("Clip", ["xr", "in_lo", "in_hi"], ["xc"], name="clip_input"),
+           helper.make_node("Conv", ["xc", "W1", "B1"], ["c1"], name="conv1", pads=[1, 1, 1, 1])]
+    model = build(nodes, inits + [_f("in_lo", -2.5), _f("in_hi", 2.5)])
+    rest = list(model.graph.node)[1:]
+    del model.graph.node[:]
+    model.graph.node.extend(pre + rest)
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    graph, (q,), ctx = recognized(model)
+    assert q.name == "q_floor" and "Round" in [n.op for n in graph.nodes]
+    assert any("Round 'round_input' reads values computed from the network input alone" in n for n in ctx.notes)
+    assert_exact_t1(model, inputs(16))
 
 
 # ------------------------------------------------------------------------------------------

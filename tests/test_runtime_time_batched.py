@@ -528,17 +528,16 @@ def test_an_op_that_rounds_by_position_reads_no_batch_in_a_pass():
     the blocks follow the tensor's length (fuzz seed 71475: a Log before a GlobalAveragePool, a
     sample at t = 4 of a pass of 6 steps; bench/position_sensitivity.py). A pass changes the length:
     a step graph where such an op reads the batch runs step by step, with the reason."""
-    from pmsm_compiler.runtime.time_batched import POSITION_SENSITIVE_OPS, aligned_sample_bytes
+    from pmsm_compiler.runtime.time_batched import POSITION_SENSITIVE_OPS, position_sensitive
 
     assert {"Log", "Softplus"} <= POSITION_SENSITIVE_OPS
     x = gs.Variable("x", np.float32, ["N", 16])
     log = gs.Node("Log", "log", inputs=[x], outputs=[gs.Variable("l", np.float32)])
-    sizes, why = aligned_sample_bytes(gs.Graph(nodes=[log], inputs=[x], outputs=log.outputs), {"x": 0}, {"x": ["N", 16]})
-    assert sizes is None and "log: Log, whose result for an element depends on where it sits" in why
+    why = position_sensitive(gs.Graph(nodes=[log], inputs=[x], outputs=log.outputs), {"x": 0})
+    assert "log: Log, whose result for an element depends on where it sits" in why
     w = _const(np.full(4, 2.0, np.float32))
     on_weights = gs.Node("Log", "logw", inputs=[w], outputs=[gs.Variable("lw", np.float32)])
-    graph = gs.Graph(nodes=[on_weights], inputs=[x], outputs=on_weights.outputs)
-    assert aligned_sample_bytes(graph, {"x": 0}, {"x": ["N", 16]}) == (set(), None)
+    assert position_sensitive(gs.Graph(nodes=[on_weights], inputs=[x], outputs=on_weights.outputs), {"x": 0}) is None
 
 
 @pytest.mark.parametrize("op", ["Log", "Softplus"])
