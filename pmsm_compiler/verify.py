@@ -338,7 +338,10 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     # integer kernels), compared for information only.
     quantized = has_qdq(given)
     # the SNN as the runtime runs the one step of T = 1 (static prologue, fused kernels, ...)
-    runtime = SNNSession(compiled.model, opt_level=opt_level, providers=providers, threads=threads)
+    # ``keep_weights=False``: the SNN's ModelProto lives on beside it (the save reads it); a T = 1
+    # run builds one step session, so the arrays it reads for it are not held as a third copy
+    runtime = SNNSession(compiled.model, opt_level=opt_level, providers=providers, threads=threads,
+                         keep_weights=False)
     plain = None
     if mode == "exact":
         # The outputs as run, first: the ANN as onnxruntime runs it, nothing exposed (exposing a

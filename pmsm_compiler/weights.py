@@ -197,14 +197,16 @@ def array_of(t: TensorProto) -> np.ndarray:
     return np.frombuffer(t.raw_data, NUMPY_TYPES[t.data_type]).reshape(tuple(t.dims))
 
 
-def split(model: ModelProto, lazy: bool = False) -> tuple[ModelProto, Mapping[str, np.ndarray]]:
+def split(model: ModelProto, lazy: bool = False, keep: bool = True) -> tuple[ModelProto, Mapping[str, np.ndarray]]:
     """(skeleton, arrays): ``model`` with each large initializer of a type in ``NUMPY_TYPES``
     reduced to an external-data reference to ``IN_MEMORY``, and those initializers' values
     ({name: array}, each read once from its ``raw_data``). Nodes, functions, metadata and small
     initializers are copied. ``lazy``: each array is read when first asked for (``model`` must
     outlive the mapping), for sessions of models derived from the skeleton that use a few of
-    them (the verification's tail of VGG-16 reads one of its 128 MB)."""
-    arrays = _LazyArrays() if lazy else {}
+    them (the verification's tail of VGG-16 reads one of its 128 MB). ``keep`` (with ``lazy``):
+    False reads an array at every access and holds none, for a user that hands each to onnxruntime
+    (which copies it) and wants no second copy of the weights beside ``model``."""
+    arrays = _LazyArrays(keep) if lazy else {}
 
     def take(t: TensorProto) -> tuple[str, int]:
         if lazy:
@@ -218,13 +220,17 @@ def split(model: ModelProto, lazy: bool = False) -> tuple[ModelProto, Mapping[st
 
 
 class _LazyArrays(Mapping):
-    """{name: array} whose arrays are read (``array_of``) on first access."""
+    """{name: array} whose arrays are read (``array_of``) on first access, and kept (``keep``) or
+    read again at every access."""
 
-    def __init__(self):
+    def __init__(self, keep: bool = True):
         self.tensors: dict[str, TensorProto] = {}
         self._read: dict[str, np.ndarray] = {}
+        self._keep = keep
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if not self._keep:
+            return array_of(self.tensors[name])
         if name not in self._read:
             self._read[name] = array_of(self.tensors[name])
         return self._read[name]

@@ -76,12 +76,19 @@ class BatchResult:
 
 
 class SNNSession:
-    """A compiled SNN ready to run: ``run_batch(x, timesteps)`` → :class:`BatchResult`."""
+    """A compiled SNN ready to run: ``run_batch(x, timesteps)`` → :class:`BatchResult`.
+
+    ``keep_weights``: the weights read once from ``model`` and held as arrays for every session
+    built later (default; ``model`` may then change or go); False: each session build reads the
+    ones it needs from ``model``, which must then stay unchanged while this session is used: one
+    copy of the weights less beside a caller that holds ``model`` anyway (the verification, which
+    builds one step), each further build reading them again."""
 
     def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
                  priority_order: bool = True, in_place: bool = True, kernels: str = "auto", counters: bool = True,
                  profile_prefix: str | None = None, rewrite_optimized: bool = True, ann_form: bool = True,
-                 time_batch: int = DEFAULT_TIME_BATCH, time_batch_bytes: int = DEFAULT_TIME_BATCH_BYTES):
+                 time_batch: int = DEFAULT_TIME_BATCH, time_batch_bytes: int = DEFAULT_TIME_BATCH_BYTES,
+                 keep_weights: bool = True):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -119,7 +126,7 @@ class SNNSession:
         # (``pmsm_compiler.weights.split``): the prologue, the step variants and the T = 1 step in
         # the ANN's form are cut and rewritten from the weight-free skeleton, and none of them
         # copies or serializes the weights on its way to onnxruntime.
-        model, self._weights = split(model)
+        model, self._weights = split(model, lazy=not keep_weights, keep=False)
         if info.counters_output and not counters:
             model = without_output(model, info.counters_output)
         # T = 1 in exact mode: the one step in the ANN's own form (runtime/ann_form_step.py), from

@@ -351,6 +351,61 @@ def test_a_lazy_split_reads_only_the_arrays_asked_for(monkeypatch):
     assert np.array_equal(fresh["w1"], eager["w1"]) and read == ["w1"]
 
 
+def test_a_split_that_keeps_nothing_reads_again_at_every_access(monkeypatch):
+    """``split(lazy=True, keep=False)``: every access reads the array from the model again and
+    nothing is held (a caller that hands each array to onnxruntime, which copies it)."""
+    from pmsm_compiler import weights
+
+    model = chain_model(2, channels=32)
+    _, eager = weights.split(model)
+    _, reread = weights.split(model, lazy=True, keep=False)
+    read = []
+    array_of = weights.array_of
+    monkeypatch.setattr(weights, "array_of", lambda t: (read.append(t.name), array_of(t))[1])
+    first, second = reread["w1"], reread["w1"]
+    assert first is not second and np.array_equal(first, eager["w1"]) and np.array_equal(second, eager["w1"])
+    assert read == ["w1", "w1"] and not reread._read
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_a_session_that_keeps_no_weights_runs_as_one_that_does(tmp_path, monkeypatch, mode):
+    """``SNNSession(keep_weights=False)`` (the verification's) holds no array of the weights and
+    reads them from the model for each session it builds; its runs equal the default session's,
+    bit for bit, at T = 1 and over several steps."""
+    from pmsm_compiler import weights
+    from pmsm_compiler.runtime import SNNSession
+
+    _, compiled = _compiled(tmp_path, mode=mode)
+    x = np.random.default_rng(1).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    held = SNNSession(compiled.model)
+    lean = SNNSession(compiled.model, keep_weights=False)
+    assert isinstance(held._weights, dict) and held._weights
+    assert not isinstance(lean._weights, dict) and len(lean._weights) == len(held._weights)
+    read = []
+    array_of = weights.array_of
+    monkeypatch.setattr(weights, "array_of", lambda t: (read.append(t.name), array_of(t))[1])
+    for t in (1, 4):
+        a, b = held.run_batch(x, t, keep_outputs=True), lean.run_batch(x, t, keep_outputs=True)
+        assert np.array_equal(a.outputs_by_t, b.outputs_by_t) and np.array_equal(a.spikes, b.spikes)
+        assert np.array_equal(a.counters, b.counters)
+    assert read and not lean._weights._read  # read for each build, none held
+
+
+def test_the_verification_holds_no_third_copy_of_the_snns_weights(tmp_path, monkeypatch):
+    """The verification's SNN session reads the SNN's weights from its ModelProto (which the
+    pipeline holds anyway, for the save) instead of holding them as arrays too."""
+    from pmsm_compiler import verify
+    from pmsm_compiler.runtime import session as session_module
+
+    ann, compiled = _compiled(tmp_path)
+    kept = []
+    init = session_module.SNNSession.__init__
+    monkeypatch.setattr(session_module.SNNSession, "__init__",
+                        lambda self, *a, **k: (kept.append(k.get("keep_weights", True)), init(self, *a, **k))[1])
+    assert verify.verify(ann, compiled, verify.random_inputs(compiled.info, 4, 0))["passed"]
+    assert kept == [False]
+
+
 def test_model_bytes_sizes_a_model_without_serializing_its_weights():
     from pmsm_compiler import weights
 
