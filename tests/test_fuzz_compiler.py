@@ -301,11 +301,11 @@ def test_fuzz_slice(seed):
 
 
 #: the options under which a replayed seed failed, where they are not the replay's defaults
-REPLAY_OPTIONS = {71475: {"max_timesteps": 8}, 70830: {"opt_levels": ["extended"]}}
+REPLAY_OPTIONS = {71475: {"max_timesteps": 8}, 70830: {"opt_levels": ["extended"]}, 200331: {"version": 2}}
 
 
 @pytest.mark.parametrize("seed", [52032, 60260, 60800, 61809, 61860, 61973, 70000, 70094, 70382, 70425, 71475, 70830,
-                                  70932, 80133])
+                                  70932, 80133, 200331])
 def test_fuzz_finds_fixed(seed):
     """Seeds outside the slice whose failures were fixed: 52032, a ReduceMean over 168-byte samples
     whose passes moved samples to other alignments (runtime/time_batched.py, ALIGNMENT_BYTES);
@@ -322,8 +322,11 @@ def test_fuzz_finds_fixed(seed):
     time_batched.POSITION_SENSITIVE_OPS); 70830, a logit 1e-9 in the ANN and 0 in the folded SNN
     whose top-1 disagreement failed the verification's 0.98 policy (a tie now counts as agreeing,
     ``top1_ties``); 70932, a Clip the quantizer after it implies, which the compiler rightly drops
-    and the rate-coding reference wrapped (the harness, ``fuzz._with_implied_clamps``)."""
-    # all found under generator version 1, which builds them as they were found
+    and the rate-coding reference wrapped (the harness, ``fuzz._with_implied_clamps``); 200331
+    (generator version 2), a Relu before a signed quantizer whose input shape inference left
+    unknown: the harness ran the quantizer on empty tensors, found its maps "equal" and took the
+    Relu as implied (``fuzz._quantizer_maps``)."""
+    # found under generator version 1 unless REPLAY_OPTIONS says otherwise: built as they were found
     options = {"opt_levels": ["disable", "all"], "max_timesteps": 4, "version": 1, **REPLAY_OPTIONS.get(seed, {})}
     record = fuzz.run_graph(seed, cli=seed == 60260, **options)
     failures = [r for r in record["results"] if r["status"] == "fail"]

@@ -1268,7 +1268,10 @@ def _quantizer_maps(model: onnx.ModelProto, q: dict, values: list[float]) -> lis
     nodes = [n for n in g.node if n.name in set(q["nodes"])]
     read = {i for n in nodes for i in n.input}
     dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in list(g.value_info) + list(g.input)}
-    sample = dims[q["input"]][1:]
+    # a dimension shape inference left unknown (dim_value 0: an Expand to a computed shape) is
+    # taken as 1: the per-tensor quantizer is elementwise, and an empty tensor would map nothing
+    # (seed 200331: every map empty, so "equal", and a Relu taken as implied by a signed quantizer)
+    sample = [d if d > 0 else 1 for d in dims[q["input"]][1:]]
     consts = [n for n in g.node if n.op_type == "Constant" and n.output[0] in read and n not in nodes]
     graph = helper.make_graph(consts + nodes, "quantizer",
                               [helper.make_tensor_value_info(q["input"], TensorProto.FLOAT, [len(values), *sample])],
@@ -1313,7 +1316,7 @@ def _with_implied_clamps(model: onnx.ModelProto, q: dict) -> dict:
             lo, hi = bounds
         edge = np.float32(np.finfo(np.float32).max)
         q_lo, q_hi, q_min, q_max = _quantizer_maps(model, q, [lo, hi, -edge, edge])
-        if not (np.array_equal(q_lo, q_min) and np.array_equal(q_hi, q_max)):
+        if not q_lo.size or not (np.array_equal(q_lo, q_min) and np.array_equal(q_hi, q_max)):
             return q
         q = {**q, "input": clamp.input[0], "nodes": [*q["nodes"], clamp.name]}
 
