@@ -105,7 +105,7 @@ def main(argv=None):
     ap.add_argument("--graphs", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="first seed; graphs use seed .. seed + graphs - 1")
     ap.add_argument("--seeds", help="comma-separated seeds to run instead (replay)")
-    ap.add_argument("--generator-version", type=int, default=GENERATOR_VERSION, choices=[1, 2],
+    ap.add_argument("--generator-version", type=int, default=GENERATOR_VERSION, choices=[1, 2, 3],
                     help="the generator's version (a recorded failure replays under its own; "
                          "fuzz.GENERATOR_VERSION)")
     ap.add_argument("--modes", default="exact,folded")

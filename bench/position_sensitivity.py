@@ -5,7 +5,7 @@
 A time-batched pass (runtime/time_batched.py) runs the step graph once on T·N rows and puts sample
 n of step t at row t·N + n. That equals T step-by-step runs only where each op computes a row as it
 does in a batch of N. For each op (one node, float32, per-sample shapes from 1 to 16,384 elements;
-a reduction over the per-sample axes after the first),
+a reduction over the per-sample axes after the first; values of both signs but for ``POSITIVE_OPS``),
 this runs T·N random rows at once and each step's N rows alone, at each thread count, and counts the
 (shape, threads, N, T) cases whose rows differ in any bit: "aligned" where N times the per-sample
 bytes is a multiple of ``ALIGNMENT_BYTES`` (where the runtime lets ``ALIGNMENT_SENSITIVE_OPS``
@@ -30,8 +30,12 @@ from pmsm_compiler.runtime.time_batched import (ALIGNMENT_BYTES, ALIGNMENT_SENSI
 
 #: ops of one float input (and constant operands) that a pass admits, and sums over trailing axes
 DEFAULT_OPS = ["Log", "Softplus", "Exp", "Erf", "Tanh", "Sigmoid", "Gelu", "Pow", "Div", "Sqrt", "Reciprocal",
-               "HardSigmoid", "LeakyRelu", "Clip", "Floor", "Round", "Abs", "Neg", "Relu", "Softmax", "LogSoftmax",
+               "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Mish", "Softsign",
+               "ThresholdedRelu", "Clip", "Floor", "Round", "Abs", "Neg", "Relu", "Softmax", "LogSoftmax",
                "ReduceSum", "ReduceMean", "ReduceMax", "ReduceL2", "GlobalAveragePool"]
+#: ops drawn on positive rows (their domain, or a division by the row); the others on both signs, so
+#: that a branch for negative inputs (Elu's exp, LeakyRelu's slope) runs too
+POSITIVE_OPS = {"Log", "Sqrt", "Pow", "Div", "Reciprocal"}
 SHAPES = [[1], [3], [5], [6], [7], [13], [16], [24], [100], [1000], [1024], [4096], [4, 3, 2], [2, 7, 3], [3, 40, 40],
           [16, 32, 32], [64, 8, 8]]
 SAMPLES = (1, 2, 3, 4, 8, 16)
@@ -55,6 +59,10 @@ def one_node_model(op: str, shape: list[int]) -> bytes:
         inputs.append("axes")
     elif op in ("Softmax", "LogSoftmax"):
         attrs["axis"] = -1
+    elif op == "PRelu":  # one slope per position of the first per-sample axis, as a per-channel PReLU
+        slope = np.linspace(0.05, 0.5, shape[0], dtype=np.float32).reshape([shape[0]] + [1] * (len(shape) - 1))
+        inits.append(numpy_helper.from_array(slope, "slope"))
+        inputs.append("slope")
     node = helper.make_node(op, inputs, ["y"], **attrs)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"] + shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
@@ -75,6 +83,8 @@ def probe(op: str, threads: list[int], rng: np.random.Generator) -> dict:
             for n in SAMPLES:
                 for steps in STEPS:
                     rows = rng.uniform(0.05, 5.0, size=[steps * n] + shape).astype(np.float32)
+                    if op not in POSITIVE_OPS:
+                        rows *= rng.choice(np.float32([-1, 1]), size=rows.shape)
                     passed = session.run(None, {"x": rows})[0]
                     for t in range(steps):
                         alone = session.run(None, {"x": rows[t * n:(t + 1) * n]})[0]

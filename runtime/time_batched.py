@@ -84,10 +84,10 @@ ALIGNMENT_BYTES = 64
 #: elementwise ops whose result for one element depends on where it sits in the tensor, whatever
 #: the alignment: onnxruntime 1.32 computes them with Eigen, vector code for the body of each block
 #: its threads split the tensor into and scalar code (another approximation) for the rest, and the
-#: blocks follow the tensor's length. Measured (``bench/position_sensitivity.py``): Log and
-#: Softplus, also at an aligned batch on 2 threads; the other elementwise ops ``batch_axes``
-#: admits measured independent of it
-POSITION_SENSITIVE_OPS = {"Log", "Softplus"}
+#: blocks follow the tensor's length. Measured (``bench/position_sensitivity.py``): Log, Softplus,
+#: Elu, Selu, Celu and Mish, also at an aligned batch on 2 threads; the other elementwise ops
+#: ``batch_axes`` admits measured independent of it
+POSITION_SENSITIVE_OPS = {"Log", "Softplus", "Elu", "Selu", "Celu", "Mish"}
 
 
 def aligned_sample_bytes(graph: gs.Graph, axes: dict, shapes: dict) -> tuple[set | None, str | None]:
@@ -134,6 +134,7 @@ ELEMENTWISE_OPS = {
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Floor", "Round", "Abs", "Neg", "Identity", "Cast", "Sqrt", "Erf",
     "Tanh", "Sigmoid", "Max", "Min", "Where", "Equal", "Less", "Greater", "QuantizeLinear", "DequantizeLinear",
     "Dropout", "LeakyRelu", "HardSigmoid", "Exp", "Pow", "Reciprocal", "Gelu", "Softplus", "Sum", "Log",
+    "HardSwish", "PRelu", "Softsign", "ThresholdedRelu", "Elu", "Selu", "Celu", "Mish",
 }
 #: ops that read their input with the batch axis first and keep it first (their other inputs are
 #: weights): convolutions, pooling, normalization over channels

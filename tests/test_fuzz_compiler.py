@@ -238,9 +238,9 @@ def test_generator_version_2_writes_the_round_forms():
     styles, unchanged = set(), 0
     for seed in range(120):
         v1, _ = fuzz.random_network(seed, version=1)
-        v2, _ = fuzz.random_network(seed)
+        v2, _ = fuzz.random_network(seed, version=2)
         meta = json.loads(next(p.value for p in v2.metadata_props if p.key == fuzz.FUZZ_METADATA_KEY))
-        assert meta["version"] == fuzz.GENERATOR_VERSION == 2
+        assert meta["version"] == 2
         rounding = {q["rounding"] for q in meta["quantizers"]}
         styles |= rounding
         if rounding <= {"floor"}:
@@ -250,8 +250,29 @@ def test_generator_version_2_writes_the_round_forms():
         if rounding - {"floor"}:
             assert "Round" in ops
     assert styles == {"floor", "round", "clip_round", "round_ste"} and unchanged > 60
-    with pytest.raises(ValueError, match="generator version 3"):
-        fuzz.random_network(0, version=3)
+    with pytest.raises(ValueError, match="generator version 4"):
+        fuzz.random_network(0, version=4)
+
+
+def test_generator_version_3_writes_the_cnn_activations():
+    """Version 3 swaps 60 % of the elementwise activations for a CNN activation (PRelu, Elu, Selu,
+    Celu, Mish, Softsign, ThresholdedRelu), from a stream of its own: a network without one is
+    version 2's graph."""
+    import json
+
+    new = {"PRelu", "Elu", "Selu", "Celu", "Mish", "Softsign", "ThresholdedRelu"}
+    placed, unchanged = set(), 0
+    for seed in range(300):
+        v2, _ = fuzz.random_network(seed, version=2)
+        v3, _ = fuzz.random_network(seed)
+        meta = json.loads(next(p.value for p in v3.metadata_props if p.key == fuzz.FUZZ_METADATA_KEY))
+        assert meta["version"] == fuzz.GENERATOR_VERSION == 3
+        used = {n.op_type for n in v3.graph.node} & new
+        placed |= used
+        if not used:
+            assert v2.graph.SerializeToString() == v3.graph.SerializeToString(), seed
+            unchanged += 1
+    assert placed == new and unchanged > 200
 
 @pytest.mark.parametrize("op", sorted(op for domain, op in DEFAULT_ALLOWED_OPS))
 def test_generator_places_every_allowed_op(op):

@@ -530,7 +530,7 @@ def test_an_op_that_rounds_by_position_reads_no_batch_in_a_pass():
     a step graph where such an op reads the batch runs step by step, with the reason."""
     from pmsm_compiler.runtime.time_batched import POSITION_SENSITIVE_OPS, position_sensitive
 
-    assert {"Log", "Softplus"} <= POSITION_SENSITIVE_OPS
+    assert {"Log", "Softplus", "Elu", "Selu", "Celu", "Mish"} <= POSITION_SENSITIVE_OPS
     x = gs.Variable("x", np.float32, ["N", 16])
     log = gs.Node("Log", "log", inputs=[x], outputs=[gs.Variable("l", np.float32)])
     why = position_sensitive(gs.Graph(nodes=[log], inputs=[x], outputs=log.outputs), {"x": 0})
@@ -540,7 +540,7 @@ def test_an_op_that_rounds_by_position_reads_no_batch_in_a_pass():
     assert position_sensitive(gs.Graph(nodes=[on_weights], inputs=[x], outputs=on_weights.outputs), {"x": 0}) is None
 
 
-@pytest.mark.parametrize("op", ["Log", "Softplus"])
+@pytest.mark.parametrize("op", ["Log", "Softplus", "Elu", "Selu", "Celu", "Mish"])
 def test_a_model_with_a_position_sensitive_op_runs_step_by_step_and_agrees(op):
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.runtime import SNNSession
@@ -556,6 +556,30 @@ def test_a_model_with_a_position_sensitive_op_runs_step_by_step_and_agrees(op):
         model = compile_model(ann, mode).model
         session = SNNSession(model)
         assert not session.time_batched and f"{op}, whose result for an element depends" in session.time_batched_note
+        x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32) * 2
+        a = SNNSession(model, time_batch=1).run_batch(x, 7, keep_outputs=True, sample_counters=True)
+        b = session.run_batch(x, 7, keep_outputs=True, sample_counters=True)
+        for field in FIELDS:
+            np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=f"{mode}: {field}")
+
+
+@pytest.mark.parametrize("op", ["HardSwish", "PRelu", "Softsign", "ThresholdedRelu"])
+def test_an_activation_measured_independent_of_position_runs_layer_by_layer_and_agrees(op):
+    """Activations between quantizers that ``bench/position_sensitivity.py`` measured independent of
+    where an element sits (on both signs) run in passes, bit for bit as step by step."""
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.runtime import SNNSession
+
+    rng = np.random.default_rng(2)
+    inits = [onnx.numpy_helper.from_array(np.array([[[0.1]], [[0.2]], [[0.3]]], np.float32), "slope")]
+    middle = [helper.make_node(op, ["q", "slope"] if op == "PRelu" else ["q"], ["s"]),
+              helper.make_node("GlobalAveragePool", ["s"], ["g"]),
+              helper.make_node("Flatten", ["g"], ["f"])]
+    ann = _conv_pqa_classifier(rng, (3, 3, 3, 3), [3, 8, 8], middle, inits if op == "PRelu" else [])
+    for mode in ("folded", "exact"):
+        model = compile_model(ann, mode).model
+        session = SNNSession(model)
+        assert session.time_batched, session.time_batched_note
         x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32) * 2
         a = SNNSession(model, time_batch=1).run_batch(x, 7, keep_outputs=True, sample_counters=True)
         b = session.run_batch(x, 7, keep_outputs=True, sample_counters=True)

@@ -47,6 +47,14 @@ CASES = {
     "HardSwish": ([helper.make_node("HardSwish", ["a"], ["z"])], []),
     "LogSoftmax": ([helper.make_node("LogSoftmax", ["a"], ["z"], axis=1)], []),
     "Softplus": ([helper.make_node("Softplus", ["a"], ["z"])], []),
+    # activation functions of CNNs (torch.nn.PReLU, ELU, SELU, CELU, Mish, Softsign, Threshold-like)
+    "PRelu": ([helper.make_node("PRelu", ["a", "slope"], ["z"])], [_f("slope", np.full((C, 1, 1), 0.25))]),
+    "Elu": ([helper.make_node("Elu", ["a"], ["z"], alpha=0.8)], []),
+    "Selu": ([helper.make_node("Selu", ["a"], ["z"])], []),
+    "Celu": ([helper.make_node("Celu", ["a"], ["z"], alpha=1.5)], []),
+    "Mish": ([helper.make_node("Mish", ["a"], ["z"])], []),
+    "Softsign": ([helper.make_node("Softsign", ["a"], ["z"])], []),
+    "ThresholdedRelu": ([helper.make_node("ThresholdedRelu", ["a"], ["z"], alpha=0.3)], []),
 }
 
 

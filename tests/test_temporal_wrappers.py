@@ -164,6 +164,11 @@ def layer_norm_gain(x):
     return (2 + math.sqrt(LN_D)) * float(np.abs(LN_GAMMA).max()) / sigma
 
 
+PRELU_SLOPE = np.array([[0.1], [0.3]], np.float32)  # [channels, 1]: broadcast over the last axis
+SELU_ALPHA, SELU_GAMMA = 1.6732632423543772, 1.0507009873554805  # ONNX's defaults
+CELU_ALPHA = 0.7
+MISH_MAX_SLOPE = 1.1  # max of d/dx x·tanh(softplus(x)) is 1.0998
+THRESHOLD = 1.0
 GELU_MAX_SLOPE = 1.13  # max of Φ(x) + x·φ(x) is 1.1289 (the tanh form's is the same to 3 digits)
 HARD_SIGMOID_ALPHA = 0.2
 CLIP_LO, CLIP_HI = -1.2, 2.0
@@ -183,6 +188,9 @@ CASES = [
     reduce("ReduceMax", lambda m: m.max(-1, keepdims=True), lambda m: 1),
     reduce("ReduceL1", lambda m: np.abs(m).sum(-1, keepdims=True), lambda m: 5, n_f=5),
     reduce("ReduceMin", lambda m: m.min(-1, keepdims=True), lambda m: 1),
+    Case("PRelu", ("PRelu",), (2, 3), [_node("PRelu", ["a", "slope"])],
+         lambda m: np.where(m >= 0, m, PRELU_SLOPE.astype(np.float64) * m), lambda m: 1,
+         inits=[_f("slope", PRELU_SLOPE)]),  # one slope per channel
     # general form (F_t = t·f(S_t/t))
     unary("Abs", np.abs, lambda m: 1),
     unary("Sigmoid", lambda m: 1 / (1 + np.exp(-m)), lambda m: 0.25, n_f=4),
@@ -195,6 +203,15 @@ CASES = [
     unary("HardSigmoid", lambda m: np.clip(HARD_SIGMOID_ALPHA * m + 0.5, 0, 1), lambda m: HARD_SIGMOID_ALPHA, n_f=2,
           alpha=HARD_SIGMOID_ALPHA, beta=0.5),
     unary("HardSwish", lambda m: m * np.clip(m / 6 + 0.5, 0, 1), lambda m: 1.5, n_f=4),
+    unary("Elu", lambda m: np.where(m > 0, m, np.expm1(m)), lambda m: 1, n_f=4),
+    unary("Selu", lambda m: SELU_GAMMA * np.where(m > 0, m, SELU_ALPHA * np.expm1(m)),
+          lambda m: SELU_GAMMA * SELU_ALPHA, n_f=5),
+    unary("Celu", lambda m: np.maximum(m, 0) + np.minimum(0, CELU_ALPHA * np.expm1(m / CELU_ALPHA)), lambda m: 1,
+          n_f=5, alpha=CELU_ALPHA),
+    unary("Mish", lambda m: m * np.tanh(np.logaddexp(0, m)), lambda m: MISH_MAX_SLOPE, n_f=6),
+    unary("Softsign", lambda m: m / (1 + np.abs(m)), lambda m: 1, n_f=3),
+    # a step at α: no mean input θ·j/t (t <= STEPS) comes within rounding of it, so no flip
+    unary("ThresholdedRelu", lambda m: np.where(m > THRESHOLD, m, 0), lambda m: 1, alpha=THRESHOLD),
     unary("Sqrt", np.sqrt, lambda m: 0.5 / math.sqrt(m.min()), low=1),
     unary("Log", np.log, lambda m: 1 / m.min(), n_f=4, low=1),
     unary("Reciprocal", lambda m: 1 / m, lambda m: 1 / m.min() ** 2, low=1),
@@ -364,7 +381,9 @@ DENSE = {
     "ReduceL1": (15 + 15 - 3, 2 * (15 + 3)),  # |x| per element, then the sums; the general form
     "Abs": UNARY, "Sigmoid": (3 * 6, 24), "Tanh": UNARY, "Erf": UNARY, "Gelu": (5 * 6, 24),
     "Gelu(approximate=tanh)": (9 * 6, 24), "Exp": UNARY, "Softplus": (3 * 6, 24),
-    "HardSigmoid(alpha=0.2, beta=0.5)": (4 * 6, 24), "HardSwish": (5 * 6, 24), "Sqrt": UNARY, "Log": UNARY,
+    "HardSigmoid(alpha=0.2, beta=0.5)": (4 * 6, 24), "HardSwish": (5 * 6, 24),
+    "PRelu": (2 * 6, 12), "Elu": (4 * 6, 24), "Selu": (5 * 6, 24), "Celu(alpha=0.7)": (6 * 6, 24),
+    "Mish": (5 * 6, 24), "Softsign": (3 * 6, 24), "ThresholdedRelu(alpha=1.0)": (2 * 6, 24), "Sqrt": UNARY, "Log": UNARY,
     "Reciprocal": UNARY, "Clip": (2 * 6, 24), "Pow(a, 2)": UNARY, "Max(a, c)": UNARY, "Min(a, c)": UNARY,
     "Div(c, a)": UNARY,
     "Softmax": (5 * 15, 2 * (15 + 15)), "LogSoftmax": (5 * 15 + 3, 60),

@@ -48,13 +48,13 @@ from __future__ import annotations
 
 import numpy as np
 
-# f(c·x) = c·f(x) for c > 0, single time-varying input.
-HOMOGENEOUS_OPS = {"MaxPool", "GlobalMaxPool", "Relu", "ReduceMax", "ReduceMin", "LeakyRelu"}
+# f(c·x) = c·f(x) for c > 0, single time-varying input (PRelu: its slope a constant).
+HOMOGENEOUS_OPS = {"MaxPool", "GlobalMaxPool", "Relu", "ReduceMax", "ReduceMin", "LeakyRelu", "PRelu"}
 # Non-linear ops handled with the general form (need the time input).
 GENERAL_OPS = {
     "Softmax", "LogSoftmax", "LayerNormalization", "Gelu", "Erf", "Sigmoid", "Tanh", "Sqrt", "Pow", "Exp",
     "Log", "Reciprocal", "Div", "Mul", "MatMul", "HardSigmoid", "HardSwish", "Softplus", "Abs", "Max", "Min",
-    "ReduceMean", "ReduceSum", "ReduceL1", "Clip",
+    "ReduceMean", "ReduceSum", "ReduceL1", "Clip", "Elu", "Selu", "Celu", "Mish", "Softsign", "ThresholdedRelu",
 }
 
 
@@ -91,6 +91,13 @@ ELEMENTWISE_OPS = {
     "HardSigmoid": 4,  # ·α, +β, min 1, max 0
     "HardSwish": 5,  # HardSigmoid(x) with α = 1/6, β = ½, times x
     "Gelu": 5,  # x/√2, erf, +1, ·x, ·½
+    "PRelu": 2,  # compare, multiply by the slope
+    "ThresholdedRelu": 2,  # compare with α, select
+    "Softsign": 3,  # |x|, +1, divide
+    "Elu": 4,  # compare, exp, −1, ·α
+    "Selu": 5,  # compare, exp, ·α, −α, ·γ
+    "Celu": 6,  # x/α, exp, −1, ·α, min 0, + max(x, 0)
+    "Mish": 5,  # exp, +1, log (softplus), tanh, ·x
 }
 GELU_TANH_OPS = 9  # x·x·x (2), ·0.044715, +x, ·√(2/π), tanh, +1, ·x, ·½
 #: one per output element and operand after the first

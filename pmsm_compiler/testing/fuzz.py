@@ -46,8 +46,11 @@ FUZZ_METADATA_KEY = "pmsm.fuzz"
 #: that adds constructs changes some seeds' networks, so a recorded failure replays under the
 #: version it was found with. 1: the networks up to 2026-12-05; 2: plain activation quantizers
 #: also written with Round (``_ROUNDING_STYLES``), drawn from a stream of their own, so that a
-#: network without plain quantizers is the one version 1 built.
-GENERATOR_VERSION = 2
+#: network without plain quantizers is the one version 1 built;
+#: 3: an elementwise activation (Relu, Abs, Tanh, Sigmoid, Erf, HardSwish, Softplus) is, 60 % of
+#: the time, one of the CNN activations of ``_ACTIVATIONS`` instead, drawn (with its attributes) from
+#: a stream of its own, so that a network without one is version 2's.
+GENERATOR_VERSION = 3
 #: version 2's rounding of a plain (non-QCFS) quantizer: Add ½ → Floor (version 1's only one),
 #: Round → Clip, Clip → Round, and LSQ's straight-through Round → Sub(·, u) → Add(·, u)
 _ROUNDING_STYLES = (("floor", 0.55), ("round", 0.2), ("clip_round", 0.1), ("round_ste", 0.15))
@@ -79,11 +82,12 @@ class _T:
 
 class _Net:
     def __init__(self, seed: int, forced: set[str], version: int = GENERATOR_VERSION):
-        if version not in (1, 2):
-            raise ValueError(f"generator version {version} is not 1 or 2")
+        if version not in (1, 2, 3):
+            raise ValueError(f"generator version {version} is not 1, 2 or 3")
         self.seed, self.version = seed, version
         self.rng = np.random.default_rng(seed)
         self.rounding_rng = np.random.default_rng([seed, 2])  # version 2's own stream
+        self.activation_rng = np.random.default_rng([seed, 3])  # version 3's
         self.forced = set(forced)
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, np.ndarray] = {}
@@ -544,7 +548,13 @@ _MIX_OP = {"sub_cx": "Sub", "sub_xc": "Sub", "add_cx": "Add", "mul": "Mul", "div
            "tanh": "Tanh", "sigmoid": "Sigmoid", "erf": "Erf", "gelu": "Gelu", "exp": "Exp", "log": "Log",
            "sqrt": "Sqrt", "reciprocal": "Reciprocal", "softmax": "Softmax", "cast": "Cast", "castlike": "CastLike",
            "identity": "Identity", "dropout": "Dropout", "round": "Round", "hardsigmoid": "HardSigmoid",
-           "hardswish": "HardSwish", "softplus": "Softplus", "logsoftmax": "LogSoftmax", "mean": "Mean", "size": "Size"}
+           "hardswish": "HardSwish", "softplus": "Softplus", "logsoftmax": "LogSoftmax", "mean": "Mean", "size": "Size",
+           "prelu": "PRelu", "elu": "Elu", "selu": "Selu", "celu": "Celu", "mish": "Mish", "softsign": "Softsign",
+           "thresholdedrelu": "ThresholdedRelu"}
+#: version 3: CNN activations that stand in for the elementwise ones of ``_SWAPPED`` (not in ``_MIX``:
+#: the main stream draws what it drew in version 2)
+_ACTIVATIONS = ["prelu", "elu", "selu", "celu", "mish", "softsign", "thresholdedrelu"]
+_SWAPPED = {"relu", "abs", "tanh", "sigmoid", "erf", "hardswish", "softplus"}
 _LINEAR_MIX = ["sub_cx", "sub_xc", "add_cx", "mul", "div", "neg", "identity", "cast", "dropout"]
 
 
@@ -557,7 +567,10 @@ def _mix_op(net: _Net, x: _T, linear_only: bool = False) -> _T:
     else:
         weights = np.array([0.1 if k == "round" else 1.0 for k in kinds])
         kind = net.choice(kinds, p=weights / weights.sum())
+        if net.version >= 3 and kind in _SWAPPED and net.activation_rng.random() < 0.6:
+            kind = _ACTIVATIONS[int(net.activation_rng.integers(len(_ACTIVATIONS)))]
     rng = net.rng
+    act_rng = net.activation_rng
     shape = x.shape
 
     def bconst(scale=1.0, positive=False):
@@ -615,6 +628,15 @@ def _mix_op(net: _Net, x: _T, linear_only: bool = False) -> _T:
         y = net.op("LogSoftmax", [x.name], axis=net.choice([1, -1]))
     elif kind == "hardsigmoid":
         y = net.op("HardSigmoid", [x.name], alpha=float(rng.uniform(0.1, 0.5)))
+    elif kind == "prelu":  # a slope per channel (first per-sample axis), or one
+        cshape = (shape[0],) + (1,) * (len(shape) - 1) if act_rng.random() < 0.7 else (1,)
+        y = net.op("PRelu", [x.name, net.const(act_rng.uniform(0.01, 0.5, cshape), base="slope")])
+    elif kind in ("elu", "celu"):
+        y = net.op(_MIX_OP[kind], [x.name], alpha=float(act_rng.uniform(0.3, 2.0)))
+    elif kind == "thresholdedrelu":
+        y = net.op("ThresholdedRelu", [x.name], alpha=float(act_rng.uniform(0.05, 1.0)))
+    elif kind in ("selu", "mish", "softsign"):
+        y = net.op(_MIX_OP[kind], [x.name])
     elif kind == "mean":
         y = net.op("Mean", [x.name, bconst()])
     elif kind == "size":  # x / (number of its elements): a divisor that is the input's metadata

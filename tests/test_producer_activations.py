@@ -1,0 +1,77 @@
+"""CNN activation functions between quantized layers, exported by both of torch's exporters,
+compile in both modes: ``nn.PReLU`` (one slope per channel), ``nn.ELU``, ``nn.SELU``, ``nn.CELU``,
+``nn.Mish`` and ``nn.Softsign``.
+
+Each becomes a temporal wrapper on spike traffic (``ops.temporal``: PRelu in the positively
+homogeneous form, the rest in the general form); the dynamo exporter writes PRelu, Elu, Selu,
+Celu and Mish as single ops, the legacy one Mish as Softplus → Tanh → Mul, and both Softsign as
+x / (1 + |x|). Before, the loader refused the first five ("unsupported op"). Checked:
+``tests/producers.py`` (exact bit-identical at T = 1 with every level equal, folded within
+policy, a T = 4 run); the running-mean contract of each wrapper is ``tests/test_temporal_wrappers.py``'s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from producers import check_both_modes  # noqa: E402
+
+
+class FakeQuant(nn.Module):
+    """s·clamp(floor(x/s + ½), lo, hi): PQA written out, as QAT code without this package writes it."""
+
+    def __init__(self, step: float, lo: int, hi: int):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+        self.s = nn.Parameter(torch.tensor(step))
+
+    def forward(self, x):
+        return torch.clamp(torch.floor(x / self.s + 0.5), self.lo, self.hi) * self.s
+
+
+ACTIVATIONS = {"PReLU": lambda: nn.PReLU(8, init=0.2), "ELU": lambda: nn.ELU(0.8), "SELU": nn.SELU,
+               "CELU": lambda: nn.CELU(1.5), "Mish": nn.Mish, "Softsign": nn.Softsign}
+#: the op the dynamo exporter writes for each (the legacy exporter: the same, but Mish and Softsign)
+ONNX_OP = {"PReLU": "PRelu", "ELU": "Elu", "SELU": "Selu", "CELU": "Celu", "Mish": "Mish", "Softsign": "Div"}
+
+
+class Net(nn.Module):
+    def __init__(self, act: str):
+        super().__init__()
+        self.conv1, self.q1 = nn.Conv2d(3, 8, 3, padding=1), FakeQuant(0.25, -2, 8)
+        self.act = ACTIVATIONS[act]()
+        self.conv2, self.q2 = nn.Conv2d(8, 8, 3, padding=1, stride=2), FakeQuant(0.2, -2, 8)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.q2(self.conv2(self.act(self.q1(self.conv1(x))))), 1))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_activation_functions_between_quantizers_from_torch(tmp_path, act, exporter):
+    import onnx
+
+    torch.manual_seed(0)
+    net = Net(act).eval()
+    if act == "PReLU":
+        with torch.no_grad():
+            net.act.weight.copy_(torch.linspace(0.05, 0.4, 8))  # a slope per channel
+    x = torch.randn(2, 3, 8, 8)
+    path = tmp_path / "model.onnx"
+    if exporter == "dynamo":
+        program = torch.onnx.export(net, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("N")},),
+                                    verbose=False)
+        onnx.save(program.model_proto, path)
+    else:
+        torch.onnx.export(net, (x,), path, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert ONNX_OP[act] in ops or (exporter == "legacy" and act == "Mish" and {"Softplus", "Tanh"} <= ops)
+    data = np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32) * 2
+    results = check_both_modes(path, data)
+    for compiled, _, _ in results.values():
+        assert len(compiled.info.layers) == 2 and compiled.info.wrappers
