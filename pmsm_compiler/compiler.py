@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from pmsm_compiler import __version__, weights
+from pmsm_compiler import __version__, opset_upgrade, weights
 from pmsm_compiler.errors import UnsupportedModelError
 from pmsm_compiler.metadata import get_metadata
 from pmsm_compiler.onnx_utils import downstream, export_model, import_graph, tensor_flow
@@ -117,6 +117,9 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     start = time.perf_counter()
     graph = import_graph(model)
     ctx = PassContext(mode=mode)
+    upgraded = opset_upgrade.note(model)
+    if upgraded:
+        ctx.notes.append(upgraded)
     reference = model
     try:
         graph = PassManager(FRONT).run(graph, ctx)

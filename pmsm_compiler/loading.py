@@ -27,7 +27,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
-from pmsm_compiler import weights
+from pmsm_compiler import opset_upgrade, weights
 from pmsm_compiler.errors import InputError, UnsupportedModelError, one_line
 from pmsm_compiler.files import (check_output_path, save_bytes_atomic, save_text_atomic,  # noqa: F401 - re-exported
                                  write_atomic)
@@ -793,7 +793,9 @@ def load_model(
     (each weight read once, into its tensor): the compiler never serializes it whole
     (``pmsm_compiler.weights``), and ``save_model_atomic`` writes it with external data. Opsets, graph outputs and tensor
     sizes are checked (``check_opsets``, ``check_graph_io_names``, ``check_sparse_sizes``,
-    ``check_tensor_sizes``); repeated node names are made unique (``unique_node_names``).
+    ``check_tensor_sizes``); repeated node names are made unique (``unique_node_names``). A model
+    below the supported opsets is converted to the lowest one and the conversion checked in
+    onnxruntime (``pmsm_compiler.opset_upgrade``).
     """
     path = os.fspath(path)
     max_total = MAX_MODEL_WITH_DATA_BYTES if max_bytes is None else max_bytes
@@ -811,6 +813,7 @@ def load_model(
             + (" (--max-bytes raises it)" if max_bytes is None else "")
         )
 
+    upgraded = opset_upgrade.upgrade(model, path)  # an older opset converted (pmsm_compiler.opset_upgrade)
     check_opsets(model)
     check_graph_io_names(model)
     check_missing_inputs(model)
@@ -856,6 +859,8 @@ def load_model(
     if static_inputs:
         check_static_shapes(model)
     unique_node_names(model)
+    if upgraded:
+        opset_upgrade.check(model, upgraded, path)
     return model
 
 

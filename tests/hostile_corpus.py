@@ -593,6 +593,9 @@ CASES: list[Case] = [
     # opsets and domains
     _model_case("opset_99", _set_opset("", 99), r"opset 99; supported: opsets 15 to 28$", process=True),
     _model_case("opset_14", _set_opset("", 14), r"opset 14; supported: opsets 15 to 28; convert it"),
+    # no model-local function: converted on loading, where onnx's converter can (opset 0: it cannot)
+    _model_case("opset_0_no_functions", lambda: _edit(plain_model(), lambda m: setattr(m.opset_import[0], "version", 0)),
+                r"opset 0; supported from 15; onnx's version converter could not convert it \(.*\): re-export"),
     _model_case("opset_twice", _set_opset("ai.onnx", 17, append=True), r"lists the domain 'ai\.onnx' twice"),
     _model_case("pmsm_domain_version", _set_opset("pmsm", 7), r"'pmsm' domain at version 7; .*implements version 1"),
     _model_case("pmsm_domain_twice", _set_opset("pmsm", 1, append=True), r"lists the domain 'pmsm' twice"),

@@ -43,7 +43,8 @@ def layer_table(layers, verification=None) -> str:
 
 HELP = f"""Compile MODEL (an ONNX model with PQA / QCFS / QDQ activations) into a spiking model.
 
-MODEL: default-domain ONNX opset {MIN_OPSET} to {MAX_OPSET}, one data input (float, or uint8 images that
+MODEL: default-domain ONNX opset {MIN_OPSET} to {MAX_OPSET} (an older one is converted to {MIN_OPSET} and the conversion
+checked), one data input (float, or uint8 images that
 the model scales itself), no tensor over {format_bytes(MAX_TENSOR_BYTES).split(' (')[0]} (a dynamic batch
 counted as 1).
 """
@@ -86,7 +87,9 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
          threads, max_level_mismatch, min_top1_agreement, output_rtol, json_path, max_bytes, external_data, input_shape,
          verbosity):
     """See HELP."""
+    from pmsm_compiler import opset_upgrade
     from pmsm_compiler.errors import InputError
+    from pmsm_compiler.metadata import get_metadata
     from pmsm_compiler.files import check_output_path, save_text_atomic
     from pmsm_compiler.loading import external_data_path, parse_input_shape
     from pmsm_compiler.pipeline import check_sampling, compile_and_verify
@@ -129,8 +132,10 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     if json_path:
         save_text_atomic(json.dumps(report, indent=1) + "\n", json_path)
     if verbosity >= NORMAL:
+        upgraded = get_metadata(result.ann, opset_upgrade.METADATA_KEY)
+        converted = f", converted from opset {upgraded['from']} to {upgraded['to']}" if isinstance(upgraded, dict) else ""
         click.echo(f"pmsm-compile {__version__}: {model} ({mode} mode, {len(info.layers)} neuron layers, "
-                   f"{len(info.wrappers)} temporal wrappers)")
+                   f"{len(info.wrappers)} temporal wrappers{converted})")
         click.echo(layer_table(info.layers, verification if check else None))
         if check:
             v = verification
