@@ -20,11 +20,13 @@ for non-homogeneous ops, one scalar time input ``pmsm_t`` (the 1-based step, flo
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from pmsm_compiler.ops import DOMAIN
 from pmsm_compiler.onnx_utils import downstream, tensor_flow
-from pmsm_compiler.ops.temporal import GENERAL_OPS, HOMOGENEOUS_OPS, bookkeeping_ops, dense_ops
+from pmsm_compiler.ops.temporal import (COMPARISON_OPS, GENERAL_OPS, HOMOGENEOUS_OPS, REGION_DOMAIN, bookkeeping_ops,
+                                        dense_ops, region_dense_ops)
 from pmsm_compiler.snn_format import TIME_INPUT, WRAPPER_INITIAL_STATE, State, Wrapper
 
 from .absorb_threshold_scale import batch_axis_refusal, classify, linear_inputs
@@ -45,8 +47,16 @@ def wrap_nonlinear(graph: gs.Graph, ctx) -> gs.Graph:
     dynamic = dynamic_tensors(graph, {s.input for s in ctx.states})
     time_input = None
     psp = {id(n) for n in ctx.psp_nodes}
+    replaced = set()  # the readers of comparisons, now inside a region
     for node in list(graph.nodes):
-        if node.domain == DOMAIN or id(node) in psp:
+        if node.domain == DOMAIN or id(node) in psp or id(node) in replaced:
+            continue
+        if node.op in COMPARISON_OPS and not node.domain and any(t.name in dynamic for t in node.inputs):
+            for region in _comparison_regions(graph, ctx, node, replaced):
+                if time_input is None:
+                    time_input = _time_input(graph, ctx)
+                _wrap(graph, ctx, region, [i for i, t in enumerate(region.inputs) if t.name in dynamic], False,
+                      time_input)
             continue
         reason = batch_axis_refusal(node)  # on the network input too: a run would mix its samples
         if reason:
@@ -77,11 +87,59 @@ def wrap_nonlinear(graph: gs.Graph, ctx) -> gs.Graph:
         if any(len(o.shape or []) == 0 for o in node.outputs) or len(node.outputs) != 1:
             raise PassRefusal(f"{node.op} '{node.name}': the wrapper needs one output of known rank")
         if not homogeneous and time_input is None:
-            time_input = gs.Variable(TIME_INPUT, dtype=np.float32, shape=[1])
-            graph.inputs.append(time_input)
-            ctx.time_input = TIME_INPUT
+            time_input = _time_input(graph, ctx)
         _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input)
     return graph
+
+
+def _time_input(graph, ctx):
+    time_input = gs.Variable(TIME_INPUT, dtype=np.float32, shape=[1])
+    graph.inputs.append(time_input)
+    ctx.time_input = TIME_INPUT
+    return time_input
+
+
+def _comparison_regions(graph, ctx, node, replaced: set) -> list:
+    """A comparison on spike traffic with each of its readers (a Where that selects by it, a Cast of
+    it to a number), as one node of a model-local function per reader (``ops.temporal``:
+    ``REGION_DOMAIN``; the function bodies go to ``ctx.functions``), which ``_wrap`` then wraps; the
+    comparison is copied into each. Refused: a comparison output read otherwise (another
+    comparison, a graph output, a Where's value operand)."""
+    out = node.outputs[0]
+    readers = list(out.outputs)
+    label = node.name or node.op
+    if any(t is out for t in graph.outputs) or not readers:
+        raise PassRefusal(f"{node.op} '{label}' on spike traffic: its boolean output is a graph output or unread")
+    for reader in readers:
+        selects = reader.op == "Where" and reader.inputs[0] is out and all(t is not out for t in reader.inputs[1:])
+        converts = reader.op == "Cast" and reader.attrs.get("to") not in (None, onnx.TensorProto.BOOL)
+        if reader.domain or not (selects or converts):
+            raise PassRefusal(f"{node.op} '{label}' on spike traffic is read by {reader.op} '{reader.name}': a "
+                              f"comparison of spikes compiles only into a Where that selects by it or a Cast of it "
+                              f"to a number (one function of numbers, wrapped)")
+    regions = []
+    for reader in readers:
+        outer = []
+        for t in [*node.inputs, *(t for t in reader.inputs if t is not out)]:
+            if all(t is not o for o in outer):
+                outer.append(t)
+        name = fresh(graph, f"{node.op}_{reader.op}")
+        formal = {id(t): f"x{i}" for i, t in enumerate(outer)}
+        body = [onnx.helper.make_node(node.op, [formal[id(t)] for t in node.inputs], ["mask"], **node.attrs),
+                onnx.helper.make_node(reader.op, ["mask" if t is out else formal[id(t)] for t in reader.inputs],
+                                      ["y"], **reader.attrs)]
+        ctx.functions.append(onnx.helper.make_function(
+            REGION_DOMAIN, name, [formal[id(t)] for t in outer], ["y"], body,
+            [onnx.helper.make_opsetid("", graph.opset)]))
+        region = gs.Node(name, name, domain=REGION_DOMAIN, inputs=outer, outputs=list(reader.outputs))
+        reader.outputs.clear()
+        reader.inputs.clear()
+        graph.nodes.append(region)
+        replaced.add(id(reader))
+        regions.append(region)
+    node.inputs.clear()
+    node.outputs.clear()
+    return regions
 
 
 def _state(graph, base, like):
@@ -95,8 +153,9 @@ def _state(graph, base, like):
 def _count_dense_ops(record, node, dyn_idx):
     """What the wrapper computes every step, from the static shapes (``ops.temporal.dense_ops``)."""
     out = node.outputs[0]
-    record.dense_ops = dense_ops(node.op, node.attrs, node.inputs[0].shape, out.shape,
-                                 [bool(t.name) for t in node.inputs])
+    record.dense_ops = (region_dense_ops(out.shape) if node.domain == REGION_DOMAIN else
+                        dense_ops(node.op, node.attrs, node.inputs[0].shape, out.shape,
+                                  [bool(t.name) for t in node.inputs]))
     sizes = [static_shape(node.inputs[i]) for i in dyn_idx] + [static_shape(out)]
     if all(s is not None for s in sizes):
         record.bookkeeping_ops = bookkeeping_ops(record.homogeneous, [numel(s) for s in sizes[:-1]], numel(sizes[-1]))

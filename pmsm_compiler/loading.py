@@ -35,6 +35,7 @@ from pmsm_compiler.limits import MAX_TENSOR_BYTES, format_bytes, supported_opset
 from pmsm_compiler.ops import DOMAIN as PMSM_DOMAIN
 from pmsm_compiler.ops import DOMAIN_VERSION as PMSM_DOMAIN_VERSION
 from pmsm_compiler.ops.supported import SUPPORTED_OPS
+from pmsm_compiler.ops.temporal import REGION_DOMAIN
 
 __all__ = [
     "DEFAULT_ALLOWED_OPS",
@@ -399,7 +400,7 @@ def _unsupported_in(
         label = _op_label(domain, node.op_type)
         if key in allowed:
             pass
-        elif domain == PMSM_DOMAIN:
+        elif domain in (PMSM_DOMAIN, REGION_DOMAIN):
             if (domain, node.op_type, node.overload) not in local_functions:
                 problems.append(
                     f"{label} ({_node_label(node, index, where)}: no model-local function body)"

@@ -52,6 +52,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from pmsm_compiler.onnx_utils import const_value, import_graph
+from pmsm_compiler.ops.temporal import REGION_DOMAIN
 from pmsm_compiler.snn_format import SNNInfo
 
 from .fuse_neuron_kernels import KERNEL_DOMAIN
@@ -282,6 +283,12 @@ def batch_axes(graph: gs.Graph, shapes: dict, batch_inputs) -> tuple[dict | None
             if any(axes[t.name] != 0 for t in carriers) or node.op.endswith("Final"):
                 return None, f"{node.name}: a neuron kernel off the batch axis"
             axes.update({t.name: 0 for t in node.outputs})
+            continue
+        if node.domain == REGION_DOMAIN:  # a comparison with its Where or Cast (ops.temporal): elementwise
+            out, why = _elementwise_axis(node, axes, shapes)
+            if why is not None:
+                return None, f"{node.name}: {node.op}: {why}"
+            axes.update({t.name: out for t in node.outputs if t.name})
             continue
         if node.domain not in (None, "", "ai.onnx"):
             return None, f"{node.name}: {node.domain}::{node.op} is not known to treat each sample on its own"

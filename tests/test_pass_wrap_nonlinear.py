@@ -147,11 +147,12 @@ def _f(name, value):
     return numpy_helper.from_array(np.asarray(value, np.float32), name)
 
 
-def small(after_nodes, out_name, out_shape, before_nodes=(), conv_in="x", hw=4, extra_inits=()):
+def small(after_nodes, out_name, out_shape, before_nodes=(), conv_in="x", hw=4, extra_inits=(),
+          out_type=TensorProto.FLOAT):
     """x → [before] → Conv → PQA (λ=2.3, L=4, levels −1..4) → [after] → out."""
     rng = np.random.default_rng(0)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2 * hw, 2 * hw])
-    y = helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", *out_shape])
+    y = helper.make_tensor_value_info(out_name, out_type, ["N", *out_shape])
     nodes = [*before_nodes,
              helper.make_node("Conv", [conv_in, "W"], ["c"], name="conv", strides=[2, 2], kernel_shape=[2, 2]),
              helper.make_node("PQA", ["c", "lam"], ["a"], name="act", domain="pmsm", L=4, alpha=-0.25, beta=1.0),
@@ -421,3 +422,80 @@ def test_float_identity_casts_pass_spikes_and_other_casts_are_refused():
                   helper.make_node("Cast", ["c"], ["d"], to=TensorProto.FLOAT, name="back")], "d")
     with pytest.raises(UnsupportedModelError, match="to_half"):
         compile_model(half, mode="exact")
+
+
+def _hand_written_leaky_relu(cast_too: bool = False):
+    """Where(a > 0, a, 0.1·a), a leaky ReLU as research code writes it (torch.where), and with
+    ``cast_too`` also its mask as numbers (a·(a > 0) form): two readers of one comparison."""
+    nodes = [helper.make_node("Greater", ["a", "zero"], ["m"], name="gt"),
+             helper.make_node("Mul", ["a", "slope"], ["sa"], name="scaled"),
+             helper.make_node("Where", ["m", "a", "sa"], ["w"], name="where")]
+    if cast_too:
+        nodes += [helper.make_node("Cast", ["m"], ["mf"], name="mask", to=TensorProto.FLOAT),
+                  helper.make_node("Add", ["w", "mf"], ["y"], name="add")]
+    else:
+        nodes.append(helper.make_node("Identity", ["w"], ["y"], name="out"))
+    return small(nodes, "y", (4, 4, 4), extra_inits=[_f("zero", 0.0), _f("slope", 0.1)])
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_a_comparison_of_spikes_and_its_readers_become_wrapped_functions(mode):
+    """A comparison on spike traffic (boolean, which no wrapper averages) goes with each reader (a
+    Where that selects by it, a Cast of it) into one model-local function of numbers
+    (``ops.temporal.REGION_DOMAIN``), wrapped in the general form: the running mean of its output
+    is f of the running mean of its inputs at every step; at T = 1 exact mode is the ANN bit for bit."""
+    from pmsm_compiler.ops.temporal import REGION_DOMAIN
+
+    ann = _hand_written_leaky_relu(cast_too=True)
+    compiled = compile_model(ann, mode=mode)
+    wrappers = compiled.info["wrappers"]
+    assert [w["op"] for w in wrappers] == ["Greater_Where", "Greater_Cast"]
+    assert all(not w["homogeneous"] for w in wrappers) and compiled.info["time_input"] == TIME_INPUT
+    functions = {f.name: f for f in compiled.model.functions if f.domain == REGION_DOMAIN}
+    assert {n: [b.op_type for b in f.node] for n, f in functions.items()} == {
+        "Greater_Where": ["Greater", "Where"], "Greater_Cast": ["Greater", "Cast"]}
+    assert (REGION_DOMAIN, 1) in {(o.domain, o.version) for o in compiled.model.opset_import}
+    assert not {"Greater", "Where"} & {n.op_type for n in compiled.model.graph.node}
+    assert [w["dense_ops"] for w in wrappers] == [2 * 64, 2 * 64]  # compare, select: per element of [4, 4, 4]
+    x = np.random.default_rng(4).standard_normal((3, 3, 8, 8)).astype(np.float32) * 2
+    where_in, where_out = wrapper_io(compiled.model, wrappers[0])
+    total_in, total_out = 0.0, 0.0
+    for t, out in enumerate(run_steps(compiled, {"x": x}, [where_in, where_out]), start=1):
+        total_in = total_in + out[where_in].astype(np.float64)
+        total_out = total_out + out[where_out].astype(np.float64)
+        mean = total_in / t
+        np.testing.assert_allclose(total_out / t, np.where(mean > 0, mean, 0.1 * mean), rtol=FLOAT_RTOL, atol=1e-6)
+        if t == 1 and mode == "exact":
+            y_ann = make_session(ann, "all", threads=1).run(["y"], {"x": x})[0]
+            assert np.array_equal(out["y"], y_ann)
+    assert t == STEPS
+
+
+def test_a_comparison_read_otherwise_is_refused_with_the_reason():
+    """Only a Where that selects by the comparison or a Cast of it to a number: a comparison whose
+    output is a graph output, or a Where that takes it as a value, is refused."""
+    as_output = small([helper.make_node("Greater", ["a", "zero"], ["y"], name="gt")], "y", (4, 4, 4),
+                      extra_inits=[_f("zero", 0.0)], out_type=TensorProto.BOOL)
+    with pytest.raises(UnsupportedModelError, match="Greater 'gt' on spike traffic: its boolean output is a graph "
+                                                    "output or unread"):
+        compile_model(as_output, mode="exact")
+    as_value = small([helper.make_node("Less", ["a", "zero"], ["m"], name="lt"),
+                      helper.make_node("Where", ["m", "m", "m"], ["b"], name="where"),
+                      helper.make_node("Cast", ["b"], ["y"], name="cast", to=TensorProto.FLOAT)], "y", (4, 4, 4),
+                     extra_inits=[_f("zero", 0.0)])
+    with pytest.raises(UnsupportedModelError, match="Less 'lt' on spike traffic is read by Where 'where'"):
+        compile_model(as_value, mode="folded")
+
+
+def test_a_comparison_on_static_values_stays_an_op():
+    """A mask from the network input alone is the same at every step: it stays a Greater, and the
+    Where that selects spikes by it is linear in them (no region, no wrapper)."""
+    ann = small([helper.make_node("Conv", ["x", "W"], ["c2"], name="conv2", strides=[2, 2], kernel_shape=[2, 2]),
+                 helper.make_node("Greater", ["c2", "zero"], ["m"], name="gt"),
+                 helper.make_node("Mul", ["a", "slope"], ["sa"], name="scaled"),
+                 helper.make_node("Where", ["m", "a", "sa"], ["y"], name="where")], "y", (4, 4, 4),
+                extra_inits=[_f("zero", 0.0), _f("slope", 0.1)])
+    for mode in ("folded", "exact"):
+        compiled = compile_model(ann, mode=mode)
+        assert compiled.info["wrappers"] == [] and not [f for f in compiled.model.functions if f.domain != "pmsm"]
+        assert {"Greater", "Where"} <= {n.op_type for n in compiled.model.graph.node}

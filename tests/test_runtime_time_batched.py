@@ -585,3 +585,28 @@ def test_an_activation_measured_independent_of_position_runs_layer_by_layer_and_
         b = session.run_batch(x, 7, keep_outputs=True, sample_counters=True)
         for field in FIELDS:
             np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=f"{mode}: {field}")
+
+
+def test_a_comparison_region_runs_layer_by_layer_and_agrees():
+    """A comparison of spikes with its Where (a model-local function in ``pmsm.region``) is
+    elementwise: the runtime follows the batch axis through it and runs passes, bit for bit as
+    step by step."""
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.runtime import SNNSession
+
+    rng = np.random.default_rng(3)
+    inits = [onnx.numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0.0), ("slope", 0.1))]
+    middle = [helper.make_node("Greater", ["q", "zero"], ["m"]), helper.make_node("Mul", ["q", "slope"], ["sq"]),
+              helper.make_node("Where", ["m", "q", "sq"], ["s"]),
+              helper.make_node("GlobalAveragePool", ["s"], ["g"]), helper.make_node("Flatten", ["g"], ["f"])]
+    ann = _conv_pqa_classifier(rng, (3, 3, 3, 3), [3, 8, 8], middle, inits)
+    for mode in ("folded", "exact"):
+        model = compile_model(ann, mode).model
+        assert any(n.domain == "pmsm.region" for n in model.graph.node)
+        session = SNNSession(model)
+        assert session.time_batched, session.time_batched_note
+        x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32) * 2
+        a = SNNSession(model, time_batch=1).run_batch(x, 7, keep_outputs=True, sample_counters=True)
+        b = session.run_batch(x, 7, keep_outputs=True, sample_counters=True)
+        for field in FIELDS:
+            np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=f"{mode}: {field}")

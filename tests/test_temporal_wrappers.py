@@ -48,7 +48,7 @@ from pmsm_compiler.compiler import compile_model
 from pmsm_compiler.ops import add_functions
 from pmsm_compiler.ops.quantizers import quantizer_functions
 from pmsm_compiler.ops.supported import WRAPPED_OPS
-from pmsm_compiler.ops.temporal import HOMOGENEOUS_OPS
+from pmsm_compiler.ops.temporal import COMPARISON_OPS, HOMOGENEOUS_OPS
 from pmsm_compiler.runtime import SNNSession
 
 OPSET = 20
@@ -250,6 +250,20 @@ CASES = [
           helper.make_node("Add", ["e", "one"], ["e1"], name="plus1"), _node("Mul", ["a", "e1"], "p"),
           helper.make_node("Mul", ["p", "half"], ["y"], name="half")],
          gelu, lambda m: GELU_MAX_SLOPE, n_f=8, inits=[_f("sqrt2", SQRT2), _f("one", 1.0), _f("half", 0.5)]),
+    # comparisons of spikes with the op that makes numbers of their mask: one function of numbers
+    # each (ops.temporal.REGION_DOMAIN). No running mean θ·j/t (t <= STEPS) comes within rounding of
+    # a threshold here (0, 0.4, 0.5), so the steps of these functions stay put.
+    Case("Where(a > 0, a, 0.1·a)", ("Greater_Where",), (2, 3),
+         [helper.make_node("Greater", ["a", "zero"], ["m"], name="gt"),
+          helper.make_node("Mul", ["a", "slope"], ["sa"], name="scaled"), _node("Where", ["m", "a", "sa"])],
+         lambda m: np.where(m > 0, m, 0.1 * m), lambda m: 1, inits=[_f("zero", 0.0), _f("slope", 0.1)]),
+    Case("Where(a < c, c, a)", ("Less_Where",), (2, 3),
+         [helper.make_node("Less", ["a", "c"], ["m"], name="lt"), _node("Where", ["m", "c", "a"])],
+         lambda m: np.maximum(m, CONST), lambda m: 1, inits=[_f("c", CONST)]),
+    Case("a·Cast(a >= 0.5)", ("GreaterOrEqual_Cast", "Mul"), (2, 3),
+         [helper.make_node("GreaterOrEqual", ["a", "half"], ["m"], name="ge"),
+          helper.make_node("Cast", ["m"], ["mf"], name="mask", to=TensorProto.FLOAT), _node("Mul", ["a", "mf"])],
+         lambda m: m * (m >= 0.5), lambda m: 1, inits=[_f("half", 0.5)]),
     # in GENERAL_OPS, but linear in their data input: never wrapped (the definition holds all the same)
     reduce("ReduceMean", lambda m: m.mean(-1, keepdims=True), lambda m: 1, ops=(), n_f=5),
     reduce("ReduceSum", lambda m: m.sum(-1, keepdims=True), lambda m: 5, ops=(), n_f=5),
@@ -341,7 +355,8 @@ def test_every_wrapped_op_has_a_case():
     """A newly supported non-linear op fails here until it has a case above."""
     covered = {op for case in CASES for op in case.ops} | {case.name for case in CASES if not case.ops}
     assert WRAPPED_OPS <= covered, f"no running-mean case for {sorted(WRAPPED_OPS - covered)}"
-    assert covered <= WRAPPED_OPS
+    regions = {f"{a}_{b}" for a in COMPARISON_OPS for b in ("Where", "Cast")}
+    assert covered <= WRAPPED_OPS | regions
 
 
 @pytest.mark.parametrize("mode", ["folded", "exact"])
@@ -375,6 +390,12 @@ def test_driver_is_the_runtime_loop(case):
 # form, 2·(Σ n_in + n_out) for the general one
 UNARY = (2 * 3, 2 * (6 + 6))  # (2, 3): 1 op per element; 24
 DENSE = {
+    # comparison regions: compare and select per element; the running sums of every time-varying input
+    "Where(a > 0, a, 0.1·a)": (2 * 6, 2 * (6 + 6 + 6)),
+    # folded: the Less reads a in real values, the Where selects a in spike units (and c/θ): two sums
+    "Where(a < c, c, a)": {"exact": (2 * 6, 2 * (6 + 6)), "folded": (2 * 6, 2 * (6 + 6 + 6))},
+    "a·Cast(a >= 0.5)": [(2 * 6, 2 * (6 + 6)), (6, 2 * (6 + 6 + 6))],  # the mask, then a times it
+    "GELU as Erf": [(6, 24), (6, 36)],  # Erf, a·erf
     "Relu": (6, 12), "LeakyRelu(alpha=0.1)": (2 * 6, 12),
     "MaxPool": (8 * 3, 32 + 8),  # (2, 4, 4) → (2, 2, 2): 3 comparisons per output
     "GlobalMaxPool": (32 - 2, 32 + 2), "ReduceMax": (15 - 3, 15 + 3), "ReduceMin": (15 - 3, 15 + 3),
@@ -395,15 +416,17 @@ DENSE = {
 
 
 def test_every_case_has_its_dense_ops():
-    wrapped = [case.name for case in CASES if len(case.ops) == 1]
+    wrapped = [case.name for case in CASES if case.ops]
     assert sorted(DENSE) == sorted(wrapped)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.ops], ids=lambda c: c.name)
 def test_dense_ops_of_each_wrapper(case):
     """The compiler records what each wrapper computes every step, as the formulas say."""
-    expected = [DENSE[case.name]] if len(case.ops) == 1 else [(6, 24), (6, 36)]  # GELU as Erf: Erf, a·erf
     for mode in ("folded", "exact"):
+        expected = DENSE[case.name]
+        expected = expected[mode] if isinstance(expected, dict) else expected
+        expected = [expected] if len(case.ops) == 1 else expected
         got = [(w.dense_ops, w.bookkeeping_ops) for w in compiled(case, mode).info.wrappers]
         assert got == expected, mode
 

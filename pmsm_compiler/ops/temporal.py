@@ -58,6 +58,16 @@ GENERAL_OPS = {
 }
 
 
+#: Comparisons on spike traffic (``REAL_OPS``' Less, Greater, Equal, GreaterOrEqual) have a boolean
+#: output, which no wrapper can average; with the op that makes numbers of it again (a Where that
+#: selects by it, a Cast to a number) they are one function f(x, a, b) = Where(x > c, a, b) (or
+#: Cast(x > c)) of numbers, and that function is wrapped (general form). ``wrap_nonlinear`` makes
+#: each such pair a model-local function in this domain, one per reader of the comparison.
+REGION_DOMAIN = "pmsm.region"
+COMPARISON_OPS = frozenset({"Less", "Greater", "Equal", "GreaterOrEqual"})
+REGION_OPS_PER_ELEMENT = 2  # compare, select (or convert)
+
+
 class TemporalWrapper:
     """numpy reference of the wrapper for f of one or more inputs."""
 
@@ -166,6 +176,12 @@ def dense_ops(op: str, attrs: dict, data_shape, out_shape, inputs_given: list) -
     if op == "ReduceL1":
         return n + (n - n_out)  # an absolute value per element, then the additions
     return None
+
+
+def region_dense_ops(out_shape) -> int | None:
+    """Dense operations per sample and step of a comparison region (``REGION_DOMAIN``)."""
+    out = per_sample_dims(out_shape)
+    return None if out is None else REGION_OPS_PER_ELEMENT * int(np.prod(out, dtype=np.int64))
 
 
 def bookkeeping_ops(homogeneous: bool, input_sizes: list, out_size: int) -> int:
