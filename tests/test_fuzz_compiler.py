@@ -256,11 +256,11 @@ def test_generator_version_2_writes_the_round_forms():
 
 def test_generator_version_3_writes_the_cnn_activations():
     """Version 3 swaps 60 % of the elementwise activations for a CNN activation (PRelu, Elu, Selu,
-    Celu, Mish, Softsign, ThresholdedRelu), from a stream of its own: a network without one is
-    version 2's graph."""
+    Celu, Mish, Softsign, ThresholdedRelu) and 20 % of the Where's comparisons for a LessOrEqual,
+    from a stream of its own: a network without one is version 2's graph."""
     import json
 
-    new = {"PRelu", "Elu", "Selu", "Celu", "Mish", "Softsign", "ThresholdedRelu"}
+    new = {"PRelu", "Elu", "Selu", "Celu", "Mish", "Softsign", "ThresholdedRelu", "LessOrEqual"}
     placed, unchanged = set(), 0
     for seed in range(300):
         v2, _ = fuzz.random_network(seed, version=2)

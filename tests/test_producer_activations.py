@@ -1,6 +1,8 @@
 """CNN activation functions between quantized layers, exported by both of torch's exporters,
 compile in both modes: ``nn.PReLU`` (one slope per channel), ``nn.ELU``, ``nn.SELU``, ``nn.CELU``,
-``nn.Mish`` and ``nn.Softsign``.
+``nn.Mish``, ``nn.Softsign``, and the ones written with a comparison (``torch.where(x > 0, x,
+0.1 * x)``, ``x * (x >= 0.3).float()``, ``nn.Threshold``), whose comparisons become comparison
+regions.
 
 Each becomes a temporal wrapper on spike traffic (``ops.temporal``: PRelu in the positively
 homogeneous form, the rest in the general form); the dynamo exporter writes PRelu, Elu, Selu,
@@ -33,10 +35,27 @@ class FakeQuant(nn.Module):
         return torch.clamp(torch.floor(x / self.s + 0.5), self.lo, self.hi) * self.s
 
 
+class WhereLeaky(nn.Module):
+    """A leaky ReLU as research code writes it: ``torch.where(x > 0, x, 0.1 * x)``."""
+
+    def forward(self, x):
+        return torch.where(x > 0, x, 0.1 * x)
+
+
+class MaskTimes(nn.Module):
+    """x · (x ≥ 0.3): a mask of the activation, as a number, times the activation."""
+
+    def forward(self, x):
+        return x * (x >= 0.3).float()
+
+
 ACTIVATIONS = {"PReLU": lambda: nn.PReLU(8, init=0.2), "ELU": lambda: nn.ELU(0.8), "SELU": nn.SELU,
-               "CELU": lambda: nn.CELU(1.5), "Mish": nn.Mish, "Softsign": nn.Softsign}
-#: the op the dynamo exporter writes for each (the legacy exporter: the same, but Mish and Softsign)
-ONNX_OP = {"PReLU": "PRelu", "ELU": "Elu", "SELU": "Selu", "CELU": "Celu", "Mish": "Mish", "Softsign": "Div"}
+               "CELU": lambda: nn.CELU(1.5), "Mish": nn.Mish, "Softsign": nn.Softsign,
+               "where": WhereLeaky, "mask": MaskTimes, "Threshold": lambda: nn.Threshold(0.2, -0.1)}
+#: the op the dynamo exporter writes for each (the legacy exporter: the same, but Mish and Softsign);
+#: the comparisons become comparison regions (ops.temporal.REGION_DOMAIN)
+ONNX_OP = {"PReLU": "PRelu", "ELU": "Elu", "SELU": "Selu", "CELU": "Celu", "Mish": "Mish", "Softsign": "Div",
+           "where": "Greater", "mask": "GreaterOrEqual", "Threshold": "LessOrEqual"}
 
 
 class Net(nn.Module):
@@ -51,8 +70,10 @@ class Net(nn.Module):
         return self.fc(torch.flatten(self.q2(self.conv2(self.act(self.q1(self.conv1(x))))), 1))
 
 
-@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
-@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+# torch's legacy exporter has no nn.Threshold with a non-zero threshold ("Unsupported: ONNX export of
+# operator threshold"): dynamo only
+@pytest.mark.parametrize("act,exporter", [(a, e) for a in sorted(ACTIVATIONS) for e in ("dynamo", "legacy")
+                                          if (a, e) != ("Threshold", "legacy")])
 def test_activation_functions_between_quantizers_from_torch(tmp_path, act, exporter):
     import onnx
 
@@ -75,3 +96,5 @@ def test_activation_functions_between_quantizers_from_torch(tmp_path, act, expor
     results = check_both_modes(path, data)
     for compiled, _, _ in results.values():
         assert len(compiled.info.layers) == 2 and compiled.info.wrappers
+        if ONNX_OP[act] in ("Greater", "GreaterOrEqual", "LessOrEqual"):
+            assert any(n.domain == "pmsm.region" for n in compiled.model.graph.node)

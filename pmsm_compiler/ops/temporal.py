@@ -58,13 +58,13 @@ GENERAL_OPS = {
 }
 
 
-#: Comparisons on spike traffic (``REAL_OPS``' Less, Greater, Equal, GreaterOrEqual) have a boolean
+#: Comparisons on spike traffic (``REAL_OPS``' Less, Greater, Equal, GreaterOrEqual, LessOrEqual) have a boolean
 #: output, which no wrapper can average; with the op that makes numbers of it again (a Where that
 #: selects by it, a Cast to a number) they are one function f(x, a, b) = Where(x > c, a, b) (or
 #: Cast(x > c)) of numbers, and that function is wrapped (general form). ``wrap_nonlinear`` makes
 #: each such pair a model-local function in this domain, one per reader of the comparison.
 REGION_DOMAIN = "pmsm.region"
-COMPARISON_OPS = frozenset({"Less", "Greater", "Equal", "GreaterOrEqual"})
+COMPARISON_OPS = frozenset({"Less", "Greater", "Equal", "GreaterOrEqual", "LessOrEqual"})
 REGION_OPS_PER_ELEMENT = 2  # compare, select (or convert)
 
 

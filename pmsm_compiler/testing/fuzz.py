@@ -48,8 +48,9 @@ FUZZ_METADATA_KEY = "pmsm.fuzz"
 #: also written with Round (``_ROUNDING_STYLES``), drawn from a stream of their own, so that a
 #: network without plain quantizers is the one version 1 built;
 #: 3: an elementwise activation (Relu, Abs, Tanh, Sigmoid, Erf, HardSwish, Softplus) is, 60 % of
-#: the time, one of the CNN activations of ``_ACTIVATIONS`` instead, drawn (with its attributes) from
-#: a stream of its own, so that a network without one is version 2's.
+#: the time, one of the CNN activations of ``_ACTIVATIONS`` instead, and a Where's comparison 20 %
+#: of the time a LessOrEqual, drawn (with their attributes) from a stream of their own, so that a
+#: network without one is version 2's.
 GENERATOR_VERSION = 3
 #: version 2's rounding of a plain (non-QCFS) quantizer: Add ½ → Floor (version 1's only one),
 #: Round → Clip, Clip → Round, and LSQ's straight-through Round → Sub(·, u) → Add(·, u)
@@ -500,8 +501,10 @@ def _b_expand(net: _Net, x: _T) -> _T:
 
 
 def _b_where(net: _Net, x: _T) -> _T:
-    cmp = net.want("Less", "Greater", "Equal", "GreaterOrEqual") or \
-        net.choice(["Less", "Greater", "Equal", "GreaterOrEqual"])
+    forced = net.want("Less", "Greater", "Equal", "GreaterOrEqual", "LessOrEqual")
+    cmp = forced or net.choice(["Less", "Greater", "Equal", "GreaterOrEqual"])
+    if net.version >= 3 and not forced and net.activation_rng.random() < 0.2:
+        cmp = "LessOrEqual"  # version 3, from its own stream
     shape = (x.shape[0],) + (1,) * (len(x.shape) - 1)
     if net.chance(0.7):  # a constant mask (folds away)
         a = net.const(net.rng.integers(0, 3, shape).astype(np.float32), base="ma")
@@ -795,7 +798,7 @@ _BLOCKS = [
     ("unsqueeze", _b_unsqueeze, {1, 2, 3}, {"Unsqueeze", "Squeeze"}, 0.3),
     ("gate", _b_gate, {2, 3}, {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1"}, 0.6),
     ("expand", _b_expand, {1, 2, 3}, {"Expand", "ConstantOfShape", "Shape"}, 0.4),
-    ("where", _b_where, {1, 2, 3}, {"Where", "Less", "Greater", "Equal", "GreaterOrEqual"}, 0.5),
+    ("where", _b_where, {1, 2, 3}, {"Where", "Less", "Greater", "Equal", "GreaterOrEqual", "LessOrEqual"}, 0.5),
     ("sum", _b_sum, {1, 2, 3}, {"Sum"}, 0.4),
     ("product", _b_product, {1, 2, 3}, set(), 0.5),
     ("mix", _b_mix, {1, 2, 3}, set(_MIX_OP.values()), 2.5),
