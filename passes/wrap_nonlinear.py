@@ -112,11 +112,14 @@ def _comparison_regions(graph, ctx, node, replaced: set) -> list:
         raise PassRefusal(f"{node.op} '{label}' on spike traffic: its boolean output is a graph output or unread")
     for reader in readers:
         selects = reader.op == "Where" and reader.inputs[0] is out and all(t is not out for t in reader.inputs[1:])
-        converts = reader.op == "Cast" and reader.attrs.get("to") not in (None, onnx.TensorProto.BOOL)
+        converts = reader.op == "Cast" and reader.attrs.get("to") == onnx.TensorProto.FLOAT
         if reader.domain or not (selects or converts):
             raise PassRefusal(f"{node.op} '{label}' on spike traffic is read by {reader.op} '{reader.name}': a "
                               f"comparison of spikes compiles only into a Where that selects by it or a Cast of it "
-                              f"to a number (one function of numbers, wrapped)")
+                              f"to float (one function of numbers, wrapped)")
+        if reader.outputs[0].dtype not in (np.float32, None):  # the wrapper's sums are float32
+            raise PassRefusal(f"{node.op} '{label}' on spike traffic: {reader.op} '{reader.name}' makes "
+                              f"{reader.outputs[0].dtype} of it; a wrapped function must give float32")
     regions = []
     for reader in readers:
         outer = []

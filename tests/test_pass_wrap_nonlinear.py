@@ -485,6 +485,12 @@ def test_a_comparison_read_otherwise_is_refused_with_the_reason():
                      extra_inits=[_f("zero", 0.0)])
     with pytest.raises(UnsupportedModelError, match="Less 'lt' on spike traffic is read by Where 'where'"):
         compile_model(as_value, mode="folded")
+    to_int = small([helper.make_node("Greater", ["a", "zero"], ["m"], name="gt"),
+                    helper.make_node("Cast", ["m"], ["mi"], name="to_int", to=TensorProto.INT64),
+                    helper.make_node("Cast", ["mi"], ["y"], name="back", to=TensorProto.FLOAT)], "y", (4, 4, 4),
+                   extra_inits=[_f("zero", 0.0)])
+    with pytest.raises(UnsupportedModelError, match="Greater 'gt' on spike traffic is read by Cast 'to_int'"):
+        compile_model(to_int, mode="exact")
 
 
 def test_a_comparison_on_static_values_stays_an_op():
