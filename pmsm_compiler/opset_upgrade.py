@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import ModelProto, helper
+from onnx import ModelProto, TensorProto, helper
 
 from pmsm_compiler import weights
 from pmsm_compiler.errors import UnsupportedModelError, one_line
@@ -43,15 +43,21 @@ def default_opset(model: ModelProto) -> int | None:
 
 def upgrade(model: ModelProto, what: str) -> dict | None:
     """Convert ``model`` in place to the lowest supported opset when it imports an older one; None
-    when it does not. Returns what ``check`` needs: the original graph as a ``weights.split``
-    skeleton (its large initializers referenced, not held) and the two opsets. Raises
+    when it does not. Returns what ``check`` needs: the original graph without its large
+    initializers (``check`` references the loaded model's) and the two opsets. Raises
     UnsupportedModelError (one line) where the converter fails."""
     version, (low, _) = default_opset(model), supported_opsets()
     if version is None or version >= low:
         return None
     if any(o.domain in ("", "ai.onnx") for f in model.functions for o in f.opset_import):
         return None  # the converter leaves model-local functions at their opset: refused as before
-    original, _ = weights.split(model, lazy=True)  # the skeleton only: the arrays are read later
+    # the original graph without its large weights (inline or external data not loaded yet): ``check``
+    # gives it the loaded model's, by reference
+    original = ModelProto()
+    weights.copy_except(model, original, skip=("graph",))
+    weights.copy_except(model.graph, original.graph, skip=("initializer",))
+    original.graph.initializer.extend(t for t in model.graph.initializer
+                                      if not weights.strippable(t) and t.data_location != TensorProto.EXTERNAL)
     stripped = {t.name for t in model.graph.initializer if weights.strippable(t)}
     listed = {v.name for v in model.graph.input}
     try:
@@ -94,6 +100,10 @@ def check(model: ModelProto, upgraded: dict, what: str) -> None:
         if fixed is not None:
             v.type.CopyFrom(fixed.type)
     skeleton, arrays = weights.split(model, lazy=True, keep=False)
+    # the weights the original lacks, as loaded: the large ones by reference, those that were in external
+    # data under STRIP_BYTES inline (the converter leaves tensors it does not rewrite as they are)
+    present = {t.name for t in original.graph.initializer}
+    original.graph.initializer.extend(t for t in skeleton.graph.initializer if t.name not in present)
     feeds = probe_feeds(skeleton)
     with onnxruntime_errors(f"{what} at its own opset {upgraded['from']}"):
         before = make_session(original, "all", threads=1, qdq_fusion=False, initializers=arrays).run(None, feeds)

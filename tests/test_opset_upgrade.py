@@ -129,3 +129,19 @@ def test_a_supported_opset_is_left_as_it_is(tmp_path):
     onnx.save(_tiny(17), tmp_path / "m.onnx")
     model = load_model(tmp_path / "m.onnx", static_inputs=False)
     assert opset_upgrade.default_opset(model) == 17 and get_metadata(model, opset_upgrade.METADATA_KEY) is None
+
+
+def test_an_older_model_with_external_data_is_converted_and_checked(tmp_path):
+    """The weights in a data file beside the model: the converter sees their references, the check
+    the weights the loader read."""
+    path = qdq_model(tmp_path, 13)
+    external = tmp_path / "ext" / "model.onnx"
+    external.parent.mkdir()
+    onnx.save(onnx.load(path), external, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data", size_threshold=256)
+    assert any(t.data_location == TensorProto.EXTERNAL for t in onnx.load(external, load_external_data=False)
+               .graph.initializer)
+    model = load_model(external)
+    assert get_metadata(model, opset_upgrade.METADATA_KEY)["identical"]
+    inline = load_model(path)
+    assert {t.name: t.raw_data for t in model.graph.initializer} == {t.name: t.raw_data for t in inline.graph.initializer}
