@@ -111,3 +111,17 @@ def check_both_modes(path, x: np.ndarray) -> dict:
     """{mode: (compiled, report, result)} for exact and folded, each checked by ``check_mode``."""
     ann = load_model(path)
     return {mode: check_mode(ann, x, mode) for mode in ("exact", "folded")}
+
+
+def export_torch(net, x, path, exporter: str) -> list[str]:
+    """``net`` (a torch module in eval mode) exported to ``path`` by torch's ``exporter``, "dynamo"
+    or "legacy" (TorchScript), with a dynamic batch; returns the exported graph's op types."""
+    import torch
+
+    if exporter == "dynamo":
+        program = torch.onnx.export(net, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("N")},),
+                                    verbose=False)
+        onnx.save(program.model_proto, path)
+    else:
+        torch.onnx.export(net, (x,), path, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    return [n.op_type for n in onnx.load(path).graph.node]

@@ -20,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from producers import check_both_modes  # noqa: E402
+from producers import check_both_modes, export_torch  # noqa: E402
 
 
 class FakeQuant(nn.Module):
@@ -75,22 +75,13 @@ class Net(nn.Module):
 @pytest.mark.parametrize("act,exporter", [(a, e) for a in sorted(ACTIVATIONS) for e in ("dynamo", "legacy")
                                           if (a, e) != ("Threshold", "legacy")])
 def test_activation_functions_between_quantizers_from_torch(tmp_path, act, exporter):
-    import onnx
-
     torch.manual_seed(0)
     net = Net(act).eval()
     if act == "PReLU":
         with torch.no_grad():
             net.act.weight.copy_(torch.linspace(0.05, 0.4, 8))  # a slope per channel
-    x = torch.randn(2, 3, 8, 8)
     path = tmp_path / "model.onnx"
-    if exporter == "dynamo":
-        program = torch.onnx.export(net, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("N")},),
-                                    verbose=False)
-        onnx.save(program.model_proto, path)
-    else:
-        torch.onnx.export(net, (x,), path, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "N"}})
-    ops = {n.op_type for n in onnx.load(path).graph.node}
+    ops = set(export_torch(net, torch.randn(2, 3, 8, 8), path, exporter))
     assert ONNX_OP[act] in ops or (exporter == "legacy" and act == "Mish" and {"Softplus", "Tanh"} <= ops)
     data = np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32) * 2
     results = check_both_modes(path, data)

@@ -24,7 +24,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from producers import check_both_modes  # noqa: E402
+from producers import check_both_modes, export_torch  # noqa: E402
 
 
 class RoundSTE(torch.autograd.Function):
@@ -70,19 +70,10 @@ class Net(nn.Module):
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 @pytest.mark.parametrize("style", ["round", "function", "detach"])
 def test_round_fake_quantization_from_torch(tmp_path, style, exporter):
-    import onnx
-
     torch.manual_seed(0)
     net = Net(style).eval()
-    x = torch.randn(2, 3, 8, 8)
     path = tmp_path / "model.onnx"
-    if exporter == "dynamo":
-        program = torch.onnx.export(net, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("N")},),
-                                    verbose=False)
-        onnx.save(program.model_proto, path)
-    else:
-        torch.onnx.export(net, (x,), path, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "N"}})
-    ops = [n.op_type for n in onnx.load(path).graph.node]
+    ops = export_torch(net, torch.randn(2, 3, 8, 8), path, exporter)
     assert ops.count("Round") == 2 and (("Sub" in ops) == (style == "detach"))
     data = np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32) * 2
     results = check_both_modes(path, data)

@@ -542,9 +542,6 @@ def test_an_op_that_rounds_by_position_reads_no_batch_in_a_pass():
 
 @pytest.mark.parametrize("op", ["Log", "Softplus", "Elu", "Selu", "Celu", "Mish"])
 def test_a_model_with_a_position_sensitive_op_runs_step_by_step_and_agrees(op):
-    from pmsm_compiler.compiler import compile_model
-    from pmsm_compiler.runtime import SNNSession
-
     rng = np.random.default_rng(1)
     middle = [helper.make_node("Add", ["q", "one"], ["p"]),  # > 0: Log's argument
               helper.make_node(op, ["p"], ["s"]),
@@ -552,39 +549,20 @@ def test_a_model_with_a_position_sensitive_op_runs_step_by_step_and_agrees(op):
               helper.make_node("Flatten", ["g"], ["f"])]
     ann = _conv_pqa_classifier(rng, (4, 3, 3, 3), [3, 8, 8], middle,
                                [onnx.numpy_helper.from_array(np.array(1.5, np.float32), "one")])
-    for mode in ("folded", "exact"):
-        model = compile_model(ann, mode).model
-        session = SNNSession(model)
-        assert not session.time_batched and f"{op}, whose result for an element depends" in session.time_batched_note
-        x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32) * 2
-        a = SNNSession(model, time_batch=1).run_batch(x, 7, keep_outputs=True, sample_counters=True)
-        b = session.run_batch(x, 7, keep_outputs=True, sample_counters=True)
-        for field in FIELDS:
-            np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=f"{mode}: {field}")
+    _default_runs_equal_step_by_step(ann, rng, refused=f"{op}, whose result for an element depends")
 
 
 @pytest.mark.parametrize("op", ["HardSwish", "PRelu", "Softsign", "ThresholdedRelu"])
 def test_an_activation_measured_independent_of_position_runs_layer_by_layer_and_agrees(op):
     """Activations between quantizers that ``bench/position_sensitivity.py`` measured independent of
     where an element sits (on both signs) run in passes, bit for bit as step by step."""
-    from pmsm_compiler.compiler import compile_model
-    from pmsm_compiler.runtime import SNNSession
-
     rng = np.random.default_rng(2)
     inits = [onnx.numpy_helper.from_array(np.array([[[0.1]], [[0.2]], [[0.3]]], np.float32), "slope")]
     middle = [helper.make_node(op, ["q", "slope"] if op == "PRelu" else ["q"], ["s"]),
               helper.make_node("GlobalAveragePool", ["s"], ["g"]),
               helper.make_node("Flatten", ["g"], ["f"])]
     ann = _conv_pqa_classifier(rng, (3, 3, 3, 3), [3, 8, 8], middle, inits if op == "PRelu" else [])
-    for mode in ("folded", "exact"):
-        model = compile_model(ann, mode).model
-        session = SNNSession(model)
-        assert session.time_batched, session.time_batched_note
-        x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32) * 2
-        a = SNNSession(model, time_batch=1).run_batch(x, 7, keep_outputs=True, sample_counters=True)
-        b = session.run_batch(x, 7, keep_outputs=True, sample_counters=True)
-        for field in FIELDS:
-            np.testing.assert_array_equal(getattr(b, field), getattr(a, field), err_msg=f"{mode}: {field}")
+    _default_runs_equal_step_by_step(ann, rng)
 
 
 def test_a_comparison_region_runs_layer_by_layer_and_agrees():
@@ -592,7 +570,6 @@ def test_a_comparison_region_runs_layer_by_layer_and_agrees():
     elementwise: the runtime follows the batch axis through it and runs passes, bit for bit as
     step by step."""
     from pmsm_compiler.compiler import compile_model
-    from pmsm_compiler.runtime import SNNSession
 
     rng = np.random.default_rng(3)
     inits = [onnx.numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0.0), ("slope", 0.1))]
@@ -601,10 +578,23 @@ def test_a_comparison_region_runs_layer_by_layer_and_agrees():
               helper.make_node("GlobalAveragePool", ["s"], ["g"]), helper.make_node("Flatten", ["g"], ["f"])]
     ann = _conv_pqa_classifier(rng, (3, 3, 3, 3), [3, 8, 8], middle, inits)
     for mode in ("folded", "exact"):
+        assert any(n.domain == "pmsm.region" for n in compile_model(ann, mode).model.graph.node)
+    _default_runs_equal_step_by_step(ann, rng)
+
+
+def _default_runs_equal_step_by_step(ann, rng, refused: str | None = None):
+    """Compile ``ann`` in both modes; the default session runs in passes (``refused``: step by step,
+    with this in its note) and equals a step-by-step run of 7 steps, bit for bit."""
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.runtime import SNNSession
+
+    for mode in ("folded", "exact"):
         model = compile_model(ann, mode).model
-        assert any(n.domain == "pmsm.region" for n in model.graph.node)
         session = SNNSession(model)
-        assert session.time_batched, session.time_batched_note
+        if refused:
+            assert not session.time_batched and refused in session.time_batched_note
+        else:
+            assert session.time_batched, session.time_batched_note
         x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32) * 2
         a = SNNSession(model, time_batch=1).run_batch(x, 7, keep_outputs=True, sample_counters=True)
         b = session.run_batch(x, 7, keep_outputs=True, sample_counters=True)
