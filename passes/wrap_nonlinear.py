@@ -25,8 +25,8 @@ import onnx_graphsurgeon as gs
 
 from pmsm_compiler.ops import DOMAIN
 from pmsm_compiler.onnx_utils import downstream, tensor_flow
-from pmsm_compiler.ops.temporal import (COMPARISON_OPS, GENERAL_OPS, HOMOGENEOUS_OPS, REGION_DOMAIN, bookkeeping_ops,
-                                        dense_ops, region_dense_ops)
+from pmsm_compiler.ops.temporal import (GENERAL_OPS, HOMOGENEOUS_OPS, LOGICAL_OPS, MASK_OPS, REGION_DOMAIN,
+                                        bookkeeping_ops, dense_ops, region_dense_ops)
 from pmsm_compiler.snn_format import TIME_INPUT, WRAPPER_INITIAL_STATE, State, Wrapper
 
 from .absorb_threshold_scale import batch_axis_refusal, classify, linear_inputs
@@ -47,16 +47,18 @@ def wrap_nonlinear(graph: gs.Graph, ctx) -> gs.Graph:
     dynamic = dynamic_tensors(graph, {s.input for s in ctx.states})
     time_input = None
     psp = {id(n) for n in ctx.psp_nodes}
-    replaced = set()  # the readers of comparisons, now inside a region
+    masks = []  # comparisons and logical ops on spike traffic: taken into their readers' regions
     for node in list(graph.nodes):
-        if node.domain == DOMAIN or id(node) in psp or id(node) in replaced:
+        if node.domain == DOMAIN or id(node) in psp:
             continue
-        if node.op in COMPARISON_OPS and not node.domain and any(t.name in dynamic for t in node.inputs):
-            for region in _comparison_regions(graph, ctx, node, replaced):
-                if time_input is None:
-                    time_input = _time_input(graph, ctx)
-                _wrap(graph, ctx, region, [i for i, t in enumerate(region.inputs) if t.name in dynamic], False,
-                      time_input)
+        if not node.domain and node.op in MASK_OPS and any(t.name in dynamic for t in node.inputs):
+            masks.append(node)
+            continue
+        if _reads_a_mask(node, dynamic):
+            region = _mask_region(graph, ctx, node, dynamic)
+            if time_input is None:
+                time_input = _time_input(graph, ctx)
+            _wrap(graph, ctx, region, [i for i, t in enumerate(region.inputs) if t.name in dynamic], False, time_input)
             continue
         reason = batch_axis_refusal(node)  # on the network input too: a run would mix its samples
         if reason:
@@ -89,6 +91,16 @@ def wrap_nonlinear(graph: gs.Graph, ctx) -> gs.Graph:
         if not homogeneous and time_input is None:
             time_input = _time_input(graph, ctx)
         _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input)
+    for node in masks:  # read by something other than a region
+        out = node.outputs[0]
+        label = node.name or node.op
+        if any(t is out for t in graph.outputs):
+            raise PassRefusal(f"{node.op} '{label}' on spike traffic: its boolean output is a graph output")
+        for reader in out.outputs:
+            if not (reader.op in MASK_OPS and not reader.domain):
+                raise PassRefusal(f"{node.op} '{label}' on spike traffic is read by {reader.op} '{reader.name}': a "
+                                  f"mask of spikes compiles only into a Where that selects by it or a Cast of it "
+                                  f"to float (one function of numbers, wrapped)")
     return graph
 
 
@@ -99,50 +111,66 @@ def _time_input(graph, ctx):
     return time_input
 
 
-def _comparison_regions(graph, ctx, node, replaced: set) -> list:
-    """A comparison on spike traffic with each of its readers (a Where that selects by it, a Cast of
-    it to a number), as one node of a model-local function per reader (``ops.temporal``:
-    ``REGION_DOMAIN``; the function bodies go to ``ctx.functions``), which ``_wrap`` then wraps; the
-    comparison is copied into each. Refused: a comparison output read otherwise (another
-    comparison, a graph output, a Where's value operand)."""
-    out = node.outputs[0]
-    readers = list(out.outputs)
-    label = node.name or node.op
-    if any(t is out for t in graph.outputs) or not readers:
-        raise PassRefusal(f"{node.op} '{label}' on spike traffic: its boolean output is a graph output or unread")
-    for reader in readers:
-        selects = reader.op == "Where" and reader.inputs[0] is out and all(t is not out for t in reader.inputs[1:])
-        converts = reader.op == "Cast" and reader.attrs.get("to") == onnx.TensorProto.FLOAT
-        if reader.domain or not (selects or converts):
-            raise PassRefusal(f"{node.op} '{label}' on spike traffic is read by {reader.op} '{reader.name}': a "
-                              f"comparison of spikes compiles only into a Where that selects by it or a Cast of it "
-                              f"to float (one function of numbers, wrapped)")
-        if reader.outputs[0].dtype not in (np.float32, None):  # the wrapper's sums are float32
-            raise PassRefusal(f"{node.op} '{label}' on spike traffic: {reader.op} '{reader.name}' makes "
-                              f"{reader.outputs[0].dtype} of it; a wrapped function must give float32")
-    regions = []
-    for reader in readers:
-        outer = []
-        for t in [*node.inputs, *(t for t in reader.inputs if t is not out)]:
-            if all(t is not o for o in outer):
-                outer.append(t)
-        name = fresh(graph, f"{node.op}_{reader.op}")
-        formal = {id(t): f"x{i}" for i, t in enumerate(outer)}
-        body = [onnx.helper.make_node(node.op, [formal[id(t)] for t in node.inputs], ["mask"], **node.attrs),
-                onnx.helper.make_node(reader.op, ["mask" if t is out else formal[id(t)] for t in reader.inputs],
-                                      ["y"], **reader.attrs)]
-        ctx.functions.append(onnx.helper.make_function(
-            REGION_DOMAIN, name, [formal[id(t)] for t in outer], ["y"], body,
-            [onnx.helper.make_opsetid("", graph.opset)]))
-        region = gs.Node(name, name, domain=REGION_DOMAIN, inputs=outer, outputs=list(reader.outputs))
-        reader.outputs.clear()
-        reader.inputs.clear()
-        graph.nodes.append(region)
-        replaced.add(id(reader))
-        regions.append(region)
-    node.inputs.clear()
-    node.outputs.clear()
-    return regions
+def _reads_a_mask(node, dynamic) -> bool:
+    """A Where that selects by a time-varying mask of ``MASK_OPS``, or a Cast of one: the end of a
+    mask region (a Where whose condition is made otherwise is refused as not linear in it)."""
+    if node.domain or node.op not in ("Where", "Cast") or not node.inputs or node.inputs[0].name not in dynamic:
+        return False
+    mask = node.inputs[0]
+    return bool(mask.inputs) and mask.inputs[0].op in MASK_OPS and not mask.inputs[0].domain
+
+
+def _mask_region(graph, ctx, reader, dynamic):
+    """``reader`` (``_reads_a_mask``) with the ops that make its time-varying mask (comparisons of
+    numbers, And/Or/Xor/Not of masks: ``ops.temporal.MASK_OPS``), as one node of a model-local
+    function of numbers (``REGION_DOMAIN``; its body goes to ``ctx.functions``), which the caller
+    wraps. The mask's ops stay where another reader needs them (copied into each region); a mask
+    made otherwise, a Where that selects masks, a Cast to anything but float is refused."""
+    mask = reader.inputs[0]
+    label = reader.name or reader.op
+    if reader.op == "Cast" and reader.attrs.get("to") != onnx.TensorProto.FLOAT:
+        raise PassRefusal(f"{reader.op} '{label}' of a mask of spikes to {reader.outputs[0].dtype}: a mask of spikes "
+                          f"compiles only into a Where that selects by it or a Cast of it to float")
+    if reader.outputs[0].dtype not in (np.float32, None):  # the wrapper's sums are float32
+        raise PassRefusal(f"{reader.op} '{label}' selects {reader.outputs[0].dtype} by a mask of spikes; a wrapped "
+                          f"function must give float32")
+    body, seen = [], set()
+
+    def visit(t):
+        if t.name not in dynamic:
+            return  # a mask the same at every step: an input of the function
+        producer = t.inputs[0] if t.inputs else None
+        if producer is None or producer.domain or producer.op not in MASK_OPS:
+            raise PassRefusal(f"{reader.op} '{label}' selects by a mask of spikes made by "
+                              f"{producer.op if producer else 'no op'}: only comparisons of numbers and "
+                              f"And/Or/Xor/Not of masks go into a wrapped function")
+        if id(producer) in seen:
+            return
+        seen.add(id(producer))
+        if producer.op in LOGICAL_OPS:
+            for i in producer.inputs:
+                visit(i)
+        body.append(producer)
+
+    visit(mask)
+    made = {id(o) for n in body for o in n.outputs}
+    outer = []
+    for t in [*(i for n in body for i in n.inputs), *reader.inputs]:
+        if id(t) not in made and all(t is not o for o in outer):
+            outer.append(t)
+    names = {id(t): f"x{i}" for i, t in enumerate(outer)}
+    names.update({id(o): f"m{i}" for i, n in enumerate(body) for o in n.outputs})
+    name = fresh(graph, "_".join([n.op for n in body] + [reader.op]))
+    nodes = [onnx.helper.make_node(n.op, [names[id(t)] for t in n.inputs], [names[id(o)] for o in n.outputs],
+                                   **n.attrs) for n in body]
+    nodes.append(onnx.helper.make_node(reader.op, [names[id(t)] for t in reader.inputs], ["y"], **reader.attrs))
+    ctx.functions.append(onnx.helper.make_function(REGION_DOMAIN, name, [names[id(t)] for t in outer], ["y"], nodes,
+                                                   [onnx.helper.make_opsetid("", graph.opset)]))
+    region = gs.Node(name, name, domain=REGION_DOMAIN, inputs=outer, outputs=list(reader.outputs))
+    reader.outputs.clear()
+    reader.inputs.clear()
+    graph.nodes.append(region)
+    return region
 
 
 def _state(graph, base, like):
@@ -153,12 +181,16 @@ def _state(graph, base, like):
     return gs.Variable(name, dtype=np.float32, shape=[f"{name}:{i}" for i in range(rank)])
 
 
-def _count_dense_ops(record, node, dyn_idx):
-    """What the wrapper computes every step, from the static shapes (``ops.temporal.dense_ops``)."""
+def _count_dense_ops(record, node, dyn_idx, ctx):
+    """What the wrapper computes every step, from the static shapes (``ops.temporal.dense_ops``; a
+    mask region: one op per element for each op of its function)."""
     out = node.outputs[0]
-    record.dense_ops = (region_dense_ops(out.shape) if node.domain == REGION_DOMAIN else
-                        dense_ops(node.op, node.attrs, node.inputs[0].shape, out.shape,
-                                  [bool(t.name) for t in node.inputs]))
+    if node.domain == REGION_DOMAIN:
+        body = next(f for f in ctx.functions if f.domain == REGION_DOMAIN and f.name == node.op).node
+        record.dense_ops = region_dense_ops(out.shape, len(body))
+    else:
+        record.dense_ops = dense_ops(node.op, node.attrs, node.inputs[0].shape, out.shape,
+                                     [bool(t.name) for t in node.inputs])
     sizes = [static_shape(node.inputs[i]) for i in dyn_idx] + [static_shape(out)]
     if all(s is not None for s in sizes):
         record.bookkeeping_ops = bookkeeping_ops(record.homogeneous, [numel(s) for s in sizes[:-1]], numel(sizes[-1]))
@@ -170,7 +202,7 @@ def _wrap(graph, ctx, node, dyn_idx, homogeneous, time_input):
     record = Wrapper(name=label, op=node.op, homogeneous=homogeneous, states=[],
                      # what the runtime's first-step variant needs to bypass the wrapper (S_1 = x, F_1 = f(x))
                      input_index=list(dyn_idx), inputs=[node.inputs[i].name for i in dyn_idx])
-    _count_dense_ops(record, node, dyn_idx)
+    _count_dense_ops(record, node, dyn_idx, ctx)
     for i in dyn_idx:
         x = node.inputs[i]
         s_in = _state(graph, f"{label}.sum{i}", x)

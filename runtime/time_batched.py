@@ -133,7 +133,8 @@ def misaligned(samples: int, sample_bytes) -> int | None:
 #: elementwise ops (numpy broadcasting): each output element from the input elements at its index
 ELEMENTWISE_OPS = {
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Floor", "Round", "Abs", "Neg", "Identity", "Cast", "Sqrt", "Erf",
-    "Tanh", "Sigmoid", "Max", "Min", "Where", "Equal", "Less", "Greater", "GreaterOrEqual", "LessOrEqual",
+    "Tanh", "Sigmoid", "Max", "Min", "Where", "Equal", "Less", "Greater", "GreaterOrEqual", "LessOrEqual", "And",
+    "Or", "Xor", "Not",
     "QuantizeLinear", "DequantizeLinear",
     "Dropout", "LeakyRelu", "HardSigmoid", "Exp", "Pow", "Reciprocal", "Gelu", "Softplus", "Sum", "Log",
     "HardSwish", "PRelu", "Softsign", "ThresholdedRelu", "Elu", "Selu", "Celu", "Mish",

@@ -256,13 +256,15 @@ def test_generator_version_2_writes_the_round_forms():
 
 def test_generator_version_3_writes_the_cnn_activations():
     """Version 3 swaps 60 % of the elementwise activations for a CNN activation (PRelu, Elu, Selu,
-    Celu, Mish, Softsign, ThresholdedRelu) and 20 % of the Where's comparisons for a LessOrEqual,
-    from a stream of its own: a network without one is version 2's graph."""
+    Celu, Mish, Softsign, ThresholdedRelu), 20 % of the Where's comparisons for a LessOrEqual and
+    combines 40 % of its masks with another (And, Or, Xor, Not), from a stream of its own: a network
+    without one is version 2's graph."""
     import json
 
-    new = {"PRelu", "Elu", "Selu", "Celu", "Mish", "Softsign", "ThresholdedRelu", "LessOrEqual"}
+    new = {"PRelu", "Elu", "Selu", "Celu", "Mish", "Softsign", "ThresholdedRelu", "LessOrEqual", "And", "Or", "Xor",
+           "Not"}
     placed, unchanged = set(), 0
-    for seed in range(300):
+    for seed in range(400):
         v2, _ = fuzz.random_network(seed, version=2)
         v3, _ = fuzz.random_network(seed)
         meta = json.loads(next(p.value for p in v3.metadata_props if p.key == fuzz.FUZZ_METADATA_KEY))
@@ -272,7 +274,7 @@ def test_generator_version_3_writes_the_cnn_activations():
         if not used:
             assert v2.graph.SerializeToString() == v3.graph.SerializeToString(), seed
             unchanged += 1
-    assert placed == new and unchanged > 200
+    assert placed == new and unchanged > 300
 
 @pytest.mark.parametrize("op", sorted(op for domain, op in DEFAULT_ALLOWED_OPS))
 def test_generator_places_every_allowed_op(op):

@@ -472,24 +472,27 @@ def test_a_comparison_of_spikes_and_its_readers_become_wrapped_functions(mode):
 
 
 def test_a_comparison_read_otherwise_is_refused_with_the_reason():
-    """Only a Where that selects by the comparison or a Cast of it to a number: a comparison whose
-    output is a graph output, or a Where that takes it as a value, is refused."""
+    """Only a Where that selects by the mask or a Cast of it to float: a comparison whose output is
+    a graph output, a Where that selects masks by it, a Cast of it to an integer is refused."""
     as_output = small([helper.make_node("Greater", ["a", "zero"], ["y"], name="gt")], "y", (4, 4, 4),
                       extra_inits=[_f("zero", 0.0)], out_type=TensorProto.BOOL)
     with pytest.raises(UnsupportedModelError, match="Greater 'gt' on spike traffic: its boolean output is a graph "
-                                                    "output or unread"):
+                                                    "output"):
         compile_model(as_output, mode="exact")
     as_value = small([helper.make_node("Less", ["a", "zero"], ["m"], name="lt"),
                       helper.make_node("Where", ["m", "m", "m"], ["b"], name="where"),
                       helper.make_node("Cast", ["b"], ["y"], name="cast", to=TensorProto.FLOAT)], "y", (4, 4, 4),
                      extra_inits=[_f("zero", 0.0)])
-    with pytest.raises(UnsupportedModelError, match="Less 'lt' on spike traffic is read by Where 'where'"):
+    with pytest.raises(UnsupportedModelError, match="Where 'where' selects bool by a mask of spikes; a wrapped "
+                                                    "function must give float32"):
         compile_model(as_value, mode="folded")
     to_int = small([helper.make_node("Greater", ["a", "zero"], ["m"], name="gt"),
                     helper.make_node("Cast", ["m"], ["mi"], name="to_int", to=TensorProto.INT64),
                     helper.make_node("Cast", ["mi"], ["y"], name="back", to=TensorProto.FLOAT)], "y", (4, 4, 4),
                    extra_inits=[_f("zero", 0.0)])
-    with pytest.raises(UnsupportedModelError, match="Greater 'gt' on spike traffic is read by Cast 'to_int'"):
+    with pytest.raises(UnsupportedModelError, match="Cast 'to_int' of a mask of spikes to int64: a mask of spikes "
+                                                    "compiles only into a Where that selects by it or a Cast of it to "
+                                                    "float"):
         compile_model(to_int, mode="exact")
 
 

@@ -41,7 +41,7 @@ SELECT_OPS = frozenset({"Where"})
 QUANTIZER_OPS = frozenset({"Mul", "Div", "Add", "Floor", "Clip", "QuantizeLinear", "DequantizeLinear"})
 #: on constants, shapes and masks (Dropout: identity at inference, ``check_inference_mode``)
 REAL_OPS = frozenset({"Constant", "ConstantOfShape", "Cast", "CastLike", "Round", "Less", "Greater", "Equal",
-                      "GreaterOrEqual", "LessOrEqual", "Dropout"})
+                      "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Not", "Dropout"})
 WRAPPED_OPS = frozenset(HOMOGENEOUS_OPS | GENERAL_OPS)
 
 #: every standard-domain op the compiler accepts

@@ -58,14 +58,17 @@ GENERAL_OPS = {
 }
 
 
-#: Comparisons on spike traffic (``REAL_OPS``' Less, Greater, Equal, GreaterOrEqual, LessOrEqual) have a boolean
-#: output, which no wrapper can average; with the op that makes numbers of it again (a Where that
-#: selects by it, a Cast to a number) they are one function f(x, a, b) = Where(x > c, a, b) (or
-#: Cast(x > c)) of numbers, and that function is wrapped (general form). ``wrap_nonlinear`` makes
-#: each such pair a model-local function in this domain, one per reader of the comparison.
+#: Comparisons on spike traffic (``REAL_OPS``' Less, Greater, Equal, GreaterOrEqual, LessOrEqual), and
+#: And/Or/Xor/Not of their masks, have boolean outputs, which no wrapper can average; with the op
+#: that makes numbers of the mask again (a Where that selects by it, a Cast to float) they are one
+#: function of numbers, f(x, a, b) = Where(x > c, a, b), Cast((x > c) & (x < d)), ..., and that
+#: function is wrapped (general form). ``wrap_nonlinear`` makes each such reader, with the ops of its
+#: mask, a model-local function in this domain.
 REGION_DOMAIN = "pmsm.region"
 COMPARISON_OPS = frozenset({"Less", "Greater", "Equal", "GreaterOrEqual", "LessOrEqual"})
-REGION_OPS_PER_ELEMENT = 2  # compare, select (or convert)
+LOGICAL_OPS = frozenset({"And", "Or", "Xor", "Not"})
+MASK_OPS = COMPARISON_OPS | LOGICAL_OPS
+REGION_OPS_PER_ELEMENT = 2  # compare, select (or convert); one more per logical op
 
 
 class TemporalWrapper:
@@ -178,10 +181,11 @@ def dense_ops(op: str, attrs: dict, data_shape, out_shape, inputs_given: list) -
     return None
 
 
-def region_dense_ops(out_shape) -> int | None:
-    """Dense operations per sample and step of a comparison region (``REGION_DOMAIN``)."""
+def region_dense_ops(out_shape, ops: int = REGION_OPS_PER_ELEMENT) -> int | None:
+    """Dense operations per sample and step of a mask region (``REGION_DOMAIN``): ``ops`` per output
+    element (its comparisons, logical ops and the select or convert)."""
     out = per_sample_dims(out_shape)
-    return None if out is None else REGION_OPS_PER_ELEMENT * int(np.prod(out, dtype=np.int64))
+    return None if out is None else ops * int(np.prod(out, dtype=np.int64))
 
 
 def bookkeeping_ops(homogeneous: bool, input_sizes: list, out_size: int) -> int:

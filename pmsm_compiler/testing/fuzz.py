@@ -48,9 +48,9 @@ FUZZ_METADATA_KEY = "pmsm.fuzz"
 #: also written with Round (``_ROUNDING_STYLES``), drawn from a stream of their own, so that a
 #: network without plain quantizers is the one version 1 built;
 #: 3: an elementwise activation (Relu, Abs, Tanh, Sigmoid, Erf, HardSwish, Softplus) is, 60 % of
-#: the time, one of the CNN activations of ``_ACTIVATIONS`` instead, and a Where's comparison 20 %
-#: of the time a LessOrEqual, drawn (with their attributes) from a stream of their own, so that a
-#: network without one is version 2's.
+#: the time, one of the CNN activations of ``_ACTIVATIONS`` instead, a Where's comparison 20 % of
+#: the time a LessOrEqual and 40 % of the time combined with another mask (And, Or, Xor, Not), drawn
+#: (with their attributes) from a stream of their own, so that a network without one is version 2's.
 GENERATOR_VERSION = 3
 #: version 2's rounding of a plain (non-QCFS) quantizer: Add ½ → Floor (version 1's only one),
 #: Round → Clip, Clip → Round, and LSQ's straight-through Round → Sub(·, u) → Add(·, u)
@@ -505,6 +505,10 @@ def _b_where(net: _Net, x: _T) -> _T:
     cmp = forced or net.choice(["Less", "Greater", "Equal", "GreaterOrEqual"])
     if net.version >= 3 and not forced and net.activation_rng.random() < 0.2:
         cmp = "LessOrEqual"  # version 3, from its own stream
+    # version 3 (or forced): the mask combined with another by a logical op, from version 3's stream
+    logical = net.want("And", "Or", "Xor", "Not")
+    if logical is None and net.version >= 3 and net.activation_rng.random() < 0.4:
+        logical = ["And", "Or", "Xor", "Not"][int(net.activation_rng.integers(4))]
     shape = (x.shape[0],) + (1,) * (len(x.shape) - 1)
     if net.chance(0.7):  # a constant mask (folds away)
         a = net.const(net.rng.integers(0, 3, shape).astype(np.float32), base="ma")
@@ -513,6 +517,13 @@ def _b_where(net: _Net, x: _T) -> _T:
     else:  # a mask that depends on the spikes
         cond = net.op(cmp, [x.name, net.const(0.0, base="zero")])
         where = "spike-mask"
+    if logical == "Not":
+        cond = net.op("Not", [cond])
+        where += ",not"
+    elif logical is not None:  # with a second mask of x, at a threshold from version 3's stream
+        other = net.op("Less", [x.name, net.const(float(net.activation_rng.uniform(0.2, 1.5)), base="hi")])
+        cond = net.op(logical, [cond, other])
+        where += f",{logical.lower()}"
     other = net.choice(["const", "neg", "scaled"])
     if other == "const":
         o = net.const(float(net.rng.uniform(-1, 1)), base="other")
@@ -798,7 +809,8 @@ _BLOCKS = [
     ("unsqueeze", _b_unsqueeze, {1, 2, 3}, {"Unsqueeze", "Squeeze"}, 0.3),
     ("gate", _b_gate, {2, 3}, {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1"}, 0.6),
     ("expand", _b_expand, {1, 2, 3}, {"Expand", "ConstantOfShape", "Shape"}, 0.4),
-    ("where", _b_where, {1, 2, 3}, {"Where", "Less", "Greater", "Equal", "GreaterOrEqual", "LessOrEqual"}, 0.5),
+    ("where", _b_where, {1, 2, 3}, {"Where", "Less", "Greater", "Equal", "GreaterOrEqual", "LessOrEqual", "And", "Or",
+                                    "Xor", "Not"}, 0.5),
     ("sum", _b_sum, {1, 2, 3}, {"Sum"}, 0.4),
     ("product", _b_product, {1, 2, 3}, set(), 0.5),
     ("mix", _b_mix, {1, 2, 3}, set(_MIX_OP.values()), 2.5),
