@@ -210,6 +210,28 @@ class RateCodedResult:
     levels_by_t: list  # per step, per quantizer: the spike counts k
     outputs_by_t: np.ndarray  # float32 [T, N, ...]: the first output of each step
     mean_by_t: np.ndarray  # float32 [T, N, ...]: the running mean of the first output
+    # per step, per quantizer: how near the membrane m came to a boundary where k changes, relative
+    # to the size of the numbers the step added up (``boundary_margin``); None when not recorded
+    margins_by_t: list | None = None
+
+
+def boundary_margin(op: str, m: np.ndarray, current: np.ndarray, s_min, s_max) -> np.ndarray:
+    """|m − the nearest boundary where the neuron's k changes| / max(1, |m|, |current|): AIF's
+    integers, AIFHalfEven's half-integers, IF's 1, where the level is not held by a cap beyond
+    it (a margin of inf there). A rate-coded reference and the compiled SNN add up the same
+    currents in another float order: a level on which they disagree at a margin of a few float32
+    units is a tie of exact arithmetic, not a wrong spike."""
+    m = m.astype(np.float64)
+    if op == "IF":
+        nearest = np.ones_like(m)
+    elif op == "AIFHalfEven":
+        nearest = np.floor(m) + 0.5
+    else:
+        nearest = np.rint(m)
+    margin = np.abs(m - nearest) / np.maximum(1.0, np.maximum(np.abs(m), np.abs(current.astype(np.float64))))
+    if op != "IF":  # beyond a cap by more than one level the boundary moves no spike
+        margin = np.where((nearest > s_max + 1) | (nearest < s_min), np.inf, margin)
+    return margin
 
 
 def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray, timesteps: int,
@@ -251,7 +273,7 @@ def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray,
     means = {}  # float32 ā_j(t) fed to G
     prev_g = {}  # G_j(ā(t − 1)), and the output's
     membranes = {}
-    levels, outputs, mean_outputs = [], [], []
+    levels, outputs, mean_outputs, margins = [], [], [], []
 
     placeholders = _placeholders(ann, neurons, n)
 
@@ -266,7 +288,7 @@ def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray,
         return dict(zip(out_names, session.run(None, feeds)))
 
     for t in range(1, timesteps + 1):
-        step_levels = []
+        step_levels, step_margins = [], []
         for j, q in enumerate(neurons):
             if q["input"] == input_name:
                 g = x
@@ -287,6 +309,7 @@ def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray,
                 k = (m >= 1).astype(np.float32)
             else:
                 raise ValueError(f"unknown neuron op {q['op']!r}")
+            step_margins.append(boundary_margin(q["op"], m, current, q["s_min"], q["s_max"]))
             membranes[j] = (m - k).astype(np.float32)
             a = k * np.float32(q["theta_out"])
             sums[q["output"]] = a.astype(np.float64) if sums[q["output"]] is None else sums[q["output"]] + a
@@ -296,9 +319,10 @@ def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray,
         step = out if t == 1 else np.float32(t) * out - np.float32(t - 1) * prev_g["__output__"]
         prev_g["__output__"] = out
         levels.append(step_levels)
+        margins.append(step_margins)
         outputs.append(np.asarray(step, np.float32))
         mean_outputs.append(np.asarray(out, np.float32))
-    return RateCodedResult(levels, np.stack(outputs), np.stack(mean_outputs))
+    return RateCodedResult(levels, np.stack(outputs), np.stack(mean_outputs), margins)
 
 
 def _placeholders(ann: onnx.ModelProto, neurons: list[dict], n: int) -> dict:
