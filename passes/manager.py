@@ -28,7 +28,7 @@ class PassContext:
     constants_evaluated: bool = False
     states: list = field(default_factory=list)  # [snn_format.State]
     notes: list = field(default_factory=list)
-    # model-local FunctionProtos a pass made (wrap_nonlinear's comparison regions), for the SNN
+    # model-local FunctionProtos a pass made (wrap_nonlinear's mask regions), for the SNN
     functions: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     time_input: str | None = None

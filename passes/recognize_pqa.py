@@ -185,8 +185,8 @@ def _read_only_by(t, nodes, graph) -> bool:
 
 
 def _leading_scale(graph, t, readers=None):
-    """(x, pre_op, pre_value, node): an optional Div(x, c) or Mul(x, c), c > 0, whose output only
-    the pattern reads (one reader, or exactly ``readers``)."""
+    """(x, pre_op, pre_value, node): an optional Div(x, c) or Mul(x, c), c a scalar ``_scale_like``,
+    whose output only the pattern reads (one reader, or exactly ``readers``)."""
     p = producer(t)
     if p is not None and p.op in ("Div", "Mul") and (_single_use(t, graph) if readers is None
                                                      else _read_only_by(t, readers, graph)):
@@ -204,7 +204,8 @@ def _scale_like(value) -> bool:
 
 
 def _trailing_scale(graph, t):
-    """(y, post_op, post_value, node): an optional Mul(·, c) or Div(·, c), c > 0, the only reader."""
+    """(y, post_op, post_value, node): an optional Mul(·, c) or Div(·, c), c a scalar ``_scale_like``,
+    the only reader."""
     if _single_use(t, graph):
         q = t.outputs[0]
         if q.op in ("Mul", "Div"):

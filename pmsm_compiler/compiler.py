@@ -147,7 +147,7 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
     del snn.functions[:]
     snn.functions.extend(keep)
     add_functions(snn, [f for f in neuron_functions() + counter_functions() if f.name in used_ops])
-    snn.functions.extend(ctx.functions)  # wrap_nonlinear's comparison regions
+    snn.functions.extend(ctx.functions)  # wrap_nonlinear's mask regions
     for domain in {f.domain for f in ctx.functions} - {o.domain for o in snn.opset_import}:
         snn.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     snn.ir_version = model.ir_version

@@ -814,7 +814,7 @@ def load_model(
             + (" (--max-bytes raises it)" if max_bytes is None else "")
         )
 
-    upgraded = opset_upgrade.upgrade(model, path)  # an older opset converted (pmsm_compiler.opset_upgrade)
+    upgraded = opset_upgrade.upgrade(model)  # an older opset converted (pmsm_compiler.opset_upgrade)
     check_opsets(model)
     check_graph_io_names(model)
     check_missing_inputs(model)

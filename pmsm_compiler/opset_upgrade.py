@@ -41,7 +41,7 @@ def default_opset(model: ModelProto) -> int | None:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def upgrade(model: ModelProto, what: str) -> dict | None:
+def upgrade(model: ModelProto) -> dict | None:
     """Convert ``model`` in place to the lowest supported opset when it imports an older one; None
     when it does not. Returns what ``check`` needs: the original graph without its large
     initializers (``check`` references the loaded model's) and the two opsets. Raises
@@ -109,17 +109,12 @@ def check(model: ModelProto, upgraded: dict, what: str) -> None:
         before = make_session(original, "all", threads=1, qdq_fusion=False, initializers=arrays).run(None, feeds)
     with onnxruntime_errors(f"{what} converted to opset {upgraded['to']}"):
         after = make_session(skeleton, "all", threads=1, qdq_fusion=False, initializers=arrays).run(None, feeds)
-    diff, scale, identical = 0.0, 0.0, True
-    for a, b in zip(before, after, strict=True):
-        a, b = np.asarray(a), np.asarray(b)
-        identical &= a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
-        if a.shape == b.shape and a.dtype.kind in "fiu" and a.size:
-            finite = np.isfinite(a) & np.isfinite(b)
-            diff = max(diff, float(np.abs(a[finite].astype(np.float64) - b[finite]).max(initial=0.0)))
-            scale = max(scale, float(np.abs(a[finite]).max(initial=0.0)))
-            identical &= bool(np.array_equal(np.isfinite(a), np.isfinite(b)))
-        elif not identical:
-            diff = float("inf")
+    pairs = list(zip(map(np.asarray, before), map(np.asarray, after), strict=True))
+    identical = all(a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+                    for a, b in pairs)
+    diff = max((_max_difference(a, b) for a, b in pairs), default=0.0)
+    scale = max((float(np.abs(a[np.isfinite(a)]).max(initial=0.0)) for a, _ in pairs if a.dtype.kind in "fiu"),
+                default=0.0)
     if not identical and not diff <= MAX_RELATIVE_DIFF * scale:
         raise UnsupportedModelError(
             f"onnx's version converter changed what the model computes (opset {upgraded['from']} → "
@@ -127,6 +122,19 @@ def check(model: ModelProto, upgraded: dict, what: str) -> None:
             f"samples): re-export it with opset_version={upgraded['to']} or newer")
     set_metadata(model, METADATA_KEY, {"from": upgraded["from"], "to": upgraded["to"], "identical": bool(identical),
                                        "max_abs_diff": diff, "probe_samples": PROBE_SAMPLES})
+
+
+def _max_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a − b| over the finite elements; inf where the shapes, the types or the places of the
+    non-finite elements differ, or non-numeric outputs are not equal."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return float("inf")
+    if a.dtype.kind not in "fiu":
+        return 0.0 if np.array_equal(a, b) else float("inf")
+    finite = np.isfinite(a)
+    if not np.array_equal(finite, np.isfinite(b)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
+        return float("inf")
+    return float(np.abs(a[finite].astype(np.float64) - b[finite]).max(initial=0.0))
 
 
 def note(model: ModelProto) -> str | None:

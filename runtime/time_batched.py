@@ -134,9 +134,7 @@ def misaligned(samples: int, sample_bytes) -> int | None:
 ELEMENTWISE_OPS = {
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Floor", "Round", "Abs", "Neg", "Identity", "Cast", "Sqrt", "Erf",
     "Tanh", "Sigmoid", "Max", "Min", "Where", "Equal", "Less", "Greater", "GreaterOrEqual", "LessOrEqual", "And",
-    "Or", "Xor", "Not",
-    "QuantizeLinear", "DequantizeLinear",
-    "Dropout", "LeakyRelu", "HardSigmoid", "Exp", "Pow", "Reciprocal", "Gelu", "Softplus", "Sum", "Log",
+    "Or", "Xor", "Not", "QuantizeLinear", "DequantizeLinear", "Dropout", "LeakyRelu", "HardSigmoid", "Exp", "Pow", "Reciprocal", "Gelu", "Softplus", "Sum", "Log",
     "HardSwish", "PRelu", "Softsign", "ThresholdedRelu", "Elu", "Selu", "Celu", "Mish",
 }
 #: ops that read their input with the batch axis first and keep it first (their other inputs are
@@ -286,7 +284,7 @@ def batch_axes(graph: gs.Graph, shapes: dict, batch_inputs) -> tuple[dict | None
                 return None, f"{node.name}: a neuron kernel off the batch axis"
             axes.update({t.name: 0 for t in node.outputs})
             continue
-        if node.domain == REGION_DOMAIN:  # a comparison with its Where or Cast (ops.temporal): elementwise
+        if node.domain == REGION_DOMAIN:  # a mask region (ops.temporal): comparisons, logical ops, a Where or Cast
             out, why = _elementwise_axis(node, axes, shapes)
             if why is not None:
                 return None, f"{node.name}: {node.op}: {why}"

@@ -116,6 +116,22 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
+def _mask_cast_to_int() -> onnx.ModelProto:
+    """base_model with q · Cast(Cast(q > 0, int64), float) after its neurons: a mask of spikes made
+    an integer, which no wrapped function of numbers gives."""
+    model = base_model()
+    act = next(n for n in model.graph.node if n.name == "act")
+    act.output[0] = "q0"
+    at = list(model.graph.node).index(act) + 1
+    for i, node in enumerate([helper.make_node("Greater", ["q0", "zero"], ["m"], name="gt"),
+                              helper.make_node("Cast", ["m"], ["mi"], name="to_int", to=TensorProto.INT64),
+                              helper.make_node("Cast", ["mi"], ["mf"], name="to_float", to=TensorProto.FLOAT),
+                              helper.make_node("Mul", ["q0", "mf"], ["q"], name="masked")]):
+        model.graph.node.insert(at + i, node)
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0.0, np.float32), "zero"))
+    return model
+
+
 def _edit(model: onnx.ModelProto, fn) -> onnx.ModelProto:
     fn(model)
     return model
@@ -626,6 +642,8 @@ CASES: list[Case] = [
     _model_case("round_clip_inf", lambda: round_model(hi=np.inf, clip_first=True),
                 r"Round 'round'.*clip max inf is not an integer"),
     _model_case("round_clip_above_zero", lambda: round_model(lo=1.0), r"Round 'round'.*clip range \[1, 7\]"),
+    _model_case("mask_of_spikes_to_int", _mask_cast_to_int,
+                r"Cast 'to_int' of a mask of spikes to int64: a mask of spikes compiles only into a Where"),
     _compile("normalization_metadata", lambda d, a: [save(_bad_normalization(), d / "m.onnx"),
                                                      "--calibration-data", "bundled"],
              r"recorded normalization is malformed"),

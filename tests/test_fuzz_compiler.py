@@ -276,6 +276,7 @@ def test_generator_version_3_writes_the_cnn_activations():
             unchanged += 1
     assert placed == new and unchanged > 300
 
+
 @pytest.mark.parametrize("op", sorted(op for domain, op in DEFAULT_ALLOWED_OPS))
 def test_generator_places_every_allowed_op(op):
     model, description = fuzz.random_network(1000 + len(op), ops=[op])
@@ -477,3 +478,17 @@ def test_a_one_level_tie_of_exact_arithmetic_is_no_flip(snn, margin, tied):
     failures = fuzz.compare_rate_coding(ideal, ref, info, [{"layer_output": "y"}], 1, stats)
     assert stats["tied_neurons"] == int(tied)
     assert [f[0] for f in failures] == ([] if tied else ["rate-levels"])
+
+
+def test_a_boundary_held_by_a_cap_on_both_sides_is_no_tie():
+    """``reference.boundary_margin``: the distance to the nearest boundary where k changes, inf where
+    the caps hold k on both of its sides (AIF: 15.99999 with s_max = 15 is no tie, 10.99999 is)."""
+    from pmsm_compiler.testing.reference import boundary_margin
+
+    m = np.array([10.99999, 15.99999, -5.00001, 3.49999, 0.999995], np.float32)
+    current = np.ones(5, np.float32)
+    aif = boundary_margin("AIF", m, current, -5, 15)
+    assert aif[0] < 1e-5 and np.isinf(aif[1]) and np.isinf(aif[2])
+    half_even = boundary_margin("AIFHalfEven", m, current, -5, 15)
+    assert half_even[3] < 1e-5 and half_even[0] > 0.04
+    assert boundary_margin("IF", m, current, 0, 1)[4] < 1e-5

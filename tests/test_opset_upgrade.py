@@ -145,3 +145,22 @@ def test_an_older_model_with_external_data_is_converted_and_checked(tmp_path):
     assert get_metadata(model, opset_upgrade.METADATA_KEY)["identical"]
     inline = load_model(path)
     assert {t.name: t.raw_data for t in model.graph.initializer} == {t.name: t.raw_data for t in inline.graph.initializer}
+
+
+def test_a_conversion_within_the_tolerance_is_taken_and_recorded(tmp_path, monkeypatch):
+    """A converted graph whose outputs differ from the original's by less than
+    ``MAX_RELATIVE_DIFF`` of the largest is taken; the metadata and the compile note say by how much."""
+    onnx.save(_tiny(13), tmp_path / "m.onnx")
+    convert = onnx.version_converter.convert_version
+    nudged = np.nextafter(np.float32(2.0), np.float32(3.0))  # one float32 unit: 1.2e-7 relative
+
+    def close(model, version):
+        out = convert(model, version)
+        out.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array(nudged, np.float32), "s"))
+        return out
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", close)
+    model = load_model(tmp_path / "m.onnx", static_inputs=False)
+    record = get_metadata(model, opset_upgrade.METADATA_KEY)
+    assert not record["identical"] and 0 < record["max_abs_diff"] < 1e-5
+    assert "its outputs within" in opset_upgrade.note(model)

@@ -68,7 +68,6 @@ REGION_DOMAIN = "pmsm.region"
 COMPARISON_OPS = frozenset({"Less", "Greater", "Equal", "GreaterOrEqual", "LessOrEqual"})
 LOGICAL_OPS = frozenset({"And", "Or", "Xor", "Not"})
 MASK_OPS = COMPARISON_OPS | LOGICAL_OPS
-REGION_OPS_PER_ELEMENT = 2  # compare, select (or convert); one more per logical op
 
 
 class TemporalWrapper:
@@ -181,9 +180,9 @@ def dense_ops(op: str, attrs: dict, data_shape, out_shape, inputs_given: list) -
     return None
 
 
-def region_dense_ops(out_shape, ops: int = REGION_OPS_PER_ELEMENT) -> int | None:
-    """Dense operations per sample and step of a mask region (``REGION_DOMAIN``): ``ops`` per output
-    element (its comparisons, logical ops and the select or convert)."""
+def region_dense_ops(out_shape, ops: int) -> int | None:
+    """Dense operations per sample and step of a mask region (``REGION_DOMAIN``): ``ops`` (the ops of
+    its function: comparisons, logical ops, the select or convert) per output element."""
     out = per_sample_dims(out_shape)
     return None if out is None else ops * int(np.prod(out, dtype=np.int64))
 

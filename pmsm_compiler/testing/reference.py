@@ -216,22 +216,24 @@ class RateCodedResult:
 
 
 def boundary_margin(op: str, m: np.ndarray, current: np.ndarray, s_min, s_max) -> np.ndarray:
-    """|m − the nearest boundary where the neuron's k changes| / max(1, |m|, |current|): AIF's
-    integers, AIFHalfEven's half-integers, IF's 1, where the level is not held by a cap beyond
-    it (a margin of inf there). A rate-coded reference and the compiled SNN add up the same
-    currents in another float order: a level on which they disagree at a margin of a few float32
-    units is a tie of exact arithmetic, not a wrong spike."""
+    """|m − the nearest boundary of m| / max(1, |m|, |current|), where crossing that boundary
+    changes the neuron's k (AIF's integers b, from level b − 1 to b; AIFHalfEven's half-integers
+    b + ½, from b to b + 1; IF's 1), and inf where the caps s_min, s_max hold k on both sides of it.
+    A rate-coded reference and the compiled SNN add up the same currents in another float order: a
+    level on which they disagree at a margin of a few float32 units is a tie of exact arithmetic,
+    not a wrong spike."""
     m = m.astype(np.float64)
     if op == "IF":
-        nearest = np.ones_like(m)
+        nearest, below, above = np.ones_like(m), np.zeros_like(m), np.ones_like(m)
     elif op == "AIFHalfEven":
         nearest = np.floor(m) + 0.5
+        below, above = nearest - 0.5, nearest + 0.5
     else:
         nearest = np.rint(m)
+        below, above = nearest - 1, nearest
     margin = np.abs(m - nearest) / np.maximum(1.0, np.maximum(np.abs(m), np.abs(current.astype(np.float64))))
-    if op != "IF":  # beyond a cap by more than one level the boundary moves no spike
-        margin = np.where((nearest > s_max + 1) | (nearest < s_min), np.inf, margin)
-    return margin
+    moves = (np.clip(below, s_min, s_max) != np.clip(above, s_min, s_max)) if op != "IF" else np.ones(m.shape, bool)
+    return np.where(moves, margin, np.inf)
 
 
 def run_rate_coded_ann(ann: onnx.ModelProto, neurons: list[dict], x: np.ndarray, timesteps: int,
