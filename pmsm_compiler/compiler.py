@@ -170,7 +170,9 @@ def compile_model(model: onnx.ModelProto, mode: str = "folded") -> CompiledModel
         info.normalization = exported["normalization"]
     _copy_metadata(model, snn)
     try:
-        weights.checked_and_inferred(snn, infer=False)  # without the weights: see pmsm_compiler.weights
+        # without the weights (see pmsm_compiler.weights), nor their sizes: the input's were checked
+        # on loading, and every other initializer is an array's own (numpy_helper sets its dims)
+        weights.checked_and_inferred(snn, infer=False, data_sizes=False)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise UnsupportedModelError(f"internal error: the compiled model fails the ONNX checker: "
                                     f"{' '.join(str(exc).split())[:300]}") from None

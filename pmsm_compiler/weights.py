@@ -133,11 +133,14 @@ def merge_inferred(model: ModelProto, inferred: ModelProto) -> None:
     model.graph.output.extend(inferred.graph.output)
 
 
-def checked_and_inferred(model: ModelProto, *, check: bool = True, infer: bool = True) -> ModelProto | None:
+def checked_and_inferred(model: ModelProto, *, check: bool = True, infer: bool = True,
+                         data_sizes: bool = True) -> ModelProto | None:
     """Run the ONNX checker (``full_check``) and strict shape inference with data propagation on
     ``model``'s skeleton; return the inferred skeleton (or None without ``infer``). Raises what
-    they raise (``onnx.checker.ValidationError``, ``onnx.shape_inference.InferenceError``)."""
-    problem = check_stripped(model) if check else None
+    they raise (``onnx.checker.ValidationError``, ``onnx.shape_inference.InferenceError``).
+    ``data_sizes``: the checker's size check of the left-out data too (``check_stripped``, one
+    transient copy of each tensor); False where the sizes hold by construction."""
+    problem = check_stripped(model) if check and data_sizes else None
     if problem:
         raise onnx.checker.ValidationError(problem)
     skel = skeleton(model)

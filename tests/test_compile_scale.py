@@ -115,6 +115,26 @@ def test_a_large_weight_of_the_wrong_size_is_refused_in_one_line(tmp_path, delta
         load_model(tmp_path / "m.onnx")
 
 
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_the_compiled_weights_sizes_are_checked_on_loading_only(tmp_path, monkeypatch, mode):
+    """The size check reads every large raw_data (a copy each): the input's on loading; the
+    compiler's own output holds arrays' bytes, of their declared sizes by construction."""
+    from pmsm_compiler import weights
+    from pmsm_compiler.compiler import compile_model
+    from pmsm_compiler.loading import load_model
+
+    onnx.save(chain_model(4, channels=32), tmp_path / "m.onnx")
+    checked = []
+    check = weights.check_stripped
+    monkeypatch.setattr(weights, "check_stripped", lambda m: checked.append(m.graph.name) or check(m))
+    ann = load_model(tmp_path / "m.onnx")
+    assert len(checked) == 1
+    snn = compile_model(ann, mode=mode).model
+    assert len(checked) == 1
+    large = [t for t in snn.graph.initializer if weights.strippable(t)]
+    assert large and all(len(t.raw_data) == weights.declared_bytes(t) for t in large)
+
+
 # ---------------------------------------------------------------------------------------------
 # verification: batches sized by memory, only the sessions it needs
 

@@ -88,6 +88,7 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
          verbosity):
     """See HELP."""
     from pmsm_compiler import opset_upgrade
+    from pmsm_compiler.allocator import keep_freed_memory
     from pmsm_compiler.errors import InputError
     from pmsm_compiler.metadata import get_metadata
     from pmsm_compiler.files import check_output_path, save_text_atomic
@@ -108,6 +109,7 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
     if json_path:
         check_output_path(json_path, "the report")
     start = time.perf_counter()
+    keep_freed_memory()  # this process compiles one model and ends: freed copies of the weights serve the next
     shapes = dict(parse_input_shape(text) for text in input_shape)
     result = compile_and_verify(model, mode, check=check, data=calibration_data, samples=samples, seed=seed,
                                 normalization=normalization, opt_level=opt_level,

@@ -1,0 +1,54 @@
+"""pmsm_compiler.allocator: a freed large block's pages serve the next block (glibc)."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from pmsm_compiler import allocator
+
+BLOCK = 64 << 20  # over glibc's largest dynamic mmap threshold (32 MiB): a mapping of its own by default
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+# A block written in full (b"x" * n: malloc and a memset; bytes(n) would be calloc, which skips
+# fresh zero pages), freed, and another one of the same size: the page faults of the second.
+SECOND_BLOCK_FAULTS = f"""
+import resource, sys
+if sys.argv[1] == "keep":
+    from pmsm_compiler.allocator import keep_freed_memory
+    assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+block = b"x" * {BLOCK}
+del block
+before = faults()
+block = b"x" * {BLOCK}
+print(faults() - before)
+"""
+
+glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                                reason="glibc's mallopt")
+
+
+def _second_block_faults(mode: str, env: dict) -> int:
+    proc = subprocess.run([sys.executable, "-c", SECOND_BLOCK_FAULTS, mode], capture_output=True, text=True,
+                          env=env, check=True)
+    return int(proc.stdout.split()[-1])
+
+
+@glibc_only
+def test_a_freed_large_block_serves_the_next_without_page_faults():
+    # glibc's own thresholds as the environment may set them would decide the default case
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    pages = BLOCK // PAGE
+    default = _second_block_faults("default", env)
+    kept = _second_block_faults("keep", env)
+    assert default > pages // 2  # glibc maps such a block afresh each time: the premise of the module
+    assert kept < pages // 100
+
+
+def test_it_changes_nothing_where_the_c_library_is_not_glibc(monkeypatch):
+    monkeypatch.setattr(allocator.sys, "platform", "darwin")
+    assert allocator.keep_freed_memory() is False
