@@ -13,7 +13,8 @@ BLOCK = 64 << 20  # over glibc's largest dynamic mmap threshold (32 MiB): a mapp
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 # A block written in full (b"x" * n: malloc and a memset; bytes(n) would be calloc, which skips
-# fresh zero pages), freed, and another one of the same size: the page faults of the second.
+# fresh zero pages), a smaller one after it (the heap's top stays in use: glibc gives a free top
+# back), the first freed, and another one of its size: the page faults of that one.
 SECOND_BLOCK_FAULTS = f"""
 import resource, sys
 if sys.argv[1] == "keep":
@@ -22,6 +23,7 @@ if sys.argv[1] == "keep":
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 block = b"x" * {BLOCK}
+after = b"y" * (1 << 20)
 del block
 before = faults()
 block = b"x" * {BLOCK}
