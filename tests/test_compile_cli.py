@@ -26,7 +26,8 @@ from pmsm_compiler.snn_format import SNN_METADATA_KEY, read_snn_info
 torch = pytest.importorskip("torch")
 
 REPORT_KEYS = {"schema_version", "tool", "compiler_version", "input", "output", "output_data", "mode", "compile_seconds",
-               "total_seconds", "phase_seconds", "ann_macs", "time_input", "verification", "layers", "wrappers", "notes"}
+               "total_seconds", "phase_seconds", "ann_macs", "time_input", "verification", "layers", "wrappers", "notes",
+               "peak_memory_bytes"}
 VERIFICATION_KEYS = {"passed", "skipped", "failures", "mode", "opt_level", "samples", "data", "policy",
                      "level_agreement", "top1_agreement", "max_abs_diff", "lossy_layers_excluded", "batch",
                      "tail_max_abs_diff", "tail_bound", "top1_ties"}
@@ -102,6 +103,9 @@ def check_schema(report, mode):
     assert set(phases) == {"load", "compile", "verify"} | ({"save"} if report["output"] else set())
     assert all(seconds >= 0 for seconds in phases.values())
     assert sum(phases[p] for p in ("load", "compile", "verify")) <= report["total_seconds"] + 0.01
+    # bytes, not getrusage's KiB: a process that ran onnxruntime has held more than 20 MiB
+    peak = report["peak_memory_bytes"]
+    assert peak is None if sys.platform == "win32" else isinstance(peak, int) and 20 << 20 < peak < 1 << 40, peak
     v = report["verification"]
     assert VERIFICATION_KEYS <= set(v)
     assert isinstance(v["passed"], bool) and isinstance(v["max_abs_diff"], float)

@@ -50,6 +50,7 @@ def test_run_with_ann_json_and_plots(models, tmp_path):
     for key, typ in types.items():
         assert isinstance(rep[key], typ), (key, rep[key])
     assert rep["schema_version"] == 3 and rep["tool"] == "pmsm-run" and rep["mode"] == "exact"
+    assert isinstance(rep["peak_memory_bytes"], int) and 20 << 20 < rep["peak_memory_bytes"] < 1 << 40
     assert rep["timesteps"] == 2 and rep["samples"] == 64
     assert len(rep["accuracy_by_t"]) == 2 and all(isinstance(a, float) for a in rep["accuracy_by_t"])
     assert len(rep["spikes_per_image_by_t"]) == 2

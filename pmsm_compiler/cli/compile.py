@@ -88,7 +88,7 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
          verbosity):
     """See HELP."""
     from pmsm_compiler import opset_upgrade
-    from pmsm_compiler.allocator import keep_freed_memory
+    from pmsm_compiler.process_memory import keep_freed_memory, peak_memory_bytes
     from pmsm_compiler.errors import InputError
     from pmsm_compiler.metadata import get_metadata
     from pmsm_compiler.files import check_output_path, save_text_atomic
@@ -126,6 +126,7 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
         "verification": {k: v for k, v in verification.items() if k != "layers"},
         "layers": _report_layers(info, verification), "wrappers": [w.to_json() for w in info.wrappers],
         "notes": info.notes,
+        "peak_memory_bytes": peak_memory_bytes(),
     }
     passed = result.passed
     if result.saved:

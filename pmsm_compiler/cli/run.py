@@ -104,6 +104,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
     from pmsm_compiler.data.prepare import resolve_normalization
     from pmsm_compiler.files import save_text_atomic
     from pmsm_compiler.loading import load_model
+    from pmsm_compiler.process_memory import peak_memory_bytes
     from pmsm_compiler.runtime import SNNSession, run_dataset
     from pmsm_compiler.runtime.report import ann_equal_accuracy, format_tables, plot
     from pmsm_compiler.sessions import make_session, onnxruntime_errors
@@ -145,6 +146,7 @@ def main(model, timesteps, data, batch_size, limit, ann_path, target_accuracy, j
         "normalization": ({"choice": "raw", "mean": None, "std": None} if session.input_dtype == np.uint8 else
                           {"choice": normalization, "mean": list(mean), "std": list(std)}),
         "equal_accuracy": ann_equal_accuracy(report, target),
+        "peak_memory_bytes": peak_memory_bytes(),
     })
     plots = []
     if plot_dir:

@@ -1,4 +1,4 @@
-"""pmsm_compiler.allocator: a freed large block's pages serve the next block (glibc)."""
+"""pmsm_compiler.process_memory: a freed large block's pages serve the next one (glibc); the peak."""
 
 import os
 import platform
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pmsm_compiler import allocator
+from pmsm_compiler import process_memory
 
 BLOCK = 64 << 20  # over glibc's largest dynamic mmap threshold (32 MiB): a mapping of its own by default
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -18,7 +18,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 SECOND_BLOCK_FAULTS = f"""
 import resource, sys
 if sys.argv[1] == "keep":
-    from pmsm_compiler.allocator import keep_freed_memory
+    from pmsm_compiler.process_memory import keep_freed_memory
     assert keep_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -52,5 +52,26 @@ def test_a_freed_large_block_serves_the_next_without_page_faults():
 
 
 def test_it_changes_nothing_where_the_c_library_is_not_glibc(monkeypatch):
-    monkeypatch.setattr(allocator.sys, "platform", "darwin")
-    assert allocator.keep_freed_memory() is False
+    monkeypatch.setattr(process_memory.sys, "platform", "darwin")
+    assert process_memory.keep_freed_memory() is False
+
+
+PEAK_AFTER_A_BLOCK = f"""
+from pmsm_compiler.process_memory import peak_memory_bytes
+before = peak_memory_bytes()
+block = b"x" * {4 * BLOCK}
+print(before, peak_memory_bytes())
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no getrusage")
+def test_the_peak_is_in_bytes_and_grows_with_what_the_process_holds():
+    proc = subprocess.run([sys.executable, "-c", PEAK_AFTER_A_BLOCK], capture_output=True, text=True, check=True)
+    before, after = (int(v) for v in proc.stdout.split())
+    assert 10 << 20 < before < 4 * BLOCK  # an interpreter and one module: tens of MiB
+    assert after >= 4 * BLOCK  # the block alone (in KiB the figure would be a thousand times smaller)
+
+
+def test_the_peak_is_none_without_getrusage(monkeypatch):
+    monkeypatch.setitem(sys.modules, "resource", None)  # import resource raises ImportError
+    assert process_memory.peak_memory_bytes() is None

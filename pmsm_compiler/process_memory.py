@@ -1,4 +1,5 @@
-"""The C allocator of a tool's own process: large freed blocks kept for reuse (glibc only).
+"""A tool's own process and its memory: large freed blocks kept for reuse (glibc only), and the
+peak the JSON reports give.
 
 glibc gives a block of at least ``M_MMAP_THRESHOLD`` bytes (dynamic, from 128 KiB up to at most
 32 MiB) a fresh mapping of its own, unmapped when it is freed, and gives the heap's free top back
@@ -19,11 +20,13 @@ rounds, 411k → 320k faults), exact 3.38 → 3.22 s, peaks within the spread. K
 
 Only the tools call it (``pmsm-compile``): a process of ours that ends after one job. The library
 leaves the allocator of a user's process as it is.
+
+``peak_memory_bytes()``: the process's peak resident memory so far, which the tools' JSON reports
+record (``peak_memory_bytes``) so that a CI pipeline can follow a model's memory from run to run.
 """
 
 from __future__ import annotations
 
-import ctypes
 import sys
 
 #: mallopt's parameter (glibc's malloc.h)
@@ -37,6 +40,8 @@ def keep_freed_memory() -> bool:
     glibc (musl, macOS, Windows) or refuses it, and nothing changes."""
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes  # here: pmsm-run reads the peak only
+
     try:
         libc = ctypes.CDLL(None)  # the symbols the process has loaded, the C library's among them
         mallopt = libc.mallopt
@@ -46,3 +51,14 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+def peak_memory_bytes() -> int | None:
+    """This process's peak resident set size so far, in bytes (``getrusage``'s ru_maxrss: KiB on
+    Linux, bytes on macOS), or None where there is no ``getrusage`` (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return peak if sys.platform == "darwin" else peak * 1024
