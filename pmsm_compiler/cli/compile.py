@@ -115,7 +115,8 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
                                 normalization=normalization, opt_level=opt_level,
                                 policy=VerificationPolicy(max_level_mismatch, min_top1_agreement, output_rtol),
                                 max_bytes=max_bytes, input_shapes=shapes, providers=provider_list, threads=threads,
-                                output=output, external_data=external_data)
+                                output=output, external_data=external_data,
+                                keep_weights=False)  # its report and messages read the input's structure only
     info, verification = result.info, result.verification
     elapsed = time.perf_counter() - start
     report = {
