@@ -126,6 +126,21 @@ def test_without_keep_weights_nothing_holds_the_loaded_model_when_the_snn_sessio
             assert counts[0] > 1  # the chain still holds it (the API's default)
 
 
+def test_without_keep_weights_a_qdq_model_keeps_them_and_an_unchecked_compile_drops_them(tmp_path):
+    """A Q/DQ model's verification also runs the deployed ANN and onnx.reference on the weights:
+    kept. Without a check nothing reads them after the compile: dropped."""
+    from hostile_corpus import qdq_model, save
+
+    qdq = compile_and_verify(str(save(qdq_model(), tmp_path / "qdq.onnx")), "folded", samples=4, keep_weights=False)
+    assert qdq.passed and qdq.verification["deployed_ann"] is not None
+    assert qdq.ann.graph.initializer and not any(t.data_location == onnx.TensorProto.EXTERNAL
+                                                 for t in qdq.ann.graph.initializer)
+    skipped = compile_and_verify(PQA, "folded", check=False, keep_weights=False)
+    assert skipped.verification == {"passed": None, "skipped": True}
+    large = _large_initializers(skipped.ann)
+    assert large and not any(t.HasField("raw_data") for t in large)
+
+
 def test_a_compiled_snn_is_refused_as_input(unchecked, tmp_path):
     path = tmp_path / "model.snn.onnx"
     onnx.save(unchecked.model, str(path))
