@@ -107,7 +107,9 @@ def _exported(config: dict, models_dir: str) -> tuple[str, dict]:
 
 def run_measured(cmd: list[str], cwd: str, what: str) -> dict:
     """Run ``cmd`` in a fresh process in folder ``cwd`` and measure it from the outside: {"wall_s",
-    "cpu_s", "peak_bytes" (that process's own peak RSS: ``os.wait4``'s ru_maxrss), "stdout"}.
+    "cpu_s", "peak_bytes" (that process's peak RSS: ``os.wait4``'s ru_maxrss, which on Linux is
+    at least this process's own high-water mark at the fork, carried over the exec; the scripts
+    that call this stay far below what they measure), "stdout"}.
     RuntimeError naming ``what`` and the end of its stderr if it exits non-zero. Its output goes
     to temporary files: a pipe nobody reads until the exit could fill and stop it."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:

@@ -64,14 +64,34 @@ print(before, peak_memory_bytes())
 """
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="no getrusage")
+@pytest.mark.skipif(sys.platform == "win32", reason="no peak to read")
 def test_the_peak_is_in_bytes_and_grows_with_what_the_process_holds():
+    # started from this test process, whatever its size: the child's figure is its own (Linux's
+    # ru_maxrss would carry this process's resident size over the fork and exec)
     proc = subprocess.run([sys.executable, "-c", PEAK_AFTER_A_BLOCK], capture_output=True, text=True, check=True)
     before, after = (int(v) for v in proc.stdout.split())
     assert 10 << 20 < before < 4 * BLOCK  # an interpreter and one module: tens of MiB
     assert after >= 4 * BLOCK  # the block alone (in KiB the figure would be a thousand times smaller)
 
 
-def test_the_peak_is_none_without_getrusage(monkeypatch):
+def test_a_child_of_a_large_process_reports_its_own_peak():
+    """The fork-and-exec case directly: a child forked from a process holding 512 MiB."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux's ru_maxrss carries the forking process's size over exec")
+    code = f"""
+import os, subprocess, sys
+held = b"x" * {8 * BLOCK}
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-c", "from pmsm_compiler.process_memory import peak_memory_bytes; "
+                                                    "print(peak_memory_bytes())"])
+os.waitpid(pid, 0)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(proc.stdout.split()[-1]) < 4 * BLOCK  # the child's tens of MiB, not the parent's 512 MiB
+
+
+def test_the_peak_is_none_where_nothing_gives_it(monkeypatch):
+    monkeypatch.setattr(process_memory.sys, "platform", "win32")
     monkeypatch.setitem(sys.modules, "resource", None)  # import resource raises ImportError
     assert process_memory.peak_memory_bytes() is None
