@@ -88,12 +88,12 @@ def main(model, output, mode, exact, check, calibration_data, samples, seed, nor
          verbosity):
     """See HELP."""
     from pmsm_compiler import opset_upgrade
-    from pmsm_compiler.process_memory import keep_freed_memory, peak_memory_bytes
     from pmsm_compiler.errors import InputError
     from pmsm_compiler.metadata import get_metadata
     from pmsm_compiler.files import check_output_path, save_text_atomic
     from pmsm_compiler.loading import external_data_path, parse_input_shape
     from pmsm_compiler.pipeline import check_sampling, compile_and_verify
+    from pmsm_compiler.process_memory import keep_freed_memory, peak_memory_bytes
     from pmsm_compiler.verify import VerificationPolicy
 
     check_sampling(samples, seed)
