@@ -156,12 +156,14 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     skipped): a failed verification or an exception leaves ``output`` as it was.
 
     ``keep_weights``: False lets the chain drop the loaded model's weights once the verification's
-    sessions of it are built (a model read from a path, folded mode, no Q/DQ nodes, no constants
-    evaluated; ``pmsm-compile`` passes False): one copy of the weights fewer while the SNN's
-    sessions are built, the verification's peak. ``result.ann`` is then the model's structure,
-    each large initializer an external-data reference without data (``weights.IN_MEMORY``)."""
+    sessions of it are built (a model read from a path, no Q/DQ nodes, no constants evaluated;
+    ``verify``'s ``release_ann``; ``pmsm-compile`` passes False): one copy of the weights fewer
+    while the SNN's session of the level comparison is built, the verification's peak.
+    ``result.ann`` is then the model's structure, each large initializer an external-data
+    reference without data (``weights.IN_MEMORY``)."""
     from pmsm_compiler.compiler import compile_model
-    from pmsm_compiler.verify import has_qdq
+    from pmsm_compiler.sessions import onnxruntime_errors
+    from pmsm_compiler.verify import VerificationPolicy, has_qdq, verify
 
     start = time.perf_counter()
     check_sampling(samples, seed)  # before the load: bad arguments cost nothing
@@ -173,21 +175,37 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     compiled = compile_model(ann, mode=mode)
     compiled_at = time.perf_counter()
     saving = _BackgroundSave(compiled.model, output, external_data) if output is not None else None
-    # Only a model this chain loaded (the caller holds no reference to it) whose weights nothing
-    # reads once the ANN's sessions exist: folded mode builds them all before any of the SNN's
-    # (exact mode builds its exposed ANN after its plain comparison; Q/DQ models also run the
-    # deployed ANN and onnx.reference on the weights)
-    release = (not keep_weights and ann is not model and compiled.reference is ann
-               and (not check or (mode == "folded" and not has_qdq(ann))))
+    # Only a model this chain loaded (the caller holds no reference to it), compared as it is (no
+    # constants evaluated), without Q/DQ nodes (their verification also runs the deployed ANN and
+    # onnx.reference on the weights)
+    release = not keep_weights and ann is not model and compiled.reference is ann and not has_qdq(ann)
+
+    def structure_only() -> onnx.ModelProto:
+        # every reference to the loaded model is dropped here and in ``verify``: protobuf frees it whole
+        nonlocal ann
+        ann = compiled.reference = _structure_of(ann)
+        return ann
+
     try:
         x, label, sessions = _prepare_verification(ann, compiled, mode=mode, check=check, data=data, samples=samples,
                                                    seed=seed, normalization=normalization, opt_level=opt_level,
-                                                   providers=providers, threads=threads, what=what, tail=release)
-        if release:  # every reference to the loaded model dropped here: protobuf frees it whole
-            ann = compiled.reference = _structure_of(ann)
-        verification = (_verify(ann, compiled, x, label, sessions, mode=mode, opt_level=opt_level, policy=policy,
-                                providers=providers, threads=threads, what=what)
-                        if check else dict(SKIPPED))
+                                                   providers=providers, threads=threads, what=what)
+        if not check:
+            if release:  # nothing reads the weights after the compile and the check that it runs
+                structure_only()
+            verification = dict(SKIPPED)
+        else:
+            # onnxruntime refusing a model the compiler wrote is a bug, but one line of it (exit 2),
+            # not a traceback (fuzzer seed 61973 ended so before its cause was fixed)
+            # The sessions are handed over, no local left holding them (verify frees the plain one
+            # once used), in plain keyword arguments: a call with ** would keep its positional
+            # arguments, the loaded model among them, in a tuple for as long as it runs.
+            with onnxruntime_errors(f"the T = 1 verification of {what}"):
+                verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode,
+                                      policy=policy or VerificationPolicy(), data_label=label, providers=providers,
+                                      threads=threads, ann_session=sessions.pop("ann_session", None),
+                                      plain_session=sessions.pop("plain_session", None),
+                                      release_ann=structure_only if release else None)
         end = time.perf_counter()
         phases = {"load": round(loaded - start, 3), "compile": round(compiled_at - loaded, 3),
                   "verify": round(end - compiled_at, 3)}
@@ -203,10 +221,9 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
 
 
 def _prepare_verification(ann, compiled, *, mode, check, data, samples, seed, normalization, opt_level,
-                          providers, threads, what, tail=False) -> tuple:
+                          providers, threads, what) -> tuple:
     """Steps 3 and 4 (see the module docstring): (inputs, their label, {the verification's
-    sessions of the ANN, by ``verify``'s argument name}); inputs and label None without ``check``.
-    ``tail``: the teacher-forced tail's session too, where the exposed ANN's is built here."""
+    sessions of the ANN, by ``verify``'s argument name}); inputs and label None without ``check``."""
     from pmsm_compiler.verify import random_inputs
 
     info = compiled.info
@@ -217,21 +234,8 @@ def _prepare_verification(ann, compiled, *, mode, check, data, samples, seed, no
     probe = random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed)
     sessions = {}
     _check_ann(ann, compiled, probe, sessions, mode=mode, check=check, opt_level=opt_level, providers=providers,
-               threads=threads, what=what, tail=tail)
+               threads=threads, what=what)
     return x, label, sessions
-
-
-def _verify(ann, compiled, x, label, sessions: dict, *, mode, opt_level, policy, providers, threads, what) -> dict:
-    """Step 5: the verification report. ``sessions`` is emptied (``verify`` frees what it is handed)."""
-    from pmsm_compiler.sessions import onnxruntime_errors
-    from pmsm_compiler.verify import VerificationPolicy, verify
-
-    # onnxruntime refusing a model the compiler wrote is a bug, but one line of it (exit 2), not a
-    # traceback (fuzzer seed 61973 ended so before its cause was fixed)
-    with onnxruntime_errors(f"the T = 1 verification of {what}"):
-        return verify(ann, compiled, x, opt_level=opt_level, mode=mode, policy=policy or VerificationPolicy(),
-                      data_label=label, providers=providers, threads=threads,
-                      **{k: sessions.pop(k) for k in list(sessions)})
 
 
 def _structure_of(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -291,15 +295,12 @@ def _in_background(fn, *args) -> futures.Future:
         executor.shutdown(wait=False)  # the thread ends with the call
 
 
-def _check_ann(ann, compiled, probe, sessions: dict, *, mode, check, opt_level, providers, threads, what,
-               tail=False) -> None:
+def _check_ann(ann, compiled, probe, sessions: dict, *, mode, check, opt_level, providers, threads, what) -> None:
     """Run the ANN once on ``probe`` (an ANN onnxruntime cannot run fails here, with its message);
     where one of the verification's own ANN sessions can run it, that session goes into
-    ``sessions`` for ``verify``, and with ``tail`` (folded mode) the teacher-forced tail's too:
-    then no session of the verification reads the ANN's weights after this."""
+    ``sessions`` for ``verify``."""
     from pmsm_compiler.sessions import onnxruntime_errors
-    from pmsm_compiler.verify import (check_runs, has_qdq, reference_session, teacher_forced_tail_session,
-                                      verification_threads)
+    from pmsm_compiler.verify import check_runs, has_qdq, reference_session, verification_threads
 
     if check and compiled.reference is ann and not has_qdq(ann):
         # One of the verification's own ANN sessions runs the check: one onnxruntime copy of the
@@ -307,15 +308,11 @@ def _check_ann(ann, compiled, probe, sessions: dict, *, mode, check, opt_level, 
         # kept; folded: the ANN with its quantizer outputs exposed. With Q/DQ nodes the check runs
         # the model as deployed (Q/DQ fused), which the verification's sessions do not.
         exposed = mode != "exact"
-        session_threads = verification_threads(threads, providers)[0]
         with onnxruntime_errors(what):
-            session = reference_session(compiled, opt_level, providers, session_threads, exposed=exposed)
+            session = reference_session(compiled, opt_level, providers, verification_threads(threads, providers)[0],
+                                        exposed=exposed)
             session.run(None, {session.get_inputs()[0].name: probe})
         sessions["ann_session" if exposed else "plain_session"] = session
         del session
-        if tail and exposed:
-            with onnxruntime_errors(f"the T = 1 verification of {what}"):
-                sessions["tail_session"] = teacher_forced_tail_session(compiled.reference, compiled.info.layers,
-                                                                       opt_level, providers, session_threads)
     else:
         check_runs(ann, probe, opt_level, what=what, providers=providers, threads=threads)

@@ -128,15 +128,6 @@ def reference_session(compiled, opt_level: str = "all", providers=None, threads:
     return make_session(model, opt_level, providers, threads, qdq_fusion=False, initializers=arrays)
 
 
-def teacher_forced_tail_session(reference: onnx.ModelProto, layers, opt_level: str = "all", providers=None,
-                                threads: int = 0):
-    """The verification's session of ``teacher_forced_tail(reference, layers)``: its few weights
-    read from ``reference`` for onnxruntime's copy (a lazy split), Q/DQ as float simulation."""
-    skeleton, arrays = weights.split(reference, lazy=True)
-    return make_session(teacher_forced_tail(skeleton, layers), opt_level, providers, threads, qdq_fusion=False,
-                        initializers=arrays)
-
-
 def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
     """The ANN with every quantizer output (``layer.ann_output``) cut out and made a graph
     input: it computes the network outputs from given activation levels. Nodes that only fed the
@@ -329,14 +320,19 @@ def _compare_as_run(plain_sess, runtime, x, input_name, outputs, batch, concurre
 
 def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all", mode: str | None = None,
            policy: VerificationPolicy | None = None, batch_size: int = 32, data_label: str = "random",
-           providers=None, threads: int = 0, ann_session=None, plain_session=None, tail_session=None) -> dict:
+           providers=None, threads: int = 0, ann_session=None, plain_session=None, release_ann=None) -> dict:
     """The T = 1 verification report (see the module docstring). ``ann_session``,
     ``plain_session``: the ``reference_session``s, exposed and plain, when the caller built one
     already (``pipeline`` does, to run its check on it instead of building a session of the ANN
     for that alone; the plain one is freed once used, when the caller keeps no reference; built
-    with ``verification_threads``); ``tail_session``: ``teacher_forced_tail_session``, likewise
-    (with both the exposed and the tail session given, the ANN's weights are not read here).
-    ``threads``: as asked (0: the default, side by side)."""
+    with ``verification_threads``). ``threads``: as asked (0: the default, side by side).
+
+    ``release_ann``: called once every session of the ANN is built (exact mode: after the
+    comparison as run), before the SNN's session of the level comparison; it returns what stands
+    for the ANN from then on (its structure, ``ann`` without Q/DQ nodes and as
+    ``compiled.reference``), and the caller drops its own references in it, so that the ANN's
+    weights are freed before that session's build, the verification's peak (``pipeline``'s
+    ``keep_weights=False``)."""
     info = compiled.info
     mode = mode or info.mode
     threads, side_by_side = verification_threads(threads, providers)
@@ -380,17 +376,16 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                 deployed_sess = make_session(given, opt_level, providers, threads)
         except InputError as exc:  # information only: onnxruntime's own QDQ rewrite failing says nothing of the SNN
             deployed_unavailable = str(exc)
-    if ann_session is not None and tail_session is not None:
-        ann_sess, tail_sess = ann_session, tail_session
-    else:
-        # both from one weight-free skeleton of the ANN and one set of its weights' arrays, freed
-        # once onnxruntime has its copies
-        skeleton, arrays = weights.split(ann, lazy=ann_session is not None)  # the tail alone: a few arrays
-        ann_sess = ann_session or make_session(with_outputs(skeleton, [l.ann_output for l in layers]), opt_level,
-                                               providers, threads, qdq_fusion=False, initializers=arrays)
-        tail_sess = tail_session or make_session(teacher_forced_tail(skeleton, layers), opt_level, providers, threads,
-                                                 qdq_fusion=False, initializers=arrays)
-        del skeleton, arrays
+    # both from one weight-free skeleton of the ANN and one set of its weights' arrays, freed once
+    # onnxruntime has its copies
+    skeleton, arrays = weights.split(ann, lazy=ann_session is not None)  # the tail alone: a few arrays
+    ann_sess = ann_session or make_session(with_outputs(skeleton, [l.ann_output for l in layers]), opt_level,
+                                           providers, threads, qdq_fusion=False, initializers=arrays)
+    tail_sess = make_session(teacher_forced_tail(skeleton, layers), opt_level, providers, threads, qdq_fusion=False,
+                             initializers=arrays)
+    del skeleton, arrays
+    if release_ann is not None:  # no session reads the ANN's weights after this (its graph: below)
+        given = ann = release_ann()
 
     spikes = [l.spike_tensor for l in layers]
     ann_names = [o.name for o in ann_sess.get_outputs()]

@@ -80,50 +80,51 @@ def _large_initializers(model):
 @pytest.mark.parametrize("mode", ["folded", "exact"])
 def test_without_keep_weights_the_report_is_the_same(mode):
     """keep_weights=False (pmsm-compile) changes what the chain holds, not what it verifies."""
+    from pmsm_compiler.weights import IN_MEMORY
+
     kept = compile_and_verify(PQA, mode, samples=8)
     released = compile_and_verify(PQA, mode, samples=8, keep_weights=False)
     assert released.verification == kept.verification and released.verification["passed"]
     assert released.model.graph == kept.model.graph  # the same SNN (its metadata holds the passes' timings)
     assert all(t.HasField("raw_data") for t in _large_initializers(kept.ann))
-    if mode == "folded":  # the ANN's structure, each large weight a reference to no data
-        from pmsm_compiler.weights import IN_MEMORY
-
-        large = _large_initializers(released.ann)
-        assert large and all(not t.HasField("raw_data") and t.external_data[0].value == IN_MEMORY for t in large)
-        assert [n.op_type for n in released.ann.graph.node] == [n.op_type for n in kept.ann.graph.node]
-    else:  # exact mode builds its exposed ANN after the plain comparison: the weights are kept
-        assert all(t.HasField("raw_data") for t in _large_initializers(released.ann))
+    # the ANN's structure, each large weight a reference to no data
+    large = _large_initializers(released.ann)
+    assert large and all(not t.HasField("raw_data") and t.external_data[0].value == IN_MEMORY for t in large)
+    assert [n.op_type for n in released.ann.graph.node] == [n.op_type for n in kept.ann.graph.node]
 
 
-def test_without_keep_weights_nothing_holds_the_loaded_model_when_the_snn_sessions_are_built(monkeypatch):
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_without_keep_weights_nothing_holds_the_loaded_model_when_the_level_comparison_starts(monkeypatch, mode):
     """The loaded model (protobuf frees its weights only with the whole message) has no reference
-    left but the test's own when the verification builds the SNN's runtime."""
+    left but the test's own when the SNN's session of the level comparison is built (its first
+    run with the spikes as outputs; exact mode's comparison as run comes before, without them)."""
     import sys
 
-    from pmsm_compiler import compiler, verify
+    from pmsm_compiler import compiler
+    from pmsm_compiler.runtime import SNNSession
 
     loaded, counts = [], []
-    compile_model, snn_session = compiler.compile_model, verify.SNNSession
+    compile_model, first_step = compiler.compile_model, SNNSession.run_first_step
 
     def capture(ann, *args, **kwargs):
         loaded.append(ann)
         return compile_model(ann, *args, **kwargs)
 
-    def count_then_build(*args, **kwargs):
-        counts.append(sys.getrefcount(loaded[0]) - 1)  # less getrefcount's own argument
-        return snn_session(*args, **kwargs)
+    def count_then_run(self, x, extra_outputs=()):
+        if extra_outputs and not counts:
+            counts.append(sys.getrefcount(loaded[0]) - 1)  # less getrefcount's own argument
+        return first_step(self, x, extra_outputs)
 
     monkeypatch.setattr(compiler, "compile_model", capture)
-    monkeypatch.setattr(verify, "SNNSession", count_then_build)
-    for keep, expected in ((False, 1), (True, None)):
+    monkeypatch.setattr(SNNSession, "run_first_step", count_then_run)
+    for keep in (False, True):
         loaded.clear()
         counts.clear()
-        assert compile_and_verify(PQA, "folded", samples=4, keep_weights=keep).passed
-        assert len(counts) == 1
-        if expected is not None:
-            assert counts[0] == expected  # the list's reference alone
-        else:
+        assert compile_and_verify(PQA, mode, samples=4, keep_weights=keep).passed
+        if keep:
             assert counts[0] > 1  # the chain still holds it (the API's default)
+        else:
+            assert counts[0] == 1  # the list's reference alone
 
 
 def test_without_keep_weights_a_qdq_model_keeps_them_and_an_unchecked_compile_drops_them(tmp_path):
