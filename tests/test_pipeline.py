@@ -127,6 +127,38 @@ def test_without_keep_weights_nothing_holds_the_loaded_model_when_the_level_comp
             assert counts[0] == 1  # the list's reference alone
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_exact_modes_plain_ann_session_is_freed_before_the_level_comparison(monkeypatch, keep):
+    """The pipeline hands the plain ANN's session over to verify, which drops it after the
+    comparison as run: gone when the level comparison's SNN session is built (a call with **
+    kept it alive through the whole verification)."""
+    import gc
+    import weakref
+
+    from pmsm_compiler import verify
+    from pmsm_compiler.runtime import SNNSession
+
+    plain, alive = [], []
+    reference_session, first_step = verify.reference_session, SNNSession.run_first_step
+
+    def capture(*args, **kwargs):
+        session = reference_session(*args, **kwargs)
+        if not kwargs.get("exposed", True):
+            plain.append(weakref.ref(session))
+        return session
+
+    def check_then_run(self, x, extra_outputs=()):
+        if extra_outputs and not alive:
+            gc.collect()
+            alive.append(plain[0]() is not None)
+        return first_step(self, x, extra_outputs)
+
+    monkeypatch.setattr(verify, "reference_session", capture)
+    monkeypatch.setattr(SNNSession, "run_first_step", check_then_run)
+    assert compile_and_verify(PQA, "exact", samples=4, keep_weights=keep).passed
+    assert len(plain) == 1 and alive == [False]
+
+
 def test_without_keep_weights_a_qdq_model_keeps_them_and_an_unchecked_compile_drops_them(tmp_path):
     """A Q/DQ model's verification also runs the deployed ANN and onnx.reference on the weights:
     kept. Without a check nothing reads them after the compile: dropped."""
