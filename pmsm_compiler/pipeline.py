@@ -196,10 +196,10 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
             verification = dict(SKIPPED)
         else:
             # onnxruntime refusing a model the compiler wrote is a bug, but one line of it (exit 2),
-            # not a traceback (fuzzer seed 61973 ended so before its cause was fixed)
-            # The sessions are handed over, no local left holding them (verify frees the plain one
-            # once used), in plain keyword arguments: a call with ** would keep its positional
-            # arguments, the loaded model among them, in a tuple for as long as it runs.
+            # not a traceback (fuzzer seed 61973 ended so before its cause was fixed). The sessions
+            # are handed over with no local left holding them (verify frees the plain one once
+            # used), as plain keyword arguments: a call with ** keeps its positional arguments (the
+            # loaded model) and its keyword dict (the sessions) for as long as it runs.
             with onnxruntime_errors(f"the T = 1 verification of {what}"):
                 verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode,
                                       policy=policy or VerificationPolicy(), data_label=label, providers=providers,
