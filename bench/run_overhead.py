@@ -156,17 +156,16 @@ def memory_child(kind: str, path: str, batch: int, threads: int) -> None:
 
 
 def _peak() -> dict:
-    """RSS high-water mark of this process: getrusage (KiB on Linux) and /proc VmHWM as a check."""
+    """RSS high-water mark of this process: getrusage (KiB on Linux) and, as a check, the tools'
+    own figure (``process_memory.peak_memory_bytes``: /proc VmHWM on Linux)."""
     import resource
 
+    from pmsm_compiler.process_memory import peak_memory_bytes
+
     out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    out["vmhwm_mib"] = int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = peak_memory_bytes()
+    if peak is not None:
+        out["vmhwm_mib"] = peak / 2**20
     return out
 
 

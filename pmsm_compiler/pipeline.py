@@ -155,12 +155,13 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     into a temporary file while the verification runs, put in place once it has passed (or was
     skipped): a failed verification or an exception leaves ``output`` as it was.
 
-    ``keep_weights``: False lets the chain drop the loaded model's weights once the verification's
-    sessions of it are built (a model read from a path, no Q/DQ nodes, no constants evaluated;
-    ``verify``'s ``release_ann``; ``pmsm-compile`` passes False): one copy of the weights fewer
-    while the SNN's session of the level comparison is built, the verification's peak.
-    ``result.ann`` is then the model's structure, each large initializer an external-data
-    reference without data (``weights.IN_MEMORY``)."""
+    ``keep_weights``: False lets the chain drop the loaded model's weights, and those of the
+    reference the compiler made of it (``compiled.reference``: computed constants evaluated), once
+    the verification's sessions of them are built (a model read from a path, no Q/DQ nodes;
+    ``verify``'s ``release_ann``; ``pmsm-compile`` passes False): one or two copies of the weights
+    fewer while the SNN's session of the level comparison is built, the verification's peak.
+    ``result.ann`` and ``result.compiled.reference`` are then structures, each large initializer an
+    external-data reference without data (``weights.IN_MEMORY``)."""
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.sessions import onnxruntime_errors
     from pmsm_compiler.verify import VerificationPolicy, has_qdq, verify
@@ -175,21 +176,29 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     compiled = compile_model(ann, mode=mode)
     compiled_at = time.perf_counter()
     saving = _BackgroundSave(compiled.model, output, external_data) if output is not None else None
-    # Only a model this chain loaded (the caller holds no reference to it), compared as it is (no
-    # constants evaluated), without Q/DQ nodes (their verification also runs the deployed ANN and
-    # onnx.reference on the weights)
-    release = not keep_weights and ann is not model and compiled.reference is ann and not has_qdq(ann)
+    # Only a model this chain loaded (the caller holds no reference to it), without Q/DQ nodes
+    # (their verification also runs the deployed ANN and onnx.reference on the weights)
+    release = not keep_weights and ann is not model and not has_qdq(ann)
 
-    def structure_only() -> onnx.ModelProto:
-        # every reference to the loaded model is dropped here and in ``verify``: protobuf frees it whole
+    def structure_only() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+        # every reference to the reference (and so to the loaded model, where it is the reference)
+        # is dropped here and in ``verify``: protobuf frees each whole
         nonlocal ann
-        ann = compiled.reference = _structure_of(ann)
-        return ann
+        if compiled.reference is ann:
+            ann = compiled.reference = _structure_of(ann)
+        else:
+            compiled.reference = _structure_of(compiled.reference)
+        return ann, compiled.reference
 
     try:
         x, label, sessions = _prepare_verification(ann, compiled, mode=mode, check=check, data=data, samples=samples,
                                                    seed=seed, normalization=normalization, opt_level=opt_level,
                                                    providers=providers, threads=threads, what=what)
+        if release and compiled.reference is not ann:
+            # the loaded model itself, where the verification compares with the reference: read
+            # only by the check that onnxruntime runs it, done (exact mode's plain comparison, the
+            # peak of a legacy export's verification, no longer holds it)
+            ann = _structure_of(ann)
         if not check:
             if release:  # nothing reads the weights after the compile and the check that it runs
                 structure_only()

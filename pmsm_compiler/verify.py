@@ -328,11 +328,10 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     with ``verification_threads``). ``threads``: as asked (0: the default, side by side).
 
     ``release_ann``: called once every session of the ANN is built (exact mode: after the
-    comparison as run), before the SNN's session of the level comparison; it returns what stands
-    for the ANN from then on (its structure, ``ann`` without Q/DQ nodes and as
-    ``compiled.reference``), and the caller drops its own references in it, so that the ANN's
-    weights are freed before that session's build, the verification's peak (``pipeline``'s
-    ``keep_weights=False``)."""
+    comparison as run), before the SNN's session of the level comparison, for an ``ann`` without
+    Q/DQ nodes; it returns what stands for ``ann`` and ``compiled.reference`` from then on (their
+    structures), and the caller drops its own references in it, so that their weights are freed
+    before that session's build, the verification's peak (``pipeline``'s ``keep_weights=False``)."""
     info = compiled.info
     mode = mode or info.mode
     threads, side_by_side = verification_threads(threads, providers)
@@ -342,6 +341,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     input_name = info.inputs[0].name
     given = ann
     ann = getattr(compiled, "reference", None) or given  # constants evaluated as in the SNN
+    evaluated = ann is not given
     # What a deployment of the quantized ANN computes (onnxruntime's default: Q/DQ fused into
     # integer kernels), compared for information only.
     quantized = has_qdq(given)
@@ -385,7 +385,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                              initializers=arrays)
     del skeleton, arrays
     if release_ann is not None:  # no session reads the ANN's weights after this (its graph: below)
-        given = ann = release_ann()
+        given, ann = release_ann()
 
     spikes = [l.spike_tensor for l in layers]
     ann_names = [o.name for o in ann_sess.get_outputs()]
@@ -413,8 +413,8 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                 y = a[layer.ann_output][:n]
                 k = s[layer.spike_tensor][:n]
                 if layer.neuron == "AIF":
-                    # in place, counted without a sum: ViT-S's 62 layers, 3.7 M levels a sample, once
-                    # cost a tenth of its verification (0.17 -> 0.09 s for 64 samples in isolation)
+                    # in place, counted without a sum: ViT-S's 122 layers (3.9 M levels a sample) made
+                    # this loop a tenth of its verification (its compile 4.92 -> 4.81 s, median of 3)
                     k_ann = np.divide(y, np.float32(layer.ann_post_scale))
                     np.rint(k_ann, out=k_ann)
                     same = k_ann == k
@@ -498,7 +498,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         "max_abs_diff": max_abs,
         "tail_max_abs_diff": tail_err, "tail_bound": bound,
         "plain_ann": plain,
-        "reference": ("the input model with its computed constants evaluated" if ann is not given
+        "reference": ("the input model with its computed constants evaluated" if evaluated
                       else "the input model"),
         "onnx_reference": onnx_reference,
         "deployed_ann": None if not quantized else {

@@ -52,7 +52,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from pmsm_compiler.onnx_utils import const_value, import_graph
-from pmsm_compiler.ops.temporal import REGION_DOMAIN
+from pmsm_compiler.ops.temporal import MASK_OPS, REGION_DOMAIN
 from pmsm_compiler.snn_format import SNNInfo
 
 from .fuse_neuron_kernels import KERNEL_DOMAIN
@@ -133,10 +133,10 @@ def misaligned(samples: int, sample_bytes) -> int | None:
 #: elementwise ops (numpy broadcasting): each output element from the input elements at its index
 ELEMENTWISE_OPS = {
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Floor", "Round", "Abs", "Neg", "Identity", "Cast", "Sqrt", "Erf",
-    "Tanh", "Sigmoid", "Max", "Min", "Where", "Equal", "Less", "Greater", "GreaterOrEqual", "LessOrEqual", "And",
-    "Or", "Xor", "Not", "QuantizeLinear", "DequantizeLinear", "Dropout", "LeakyRelu", "HardSigmoid", "Exp", "Pow", "Reciprocal", "Gelu", "Softplus", "Sum", "Log",
-    "HardSwish", "PRelu", "Softsign", "ThresholdedRelu", "Elu", "Selu", "Celu", "Mish",
-}
+    "Tanh", "Sigmoid", "Max", "Min", "Where", "QuantizeLinear", "DequantizeLinear", "Dropout", "LeakyRelu",
+    "HardSigmoid", "Exp", "Pow", "Reciprocal", "Gelu", "Softplus", "Sum", "Log", "HardSwish", "PRelu", "Softsign",
+    "ThresholdedRelu", "Elu", "Selu", "Celu", "Mish",
+} | MASK_OPS  # comparisons and And/Or/Xor/Not
 #: ops that read their input with the batch axis first and keep it first (their other inputs are
 #: weights): convolutions, pooling, normalization over channels
 BATCH_FIRST_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",

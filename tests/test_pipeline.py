@@ -77,54 +77,69 @@ def _large_initializers(model):
     return [t for t in model.graph.initializer if weights.strippable(t) or t.data_location == onnx.TensorProto.EXTERNAL]
 
 
+VIT = str(shipped_model_path("vit_cifar_pqa_cifar10.onnx"))
+
+
+@pytest.mark.parametrize("path, shapes", [(PQA, None), (VIT, {"input": [2, 3, 32, 32]})],
+                         ids=["resnet20", "vit-fixed-batch"])
 @pytest.mark.parametrize("mode", ["folded", "exact"])
-def test_without_keep_weights_the_report_is_the_same(mode):
+def test_without_keep_weights_the_report_is_the_same(mode, path, shapes):
     """keep_weights=False (pmsm-compile) changes what the chain holds, not what it verifies."""
     from pmsm_compiler.weights import IN_MEMORY
 
-    kept = compile_and_verify(PQA, mode, samples=8)
-    released = compile_and_verify(PQA, mode, samples=8, keep_weights=False)
+    kept = compile_and_verify(path, mode, samples=8, input_shapes=shapes)
+    released = compile_and_verify(path, mode, samples=8, input_shapes=shapes, keep_weights=False)
     assert released.verification == kept.verification and released.verification["passed"]
     assert released.model.graph == kept.model.graph  # the same SNN (its metadata holds the passes' timings)
     assert all(t.HasField("raw_data") for t in _large_initializers(kept.ann))
-    # the ANN's structure, each large weight a reference to no data
-    large = _large_initializers(released.ann)
-    assert large and all(not t.HasField("raw_data") and t.external_data[0].value == IN_MEMORY for t in large)
+    # the ANN's structure and the reference's, each large weight a reference to no data
+    for model in (released.ann, released.compiled.reference):
+        large = _large_initializers(model)
+        assert large and all(not t.HasField("raw_data") and t.external_data[0].value == IN_MEMORY for t in large)
     assert [n.op_type for n in released.ann.graph.node] == [n.op_type for n in kept.ann.graph.node]
 
 
+@pytest.mark.parametrize("path, shapes", [(PQA, None), (VIT, None), (VIT, {"input": [2, 3, 32, 32]})],
+                         ids=["resnet20", "vit", "vit-fixed-batch"])
 @pytest.mark.parametrize("mode", ["folded", "exact"])
-def test_without_keep_weights_nothing_holds_the_loaded_model_when_the_level_comparison_starts(monkeypatch, mode):
-    """The loaded model (protobuf frees its weights only with the whole message) has no reference
-    left but the test's own when the SNN's session of the level comparison is built (its first
-    run with the spikes as outputs; exact mode's comparison as run comes before, without them)."""
+def test_without_keep_weights_nothing_holds_the_models_when_the_level_comparison_starts(monkeypatch, mode, path,
+                                                                                       shapes):
+    """The loaded model and the reference the compiler made of it (the ViT's computed constants
+    evaluated, as in a fixed-batch or a legacy export; the ResNet-20's is the loaded model
+    itself): protobuf frees their weights only with the whole message, and no reference is left
+    but the test's own when the SNN's session of the level comparison is built (its first run with
+    the spikes as outputs; exact mode's comparison as run comes before, without them)."""
     import sys
 
     from pmsm_compiler import compiler
     from pmsm_compiler.runtime import SNNSession
 
-    loaded, counts = [], []
+    held, counts = [], []  # the loaded model, then the reference
     compile_model, first_step = compiler.compile_model, SNNSession.run_first_step
 
     def capture(ann, *args, **kwargs):
-        loaded.append(ann)
-        return compile_model(ann, *args, **kwargs)
+        compiled = compile_model(ann, *args, **kwargs)
+        held.extend([ann, compiled.reference])
+        return compiled
 
     def count_then_run(self, x, extra_outputs=()):
         if extra_outputs and not counts:
-            counts.append(sys.getrefcount(loaded[0]) - 1)  # less getrefcount's own argument
+            # less the test's own: getrefcount's argument, the loop's variable and ``held``
+            counts.extend(sys.getrefcount(m) - 2 - sum(h is m for h in held) for m in held)
         return first_step(self, x, extra_outputs)
 
     monkeypatch.setattr(compiler, "compile_model", capture)
     monkeypatch.setattr(SNNSession, "run_first_step", count_then_run)
     for keep in (False, True):
-        loaded.clear()
+        held.clear()
         counts.clear()
-        assert compile_and_verify(PQA, mode, samples=4, keep_weights=keep).passed
+        assert compile_and_verify(path, mode, samples=4, input_shapes=shapes, keep_weights=keep).passed
+        if path == VIT:
+            assert held[0] is not held[1]  # constants evaluated: the case the reference is a model of its own
         if keep:
-            assert counts[0] > 1  # the chain still holds it (the API's default)
+            assert max(counts) > 0  # the chain still holds them (the API's default)
         else:
-            assert counts[0] == 1  # the list's reference alone
+            assert counts == [0, 0]
 
 
 @pytest.mark.parametrize("keep", [True, False])

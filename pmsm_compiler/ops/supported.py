@@ -21,7 +21,7 @@ Classes (``passes.absorb_threshold_scale.classify`` decides per node, from these
 
 from __future__ import annotations
 
-from .temporal import GENERAL_OPS, HOMOGENEOUS_OPS
+from .temporal import GENERAL_OPS, HOMOGENEOUS_OPS, MASK_OPS
 
 WEIGHTED_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 #: every input in one scale: x + y, concat(x, y), …
@@ -40,8 +40,7 @@ AFFINE_REAL = frozenset({"BatchNormalization"})
 SELECT_OPS = frozenset({"Where"})
 QUANTIZER_OPS = frozenset({"Mul", "Div", "Add", "Floor", "Clip", "QuantizeLinear", "DequantizeLinear"})
 #: on constants, shapes and masks (Dropout: identity at inference, ``check_inference_mode``)
-REAL_OPS = frozenset({"Constant", "ConstantOfShape", "Cast", "CastLike", "Round", "Less", "Greater", "Equal",
-                      "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Not", "Dropout"})
+REAL_OPS = frozenset({"Constant", "ConstantOfShape", "Cast", "CastLike", "Round", "Dropout"} | MASK_OPS)
 WRAPPED_OPS = frozenset(HOMOGENEOUS_OPS | GENERAL_OPS)
 
 #: every standard-domain op the compiler accepts
