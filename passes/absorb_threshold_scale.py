@@ -40,7 +40,8 @@ from pmsm_compiler.ops import DOMAIN
 from pmsm_compiler.ops.neurons import NEURON_OPS
 from pmsm_compiler.ops.supported import AFFINE_REAL, METADATA_OPS, TRANSPARENT_ALL, TRANSPARENT_FIRST
 
-from .graph_utils import PassRefusal, const_value, fresh, make_const, times_in_float64
+from .graph_utils import (PassRefusal, const_value, fresh, is_const, make_const, replace_constant,
+                          times_in_float64)
 
 
 def _close(a, b):
@@ -61,6 +62,11 @@ def _present(node, i):
 
 
 def _float_const(t):
+    if isinstance(t, gs.Constant):  # its type, without reading its values (``is_const``)
+        try:
+            return np.dtype(t.dtype).kind == "f"
+        except TypeError:
+            pass
     value = const_value(t)
     return value is not None and value.dtype.kind == "f"
 
@@ -94,7 +100,7 @@ def classify(node):
         return "neuron"
     if node.op in METADATA_OPS and not node.domain:
         return "metadata"
-    consts = [const_value(t) is not None for t in node.inputs]
+    consts = [is_const(t) for t in node.inputs]
     if node.op in ("Conv", "Gemm") and len(node.inputs) > 1 and consts[1] and not consts[0]:
         return "weighted"
     if node.op == "MatMul" and len(node.inputs) == 2 and consts[0] != consts[1]:
@@ -122,7 +128,7 @@ def classify(node):
 def weight_index(node):
     """The constant operand of a weighted op (Mul and MatMul may have it first)."""
     if node.op in ("Mul", "Div", "MatMul"):
-        return 0 if const_value(node.inputs[0]) is not None else 1
+        return 0 if is_const(node.inputs[0]) else 1
     return 1
 
 
@@ -157,22 +163,22 @@ def batch_axis_refusal(node) -> str | None:
 def _data_inputs(node, cls):
     """The inputs that carry traffic in this op's scale bookkeeping (rescaled by the pass)."""
     if cls in ("transparent_all", "affine_add"):
-        return [i for i, t in enumerate(node.inputs) if const_value(t) is None and t.name and _is_float(t)]
+        return [i for i, t in enumerate(node.inputs) if not is_const(t) and t.name and _is_float(t)]
     if cls == "select":
-        return [i for i in (1, 2) if const_value(node.inputs[i]) is None and _is_float(node.inputs[i])]
+        return [i for i in (1, 2) if not is_const(node.inputs[i]) and _is_float(node.inputs[i])]
     if cls == "transparent_first":
         # Pad's fill value is in the output's units: a time-varying one travels with the data.
-        extra = [2] if node.op == "Pad" and _present(node, 2) and const_value(node.inputs[2]) is None else []
+        extra = [2] if node.op == "Pad" and _present(node, 2) and not is_const(node.inputs[2]) else []
         return [0] + extra
     if cls == "weighted":
-        bias = [2] if node.op in ("Conv", "Gemm") and _present(node, 2) and const_value(node.inputs[2]) is None \
+        bias = [2] if node.op in ("Conv", "Gemm") and _present(node, 2) and not is_const(node.inputs[2]) \
             else []
         return [1 - weight_index(node) if node.op in ("Mul", "Div", "MatMul") else 0] + bias
     if cls == "neuron":
         return [0]
     if cls == "metadata":
         return []
-    return [i for i, t in enumerate(node.inputs) if t.name and const_value(t) is None and _is_float(t)]
+    return [i for i, t in enumerate(node.inputs) if t.name and not is_const(t) and _is_float(t)]
 
 
 def linear_inputs(node, cls) -> list[int]:
@@ -192,11 +198,11 @@ def _unit_constants(node, cls):
     """Constant inputs in the units of the output (an added constant, a Concat/Where operand, Pad's
     fill value): with the traffic stored as real/c, they must be stored as value/c too."""
     if cls in ("transparent_all", "affine_add"):
-        return [i for i, t in enumerate(node.inputs) if t.name and const_value(t) is not None]
+        return [i for i, t in enumerate(node.inputs) if t.name and is_const(t)]
     if cls == "select":
-        return [i for i in (1, 2) if const_value(node.inputs[i]) is not None]
+        return [i for i in (1, 2) if is_const(node.inputs[i])]
     if cls == "transparent_first" and node.op == "Pad" and _present(node, 2) and \
-            const_value(node.inputs[2]) is not None:
+            is_const(node.inputs[2]):
         return [2]
     return []
 
@@ -343,9 +349,9 @@ def _rewrite_weights(graph, node, w_factor: float, b_factor: float):
     if op == "Div":
         node.op = "Mul"
     new_w = times_in_float64(w, w_factor, reciprocal=op == "Div")
-    node.inputs[wi] = make_const(graph, f"{node.inputs[wi].name}_folded", new_w, dtype=w.dtype)
+    replace_constant(node, wi, make_const(graph, f"{node.inputs[wi].name}_folded", new_w, dtype=w.dtype))
     # Gemm's alpha scales A·B and beta scales C: both commute with the factors above.
-    if op in ("Conv", "Gemm") and _present(node, 2) and const_value(node.inputs[2]) is not None:
+    if op in ("Conv", "Gemm") and _present(node, 2) and is_const(node.inputs[2]):
         b = const_value(node.inputs[2])
-        node.inputs[2] = make_const(graph, f"{node.inputs[2].name}_folded", b.astype(np.float64) * b_factor,
-                                    dtype=b.dtype)
+        replace_constant(node, 2, make_const(graph, f"{node.inputs[2].name}_folded", b.astype(np.float64) * b_factor,
+                                             dtype=b.dtype))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import const_value, make_const, replace_uses
+from .graph_utils import const_value, is_const, make_const, replace_uses
 
 
 def canonicalize(graph: gs.Graph, ctx) -> gs.Graph:
@@ -107,7 +107,7 @@ def _sub_to_add(graph):
         if node.op != "Sub" or len(node.inputs) != 2:
             continue
         c = const_value(node.inputs[1])
-        if c is None or const_value(node.inputs[0]) is not None or c.dtype.kind != "f":
+        if c is None or is_const(node.inputs[0]) or c.dtype.kind != "f":
             continue
         node.op = "Add"
         node.inputs[1] = make_const(graph, node.inputs[1].name + "_neg", -c, dtype=c.dtype)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph_utils import const_value, fresh, is_weight_shared, make_const, producer, times_in_float64
+from .graph_utils import (const_value, fresh, is_const, is_weight_shared, make_const, producer, replace_constant,
+                          times_in_float64)
 
 
 def _bn_factors(bn):
@@ -52,14 +53,14 @@ def _try_fold(graph, bn) -> str | None:
     if len(z.outputs) != 1 or z in graph.outputs:
         return f"the output of {lin.op} '{lin.name}' has other consumers (fork)"
     w = const_value(lin.inputs[1])
-    if lin.op == "MatMul" and w is None and const_value(lin.inputs[0]) is not None:
+    if lin.op == "MatMul" and w is None and is_const(lin.inputs[0]):
         return f"MatMul '{lin.name}' has its constant weight first (W·x); MatMul is folded only as x·W"
     if w is None:
         return f"{lin.op} '{lin.name}' has non-constant weights"
     if is_weight_shared(lin.inputs[1], lin):
         return f"the weights of {lin.op} '{lin.name}' are shared with another node"
     bias_t = lin.inputs[2] if len(lin.inputs) > 2 and lin.inputs[2].name else None
-    if bias_t is not None and (const_value(bias_t) is None or is_weight_shared(bias_t, lin)):
+    if bias_t is not None and (not is_const(bias_t) or is_weight_shared(bias_t, lin)):
         return f"the bias of {lin.op} '{lin.name}' is not a private constant"
     bias = const_value(bias_t).astype(np.float64) if bias_t is not None else 0.0
     if lin.op == "Conv":
@@ -76,7 +77,7 @@ def _try_fold(graph, bn) -> str | None:
             return "MatMul is folded only for 2-D activations"
         w2 = times_in_float64(w, a[None, :])
     b2 = a * bias + shift
-    lin.inputs[1] = make_const(graph, lin.inputs[1].name + "_bn", w2, dtype=w.dtype)
+    replace_constant(lin, 1, make_const(graph, lin.inputs[1].name + "_bn", w2, dtype=w.dtype))
     new_bias = make_const(graph, (bias_t.name if bias_t is not None else lin.name + ".bias") + "_bn", b2,
                           dtype=w.dtype)
     out = bn.outputs[0]

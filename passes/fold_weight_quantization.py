@@ -27,7 +27,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .canonicalize import fold_constant_subgraphs
-from .graph_utils import const_value
+from .graph_utils import const_value, is_const
 
 CHAIN_OPS = ("QuantizeLinear", "Clip", "DequantizeLinear")
 
@@ -38,11 +38,11 @@ def _constant_chain(dq: gs.Node) -> list[gs.Node] | None:
     chain, node = [], dq
     while True:
         chain.append(node)
-        extra = [t for t in node.inputs[1:] if t.name and const_value(t) is None]
+        extra = [t for t in node.inputs[1:] if t.name and not is_const(t)]
         if extra:
             return None
         data = node.inputs[0]
-        if const_value(data) is not None:
+        if is_const(data):
             return chain[::-1]
         prod = data.inputs[0] if len(data.inputs) == 1 else None
         if prod is None or prod.op not in CHAIN_OPS or prod.op == "DequantizeLinear":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from pmsm_compiler.onnx_utils import const_value  # noqa: F401 - the passes import it from here
+from pmsm_compiler.onnx_utils import const_value, is_const  # noqa: F401 - the passes import them from here
 from pmsm_compiler.ops.temporal import per_sample_dims
 
 INTERNAL_DOMAIN = "pmsm.internal"
@@ -131,6 +131,17 @@ def times_in_float64(w: np.ndarray, factor, *, reciprocal: bool = False, dtype=N
         np.multiply(v, f[i:i + rows] if f.ndim else f, out=v)
         out[i:i + rows] = v
     return out
+
+
+def replace_constant(node, index: int, new) -> None:
+    """``node.inputs[index] = new``, and the values of the constant it replaces dropped once no
+    node reads it. (onnx-graphsurgeon's tensors and their node lists form reference cycles, so a
+    replaced weight, whose values the fold had read, stayed until the cyclic garbage collector
+    ran: ViT-S's folds held a second copy of all its weights, 78 MiB, through the compile.)"""
+    old = node.inputs[index]
+    node.inputs[index] = new
+    if isinstance(old, gs.Constant) and not old.outputs:
+        old.values = np.zeros(0, np.float32)  # an orphan: nothing exports or reads it
 
 
 def make_const(graph, base: str, value, dtype=np.float32) -> gs.Constant:

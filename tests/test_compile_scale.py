@@ -60,6 +60,48 @@ def test_passes_walk_the_graph_a_fixed_number_of_times(monkeypatch, tmp_path):
     assert counts[8] == counts[2], counts
 
 
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_the_folds_hold_no_weight_they_replaced(monkeypatch, tmp_path, mode):
+    """The passes ask whether an input is constant without reading it (``is_const``), and a fold
+    drops the values of the weight it replaced (``replace_constant``): onnx-graphsurgeon keeps
+    what it read in the constant, which its reference cycles kept until the collector ran, so the
+    compile held a second copy of every weight. Counted when the SNN is exported, with the
+    collector off: no weight read from the model is alive then but those the SNN keeps as they are
+    (exact mode folds nothing and reads none)."""
+    import gc
+    import weakref
+
+    from pmsm_compiler import compiler, onnx_utils
+    from pmsm_compiler.loading import load_model
+
+    onnx.save(chain_model(4, channels=32), tmp_path / "m.onnx")
+    model = load_model(tmp_path / "m.onnx")
+    read, alive = [], []
+    load, export = onnx_utils._RawDataValues.load, compiler.export_model
+
+    def recording_load(self):
+        array = load(self)
+        read.append((self.tensor.name, weakref.ref(array)))
+        return array
+
+    def counting_export(*args, **kwargs):
+        alive.extend(name for name, ref in read if ref() is not None)
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_utils._RawDataValues, "load", recording_load)
+    monkeypatch.setattr(compiler, "export_model", counting_export)
+    gc.disable()
+    try:
+        snn = compiler.compile_model(model, mode=mode).model
+    finally:
+        gc.enable()
+    kept = {t.name for t in snn.graph.initializer}
+    if mode == "exact":
+        assert read == []  # nothing folded: no weight's values read at all
+    else:
+        assert read and not [name for name in alive if name not in kept], (read, alive)
+
+
 # ---------------------------------------------------------------------------------------------
 # the checker and shape inference on a weight-free skeleton (pmsm_compiler.weights)
 
