@@ -195,8 +195,9 @@ def _sniff_not_onnx(head: bytes) -> str | None:
     return None
 
 
-def _read_model_file(path: str, max_bytes: int) -> tuple[bytes, str]:
-    """Read the whole model file after the checks; return (bytes, real path)."""
+def _read_model_file(path: str, max_bytes: int) -> tuple[bytes, str, os.stat_result]:
+    """Read the whole model file after the checks; return (bytes, real path, its status when
+    opened)."""
     try:
         st = os.stat(path)  # follows a symlinked model file on purpose
     except FileNotFoundError:
@@ -238,7 +239,7 @@ def _read_model_file(path: str, max_bytes: int) -> tuple[bytes, str]:
         raise _fail(
             f"model file {path} grew past the limit of {format_bytes(max_bytes)} while reading"
         )
-    return data, real
+    return data, real, st
 
 
 def _parse_model(data: bytes, path: str) -> ModelProto:
@@ -777,7 +778,24 @@ def load_model(
     static_inputs: bool = True,
     input_shapes: dict[str, list[int | str]] | None = None,
 ) -> ModelProto:
-    """Load, validate and shape-infer an untrusted ONNX model; return the inferred model.
+    """Load, validate and shape-infer an untrusted ONNX model; return the inferred model
+    (``load_model_and_weights_file``'s model)."""
+    return load_model_and_weights_file(path, max_bytes=max_bytes, allowed_ops=allowed_ops,
+                                       static_inputs=static_inputs, input_shapes=input_shapes)[0]
+
+
+def load_model_and_weights_file(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int | None = None,
+    allowed_ops: Iterable[tuple[str, str] | str] | None = None,
+    static_inputs: bool = True,
+    input_shapes: dict[str, list[int | str]] | None = None,
+) -> tuple[ModelProto, weights.WeightsFile | None]:
+    """Load, validate and shape-infer an untrusted ONNX model; return the inferred model and
+    where its large initializers lie, byte for byte, in the model file (a ``weights.WeightsFile``
+    with the file's identity when read), or None where they do not all lie there as loaded
+    (external data, an opset upgrade that rebuilt the initializers).
 
     ``input_shapes`` ({input name: dims}, see ``parse_input_shape``) overrides the declared shape
     of graph inputs before shape inference, e.g. to fix dynamic spatial dimensions; a string dim
@@ -800,8 +818,9 @@ def load_model(
     """
     path = os.fspath(path)
     max_total = MAX_MODEL_WITH_DATA_BYTES if max_bytes is None else max_bytes
-    data, real_path = _read_model_file(path, MAX_MODEL_BYTES if max_bytes is None else max_bytes)
+    data, real_path, status = _read_model_file(path, MAX_MODEL_BYTES if max_bytes is None else max_bytes)
     model = _parse_model(data, path)
+    spans = weights.raw_data_spans(data)
     del data
 
     base_dir = os.path.dirname(real_path)
@@ -862,7 +881,24 @@ def load_model(
     unique_node_names(model)
     if upgraded:
         opset_upgrade.check(model, upgraded, path)
-    return model
+    located = None if upgraded or external_bytes else _weights_in_file(model, spans, real_path, status)
+    return model, located
+
+
+def _weights_in_file(model: ModelProto, spans, path: str, status) -> weights.WeightsFile | None:
+    """The ``weights.WeightsFile`` of ``model`` as parsed from the file at ``path`` whose
+    ``raw_data`` spans (``weights.raw_data_spans``) are ``spans``, if every large initializer's
+    bytes are there at their declared size, else None."""
+    inits = model.graph.initializer
+    if spans is None or len(spans) != len(inits):
+        return None
+    offsets = {}
+    for t, span in zip(inits, spans):
+        if weights.strippable(t):
+            if span is None or span[1] != weights.declared_bytes(t) or t.name in offsets:
+                return None
+            offsets[t.name] = span[0]
+    return weights.WeightsFile(path, offsets, weights.file_identity(status)) if offsets else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -876,7 +912,7 @@ def external_data_path(path: str | os.PathLike[str]) -> str:
 
 
 def save_model_atomic(model: ModelProto, path: str | os.PathLike[str], external_data: bool | None = None,
-                      approve=None) -> bool:
+                      approve=None, written=None) -> bool:
     """Serialize ``model`` and write it atomically (``files.write_atomic``, which calls ``approve``,
     if given, before it puts each file in place); return whether its weights went to an external
     data file.
@@ -886,22 +922,43 @@ def save_model_atomic(model: ModelProto, path: str | os.PathLike[str], external_
     tensor once, at 64 KiB-aligned offsets; ``weights.with_external_data``) and the model file
     references them. The data file is written and renamed into place first, then the model file:
     a failure leaves no temporary file and the previous model file.
+
+    ``written(file, offsets, final)``, if given, is called once the large initializers are in a
+    file: the temporary file (``approve`` is called later), {name: offset of its bytes there}
+    (``weights.file_references``) and the path the file will have once in place. From then on
+    this function holds no reference to ``model``: a caller that drops its own frees the weights
+    while the file waits for ``approve``.
     """
     if external_data is None:
         external_data = weights.model_bytes(model) >= PROTOBUF_LIMIT
+    held = [model]  # taken by the writer, so that no frame here keeps the model once it is written
+    del model
     if not external_data:  # serialized as it is written, not built in memory first (weights.write_model)
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:
-                weights.write_model(model, fh)
+                offsets = weights.write_model(held.pop(), fh)
+            if written is not None:
+                written(tmp, offsets, os.path.abspath(path))
 
         write_atomic(path, write, approve=approve)
         return False
     data_path = check_output_path(external_data_path(path), "the external data")
-    skeleton, layout = weights.with_external_data(model, os.path.basename(data_path))
+    skeleton, layout = weights.with_external_data(held.pop(), os.path.basename(data_path))
     size = skeleton.ByteSize()
     if size >= PROTOBUF_LIMIT:
         raise _fail(f"cannot save {os.fspath(path)}: without its large weights the model is still "
                     f"{format_bytes(size)}, over protobuf's 2 GiB")
-    write_atomic(data_path, lambda tmp: weights.write_external_data(layout, tmp), approve=approve)
+    placed = [layout]  # the layout's tensors are the model's
+    del layout
+
+    def write_data(tmp: str) -> None:
+        layout = placed.pop()
+        weights.write_external_data(layout, tmp)
+        offsets = {t.name: offset for t, offset in layout}
+        del layout
+        if written is not None:
+            written(tmp, offsets, data_path)
+
+    write_atomic(data_path, write_data, approve=approve)
     save_bytes_atomic(skeleton.SerializeToString(), path)
     return True

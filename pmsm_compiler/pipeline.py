@@ -95,15 +95,21 @@ def load_ann(path: str | os.PathLike[str], *, max_bytes: int | None = None,
              input_shapes: dict | None = None) -> onnx.ModelProto:
     """Load an untrusted ANN for compilation (``loading.load_model``) and refuse, in one line, a
     compiled SNN, a model with more than one data input and dynamic non-batch dimensions."""
-    from pmsm_compiler.snn_format import read_snn_info
-    from pmsm_compiler.loading import check_single_input, check_static_shapes, load_model
+    return _load_ann(path, max_bytes=max_bytes, input_shapes=input_shapes)[0]
 
-    ann = load_model(path, max_bytes=max_bytes, static_inputs=False, input_shapes=input_shapes)
+
+def _load_ann(path, *, max_bytes, input_shapes):
+    """``load_ann``, and where the model's weights lie in its file (``loading.load_model_and_weights_file``)."""
+    from pmsm_compiler.snn_format import read_snn_info
+    from pmsm_compiler.loading import check_single_input, check_static_shapes, load_model_and_weights_file
+
+    ann, located = load_model_and_weights_file(path, max_bytes=max_bytes, static_inputs=False,
+                                               input_shapes=input_shapes)
     if read_snn_info(ann) is not None:
         raise InputError(f"{os.fspath(path)} is already a compiled SNN ('pmsm.snn' metadata); give the source ANN")
     check_single_input(ann)
     check_static_shapes(ann)
-    return ann
+    return ann, located
 
 
 def check_sampling(samples: int, seed: int) -> None:
@@ -155,23 +161,32 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     into a temporary file while the verification runs, put in place once it has passed (or was
     skipped): a failed verification or an exception leaves ``output`` as it was.
 
-    ``keep_weights``: False lets the chain drop the loaded model's weights, and those of the
-    reference the compiler made of it (``compiled.reference``: computed constants evaluated), once
-    the verification's sessions of them are built (a model read from a path, no Q/DQ nodes;
-    ``verify``'s ``release_ann``; ``pmsm-compile`` passes False): one or two copies of the weights
-    fewer while the SNN's session of the level comparison is built, the verification's peak.
-    ``result.ann`` and ``result.compiled.reference`` are then structures, each large initializer an
-    external-data reference without data (``weights.IN_MEMORY``)."""
+    ``keep_weights``: False lets the chain drop the models' weights where it can read them again
+    from a file (a model read from a path, no Q/DQ nodes; ``pmsm-compile`` passes False):
+
+    - the loaded model's right after the compile, where they lie in its file as loaded (inline,
+      no opset upgrade): the verification's sessions of it map them from the file
+      (``weights.WeightsFile``), which must not change meanwhile (``InputError`` if it did);
+    - the SNN's once they are written to ``output``'s temporary file: its sessions map them there;
+    - the reference the compiler made of the loaded model (``compiled.reference``: computed
+      constants evaluated), or the loaded model not found in its file, once the verification's
+      sessions of it are built (``verify``'s ``release_ann``).
+
+    ``result.ann``, ``result.compiled.reference`` and ``result.model`` are then structures, each
+    large initializer an external-data reference: to the model file's bytes, to the output's
+    where it was saved, or to no data (``weights.IN_MEMORY``)."""
+    from pmsm_compiler import weights
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.sessions import onnxruntime_errors
     from pmsm_compiler.verify import VerificationPolicy, has_qdq, verify
 
     start = time.perf_counter()
     check_sampling(samples, seed)  # before the load: bad arguments cost nothing
+    ann_file = None  # where the loaded model's weights lie in its file
     if isinstance(model, onnx.ModelProto):
         ann, what = model, what or "the model"
     else:
-        ann, what = load_ann(model, max_bytes=max_bytes, input_shapes=input_shapes), what or os.fspath(model)
+        (ann, ann_file), what = _load_ann(model, max_bytes=max_bytes, input_shapes=input_shapes), what or os.fspath(model)
     loaded = time.perf_counter()
     compiled = compile_model(ann, mode=mode)
     compiled_at = time.perf_counter()
@@ -179,6 +194,17 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     # Only a model this chain loaded (the caller holds no reference to it), without Q/DQ nodes
     # (their verification also runs the deployed ANN and onnx.reference on the weights)
     release = not keep_weights and ann is not model and not has_qdq(ann)
+    ann_folder = None
+    if release and ann_file is not None:
+        # the loaded model's weights from its file from here on: onnxruntime maps them there, and
+        # the ModelProto that held them goes before any session is built
+        structure = ann_file.references(ann)
+        if compiled.reference is ann:
+            compiled.reference = structure
+        ann, ann_folder = structure, ann_file.folder
+        del structure
+    else:
+        ann_file = None
 
     def structure_only() -> tuple[onnx.ModelProto, onnx.ModelProto]:
         # every reference to the reference (and so to the loaded model, where it is the reference)
@@ -193,12 +219,18 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     try:
         x, label, sessions = _prepare_verification(ann, compiled, mode=mode, check=check, data=data, samples=samples,
                                                    seed=seed, normalization=normalization, opt_level=opt_level,
-                                                   providers=providers, threads=threads, what=what)
+                                                   providers=providers, threads=threads, what=what,
+                                                   weights_folder=ann_folder)
         if release and compiled.reference is not ann:
             # the loaded model itself, where the verification compares with the reference: read
             # only by the check that onnxruntime runs it, done (exact mode's plain comparison, the
             # peak of a legacy export's verification, no longer holds it)
             ann = _structure_of(ann)
+        snn_file = saving.weights_file() if release and check and saving is not None else None
+        if snn_file is not None:
+            # the SNN's weights from the file they were just written to: onnxruntime maps them
+            # there, and the ModelProto that held them goes (the writer holds none now)
+            compiled.model = snn_file.references(compiled.model)
         if not check:
             if release:  # nothing reads the weights after the compile and the check that it runs
                 structure_only()
@@ -214,7 +246,12 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
                                       policy=policy or VerificationPolicy(), data_label=label, providers=providers,
                                       threads=threads, ann_session=sessions.pop("ann_session", None),
                                       plain_session=sessions.pop("plain_session", None),
-                                      release_ann=structure_only if release else None)
+                                      release_ann=structure_only if release else None,
+                                      ann_weights_folder=ann_folder,
+                                      snn_weights_folder=snn_file.folder if snn_file is not None else None)
+        if ann_file is not None and not ann_file.unchanged():
+            raise InputError(f"{what} changed on disk while it was compiled and verified "
+                             f"(its sessions read the weights from it): compile it again")
         end = time.perf_counter()
         phases = {"load": round(loaded - start, 3), "compile": round(compiled_at - loaded, 3),
                   "verify": round(end - compiled_at, 3)}
@@ -226,13 +263,19 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     if saving is not None:
         result.saved, result.external_data = saving.finish(result.passed)
         phases["save"] = round(time.perf_counter() - end, 3)
+        if snn_file is not None:  # the SNN's structure refers to its weights in the output, or to none
+            placed = saving.placed_file() if result.saved else None
+            compiled.model = (placed.references(compiled.model) if placed is not None else
+                              weights.file_references(compiled.model, weights.IN_MEMORY,
+                                                      dict.fromkeys(snn_file.offsets, 0)))
     return result
 
 
 def _prepare_verification(ann, compiled, *, mode, check, data, samples, seed, normalization, opt_level,
-                          providers, threads, what) -> tuple:
+                          providers, threads, what, weights_folder=None) -> tuple:
     """Steps 3 and 4 (see the module docstring): (inputs, their label, {the verification's
-    sessions of the ANN, by ``verify``'s argument name}); inputs and label None without ``check``."""
+    sessions of the ANN, by ``verify``'s argument name}); inputs and label None without ``check``.
+    ``weights_folder``: where the files the ANN's external-data references name are."""
     from pmsm_compiler.verify import random_inputs
 
     info = compiled.info
@@ -243,7 +286,7 @@ def _prepare_verification(ann, compiled, *, mode, check, data, samples, seed, no
     probe = random_inputs(info, batch if isinstance(batch, int) and batch > 0 else 1, seed)
     sessions = {}
     _check_ann(ann, compiled, probe, sessions, mode=mode, check=check, opt_level=opt_level, providers=providers,
-               threads=threads, what=what)
+               threads=threads, what=what, weights_folder=weights_folder)
     return x, label, sessions
 
 
@@ -265,11 +308,39 @@ class _BackgroundSave:
     verification instead of following it."""
 
     def __init__(self, model, path, external_data):
-        from pmsm_compiler.loading import save_model_atomic
-
         self._verdict = threading.Event()
         self._passed = False
-        self._future = _in_background(save_model_atomic, model, path, external_data, self._approve)
+        self._written = threading.Event()
+        self._file = self._final = None
+        # the model travels in a list the writer empties: no argument tuple keeps it once it is written
+        self._future = _in_background(self._save, [model], path, external_data)
+
+    def _save(self, held: list, path, external_data) -> bool:
+        from pmsm_compiler.loading import save_model_atomic
+
+        try:
+            return save_model_atomic(held.pop(), path, external_data, self._approve, self._on_written)
+        finally:
+            self._written.set()  # also when it failed before the weights were written
+
+    def _on_written(self, file: str, offsets: dict, final: str) -> None:
+        from pmsm_compiler.weights import WeightsFile
+
+        self._file, self._final = WeightsFile(file, offsets), final
+        self._written.set()
+
+    def weights_file(self):
+        """The ``weights.WeightsFile`` of the temporary file that holds the model's large
+        initializers once they are written (waits for it), or None where the writer failed
+        first; the file lives until ``finish``, and on as the output where it is put in place."""
+        self._written.wait()
+        return self._file
+
+    def placed_file(self):
+        """``weights_file`` under the name it has once ``finish`` put it in place."""
+        from pmsm_compiler.weights import WeightsFile
+
+        return WeightsFile(self._final, self._file.offsets) if self._file is not None else None
 
     def _approve(self) -> None:
         from pmsm_compiler.files import WriteCancelled
@@ -304,7 +375,8 @@ def _in_background(fn, *args) -> futures.Future:
         executor.shutdown(wait=False)  # the thread ends with the call
 
 
-def _check_ann(ann, compiled, probe, sessions: dict, *, mode, check, opt_level, providers, threads, what) -> None:
+def _check_ann(ann, compiled, probe, sessions: dict, *, mode, check, opt_level, providers, threads, what,
+               weights_folder=None) -> None:
     """Run the ANN once on ``probe`` (an ANN onnxruntime cannot run fails here, with its message);
     where one of the verification's own ANN sessions can run it, that session goes into
     ``sessions`` for ``verify``."""
@@ -319,9 +391,10 @@ def _check_ann(ann, compiled, probe, sessions: dict, *, mode, check, opt_level, 
         exposed = mode != "exact"
         with onnxruntime_errors(what):
             session = reference_session(compiled, opt_level, providers, verification_threads(threads, providers)[0],
-                                        exposed=exposed)
+                                        exposed=exposed, weights_folder=weights_folder)
             session.run(None, {session.get_inputs()[0].name: probe})
         sessions["ann_session" if exposed else "plain_session"] = session
         del session
     else:
-        check_runs(ann, probe, opt_level, what=what, providers=providers, threads=threads)
+        check_runs(ann, probe, opt_level, what=what, providers=providers, threads=threads,
+                   weights_folder=weights_folder)

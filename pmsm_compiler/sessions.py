@@ -39,7 +39,7 @@ def _register_shared_cpu_arena() -> bool:
 def make_session(model, opt_level: str = "all", providers=None, threads: int = 0, shared_arena: bool = False,
                  priority_order: bool = False, custom_ops_library: str | None = None, qdq_fusion: bool = True,
                  profile_prefix: str | None = None, optimized_model_path: str | None = None,
-                 prepack: bool = True, initializers: dict | None = None):
+                 prepack: bool = True, initializers: dict | None = None, weights_folder: str | None = None):
     """An onnxruntime session without thread spinning, at ``opt_level`` (a name of ``OPT_LEVELS``, or
     an ``onnxruntime.GraphOptimizationLevel``).
 
@@ -72,6 +72,10 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
     any size). initializers: the arrays of a model that is already such a skeleton ({name:
     array}, e.g. shared by several sessions of models derived from one split); only the names
     the model references are used.
+
+    weights_folder: the folder of the files that a ModelProto's (or serialized model's)
+    external-data references name (``weights.file_references``): onnxruntime maps them from there
+    instead of being handed arrays. (A model given as a path finds its files beside it.)
     """
     import onnxruntime as ort
 
@@ -100,6 +104,8 @@ def make_session(model, opt_level: str = "all", providers=None, threads: int = 0
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     if not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
+    if weights_folder and not isinstance(model, (str, os.PathLike)):
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", weights_folder)
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix

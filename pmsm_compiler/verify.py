@@ -104,12 +104,12 @@ class VerificationPolicy:
 
 
 def check_runs(model: onnx.ModelProto, x: np.ndarray, opt_level: str = "all", what: str = "the model",
-               providers=None, threads: int = 0) -> None:
+               providers=None, threads: int = 0, weights_folder: str | None = None) -> None:
     """InputError (one line) unless onnxruntime runs ``model`` on ``x``. The ONNX checker and
     shape inference accept some models onnxruntime refuses at run time (a Conv kernel_shape that
     contradicts its weight, a pooling window larger than its input)."""
     with onnxruntime_errors(what):
-        session = make_session(model, opt_level, providers, threads)
+        session = make_session(model, opt_level, providers, threads, weights_folder=weights_folder)
         session.run(None, {session.get_inputs()[0].name: x})
 
 
@@ -119,13 +119,16 @@ def has_qdq(model: onnx.ModelProto) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
-def reference_session(compiled, opt_level: str = "all", providers=None, threads: int = 0, exposed: bool = True):
+def reference_session(compiled, opt_level: str = "all", providers=None, threads: int = 0, exposed: bool = True,
+                      weights_folder: str | None = None):
     """A verification's ANN session: the reference ANN (``compiled.reference``), Q/DQ as float
-    simulation, with every quantizer output also a graph output (``exposed``) or as it is."""
+    simulation, with every quantizer output also a graph output (``exposed``) or as it is.
+    ``weights_folder``: where the files its external-data references name are."""
     model, arrays = weights.split(compiled.reference)  # the copy with_outputs makes holds no weights
     if exposed:
         model = with_outputs(model, [l.ann_output for l in compiled.info.layers])
-    return make_session(model, opt_level, providers, threads, qdq_fusion=False, initializers=arrays)
+    return make_session(model, opt_level, providers, threads, qdq_fusion=False, initializers=arrays,
+                        weights_folder=weights_folder)
 
 
 def teacher_forced_tail(ann: onnx.ModelProto, layers) -> onnx.ModelProto:
@@ -320,7 +323,8 @@ def _compare_as_run(plain_sess, runtime, x, input_name, outputs, batch, concurre
 
 def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all", mode: str | None = None,
            policy: VerificationPolicy | None = None, batch_size: int = 32, data_label: str = "random",
-           providers=None, threads: int = 0, ann_session=None, plain_session=None, release_ann=None) -> dict:
+           providers=None, threads: int = 0, ann_session=None, plain_session=None, release_ann=None,
+           ann_weights_folder: str | None = None, snn_weights_folder: str | None = None) -> dict:
     """The T = 1 verification report (see the module docstring). ``ann_session``,
     ``plain_session``: the ``reference_session``s, exposed and plain, when the caller built one
     already (``pipeline`` does, to run its check on it instead of building a session of the ANN
@@ -331,7 +335,11 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     comparison as run), before the SNN's session of the level comparison, for an ``ann`` without
     Q/DQ nodes; it returns what stands for ``ann`` and ``compiled.reference`` from then on (their
     structures), and the caller drops its own references in it, so that their weights are freed
-    before that session's build, the verification's peak (``pipeline``'s ``keep_weights=False``)."""
+    before that session's build, the verification's peak (``pipeline``'s ``keep_weights=False``).
+
+    ``ann_weights_folder``, ``snn_weights_folder``: where the files that the external-data
+    references of ``compiled.reference`` and of ``compiled.model`` name are (the pipeline's ANN
+    read from its model file, its SNN as written to the output: ``weights.WeightsFile``)."""
     info = compiled.info
     mode = mode or info.mode
     threads, side_by_side = verification_threads(threads, providers)
@@ -349,7 +357,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     # ``keep_weights=False``: the SNN's ModelProto lives on beside it (the save reads it); a T = 1
     # run builds one step session, so the arrays it reads for it are not held as a third copy
     runtime = SNNSession(compiled.model, opt_level=opt_level, providers=providers, threads=threads,
-                         keep_weights=False)
+                         keep_weights=False, weights_folder=snn_weights_folder)
     plain = None
     if mode == "exact":
         # The outputs as run, first: the ANN as onnxruntime runs it, nothing exposed (exposing a
@@ -357,7 +365,8 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         # nobody deploys), against the SNN's T = 1 run (its step in the ANN's form). Only network
         # outputs are held, so its batches are larger (``PLAIN_BATCH_FACTOR``). Its sessions are freed before
         # the others are built: the caller hands ``plain_session`` over (pipeline keeps no reference).
-        plain_sess = plain_session or make_session(ann, opt_level, providers, threads, qdq_fusion=False)
+        plain_sess = plain_session or make_session(ann, opt_level, providers, threads, qdq_fusion=False,
+                                                   weights_folder=ann_weights_folder)
         plain_session = None
         plain = {"what": "the SNN's T = 1 run against the ANN as onnxruntime runs it, no quantizer output exposed",
                  **_compare_as_run(plain_sess, runtime, x, input_name, info.outputs,
@@ -380,9 +389,10 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     # onnxruntime has its copies
     skeleton, arrays = weights.split(ann, lazy=ann_session is not None)  # the tail alone: a few arrays
     ann_sess = ann_session or make_session(with_outputs(skeleton, [l.ann_output for l in layers]), opt_level,
-                                           providers, threads, qdq_fusion=False, initializers=arrays)
+                                           providers, threads, qdq_fusion=False, initializers=arrays,
+                                           weights_folder=ann_weights_folder)
     tail_sess = make_session(teacher_forced_tail(skeleton, layers), opt_level, providers, threads, qdq_fusion=False,
-                             initializers=arrays)
+                             initializers=arrays, weights_folder=ann_weights_folder)
     del skeleton, arrays
     if release_ann is not None:  # no session reads the ANN's weights after this (its graph: below)
         given, ann = release_ann()

@@ -24,7 +24,9 @@ all (``model_bytes`` sizes one without serializing it).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -178,7 +180,7 @@ def _with_references(model: ModelProto, refer, where) -> ModelProto:
         if not refer(t):
             ref.CopyFrom(t)
             continue
-        copy_except(t, ref, skip=("raw_data",))
+        copy_except(t, ref, skip=("raw_data", "external_data"))  # a reference already: replaced
         ref.data_location = TensorProto.EXTERNAL
         location, offset = where(t)
         for key, value in (("location", location), ("offset", str(offset)), ("length", str(declared_bytes(t)))):
@@ -279,14 +281,16 @@ _INITIALIZER = GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
 _RAW_DATA = TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 
 
-def write_model(model: ModelProto, fh) -> None:
-    """Write ``model.SerializeToString()``, byte for byte, to the binary file ``fh`` without building
-    it in memory: the message around the large initializers (``strippable``) is serialized in parts
-    cut by field number, and each large tensor's ``raw_data`` is written as it is (one transient
-    copy of one tensor at a time, instead of the whole model's bytes at once)."""
+def write_model(model: ModelProto, fh) -> dict[str, int]:
+    """Write ``model.SerializeToString()``, byte for byte, to the binary file ``fh`` (at its start)
+    without building it in memory: the message around the large initializers (``strippable``) is
+    serialized in parts cut by field number, and each large tensor's ``raw_data`` is written as it
+    is (one transient copy of one tensor at a time, instead of the whole model's bytes at once).
+    Returns {name: offset in the file} of each large initializer's ``raw_data`` bytes: a reader
+    may take them from the file as external data (``file_references``)."""
     if not isinstance(model, ModelProto) or not any(strippable(t) for t in model.graph.initializer):
         fh.write(model.SerializeToString())
-        return
+        return {}
     graph = model.graph
     pieces = []  # bytes, or an initializer whose raw_data is written in its place
     for t in graph.initializer:
@@ -302,19 +306,138 @@ def write_model(model: ModelProto, fh) -> None:
     graph_head, graph_tail = _fields(graph, lambda n: n < _INITIALIZER), _fields(graph, lambda n: n > _INITIALIZER)
     graph_size = len(graph_head) + len(graph_tail) + sum(
         declared_bytes(p) if isinstance(p, TensorProto) else len(p) for p in pieces)
-    fh.write(_fields(model, lambda n: n < _GRAPH))
-    fh.write(_length_key(_GRAPH) + _varint(graph_size) + graph_head)
+    offsets = {}
+    position = 0
+
+    def put(data: bytes) -> None:
+        nonlocal position
+        fh.write(data)
+        position += len(data)
+
+    put(_fields(model, lambda n: n < _GRAPH))
+    put(_length_key(_GRAPH) + _varint(graph_size) + graph_head)
     for piece in pieces:
         if isinstance(piece, TensorProto):
             raw = piece.raw_data
             if len(raw) != declared_bytes(piece):
                 raise ValueError(f"initializer {piece.name}: raw_data holds {len(raw)} bytes, its type and "
                                  f"shape declare {declared_bytes(piece)}")
-            fh.write(raw)
+            offsets[piece.name] = position
+            put(raw)
+            del raw
         else:
-            fh.write(piece)
-    fh.write(graph_tail)
-    fh.write(_fields(model, lambda n: n > _GRAPH))
+            put(piece)
+    put(graph_tail)
+    put(_fields(model, lambda n: n > _GRAPH))
+    return offsets
+
+
+def _read_varint(data, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at ``data[pos]``; IndexError past the end."""
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint over 64 bits")
+
+
+def _length_fields(data, start: int, end: int):
+    """(field number, start, end) of each length-delimited field of the message in
+    ``data[start:end]``, in order, the other fields skipped; ValueError for what this reader does
+    not follow (groups, an unknown wire type, a field past the message's end)."""
+    pos = start
+    while pos < end:
+        key, pos = _read_varint(data, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _read_varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size, pos = _read_varint(data, pos)
+            if pos + size > end:
+                raise ValueError("a field runs past its message")
+            yield key >> 3, pos, pos + size
+            pos += size
+        else:
+            raise ValueError(f"wire type {wire}")
+    if pos != end:
+        raise ValueError("a field runs past its message")
+
+
+def raw_data_spans(data) -> list[tuple[int, int] | None] | None:
+    """(offset, size) of each main-graph initializer's ``raw_data`` bytes in the serialized
+    ModelProto ``data`` (None for one without), in the order a parse of ``data`` lists them; read
+    from the wire format, no tensor copied. None where this reader cannot tell (a group, bytes
+    that do not parse). Protobuf's merge rules are followed: each occurrence of a model's ``graph``
+    adds its initializers, and the last ``raw_data`` of a tensor is the one it keeps."""
+    spans = []
+    try:
+        view = memoryview(data)
+        for number, start, end in _length_fields(view, 0, len(view)):
+            if number != _GRAPH:
+                continue
+            for g_number, g_start, g_end in _length_fields(view, start, end):
+                if g_number != _INITIALIZER:
+                    continue
+                span = None
+                for t_number, t_start, t_end in _length_fields(view, g_start, g_end):
+                    if t_number == _RAW_DATA:
+                        span = (t_start, t_end - t_start)
+                spans.append(span)
+    except (ValueError, IndexError):
+        return None
+    return spans
+
+
+def file_identity(st: os.stat_result) -> tuple:
+    """What changes when a file is replaced or written to: device, inode, size, modification time."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@dataclass
+class WeightsFile:
+    """Where the large initializers of a model lie, byte for byte, in one file (the model file it
+    was read from, or one it was written to): onnxruntime maps them from there
+    (``sessions.make_session``'s ``weights_folder``) instead of being handed copies.
+
+    ``path``: the file's absolute path; ``offsets``: {initializer name: offset of its bytes};
+    ``identity``: ``file_identity`` of the file when its bytes were read (None: a file of our own)."""
+
+    path: str
+    offsets: dict
+    identity: tuple | None = None
+
+    @property
+    def folder(self) -> str:
+        return os.path.dirname(self.path)
+
+    def references(self, model: ModelProto) -> ModelProto:
+        """``model`` with each of these initializers a reference to its bytes in the file
+        (``file_references``): a structure that holds none of their data."""
+        return file_references(model, os.path.basename(self.path), self.offsets)
+
+    def unchanged(self) -> bool:
+        """Whether the file is still the one whose bytes were read (same identity)."""
+        try:
+            return self.identity is None or file_identity(os.stat(self.path)) == self.identity
+        except OSError:
+            return False
+
+
+def file_references(model: ModelProto, location: str, offsets: dict[str, int]) -> ModelProto:
+    """A copy of ``model`` in which each initializer named in ``offsets`` is an external-data
+    reference to its bytes at that offset of file ``location`` (a name relative to the folder the
+    reader is given: a file ``write_model`` or ``write_external_data`` wrote, whose offsets they
+    return or lay out), and holds no data; the rest is copied."""
+    return _with_references(model, lambda t: t.name in offsets, lambda t: (location, offsets[t.name]))
 
 
 #: offsets of the tensors in a data file ``with_external_data`` lays out: a multiple of the page

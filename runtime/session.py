@@ -82,13 +82,17 @@ class SNNSession:
     built later (default; ``model`` may then change or go); False: each session build reads the
     ones it needs from ``model``, which must then stay unchanged while this session is used: one
     copy of the weights less beside a caller that holds ``model`` anyway (the verification, which
-    builds one step), each further build reading them again."""
+    builds one step), each further build reading them again.
+
+    ``weights_folder``: the folder of the files ``model``'s external-data references name (a model
+    whose weights are in a file it was written to, ``weights.file_references``): onnxruntime maps
+    them from there, and no session build copies them through Python."""
 
     def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
                  priority_order: bool = True, in_place: bool = True, kernels: str = "auto", counters: bool = True,
                  profile_prefix: str | None = None, rewrite_optimized: bool = True, ann_form: bool = True,
                  time_batch: int = DEFAULT_TIME_BATCH, time_batch_bytes: int = DEFAULT_TIME_BATCH_BYTES,
-                 keep_weights: bool = True):
+                 keep_weights: bool = True, weights_folder: str | None = None):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -127,6 +131,7 @@ class SNNSession:
         # the ANN's form are cut and rewritten from the weight-free skeleton, and none of them
         # copies or serializes the weights on its way to onnxruntime.
         model, self._weights = split(model, lazy=not keep_weights, keep=False)
+        self._weights_folder = weights_folder
         if info.counters_output and not counters:
             model = without_output(model, info.counters_output)
         # T = 1 in exact mode: the one step in the ANN's own form (runtime/ann_form_step.py), from
@@ -137,7 +142,8 @@ class SNNSession:
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True,
                                       qdq_fusion=False, profile_prefix=self._profile_name("prologue"),
-                                      initializers=self._weights)
+                                      initializers=self._weights,
+                       weights_folder=self._weights_folder)
                          if prologue is not None else None)
         self.priority_order = priority_order
         self._fused_layers = 0
@@ -355,7 +361,8 @@ class SNNSession:
         # for k·s; integer-kernel fusion has nothing to gain there, and can fail on it (onnxruntime
         # 1.32 at opset 21: QuantizeLinear(int8) → DQ → Reshape)
         options = dict(threads=self._threads, shared_arena=True, qdq_fusion=False, priority_order=self.priority_order,
-                       custom_ops_library=self.kernels, initializers=self._weights)
+                       custom_ops_library=self.kernels, initializers=self._weights,
+                       weights_folder=self._weights_folder)
 
         def make(m, opt_level, profile=True):
             return make_session(m, opt_level, self.providers, **options,
@@ -488,7 +495,8 @@ class SNNSession:
         model = self._full_model
         self._ann_form_tried = True  # built once (again after ``drop_sessions``)
         options = dict(threads=self._threads, shared_arena=True, qdq_fusion=False, priority_order=self.priority_order,
-                       initializers=self._weights)
+                       initializers=self._weights,
+                       weights_folder=self._weights_folder)
         profile_prefix = self._profile_name(_variant_label(True, True, ()))
 
         def make(path):

@@ -364,6 +364,116 @@ def _run_all(session, x):
     return session.run(None, {session.get_inputs()[0].name: x})
 
 
+# onnxruntime maps the weights from the file they lie in (weights.WeightsFile)
+
+
+@pytest.mark.parametrize("level", ["disable", "all"])
+def test_a_session_of_a_models_references_to_its_file_computes_what_the_model_computes(tmp_path, level):
+    from pmsm_compiler import weights
+    from pmsm_compiler.sessions import make_session
+
+    model = chain_model(3, channels=32)
+    with open(tmp_path / "m.onnx", "wb") as fh:
+        offsets = weights.write_model(model, fh)
+    located = weights.WeightsFile(str(tmp_path / "m.onnx"), offsets)
+    structure = located.references(model)
+    assert sorted(offsets) == ["fc.w", "w0", "w1", "w2"] and weights.weight_bytes(structure) > 20_000
+    assert structure.ByteSize() < 3_000  # the references hold no data
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    mapped = _run_all(make_session(structure, level, weights_folder=located.folder), x)
+    assert all(np.array_equal(a, b) for a, b in zip(mapped, _run_all(make_session(model, level), x)))
+
+
+def test_load_model_says_where_the_weights_lie_in_the_model_file(tmp_path):
+    from pmsm_compiler.loading import load_model_and_weights_file
+
+    model = chain_model(3, channels=32)
+    onnx.save(model, tmp_path / "m.onnx")
+    loaded, located = load_model_and_weights_file(tmp_path / "m.onnx")
+    data = (tmp_path / "m.onnx").read_bytes()
+    assert located.path == str(tmp_path / "m.onnx") and sorted(located.offsets) == ["fc.w", "w0", "w1", "w2"]
+    for t in loaded.graph.initializer:
+        if t.name in located.offsets:
+            assert data[located.offsets[t.name]:][:len(t.raw_data)] == t.raw_data
+    assert located.unchanged()
+    (tmp_path / "m.onnx").write_bytes(data)  # the same bytes written again: another modification time
+    os.utime(tmp_path / "m.onnx", ns=(located.identity[3] + 10**9,) * 2)
+    assert not located.unchanged()
+    (tmp_path / "m.onnx").unlink()
+    assert not located.unchanged()
+
+
+def test_load_model_gives_no_weights_file_where_the_weights_are_not_as_loaded_in_it(tmp_path):
+    """External data (the model file holds no weights) and an opset upgrade (the converter
+    rebuilds the initializers' list): the sessions are handed the loaded arrays."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pmsm_compiler.loading import load_model_and_weights_file
+
+    onnx.save(chain_model(3, channels=32), tmp_path / "ext.onnx", save_as_external_data=True,
+              location="ext.onnx.data", size_threshold=1024)
+    assert load_model_and_weights_file(tmp_path / "ext.onnx")[1] is None
+    w = numpy_helper.from_array(np.ones((16, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), tmp_path / "old.onnx")
+    loaded, located = load_model_and_weights_file(tmp_path / "old.onnx")
+    assert located is None and [o.version for o in loaded.opset_import if o.domain == ""] != [11]
+
+
+def _spans_as_parsed(data: bytes) -> list:
+    parsed = onnx.ModelProto()
+    parsed.ParseFromString(data)
+    return [(bytes(t.raw_data) if t.HasField("raw_data") else None) for t in parsed.graph.initializer]
+
+
+def _span_bytes(data: bytes, spans) -> list:
+    return [data[s[0]:s[0] + s[1]] if s is not None else None for s in spans]
+
+
+def test_raw_data_spans_reads_what_a_parse_gives():
+    """The wire-format reader against protobuf's own parse: two occurrences of the graph (merged),
+    a tensor whose raw_data comes twice (the last wins), typed-field and external tensors (no
+    raw_data), packed and unpacked dims, fields it skips (varints, fixed64, fixed32)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pmsm_compiler import weights
+
+    model = chain_model(3, channels=8)
+    model.graph.initializer.append(helper.make_tensor("typed", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0]))
+    ext = model.graph.initializer.add()
+    ext.name, ext.data_type, ext.data_location = "ext", TensorProto.FLOAT, TensorProto.EXTERNAL
+    ext.dims.extend([2, 2])
+    entry = ext.external_data.add()
+    entry.key, entry.value = "location", "w.bin"
+    data = model.SerializeToString()
+    assert _span_bytes(data, weights.raw_data_spans(data)) == _spans_as_parsed(data)
+
+    second = onnx.ModelProto()
+    second.graph.initializer.append(numpy_helper.from_array(np.arange(35, dtype=np.float32).reshape(5, 7), "more"))
+    merged = data + second.SerializeToString()
+    assert _span_bytes(merged, weights.raw_data_spans(merged)) == _spans_as_parsed(merged)
+    assert weights.raw_data_spans(merged)[-1][1] == 140
+
+    tensor = numpy_helper.from_array(np.zeros(6, np.float32), "twice")
+    # raw_data (field 9) twice, a dim unpacked (field 1, varint), a double (fixed64) and a fixed32
+    # in unknown field numbers 100 and 101
+    body = (tensor.SerializeToString() + b"\x4a\x03abc" + b"\x08\x06"
+            + weights._varint(100 << 3 | 1) + bytes(8) + weights._varint(101 << 3 | 5) + bytes(4))
+    graph = weights._length_key(5) + weights._varint(len(body)) + body
+    crafted = weights._length_key(7) + weights._varint(len(graph)) + graph
+    assert _span_bytes(crafted, weights.raw_data_spans(crafted)) == _spans_as_parsed(crafted) == [b"abc"]
+
+
+@pytest.mark.parametrize("data", [b"\x0b\x0c", b"\x3a\x05\x2a\x10", b"\x3a", b"\x3a\x02\x2a\x05"],
+                         ids=["group", "initializer past the graph", "cut key", "cut initializer"])
+def test_raw_data_spans_gives_up_on_what_it_does_not_follow(data):
+    from pmsm_compiler import weights
+
+    assert weights.raw_data_spans(data) is None
+
+
 @pytest.mark.parametrize("level", ["disable", "all"])
 def test_a_session_of_the_split_model_computes_what_the_serialized_model_computes(level):
     from onnx import numpy_helper

@@ -465,6 +465,50 @@ def test_write_model_writes_the_bytes_serialization_writes():
         assert out.getvalue() == model.SerializeToString()
 
 
+def test_write_model_returns_where_each_large_initializers_bytes_lie():
+    import io
+
+    from pmsm_compiler.weights import write_model
+
+    model = _weighty_model()
+    out = io.BytesIO()
+    offsets = write_model(model, out)
+    data = out.getvalue()
+    assert sorted(offsets) == ["w", "w2"]  # the large ones ("b" is 16 bytes)
+    for t in model.graph.initializer:
+        if t.name in offsets:
+            assert data[offsets[t.name]:offsets[t.name] + len(t.raw_data)] == t.raw_data
+    assert write_model(conv_relu(), io.BytesIO()) == {}  # nothing large: serialized whole
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_save_model_atomic_says_where_the_weights_are_once_written_and_lets_go_of_the_model(tmp_path, external):
+    """``written`` comes with the temporary file, the offsets of the weights' bytes in it and the
+    name it will have; by then the writer holds no reference to the model (only the test does),
+    so that a caller may free it while the file waits for ``approve``."""
+    import sys
+
+    model = _weighty_model()
+    baseline = sys.getrefcount(model)
+    seen = []
+
+    def written(file, offsets, final):
+        seen.append((sys.getrefcount(model), os.path.basename(file).startswith("."), final))
+        with open(file, "rb") as f:
+            data = f.read()
+        for t in model.graph.initializer:
+            if t.name in offsets:
+                assert data[offsets[t.name]:offsets[t.name] + len(t.raw_data)] == t.raw_data
+
+    path = tmp_path / "m.onnx"
+    assert save_model_atomic(model, path, external_data=external, written=written) is external
+    final = str(path) + ".data" if external else str(path)
+    assert seen == [(baseline, True, final)]
+    saved = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+    assert saved.keys() == {"w", "b", "w2"}
+    assert all(np.array_equal(saved[t.name], numpy_helper.to_array(t)) for t in model.graph.initializer)
+
+
 def test_save_model_atomic_refuses_a_raw_data_of_the_wrong_size(tmp_path):
     model = _weighty_model()
     model.graph.initializer[2].raw_data = model.graph.initializer[2].raw_data[:-8]

@@ -92,11 +92,105 @@ def test_without_keep_weights_the_report_is_the_same(mode, path, shapes):
     assert released.verification == kept.verification and released.verification["passed"]
     assert released.model.graph == kept.model.graph  # the same SNN (its metadata holds the passes' timings)
     assert all(t.HasField("raw_data") for t in _large_initializers(kept.ann))
-    # the ANN's structure and the reference's, each large weight a reference to no data
-    for model in (released.ann, released.compiled.reference):
-        large = _large_initializers(model)
+    # The ANN's structure, each large weight a reference to its bytes in the model file, and the
+    # reference's: the same where the loaded model is the reference, else references to no data
+    # (the ViT's, a model the compiler made: its computed constants evaluated).
+    assert _references_to_file(released.ann, path) == {t.name: t.raw_data for t in _large_initializers(kept.ann)}
+    if path == VIT:
+        large = _large_initializers(released.compiled.reference)
         assert large and all(not t.HasField("raw_data") and t.external_data[0].value == IN_MEMORY for t in large)
+    else:
+        assert released.compiled.reference.graph == released.ann.graph
     assert [n.op_type for n in released.ann.graph.node] == [n.op_type for n in kept.ann.graph.node]
+
+
+@pytest.mark.parametrize("mode", ["folded", "exact"])
+def test_without_keep_weights_the_snn_is_verified_from_the_file_it_is_written_to(tmp_path, monkeypatch, mode):
+    """With an output, the SNN's sessions map its weights from the temporary file the background
+    save wrote, and its ModelProto is gone (no reference left but the test's) when the level
+    comparison's session is built; the report is the one of a chain that keeps every weight, and
+    the result's SNN refers to its weights in the output."""
+    import sys
+
+    from pmsm_compiler import compiler
+    from pmsm_compiler.runtime import SNNSession
+
+    kept = compile_and_verify(PQA, mode, samples=8)
+    held, counts, folders = [], [], []
+    compile_model, first_step, init = compiler.compile_model, SNNSession.run_first_step, SNNSession.__init__
+
+    def capture(ann, *args, **kwargs):
+        compiled = compile_model(ann, *args, **kwargs)
+        held.append(compiled.model)
+        return compiled
+
+    def count_then_run(self, x, extra_outputs=()):
+        if extra_outputs and not counts:
+            counts.append(sys.getrefcount(held[0]) - 2)  # less getrefcount's argument and ``held``
+        return first_step(self, x, extra_outputs)
+
+    monkeypatch.setattr(compiler, "compile_model", capture)
+    monkeypatch.setattr(SNNSession, "run_first_step", count_then_run)
+    monkeypatch.setattr(SNNSession, "__init__", lambda self, *a, **k: (folders.append(k.get("weights_folder")),
+                                                                        init(self, *a, **k))[1])
+    out = tmp_path / "m.snn.onnx"
+    released = compile_and_verify(PQA, mode, samples=8, output=out, keep_weights=False)
+    assert released.saved and released.verification == kept.verification
+    assert counts == [0] and folders == [str(tmp_path)]
+    assert _references_to_file(released.model, str(out)) == {t.name: t.raw_data
+                                                             for t in _large_initializers(kept.model)}
+
+
+def test_without_keep_weights_a_failed_verification_leaves_the_snn_referring_to_no_data(tmp_path):
+    from pmsm_compiler.weights import IN_MEMORY
+
+    out = tmp_path / "m.snn.onnx"
+    failed = compile_and_verify(PQA, "folded", samples=4, output=out, keep_weights=False,
+                                policy=VerificationPolicy(min_top1_agreement=1.5))
+    assert not failed.passed and not failed.saved and not out.exists() and list(tmp_path.iterdir()) == []
+    large = _large_initializers(failed.model)
+    assert large and all(not t.HasField("raw_data") and t.external_data[0].value == IN_MEMORY for t in large)
+
+
+def test_a_model_file_that_changes_while_its_weights_are_read_from_it_is_refused(tmp_path, monkeypatch):
+    """Without keep_weights the verification's ANN sessions read the weights from the model file:
+    a file changed meanwhile (here: written again, the same bytes, a later modification time) may
+    not be the model that was compiled, so the chain refuses, in one line, and writes nothing."""
+    import os
+    import shutil
+
+    from pmsm_compiler import verify as verify_module
+
+    path = tmp_path / "m.onnx"
+    shutil.copy(PQA, path)
+    verify = verify_module.verify
+
+    def touch_then_verify(*args, **kwargs):
+        path.write_bytes(path.read_bytes())
+        os.utime(path, ns=(os.stat(path).st_mtime_ns + 10**9,) * 2)
+        return verify(*args, **kwargs)
+
+    monkeypatch.setattr(verify_module, "verify", touch_then_verify)
+    out = tmp_path / "m.snn.onnx"
+    with pytest.raises(InputError, match=r"m\.onnx changed on disk while it was compiled and verified"):
+        compile_and_verify(str(path), "folded", samples=4, output=out, keep_weights=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert compile_and_verify(str(path), "folded", samples=4, output=out, keep_weights=True).saved  # keeps its own
+
+
+def _references_to_file(model, path) -> dict:
+    """{name: the bytes each large initializer of ``model`` refers to in file ``path``}; every one
+    must refer to that file and hold no data."""
+    import os
+
+    refs = {}
+    with open(path, "rb") as f:
+        for t in _large_initializers(model):
+            entries = {e.key: e.value for e in t.external_data}
+            assert not t.HasField("raw_data") and entries["location"] == os.path.basename(path), t.name
+            f.seek(int(entries["offset"]))
+            refs[t.name] = f.read(int(entries["length"]))
+    return refs
 
 
 @pytest.mark.parametrize("path, shapes", [(PQA, None), (VIT, None), (VIT, {"input": [2, 3, 32, 32]})],
