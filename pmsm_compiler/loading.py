@@ -791,11 +791,11 @@ def load_model_and_weights_file(
     allowed_ops: Iterable[tuple[str, str] | str] | None = None,
     static_inputs: bool = True,
     input_shapes: dict[str, list[int | str]] | None = None,
-) -> tuple[ModelProto, weights.WeightsFile | None]:
+) -> tuple[ModelProto, weights.WeightFiles | None]:
     """Load, validate and shape-infer an untrusted ONNX model; return the inferred model and
-    where its large initializers lie, byte for byte, in the model file (a ``weights.WeightsFile``
-    with the file's identity when read), or None where they do not all lie there as loaded
-    (external data, an opset upgrade that rebuilt the initializers).
+    where its large initializers lie, byte for byte, in the model file and its external data
+    files (``weights.WeightFiles``, with each file's identity when read), or None where they do
+    not all lie there as loaded (an opset upgrade rebuilt the initializers).
 
     ``input_shapes`` ({input name: dims}, see ``parse_input_shape``) overrides the declared shape
     of graph inputs before shape inference, e.g. to fix dynamic spatial dimensions; a string dim
@@ -843,8 +843,17 @@ def load_model_and_weights_file(
     if input_shapes:
         set_input_shapes(model, input_shapes)
 
+    external_places, identities = {}, {os.path.basename(real_path): weights.file_identity(status)}
     if external_bytes:
         external = [t for t, _ in _all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
+        # where each weight's bytes lie, and each file as it is before its bytes are read (a later
+        # change shows in its identity: the verification's sessions read the weights from there)
+        for t in model.graph.initializer:
+            if t.data_location == TensorProto.EXTERNAL:
+                entries = {e.key: e.value for e in t.external_data}
+                external_places[t.name] = (entries["location"], int(entries.get("offset") or 0))
+        for location in {place[0] for place in external_places.values()}:
+            identities[location] = weights.file_identity(os.stat(os.path.join(base_dir, location)))
         try:
             # each tensor's bytes read once, straight into its raw_data
             onnx.load_external_data_for_model(model, base_dir)
@@ -881,24 +890,33 @@ def load_model_and_weights_file(
     unique_node_names(model)
     if upgraded:
         opset_upgrade.check(model, upgraded, path)
-    located = None if upgraded or external_bytes else _weights_in_file(model, spans, real_path, status)
+    located = None if upgraded else _weights_in_files(model, spans, real_path, external_places, identities)
     return model, located
 
 
-def _weights_in_file(model: ModelProto, spans, path: str, status) -> weights.WeightsFile | None:
-    """The ``weights.WeightsFile`` of ``model`` as parsed from the file at ``path`` whose
-    ``raw_data`` spans (``weights.raw_data_spans``) are ``spans``, if every large initializer's
-    bytes are there at their declared size, else None."""
+def _weights_in_files(model: ModelProto, spans, path: str, external: dict, identities: dict):
+    """The ``weights.WeightFiles`` of ``model`` as loaded from the file at ``path``, whose
+    ``raw_data`` spans (``weights.raw_data_spans``) are ``spans``, and from the external data at
+    ``external`` ({name: (file, offset)}), if every large initializer's bytes lie there at its
+    declared size (the checker has checked the loaded ones' sizes), else None."""
     inits = model.graph.initializer
     if spans is None or len(spans) != len(inits):
         return None
-    offsets = {}
+    name, places = os.path.basename(path), {}
     for t, span in zip(inits, spans):
-        if weights.strippable(t):
-            if span is None or span[1] != weights.declared_bytes(t) or t.name in offsets:
-                return None
-            offsets[t.name] = span[0]
-    return weights.WeightsFile(path, offsets, weights.file_identity(status)) if offsets else None
+        if not weights.strippable(t):
+            continue
+        if t.name in places:
+            return None
+        if t.name in external:
+            places[t.name] = external[t.name]
+        elif span is not None and span[1] == weights.declared_bytes(t):
+            places[t.name] = (name, span[0])
+        else:
+            return None
+    used = {place[0] for place in places.values()}
+    return (weights.WeightFiles(os.path.dirname(path), places, {f: i for f, i in identities.items() if f in used})
+            if places else None)
 
 
 # --------------------------------------------------------------------------------------------

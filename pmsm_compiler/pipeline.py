@@ -164,9 +164,10 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     ``keep_weights``: False lets the chain drop the models' weights where it can read them again
     from a file (a model read from a path, no Q/DQ nodes; ``pmsm-compile`` passes False):
 
-    - the loaded model's right after the compile, where they lie in its file as loaded (inline,
-      no opset upgrade): the verification's sessions of it map them from the file
-      (``weights.WeightsFile``), which must not change meanwhile (``InputError`` if it did);
+    - the loaded model's right after the compile, where they lie as loaded in its file and its
+      external data files (not after an opset upgrade): the verification's sessions of it map
+      them from there (``weights.WeightFiles``), and those files must not change meanwhile
+      (``InputError`` if one did);
     - the SNN's once they are written to ``output``'s temporary file: its sessions map them there;
     - the reference the compiler made of the loaded model (``compiled.reference``: computed
       constants evaluated), or the loaded model not found in its file, once the verification's
@@ -266,8 +267,8 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
         if snn_file is not None:  # the SNN's structure refers to its weights in the output, or to none
             placed = saving.placed_file() if result.saved else None
             compiled.model = (placed.references(compiled.model) if placed is not None else
-                              weights.file_references(compiled.model, weights.IN_MEMORY,
-                                                      dict.fromkeys(snn_file.offsets, 0)))
+                              weights.file_references(compiled.model, dict.fromkeys(snn_file.places,
+                                                                                    (weights.IN_MEMORY, 0))))
     return result
 
 
@@ -324,13 +325,13 @@ class _BackgroundSave:
             self._written.set()  # also when it failed before the weights were written
 
     def _on_written(self, file: str, offsets: dict, final: str) -> None:
-        from pmsm_compiler.weights import WeightsFile
+        from pmsm_compiler.weights import WeightFiles
 
-        self._file, self._final = WeightsFile(file, offsets), final
+        self._file, self._final = WeightFiles.of_file(file, offsets), final
         self._written.set()
 
     def weights_file(self):
-        """The ``weights.WeightsFile`` of the temporary file that holds the model's large
+        """The ``weights.WeightFiles`` of the temporary file that holds the model's large
         initializers once they are written (waits for it), or None where the writer failed
         first; the file lives until ``finish``, and on as the output where it is put in place."""
         self._written.wait()
@@ -338,9 +339,7 @@ class _BackgroundSave:
 
     def placed_file(self):
         """``weights_file`` under the name it has once ``finish`` put it in place."""
-        from pmsm_compiler.weights import WeightsFile
-
-        return WeightsFile(self._final, self._file.offsets) if self._file is not None else None
+        return self._file.moved_to(self._final) if self._file is not None else None
 
     def _approve(self) -> None:
         from pmsm_compiler.files import WriteCancelled

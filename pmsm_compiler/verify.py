@@ -339,7 +339,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
 
     ``ann_weights_folder``, ``snn_weights_folder``: where the files that the external-data
     references of ``compiled.reference`` and of ``compiled.model`` name are (the pipeline's ANN
-    read from its model file, its SNN as written to the output: ``weights.WeightsFile``)."""
+    read from its model file, its SNN as written to the output: ``weights.WeightFiles``)."""
     info = compiled.info
     mode = mode or info.mode
     threads, side_by_side = verification_threads(threads, providers)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -403,41 +403,52 @@ def file_identity(st: os.stat_result) -> tuple:
 
 
 @dataclass
-class WeightsFile:
-    """Where the large initializers of a model lie, byte for byte, in one file (the model file it
-    was read from, or one it was written to): onnxruntime maps them from there
-    (``sessions.make_session``'s ``weights_folder``) instead of being handed copies.
+class WeightFiles:
+    """Where the large initializers of a model lie, byte for byte, in files of one folder (the model
+    file it was read from and its external data files, or a file it was written to): onnxruntime
+    maps them from there (``sessions.make_session``'s ``weights_folder``) instead of being handed
+    copies.
 
-    ``path``: the file's absolute path; ``offsets``: {initializer name: offset of its bytes};
-    ``identity``: ``file_identity`` of the file when its bytes were read (None: a file of our own)."""
+    ``folder``: the files' folder (absolute); ``places``: {initializer name: (file name in
+    ``folder``, offset of its bytes)}; ``identities``: {file name: ``file_identity`` when its bytes
+    were read} (none for files of our own)."""
 
-    path: str
-    offsets: dict
-    identity: tuple | None = None
+    folder: str
+    places: dict
+    identities: dict = field(default_factory=dict)
 
-    @property
-    def folder(self) -> str:
-        return os.path.dirname(self.path)
+    @classmethod
+    def of_file(cls, path: str, offsets: dict, identity: tuple | None = None) -> "WeightFiles":
+        """The initializers at ``offsets`` ({name: offset}) of the one file ``path``."""
+        name = os.path.basename(path)
+        return cls(os.path.dirname(os.path.abspath(path)), {n: (name, o) for n, o in offsets.items()},
+                   {name: identity} if identity is not None else {})
+
+    def moved_to(self, path: str) -> "WeightFiles":
+        """The same places in the one file under its new ``path`` (a temporary file put in place)."""
+        return WeightFiles.of_file(path, {n: offset for n, (_, offset) in self.places.items()})
 
     def references(self, model: ModelProto) -> ModelProto:
-        """``model`` with each of these initializers a reference to its bytes in the file
+        """``model`` with each of these initializers a reference to its bytes in its file
         (``file_references``): a structure that holds none of their data."""
-        return file_references(model, os.path.basename(self.path), self.offsets)
+        return file_references(model, self.places)
 
     def unchanged(self) -> bool:
-        """Whether the file is still the one whose bytes were read (same identity)."""
+        """Whether each file read is still the one whose bytes were read (same identity)."""
         try:
-            return self.identity is None or file_identity(os.stat(self.path)) == self.identity
+            return all(file_identity(os.stat(os.path.join(self.folder, name))) == identity
+                       for name, identity in self.identities.items())
         except OSError:
             return False
 
 
-def file_references(model: ModelProto, location: str, offsets: dict[str, int]) -> ModelProto:
-    """A copy of ``model`` in which each initializer named in ``offsets`` is an external-data
-    reference to its bytes at that offset of file ``location`` (a name relative to the folder the
-    reader is given: a file ``write_model`` or ``write_external_data`` wrote, whose offsets they
-    return or lay out), and holds no data; the rest is copied."""
-    return _with_references(model, lambda t: t.name in offsets, lambda t: (location, offsets[t.name]))
+def file_references(model: ModelProto, places: dict) -> ModelProto:
+    """A copy of ``model`` in which each initializer named in ``places`` ({name: (location,
+    offset)}) is an external-data reference to its bytes at that offset of file ``location`` (a
+    name relative to the folder the reader is given: a file ``write_model`` or
+    ``write_external_data`` wrote, whose offsets they return or lay out; ``IN_MEMORY``: no data),
+    and holds no data; the rest is copied."""
+    return _with_references(model, lambda t: t.name in places, lambda t: places[t.name])
 
 
 #: offsets of the tensors in a data file ``with_external_data`` lays out: a multiple of the page

@@ -364,7 +364,7 @@ def _run_all(session, x):
     return session.run(None, {session.get_inputs()[0].name: x})
 
 
-# onnxruntime maps the weights from the file they lie in (weights.WeightsFile)
+# onnxruntime maps the weights from the files they lie in (weights.WeightFiles)
 
 
 @pytest.mark.parametrize("level", ["disable", "all"])
@@ -375,7 +375,7 @@ def test_a_session_of_a_models_references_to_its_file_computes_what_the_model_co
     model = chain_model(3, channels=32)
     with open(tmp_path / "m.onnx", "wb") as fh:
         offsets = weights.write_model(model, fh)
-    located = weights.WeightsFile(str(tmp_path / "m.onnx"), offsets)
+    located = weights.WeightFiles.of_file(str(tmp_path / "m.onnx"), offsets)
     structure = located.references(model)
     assert sorted(offsets) == ["fc.w", "w0", "w1", "w2"] and weights.weight_bytes(structure) > 20_000
     assert structure.ByteSize() < 3_000  # the references hold no data
@@ -391,28 +391,50 @@ def test_load_model_says_where_the_weights_lie_in_the_model_file(tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     loaded, located = load_model_and_weights_file(tmp_path / "m.onnx")
     data = (tmp_path / "m.onnx").read_bytes()
-    assert located.path == str(tmp_path / "m.onnx") and sorted(located.offsets) == ["fc.w", "w0", "w1", "w2"]
-    for t in loaded.graph.initializer:
-        if t.name in located.offsets:
-            assert data[located.offsets[t.name]:][:len(t.raw_data)] == t.raw_data
-    assert located.unchanged()
+    assert located.folder == str(tmp_path) and sorted(located.places) == ["fc.w", "w0", "w1", "w2"]
+    assert _placed_bytes(located, loaded) == {t.name: t.raw_data for t in loaded.graph.initializer
+                                              if t.name in located.places}
+    assert located.unchanged() and list(located.identities) == ["m.onnx"]
     (tmp_path / "m.onnx").write_bytes(data)  # the same bytes written again: another modification time
-    os.utime(tmp_path / "m.onnx", ns=(located.identity[3] + 10**9,) * 2)
+    os.utime(tmp_path / "m.onnx", ns=(located.identities["m.onnx"][3] + 10**9,) * 2)
     assert not located.unchanged()
     (tmp_path / "m.onnx").unlink()
     assert not located.unchanged()
 
 
-def test_load_model_gives_no_weights_file_where_the_weights_are_not_as_loaded_in_it(tmp_path):
-    """External data (the model file holds no weights) and an opset upgrade (the converter
-    rebuilds the initializers' list): the sessions are handed the loaded arrays."""
-    from onnx import TensorProto, helper, numpy_helper
+def _placed_bytes(located, model) -> dict:
+    """{name: the bytes at the place of each of ``model``'s initializers in ``located``}, each of
+    the length of the initializer's data, to compare with it."""
+    out = {}
+    for t in model.graph.initializer:
+        if t.name in located.places:
+            file, offset = located.places[t.name]
+            with open(os.path.join(located.folder, file), "rb") as f:
+                f.seek(offset)
+                out[t.name] = f.read(len(t.raw_data))
+    return out
 
+
+def test_load_model_says_where_external_weights_lie(tmp_path):
+    """External data: each weight's place in its data file, and that file's identity."""
     from pmsm_compiler.loading import load_model_and_weights_file
 
     onnx.save(chain_model(3, channels=32), tmp_path / "ext.onnx", save_as_external_data=True,
               location="ext.onnx.data", size_threshold=1024)
-    assert load_model_and_weights_file(tmp_path / "ext.onnx")[1] is None
+    loaded, located = load_model_and_weights_file(tmp_path / "ext.onnx")
+    assert sorted(located.places) == ["fc.w", "w0", "w1", "w2"] and list(located.identities) == ["ext.onnx.data"]
+    assert {file for file, _ in located.places.values()} == {"ext.onnx.data"}
+    assert _placed_bytes(located, loaded) == {t.name: t.raw_data for t in loaded.graph.initializer
+                                              if t.name in located.places}
+    os.utime(tmp_path / "ext.onnx.data", ns=(located.identities["ext.onnx.data"][3] + 10**9,) * 2)
+    assert not located.unchanged()
+
+
+def test_load_model_gives_no_weights_file_after_an_opset_upgrade(tmp_path):
+    """The converter rebuilds the initializers' list: the sessions are handed the loaded arrays."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pmsm_compiler.loading import load_model_and_weights_file
     w = numpy_helper.from_array(np.ones((16, 3, 3, 3), np.float32), "w")
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],

@@ -152,29 +152,37 @@ def test_without_keep_weights_a_failed_verification_leaves_the_snn_referring_to_
     assert large and all(not t.HasField("raw_data") and t.external_data[0].value == IN_MEMORY for t in large)
 
 
-def test_a_model_file_that_changes_while_its_weights_are_read_from_it_is_refused(tmp_path, monkeypatch):
-    """Without keep_weights the verification's ANN sessions read the weights from the model file:
-    a file changed meanwhile (here: written again, the same bytes, a later modification time) may
-    not be the model that was compiled, so the chain refuses, in one line, and writes nothing."""
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "external-data"])
+def test_a_model_file_that_changes_while_its_weights_are_read_from_it_is_refused(tmp_path, monkeypatch, external):
+    """Without keep_weights the verification's ANN sessions read the weights from the model file
+    (or its external data file): a file changed meanwhile (here: written again, the same bytes, a
+    later modification time) may not be the model that was compiled, so the chain refuses, in one
+    line, and writes nothing."""
     import os
-    import shutil
 
     from pmsm_compiler import verify as verify_module
 
     path = tmp_path / "m.onnx"
-    shutil.copy(PQA, path)
+    onnx.save(onnx.load(PQA), path, save_as_external_data=external, location="m.onnx.data", size_threshold=1024)
+    weights_path = tmp_path / ("m.onnx.data" if external else "m.onnx")
     verify = verify_module.verify
 
     def touch_then_verify(*args, **kwargs):
-        path.write_bytes(path.read_bytes())
-        os.utime(path, ns=(os.stat(path).st_mtime_ns + 10**9,) * 2)
+        weights_path.write_bytes(weights_path.read_bytes())
+        os.utime(weights_path, ns=(os.stat(weights_path).st_mtime_ns + 10**9,) * 2)
         return verify(*args, **kwargs)
 
+    files = sorted(p.name for p in tmp_path.iterdir())
+    kept = compile_and_verify(str(path), "folded", samples=4)
+    released = compile_and_verify(str(path), "folded", samples=4, keep_weights=False)
+    assert released.verification == kept.verification and released.passed
+    assert _references_to_file(released.ann, str(weights_path)) == {t.name: t.raw_data
+                                                                   for t in _large_initializers(kept.ann)}
     monkeypatch.setattr(verify_module, "verify", touch_then_verify)
     out = tmp_path / "m.snn.onnx"
     with pytest.raises(InputError, match=r"m\.onnx changed on disk while it was compiled and verified"):
         compile_and_verify(str(path), "folded", samples=4, output=out, keep_weights=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
     assert compile_and_verify(str(path), "folded", samples=4, output=out, keep_weights=True).saved  # keeps its own
 
 
