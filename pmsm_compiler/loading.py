@@ -779,12 +779,12 @@ def load_model(
     input_shapes: dict[str, list[int | str]] | None = None,
 ) -> ModelProto:
     """Load, validate and shape-infer an untrusted ONNX model; return the inferred model
-    (``load_model_and_weights_file``'s model)."""
-    return load_model_and_weights_file(path, max_bytes=max_bytes, allowed_ops=allowed_ops,
+    (``load_model_and_weight_files``'s model)."""
+    return load_model_and_weight_files(path, max_bytes=max_bytes, allowed_ops=allowed_ops,
                                        static_inputs=static_inputs, input_shapes=input_shapes)[0]
 
 
-def load_model_and_weights_file(
+def load_model_and_weight_files(
     path: str | os.PathLike[str],
     *,
     max_bytes: int | None = None,

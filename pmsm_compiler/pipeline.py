@@ -99,11 +99,11 @@ def load_ann(path: str | os.PathLike[str], *, max_bytes: int | None = None,
 
 
 def _load_ann(path, *, max_bytes, input_shapes):
-    """``load_ann``, and where the model's weights lie in its file (``loading.load_model_and_weights_file``)."""
+    """``load_ann``, and where the model's weights lie in its file (``loading.load_model_and_weight_files``)."""
     from pmsm_compiler.snn_format import read_snn_info
-    from pmsm_compiler.loading import check_single_input, check_static_shapes, load_model_and_weights_file
+    from pmsm_compiler.loading import check_single_input, check_static_shapes, load_model_and_weight_files
 
-    ann, located = load_model_and_weights_file(path, max_bytes=max_bytes, static_inputs=False,
+    ann, located = load_model_and_weight_files(path, max_bytes=max_bytes, static_inputs=False,
                                                input_shapes=input_shapes)
     if read_snn_info(ann) is not None:
         raise InputError(f"{os.fspath(path)} is already a compiled SNN ('pmsm.snn' metadata); give the source ANN")

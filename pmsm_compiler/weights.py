@@ -20,6 +20,12 @@ fills. No session serializes the weights (ViT-S's verification serialized 82 MB 
 the arrays of one model serve all the sessions built from it (the verification's ANN, its
 quantizer outputs exposed and its tail), and a model over protobuf's 2 GiB builds sessions at
 all (``model_bytes`` sizes one without serializing it).
+
+Where the weights already lie in files, byte for byte, onnxruntime may map them from there
+instead (``WeightFiles``, ``file_references``: each large initializer an external-data
+reference to its bytes): the model file a model was read from (``raw_data_spans`` finds each
+``raw_data`` in its wire format) and its external data files, or a file ``write_model`` wrote
+(it returns where each tensor went). No copy in Python, none given to onnxruntime.
 """
 
 from __future__ import annotations

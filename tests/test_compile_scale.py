@@ -385,11 +385,11 @@ def test_a_session_of_a_models_references_to_its_file_computes_what_the_model_co
 
 
 def test_load_model_says_where_the_weights_lie_in_the_model_file(tmp_path):
-    from pmsm_compiler.loading import load_model_and_weights_file
+    from pmsm_compiler.loading import load_model_and_weight_files
 
     model = chain_model(3, channels=32)
     onnx.save(model, tmp_path / "m.onnx")
-    loaded, located = load_model_and_weights_file(tmp_path / "m.onnx")
+    loaded, located = load_model_and_weight_files(tmp_path / "m.onnx")
     data = (tmp_path / "m.onnx").read_bytes()
     assert located.folder == str(tmp_path) and sorted(located.places) == ["fc.w", "w0", "w1", "w2"]
     assert _placed_bytes(located, loaded) == {t.name: t.raw_data for t in loaded.graph.initializer
@@ -417,11 +417,11 @@ def _placed_bytes(located, model) -> dict:
 
 def test_load_model_says_where_external_weights_lie(tmp_path):
     """External data: each weight's place in its data file, and that file's identity."""
-    from pmsm_compiler.loading import load_model_and_weights_file
+    from pmsm_compiler.loading import load_model_and_weight_files
 
     onnx.save(chain_model(3, channels=32), tmp_path / "ext.onnx", save_as_external_data=True,
               location="ext.onnx.data", size_threshold=1024)
-    loaded, located = load_model_and_weights_file(tmp_path / "ext.onnx")
+    loaded, located = load_model_and_weight_files(tmp_path / "ext.onnx")
     assert sorted(located.places) == ["fc.w", "w0", "w1", "w2"] and list(located.identities) == ["ext.onnx.data"]
     assert {file for file, _ in located.places.values()} == {"ext.onnx.data"}
     assert _placed_bytes(located, loaded) == {t.name: t.raw_data for t in loaded.graph.initializer
@@ -434,13 +434,13 @@ def test_load_model_gives_no_weights_file_after_an_opset_upgrade(tmp_path):
     """The converter rebuilds the initializers' list: the sessions are handed the loaded arrays."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from pmsm_compiler.loading import load_model_and_weights_file
+    from pmsm_compiler.loading import load_model_and_weight_files
     w = numpy_helper.from_array(np.ones((16, 3, 3, 3), np.float32), "w")
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), tmp_path / "old.onnx")
-    loaded, located = load_model_and_weights_file(tmp_path / "old.onnx")
+    loaded, located = load_model_and_weight_files(tmp_path / "old.onnx")
     assert located is None and [o.version for o in loaded.opset_import if o.domain == ""] != [11]
 
 
