@@ -16,7 +16,9 @@ Steps, each refusing with a one-line error (``InputError`` / ``UnsupportedModelE
    before any onnxruntime run, so that a refused input size costs no run.
 4. ``verify.check_runs``: onnxruntime runs the ANN at all (the checker accepts some models the
    engine refuses), on one sample or the batch the model declares; on the verification's own ANN
-   session when it will run the same model.
+   session when it will run the same model. With an output and ``keep_weights=False``, the SNN's
+   session (``verify.snn_runtime``) is built meanwhile in a thread of its own, from the weights
+   the background save has written.
 5. ``verify.verify`` at T = 1 under ``VerificationPolicy``. A failed verification does not raise
    here: the report says why, and ``raise_if_failed`` (or the caller) turns it into
    ``VerificationError`` (exit 1).
@@ -179,7 +181,7 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     from pmsm_compiler import weights
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.sessions import onnxruntime_errors
-    from pmsm_compiler.verify import VerificationPolicy, has_qdq, verify
+    from pmsm_compiler.verify import VerificationPolicy, has_qdq, verification_threads, verify
 
     start = time.perf_counter()
     check_sampling(samples, seed)  # before the load: bad arguments cost nothing
@@ -217,6 +219,13 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
             compiled.reference = _structure_of(compiled.reference)
         return ann, compiled.reference
 
+    # The SNN's weights from the file the background save writes them to: onnxruntime maps them
+    # there, and the ModelProto that held them goes; its session is built in a thread of its own
+    # while this one builds the ANN's (onnxruntime builds sessions without the GIL)
+    snn_pending = (_in_background(_snn_from_file, compiled, saving, opt_level, providers,
+                                  verification_threads(threads, providers)[0])
+                   if release and check and saving is not None else None)
+    snn_file = None
     try:
         x, label, sessions = _prepare_verification(ann, compiled, mode=mode, check=check, data=data, samples=samples,
                                                    seed=seed, normalization=normalization, opt_level=opt_level,
@@ -227,11 +236,6 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
             # only by the check that onnxruntime runs it, done (exact mode's plain comparison, the
             # peak of a legacy export's verification, no longer holds it)
             ann = _structure_of(ann)
-        snn_file = saving.weights_file() if release and check and saving is not None else None
-        if snn_file is not None:
-            # the SNN's weights from the file they were just written to: onnxruntime maps them
-            # there, and the ModelProto that held them goes (the writer holds none now)
-            compiled.model = snn_file.references(compiled.model)
         if not check:
             if release:  # nothing reads the weights after the compile and the check that it runs
                 structure_only()
@@ -243,13 +247,14 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
             # used), as plain keyword arguments: a call with ** keeps its positional arguments (the
             # loaded model) and its keyword dict (the sessions) for as long as it runs.
             with onnxruntime_errors(f"the T = 1 verification of {what}"):
+                runtime, snn_file = snn_pending.result() if snn_pending is not None else (None, None)
                 verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode,
                                       policy=policy or VerificationPolicy(), data_label=label, providers=providers,
                                       threads=threads, ann_session=sessions.pop("ann_session", None),
                                       plain_session=sessions.pop("plain_session", None),
                                       release_ann=structure_only if release else None,
-                                      ann_weights_folder=ann_folder,
-                                      snn_weights_folder=snn_file.folder if snn_file is not None else None)
+                                      ann_weights_folder=ann_folder, runtime=runtime)
+                del runtime
         if ann_file is not None and not ann_file.unchanged():
             raise InputError(f"{what} changed on disk while it was compiled and verified "
                              f"(its sessions read the weights from it): compile it again")
@@ -260,6 +265,8 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     except BaseException:
         if saving is not None:  # its writer waits for this verdict
             saving.finish(False)
+        if snn_pending is not None:  # its failure, if any, is this one's consequence
+            futures.wait([snn_pending])
         raise
     if saving is not None:
         result.saved, result.external_data = saving.finish(result.passed)
@@ -291,6 +298,20 @@ def _prepare_verification(ann, compiled, *, mode, check, data, samples, seed, no
     return x, label, sessions
 
 
+def _snn_from_file(compiled, saving, opt_level, providers, threads) -> tuple:
+    """(the verification's ``verify.snn_runtime`` of the SNN, warm, its ``weights.WeightFiles``)
+    once the background save has written the SNN's weights: ``compiled.model`` is then the
+    structure that refers to them there; (None, None) where the writer failed first (the
+    verification then reads the weights from the ModelProto)."""
+    from pmsm_compiler.verify import snn_runtime
+
+    snn_file = saving.weights_file()
+    if snn_file is None:
+        return None, None
+    compiled.model = snn_file.references(compiled.model)
+    return snn_runtime(compiled, opt_level, providers, threads, snn_file.folder, warm=True), snn_file
+
+
 def _structure_of(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` without the data of its large initializers (each an external-data reference to
     ``weights.IN_MEMORY``): nodes, functions, metadata and small initializers copied."""
@@ -304,9 +325,11 @@ class _BackgroundSave:
     """The SNN written to its output in a thread while the verification runs: into a temporary
     file, put in place once ``finish(True)`` (``files.write_atomic``'s ``approve``), removed on
     ``finish(False)``. Both only read the model (the verification's sessions take a copy of its
-    skeleton, ``weights.split``). A large model's first write into the page cache is slow (VGG-16's
-    128 MB: 0.2–0.4 s against 0.1 s written again on the development VM); it overlaps the
-    verification instead of following it."""
+    skeleton, ``weights.split``), and once the weights are in the file (``weights_file``) the
+    writer holds no reference to it: the verification may map them from there and drop it. A
+    large model's first write into the page cache is slow (VGG-16's 128 MB: 0.2–0.4 s against
+    0.1 s written again on the development VM); it overlaps the verification's first steps instead
+    of preceding them."""
 
     def __init__(self, model, path, external_data):
         self._verdict = threading.Event()

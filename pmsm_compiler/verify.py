@@ -321,10 +321,27 @@ def _compare_as_run(plain_sess, runtime, x, input_name, outputs, batch, concurre
     return {"max_abs_diff": diff, "top1_agreement": same / compared if compared else None}
 
 
+def snn_runtime(compiled, opt_level: str = "all", providers=None, threads: int = 0, weights_folder: str | None = None,
+                warm: bool = False) -> SNNSession:
+    """The SNN as the verification runs it: as the runtime runs the one step of T = 1 (static
+    prologue, fused kernels, ...), with ``threads`` (``verification_threads``' share), its weights
+    read when a session is built (``keep_weights=False``: the SNN's ModelProto lives on beside it
+    for the save, or is a structure whose weights are in files under ``weights_folder``; a T = 1
+    run builds one step session, so the arrays it reads for it are not held as a third copy).
+    ``warm``: with the session of the verification's first use of it built (exact mode: the step
+    in the ANN's form of the comparison as run; folded: the step with every layer's spikes)."""
+    runtime = SNNSession(compiled.model, opt_level=opt_level, providers=providers, threads=threads,
+                         keep_weights=False, weights_folder=weights_folder)
+    if warm:
+        exact = (compiled.info.mode == "exact")
+        runtime.session_for(True, True, () if exact else tuple(l.spike_tensor for l in compiled.info.layers))
+    return runtime
+
+
 def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all", mode: str | None = None,
            policy: VerificationPolicy | None = None, batch_size: int = 32, data_label: str = "random",
            providers=None, threads: int = 0, ann_session=None, plain_session=None, release_ann=None,
-           ann_weights_folder: str | None = None, snn_weights_folder: str | None = None) -> dict:
+           ann_weights_folder: str | None = None, snn_weights_folder: str | None = None, runtime=None) -> dict:
     """The T = 1 verification report (see the module docstring). ``ann_session``,
     ``plain_session``: the ``reference_session``s, exposed and plain, when the caller built one
     already (``pipeline`` does, to run its check on it instead of building a session of the ANN
@@ -339,7 +356,10 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
 
     ``ann_weights_folder``, ``snn_weights_folder``: where the files that the external-data
     references of ``compiled.reference`` and of ``compiled.model`` name are (the pipeline's ANN
-    read from its model file, its SNN as written to the output: ``weights.WeightFiles``)."""
+    read from its model file, its SNN as written to the output: ``weights.WeightFiles``).
+
+    ``runtime``: the SNN's ``snn_runtime``, when the caller built it already (the pipeline builds
+    it, and the session of its first use, while it builds the ANN's)."""
     info = compiled.info
     mode = mode or info.mode
     threads, side_by_side = verification_threads(threads, providers)
@@ -353,11 +373,8 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     # What a deployment of the quantized ANN computes (onnxruntime's default: Q/DQ fused into
     # integer kernels), compared for information only.
     quantized = has_qdq(given)
-    # the SNN as the runtime runs the one step of T = 1 (static prologue, fused kernels, ...)
-    # ``keep_weights=False``: the SNN's ModelProto lives on beside it (the save reads it); a T = 1
-    # run builds one step session, so the arrays it reads for it are not held as a third copy
-    runtime = SNNSession(compiled.model, opt_level=opt_level, providers=providers, threads=threads,
-                         keep_weights=False, weights_folder=snn_weights_folder)
+    if runtime is None:
+        runtime = snn_runtime(compiled, opt_level, providers, threads, snn_weights_folder)
     plain = None
     if mode == "exact":
         # The outputs as run, first: the ANN as onnxruntime runs it, nothing exposed (exposing a

@@ -141,6 +141,34 @@ def test_without_keep_weights_the_snn_is_verified_from_the_file_it_is_written_to
                                                              for t in _large_initializers(kept.model)}
 
 
+def test_a_failure_while_the_snn_is_prepared_beside_it_leaves_nothing(tmp_path, monkeypatch):
+    """The SNN's session is built in a thread of its own while the ANN's check runs: when the
+    check fails, the chain waits for that thread, writes nothing and raises the check's error."""
+    import time
+
+    from pmsm_compiler import pipeline
+
+    done = []
+    prepare = pipeline._snn_from_file
+
+    def slow_prepare(*args):
+        time.sleep(0.3)
+        try:
+            return prepare(*args)
+        finally:
+            done.append(True)
+
+    def failing_check(*args, **kwargs):
+        raise InputError("onnxruntime cannot run the model: boom")
+
+    monkeypatch.setattr(pipeline, "_snn_from_file", slow_prepare)
+    monkeypatch.setattr(pipeline, "_check_ann", failing_check)
+    out = tmp_path / "m.snn.onnx"
+    with pytest.raises(InputError, match="boom"):
+        compile_and_verify(PQA, "folded", samples=4, output=out, keep_weights=False)
+    assert done == [True] and list(tmp_path.iterdir()) == []
+
+
 def test_without_keep_weights_a_failed_verification_leaves_the_snn_referring_to_no_data(tmp_path):
     from pmsm_compiler.weights import IN_MEMORY
 
