@@ -169,6 +169,27 @@ def test_a_failure_while_the_snn_is_prepared_beside_it_leaves_nothing(tmp_path, 
     assert done == [True] and list(tmp_path.iterdir()) == []
 
 
+def test_without_keep_weights_a_save_that_fails_before_the_weights_are_written_verifies_from_memory(
+        tmp_path, monkeypatch):
+    """No file to map the SNN's weights from: the verification reads them from the ModelProto, as
+    with keep_weights, and the writer's error is the chain's (nothing left behind)."""
+    from pmsm_compiler import verify as verify_module
+    from pmsm_compiler import weights
+
+    def failing(model, fh):
+        fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    kept = compile_and_verify(PQA, "folded", samples=4)
+    monkeypatch.setattr(weights, "write_model", failing)
+    reports = []
+    verify = verify_module.verify
+    monkeypatch.setattr(verify_module, "verify", lambda *a, **k: reports.append(verify(*a, **k)) or reports[-1])
+    with pytest.raises(OSError, match="No space left"):
+        compile_and_verify(PQA, "folded", samples=4, output=tmp_path / "m.snn.onnx", keep_weights=False)
+    assert reports == [kept.verification] and list(tmp_path.iterdir()) == []
+
+
 def test_without_keep_weights_a_failed_verification_leaves_the_snn_referring_to_no_data(tmp_path):
     from pmsm_compiler.weights import IN_MEMORY
 
