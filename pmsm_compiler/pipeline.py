@@ -255,9 +255,10 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
                                       release_ann=structure_only if release else None,
                                       ann_weights_folder=ann_folder, runtime=runtime)
                 del runtime
-        if ann_file is not None and not ann_file.unchanged():
-            raise InputError(f"{what} changed on disk while it was compiled and verified "
-                             f"(its sessions read the weights from it): compile it again")
+        changed = ann_file.changed() if ann_file is not None else None
+        if changed:
+            raise InputError(f"{what}: {changed} changed on disk while it was compiled and verified "
+                             f"(the verification read the weights from it): compile it again")
         end = time.perf_counter()
         phases = {"load": round(loaded - start, 3), "compile": round(compiled_at - loaded, 3),
                   "verify": round(end - compiled_at, 3)}

@@ -439,13 +439,21 @@ class WeightFiles:
         (``file_references``): a structure that holds none of their data."""
         return file_references(model, self.places)
 
+    def changed(self) -> str | None:
+        """The first file read that is no longer the one whose bytes were read (another identity,
+        or gone), as its path; None while all are."""
+        for name, identity in self.identities.items():
+            path = os.path.join(self.folder, name)
+            try:
+                if file_identity(os.stat(path)) != identity:
+                    return path
+            except OSError:
+                return path
+        return None
+
     def unchanged(self) -> bool:
-        """Whether each file read is still the one whose bytes were read (same identity)."""
-        try:
-            return all(file_identity(os.stat(os.path.join(self.folder, name))) == identity
-                       for name, identity in self.identities.items())
-        except OSError:
-            return False
+        """Whether each file read is still the one whose bytes were read (``changed``)."""
+        return self.changed() is None
 
 
 def file_references(model: ModelProto, places: dict) -> ModelProto:

@@ -208,6 +208,7 @@ def test_a_model_file_that_changes_while_its_weights_are_read_from_it_is_refused
     later modification time) may not be the model that was compiled, so the chain refuses, in one
     line, and writes nothing."""
     import os
+    import re
 
     from pmsm_compiler import verify as verify_module
 
@@ -229,7 +230,8 @@ def test_a_model_file_that_changes_while_its_weights_are_read_from_it_is_refused
                                                                    for t in _large_initializers(kept.ann)}
     monkeypatch.setattr(verify_module, "verify", touch_then_verify)
     out = tmp_path / "m.snn.onnx"
-    with pytest.raises(InputError, match=r"m\.onnx changed on disk while it was compiled and verified"):
+    with pytest.raises(InputError, match=rf"m\.onnx: {re.escape(str(weights_path))} changed on disk while it was "
+                                         r"compiled and verified"):
         compile_and_verify(str(path), "folded", samples=4, output=out, keep_weights=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == files
     assert compile_and_verify(str(path), "folded", samples=4, output=out, keep_weights=True).saved  # keeps its own
