@@ -781,7 +781,7 @@ def load_model(
     """Load, validate and shape-infer an untrusted ONNX model; return the inferred model
     (``load_model_and_weight_files``'s model)."""
     return load_model_and_weight_files(path, max_bytes=max_bytes, allowed_ops=allowed_ops,
-                                       static_inputs=static_inputs, input_shapes=input_shapes)[0]
+                                       static_inputs=static_inputs, input_shapes=input_shapes, locate=False)[0]
 
 
 def load_model_and_weight_files(
@@ -791,11 +791,13 @@ def load_model_and_weight_files(
     allowed_ops: Iterable[tuple[str, str] | str] | None = None,
     static_inputs: bool = True,
     input_shapes: dict[str, list[int | str]] | None = None,
+    locate: bool = True,
 ) -> tuple[ModelProto, weights.WeightFiles | None]:
     """Load, validate and shape-infer an untrusted ONNX model; return the inferred model and
     where its large initializers lie, byte for byte, in the model file and its external data
     files (``weights.WeightFiles``, with each file's identity when read), or None where they do
-    not all lie there as loaded (an opset upgrade rebuilt the initializers).
+    not all lie there as loaded (an opset upgrade rebuilt the initializers), or without
+    ``locate`` (``load_model``: nothing is looked for).
 
     ``input_shapes`` ({input name: dims}, see ``parse_input_shape``) overrides the declared shape
     of graph inputs before shape inference, e.g. to fix dynamic spatial dimensions; a string dim
@@ -820,7 +822,7 @@ def load_model_and_weight_files(
     max_total = MAX_MODEL_WITH_DATA_BYTES if max_bytes is None else max_bytes
     data, real_path, status = _read_model_file(path, MAX_MODEL_BYTES if max_bytes is None else max_bytes)
     model = _parse_model(data, path)
-    spans = weights.raw_data_spans(data)
+    spans = weights.raw_data_spans(data) if locate else None
     del data
 
     base_dir = os.path.dirname(real_path)
@@ -848,7 +850,7 @@ def load_model_and_weight_files(
         external = [t for t, _ in _all_tensors(model) if t.data_location == TensorProto.EXTERNAL]
         # where each weight's bytes lie, and each file as it is before its bytes are read (a later
         # change shows in its identity: the verification's sessions read the weights from there)
-        for t in model.graph.initializer:
+        for t in model.graph.initializer if locate else ():
             if t.data_location == TensorProto.EXTERNAL:
                 entries = {e.key: e.value for e in t.external_data}
                 external_places[t.name] = (entries["location"], int(entries.get("offset") or 0))
@@ -890,7 +892,8 @@ def load_model_and_weight_files(
     unique_node_names(model)
     if upgraded:
         opset_upgrade.check(model, upgraded, path)
-    located = None if upgraded else _weights_in_files(model, spans, real_path, external_places, identities)
+    located = None if upgraded or not locate else _weights_in_files(model, spans, real_path, external_places,
+                                                                      identities)
     return model, located
 
 

@@ -189,7 +189,8 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     if isinstance(model, onnx.ModelProto):
         ann, what = model, what or "the model"
     else:
-        (ann, ann_file), what = _load_ann(model, max_bytes=max_bytes, input_shapes=input_shapes), what or os.fspath(model)
+        ann, ann_file = _load_ann(model, max_bytes=max_bytes, input_shapes=input_shapes)
+        what = what or os.fspath(model)
     loaded = time.perf_counter()
     compiled = compile_model(ann, mode=mode)
     compiled_at = time.perf_counter()
@@ -315,9 +316,12 @@ def _snn_from_file(compiled, saving, opt_level, providers, threads) -> tuple:
 
 def _structure_of(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` without the data of its large initializers (each an external-data reference to
-    ``weights.IN_MEMORY``): nodes, functions, metadata and small initializers copied."""
+    ``weights.IN_MEMORY``): nodes, functions, metadata and small initializers copied; ``model``
+    itself where it holds none (a structure already: its weights referred to in their files)."""
     from pmsm_compiler import weights
 
+    if not any(weights.strippable(t) for t in model.graph.initializer):
+        return model
     structure, _ = weights.split(model, lazy=True, keep=False)  # the lazy mapping, dropped, reads nothing
     return structure
 

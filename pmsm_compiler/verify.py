@@ -341,7 +341,7 @@ def snn_runtime(compiled, opt_level: str = "all", providers=None, threads: int =
 def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all", mode: str | None = None,
            policy: VerificationPolicy | None = None, batch_size: int = 32, data_label: str = "random",
            providers=None, threads: int = 0, ann_session=None, plain_session=None, release_ann=None,
-           ann_weights_folder: str | None = None, snn_weights_folder: str | None = None, runtime=None) -> dict:
+           ann_weights_folder: str | None = None, runtime=None) -> dict:
     """The T = 1 verification report (see the module docstring). ``ann_session``,
     ``plain_session``: the ``reference_session``s, exposed and plain, when the caller built one
     already (``pipeline`` does, to run its check on it instead of building a session of the ANN
@@ -354,12 +354,13 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     structures), and the caller drops its own references in it, so that their weights are freed
     before that session's build, the verification's peak (``pipeline``'s ``keep_weights=False``).
 
-    ``ann_weights_folder``, ``snn_weights_folder``: where the files that the external-data
-    references of ``compiled.reference`` and of ``compiled.model`` name are (the pipeline's ANN
-    read from its model file, its SNN as written to the output: ``weights.WeightFiles``).
+    ``ann_weights_folder``: where the files that the external-data references of
+    ``compiled.reference`` name are (the pipeline's ANN read from its model file:
+    ``weights.WeightFiles``).
 
     ``runtime``: the SNN's ``snn_runtime``, when the caller built it already (the pipeline builds
-    it, and the session of its first use, while it builds the ANN's)."""
+    it from the SNN as written to the output, with the session of its first use, while it builds
+    the ANN's); default: built here from ``compiled.model``."""
     info = compiled.info
     mode = mode or info.mode
     threads, side_by_side = verification_threads(threads, providers)
@@ -374,7 +375,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     # integer kernels), compared for information only.
     quantized = has_qdq(given)
     if runtime is None:
-        runtime = snn_runtime(compiled, opt_level, providers, threads, snn_weights_folder)
+        runtime = snn_runtime(compiled, opt_level, providers, threads)
     plain = None
     if mode == "exact":
         # The outputs as run, first: the ANN as onnxruntime runs it, nothing exposed (exposing a

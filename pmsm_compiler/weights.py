@@ -451,10 +451,6 @@ class WeightFiles:
                 return path
         return None
 
-    def unchanged(self) -> bool:
-        """Whether each file read is still the one whose bytes were read (``changed``)."""
-        return self.changed() is None
-
 
 def file_references(model: ModelProto, places: dict) -> ModelProto:
     """A copy of ``model`` in which each initializer named in ``places`` ({name: (location,

@@ -142,8 +142,7 @@ class SNNSession:
         prologue, step = split_static_prologue(model, info) if split_static else (None, model)
         self.prologue = (make_session(prologue, opt_level, self.providers, threads, shared_arena=True,
                                       qdq_fusion=False, profile_prefix=self._profile_name("prologue"),
-                                      initializers=self._weights,
-                       weights_folder=self._weights_folder)
+                                      initializers=self._weights, weights_folder=self._weights_folder)
                          if prologue is not None else None)
         self.priority_order = priority_order
         self._fused_layers = 0
@@ -495,8 +494,7 @@ class SNNSession:
         model = self._full_model
         self._ann_form_tried = True  # built once (again after ``drop_sessions``)
         options = dict(threads=self._threads, shared_arena=True, qdq_fusion=False, priority_order=self.priority_order,
-                       initializers=self._weights,
-                       weights_folder=self._weights_folder)
+                       initializers=self._weights, weights_folder=self._weights_folder)
         profile_prefix = self._profile_name(_variant_label(True, True, ()))
 
         def make(path):

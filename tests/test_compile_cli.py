@@ -460,3 +460,50 @@ def test_onnxruntime_refusing_the_snn_in_the_verification_is_one_line(models, tm
     assert len(lines) == 1 and lines[0].startswith("error: onnxruntime cannot run the T = 1 verification of ")
     assert "Invalid model" in lines[0] and "Traceback" not in result.output
     assert listing(tmp_path) == []
+
+
+def test_onnxruntime_refusing_the_snn_while_its_session_is_built_beside_the_anns_is_one_line(models, tmp_path,
+                                                                                              monkeypatch):
+    """pmsm-compile builds the SNN's verification session in a thread of its own (from the file the
+    save wrote): a failure there is the same one line and exit 2, and writes nothing."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    from pmsm_compiler.runtime import SNNSession
+
+    def refuse(self, *args, **kwargs):
+        raise state.InvalidArgument("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Invalid model. built beside")
+
+    monkeypatch.setattr(SNNSession, "session_for", refuse)
+    out = tmp_path / "out.snn.onnx"
+    result = invoke(models["node"], "-o", out, "--samples", "4", "-q")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: onnxruntime cannot run the T = 1 verification of ")
+    assert "built beside" in lines[0] and "Traceback" not in result.output
+    assert listing(tmp_path) == []
+
+
+def test_a_model_file_changed_during_the_compile_is_one_line_exit_2(models, tmp_path, monkeypatch):
+    """The verification reads the weights from the model file: written to meanwhile (the same bytes
+    again, a later modification time), the compile is refused in one line naming the file."""
+    import shutil
+
+    from pmsm_compiler import verify as verify_module
+
+    model = tmp_path / "in" / "m.onnx"
+    model.parent.mkdir()
+    shutil.copy(models["node"], model)
+    verify = verify_module.verify
+
+    def touch_then_verify(*args, **kwargs):
+        model.write_bytes(model.read_bytes())
+        os.utime(model, ns=(os.stat(model).st_mtime_ns + 10**9,) * 2)
+        return verify(*args, **kwargs)
+
+    monkeypatch.setattr(verify_module, "verify", touch_then_verify)
+    out = tmp_path / "out.snn.onnx"
+    result = invoke(model, "-o", out, "--samples", "4", "-q")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and f"{model} changed on disk" in lines[0]
+    assert listing(tmp_path) == ["in"] and listing(model.parent) == ["m.onnx"]

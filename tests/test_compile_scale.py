@@ -394,12 +394,12 @@ def test_load_model_says_where_the_weights_lie_in_the_model_file(tmp_path):
     assert located.folder == str(tmp_path) and sorted(located.places) == ["fc.w", "w0", "w1", "w2"]
     assert _placed_bytes(located, loaded) == {t.name: t.raw_data for t in loaded.graph.initializer
                                               if t.name in located.places}
-    assert located.unchanged() and list(located.identities) == ["m.onnx"]
+    assert located.changed() is None and list(located.identities) == ["m.onnx"]
     (tmp_path / "m.onnx").write_bytes(data)  # the same bytes written again: another modification time
     os.utime(tmp_path / "m.onnx", ns=(located.identities["m.onnx"][3] + 10**9,) * 2)
-    assert not located.unchanged()
+    assert located.changed() == str(tmp_path / "m.onnx")
     (tmp_path / "m.onnx").unlink()
-    assert not located.unchanged()
+    assert located.changed() == str(tmp_path / "m.onnx")
 
 
 def _placed_bytes(located, model) -> dict:
@@ -415,6 +415,22 @@ def _placed_bytes(located, model) -> dict:
     return out
 
 
+def test_load_model_alone_looks_for_no_weights(tmp_path, monkeypatch):
+    """``load_model`` (pmsm-run, the runtime, the benches) reads no wire format and stats no file
+    for places nobody asks for."""
+    from pmsm_compiler import weights
+    from pmsm_compiler.loading import load_model, load_model_and_weight_files
+
+    onnx.save(chain_model(2, channels=32), tmp_path / "m.onnx")
+    calls = []
+    spans = weights.raw_data_spans
+    monkeypatch.setattr(weights, "raw_data_spans", lambda data: calls.append(1) or spans(data))
+    load_model(tmp_path / "m.onnx")
+    assert calls == []
+    assert load_model_and_weight_files(tmp_path / "m.onnx")[1] is not None and calls == [1]
+    assert load_model_and_weight_files(tmp_path / "m.onnx", locate=False)[1] is None and calls == [1]
+
+
 def test_load_model_says_where_external_weights_lie(tmp_path):
     """External data: each weight's place in its data file, and that file's identity."""
     from pmsm_compiler.loading import load_model_and_weight_files
@@ -427,7 +443,7 @@ def test_load_model_says_where_external_weights_lie(tmp_path):
     assert _placed_bytes(located, loaded) == {t.name: t.raw_data for t in loaded.graph.initializer
                                               if t.name in located.places}
     os.utime(tmp_path / "ext.onnx.data", ns=(located.identities["ext.onnx.data"][3] + 10**9,) * 2)
-    assert not located.unchanged()
+    assert located.changed() == str(tmp_path / "ext.onnx.data")
 
 
 def test_load_model_gives_no_weights_file_after_an_opset_upgrade(tmp_path):

@@ -237,6 +237,18 @@ def test_a_model_file_that_changes_while_its_weights_are_read_from_it_is_refused
     assert compile_and_verify(str(path), "folded", samples=4, output=out, keep_weights=True).saved  # keeps its own
 
 
+def test_a_structure_is_its_own_structure():
+    """``_structure_of`` copies a model that holds weights, and returns one that holds none (the
+    loaded model once its weights are referred to in its file) as it is: no copy made twice."""
+    from pmsm_compiler.pipeline import _structure_of
+
+    model = onnx.load(PQA)
+    structure = _structure_of(model)
+    assert structure is not model and _large_initializers(structure)
+    assert not any(t.HasField("raw_data") for t in _large_initializers(structure))
+    assert _structure_of(structure) is structure
+
+
 def _references_to_file(model, path) -> dict:
     """{name: the bytes each large initializer of ``model`` refers to in file ``path``}; every one
     must refer to that file and hold no data."""
