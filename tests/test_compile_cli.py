@@ -441,45 +441,26 @@ def test_input_shape_fixes_the_batch_of_the_shipped_vit(tmp_path):
     assert verification["passed"] and verification["batch"] == 2 and verification["max_abs_diff"] == 0.0
 
 
-def test_onnxruntime_refusing_the_snn_in_the_verification_is_one_line(models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["run_first_step", "session_for"], ids=["its run", "its session, built beside"])
+def test_onnxruntime_refusing_the_snn_in_the_verification_is_one_line(models, tmp_path, monkeypatch, where):
     """An onnxruntime failure on the compiled SNN during the verification (a compiler bug, e.g.
-    fuzzer seed 61973 before its fix) is one `error:` line and exit 2, and writes nothing."""
+    fuzzer seed 61973 before its fix) is one `error:` line and exit 2, and writes nothing: in its
+    run, and in its session, which pmsm-compile builds in a thread of its own beside the ANN's."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
     from pmsm_compiler.runtime import SNNSession
 
     def refuse(self, *args, **kwargs):
-        raise state.InvalidArgument("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Invalid model. Node input 'x' "
-                                    "is not a graph input")
+        raise state.InvalidArgument(f"[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Invalid model. Node input 'x' "
+                                    f"is not a graph input ({where})")
 
-    monkeypatch.setattr(SNNSession, "run_first_step", refuse)
+    monkeypatch.setattr(SNNSession, where, refuse)
     out = tmp_path / "out.snn.onnx"
     result = invoke(models["node"], "-o", out, "--samples", "4", "-q")
     assert result.exit_code == 2, result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: onnxruntime cannot run the T = 1 verification of ")
-    assert "Invalid model" in lines[0] and "Traceback" not in result.output
-    assert listing(tmp_path) == []
-
-
-def test_onnxruntime_refusing_the_snn_while_its_session_is_built_beside_the_anns_is_one_line(models, tmp_path,
-                                                                                              monkeypatch):
-    """pmsm-compile builds the SNN's verification session in a thread of its own (from the file the
-    save wrote): a failure there is the same one line and exit 2, and writes nothing."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    from pmsm_compiler.runtime import SNNSession
-
-    def refuse(self, *args, **kwargs):
-        raise state.InvalidArgument("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Invalid model. built beside")
-
-    monkeypatch.setattr(SNNSession, "session_for", refuse)
-    out = tmp_path / "out.snn.onnx"
-    result = invoke(models["node"], "-o", out, "--samples", "4", "-q")
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: onnxruntime cannot run the T = 1 verification of ")
-    assert "built beside" in lines[0] and "Traceback" not in result.output
+    assert "Invalid model" in lines[0] and f"({where})" in lines[0] and "Traceback" not in result.output
     assert listing(tmp_path) == []
 
 
