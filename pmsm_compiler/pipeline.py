@@ -181,7 +181,7 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     from pmsm_compiler import weights
     from pmsm_compiler.compiler import compile_model
     from pmsm_compiler.sessions import onnxruntime_errors
-    from pmsm_compiler.verify import VerificationPolicy, has_qdq, verification_threads, verify
+    from pmsm_compiler.verify import VerificationPolicy, has_qdq, verification_snn_threads, verify
 
     start = time.perf_counter()
     check_sampling(samples, seed)  # before the load: bad arguments cost nothing
@@ -224,7 +224,7 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
     # there, and the ModelProto that held them goes; its session is built in a thread of its own
     # while this one builds the ANN's (onnxruntime builds sessions without the GIL)
     snn_pending = (_in_background(_snn_from_file, compiled, saving, opt_level, providers,
-                                  verification_threads(threads, providers)[0])
+                                  verification_snn_threads(compiled.info, samples, threads, providers))
                    if release and check and saving is not None else None)
     snn_file = None
     try:
@@ -248,14 +248,14 @@ def compile_and_verify(model: str | os.PathLike[str] | onnx.ModelProto, mode: st
             # used), as plain keyword arguments: a call with ** keeps its positional arguments (the
             # loaded model) and its keyword dict (the sessions) for as long as it runs.
             with onnxruntime_errors(f"the T = 1 verification of {what}"):
-                runtime, snn_file = snn_pending.result() if snn_pending is not None else (None, None)
                 verification = verify(ann, compiled, x, opt_level=opt_level, mode=mode,
                                       policy=policy or VerificationPolicy(), data_label=label, providers=providers,
                                       threads=threads, ann_session=sessions.pop("ann_session", None),
                                       plain_session=sessions.pop("plain_session", None),
                                       release_ann=structure_only if release else None,
-                                      ann_weights_folder=ann_folder, runtime=runtime)
-                del runtime
+                                      ann_weights_folder=ann_folder, runtime=snn_pending)
+                if snn_pending is not None:  # its result, the SNN's runtime, goes with it
+                    snn_file, snn_pending = saving.weights_file(), None
         changed = ann_file.changed() if ann_file is not None else None
         if changed:
             raise InputError(f"{what}: {changed} changed on disk while it was compiled and verified "
@@ -300,18 +300,18 @@ def _prepare_verification(ann, compiled, *, mode, check, data, samples, seed, no
     return x, label, sessions
 
 
-def _snn_from_file(compiled, saving, opt_level, providers, threads) -> tuple:
-    """(the verification's ``verify.snn_runtime`` of the SNN, warm, its ``weights.WeightFiles``)
-    once the background save has written the SNN's weights: ``compiled.model`` is then the
-    structure that refers to them there; (None, None) where the writer failed first (the
-    verification then reads the weights from the ModelProto)."""
+def _snn_from_file(compiled, saving, opt_level, providers, threads):
+    """The verification's ``verify.snn_runtime`` of the SNN, warm, once the background save has
+    written the SNN's weights: ``compiled.model`` is then the structure that refers to them there
+    (``saving.weights_file()``); None where the writer failed first (the verification then reads
+    the weights from the ModelProto)."""
     from pmsm_compiler.verify import snn_runtime
 
     snn_file = saving.weights_file()
     if snn_file is None:
-        return None, None
+        return None
     compiled.model = snn_file.references(compiled.model)
-    return snn_runtime(compiled, opt_level, providers, threads, snn_file.folder, warm=True), snn_file
+    return snn_runtime(compiled, opt_level, providers, threads, snn_file.folder, warm=True)
 
 
 def _structure_of(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -49,13 +49,20 @@ fewer samples, so that one batch's layer outputs stay within ``BATCH_BYTES``
 The ANN and the SNN run side by side, each on half the cores (``verification_threads``), unless a
 number of threads is asked for: onnxruntime's kernels scale poorly on the verification's small
 batches (``bench/verify_side_by_side.py``, 2 cores: ViT-S, batch 1, 49.9 → 36.4 ms a sample
-pair; VGG-16 8.0 → 7.6; ResNet-20 1.46 → 1.01). Their results do not depend on the threads
-(the bench compares them; checked on the shipped and bench models, both modes).
+pair; VGG-16 8.0 → 7.6; ResNet-20 1.46 → 1.01). The ANN's runs go ahead of the SNN's in a thread
+of their own (``_AheadOfTheSNN``), from the moment its session is built, while the SNN's is still
+being built (``pmsm-compile`` builds it in a thread from the output file), holding what the
+comparison needs of them (``_AnnLevels``: the levels as int8 where they fit) within
+``AHEAD_BYTES``; where the results of every sample fit, the SNN's session gets all the cores
+(``verification_snn_threads``). Their results do not depend on the threads (the bench compares
+them; checked on the shipped and bench models, both modes).
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 from concurrent import futures
 from dataclasses import asdict, dataclass
 
@@ -267,6 +274,10 @@ def _cross_check_onnx_reference(ann, ann_sess, x, input_name, output, fixed_batc
     return record
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def verification_threads(threads: int = 0, providers=None) -> tuple[int, bool]:
     """(intra-op threads of each verification session, whether the ANN and the SNN run side by
     side) for a verification asked to run on ``threads`` (0: onnxruntime's default): on the CPU by
@@ -274,49 +285,151 @@ def verification_threads(threads: int = 0, providers=None) -> tuple[int, bool]:
     another provider) run one after the other with them."""
     if threads or (providers and providers[0] != "CPUExecutionProvider"):
         return threads, False
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _cores()
     return (cores // 2, True) if cores >= 2 else (threads, False)
 
 
-class _SideBySide:
-    """``run(ann_call, snn_call)`` → (ann_call(), snn_call()): the ANN's call in a second thread
-    while the SNN's runs (onnxruntime runs without the GIL), or one after the other."""
+def ann_results_bytes(info: SNNInfo, samples: int) -> int:
+    """The most that ``samples`` samples of the ANN's results (``_AnnLevels``) hold, network outputs
+    aside: a byte a level of an AIF layer whose levels fit int8, four bytes a value otherwise."""
+    per_sample = sum((layer.neurons or 0) * (1 if layer.neuron == "AIF" and layer.s_min is not None
+                                             and -128 <= layer.s_min and (layer.s_max or 0) <= 127 else 4)
+                     for layer in info.layers)
+    return per_sample * samples
 
-    def __init__(self, concurrent: bool):
-        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="pmsm-verify") if concurrent else None
+
+def verification_snn_threads(info: SNNInfo, samples: int, threads: int = 0, providers=None) -> int:
+    """The intra-op threads of the verification's SNN session (``verification_threads``' share of
+    the cores), or all the cores where the ANN and the SNN run side by side and the ANN's results of
+    all ``samples`` samples fit ``AHEAD_BYTES``: the ANN's runs then go ahead of the SNN's, mostly
+    while the SNN's session is built, and the SNN's have the cores to themselves once they are done
+    (VGG-16, 2 cores: its whole ``pmsm-compile`` 1.99 -> 1.82 s; ViT-S, whose results do not fit,
+    4.28 -> 4.72 s with it)."""
+    each, side_by_side = verification_threads(threads, providers)
+    if side_by_side and ann_results_bytes(info, samples) <= AHEAD_BYTES:
+        return _cores()
+    return each
+
+
+#: The most bytes of the ANN's results (``_AnnLevels``) the verification holds ahead of the SNN's:
+#: the ANN's runs start once its session is built, while the SNN's is still being built, and go on
+#: as far as this allows (at least one batch).
+AHEAD_BYTES = 32 * 2**20
+
+
+@dataclass
+class _AnnLevels:
+    """One batch of the ANN as the comparison needs it: per neuron layer, the levels k = rint(y / s)
+    (AIF; int8 where they all fit, else float32) or the output y itself (IF), and the network
+    outputs, each of the ``n`` real samples."""
+    levels: list
+    outputs: dict
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self.levels) + sum(v.nbytes for v in self.outputs.values())
+
+
+def _ann_levels(values: dict, layers, outputs, n: int) -> _AnnLevels:
+    """``_AnnLevels`` of the ANN's outputs ``values`` ({name: array}) for the first ``n`` samples."""
+    levels = []
+    for layer in layers:
+        y = values[layer.ann_output][:n]
+        if layer.neuron != "AIF":
+            levels.append(y.copy())
+            continue
+        k = np.divide(y, np.float32(layer.ann_post_scale))
+        np.rint(k, out=k)
+        # int8 holds every level of a quantizer of up to 8 bits exactly; a NaN fails both bounds
+        if k.size and -128.0 <= k.min() and k.max() <= 127.0:
+            k = k.astype(np.int8)
+        levels.append(k)
+    return _AnnLevels(levels, {name: values[name][:n].copy() for name in outputs})
+
+
+class _AheadOfTheSNN:
+    """The ANN's batches (``compute(xb, n)`` of each of ``batches``), in order: computed in a thread
+    of its own (``concurrent``; onnxruntime runs without the GIL) as far ahead of the caller's
+    ``next()`` as ``budget`` bytes of results allow (at least one batch), or each when asked for.
+    A failure is raised by ``next()``; leaving the block stops the thread after its current batch
+    and waits for it."""
+
+    def __init__(self, compute, batches, budget: int, concurrent: bool):
+        self._compute, self._batches, self._budget = compute, iter(batches), budget
+        self._cond = threading.Condition()
+        self._ready: collections.deque = collections.deque()
+        self._held = self._last = 0
+        self._stop = self._done = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._produce, name="pmsm-verify-ann", daemon=True) \
+            if concurrent else None
 
     def __enter__(self):
+        if self._thread is not None:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        if self._thread is not None:
+            with self._cond:
+                self._stop = True
+                self._cond.notify_all()
+            self._thread.join()
 
-    def run(self, ann_call, snn_call):
-        if self._pool is None:
-            return ann_call(), snn_call()
-        pending = self._pool.submit(ann_call)
+    def _produce(self) -> None:
         try:
-            snn = snn_call()
-        except BaseException:
-            futures.wait([pending])
-            raise
-        return pending.result(), snn
+            for xb, n in self._batches:
+                with self._cond:
+                    while self._held and self._held + self._last > self._budget and not self._stop:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                result = self._compute(xb, n)
+                with self._cond:
+                    self._ready.append(result)
+                    self._held += result.nbytes
+                    self._last = result.nbytes
+                    self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread by next()
+            with self._cond:
+                self._error = exc
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def next(self) -> _AnnLevels:
+        if self._thread is None:
+            xb, n = next(self._batches)
+            return self._compute(xb, n)
+        with self._cond:
+            while not self._ready and not self._done:
+                self._cond.wait()
+            if not self._ready:  # the batches before the failure were handed over first
+                raise self._error or RuntimeError("the ANN's batches ended before the SNN's")
+            result = self._ready.popleft()
+            self._held -= result.nbytes
+            self._cond.notify_all()
+            return result
 
 
-def _compare_as_run(plain_sess, runtime, x, input_name, outputs, batch, concurrent=False) -> dict:
-    """{max_abs_diff, top1_agreement} of the plain ANN's outputs and the SNN's T = 1 run's."""
+def _compare_as_run(plain_sess, snn, x, input_name, outputs, batch, concurrent=False) -> dict:
+    """{max_abs_diff, top1_agreement} of the plain ANN's outputs and the SNN's T = 1 run's;
+    ``snn()``: the SNN's runtime (built, or waited for, while the ANN's first batches run)."""
+    def ann_outputs(xb, n):
+        return _AnnLevels([], {name: v[:n] for name, v in zip(outputs, plain_sess.run(outputs, {input_name: xb}))})
+
     diff, same, compared = 0.0, 0, 0
-    with _SideBySide(concurrent) as pair:
+    with _AheadOfTheSNN(ann_outputs, padded_batches(x, batch), AHEAD_BYTES, concurrent) as ahead:
+        runtime = snn()
         for xb, n in padded_batches(x, batch):
-            ann_values, snn = pair.run(lambda: plain_sess.run(outputs, {input_name: xb}),
-                                       lambda: runtime.run_first_step(xb))
-            ann = dict(zip(outputs, ann_values))
+            s = runtime.run_first_step(xb)
+            ann = ahead.next().outputs
             for name in outputs:
                 if ann[name].size:
-                    diff = max(diff, float(np.abs(ann[name][:n].astype(np.float64) - snn[name][:n]).max()))
+                    diff = max(diff, float(np.abs(ann[name].astype(np.float64) - s[name][:n]).max()))
             if ann[outputs[0]].ndim == 2:
-                same += int((ann[outputs[0]][:n].argmax(1) == snn[outputs[0]][:n].argmax(1)).sum())
+                same += int((ann[outputs[0]].argmax(1) == s[outputs[0]][:n].argmax(1)).sum())
                 compared += n
     return {"max_abs_diff": diff, "top1_agreement": same / compared if compared else None}
 
@@ -358,11 +471,14 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     ``compiled.reference`` name are (the pipeline's ANN read from its model file:
     ``weights.WeightFiles``).
 
-    ``runtime``: the SNN's ``snn_runtime``, when the caller built it already (the pipeline builds
-    it from the SNN as written to the output, with the session of its first use, while it builds
-    the ANN's); default: built here from ``compiled.model``."""
+    ``runtime``: the SNN's ``snn_runtime``, when the caller builds it (the pipeline builds it from
+    the SNN as written to the output, with the session of its first use, in a thread while it
+    builds the ANN's, and passes that thread's future: the ANN's runs start before it is done; a
+    future whose result is None: built here); default: built here from ``compiled.model``, on
+    ``verification_snn_threads``, while the ANN's first batches run."""
     info = compiled.info
     mode = mode or info.mode
+    snn_threads = verification_snn_threads(info, len(x), threads, providers)
     threads, side_by_side = verification_threads(threads, providers)
     policy = policy or VerificationPolicy()
     layers = info.layers
@@ -374,8 +490,16 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     # What a deployment of the quantized ANN computes (onnxruntime's default: Q/DQ fused into
     # integer kernels), compared for information only.
     quantized = has_qdq(given)
-    if runtime is None:
-        runtime = snn_runtime(compiled, opt_level, providers, threads)
+    pending = runtime if isinstance(runtime, futures.Future) else None
+
+    def built_runtime():  # the caller's, once built (None: its writer failed), or one built here
+        nonlocal runtime, pending
+        if pending is not None:
+            runtime, pending = pending.result(), None
+        if runtime is None:
+            runtime = snn_runtime(compiled, opt_level, providers, snn_threads)
+        return runtime
+
     plain = None
     if mode == "exact":
         # The outputs as run, first: the ANN as onnxruntime runs it, nothing exposed (exposing a
@@ -387,7 +511,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                                                    weights_folder=ann_weights_folder)
         plain_session = None
         plain = {"what": "the SNN's T = 1 run against the ANN as onnxruntime runs it, no quantizer output exposed",
-                 **_compare_as_run(plain_sess, runtime, x, input_name, info.outputs,
+                 **_compare_as_run(plain_sess, built_runtime, x, input_name, info.outputs,
                                    declared_batch(info.inputs[0].shape)
                                    or min(batch_size, PLAIN_BATCH_FACTOR * verification_batch(info, batch_size)),
                                    side_by_side),
@@ -428,37 +552,37 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
     top1_gaps, top1_scale = [], 0.0  # the ANN's margin between the two top-1 classes where they differ
     deployed_same, deployed_diff = 0, 0.0
     batch = verification_batch(info, batch_size)
-    with _SideBySide(side_by_side) as pair:
+
+    def ann_levels(xb, n):
+        return _ann_levels(dict(zip(ann_names, ann_sess.run(None, {input_name: xb}))), layers, outputs, n)
+
+    with _AheadOfTheSNN(ann_levels, padded_batches(x, batch), AHEAD_BYTES, side_by_side) as ahead:
+        runtime = built_runtime()  # the ANN's first batches run while the SNN's session is built
         for xb, n in padded_batches(x, batch):
-            ann_values, s = pair.run(lambda: ann_sess.run(None, {input_name: xb}),
-                                     lambda: runtime.run_first_step(xb, spikes))
-            a = dict(zip(ann_names, ann_values))
+            s = runtime.run_first_step(xb, spikes)
+            a = ahead.next()
             tail_feeds = {l.ann_output: emitted_values(l, s[l.spike_tensor]) for l in layers if l.ann_output in tail_inputs}
             if input_name in tail_inputs:
                 tail_feeds[input_name] = xb
             r = dict(zip(outputs, tail_sess.run(outputs, tail_feeds)))
+            del tail_feeds
             for j, layer in enumerate(layers):
-                y = a[layer.ann_output][:n]
                 k = s[layer.spike_tensor][:n]
                 if layer.neuron == "AIF":
-                    # in place, counted without a sum: ViT-S's 122 layers (3.9 M levels a sample) made
-                    # this loop a tenth of its verification (its compile 4.92 -> 4.81 s, median of 3)
-                    k_ann = np.divide(y, np.float32(layer.ann_post_scale))
-                    np.rint(k_ann, out=k_ann)
-                    same = k_ann == k
+                    same = a.levels[j] == k
                 else:  # IF: compare the real outputs, informational only
-                    same = np.abs(y - k * np.float32(layer.theta_out)) <= 1e-6 * max(1.0, layer.theta_out)
+                    same = np.abs(a.levels[j] - k * np.float32(layer.theta_out)) <= 1e-6 * max(1.0, layer.theta_out)
                 agree[j] += np.count_nonzero(same)
                 total[j] += same.size
             for name in outputs:
-                ann_out, snn_out, ref = (v[name][:n].astype(np.float64) for v in (a, s, r))
+                ann_out, snn_out, ref = (v[:n].astype(np.float64) for v in (a.outputs[name], s[name], r[name]))
                 if snn_out.size:
                     max_abs = max(max_abs, float(np.abs(ann_out - snn_out).max()))
                     tail_err = max(tail_err, float(np.abs(ref - snn_out).max()))
                     tail_scale = max(tail_scale, float(np.abs(ref).max()))
             first = outputs[0]
-            if a[first].ndim == 2:
-                logits = a[first][:n].astype(np.float64)
+            if a.outputs[first].ndim == 2:
+                logits = a.outputs[first][:n].astype(np.float64)
                 ann_top, snn_top = logits.argmax(1), s[first][:n].argmax(1)
                 rows = np.flatnonzero(ann_top != snn_top)
                 top1_same += n - rows.size
@@ -471,6 +595,7 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
                 deployed_diff = max(deployed_diff, float(np.abs(d[first][:n].astype(np.float64) - s[first][:n]).max()))
                 if d[first].ndim == 2:
                     deployed_same += int((d[first][:n].argmax(1) == s[first][:n].argmax(1)).sum())
+            del s, a, r  # before the next batch's arrays are made
     onnx_reference = _cross_check_onnx_reference(ann, ann_sess, x, input_name, outputs[0],
                                                  declared_batch(info.inputs[0].shape)) \
         if quantized else None

@@ -332,11 +332,14 @@ def test_verification_threads_default_to_half_the_cores_side_by_side(monkeypatch
     assert v.verification_threads(0) == (0, False)
 
 
+@pytest.mark.parametrize("ahead_bytes", [None, 1])
 @pytest.mark.parametrize("mode", ["folded", "exact"])
-def test_side_by_side_verification_reports_what_one_after_the_other_does(monkeypatch, mode):
-    """The ANN's runs in a second thread beside the SNN's (the default on 2+ cores) give the report
-    of the runs one after the other, value for value (onnxruntime's results do not depend on the
-    threads), and the ANN side really runs in the other thread."""
+def test_side_by_side_verification_reports_what_one_after_the_other_does(monkeypatch, mode, ahead_bytes):
+    """The ANN's runs in a thread of their own, ahead of the SNN's (the default on 2+ cores; the
+    SNN on all the cores where the ANN's results fit ``AHEAD_BYTES``, on one where they do not: a
+    budget of 1 byte holds the ANN one batch ahead), give the report of the runs one after the
+    other, value for value (onnxruntime's results do not depend on the threads), and the ANN side
+    really runs in the other thread."""
     import threading
 
     from pmsm_compiler import verify as v
@@ -349,42 +352,130 @@ def test_side_by_side_verification_reports_what_one_after_the_other_does(monkeyp
     monkeypatch.setattr(v, "verification_threads", lambda threads=0, providers=None: (1, False))
     sequential = verify(ann, compiled, x, mode=mode, batch_size=8)
     seen = set()
-    run = v._SideBySide.run
+    init = v._AheadOfTheSNN.__init__
 
-    def recording(self, ann_call, snn_call):
-        return run(self, lambda: (seen.add(threading.current_thread() is threading.main_thread()), ann_call())[1],
-                   snn_call)
+    def recording(self, compute, batches, budget, concurrent):
+        init(self, lambda xb, n: (seen.add(threading.current_thread() is threading.main_thread()), compute(xb, n))[1],
+             batches, budget, concurrent)
 
-    monkeypatch.setattr(v._SideBySide, "run", recording)
+    monkeypatch.setattr(v._AheadOfTheSNN, "__init__", recording)
     monkeypatch.setattr(v, "verification_threads", lambda threads=0, providers=None: (1, True))
+    if ahead_bytes is not None:
+        monkeypatch.setattr(v, "AHEAD_BYTES", ahead_bytes)
     side_by_side = verify(ann, compiled, x, mode=mode, batch_size=8)
     assert seen == {False}
     assert side_by_side == sequential and side_by_side["passed"]
 
 
-def test_side_by_side_waits_for_the_ann_run_when_the_snn_run_fails():
-    from pmsm_compiler.verify import _SideBySide
+def _levels(n):
+    from pmsm_compiler.verify import _AnnLevels
 
+    return _AnnLevels([], {"y": np.zeros(n, np.float64)})  # 8 bytes a sample
+
+
+def test_the_ann_ahead_keeps_to_its_budget_and_its_order():
+    """At most ``budget`` bytes of results wait (here three batches of 8 bytes), handed over in
+    the batches' order; one after the other, each is computed when asked for."""
     import threading
     import time
 
-    done = threading.Event()
+    from pmsm_compiler.verify import _AheadOfTheSNN
 
-    def slow_ann():
+    lock = threading.Lock()
+    taken, waiting = [0], []
+
+    def compute(xb, n):
+        with lock:
+            waiting.append(xb - taken[0])  # batches computed before this one and not yet taken
+        return _levels(1)
+
+    batches = [(i, 1) for i in range(12)]
+    with _AheadOfTheSNN(compute, batches, 24, True) as ahead:
+        for i in range(12):
+            time.sleep(0.01)  # the ANN side is faster: it fills the budget
+            assert ahead.next() is not None
+            with lock:
+                taken[0] = i + 1
+    assert max(waiting) <= 3 and len(waiting) == 12
+    order = []
+    with _AheadOfTheSNN(lambda xb, n: (order.append(xb), _levels(n))[1], batches, 24, False) as ahead:
+        for i in range(3):
+            ahead.next()
+            assert order == list(range(i + 1))
+
+
+def test_the_ann_ahead_stops_and_is_waited_for_when_the_snn_fails():
+    """Leaving the block on the SNN side's error stops the ANN side after its current batch and
+    waits for it: nothing is left running behind the error."""
+    import time
+
+    from pmsm_compiler.verify import _AheadOfTheSNN
+
+    started, computed = [], []
+
+    def slow_ann(xb, n):
+        started.append(xb)
         time.sleep(0.05)
-        done.set()
-        return "ann"
+        computed.append(xb)
+        return _levels(n)
 
-    def failing_snn():
-        raise RuntimeError("snn failed")
+    with pytest.raises(RuntimeError, match="snn failed"):
+        with _AheadOfTheSNN(slow_ann, [(i, 1) for i in range(100)], 1, True) as ahead:
+            ahead.next()
+            raise RuntimeError("snn failed")
+    assert started == computed and len(computed) <= 2
 
-    with _SideBySide(True) as pair:
-        with pytest.raises(RuntimeError, match="snn failed"):
-            pair.run(slow_ann, failing_snn)
-        assert done.is_set()  # not left running behind the error
-        assert pair.run(lambda: 1, lambda: 2) == (1, 2)
-    with _SideBySide(False) as pair:
-        assert pair.run(lambda: 1, lambda: 2) == (1, 2)
+
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_the_ann_sides_failure_is_raised_where_its_result_is_asked_for(concurrent):
+    from pmsm_compiler.verify import _AheadOfTheSNN
+
+    def failing(xb, n):
+        if xb == 1:
+            raise ValueError("ann failed")
+        return _levels(n)
+
+    with _AheadOfTheSNN(failing, [(0, 1), (1, 1), (2, 1)], 1 << 20, concurrent) as ahead:
+        ahead.next()
+        with pytest.raises(ValueError, match="ann failed"):
+            ahead.next()
+
+
+def test_ann_levels_are_held_as_int8_where_they_fit():
+    """rint(y / s) as the comparison takes it, exactly: int8 where every level fits (the usual
+    quantizers), float32 where one does not or one is not a number; an IF layer's output as it is."""
+    from types import SimpleNamespace
+
+    from pmsm_compiler.verify import _ann_levels
+
+    aif = SimpleNamespace(neuron="AIF", ann_output="a", ann_post_scale=0.5)
+    wide = SimpleNamespace(neuron="AIF", ann_output="w", ann_post_scale=0.5)
+    broken = SimpleNamespace(neuron="AIF", ann_output="b", ann_post_scale=0.5)
+    lossy = SimpleNamespace(neuron="IF", ann_output="i", ann_post_scale=None)
+    a = np.array([[-64.0, -0.25, 0.25, 0.75, 63.5], [1.25, 2.5, 3.0, -1.5, 0.0]], np.float32)
+    values = {"a": a, "w": a * 4, "b": np.array([[np.nan, 1.0], [0.5, 2.0]], np.float32), "i": a, "out": a[:, :2]}
+    got = _ann_levels(values, [aif, wide, broken, lossy], ["out"], 1)
+    expected = np.rint(a[:1] / np.float32(0.5))
+    assert got.levels[0].dtype == np.int8 and np.array_equal(got.levels[0], expected)
+    assert got.levels[1].dtype == np.float32 and np.array_equal(got.levels[1], np.rint(a[:1] * 4 / np.float32(0.5)))
+    assert got.levels[2].dtype == np.float32 and np.isnan(got.levels[2][0, 0])
+    assert np.array_equal(got.levels[3], a[:1]) and np.array_equal(got.outputs["out"], a[:1, :2])
+    assert got.nbytes == 5 + 20 + 8 + 20 + 8
+
+
+def test_the_snn_gets_all_the_cores_where_the_anns_results_fit(monkeypatch):
+    from pmsm_compiler import verify as v
+    from pmsm_compiler.models import shipped_model_path
+    from pmsm_compiler.loading import load_model
+
+    info = compile_model(load_model(shipped_model_path("resnet20_pqa_cifar10.onnx"))).info
+    per_sample = sum(layer.neurons for layer in info.layers)
+    assert v.ann_results_bytes(info, 64) == 64 * per_sample  # ResNet-20's levels: int8
+    monkeypatch.setattr(v.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert v.verification_snn_threads(info, 64) == 6
+    assert v.verification_snn_threads(info, v.AHEAD_BYTES // per_sample + 1) == 3  # the ANN cannot go all ahead
+    assert v.verification_snn_threads(info, 64, threads=4) == 4  # asked for
+    assert v.verification_snn_threads(info, 64, providers=["CUDAExecutionProvider"]) == 0
 
 
 def _tied_classifier(ann_ratio: float, snn_ratio: float):
