@@ -510,12 +510,13 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         plain_sess = plain_session or make_session(ann, opt_level, providers, threads, qdq_fusion=False,
                                                    weights_folder=ann_weights_folder)
         plain_session = None
+        as_run = _compare_as_run(plain_sess, built_runtime, x, input_name, info.outputs,
+                                 declared_batch(info.inputs[0].shape)
+                                 or min(batch_size, PLAIN_BATCH_FACTOR * verification_batch(info, batch_size)),
+                                 side_by_side)
+        runtime = built_runtime()  # built by the comparison, while the ANN's first batches ran
         plain = {"what": "the SNN's T = 1 run against the ANN as onnxruntime runs it, no quantizer output exposed",
-                 **_compare_as_run(plain_sess, built_runtime, x, input_name, info.outputs,
-                                   declared_batch(info.inputs[0].shape)
-                                   or min(batch_size, PLAIN_BATCH_FACTOR * verification_batch(info, batch_size)),
-                                   side_by_side),
-                 "ann_form": runtime.ann_form}
+                 **as_run, "ann_form": runtime.ann_form}
         if runtime.ann_form_note:
             plain["ann_form_note"] = runtime.ann_form_note
         del plain_sess
