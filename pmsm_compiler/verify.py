@@ -303,8 +303,9 @@ def verification_snn_threads(info: SNNInfo, samples: int, threads: int = 0, prov
     the cores), or all the cores where the ANN and the SNN run side by side and the ANN's results of
     all ``samples`` samples fit ``AHEAD_BYTES``: the ANN's runs then go ahead of the SNN's, mostly
     while the SNN's session is built, and the SNN's have the cores to themselves once they are done
-    (VGG-16, 2 cores: its whole ``pmsm-compile`` 1.99 -> 1.82 s; ViT-S, whose results do not fit,
-    4.28 -> 4.72 s with it)."""
+    (VGG-16, 2 cores: its whole ``pmsm-compile`` 2.03 s with the SNN on its half, 1.84 s on all of
+    them; ViT-S, whose results do not fit, would take 4.72 s instead of 4.28 s on all of them:
+    ``docs/benchmarks.md``, "The ANN's runs ahead of the SNN's")."""
     each, side_by_side = verification_threads(threads, providers)
     if side_by_side and ann_results_bytes(info, samples) <= AHEAD_BYTES:
         return _cores()
