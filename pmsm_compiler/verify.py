@@ -304,7 +304,7 @@ def verification_snn_threads(info: SNNInfo, samples: int, threads: int = 0, prov
     all ``samples`` samples fit ``AHEAD_BYTES``: the ANN's runs then go ahead of the SNN's, mostly
     while the SNN's session is built, and the SNN's have the cores to themselves once they are done
     (VGG-16, 2 cores: its whole ``pmsm-compile`` 2.03 s with the SNN on its half, 1.84 s on all of
-    them; ViT-S, whose results do not fit, would take 4.72 s instead of 4.28 s on all of them:
+    them; ViT-S, whose results do not fit, would take 4.55 s instead of 4.19 s on all of them:
     ``docs/benchmarks.md``, "The ANN's runs ahead of the SNN's")."""
     each, side_by_side = verification_threads(threads, providers)
     if side_by_side and ann_results_bytes(info, samples) <= AHEAD_BYTES:
@@ -508,6 +508,11 @@ def verify(ann: onnx.ModelProto, compiled, x: np.ndarray, opt_level: str = "all"
         # nobody deploys), against the SNN's T = 1 run (its step in the ANN's form). Only network
         # outputs are held, so its batches are larger (``PLAIN_BATCH_FACTOR``). Its sessions are freed before
         # the others are built: the caller hands ``plain_session`` over (pipeline keeps no reference).
+        if plain_session is None:
+            # not built beside the SNN's session: both copy the weights (the legacy VGG-16's
+            # reference, in memory), the two builds' copies at once were its peak (842 -> 967 MiB
+            # for 0.35 s, against 823 -> 843 MiB for 0.12 s waiting)
+            built_runtime()
         plain_sess = plain_session or make_session(ann, opt_level, providers, threads, qdq_fusion=False,
                                                    weights_folder=ann_weights_folder)
         plain_session = None

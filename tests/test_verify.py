@@ -367,6 +367,46 @@ def test_side_by_side_verification_reports_what_one_after_the_other_does(monkeyp
     assert side_by_side == sequential and side_by_side["passed"]
 
 
+def test_exact_mode_builds_its_own_plain_session_after_the_snns(monkeypatch):
+    """Where no plain session is handed over (a reference of the compiler's own, in memory), exact
+    mode builds it once the SNN's runtime is built, not beside its build: both copy the weights, and
+    the two copies at once were a legacy export's peak. The report is the one of a built runtime."""
+    import threading
+    import time
+    from concurrent import futures
+
+    from pmsm_compiler import verify as v
+    from pmsm_compiler.models import shipped_model_path
+    from pmsm_compiler.loading import load_model
+
+    ann = load_model(shipped_model_path("resnet20_pqa_cifar10.onnx"))
+    compiled = compile_model(ann, mode="exact")
+    x = random_inputs(compiled.info, 8, 0)
+    expected = verify(ann, compiled, x, mode="exact")
+    pending = futures.Future()
+    built_first = []
+    make_session = v.make_session
+
+    def recording(*args, **kwargs):
+        built_first.append(pending.done())
+        return make_session(*args, **kwargs)
+
+    monkeypatch.setattr(v, "make_session", recording)
+
+    def build():
+        time.sleep(0.2)  # the verification would build its plain session meanwhile
+        pending.set_result(v.snn_runtime(compiled))
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    try:
+        report = verify(ann, compiled, x, mode="exact", runtime=pending)
+    finally:
+        builder.join()
+    assert built_first[0] is True  # the plain session, the first verify builds: after the SNN's
+    assert report == expected and report["passed"]
+
+
 def _levels(n):
     from pmsm_compiler.verify import _AnnLevels
 
