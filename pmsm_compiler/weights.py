@@ -424,11 +424,11 @@ class WeightFiles:
     identities: dict = field(default_factory=dict)
 
     @classmethod
-    def of_file(cls, path: str, offsets: dict, identity: tuple | None = None) -> "WeightFiles":
-        """The initializers at ``offsets`` ({name: offset}) of the one file ``path``."""
+    def of_file(cls, path: str, offsets: dict) -> "WeightFiles":
+        """The initializers at ``offsets`` ({name: offset}) of the one file ``path`` (a file of our
+        own: no identity kept to check)."""
         name = os.path.basename(path)
-        return cls(os.path.dirname(os.path.abspath(path)), {n: (name, o) for n, o in offsets.items()},
-                   {name: identity} if identity is not None else {})
+        return cls(os.path.dirname(os.path.abspath(path)), {n: (name, o) for n, o in offsets.items()}, {})
 
     def moved_to(self, path: str) -> "WeightFiles":
         """The same places in the one file under its new ``path`` (a temporary file put in place)."""
