@@ -7,7 +7,7 @@ For one zoo model (bench/relu_floor.py's: the PQA network with random λ and Bat
 folded mode, and the same network with ReLU; or, with --shipped, a shipped model compiled in folded
 mode and its ANN), and each batch size, in ONE process and interleaved: one run of the ReLU network
 (the ANN), and ``SNNSession.run_batch(x, --steps) / --steps`` with each number of
-steps per pass (``time_batch``, the byte budget lifted so that it alone decides; 1: step by step).
+steps per pass (``time_batch``, the byte budgets lifted so that it alone decides; 1: step by step).
 It prints the median per-step cost over the ReLU run's, per batch and steps per pass, and the
 bytes of the largest neuron layer's current that each pass held (steps × batch × bytes per sample):
 what ``limits.DEFAULT_TIME_BATCH_BYTES`` is chosen from. All sessions at ORT_ENABLE_ALL, no spinning.
@@ -74,7 +74,8 @@ def main(argv=None) -> int:
             paths = relu_floor.prepare(args.model, tmp)
             relu = make_session(load_model(paths["relu"]), "all", None, 0)
             model = load_model(paths["folded"], static_inputs=False)
-        sessions = {k: SNNSession(model, opt_level="all", time_batch=k, time_batch_bytes=1 << 62) for k in per_pass}
+        sessions = {k: SNNSession(model, opt_level="all", time_batch=k, time_batch_bytes=1 << 62,
+                                  time_pass_bytes=1 << 62) for k in per_pass}
         planner = SNNSession(model, opt_level="all", time_batch=2)
         layer_bytes = planner._time_batch_layer_bytes()
         results["time_batched_note"] = planner.time_batched_note  # why every pass is one step, if it is

@@ -10,14 +10,19 @@
 - ``MAX_TIMESTEPS``: the largest T of a run. The runtime keeps the spike count of every sample,
   layer and step of a batch (int64 [T, batch, layers]) and reports accuracy and spikes at every
   t <= T, so memory and the report grow linearly with T.
-- ``DEFAULT_TIME_BATCH``, ``DEFAULT_TIME_BATCH_BYTES``: when and how the runtime runs a T-step run
-  layer by layer (``runtime/time_batched.py``): ``DEFAULT_TIME_BATCH`` steps per pass of the network
-  (``pmsm-run --time-batch``; 1 runs step by step), where one step of the batch holds at most
-  ``DEFAULT_TIME_BATCH_BYTES`` of its largest neuron layer's current. ResNet-20 on this 2-core VM
-  (1 MiB of L2 per core), per step against one run of the ReLU network, 16 steps a pass: batch 1
-  (64 KiB a step) 1.09 → 0.65, batch 4 1.13 → 0.95, batch 16 (1 MiB) 1.18 → 1.13; batch 64
-  (4 MiB) 1.13 step by step, 1.18–1.22 in passes of 2–16; the shipped ViT, per step against one
-  run of its ANN: batch 1 1.35 → 0.70 (``bench/time_batch_sweep.py``).
+- ``DEFAULT_TIME_BATCH``, ``DEFAULT_TIME_BATCH_BYTES``, ``DEFAULT_TIME_PASS_BYTES``: when and how
+  the runtime runs a T-step run layer by layer (``runtime/time_batched.py``): up to
+  ``DEFAULT_TIME_BATCH`` steps per pass of the network (``pmsm-run --time-batch``; 1 runs step by
+  step), where one step of the batch holds at most twice a core's L2 cache of its largest neuron
+  layer's current (``DEFAULT_TIME_BATCH_BYTES`` where the cache's size cannot be read), and as many
+  steps as keep a pass within ``DEFAULT_TIME_PASS_BYTES`` of it. ResNet-20, per step against one
+  run of the ReLU network of the same batch (``bench/time_batch_sweep.py``), on the first 2-core
+  VM (1 MiB of L2 per core), 16 steps a pass: batch 1 (64 KiB a step) 1.09 → 0.65, batch 4
+  1.13 → 0.95, batch 16 (1 MiB) 1.18 → 1.13; batch 64 (4 MiB) 1.13 step by step, 1.18–1.22 in
+  passes of 2–16. On the second (2 MiB of L2 per core; step by step → the fastest pass, which
+  holds 16 MiB each time): batch 16 1.26 → 1.06 (16 steps), batch 32 1.22 → 1.09 (8), batch 64
+  1.29 → 1.19 (4); batch 128 (8 MiB) 1.27 step by step, 1.34 in passes of 2. The shipped ViT, per
+  step against one run of its ANN: batch 1 1.35 → 0.70.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ MAX_TENSOR_BYTES = 2**31
 MAX_TIMESTEPS = 10_000
 DEFAULT_TIME_BATCH = 16
 DEFAULT_TIME_BATCH_BYTES = 2 << 20
+DEFAULT_TIME_PASS_BYTES = 16 << 20
 
 
 def supported_opsets() -> tuple[int, int]:

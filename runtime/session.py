@@ -31,8 +31,9 @@ The compiled model computes one timestep (see ``pmsm_compiler.compiler``). The s
 - reuses one IOBinding for the middle steps when every state is updated in place;
 - runs the T steps of a small batch layer by layer (``runtime.time_batched``): up to ``time_batch``
   steps per run of one session on T·N rows, each fused neuron kernel (and each temporal wrapper's
-  bookkeeping) running its steps in order, bit-identical to step by step; where the model cannot (``time_batched_note``) or one step of the
-  batch already fills the caches (``time_batch_bytes``), step by step;
+  bookkeeping) running its steps in order, bit-identical to step by step, as many steps a run as keep
+  it within ``time_pass_bytes``; where the model cannot (``time_batched_note``) or one step of the
+  batch already fills the caches (``time_batch_bytes``; default: twice a core's L2), step by step;
 - runs the one step of a T = 1 run of an exact-mode model in the ANN's form
   (``runtime.ann_form_step``, CPU): the whole model, the neurons as the quantizer's own ops, the
   spike counting attached after onnxruntime's optimization, so that onnxruntime rewrites it as
@@ -51,13 +52,13 @@ import numpy as np
 import onnx
 
 from pmsm_compiler.errors import InputError
-from pmsm_compiler.limits import DEFAULT_TIME_BATCH, DEFAULT_TIME_BATCH_BYTES, check_timesteps
+from pmsm_compiler.limits import DEFAULT_TIME_BATCH, DEFAULT_TIME_PASS_BYTES, check_timesteps
 from pmsm_compiler.sessions import declared_batch, make_session, padded_batches
 from pmsm_compiler.snn_format import DataInput, read_snn_info
 from pmsm_compiler.weights import split
 
 from .step_graphs import export_variant, split_static_prologue, states_safe_in_place, variant_graph, without_output
-from .time_batched import ALIGNMENT_BYTES, misaligned, steps_per_run
+from .time_batched import ALIGNMENT_BYTES, default_time_batch_bytes, misaligned, steps_per_run
 
 
 @dataclass
@@ -91,8 +92,8 @@ class SNNSession:
     def __init__(self, model, providers=None, opt_level: str = "all", threads: int = 0, split_static: bool = True,
                  priority_order: bool = True, in_place: bool = True, kernels: str = "auto", counters: bool = True,
                  profile_prefix: str | None = None, rewrite_optimized: bool = True, ann_form: bool = True,
-                 time_batch: int = DEFAULT_TIME_BATCH, time_batch_bytes: int = DEFAULT_TIME_BATCH_BYTES,
-                 keep_weights: bool = True, weights_folder: str | None = None):
+                 time_batch: int = DEFAULT_TIME_BATCH, time_batch_bytes: int | None = None,
+                 time_pass_bytes: int = DEFAULT_TIME_PASS_BYTES, keep_weights: bool = True, weights_folder: str | None = None):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from pmsm_compiler.loading import load_model
 
@@ -166,10 +167,15 @@ class SNNSession:
         self._step_rewrites = {"absorbed_ops": 0, "blocked_layers": 0}
         # T >= 2: ``time_batch`` steps per run of one session, layer by layer (runtime/time_batched.py),
         # where the step allows it and one step of the batch holds at most ``time_batch_bytes`` of its
-        # largest neuron layer; planned on first use, the session built when a run needs it
-        if int(time_batch) < 1 or int(time_batch_bytes) < 1:
-            raise InputError(f"time_batch and time_batch_bytes must be >= 1, got {time_batch}, {time_batch_bytes}")
+        # largest neuron layer, as many steps a run as hold at most ``time_pass_bytes`` of it; planned
+        # on first use, the session built when a run needs it
+        if time_batch_bytes is None:
+            time_batch_bytes = default_time_batch_bytes()
+        if int(time_batch) < 1 or int(time_batch_bytes) < 1 or int(time_pass_bytes) < 1:
+            raise InputError(f"time_batch, time_batch_bytes and time_pass_bytes must be >= 1, got {time_batch}, "
+                             f"{time_batch_bytes}, {time_pass_bytes}")
         self.time_batch, self.time_batch_bytes = int(time_batch), int(time_batch_bytes)
+        self.time_pass_bytes = int(time_pass_bytes)
         # (model, membrane dims, shapes, per-sample bytes to keep aligned), or () when refused
         self._time_batched_plan: tuple | None = None
         self._time_batched_note: str | None = None
@@ -428,8 +434,7 @@ class SNNSession:
         if layer_bytes is None:
             return {"steps_per_run": 1, "reason": self._time_batched_note}
         aligned = self._time_batched_plan[3]
-        per_run = steps_per_run(batch, self._pass_steps(timesteps), self.time_batch, self.time_batch_bytes, layer_bytes,
-                                aligned)
+        per_run = self._steps_per_run(batch, timesteps, layer_bytes)
         if self._pass_steps(timesteps) < 2:
             return {"steps_per_run": 1, "reason": "two timesteps, the first on its own (temporal wrappers)"}
         off = misaligned(batch, aligned)
@@ -438,10 +443,17 @@ class SNNSession:
                                                   f"{off} bytes: a pass of {batch} samples would move them to other "
                                                   f"alignments (a multiple of {ALIGNMENT_BYTES} bytes keeps them)"}
         if per_run < 2:
-            return {"steps_per_run": 1, "reason": f"one step of {batch} samples holds {batch * layer_bytes:,} bytes of its "
-                                                  f"largest neuron layer, over the {self.time_batch_bytes:,} of a "
-                                                  "layer-by-layer pass"}
+            step = batch * layer_bytes
+            over = (f"over the {self.time_batch_bytes:,} of a layer-by-layer step" if step > self.time_batch_bytes else
+                    f"over half the {self.time_pass_bytes:,} of a layer-by-layer pass")
+            return {"steps_per_run": 1, "reason": f"one step of {batch} samples holds {step:,} bytes of its largest neuron "
+                                                  f"layer, {over}"}
         return {"steps_per_run": per_run, "reason": None}
+
+    def _steps_per_run(self, batch: int, timesteps: int, layer_bytes: int) -> int:
+        """``time_batched.steps_per_run`` with this session's budgets (< 2: step by step)."""
+        return steps_per_run(batch, self._pass_steps(timesteps), self.time_batch, self.time_batch_bytes, layer_bytes,
+                             self._time_batched_plan[3], self.time_pass_bytes)
 
     def _pass_steps(self, timesteps: int) -> int:
         """The steps of a run that passes cover: all, or all but the first in a model with temporal
@@ -640,8 +652,7 @@ class SNNSession:
         per_step = [] if keep_outputs else None
         k = len(self.output_names)
         layer_bytes = self._time_batch_layer_bytes() if timesteps >= 2 else None
-        per_run = steps_per_run(n, self._pass_steps(timesteps), self.time_batch, self.time_batch_bytes,
-                                layer_bytes, self._time_batched_plan[3]) if layer_bytes else 1
+        per_run = self._steps_per_run(n, timesteps, layer_bytes) if layer_bytes else 1
         time_batched = self._time_batched_session() if per_run >= 2 else None
         steps = (self._time_batched_steps(time_batched, static_values, n, timesteps, per_run)
                  if time_batched is not None else self._stepwise_steps(static_values, timesteps))

@@ -35,8 +35,9 @@ ResNet-20s and ViT, both modes), and the runtime tests compare runs against the 
 bodies step by step. A T = 1 run, the one the ANN contract is about, is one step and never runs
 here. Memory: the activations of T·N samples instead of N; the runtime runs a long T in chunks of
 ``time_batch`` steps (``steps_per_run``), carrying the states from chunk to chunk, and only where
-one step of the batch leaves the caches room (``time_batch_bytes``); a larger batch runs step by
-step.
+one step of the batch leaves the caches room (``time_batch_bytes``: by default twice a core's L2,
+``default_time_batch_bytes``), in chunks of as many steps as keep a pass within
+``time_pass_bytes``; a larger batch runs step by step.
 
 Check (``time_batch_refusal``): every state is a fused neuron's membrane or a wrapper's state in
 the form ``wrap_nonlinear`` emits, and ``batch_axes`` follows the batch axis through every op from
@@ -47,10 +48,13 @@ passes where nothing depends on it); anything else runs step by step, with the r
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from pmsm_compiler.limits import DEFAULT_TIME_BATCH_BYTES, DEFAULT_TIME_PASS_BYTES
 from pmsm_compiler.onnx_utils import const_value, import_graph
 from pmsm_compiler.ops.temporal import MASK_OPS, REGION_DOMAIN
 from pmsm_compiler.snn_format import SNNInfo
@@ -59,16 +63,57 @@ from .fuse_neuron_kernels import KERNEL_DOMAIN
 
 
 def steps_per_run(samples: int, timesteps: int, time_batch: int, budget_bytes: int, layer_bytes: int,
-                  sample_bytes=()) -> int:
-    """How many steps one time-batched session run takes (< 2: run step by step): ``time_batch``
-    (at most T) where one step of the batch holds at most ``budget_bytes`` of its largest neuron
-    layer's current (``layer_bytes`` per sample), else 1: a batch that large already fills the
-    caches with one step, and passes of several steps only add traffic (docs/benchmarks.md).
-    ``sample_bytes``: ``aligned_sample_bytes``; 1 where a pass would move a sample to another
-    alignment (``misaligned``)."""
+                  sample_bytes=(), pass_bytes: int = DEFAULT_TIME_PASS_BYTES) -> int:
+    """How many steps one time-batched session run takes (< 2: run step by step): where one step
+    of the batch holds at most ``budget_bytes`` of its largest neuron layer's current
+    (``layer_bytes`` per sample), ``time_batch`` steps, at most T and at most as many as hold
+    ``pass_bytes`` of it; else 1: a batch that large already fills the caches with one step, and
+    passes of several steps only add traffic (docs/benchmarks.md). ``sample_bytes``:
+    ``aligned_sample_bytes``; 1 where a pass would move a sample to another alignment
+    (``misaligned``)."""
     if misaligned(samples, sample_bytes) is not None:
         return 1
-    return min(time_batch, timesteps) if samples * layer_bytes <= budget_bytes else 1
+    step = samples * layer_bytes
+    if step > budget_bytes:
+        return 1
+    steps = min(time_batch, timesteps, pass_bytes // step if step else time_batch)
+    return steps if steps >= 2 else 1
+
+
+#: where Linux describes the first CPU's caches (``default_time_batch_bytes``)
+CPU_CACHES = "/sys/devices/system/cpu/cpu0/cache"
+
+
+def _cache_entry(root: str, index: str, name: str) -> str:
+    with open(os.path.join(root, index, name)) as f:
+        return f.read().strip()
+
+
+def l2_cache_bytes(root: str = CPU_CACHES) -> int | None:
+    """The size of the first CPU's level-2 cache (data or unified) in bytes, or None where the system
+    does not say (not Linux, no sysfs, an entry that does not read as a size)."""
+    try:
+        indexes = sorted(e for e in os.listdir(root) if e.startswith("index"))
+        for index in indexes:
+            if _cache_entry(root, index, "level") != "2" or _cache_entry(root, index, "type") not in ("Unified", "Data"):
+                continue
+            size = _cache_entry(root, index, "size")  # "2048K"
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:].upper())
+            value = int(size[:-1]) * scale if scale else int(size)
+            return value if value > 0 else None
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def default_time_batch_bytes(root: str = CPU_CACHES) -> int:
+    """The largest step (bytes of the largest neuron layer's current, the whole batch) that runs
+    layer by layer by default: twice a core's L2 cache (each of two threads' halves of the step in
+    its core's L2), ``DEFAULT_TIME_BATCH_BYTES`` where its size cannot be read. Measured on two
+    2-core VMs (``limits``): 1 MiB of L2, passes paid up to 1 MiB a step and lost at 4 MiB; 2 MiB of
+    L2, they paid up to 4 MiB and lost at 8 MiB."""
+    l2 = l2_cache_bytes(root)
+    return 2 * l2 if l2 else DEFAULT_TIME_BATCH_BYTES
 
 
 #: ops whose result for one sample depends on where its values sit in memory: onnxruntime 1.32 sums

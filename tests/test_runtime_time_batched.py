@@ -16,12 +16,14 @@ from onnx import TensorProto, helper
 from pmsm_compiler.runtime.fuse_neuron_kernels import KERNEL_DOMAIN
 from pmsm_compiler.runtime.time_batched import (
     batch_axes,
+    default_time_batch_bytes,
+    l2_cache_bytes,
     over_time,
     split_rows,
     steps_per_run,
 )
 
-from pmsm_compiler.limits import DEFAULT_TIME_BATCH_BYTES
+from pmsm_compiler.limits import DEFAULT_TIME_BATCH_BYTES, DEFAULT_TIME_PASS_BYTES
 
 # ------------------------------------------------------------------------------------------------
 # the kernel
@@ -172,20 +174,59 @@ def test_the_batch_budget_decides_between_layer_by_layer_and_step_by_step(librar
 
     model = shipped("resnet20_pqa_cifar10", "folded")
     layer = 16 * 32 * 32 * 4  # ResNet-20's largest neuron layer, bytes per sample
-    session = SNNSession(model)
+    assert SNNSession(model).time_batch_bytes == default_time_batch_bytes()  # the machine's, by default
+    session = SNNSession(model, time_batch_bytes=DEFAULT_TIME_BATCH_BYTES)
     assert session._time_batch_layer_bytes() == layer
-    # the default budget: up to 32 samples run 16 steps a pass, 33 and more step by step
-    assert DEFAULT_TIME_BATCH_BYTES == 32 * layer
+    # a step of up to 32 samples fits the 2 MiB budget; as many steps a pass as hold 16 MiB, at most 16
+    assert DEFAULT_TIME_BATCH_BYTES == 32 * layer and DEFAULT_TIME_PASS_BYTES == 256 * layer
     assert steps_per_run(1, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 16
-    assert steps_per_run(32, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 16
+    assert steps_per_run(16, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 16
+    assert steps_per_run(32, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 8
     assert steps_per_run(33, 100, session.time_batch, DEFAULT_TIME_BATCH_BYTES, layer) == 1
     assert steps_per_run(1, 3, 16, DEFAULT_TIME_BATCH_BYTES, layer) == 3
+    # twice a 2 MiB L2: 64 samples run 4 steps a pass, 65 step by step
+    assert steps_per_run(64, 100, 16, 2 * DEFAULT_TIME_BATCH_BYTES, layer) == 4
+    assert steps_per_run(65, 100, 16, 2 * DEFAULT_TIME_BATCH_BYTES, layer) == 1
+    # a pass budget under two steps: step by step
+    assert steps_per_run(32, 100, 16, DEFAULT_TIME_BATCH_BYTES, layer, pass_bytes=3 << 20) == 1
     session.run_batch(images(64), 2)  # over budget: no time-batched session is built
     assert not any("time_batched" in str(k) for k in session._variants)
+    assert session.time_batch_report(64, 8) == {
+        "steps_per_run": 1, "reason": "one step of 64 samples holds 4,194,304 bytes of its largest neuron layer, over the "
+                                      "2,097,152 of a layer-by-layer step"}
+    assert session.time_batch_report(32, 16) == {"steps_per_run": 8, "reason": None}
+    small_pass = SNNSession(model, time_batch_bytes=DEFAULT_TIME_BATCH_BYTES, time_pass_bytes=3 << 20)
+    assert small_pass.time_batch_report(32, 16) == {
+        "steps_per_run": 1, "reason": "one step of 32 samples holds 2,097,152 bytes of its largest neuron layer, over half "
+                                      "the 3,145,728 of a layer-by-layer pass"}
     session.run_batch(images(2), 2)
     assert any("time_batched" in str(k) for k in session._variants)
-    with pytest.raises(Exception, match="time_batch"):
-        SNNSession(model, time_batch=0)
+    for bad in (dict(time_batch=0), dict(time_batch_bytes=0), dict(time_pass_bytes=0)):
+        with pytest.raises(Exception, match="time_batch"):
+            SNNSession(model, **bad)
+
+
+def _cache_tree(root, entries):
+    for index, (level, kind, size) in enumerate(entries):
+        d = root / f"index{index}"
+        d.mkdir(parents=True)
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    return str(root)
+
+
+def test_the_step_budget_is_twice_the_l2_cache_the_system_describes(tmp_path):
+    this_vm = _cache_tree(tmp_path / "a", [(1, "Data", "48K"), (1, "Instruction", "64K"), (2, "Unified", "2048K"),
+                                           (3, "Unified", "491520K")])
+    assert l2_cache_bytes(this_vm) == 2 << 20 and default_time_batch_bytes(this_vm) == 4 << 20
+    in_megabytes = _cache_tree(tmp_path / "b", [(1, "Data", "32K"), (2, "Unified", "1M")])
+    assert l2_cache_bytes(in_megabytes) == 1 << 20 and default_time_batch_bytes(in_megabytes) == 2 << 20
+    # not described, or not as a size: the fixed default
+    no_l2 = _cache_tree(tmp_path / "c", [(1, "Data", "32K"), (3, "Unified", "8M")])
+    unreadable = _cache_tree(tmp_path / "d", [(2, "Unified", "large")])
+    for root in (no_l2, unreadable, str(tmp_path / "missing")):
+        assert l2_cache_bytes(root) is None and default_time_batch_bytes(root) == DEFAULT_TIME_BATCH_BYTES
 
 
 def test_a_transformer_runs_its_first_step_on_its_own_then_passes(library):
