@@ -80,7 +80,9 @@ def absorb_neighbours(graph: gs.Graph, shapes: dict) -> int:
 
     absorbed = 0
     for node in [n for n in graph.nodes if n.domain == KERNEL_DOMAIN]:
-        if len(node.inputs) != 2 or any(k in node.attrs for k in ("in_div", "in_mul", "out_mul", "res_scale")):
+        # inputs: I, U, then the optional residual and pass (a time-batched step's, runtime/time_batched.py)
+        if (len(node.inputs) < 2 or (len(node.inputs) > 2 and node.inputs[2].name)
+                or any(k in node.attrs for k in ("in_div", "in_mul", "out_mul", "res_scale"))):
             continue
         current = node.inputs[0]
         pre = _sole_producer(current, graph, "Div")
@@ -109,7 +111,10 @@ def absorb_neighbours(graph: gs.Graph, shapes: dict) -> int:
                 add.outputs.clear()
                 add.inputs.clear()
                 node.inputs[0] = x
-                node.inputs.append(residual)
+                if len(node.inputs) > 2:
+                    node.inputs[2] = residual
+                else:
+                    node.inputs.append(residual)
                 absorbed += 1
         spikes = node.outputs[0]
         if len(spikes.outputs) == 1 and spikes not in graph.outputs:

@@ -75,7 +75,7 @@ def blocked_layout(graph: gs.Graph, block: int, states, required: dict | None = 
     decisions, moved, spikes_moved = {}, 0, []
     for node in [n for n in graph.nodes if n.domain == KERNEL_DOMAIN]:
         key = _state_key(node, state_inputs, state_of_output)
-        tensors = [node.inputs[0]] + list(node.inputs[2:3])
+        tensors = [node.inputs[0]] + [t for t in node.inputs[2:3] if t.name]  # the current, the residual if any
         available = [blocked.get(t.name) for t in tensors]
         if required is not None and key is not None:
             if key not in required:

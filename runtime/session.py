@@ -463,7 +463,7 @@ class SNNSession:
     def _time_batch_layer_bytes(self) -> int | None:
         """The largest neuron layer's current per sample, in bytes, when the model can run
         time-batched (planned once: the rewritten model and its initial membranes' dims), else None."""
-        from .time_batched import state_dims, time_batch_refusal, time_batched_model
+        from .time_batched import state_dims, static_current_inputs, time_batch_refusal, time_batched_model
 
         if self._time_batched_plan is None:
             self._time_batched_plan = ()
@@ -477,8 +477,9 @@ class SNNSession:
                     shapes = self._variant_shapes(False, False)
                     self._time_batched_note, aligned = time_batch_refusal(model, self.info, shapes)
                     if self._time_batched_note is None:
-                        self._time_batched_plan = (time_batched_model(model, self.info, shapes),
-                                                   state_dims(model, shapes, self.info), shapes, aligned)
+                        batched = time_batched_model(model, self.info, shapes)
+                        self._time_batched_plan = (batched, state_dims(model, shapes, self.info), shapes, aligned,
+                                                   static_current_inputs(batched))
                 except Exception as exc:  # noqa: BLE001 - a speed-up: the steps run one by one instead
                     self._time_batched_plan = ()
                     self._time_batched_note = f"not planned: {type(exc).__name__}: {exc}"
@@ -489,7 +490,7 @@ class SNNSession:
     def _time_batched_session(self):
         """The session that runs several steps at once (built on first use; the plan allows it)."""
         if _TIME_BATCHED not in self._variants:
-            model, _, shapes, _ = self._time_batched_plan
+            model, _, shapes, *_ = self._time_batched_plan
             # with wrappers, step 1 runs as the first step variant, whose states follow the middle
             # step's layouts (``session_for``): the passes must read them in those
             required = self.blocked_states if self.info.wrappers and self._rewrite else None
@@ -737,7 +738,7 @@ class SNNSession:
         to run in one buffer each (updated in place); in a model with temporal wrappers step 1 runs
         as the step-by-step run's first step, the passes from step 2 on. Yield each step's outputs
         as ``_stepwise_steps`` does."""
-        from .time_batched import over_time, split_rows, time_rows
+        from .time_batched import PASS_INPUT, over_time, pass_value, split_rows, time_rows
 
         names = list(self.output_names) + [self.info.spike_counts_output]
         if self.counters_output is not None:
@@ -763,11 +764,15 @@ class SNNSession:
             states = {s.input: v for s, v in zip(self._states, outs[len(names):])}
             start = 1
         else:
+            # every state is a neuron's membrane: the first pass starts them from their initial values
+            # (``pass_value``'s fresh), so their buffers need no filling
             states = {}
             for s in self._states:
                 dims = self._time_batched_plan[1][s.input]
-                states[s.input] = self._ortvalue(np.full([n, *dims], s.init, np.float32))
-        static = {name: value.numpy() for name, value in static_values.items()}
+                states[s.input] = self._ortvalue(np.empty([n, *dims], np.float32))
+        # a static input the kernels read as a static current goes in as it is, the others as T copies
+        broadcast = self._time_batched_plan[4]
+        static = {name: value.numpy() for name, value in static_values.items() if name not in broadcast}
         tiled = {}  # steps -> the static inputs as that many steps' rows
         for begin in range(start, timesteps, per_run):
             steps = min(per_run, timesteps - begin)
@@ -776,6 +781,9 @@ class SNNSession:
             b = session.io_binding()
             for name, value in tiled[steps].items():
                 b.bind_ortvalue_input(name, value)
+            for name in broadcast:
+                b.bind_ortvalue_input(name, static_values[name])
+            b.bind_cpu_input(PASS_INPUT, pass_value(steps, fresh=begin == 0))
             if self.info.time_input:
                 b.bind_cpu_input(self.info.time_input, time_rows(begin + 1, steps, n))
             for name in names:  # first: get_outputs() lists the outputs in the order they were bound

@@ -14,9 +14,15 @@ step runs compute on N each.
 
 Rewrite of the middle step with fused neuron kernels (``fuse_neuron_kernels``)::
 
-    static input S [N, ...]       →  fed as T copies, [T·N, ...]    (the runtime: ``over_time``)
+    static input S [N, ...]       →  fed as T copies, [T·N, ...]    (the runtime: ``over_time``),
+                                     or as it is where only neuron kernels read it, as their current
+                                     (``static_current``: the first neuron of a CNN, fed by the
+                                     static prologue)
     pmsm.kernels::AIFCounters     →  the same op with time_batched = 1: I, K, counts [T·N, ...],
-                                     U, U_next [N, ...] (the membranes before and after the T steps)
+                                     U, U_next [N, ...] (the membranes before and after the T steps),
+                                     and the pass input P = [T, fresh] (``PASS_INPUT``): a run's first
+                                     pass starts the membranes from their initial value (``u_init``),
+                                     so no buffer of initial membranes is filled and read
     Add(sum, x) of an input sum   →  pmsm.kernels.time::TimeSum(x, sum): every step's sum, the last
     Sub(cum, prev) of an output   →  pmsm.kernels.time::TimeDiff(cum, prev): every step's difference
     time input t [1]              →  one value per row [T·N] (``time_rows``), reshaped for each reader
@@ -33,7 +39,12 @@ a multiple of ``ALIGNMENT_BYTES``, ``misaligned``). Tested: ``tests/test_runtime
 compares them exactly (the shipped
 ResNet-20s and ViT, both modes), and the runtime tests compare runs against the neurons' ONNX
 bodies step by step. A T = 1 run, the one the ANN contract is about, is one step and never runs
-here. Memory: the activations of T·N samples instead of N; the runtime runs a long T in chunks of
+here. The graph's inputs fed as T copies take one symbol for their T·N rows (``ROWS_SYMBOL``), and
+so do a static current's spikes (the kernels' shape inference): onnxruntime then fuses what follows
+as it does when every input holds T·N rows. (With the spikes' rows unknown instead, it left a
+residual Add out of the convolution before it in exact mode, and steps 7 on of a tiny ResNet
+differed from step by step in the last bit.)
+Memory: the activations of T·N samples instead of N; the runtime runs a long T in chunks of
 ``time_batch`` steps (``steps_per_run``), carrying the states from chunk to chunk, and only where
 one step of the batch leaves the caches room (``time_batch_bytes``: by default twice a core's L2,
 ``default_time_batch_bytes``), in chunks of as many steps as keep a pass within
@@ -351,6 +362,12 @@ def batch_axes(graph: gs.Graph, shapes: dict, batch_inputs) -> tuple[dict | None
 
 #: the domain of the kernels that keep the temporal wrappers' states over a pass (``TimeSum``, ``TimeDiff``)
 TIME_DOMAIN = "pmsm.kernels.time"
+#: the input of a time-batched step that describes each pass to its neuron kernels: int64 [steps,
+#: fresh] (``pass_value``)
+PASS_INPUT = "pmsm_time_batched_pass"
+#: the symbol of the T·N rows in a time-batched step: the first dimension of its inputs fed as T
+#: copies and, by the kernels' shape inference, of a static current's spikes (``neurons.c``)
+ROWS_SYMBOL = "pmsm_rows"
 
 
 def _wrapper_plan(graph: gs.Graph, info: SNNInfo):
@@ -470,9 +487,28 @@ def time_batched_model(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> o
     readers, why_time = _time_readers(graph, info, shapes)
     if why or why_time:
         raise ValueError(why or why_time)
+    pass_input = gs.Variable(PASS_INPUT, dtype=np.int64, shape=[2])
+    initial = {s.input: s.init for s in info.states if s.kind == "membrane"}
+    state_inputs = {s.input for s in info.states}
     for node in graph.nodes:
         if node.domain == KERNEL_DOMAIN:
             node.attrs["time_batched"] = 1
+            if len(node.inputs) > 1 and node.inputs[1].name in initial:
+                node.attrs["u_init"] = float(initial[node.inputs[1].name])
+            while len(node.inputs) < 3:
+                node.inputs.append(gs.Variable.empty())
+            node.inputs.append(pass_input)
+    read = {node.inputs[1].name for node in graph.nodes if node.domain == KERNEL_DOMAIN and len(node.inputs) > 1}
+    if set(initial) - read:  # a run's first pass starts every membrane in its kernel (``pass_value``)
+        raise ValueError(f"membrane {sorted(set(initial) - read)[0]} is not read by a fused neuron kernel")
+    for tensor in graph.inputs:  # a static input only neuron kernels read as their current: one step of it
+        if tensor.name in state_inputs or tensor.name == info.time_input:
+            continue
+        consumers = list(tensor.outputs)
+        if consumers and all(_reads_as_static_current(node, tensor) for node in consumers):
+            for node in consumers:
+                node.attrs["static_current"] = 1
+    graph.inputs.append(pass_input)
     tensors = graph.tensors()
     for s, node in plan:
         state_in, state_out = tensors[s.input], tensors[s.output]
@@ -509,9 +545,10 @@ def time_batched_model(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> o
     for name, tensor in graph.tensors().items():
         if isinstance(tensor, gs.Variable) and name not in keep:
             tensor.shape = None
-    for tensor in graph.inputs:  # a fixed batch B declared on an input: it takes T·B rows
-        if tensor.shape and isinstance(tensor.shape[0], int) and tensor.name != info.time_input:
-            tensor.shape = ["pmsm_rows", *tensor.shape[1:]]
+    for tensor in graph.inputs:  # the inputs fed as T copies hold T·N rows, one symbol for them all
+        if (tensor.shape and tensor.name not in (info.time_input, PASS_INPUT) and tensor.name not in state_inputs
+                and not (tensor.outputs and all(n.attrs.get("static_current") for n in tensor.outputs))):
+            tensor.shape = [ROWS_SYMBOL, *tensor.shape[1:]]
     graph.toposort()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
@@ -520,6 +557,35 @@ def time_batched_model(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> o
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
     return out
+
+
+def _reads_as_static_current(node, tensor) -> bool:
+    """Whether ``node`` is a fused neuron kernel that reads ``tensor`` as its current only (input 0,
+    no residual), so that it may read one step of it for all T (``static_current``)."""
+    return (node.domain == KERNEL_DOMAIN and node.inputs[0] is tensor and tensor not in node.inputs[1:]
+            and (len(node.inputs) < 3 or node.inputs[2].name == ""))
+
+
+def static_current_inputs(model: onnx.ModelProto) -> set:
+    """The inputs of a ``time_batched_model`` that its kernels read as a static current (one step,
+    [N, ...]): the runtime feeds them as they are, not as T copies."""
+    readers: dict = {}
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, index))
+    out = set()
+    for value in model.graph.input:
+        found = readers.get(value.name, [])
+        if found and all(n.domain == KERNEL_DOMAIN and i == 0 and any(a.name == "static_current" and a.i == 1
+                                                                      for a in n.attribute) for n, i in found):
+            out.add(value.name)
+    return out
+
+
+def pass_value(steps: int, fresh: bool) -> np.ndarray:
+    """The ``PASS_INPUT`` of a pass: its steps, and 1 where its membranes start from their initial
+    values (``u_init``) instead of the state buffers' contents (a run's first pass)."""
+    return np.array([steps, int(fresh)], np.int64)
 
 
 def time_rows(first_step: int, steps: int, samples: int) -> np.ndarray:

@@ -30,12 +30,15 @@ from pmsm_compiler.limits import DEFAULT_TIME_BATCH_BYTES, DEFAULT_TIME_PASS_BYT
 # ------------------------------------------------------------------------------------------------
 
 
-def kernel_model(op: str, time_batched: int, residual: bool, attrs: dict) -> bytes:
+def kernel_model(op: str, time_batched: int, residual: bool, attrs: dict, pass_input: bool = False) -> bytes:
     counters = "Counters" in op
     inputs = ["i", "u"] + (["r"] if residual else [])
+    if pass_input:
+        inputs += ([] if residual else [""]) + ["pass"]
     outputs = ["k", "u_next", "count"] + (["counters"] if counters else [])
     node = helper.make_node(op, inputs, outputs, domain=KERNEL_DOMAIN, time_batched=time_batched, **attrs)
-    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs]
+    value = [helper.make_tensor_value_info(n, TensorProto.INT64 if n == "pass" else TensorProto.FLOAT, None)
+             for n in inputs if n]
     out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs[:2]]
     out.append(helper.make_tensor_value_info("count", TensorProto.FLOAT if attrs.get("count_float") else TensorProto.INT64,
                                              None))
@@ -90,6 +93,76 @@ def test_kernel_runs_the_steps_of_single_step_calls(library, op, attrs, residual
     for index in range(2, len(got)):  # the count and counters, per step and sample
         assert got[index].dtype == expected[0][index].dtype
         np.testing.assert_array_equal(split_rows(got[index], steps), np.stack([e[index] for e in expected]))
+
+
+@pytest.mark.parametrize("op,attrs,residual", CASES)
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("samples,steps,dims", [(3, 5, (16, 8, 8)), (1, 2, (7, 50, 60)), (2, 1, (5,))])
+def test_kernel_pass_input_starts_fresh_and_takes_a_static_current(library, op, attrs, residual, static, samples,
+                                                                   steps, dims):
+    # fresh = 1: every membrane starts from u_init, whatever U holds; static_current = 1: I is one
+    # step, the same at every step; both the same steps, bit for bit, as single-step calls
+    if static and residual:
+        pytest.skip("a static current takes no residual")
+    rng = np.random.default_rng(7 * samples + steps)
+    x = (rng.standard_normal((samples, *dims)) * 3).astype(np.float32)
+    x.reshape(-1)[:8] = [-1.5, -0.5, 0.5, 1.5, 2.5, 7.5, 8.5, -2.5]  # ties and caps from u = 0.5
+    xs = np.broadcast_to(x, (steps, *x.shape)) if static else (rng.standard_normal((steps, samples, *dims)) * 3
+                                                               ).astype(np.float32)
+    r = (rng.standard_normal((steps, samples, *dims)) * 2).astype(np.float32)
+    one = session(library, kernel_model(op, 0, residual, attrs))
+    u, expected = np.full((samples, *dims), 0.5, np.float32), []
+    for t in range(steps):
+        outs = one.run(None, {"i": np.ascontiguousarray(xs[t]), "u": u, **({"r": r[t]} if residual else {})})
+        u = outs[1]
+        expected.append(outs)
+    many = session(library, kernel_model(op, 1, residual, {**attrs, "u_init": 0.5, "static_current": int(static)},
+                                         pass_input=True))
+    garbage = rng.random((samples, *dims)).astype(np.float32) * 100  # not read: the pass starts fresh
+    feeds = {"i": x if static else np.ascontiguousarray(xs).reshape(steps * samples, *dims), "u": garbage,
+             "pass": np.array([steps, 1], np.int64), **({"r": r.reshape(steps * samples, *dims)} if residual else {})}
+    got = many.run(None, feeds)
+    np.testing.assert_array_equal(split_rows(got[0], steps), np.stack([e[0] for e in expected]))
+    np.testing.assert_array_equal(got[1], u)
+    for index in range(2, len(got)):
+        np.testing.assert_array_equal(split_rows(got[index], steps), np.stack([e[index] for e in expected]))
+    # fresh = 0 reads U: from the membranes after a first pass, a second pass continues the run
+    if not static:
+        return
+    u_mid = many.run(None, {**feeds, "pass": np.array([1, 1], np.int64)})[1]
+    rest = many.run(None, {**feeds, "u": u_mid, "pass": np.array([steps - 1, 0], np.int64)}) if steps > 1 else None
+    if rest is not None:
+        np.testing.assert_array_equal(rest[1], u)
+        np.testing.assert_array_equal(split_rows(rest[0], steps - 1), np.stack([e[0] for e in expected[1:]]))
+
+
+@pytest.mark.parametrize("attrs,feeds,why", [
+    ({"static_current": 1}, {"pass": [2, 0]}, None),  # the reference case: runs
+    ({"static_current": 1}, {}, "needs the pass input"),
+    ({"static_current": 1}, {"pass": [0, 0]}, "steps >= 1"),
+    ({"static_current": 1}, {"pass": [2, 2]}, "fresh 0 or 1"),
+    ({"static_current": 1}, {"pass": [2, 0, 1]}, "two values"),
+    ({"static_current": 1}, {"pass": [2, 0], "u_rows": 3}, "one step"),
+    ({}, {"pass": [3, 0]}, "do not match"),
+    ({}, {"pass": [2, 1]}, "u_init"),
+    ({"time_batched": 0, "static_current": 1}, {}, "need time_batched"),
+])
+def test_kernel_refuses_a_pass_it_cannot_run(library, attrs, feeds, why):
+    attrs = {"s_min": -2, "s_max": 8, **attrs}
+    time_batched = attrs.pop("time_batched", 1)
+    static = attrs.get("static_current", 0)
+    model = session(library, kernel_model("AIFCounters", time_batched, False, attrs, pass_input="pass" in feeds))
+    u_rows = feeds.get("u_rows", 2)
+    run = {"i": np.zeros((2 if static or not time_batched else 4, 10), np.float32),
+           "u": np.zeros((u_rows, 10), np.float32)}
+    if "pass" in feeds:
+        run["pass"] = np.array(feeds["pass"], np.int64)
+    if why is None:
+        out = model.run(None, run)
+        assert out[0].shape == (4, 10) and out[1].shape == (2, 10) and out[2].shape == (4, 1)
+        return
+    with pytest.raises(Exception, match=why):
+        model.run(None, run)
 
 
 def test_kernel_one_thread_and_two_agree(library):
@@ -227,6 +300,40 @@ def test_the_step_budget_is_twice_the_l2_cache_the_system_describes(tmp_path):
     unreadable = _cache_tree(tmp_path / "d", [(2, "Unified", "large")])
     for root in (no_l2, unreadable, str(tmp_path / "missing")):
         assert l2_cache_bytes(root) is None and default_time_batch_bytes(root) == DEFAULT_TIME_BATCH_BYTES
+
+
+@pytest.mark.parametrize("name,mode", [("resnet20_pqa_cifar10", "folded"), ("resnet20_pqa_cifar10", "exact"),
+                                       ("vit_cifar_pqa_cifar10", "folded")])
+def test_the_pass_input_and_the_static_currents_of_a_time_batched_step(library, name, mode):
+    # every kernel reads the pass input and knows its membrane's initial value; a static input that
+    # only kernels read, as their current, goes in as one step; the inputs fed as T copies share one
+    # symbol for their rows
+    from pmsm_compiler.runtime import SNNSession
+    from pmsm_compiler.runtime.time_batched import PASS_INPUT, ROWS_SYMBOL, static_current_inputs
+
+    session = SNNSession(shipped(name, mode), time_batch_bytes=ROOMY)
+    assert session.time_batched, session.time_batched_note
+    model, broadcast = session._time_batched_plan[0], session._time_batched_plan[4]
+    assert broadcast == static_current_inputs(model)
+    initial = {s.input: s.init for s in session.info.states}
+    kernels = [n for n in model.graph.node if n.domain == KERNEL_DOMAIN]
+    for node in kernels:
+        attrs = {a.name: a for a in node.attribute}
+        assert node.input[3] == PASS_INPUT and attrs["u_init"].f == initial[node.input[1]]
+        assert ("static_current" in attrs) == (node.input[0] in broadcast)
+    readers = {}
+    for node in model.graph.node:
+        for index, tensor in enumerate(node.input):
+            readers.setdefault(tensor, []).append((node.domain, index))
+    states = {s.input for s in session.info.states}
+    for value in model.graph.input:
+        if value.name in broadcast:
+            assert all(r == (KERNEL_DOMAIN, 0) for r in readers[value.name])
+            assert value.type.tensor_type.shape.dim[0].dim_param != ROWS_SYMBOL
+        elif value.name not in states | {PASS_INPUT, session.info.time_input}:
+            assert value.type.tensor_type.shape.dim[0].dim_param == ROWS_SYMBOL, value.name
+    if name.startswith("resnet20") and mode == "folded":  # the first neuron reads the static prologue's output
+        assert broadcast and broadcast <= set(session._prologue_outputs)
 
 
 def test_a_transformer_runs_its_first_step_on_its_own_then_passes(library):

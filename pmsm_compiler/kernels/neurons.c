@@ -38,6 +38,11 @@
  * the membrane of a tile of neurons held in L1 across them, so it is read and written once per call
  * instead of once per step; every step is the same float32 operations on the same operands as a
  * single-step call. count and counters are per sample and step ([T·N, ...], row b = t·N + n).
+ * The optional input P (int64 [2]: T, fresh) describes the pass: T its steps; fresh = 1 starts every
+ * membrane from the attribute u_init instead of reading U (a run's first pass: no buffer of initial
+ * membranes to fill and read). With attribute static_current = 1, I holds one step [N, ...], the
+ * same current at every step (a static input under rate coding: no T copies of it to make, reorder
+ * and read), and P gives T; the spikes, counts and counters still have T·N rows. No residual then.
  *
  * The elementwise neighbours onnxruntime leaves around a neuron can run inside it (the runtime
  * moves them in from its optimized step graph, runtime/absorb_neighbours.py), each the same float32
@@ -72,6 +77,7 @@ static const OrtApi *ort = NULL;
 enum { KIND_AIF = 0, KIND_IF = 1, KIND_AIF_HALF_EVEN = 2 };
 
 #define N_COUNTERS 7 /* COUNTERS in pmsm_compiler/ops/counters.py */
+#define ROWS_SYMBOL "pmsm_rows" /* ROWS_SYMBOL in runtime/time_batched.py */
 
 typedef struct {
   OrtCustomOp base; /* first member: the op pointer onnxruntime passes back is this struct */
@@ -84,8 +90,8 @@ typedef struct {
 enum { PRE_NONE = 0, PRE_DIV = 1, PRE_MUL = 2 };
 
 typedef struct {
-  int kind, final_step, count_float, counters, counters_row, time_batched;
-  float lo, hi;
+  int kind, final_step, count_float, counters, counters_row, time_batched, static_current, has_u_init;
+  float lo, hi, u_init;
   int pre, res_scaled, post; /* the absorbed neighbours (see the header) */
   float pre_value, res_scale, post_value;
 } NeuronKernel;
@@ -111,6 +117,8 @@ typedef struct {
   /* time-batched: T steps of `samples` samples; units of `part` neurons; per-unit partial sums */
   int64_t steps, samples, part, parts;
   Totals *partial;
+  int current_static, fresh; /* I: one step for all T; the membranes start from u_init */
+  float u_init;
 } Job;
 
 #define RETURN_IF_ERROR(expr)            \
@@ -341,10 +349,13 @@ static void run_time_unit(void *data, size_t unit) {
   float u[TIME_TILE], tile[TIME_TILE];
   for (int64_t at = begin; at < end; at += TIME_TILE) {
     const int64_t size = end - at < TIME_TILE ? end - at : TIME_TILE;
-    memcpy(u, job->membrane + n * ps + at, (size_t)size * sizeof(float));
+    if (job->fresh)
+      for (int64_t i = 0; i < size; ++i) u[i] = job->u_init;
+    else
+      memcpy(u, job->membrane + n * ps + at, (size_t)size * sizeof(float));
     for (int64_t s = 0; s < job->steps; ++s) {
       const int64_t off = (s * job->samples + n) * ps + at;
-      const float *cur = job->current + off;
+      const float *cur = job->current + (job->current_static ? n * ps + at : off);
       float *spk = job->spikes + off;
       Sums b;
       if (transform) {
@@ -403,17 +414,53 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
   RETURN_IF_ERROR(tensor_dims(membrane_v, u_dims, &u_rank, 0, &u_count, "pmsm neuron: membrane rank must be <= 16"));
   const size_t u_elems = (size_t)u_count;
   OrtStatus *st = NULL;
-  const int64_t batch = dims[0];
+  size_t n_inputs = 0;
+  RETURN_IF_ERROR(ort->KernelContext_GetInputCount(context, &n_inputs));
+  int64_t pass[2] = {0, 0}; /* the optional pass input P: T, fresh */
+  if (n_inputs > 3) {
+    const OrtValue *pass_v = NULL;
+    RETURN_IF_ERROR(ort->KernelContext_GetInput(context, 3, &pass_v));
+    if (pass_v != NULL) {
+      int64_t pdims[16], p_count = 0;
+      size_t prank = 0;
+      const int64_t *p = NULL;
+      RETURN_IF_ERROR(tensor_dims(pass_v, pdims, &prank, 0, &p_count, "pmsm neuron: pass rank must be <= 16"));
+      if (p_count != 2)
+        return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: the pass input holds two values (steps, fresh)");
+      RETURN_IF_ERROR(ort->GetTensorMutableData((OrtValue *)pass_v, (void **)&p));
+      pass[0] = p[0];
+      pass[1] = p[1];
+      if (pass[0] < 1 || (pass[1] != 0 && pass[1] != 1))
+        return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: the pass input needs steps >= 1 and fresh 0 or 1");
+    }
+  }
+  const int64_t batch = dims[0]; /* the current's rows */
   const int64_t per_sample = batch > 0 ? total / batch : 0;
-  int64_t steps = 1;
-  if (kern->time_batched) { /* I: [T·N, ...]; U: the full membranes [N, ...] */
+  int64_t steps = 1, rows = batch; /* rows: of the spikes, counts and counters */
+  if (kern->time_batched) { /* I: [T·N, ...] (or [N, ...], static); U: the full membranes [N, ...] */
     if (kern->final_step) return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: time_batched needs the reset");
-    if (u_elems < 1 || total % (int64_t)u_elems != 0 || (int64_t)u_elems % (per_sample > 0 ? per_sample : 1) != 0)
-      return ort->CreateStatus(ORT_INVALID_ARGUMENT,
-                               "pmsm neuron: time-batched membrane must hold whole samples of the input's T·N");
-    steps = total / (int64_t)u_elems; /* u_elems = m · per_sample divides total = batch · per_sample: T·N rows */
+    if (kern->static_current) {
+      if (pass[0] < 1)
+        return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: a static current needs the pass input (its steps)");
+      if ((int64_t)u_elems != total)
+        return ort->CreateStatus(ORT_INVALID_ARGUMENT,
+                                 "pmsm neuron: a static current holds one step: the membranes' elements");
+      steps = pass[0];
+      rows = batch * steps;
+    } else {
+      if (u_elems < 1 || total % (int64_t)u_elems != 0 || (int64_t)u_elems % (per_sample > 0 ? per_sample : 1) != 0)
+        return ort->CreateStatus(ORT_INVALID_ARGUMENT,
+                                 "pmsm neuron: time-batched membrane must hold whole samples of the input's T·N");
+      steps = total / (int64_t)u_elems; /* u_elems = m · per_sample divides total = batch · per_sample: T·N rows */
+      if (pass[0] != 0 && pass[0] != steps)
+        return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: the pass input's steps do not match the current's");
+    }
+    if (pass[1] && !kern->has_u_init)
+      return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: a fresh pass needs the u_init attribute");
   } else if (u_elems != 1 && (int64_t)u_elems != total) {
     return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: membrane must have one element or the input's shape");
+  } else if (kern->static_current || pass[0] != 0) {
+    return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: static_current and the pass input need time_batched");
   }
 
   Job job;
@@ -421,8 +468,9 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
   job.k = kern;
   job.per_sample = per_sample;
   job.membrane_is_scalar = u_elems == 1;
-  size_t n_inputs = 0;
-  RETURN_IF_ERROR(ort->KernelContext_GetInputCount(context, &n_inputs));
+  job.current_static = kern->static_current;
+  job.fresh = (int)pass[1];
+  job.u_init = kern->u_init;
   if (n_inputs > 2) { /* the residual: exactly the current's shape (no broadcasting here) */
     const OrtValue *residual_v = NULL;
     RETURN_IF_ERROR(ort->KernelContext_GetInput(context, 2, &residual_v));
@@ -437,6 +485,8 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
       int same = rrank == rank;
       for (size_t d = 0; same && d < rank; ++d) same = rdims[d] == dims[d];
       if (!same) return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: the residual must have the input's shape");
+      if (kern->static_current)
+        return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: a static current takes no residual");
       RETURN_IF_ERROR(ort->GetTensorMutableData((OrtValue *)residual_v, (void **)&job.residual));
     }
   }
@@ -444,7 +494,10 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
   RETURN_IF_ERROR(ort->GetTensorMutableData((OrtValue *)current_v, (void **)&job.current));
   RETURN_IF_ERROR(ort->GetTensorMutableData((OrtValue *)membrane_v, (void **)&job.membrane));
   OrtValue *out = NULL;
-  RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, 0, dims, rank, &out));
+  int64_t k_dims[16];
+  memcpy(k_dims, dims, rank * sizeof(int64_t));
+  k_dims[0] = rows;
+  RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, 0, k_dims, rank, &out));
   RETURN_IF_ERROR(ort->GetTensorMutableData(out, (void **)&job.spikes));
   size_t count_index = 1;
   if (!kern->final_step) {
@@ -455,20 +508,20 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
     RETURN_IF_ERROR(ort->GetTensorMutableData(out, (void **)&job.membrane_next));
     count_index = 2;
   }
-  const int64_t count_dims[2] = {batch, 1};
+  const int64_t count_dims[2] = {rows, 1};
   RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, count_index, count_dims, 2, &out));
   RETURN_IF_ERROR(ort->GetTensorMutableData(out, &job.count));
   if (kern->counters) {
-    const int64_t counters_dims[3] = {batch, 1, N_COUNTERS};
-    const int64_t flat_dims[2] = {batch, N_COUNTERS};
+    const int64_t counters_dims[3] = {rows, 1, N_COUNTERS};
+    const int64_t flat_dims[2] = {rows, N_COUNTERS};
     RETURN_IF_ERROR(ort->KernelContext_GetOutput(context, count_index + 1, kern->counters_row ? counters_dims : flat_dims,
                                                  kern->counters_row ? 3 : 2, &out));
     RETURN_IF_ERROR(ort->GetTensorMutableData(out, (void **)&job.counters));
   }
-  if (batch <= 0) return NULL;
+  if (rows <= 0) return NULL;
   if (kern->time_batched) {
     job.steps = steps;
-    job.samples = batch / steps;
+    job.samples = rows / steps;
     job.part = per_sample < TIME_PART ? per_sample : TIME_PART;
     job.parts = job.part > 0 ? (per_sample + job.part - 1) / job.part : 0;
     const int64_t units = job.samples * job.parts;
@@ -531,6 +584,8 @@ static OrtStatus *ORT_API_CALL create_kernel_v2(const OrtCustomOp *op, const Ort
   k->count_float = (int)int_attr(info, "count_float", 0, &err);
   k->counters_row = (int)int_attr(info, "counters_row", 0, &err);
   k->time_batched = (int)int_attr(info, "time_batched", 0, &err);
+  k->static_current = (int)int_attr(info, "static_current", 0, &err);
+  k->has_u_init = float_attr(info, "u_init", &k->u_init);
   k->res_scaled = float_attr(info, "res_scale", &k->res_scale);
   k->post = float_attr(info, "out_mul", &k->post_value);
   if (float_attr(info, "in_div", &k->pre_value))
@@ -575,13 +630,13 @@ static const char *ORT_API_CALL get_ep(const OrtCustomOp *op) {
   return "CPUExecutionProvider";
 }
 static ONNXTensorElementDataType ORT_API_CALL input_type(const OrtCustomOp *op, size_t i) {
-  (void)op, (void)i;
-  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  (void)op;
+  return i == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
-/* inputs: I, U, and the optional residual R */
+/* inputs: I, U, the optional residual R, and the optional pass P (time-batched) */
 static size_t ORT_API_CALL input_count(const OrtCustomOp *op) {
   (void)op;
-  return 3;
+  return 4;
 }
 /* outputs: K, U_next (not in *Final), count, counters (only in *Counters) */
 static size_t count_output(const NeuronOp *op) { return op->final_step ? 1 : 2; }
@@ -602,7 +657,7 @@ static OrtCustomOpInputOutputCharacteristic ORT_API_CALL required(const OrtCusto
 }
 static OrtCustomOpInputOutputCharacteristic ORT_API_CALL input_characteristic(const OrtCustomOp *op, size_t i) {
   (void)op;
-  return i == 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  return i >= 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 static OrtMemType ORT_API_CALL input_memory(const OrtCustomOp *op, size_t i) {
   (void)op, (void)i;
@@ -652,7 +707,35 @@ static OrtStatus *ORT_API_CALL infer_shape(const OrtCustomOp *op, OrtShapeInferC
   const NeuronOp *nop = (const NeuronOp *)op;
   OrtTensorTypeAndShapeInfo *in = NULL, *count = NULL;
   RETURN_IF_ERROR(ort->ShapeInferContext_GetInputTypeShape(ctx, 0, &in));
-  OrtStatus *st = ort->ShapeInferContext_SetOutputTypeShape(ctx, 0, in);
+  /* a static current holds one step: the spikes, counts and counters have T times its rows. The
+   * spikes' first dimension is then the symbol the time-batched graph gives the T·N rows of its
+   * other inputs (ROWS_SYMBOL): onnxruntime fuses what reads them as it does where every input
+   * holds T·N rows, and never plans the spikes into the current's smaller buffer. */
+  const int static_current = infer_int_attr(ctx, "static_current") != 0;
+  OrtStatus *st = NULL;
+  if (static_current) {
+    OrtTensorTypeAndShapeInfo *spikes = NULL;
+    size_t in_rank = 0;
+    int64_t in_dims[16];
+    const char *symbols[16];
+    st = ort->GetDimensionsCount(in, &in_rank);
+    if (st == NULL && (in_rank < 1 || in_rank > 16))
+      st = ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: input rank must be 1..16");
+    if (st == NULL) st = ort->GetDimensions(in, in_dims, in_rank);
+    if (st == NULL) st = ort->GetSymbolicDimensions(in, symbols, in_rank);
+    if (st == NULL) st = ort->CreateTensorTypeAndShapeInfo(&spikes);
+    if (st == NULL) st = ort->SetTensorElementType(spikes, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+    if (st == NULL) {
+      in_dims[0] = -1;
+      symbols[0] = ROWS_SYMBOL;
+      st = ort->SetDimensions(spikes, in_dims, in_rank);
+    }
+    if (st == NULL) st = ort->SetSymbolicDimensions(spikes, symbols, in_rank);
+    if (st == NULL) st = ort->ShapeInferContext_SetOutputTypeShape(ctx, 0, spikes);
+    if (spikes != NULL) ort->ReleaseTensorTypeAndShapeInfo(spikes);
+  } else {
+    st = ort->ShapeInferContext_SetOutputTypeShape(ctx, 0, in);
+  }
   if (st == NULL && !nop->final_step) {
     /* time-batched: U_next is shaped like U, one step's membranes (I holds T steps) */
     OrtTensorTypeAndShapeInfo *membrane = NULL;
@@ -662,7 +745,7 @@ static OrtStatus *ORT_API_CALL infer_shape(const OrtCustomOp *op, OrtShapeInferC
   size_t rank = 0;
   int64_t batch = -1;
   if (st == NULL) st = ort->GetDimensionsCount(in, &rank);
-  if (st == NULL && rank >= 1) {
+  if (st == NULL && rank >= 1 && !static_current) {
     int64_t dims[16];
     if (rank <= 16 && (st = ort->GetDimensions(in, dims, rank)) == NULL) batch = dims[0];
   }
