@@ -59,6 +59,7 @@ passes where nothing depends on it); anything else runs step by step, with the r
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -100,9 +101,11 @@ def _cache_entry(root: str, index: str, name: str) -> str:
         return f.read().strip()
 
 
+@functools.lru_cache(maxsize=None)
 def l2_cache_bytes(root: str = CPU_CACHES) -> int | None:
     """The size of the first CPU's level-2 cache (data or unified) in bytes, or None where the system
-    does not say (not Linux, no sysfs, an entry that does not read as a size)."""
+    does not say (not Linux, no sysfs, an entry that does not read as a size); read once per
+    ``root`` (every ``SNNSession`` asks)."""
     try:
         indexes = sorted(e for e in os.listdir(root) if e.startswith("index"))
         for index in indexes:
@@ -498,9 +501,6 @@ def time_batched_model(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> o
             while len(node.inputs) < 3:
                 node.inputs.append(gs.Variable.empty())
             node.inputs.append(pass_input)
-    read = {node.inputs[1].name for node in graph.nodes if node.domain == KERNEL_DOMAIN and len(node.inputs) > 1}
-    if set(initial) - read:  # a run's first pass starts every membrane in its kernel (``pass_value``)
-        raise ValueError(f"membrane {sorted(set(initial) - read)[0]} is not read by a fused neuron kernel")
     for tensor in graph.inputs:  # a static input only neuron kernels read as their current: one step of it
         if tensor.name in state_inputs or tensor.name == info.time_input:
             continue
@@ -560,10 +560,11 @@ def time_batched_model(model: onnx.ModelProto, info: SNNInfo, shapes: dict) -> o
 
 
 def _reads_as_static_current(node, tensor) -> bool:
-    """Whether ``node`` is a fused neuron kernel that reads ``tensor`` as its current only (input 0,
-    no residual), so that it may read one step of it for all T (``static_current``)."""
+    """Whether ``node`` is a fused neuron kernel (inputs I, U, R, P as ``time_batched_model`` pads
+    them) that reads ``tensor`` as its current only, without a residual, so that it may read one
+    step of it for all T (``static_current``)."""
     return (node.domain == KERNEL_DOMAIN and node.inputs[0] is tensor and tensor not in node.inputs[1:]
-            and (len(node.inputs) < 3 or node.inputs[2].name == ""))
+            and node.inputs[2].name == "")
 
 
 def static_current_inputs(model: onnx.ModelProto) -> set:

@@ -95,15 +95,13 @@ def test_kernel_runs_the_steps_of_single_step_calls(library, op, attrs, residual
         np.testing.assert_array_equal(split_rows(got[index], steps), np.stack([e[index] for e in expected]))
 
 
-@pytest.mark.parametrize("op,attrs,residual", CASES)
-@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("op,attrs,residual,static", [(*case, static) for case in CASES for static in (False, True)
+                                                      if not (static and case[2])])  # no residual with it
 @pytest.mark.parametrize("samples,steps,dims", [(3, 5, (16, 8, 8)), (1, 2, (7, 50, 60)), (2, 1, (5,))])
 def test_kernel_pass_input_starts_fresh_and_takes_a_static_current(library, op, attrs, residual, static, samples,
                                                                    steps, dims):
     # fresh = 1: every membrane starts from u_init, whatever U holds; static_current = 1: I is one
     # step, the same at every step; both the same steps, bit for bit, as single-step calls
-    if static and residual:
-        pytest.skip("a static current takes no residual")
     rng = np.random.default_rng(7 * samples + steps)
     x = (rng.standard_normal((samples, *dims)) * 3).astype(np.float32)
     x.reshape(-1)[:8] = [-1.5, -0.5, 0.5, 1.5, 2.5, 7.5, 8.5, -2.5]  # ties and caps from u = 0.5
@@ -146,17 +144,23 @@ def test_kernel_pass_input_starts_fresh_and_takes_a_static_current(library, op, 
     ({}, {"pass": [3, 0]}, "do not match"),
     ({}, {"pass": [2, 1]}, "u_init"),
     ({"time_batched": 0, "static_current": 1}, {}, "need time_batched"),
+    ({"time_batched": 0}, {"pass": [1, 0]}, "need time_batched"),
+    ({"static_current": 1}, {"pass": [2, 0], "r_rows": 4}, "takes no residual"),  # T·N rows, as a residual has
+    ({"static_current": 1}, {"pass": [2, 0], "r_rows": 2}, "takes no residual"),
 ])
 def test_kernel_refuses_a_pass_it_cannot_run(library, attrs, feeds, why):
     attrs = {"s_min": -2, "s_max": 8, **attrs}
     time_batched = attrs.pop("time_batched", 1)
     static = attrs.get("static_current", 0)
-    model = session(library, kernel_model("AIFCounters", time_batched, False, attrs, pass_input="pass" in feeds))
+    residual = "r_rows" in feeds
+    model = session(library, kernel_model("AIFCounters", time_batched, residual, attrs, pass_input="pass" in feeds))
     u_rows = feeds.get("u_rows", 2)
     run = {"i": np.zeros((2 if static or not time_batched else 4, 10), np.float32),
            "u": np.zeros((u_rows, 10), np.float32)}
     if "pass" in feeds:
         run["pass"] = np.array(feeds["pass"], np.int64)
+    if residual:
+        run["r"] = np.zeros((feeds["r_rows"], 10), np.float32)
     if why is None:
         out = model.run(None, run)
         assert out[0].shape == (4, 10) and out[1].shape == (2, 10) and out[2].shape == (4, 1)
@@ -309,12 +313,11 @@ def test_the_pass_input_and_the_static_currents_of_a_time_batched_step(library, 
     # only kernels read, as their current, goes in as one step; the inputs fed as T copies share one
     # symbol for their rows
     from pmsm_compiler.runtime import SNNSession
-    from pmsm_compiler.runtime.time_batched import PASS_INPUT, ROWS_SYMBOL, static_current_inputs
+    from pmsm_compiler.runtime.time_batched import PASS_INPUT, ROWS_SYMBOL
 
     session = SNNSession(shipped(name, mode), time_batch_bytes=ROOMY)
     assert session.time_batched, session.time_batched_note
     model, broadcast = session._time_batched_plan[0], session._time_batched_plan[4]
-    assert broadcast == static_current_inputs(model)
     initial = {s.input: s.init for s in session.info.states}
     kernels = [n for n in model.graph.node if n.domain == KERNEL_DOMAIN]
     for node in kernels:
@@ -324,11 +327,14 @@ def test_the_pass_input_and_the_static_currents_of_a_time_batched_step(library, 
     readers = {}
     for node in model.graph.node:
         for index, tensor in enumerate(node.input):
-            readers.setdefault(tensor, []).append((node.domain, index))
+            residual = node.input[2] if node.domain == KERNEL_DOMAIN and index == 0 else None
+            readers.setdefault(tensor, []).append((node.domain, index, residual))
     states = {s.input for s in session.info.states}
     for value in model.graph.input:
+        # exactly the inputs read by kernels alone, as their current, with no residual
+        only_current = all(r == (KERNEL_DOMAIN, 0, "") for r in readers.get(value.name, [None]))
+        assert (value.name in broadcast) == (only_current and value.name not in states | {PASS_INPUT}), value.name
         if value.name in broadcast:
-            assert all(r == (KERNEL_DOMAIN, 0) for r in readers[value.name])
             assert value.type.tensor_type.shape.dim[0].dim_param != ROWS_SYMBOL
         elif value.name not in states | {PASS_INPUT, session.info.time_input}:
             assert value.type.tensor_type.shape.dim[0].dim_param == ROWS_SYMBOL, value.name
@@ -389,6 +395,10 @@ def test_a_fixed_batch_model_runs_layer_by_layer_where_nothing_depends_on_its_ba
     model = compile_model(ann, "folded").model
     batched = SNNSession(model)
     assert batched.fixed_batch == batch and batched.time_batched, batched.time_batched_note
+    # the static prologue's output goes in as one step of B rows, declared so
+    static = batched._time_batched_plan[4]
+    assert static and all(v.type.tensor_type.shape.dim[0].dim_value == batch
+                          for v in batched._time_batched_plan[0].graph.input if v.name in static)
     assert batched.time_batch_report(64, 5) == {"steps_per_run": 5, "reason": None}  # its own batch decides
     x = images(6)  # batch 4: one full batch and one padded
     a = SNNSession(model, time_batch=1).run_batch(x, 5, keep_outputs=True, sample_counters=True)

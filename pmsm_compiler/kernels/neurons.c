@@ -475,6 +475,8 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
     const OrtValue *residual_v = NULL;
     RETURN_IF_ERROR(ort->KernelContext_GetInput(context, 2, &residual_v));
     if (residual_v != NULL) {
+      if (kern->static_current)
+        return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: a static current takes no residual");
       int64_t rdims[16];
       size_t rrank = 0;
       RETURN_IF_ERROR(ort->GetTensorTypeAndShape(residual_v, &info));
@@ -485,8 +487,6 @@ static OrtStatus *compute(void *op_kernel, OrtKernelContext *context) {
       int same = rrank == rank;
       for (size_t d = 0; same && d < rank; ++d) same = rdims[d] == dims[d];
       if (!same) return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: the residual must have the input's shape");
-      if (kern->static_current)
-        return ort->CreateStatus(ORT_INVALID_ARGUMENT, "pmsm neuron: a static current takes no residual");
       RETURN_IF_ERROR(ort->GetTensorMutableData((OrtValue *)residual_v, (void **)&job.residual));
     }
   }
